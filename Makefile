@@ -1,0 +1,83 @@
+# tinysam - build, test, benchmark.
+#   make              library (build/libtinysam.a) and CLI (build/tinysam)
+#   make test         unit + parity tests (reads ../shared/fixtures), prints "N passed, N failed"
+#   make SAN=1 test   the same under AddressSanitizer + UndefinedBehaviorSanitizer (build-san/)
+#   make bench        benchmarks (never run by make test)
+#   make NATIVE=1     add -march=native (shipped builds dispatch at run time instead)
+
+CC      ?= cc
+ifeq ($(origin CC),default)
+CC      := gcc
+endif
+BUILD   ?= build
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wformat=2
+# Bit-exact pre/post-processing needs no silent a*b+c fusion; kernels use explicit FMA intrinsics.
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -pthread -ffp-contract=off -fno-math-errno $(WARN) -Iinclude -Isrc
+LDLIBS  := -ljpeg -lpng -lz -lm -lpthread
+ifneq ($(SAN),)
+BUILD   := build-san
+CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+           $(filter-out -O2 -O1 -O3,$(CFLAGS))
+LDFLAGS += -fsanitize=address,undefined
+endif
+ifneq ($(NATIVE),)
+CFLAGS  += -march=native
+endif
+ifneq ($(WERROR),)
+CFLAGS  += -Werror
+endif
+
+AVX2_FLAGS   := -mavx2 -mfma -mf16c
+AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c
+
+LIB_SRC  := $(sort $(wildcard src/*.c src/io/*.c src/nn/*.c src/nn/x86/*.c src/model/*.c \
+                              src/everything/*.c))
+CLI_SRC  := $(sort $(wildcard src/cli/*.c))
+TEST_SRC := $(sort $(wildcard tests/*/test_*.c))
+BENCH_SRC:= $(sort $(wildcard bench/bench_*.c))
+TEST_LIB := $(sort $(wildcard tests/common/*.c))
+
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_LIB_OBJ := $(TEST_LIB:%.c=$(BUILD)/obj/%.o)
+BENCH_BIN:= $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+
+.PHONY: all test bench clean format tests
+all: $(BUILD)/libtinysam.a $(BUILD)/tinysam
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
+
+$(BUILD)/libtinysam.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/tinysam: $(CLI_OBJ) $(BUILD)/libtinysam.a
+	$(CC) $(LDFLAGS) -pthread -o $@ $(CLI_OBJ) $(BUILD)/libtinysam.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -MMD -MP -o $@ $< $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libtinysam.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
+
+tests: $(TEST_BIN) $(BUILD)/tinysam
+
+test: tests
+	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BIN)
+
+bench: $(BENCH_BIN) $(BUILD)/tinysam
+	@for b in $(BENCH_BIN); do $$b || exit 1; done
+
+clean:
+	rm -rf build build-san
+
+format:
+	clang-format -i $(LIB_SRC) $(CLI_SRC) $(TEST_SRC) include/*.h src/*.h src/*/*.h
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,154 @@
+/*
+ * tinysam.h - TinySAM (and SAM-family) inference in C.
+ *
+ * Usage:
+ *
+ *     tinysam_model *model;
+ *     if (tinysam_model_load("tinysam_42.3.pth", &model) != TINYSAM_OK) {
+ *         fprintf(stderr, "%s\n", tinysam_last_error());
+ *         return 1;
+ *     }
+ *     tinysam_image img;
+ *     tinysam_image_load("photo.jpg", 0, &img);            // 0 = default pixel limit
+ *     tinysam_embedding *emb;
+ *     tinysam_encode(model, &img, &emb);                   // the expensive part, once
+ *     float pt[2] = {380, 300}; int lab[1] = {1};
+ *     tinysam_prompt p = {.n_points = 1, .points = pt, .labels = lab};
+ *     tinysam_prediction pred;
+ *     tinysam_predict(model, emb, &p, TINYSAM_PREDICT_MASKS, &pred);
+ *     // pred.masks: 3 x H x W bytes (0/1); pred.iou[3]; pred.low_res: 3 x 256 x 256
+ *     tinysam_prediction_free(&pred);
+ *     tinysam_embedding_free(emb);
+ *     tinysam_image_free(&img);
+ *     tinysam_model_free(model);
+ *
+ * Errors: every function that can fail returns a tinysam_status (TINYSAM_OK = 0,
+ * negative on failure) and leaves a one-line message for the calling thread in
+ * tinysam_last_error(). No function exits or aborts on bad input.
+ *
+ * Threads: tinysam_set_num_threads() sets the size of the shared worker pool
+ * (default: all online cores). Models and embeddings are read-only after
+ * creation and may be shared between threads; each call allocates its own scratch.
+ */
+#ifndef TINYSAM_H
+#define TINYSAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TINYSAM_VERSION "0.1.0"
+
+/* Limits. */
+#define TINYSAM_DEFAULT_MAX_PIXELS 100000000LL /* images above this are rejected */
+#define TINYSAM_MAX_POINTS 1024                /* points per prompt set */
+#define TINYSAM_LOWRES 256                     /* low-res mask side */
+#define TINYSAM_EMBED_DIM 256                  /* embedding channels */
+#define TINYSAM_EMBED_SIDE 64                  /* embedding side */
+#define TINYSAM_INPUT_SIDE 1024                /* model input side */
+
+typedef enum {
+    TINYSAM_OK = 0,
+    TINYSAM_E_IO = -1,          /* file missing, unreadable, unwritable */
+    TINYSAM_E_FORMAT = -2,      /* corrupt or unexpected file contents */
+    TINYSAM_E_NOMEM = -3,       /* allocation failed */
+    TINYSAM_E_ARG = -4,         /* invalid argument (NaN, out of range, bad shape) */
+    TINYSAM_E_UNSUPPORTED = -5, /* valid but not supported (e.g. unknown model family) */
+    TINYSAM_E_LIMIT = -6,       /* input exceeds a configured limit */
+} tinysam_status;
+
+const char *tinysam_status_str(tinysam_status s);
+/* The message of the last failure on this thread ("" if none). */
+const char *tinysam_last_error(void);
+
+/* Worker pool size; n <= 0 means all online cores. */
+void tinysam_set_num_threads(int n);
+int tinysam_get_num_threads(void);
+
+/* ---------------------------------------------------------------- images */
+
+typedef struct {
+    int width, height;
+    uint8_t *rgb; /* height x width x 3, row-major, owned (free with tinysam_image_free) */
+} tinysam_image;
+
+/* Decodes a JPEG (EXIF orientation applied) or PNG file to 8-bit RGB.
+ * max_pixels <= 0 means TINYSAM_DEFAULT_MAX_PIXELS. */
+tinysam_status tinysam_image_load(const char *path, long long max_pixels, tinysam_image *out);
+tinysam_status tinysam_image_decode(const void *data, size_t size, long long max_pixels,
+                                    tinysam_image *out);
+void tinysam_image_free(tinysam_image *img);
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct tinysam_model tinysam_model;
+
+typedef struct {
+    char family[16];           /* "vit_t" or "vit" (SAM ViT) */
+    int n_tensors;             /* tensors in the file */
+    long long n_values;        /* values in the file (all tensors) */
+    long long n_params_used;   /* values used for inference */
+    char source_dtype[16];     /* storage dtype of the file: "float32", "float16", "mixed" */
+    char source_format[32];    /* "pth-zip", "pth-legacy", "safetensors" */
+} tinysam_model_info;
+
+/* Loads a checkpoint: PyTorch .pth (ZIP or legacy container; pickle read as data,
+ * never executed) or .safetensors (memory-mapped). Detected by content. */
+tinysam_status tinysam_model_load(const char *path, tinysam_model **out);
+void tinysam_model_free(tinysam_model *m);
+tinysam_status tinysam_model_get_info(const tinysam_model *m, tinysam_model_info *out);
+/* Writes the model's tensors, as stored in the checkpoint (BatchNorm not folded), to a
+ * safetensors file with the model config in its metadata. */
+tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char *path);
+
+/* ---------------------------------------------------------------- encoding */
+
+typedef struct tinysam_embedding tinysam_embedding;
+
+/* Resizes (PIL bilinear, long side 1024), normalises, pads and runs the image encoder. */
+tinysam_status tinysam_encode(tinysam_model *m, const tinysam_image *img,
+                              tinysam_embedding **out);
+void tinysam_embedding_free(tinysam_embedding *e);
+/* 256 x 64 x 64 float32. */
+const float *tinysam_embedding_data(const tinysam_embedding *e);
+void tinysam_embedding_size(const tinysam_embedding *e, int *orig_w, int *orig_h,
+                            int *input_w, int *input_h);
+
+/* ---------------------------------------------------------------- prompts */
+
+typedef struct {
+    int n_points;
+    const float *points;     /* n_points x 2, (x, y) in original image pixels */
+    const int *labels;       /* n_points, 1 = foreground, 0 = background */
+    int has_box;
+    float box[4];            /* x0, y0, x1, y1 in original image pixels */
+    const float *mask_input; /* 256 x 256 low-res logits of an earlier prediction, or NULL */
+} tinysam_prompt;
+
+enum {
+    TINYSAM_PREDICT_MASKS = 1,  /* fill masks (3 x H x W, 0/1) */
+    TINYSAM_PREDICT_LOGITS = 2, /* fill logits (3 x H x W float) */
+    TINYSAM_PREDICT_SINGLE = 4, /* SAM's multimask_output=False: mask token 0 only */
+};
+
+typedef struct {
+    int n_masks;      /* 3 (TinySAM), or 1 with TINYSAM_PREDICT_SINGLE */
+    int width, height;/* original image size */
+    float iou[3];     /* predicted IoU per mask */
+    int best;         /* index of the highest predicted IoU */
+    float *low_res;   /* n_masks x 256 x 256 logits */
+    uint8_t *masks;   /* n_masks x height x width, 0/1, or NULL */
+    float *logits;    /* n_masks x height x width, or NULL */
+} tinysam_prediction;
+
+tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
+                               const tinysam_prompt *p, int flags, tinysam_prediction *out);
+void tinysam_prediction_free(tinysam_prediction *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TINYSAM_H */

@@ -1,0 +1,152 @@
+/* api.c - the public model and encoding entry points of tinysam.h: load a checkpoint,
+ * build the three networks from it, encode images into embeddings. */
+#include "core.h"
+#include "io/tensor_map.h"
+#include "model/sam.h"
+#include "model/transforms.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Tensors the checkpoint carries that inference never reads. */
+static int ignored_tensor(const char *name) {
+    size_t n = strlen(name);
+    static const char *suffix = ".num_batches_tracked";
+    if (n >= strlen(suffix) && !strcmp(name + n - strlen(suffix), suffix)) return 1;
+    return !strncmp(name, "image_encoder.norm_head.", 24) || !strncmp(name, "image_encoder.head.", 19);
+}
+
+static int detect_family(const ts_tensor_map *m, char *family, size_t cap) {
+    if (ts_map_get(m, "image_encoder.patch_embed.seq.0.c.weight")) {
+        snprintf(family, cap, "vit_t");
+        return TINYSAM_OK;
+    }
+    if (ts_map_get(m, "image_encoder.patch_embed.proj.weight"))
+        return ts_error(TINYSAM_E_UNSUPPORTED,
+                        "SAM ViT (vit_b/l/h) checkpoints are not supported yet; this build runs "
+                        "TinySAM/MobileSAM (vit_t)");
+    return ts_error(TINYSAM_E_UNSUPPORTED,
+                    "not a SAM-family checkpoint: no image encoder patch embedding found (first "
+                    "tensor: '%s')",
+                    m->n ? m->t[0].name : "(none)");
+}
+
+static void fill_info(tinysam_model *model) {
+    const ts_tensor_map *m = model->map;
+    tinysam_model_info *inf = &model->info;
+    inf->n_tensors = m->n;
+    int n_f32 = 0, n_f16 = 0, n_other = 0;
+    for (int i = 0; i < m->n; i++) {
+        const ts_tensor *t = &m->t[i];
+        inf->n_values += t->numel;
+        if (t->used) inf->n_params_used += t->numel;
+        if (t->dtype != TS_DTYPE_F32) continue;
+        if (t->file_dtype == TS_DTYPE_F32) n_f32++;
+        else if (t->file_dtype == TS_DTYPE_F16) n_f16++;
+        else n_other++;
+    }
+    const char *dt = n_other || (n_f32 && n_f16) ? "mixed" : n_f16 ? "float16" : "float32";
+    snprintf(inf->source_dtype, sizeof inf->source_dtype, "%s", dt);
+    snprintf(inf->source_format, sizeof inf->source_format, "%s", m->format);
+}
+
+tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
+    if (!path || !out) return ts_error(TINYSAM_E_ARG, "tinysam_model_load: NULL argument");
+    *out = NULL;
+    ts_error_clear();
+    tinysam_model *model = ts_calloc(1, sizeof *model);
+    if (!model) return TINYSAM_E_NOMEM;
+    int rc = ts_map_load(path, &model->map);
+    if (rc) goto fail;
+    if ((rc = detect_family(model->map, model->info.family, sizeof model->info.family))) goto fail;
+    if ((rc = ts_tiny_vit_load(model->map, &model->encoder))) goto fail;
+    if ((rc = ts_prompt_encoder_load(model->map, &model->prompt_encoder))) goto fail;
+    if ((rc = ts_mask_decoder_load(model->map, &model->mask_decoder))) goto fail;
+    if ((rc = ts_map_check_all_used(model->map, ignored_tensor))) goto fail;
+    fill_info(model);
+    *out = model;
+    return TINYSAM_OK;
+fail:
+    ts_error_prefix(rc, "%s", path);
+    tinysam_model_free(model);
+    return rc;
+}
+
+void tinysam_model_free(tinysam_model *m) {
+    if (!m) return;
+    if (m->encoder) ts_tiny_vit_free(m->encoder);
+    if (m->prompt_encoder) ts_prompt_encoder_free(m->prompt_encoder);
+    if (m->mask_decoder) ts_mask_decoder_free(m->mask_decoder);
+    if (m->map) ts_map_free(m->map);
+    free(m);
+}
+
+tinysam_status tinysam_model_get_info(const tinysam_model *m, tinysam_model_info *out) {
+    if (!m || !out) return ts_error(TINYSAM_E_ARG, "tinysam_model_get_info: NULL argument");
+    *out = m->info;
+    return TINYSAM_OK;
+}
+
+tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char *path) {
+    if (!m || !path) return ts_error(TINYSAM_E_ARG, "tinysam_model_save_safetensors: NULL argument");
+    /* The config travels in the metadata so that a reader needs no file-name convention. */
+    static const char *keys[] = {"format", "tinysam.family", "tinysam.version", "tinysam.config"};
+    const char *config = "{\"embed_dims\":[64,128,160,320],\"depths\":[2,2,6,2],"
+                         "\"num_heads\":[2,4,5,10],\"window_sizes\":[7,7,14,7],"
+                         "\"img_size\":1024,\"prompt_embed_dim\":256,\"multimask_default\":\"tokens_1_3\"}";
+    const char *values[] = {"pt", m->info.family, TINYSAM_VERSION, config};
+    return ts_safetensors_save(path, m->map, 4, keys, values);
+}
+
+tinysam_status tinysam_encode(tinysam_model *m, const tinysam_image *img,
+                              tinysam_embedding **out) {
+    if (!m || !img || !out) return ts_error(TINYSAM_E_ARG, "tinysam_encode: NULL argument");
+    *out = NULL;
+    if (!img->rgb || img->width <= 0 || img->height <= 0)
+        return ts_error(TINYSAM_E_ARG, "tinysam_encode: empty image");
+    int newh, neww;
+    ts_preprocess_shape(img->height, img->width, TINYSAM_INPUT_SIDE, &newh, &neww);
+    tinysam_embedding *e = ts_calloc(1, sizeof *e);
+    uint8_t *resized = ts_malloc((size_t)newh * neww * 3);
+    float *input = ts_malloc_aligned((size_t)3 * TINYSAM_INPUT_SIDE * TINYSAM_INPUT_SIDE * sizeof(float));
+    float *data = ts_malloc_aligned((size_t)TINYSAM_EMBED_DIM * TINYSAM_EMBED_SIDE * TINYSAM_EMBED_SIDE * sizeof(float));
+    int rc = TINYSAM_E_NOMEM;
+    if (!e || !resized || !input || !data) goto fail;
+    if ((rc = ts_resize_rgb_pil(img->rgb, img->width, img->height, resized, neww, newh))) goto fail;
+    ts_normalize_pad(resized, newh, neww, input);
+    if ((rc = ts_tiny_vit_forward(m->encoder, input, data, NULL, NULL))) goto fail;
+    e->data = data;
+    e->orig_w = img->width;
+    e->orig_h = img->height;
+    e->input_w = neww;
+    e->input_h = newh;
+    free(resized);
+    ts_free_aligned(input);
+    *out = e;
+    return TINYSAM_OK;
+fail:
+    free(e);
+    free(resized);
+    ts_free_aligned(input);
+    ts_free_aligned(data);
+    return rc;
+}
+
+void tinysam_embedding_free(tinysam_embedding *e) {
+    if (!e) return;
+    ts_free_aligned(e->data);
+    free(e);
+}
+
+const float *tinysam_embedding_data(const tinysam_embedding *e) {
+    return e ? e->data : NULL;
+}
+
+void tinysam_embedding_size(const tinysam_embedding *e, int *orig_w, int *orig_h, int *input_w,
+                            int *input_h) {
+    if (orig_w) *orig_w = e->orig_w;
+    if (orig_h) *orig_h = e->orig_h;
+    if (input_w) *input_w = e->input_w;
+    if (input_h) *input_h = e->input_h;
+}

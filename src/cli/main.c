@@ -1,0 +1,45 @@
+/* main.c - the tinysam command: dispatches to one function per subcommand. */
+#include "cli/commands.h"
+#include "tinysam.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *usage =
+    "tinysam " TINYSAM_VERSION " - Segment Anything (TinySAM) on the CPU\n"
+    "\n"
+    "usage: tinysam COMMAND [options]      (tinysam COMMAND --help for details)\n"
+    "\n"
+    "commands:\n"
+    "  segment     masks for point / box / mask prompts\n"
+    "  everything  segment everything (hierarchical or grid), COCO RLE output\n"
+    "  embed       write the image embedding (1x256x64x64 float32 .npy)\n"
+    "  convert     convert a PyTorch .pth checkpoint to .safetensors\n"
+    "  info        show a checkpoint's model family, tensors and parameters\n"
+    "\n"
+    "Checkpoints: the official .pth files (read safely, pickle never executed) or the\n"
+    "safetensors files written by `tinysam convert`. Exit status 0 on success; on failure a\n"
+    "one-line message on stderr and a non-zero status.\n";
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("tinysam %s\n", TINYSAM_VERSION);
+        return 0;
+    }
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {
+        {"segment", ts_cli_segment}, {"everything", ts_cli_everything}, {"embed", ts_cli_embed},
+        {"convert", ts_cli_convert}, {"info", ts_cli_info},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "tinysam: unknown command '%s' (see tinysam --help)\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,136 @@
+/* core.c - error messages, checked allocation, file reading. */
+#include "core.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local char g_error[1024];
+
+const char *tinysam_status_str(tinysam_status s) {
+    switch (s) {
+    case TINYSAM_OK: return "ok";
+    case TINYSAM_E_IO: return "I/O error";
+    case TINYSAM_E_FORMAT: return "invalid format";
+    case TINYSAM_E_NOMEM: return "out of memory";
+    case TINYSAM_E_ARG: return "invalid argument";
+    case TINYSAM_E_UNSUPPORTED: return "unsupported";
+    case TINYSAM_E_LIMIT: return "limit exceeded";
+    }
+    return "unknown status";
+}
+
+const char *tinysam_last_error(void) {
+    return g_error;
+}
+
+void ts_error_clear(void) {
+    g_error[0] = 0;
+}
+
+int ts_error(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_error, sizeof g_error, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int ts_error_prefix(int code, const char *fmt, ...) {
+    char prefix[512], old[sizeof g_error];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, g_error, sizeof old);
+    size_t lp = strlen(prefix);
+    memcpy(g_error, prefix, lp);
+    g_error[lp] = ':';
+    g_error[lp + 1] = ' ';
+    size_t room = sizeof g_error - lp - 3, lo = strlen(old);
+    if (lo > room) lo = room;
+    memcpy(g_error + lp + 2, old, lo);
+    g_error[lp + 2 + lo] = 0;
+    return code;
+}
+
+void *ts_malloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) ts_error(TINYSAM_E_NOMEM, "out of memory (%zu bytes)", n);
+    return p;
+}
+
+void *ts_calloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) ts_error(TINYSAM_E_NOMEM, "out of memory (%zu x %zu bytes)", n, size);
+    return p;
+}
+
+void *ts_malloc_aligned(size_t n) {
+    void *p = NULL;
+    n = (n + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0) {
+        ts_error(TINYSAM_E_NOMEM, "out of memory (%zu bytes)", n);
+        return NULL;
+    }
+    return p;
+}
+
+void ts_free_aligned(void *p) {
+    free(p);
+}
+
+int ts_mul_size(size_t a, size_t b, size_t *out) {
+    if (a && b > SIZE_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
+int ts_mad_size(size_t a, size_t b, size_t c, size_t *out) {
+    size_t ab;
+    if (!ts_mul_size(a, b, &ab) || ab > SIZE_MAX - c) return 0;
+    *out = ab + c;
+    return 1;
+}
+
+int ts_read_file(const char *path, size_t max_size, uint8_t **data, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return ts_error(TINYSAM_E_IO, "%s: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return ts_error(TINYSAM_E_IO, "%s: cannot seek (not a regular file?)", path);
+    }
+    long len = ftell(f);
+    if (len < 0) {
+        fclose(f);
+        return ts_error(TINYSAM_E_IO, "%s: cannot determine size", path);
+    }
+    if ((unsigned long)len > max_size) {
+        fclose(f);
+        return ts_error(TINYSAM_E_LIMIT, "%s: file too large (%ld bytes, limit %zu)", path, len,
+                        max_size);
+    }
+    rewind(f);
+    uint8_t *buf = ts_malloc((size_t)len + 1);
+    if (!buf) {
+        fclose(f);
+        return TINYSAM_E_NOMEM;
+    }
+    if (len && fread(buf, 1, (size_t)len, f) != (size_t)len) {
+        free(buf);
+        fclose(f);
+        return ts_error(TINYSAM_E_IO, "%s: read failed", path);
+    }
+    fclose(f);
+    buf[len] = 0;
+    *data = buf;
+    *size = (size_t)len;
+    return TINYSAM_OK;
+}
+
+void ts_assert_fail(const char *file, int line, const char *expr) {
+    fprintf(stderr, "tinysam: internal error at %s:%d: %s\n", file, line, expr);
+    abort();
+}

@@ -1,0 +1,70 @@
+/* tensor_map.h - a named set of tensors read from a checkpoint file.
+ *
+ * Every loader (pth.c for PyTorch files, safetensors.c) produces a ts_tensor_map.
+ * Floating-point tensors are always presented as float32 (float16/bfloat16/float64
+ * storages are converted at load); integer tensors keep their type. Tensors of a
+ * safetensors file that are already float32 point into the memory-mapped file. */
+#ifndef TS_TENSOR_MAP_H
+#define TS_TENSOR_MAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TS_MAX_DIMS 8
+
+typedef enum {
+    TS_DTYPE_F32 = 0,
+    TS_DTYPE_I64,
+    TS_DTYPE_I32,
+    TS_DTYPE_I8,
+    TS_DTYPE_U8,
+    TS_DTYPE_F16, /* only in files; never in a loaded map */
+    TS_DTYPE_BF16,
+    TS_DTYPE_F64,
+} ts_dtype;
+
+typedef struct {
+    char *name;
+    ts_dtype dtype;          /* F32, I64, I32, I8 or U8 once loaded */
+    ts_dtype file_dtype;     /* dtype as stored in the file */
+    int ndim;
+    int64_t shape[TS_MAX_DIMS];
+    int64_t numel;
+    void *data;              /* contiguous, C order */
+    int used;                /* set by ts_map_take */
+} ts_tensor;
+
+typedef struct ts_tensor_map {
+    int n;
+    ts_tensor *t;
+    char format[32];         /* "pth-zip", "pth-legacy", "safetensors" */
+    char *metadata_json;     /* safetensors __metadata__ object as JSON text, or NULL */
+    /* owned resources (allocations, mapping) */
+    void *owned_buffers;     /* implementation-defined */
+    void *map_base;
+    size_t map_size;
+} ts_tensor_map;
+
+/* Loads a file, detecting the format from its first bytes (ZIP "PK\3\4" -> pth-zip,
+ * pickle PROTO 0x80 -> pth-legacy, otherwise safetensors). */
+int ts_map_load(const char *path, ts_tensor_map **out);
+int ts_pth_load(const char *path, ts_tensor_map **out);
+int ts_pth_load_memory(const uint8_t *data, size_t size, ts_tensor_map **out);
+int ts_safetensors_load(const char *path, ts_tensor_map **out);
+int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map **out);
+/* Writes tensors (as F32 or their integer dtype) plus a __metadata__ string map
+ * (n_meta key/value pairs; may be 0). */
+int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
+                        const char *const *meta_keys, const char *const *meta_values);
+void ts_map_free(ts_tensor_map *m);
+
+const ts_tensor *ts_map_get(const ts_tensor_map *m, const char *name);
+/* Finds a float32 tensor by name, checks its exact shape (ndim values follow), marks it
+ * used and returns its data. On failure returns NULL with an error naming the key
+ * ("missing tensor X" / "tensor X has shape [a,b], expected [c,d]"). */
+const float *ts_map_take(ts_tensor_map *m, const char *name, int ndim, ...);
+/* Fails naming the first tensor that no ts_map_take claimed, except names for which
+ * ignore(name) returns nonzero. */
+int ts_map_check_all_used(const ts_tensor_map *m, int (*ignore)(const char *name));
+
+#endif

@@ -1,0 +1,41 @@
+/* sam_decoder.h - SAM's prompt encoder and mask decoder (spec TINYSAM.md section 5).
+ * ref: tinysam/modeling/prompt_encoder.py, mask_decoder.py, transformer.py */
+#ifndef TS_SAM_DECODER_H
+#define TS_SAM_DECODER_H
+
+#include "io/tensor_map.h"
+
+typedef struct ts_prompt_encoder ts_prompt_encoder; /* defined in prompt_encoder.c */
+typedef struct ts_mask_decoder ts_mask_decoder;     /* defined in mask_decoder.c */
+
+/* One prompt set, coordinates already in the prompt encoder's normalised frame:
+ * (x_1024 + 0.5) / 1024 rounded to float32 by the caller (the caller decides whether the
+ * arithmetic is float32, as SamPredictor.predict, or double, as the everything mode). */
+typedef struct {
+    int n_points;
+    const float *coords;     /* n_points x 2 */
+    const int *labels;       /* n_points: 1, 0 (or -1 = padding point) */
+    int has_box;
+    float box[4];            /* normalised corners (x0, y0, x1, y1) */
+    const float *mask_input; /* 256 x 256 logits, or NULL */
+} ts_prompt_set;
+
+int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out);
+void ts_prompt_encoder_free(ts_prompt_encoder *pe);
+int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out);
+void ts_mask_decoder_free(ts_mask_decoder *d);
+
+/* Sparse tokens of one set: k x 256 into out (k <= n_points + 2), count in *k. */
+void ts_prompt_sparse(const ts_prompt_encoder *pe, const ts_prompt_set *s, float *out, int *k);
+/* Dense embedding 256 x 64 x 64 (no_mask_embed broadcast when mask_input is NULL). */
+void ts_prompt_dense(const ts_prompt_encoder *pe, const float *mask_input, float *out);
+/* Dense positional encoding 256 x 64 x 64. */
+const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe);
+
+/* Runs prompt encoder + mask decoder for n sets against one image embedding
+ * (256 x 64 x 64). Writes all 4 mask tokens: low_res n x 4 x 256 x 256 and iou n x 4.
+ * Callers pick tokens 1..3 (TinySAM) or 0 (SAM single-mask). */
+int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *d, const float *embedding,
+                  int n, const ts_prompt_set *sets, float *low_res, float *iou);
+
+#endif

@@ -1,0 +1,30 @@
+/* transforms.h - the predictor's pre- and post-processing, bit-exact with the
+ * official pipeline (spec TINYSAM.md section 3). */
+#ifndef TS_TRANSFORMS_H
+#define TS_TRANSFORMS_H
+
+#include <stdint.h>
+
+/* get_preprocess_shape: long side -> target, (int)(side*scale + 0.5) in double. */
+void ts_preprocess_shape(int h, int w, int target, int *newh, int *neww);
+
+/* PIL-exact antialiased bilinear resize of an RGB uint8 image (section 3.3).
+ * dst must hold dst_h*dst_w*3 bytes. Returns 0, or TINYSAM_E_NOMEM. */
+int ts_resize_rgb_pil(const uint8_t *src, int src_w, int src_h, uint8_t *dst, int dst_w,
+                      int dst_h);
+
+/* Normalise (float32 (u - mean) / std) and zero-pad to 3 x 1024 x 1024 CHW (section 3.4). */
+void ts_normalize_pad(const uint8_t *resized, int newh, int neww, float *out);
+
+/* apply_coords for one coordinate: x * (neww / W) in double (section 3.5). */
+double ts_apply_coord(double v, int new_len, int orig_len);
+
+/* postprocess_masks for one 256x256 logit map (section 3.6): bilinear to 1024x1024,
+ * crop to newh x neww, bilinear to H x W, exactly as torch 1.13. out: H*W floats.
+ * tmp: scratch of ts_postprocess_scratch_size(H, W) floats (or NULL to allocate).
+ * Returns 0 or TINYSAM_E_NOMEM. */
+long long ts_postprocess_scratch_size(int newh, int neww, int h, int w);
+int ts_postprocess_mask(const float *low_res, int newh, int neww, int h, int w, float *out,
+                        float *tmp);
+
+#endif
