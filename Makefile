@@ -60,11 +60,11 @@ $(BUILD)/tinysam: $(CLI_OBJ) $(BUILD)/libtinysam.a
 
 $(BUILD)/tests/%: tests/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -MMD -MP -o $@ $< $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests -Itests/common -MMD -MP -o $@ $< $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests -Itests/common -o $@ $< $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
 
 tests: $(TEST_BIN) $(BUILD)/tinysam
 
