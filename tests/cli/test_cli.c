@@ -1,0 +1,203 @@
+/* test_cli.c - the tinysam command as a user meets it: every bad input gets exit status
+ * non-zero and exactly one line on stderr (never a crash), and a full segment run from the
+ * fixture checkpoint reproduces the official masks. */
+#include "core.h"
+#include "io/npy.h"
+#include "io/tensor_map.h"
+#include "test.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+static char g_bin[512];
+static char g_out[8192], g_err[8192];
+
+/* Runs the CLI with a shell-quoted argument string; returns the exit status, or -1 if it
+ * died from a signal. Captures stdout/stderr. */
+static int run(const char *args) {
+    char cmd[4096];
+    const char *o = tmp_path("stdout.txt"), *e = tmp_path("stderr.txt");
+    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s", g_bin, args, o, e);
+    int st = system(cmd);
+    FILE *f = fopen(o, "rb");
+    size_t n = f ? fread(g_out, 1, sizeof g_out - 1, f) : 0;
+    g_out[n] = 0;
+    if (f) fclose(f);
+    f = fopen(e, "rb");
+    n = f ? fread(g_err, 1, sizeof g_err - 1, f) : 0;
+    g_err[n] = 0;
+    if (f) fclose(f);
+    if (WIFSIGNALED(st)) return -1;
+    return WEXITSTATUS(st);
+}
+
+static int one_line(const char *s) {
+    size_t n = strlen(s);
+    return n > 10 && !strncmp(s, "tinysam", 7) && strchr(s, '\n') == s + n - 1;
+}
+
+#define MODEL "models/tinysam_vit_t_random.pth"
+
+static void expect_error(const char *args, const char *needle) {
+    int st = run(args);
+    CHECK(st > 0 && st < 128, "'%s': exit status %d (expected an error)", args, st);
+    CHECK(one_line(g_err), "'%s': stderr is not one line: [%s]", args, g_err);
+    if (needle) CHECK(strstr(g_err, needle) != NULL, "'%s': stderr lacks '%s': %s", args, needle, g_err);
+}
+
+static void test_help(void) {
+    CHECK(run("--help") == 0 && strstr(g_out, "segment"), "tinysam --help");
+    const char *cmds[] = {"segment", "embed", "convert", "info", "everything"};
+    for (int i = 0; i < 5; i++) {
+        char a[64];
+        snprintf(a, sizeof a, "%s --help", cmds[i]);
+        CHECK(run(a) == 0 && strstr(g_out, "usage"), "tinysam %s --help", cmds[i]);
+    }
+    CHECK(run("frobnicate") != 0, "unknown command accepted");
+}
+
+static void test_bad_arguments(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    char base[2048];
+    snprintf(base, sizeof base, "segment --model %s --image %s --out-dir %s", fixture(MODEL),
+             fixture("images/picture1.jpg"), tmp_path("segout"));
+    struct { const char *extra, *needle; } cases[] = {
+        {"--point nan,3", "finite"},
+        {"--point 1e999,3", "finite"},
+        {"--point 12,abc", "finite"},
+        {"--point 12", "at least 2"},
+        {"--point 1,2,3,4", "more than"},
+        {"--point 1,2,5", "label"},
+        {"--point 1,,2", "malformed"},
+        {"--point 5000,10", "outside"},
+        {"--point -1,10", "outside"},
+        {"--box 600,150,120,640", "x1 < x0"},
+        {"--box 1,2,3", "at least 4"},
+        {"--point 10,10 --threads 0", "out of range"},
+        {"--point 10,10 --max-pixels 1000", "limit"},
+        {"", "no prompt"},
+        {"--point 10,10 --bogus 1", "unknown"},
+        {"--point", "needs a value"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char a[4096];
+        snprintf(a, sizeof a, "%s %s", base, cases[i].extra);
+        expect_error(a, cases[i].needle);
+    }
+}
+
+static void test_bad_files(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    char a[4096];
+    snprintf(a, sizeof a, "segment --model /nonexistent.pth --image %s --point 1,1",
+             fixture("images/picture1.jpg"));
+    expect_error(a, "nonexistent");
+    snprintf(a, sizeof a, "segment --model %s --image /nonexistent.jpg --point 1,1", fixture(MODEL));
+    expect_error(a, "nonexistent");
+
+    /* truncated image and checkpoint copies */
+    uint8_t *buf;
+    size_t n;
+    REQUIRE(ts_read_file(fixture("images/picture1.jpg"), 1 << 26, &buf, &n) == 0, "read jpg");
+    const char *tj = tmp_path("trunc.jpg");
+    FILE *f = fopen(tj, "wb");
+    fwrite(buf, 1, n / 3, f);
+    fclose(f);
+    free(buf);
+    snprintf(a, sizeof a, "segment --model %s --image %s --point 1,1 --out-dir %s", fixture(MODEL),
+             tj, tmp_path("o"));
+    expect_error(a, NULL);
+    REQUIRE(ts_read_file(fixture(MODEL), 1 << 28, &buf, &n) == 0, "read pth");
+    const char *tp = tmp_path("trunc.pth");
+    f = fopen(tp, "wb");
+    fwrite(buf, 1, n / 2, f);
+    fclose(f);
+    free(buf);
+    snprintf(a, sizeof a, "info %s", tp);
+    expect_error(a, NULL);
+    /* a text file posing as a checkpoint */
+    snprintf(a, sizeof a, "info %s", fixture("README.md"));
+    expect_error(a, NULL);
+    remove(tj);
+    remove(tp);
+}
+
+static void test_wrong_model(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    /* a checkpoint whose one tensor has the wrong shape: rejected naming the tensor */
+    ts_tensor_map *m;
+    REQUIRE(ts_map_load(fixture(MODEL), &m) == 0, "load: %s", tinysam_last_error());
+    const char *victim = "mask_decoder.iou_token.weight";
+    for (int i = 0; i < m->n; i++)
+        if (!strcmp(m->t[i].name, victim)) {
+            m->t[i].shape[1] = 128; /* [1,256] -> [2,128]: same bytes, wrong shape */
+            m->t[i].shape[0] = 2;
+        }
+    const char *p = tmp_path("wrong_shape.safetensors");
+    REQUIRE(ts_safetensors_save(p, m, 0, NULL, NULL) == 0, "save: %s", tinysam_last_error());
+    ts_map_free(m);
+    char a[2048];
+    snprintf(a, sizeof a, "info %s", p);
+    expect_error(a, victim);
+    remove(p);
+}
+
+static void test_mask_input_shape(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    float z[2 * 128 * 128] = {0};
+    int64_t shape[2] = {128, 256};
+    const char *p = tmp_path("bad_mask.npy");
+    REQUIRE(ts_npy_save(p, TS_DTYPE_F32, 2, shape, z) == 0, "save npy");
+    char a[4096];
+    snprintf(a, sizeof a, "segment --model %s --image %s --point 10,10 --mask-input %s --out-dir %s",
+             fixture(MODEL), fixture("images/shapes.png"), p, tmp_path("o"));
+    expect_error(a, "mask input");
+    remove(p);
+}
+
+/* Full pipeline through the CLI: decode, resize, encoder, decoder, upsampling. */
+static void test_segment_matches_reference(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    const char *dir = tmp_path("seg_point");
+    const char *lr = tmp_path("seg_point_lowres.npy");
+    char a[4096];
+    snprintf(a, sizeof a, "segment --model %s --image %s --point 380,300 --out-dir %s --low-res-out %s",
+             fixture(MODEL), fixture("images/picture1.jpg"), dir, lr);
+    int st = run(a);
+    REQUIRE(st == 0, "segment failed (%d): %s", st, g_err);
+    CHECK(strstr(g_out, "\"iou_predictions\"") && strstr(g_out, "\"best\": 0"), "stdout: %s", g_out);
+    ts_npy ref, low;
+    REQUIRE(ts_npy_load(fixture("reference/picture1/prompts/point/masks.npy"), &ref) == 0, "ref");
+    REQUIRE(ts_npy_load(lr, &low) == 0, "low-res out: %s", tinysam_last_error());
+    CHECK(low.ndim == 3 && low.shape[0] == 3 && low.shape[1] == 256, "low-res shape");
+    size_t plane = 770 * 769;
+    for (int k = 0; k < 3; k++) {
+        char mp[4200];
+        snprintf(mp, sizeof mp, "%s/mask_%d.png", dir, k);
+        tinysam_image img;
+        REQUIRE(tinysam_image_load(mp, 0, &img) == 0, "read %s: %s", mp, tinysam_last_error());
+        REQUIRE(img.width == 769 && img.height == 770, "mask size %dx%d", img.width, img.height);
+        size_t same = 0;
+        for (size_t i = 0; i < plane; i++)
+            same += (img.rgb[3 * i] > 127) == (((uint8_t *)ref.data)[k * plane + i] != 0);
+        double frac = (double)same / plane;
+        printf("  mask %d: %.5f%% of pixels equal the reference\n", k, 100.0 * frac);
+        CHECK(frac >= 0.999, "mask %d agrees on %.5f only", k, frac);
+        tinysam_image_free(&img);
+    }
+    ts_npy_free(&ref);
+    ts_npy_free(&low);
+}
+
+int main(void) {
+    const char *b = getenv("BUILD");
+    snprintf(g_bin, sizeof g_bin, "%s/tinysam", b && *b ? b : "build");
+    RUN(test_help);
+    RUN(test_bad_arguments);
+    RUN(test_bad_files);
+    RUN(test_wrong_model);
+    RUN(test_mask_input_shape);
+    RUN(test_segment_matches_reference);
+    return test_summary();
+}
