@@ -1,10 +1,15 @@
 /* nn.h - float32 kernels used by the model graphs. Row-major everywhere.
  * Every kernel has a plain-C reference (*_ref, nn/ref.c) that the tests compare the
- * dispatched (SIMD, threaded) version against. */
+ * dispatched (SIMD, threaded) version against. The dispatched versions pick an ISA path at
+ * first use (AVX-512, AVX2+FMA or portable C; env TINYSAM_ISA=avx512|avx2|scalar forces
+ * one) and spread big problems over the ts_parallel_for pool. */
 #ifndef TS_NN_H
 #define TS_NN_H
 
 #include <stddef.h>
+
+/* Activation fused into a kernel's epilogue. */
+enum { TS_ACT_NONE = 0, TS_ACT_GELU = 1 };
 
 /* C[M x N] (ldc) = beta*C + A[M x K] (lda) * op(B)
  * op(B) = B (K x N, ldb) when b_trans = 0, or B^T with B stored N x K (ldb) when 1.
@@ -13,21 +18,52 @@ void ts_gemm(int M, int N, int K, const float *A, int lda, const float *B, int l
              float *C, int ldc, float beta);
 void ts_gemm_ref(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                  int b_trans, float *C, int ldc, float beta);
+/* ts_gemm with a fused epilogue: C = act(beta*C + A*op(B) + bias[n]); bias may be NULL. */
+void ts_gemm_ex(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                int b_trans, float *C, int ldc, float beta, const float *bias, int act);
 
 /* PyTorch Linear: y[M x N] = x[M x K] * W^T + bias, W stored N x K, bias may be NULL. */
 void ts_linear(const float *x, int M, int K, const float *W, const float *bias, int N, float *y);
+
+/* 3x3 convolution, padding 1, stride 1 or 2, channels-last (NHWC, batch 1):
+ * x[H][W][Ci], w[Co][3][3][Ci] (taps ky, kx, then input channel), bias[Co] (may be NULL),
+ * y[Ho][Wo][Co] with Ho = (H - 1) / stride + 1. Computed as GEMM with the im2col done while
+ * packing, so no im2col buffer is needed. */
+void ts_conv3x3_nhwc(const float *x, int H, int W, int Ci, int stride, const float *w,
+                     const float *bias, int Co, int act, float *y);
+void ts_conv3x3_nhwc_ref(const float *x, int H, int W, int Ci, int stride, const float *w,
+                         const float *bias, int Co, int act, float *y);
+
+/* Depthwise 3x3 convolution, padding 1, stride 1 or 2, NHWC: x[H][W][C],
+ * w9[9][C] (tap ky*3+kx major, channel minor), bias[C] (may be NULL), y[Ho][Wo][C]. */
+void ts_dwconv3x3_nhwc(const float *x, int H, int W, int C, int stride, const float *w9,
+                       const float *bias, int act, float *y);
+void ts_dwconv3x3_nhwc_ref(const float *x, int H, int W, int C, int stride, const float *w9,
+                           const float *bias, int act, float *y);
 
 /* LayerNorm over the last axis of x[M x C] (in place), biased variance, then *w + b. */
 void ts_layernorm(float *x, int M, int C, const float *w, const float *b, float eps);
 /* Copying variant: y = LN(x). */
 void ts_layernorm_to(const float *x, float *y, int M, int C, const float *w, const float *b,
                      float eps);
+void ts_layernorm_to_ref(const float *x, float *y, int M, int C, const float *w, const float *b,
+                         float eps);
 
-/* Exact-erf GELU x * 0.5 * (1 + erf(x / sqrt(2))), in place over n values. */
+/* Exact-erf GELU x * 0.5 * (1 + erf(x / sqrt(2))), in place over n values. The SIMD paths
+ * use an erf approximation within 1e-6 absolute of the erff form (as PyTorch's own). */
 void ts_gelu(float *x, size_t n);
+void ts_gelu_ref(float *x, size_t n);
 void ts_relu(float *x, size_t n);
 
 /* Softmax over each row of x[M x N], in place (max-subtracted). */
 void ts_softmax_rows(float *x, int M, int N);
+void ts_softmax_rows_ref(float *x, int M, int N);
+
+/* ISA selection (nn/dispatch.c). Names: "avx512", "avx2", "scalar". ts_nn_set_isa returns 0,
+ * or TINYSAM_E_UNSUPPORTED when this CPU lacks it. Not thread-safe against running kernels:
+ * call it between forward passes (tests, benchmarks). */
+const char *ts_nn_isa_name(void);
+int ts_nn_set_isa(const char *name);
+int ts_nn_isa_available(const char *name);
 
 #endif

@@ -19,8 +19,8 @@ void ts_gemm_ref(int M, int N, int K, const float *A, int lda, const float *B, i
     }
 }
 
-void ts_layernorm_to(const float *x, float *y, int M, int C, const float *w, const float *b,
-                     float eps) {
+void ts_layernorm_to_ref(const float *x, float *y, int M, int C, const float *w,
+                         const float *b, float eps) {
     for (int m = 0; m < M; m++) {
         const float *xr = x + (size_t)m * C;
         float *yr = y + (size_t)m * C;
@@ -37,11 +37,7 @@ void ts_layernorm_to(const float *x, float *y, int M, int C, const float *w, con
     }
 }
 
-void ts_layernorm(float *x, int M, int C, const float *w, const float *b, float eps) {
-    ts_layernorm_to(x, x, M, C, w, b, eps);
-}
-
-void ts_gelu(float *x, size_t n) {
+void ts_gelu_ref(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = x[i] * 0.5f * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
@@ -49,7 +45,7 @@ void ts_relu(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
-void ts_softmax_rows(float *x, int M, int N) {
+void ts_softmax_rows_ref(float *x, int M, int N) {
     for (int m = 0; m < M; m++) {
         float *r = x + (size_t)m * N;
         float mx = r[0];
@@ -64,9 +60,42 @@ void ts_softmax_rows(float *x, int M, int N) {
     }
 }
 
-void ts_linear(const float *x, int M, int K, const float *W, const float *bias, int N, float *y) {
-    ts_gemm(M, N, K, x, K, W, K, 1, y, N, 0.0f);
-    if (bias)
-        for (int m = 0; m < M; m++)
-            for (int n = 0; n < N; n++) y[(size_t)m * N + n] += bias[n];
+/* Direct loops over the taps; accumulation in double so that it is a trustworthy oracle. */
+void ts_dwconv3x3_nhwc_ref(const float *x, int H, int W, int C, int stride, const float *w9,
+                           const float *bias, int act, float *y) {
+    int Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
+    for (int oy = 0; oy < Ho; oy++)
+        for (int ox = 0; ox < Wo; ox++)
+            for (int c = 0; c < C; c++) {
+                double acc = bias ? bias[c] : 0.0;
+                for (int ky = 0; ky < 3; ky++)
+                    for (int kx = 0; kx < 3; kx++) {
+                        int iy = oy * stride - 1 + ky, ix = ox * stride - 1 + kx;
+                        if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                        acc += (double)x[((size_t)iy * W + ix) * C + c] * w9[(ky * 3 + kx) * C + c];
+                    }
+                float v = (float)acc;
+                if (act == TS_ACT_GELU) ts_gelu_ref(&v, 1);
+                y[((size_t)oy * Wo + ox) * C + c] = v;
+            }
+}
+
+void ts_conv3x3_nhwc_ref(const float *x, int H, int W, int Ci, int stride, const float *w,
+                         const float *bias, int Co, int act, float *y) {
+    int Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
+    for (int oy = 0; oy < Ho; oy++)
+        for (int ox = 0; ox < Wo; ox++)
+            for (int co = 0; co < Co; co++) {
+                double acc = bias ? bias[co] : 0.0;
+                for (int t = 0; t < 9; t++) {
+                    int iy = oy * stride - 1 + t / 3, ix = ox * stride - 1 + t % 3;
+                    if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                    const float *xp = x + ((size_t)iy * W + ix) * Ci;
+                    const float *wp = w + ((size_t)co * 9 + t) * Ci;
+                    for (int ci = 0; ci < Ci; ci++) acc += (double)xp[ci] * wp[ci];
+                }
+                float v = (float)acc;
+                if (act == TS_ACT_GELU) ts_gelu_ref(&v, 1);
+                y[((size_t)oy * Wo + ox) * Co + co] = v;
+            }
 }

@@ -1,0 +1,35 @@
+/* nn_isa.h - the table of ISA-specific kernels behind the dispatched nn.h entry points
+ * (internal to src/nn). One table per path: x86/kernels_avx512.c, x86/kernels_avx2.c and the
+ * portable one in dispatch.c. */
+#ifndef TS_NN_ISA_H
+#define TS_NN_ISA_H
+
+#include <stddef.h>
+
+#define TS_GEMM_MR_MAX 16
+#define TS_GEMM_NR_MAX 32
+
+typedef struct {
+    const char *name;
+    int mr, nr; /* micro-tile: mr rows x nr columns */
+    /* C[mr x nr] (ldc) = (acc ? C : 0) + Ap * Bp; Ap packed [kc][mr], Bp packed [kc][nr],
+     * both 64-byte aligned. */
+    void (*ukernel)(int kc, const float *Ap, const float *Bp, float *C, int ldc, int acc);
+    /* row epilogue: c[i] = act(c[i] + bias[i]) for i < n; bias may be NULL. */
+    void (*bias_act)(float *c, const float *bias, int n, int act);
+    void (*gelu)(float *x, size_t n);
+    void (*layernorm)(const float *x, float *y, int M, int C, const float *w, const float *b,
+                      float eps);
+    void (*softmax)(float *x, int M, int N);
+    /* output row oy of ts_dwconv3x3_nhwc (y points at that row) */
+    void (*dwconv_row)(const float *x, int H, int W, int C, int stride, const float *w9,
+                       const float *bias, int act, float *y, int oy);
+} ts_nn_isa;
+
+const ts_nn_isa *ts_nn_isa_get(void);
+
+extern const ts_nn_isa ts_nn_isa_scalar;
+extern const ts_nn_isa ts_nn_isa_avx2;
+extern const ts_nn_isa ts_nn_isa_avx512;
+
+#endif

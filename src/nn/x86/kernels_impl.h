@@ -1,0 +1,301 @@
+/* kernels_impl.h - the SIMD kernels, written once over a small vector-macro layer and
+ * compiled twice: kernels_avx512.c (16 lanes) and kernels_avx2.c (8 lanes) define TS_VEC_BITS
+ * and include this file. Layouts are those of nn.h / nn_isa.h. */
+#include "nn/nn.h"
+#include "nn/nn_isa.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+#if TS_VEC_BITS == 512
+typedef __m512 vf;
+typedef __m512i vi;
+#define VL              16
+#define TS_MR           12
+#define V_LOAD(p)       _mm512_loadu_ps(p)
+#define V_LOADA(p)      _mm512_load_ps(p)
+#define V_STORE(p, v)   _mm512_storeu_ps(p, v)
+#define V_SET1(x)       _mm512_set1_ps(x)
+#define V_ZERO()        _mm512_setzero_ps()
+#define V_ADD           _mm512_add_ps
+#define V_SUB           _mm512_sub_ps
+#define V_MUL           _mm512_mul_ps
+#define V_DIV           _mm512_div_ps
+#define V_MAX           _mm512_max_ps
+#define V_MIN           _mm512_min_ps
+#define V_AND           _mm512_and_ps
+#define V_OR            _mm512_or_ps
+#define V_FMA(a, b, c)  _mm512_fmadd_ps(a, b, c)
+#define V_FNMA(a, b, c) _mm512_fnmadd_ps(a, b, c)
+#define V_ROUND(x)      _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define V_CVT_I(x)      _mm512_cvtps_epi32(x)
+#define VI_ADD          _mm512_add_epi32
+#define VI_SET1         _mm512_set1_epi32
+#define VI_SLLI         _mm512_slli_epi32
+#define V_FROM_I        _mm512_castsi512_ps
+#define V_HSUM(v)       _mm512_reduce_add_ps(v)
+#define V_HMAX(v)       _mm512_reduce_max_ps(v)
+#define SUFFIX(n)       n##_avx512
+#define ISA_NAME        "avx512"
+#elif TS_VEC_BITS == 256
+typedef __m256 vf;
+typedef __m256i vi;
+#define VL              8
+#define TS_MR           6
+#define V_LOAD(p)       _mm256_loadu_ps(p)
+#define V_LOADA(p)      _mm256_load_ps(p)
+#define V_STORE(p, v)   _mm256_storeu_ps(p, v)
+#define V_SET1(x)       _mm256_set1_ps(x)
+#define V_ZERO()        _mm256_setzero_ps()
+#define V_ADD           _mm256_add_ps
+#define V_SUB           _mm256_sub_ps
+#define V_MUL           _mm256_mul_ps
+#define V_DIV           _mm256_div_ps
+#define V_MAX           _mm256_max_ps
+#define V_MIN           _mm256_min_ps
+#define V_AND           _mm256_and_ps
+#define V_OR            _mm256_or_ps
+#define V_FMA(a, b, c)  _mm256_fmadd_ps(a, b, c)
+#define V_FNMA(a, b, c) _mm256_fnmadd_ps(a, b, c)
+#define V_ROUND(x)      _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define V_CVT_I(x)      _mm256_cvtps_epi32(x)
+#define VI_ADD          _mm256_add_epi32
+#define VI_SET1         _mm256_set1_epi32
+#define VI_SLLI         _mm256_slli_epi32
+#define V_FROM_I        _mm256_castsi256_ps
+#define SUFFIX(n)       n##_avx2
+#define ISA_NAME        "avx2"
+static inline float V_HSUM(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline float V_HMAX(vf v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#else
+#error "define TS_VEC_BITS to 256 or 512"
+#endif
+
+#define TS_NR (2 * VL)
+
+/* ---- element-wise math ------------------------------------------------------------- */
+
+/* exp: Cephes-style range reduction x = n ln2 + r, degree-6 polynomial on r (about 1 ulp);
+ * inputs clamped so that 2^n stays a normal float. */
+static inline vf SUFFIX(v_exp)(vf x) {
+    x = V_MIN(V_MAX(x, V_SET1(-87.3365447505531f)), V_SET1(88.3762626647949f));
+    vf n = V_ROUND(V_MUL(x, V_SET1(1.44269504088896341f)));
+    vf r = V_FNMA(n, V_SET1(0.693359375f), x);
+    r = V_FNMA(n, V_SET1(-2.12194440e-4f), r);
+    vf p = V_SET1(1.9875691500e-4f);
+    p = V_FMA(p, r, V_SET1(1.3981999507e-3f));
+    p = V_FMA(p, r, V_SET1(8.3334519073e-3f));
+    p = V_FMA(p, r, V_SET1(4.1665795894e-2f));
+    p = V_FMA(p, r, V_SET1(1.6666665459e-1f));
+    p = V_FMA(p, r, V_SET1(5.0000001201e-1f));
+    p = V_FMA(p, V_MUL(r, r), V_ADD(r, V_SET1(1.0f)));
+    vi e = VI_SLLI(VI_ADD(V_CVT_I(n), VI_SET1(127)), 23);
+    return V_MUL(p, V_FROM_I(e));
+}
+
+/* GELU with erf from Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7, the same approximation
+ * PyTorch's vectorised erf uses): erf(|z|) = 1 - t*P(t)*exp(-z^2), t = 1/(1 + p|z|). */
+static inline vf SUFFIX(v_gelu)(vf x) {
+    const vf sign_mask = V_SET1(-0.0f);
+    vf z = V_MUL(x, V_SET1(0.70710678118654752f));
+    vf sgn = V_AND(z, sign_mask);
+    vf az = V_MAX(z, V_SUB(V_ZERO(), z));
+    vf t = V_DIV(V_SET1(1.0f), V_FMA(V_SET1(0.3275911f), az, V_SET1(1.0f)));
+    vf p = V_SET1(1.061405429f);
+    p = V_FMA(p, t, V_SET1(-1.453152027f));
+    p = V_FMA(p, t, V_SET1(1.421413741f));
+    p = V_FMA(p, t, V_SET1(-0.284496736f));
+    p = V_FMA(p, t, V_SET1(0.254829592f));
+    p = V_MUL(p, t);
+    vf e = SUFFIX(v_exp)(V_MUL(V_SUB(V_ZERO(), az), az));
+    vf erf_abs = V_FNMA(p, e, V_SET1(1.0f));
+    vf erf = V_OR(erf_abs, sgn);
+    return V_MUL(V_MUL(x, V_SET1(0.5f)), V_ADD(V_SET1(1.0f), erf));
+}
+
+static float SUFFIX(gelu1)(float x) {
+    return x * 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+static void SUFFIX(gelu)(float *x, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) V_STORE(x + i, SUFFIX(v_gelu)(V_LOAD(x + i)));
+    for (; i < n; i++) x[i] = SUFFIX(gelu1)(x[i]);
+}
+
+static void SUFFIX(bias_act)(float *c, const float *bias, int n, int act) {
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf v = V_LOAD(c + i);
+        if (bias) v = V_ADD(v, V_LOAD(bias + i));
+        if (act == TS_ACT_GELU) v = SUFFIX(v_gelu)(v);
+        V_STORE(c + i, v);
+    }
+    for (; i < n; i++) {
+        float v = c[i] + (bias ? bias[i] : 0.0f);
+        c[i] = act == TS_ACT_GELU ? SUFFIX(gelu1)(v) : v;
+    }
+}
+
+/* ---- rows: LayerNorm, softmax ------------------------------------------------------ */
+
+static void SUFFIX(layernorm)(const float *x, float *y, int M, int C, const float *w,
+                              const float *b, float eps) {
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * C;
+        float *yr = y + (size_t)m * C;
+        vf s = V_ZERO();
+        int c = 0;
+        for (; c + VL <= C; c += VL) s = V_ADD(s, V_LOAD(xr + c));
+        float sum = V_HSUM(s);
+        for (; c < C; c++) sum += xr[c];
+        float mean = sum / (float)C;
+        vf vm = V_SET1(mean);
+        s = V_ZERO();
+        c = 0;
+        for (; c + VL <= C; c += VL) {
+            vf d = V_SUB(V_LOAD(xr + c), vm);
+            s = V_FMA(d, d, s);
+        }
+        float var = V_HSUM(s);
+        for (; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
+        float rstd = 1.0f / sqrtf(var / (float)C + eps);
+        vf vr = V_SET1(rstd);
+        c = 0;
+        for (; c + VL <= C; c += VL) {
+            vf d = V_MUL(V_SUB(V_LOAD(xr + c), vm), vr);
+            V_STORE(yr + c, V_FMA(d, V_LOAD(w + c), V_LOAD(b + c)));
+        }
+        for (; c < C; c++) yr[c] = (xr[c] - mean) * rstd * w[c] + b[c];
+    }
+}
+
+static void SUFFIX(softmax)(float *x, int M, int N) {
+    for (int m = 0; m < M; m++) {
+        float *r = x + (size_t)m * N;
+        int i = 0;
+        float mx = r[0];
+        if (N >= VL) {
+            vf vm = V_LOAD(r);
+            for (i = VL; i + VL <= N; i += VL) vm = V_MAX(vm, V_LOAD(r + i));
+            mx = V_HMAX(vm);
+        }
+        for (; i < N; i++) mx = r[i] > mx ? r[i] : mx;
+        vf vmx = V_SET1(mx), vs = V_ZERO();
+        for (i = 0; i + VL <= N; i += VL) {
+            vf e = SUFFIX(v_exp)(V_SUB(V_LOAD(r + i), vmx));
+            V_STORE(r + i, e);
+            vs = V_ADD(vs, e);
+        }
+        float s = V_HSUM(vs);
+        for (; i < N; i++) {
+            r[i] = expf(r[i] - mx);
+            s += r[i];
+        }
+        float inv = 1.0f / s;
+        vf vi_ = V_SET1(inv);
+        for (i = 0; i + VL <= N; i += VL) V_STORE(r + i, V_MUL(V_LOAD(r + i), vi_));
+        for (; i < N; i++) r[i] *= inv;
+    }
+}
+
+/* ---- depthwise 3x3 (NHWC) ------------------------------------------------------------ */
+
+static void SUFFIX(dwconv_row)(const float *x, int H, int W, int C, int stride, const float *w9,
+                               const float *bias, int act, float *y, int oy) {
+    int Wo = (W - 1) / stride + 1;
+    int iy0 = oy * stride - 1;
+    for (int ox = 0; ox < Wo; ox++) {
+        int ix0 = ox * stride - 1;
+        float *yo = y + (size_t)ox * C;
+        int c = 0;
+        for (; c + VL <= C; c += VL) {
+            vf acc = bias ? V_LOAD(bias + c) : V_ZERO();
+            for (int ky = 0; ky < 3; ky++) {
+                int iy = iy0 + ky;
+                if (iy < 0 || iy >= H) continue;
+                const float *xr = x + (size_t)iy * W * C + c;
+                for (int kx = 0; kx < 3; kx++) {
+                    int ix = ix0 + kx;
+                    if (ix < 0 || ix >= W) continue;
+                    acc = V_FMA(V_LOAD(xr + (size_t)ix * C), V_LOAD(w9 + (ky * 3 + kx) * C + c),
+                                acc);
+                }
+            }
+            if (act == TS_ACT_GELU) acc = SUFFIX(v_gelu)(acc);
+            V_STORE(yo + c, acc);
+        }
+        for (; c < C; c++) {
+            float acc = bias ? bias[c] : 0.0f;
+            for (int ky = 0; ky < 3; ky++) {
+                int iy = iy0 + ky;
+                if (iy < 0 || iy >= H) continue;
+                for (int kx = 0; kx < 3; kx++) {
+                    int ix = ix0 + kx;
+                    if (ix < 0 || ix >= W) continue;
+                    acc = fmaf(x[((size_t)iy * W + ix) * C + c], w9[(ky * 3 + kx) * C + c], acc);
+                }
+            }
+            yo[c] = act == TS_ACT_GELU ? SUFFIX(gelu1)(acc) : acc;
+        }
+    }
+}
+
+/* ---- GEMM micro-kernel ----------------------------------------------------------------- */
+
+/* TS_MR x (2 vectors) register tile: 24 (AVX-512) or 12 (AVX2) accumulators, B rows loaded
+ * once per k and A values broadcast. */
+static void SUFFIX(ukernel)(int kc, const float *Ap, const float *Bp, float *C, int ldc,
+                            int acc) {
+    vf c0[TS_MR], c1[TS_MR];
+#pragma GCC unroll 16
+    for (int r = 0; r < TS_MR; r++) c0[r] = c1[r] = V_ZERO();
+    for (int k = 0; k < kc; k++) {
+        vf b0 = V_LOADA(Bp), b1 = V_LOADA(Bp + VL);
+#pragma GCC unroll 16
+        for (int r = 0; r < TS_MR; r++) {
+            vf a = V_SET1(Ap[r]);
+            c0[r] = V_FMA(a, b0, c0[r]);
+            c1[r] = V_FMA(a, b1, c1[r]);
+        }
+        Ap += TS_MR;
+        Bp += TS_NR;
+    }
+    if (acc) {
+#pragma GCC unroll 16
+        for (int r = 0; r < TS_MR; r++) {
+            float *cr = C + (size_t)r * ldc;
+            V_STORE(cr, V_ADD(V_LOAD(cr), c0[r]));
+            V_STORE(cr + VL, V_ADD(V_LOAD(cr + VL), c1[r]));
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int r = 0; r < TS_MR; r++) {
+            float *cr = C + (size_t)r * ldc;
+            V_STORE(cr, c0[r]);
+            V_STORE(cr + VL, c1[r]);
+        }
+    }
+}
+
+const ts_nn_isa SUFFIX(ts_nn_isa) = {
+    .name = ISA_NAME,
+    .mr = TS_MR,
+    .nr = TS_NR,
+    .ukernel = SUFFIX(ukernel),
+    .bias_act = SUFFIX(bias_act),
+    .gelu = SUFFIX(gelu),
+    .layernorm = SUFFIX(layernorm),
+    .softmax = SUFFIX(softmax),
+    .dwconv_row = SUFFIX(dwconv_row),
+};

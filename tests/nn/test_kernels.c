@@ -1,0 +1,250 @@
+/* test_kernels.c - every ISA path of the nn kernels (src/nn) against the plain-C references
+ * (ts_gemm_ref, *_ref) and double-precision formulas. */
+#include "core.h"
+#include "nn/nn.h"
+#include "test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const ISAS[] = {"avx512", "avx2", "scalar"};
+#define N_ISAS 3
+
+static unsigned long long g_rng = 0x9E3779B97F4A7C15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((g_rng >> 40) * (1.0 / (1 << 24))) * 2.0f - 1.0f;
+}
+static float *rand_buf(size_t n) {
+    float *p = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = frand();
+    return p;
+}
+
+/* |got - want| <= 1e-5 * sum|a b| + 1e-6, per element; the bound of float accumulation. */
+static int gemm_case(int M, int N, int K, int b_trans, float beta, int pad, const float *bias,
+                     int act) {
+    int lda = K + pad, ldb = (b_trans ? K : N) + pad, ldc = N + pad;
+    int brows = b_trans ? N : K;
+    float *A = rand_buf((size_t)M * lda), *B = rand_buf((size_t)brows * ldb);
+    float *C = rand_buf((size_t)M * ldc), *R = malloc(sizeof(float) * (size_t)M * ldc);
+    float *absA = malloc(sizeof(float) * (size_t)M * lda), *absB = malloc(sizeof(float) * (size_t)brows * ldb);
+    float *S = malloc(sizeof(float) * (size_t)M * ldc);
+    for (size_t i = 0; i < (size_t)M * lda; i++) absA[i] = fabsf(A[i]);
+    for (size_t i = 0; i < (size_t)brows * ldb; i++) absB[i] = fabsf(B[i]);
+    memcpy(R, C, sizeof(float) * (size_t)M * ldc);
+    if (beta == 0.0f) /* old content must be ignored, NaN included */
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) C[(size_t)m * ldc + n] = NAN;
+    ts_gemm_ex(M, N, K, A, lda, B, ldb, b_trans, C, ldc, beta, bias, act);
+    ts_gemm_ref(M, N, K, A, lda, B, ldb, b_trans, R, ldc, beta);
+    ts_gemm_ref(M, N, K, absA, lda, absB, ldb, b_trans, S, ldc, 0.0f);
+    int bad = 0;
+    for (int m = 0; m < M && !bad; m++) {
+        float *rr = R + (size_t)m * ldc;
+        if (bias)
+            for (int n = 0; n < N; n++) rr[n] += bias[n];
+        if (act == TS_ACT_GELU) ts_gelu_ref(rr, (size_t)N);
+        for (int n = 0; n < N; n++) {
+            float g = C[(size_t)m * ldc + n], w = rr[n];
+            float tol = 1e-5f * (S[(size_t)m * ldc + n] + 1.0f) + 1e-6f;
+            if (!(fabsf(g - w) <= tol)) {
+                t_fail(__FILE__, __LINE__, "%s M=%d N=%d K=%d bt=%d beta=%g pad=%d: C[%d][%d]=%g "
+                       "want %g", ts_nn_isa_name(), M, N, K, b_trans, beta, pad, m, n, g, w);
+                bad = 1;
+                break;
+            }
+        }
+        /* padding columns untouched */
+        for (int n = N; n < ldc && !bad && m < M; n++)
+            if (C[(size_t)m * ldc + n] != R[(size_t)m * ldc + n] && beta != 0.0f) bad = 1;
+    }
+    free(A); free(B); free(C); free(R); free(absA); free(absB); free(S);
+    return !bad;
+}
+
+static void test_gemm_shapes(void) {
+    static const int dims[] = {1, 2, 5, 7, 12, 13, 16, 31, 33, 47, 64, 100, 129, 257, 300};
+    int nd = (int)(sizeof dims / sizeof dims[0]);
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        REQUIRE(ts_nn_set_isa(ISAS[i]) == 0, "set %s", ISAS[i]);
+        int n_cases = 0, ok = 0;
+        for (int a = 0; a < nd; a++)
+            for (int b = 0; b < nd; b++) {
+                /* a sparse but deterministic subset of (M, N, K) triples, all flags */
+                int c = (a * 7 + b * 3) % nd;
+                for (int f = 0; f < 8; f++) {
+                    int bt = f & 1, pad = (f >> 2) & 1 ? 3 : 0;
+                    float beta = (f >> 1) & 1 ? 1.0f : 0.0f;
+                    n_cases++;
+                    ok += gemm_case(dims[a], dims[b], dims[c], bt, beta, pad, NULL, 0);
+                }
+            }
+        CHECK(ok == n_cases, "%s: %d of %d gemm cases wrong", ISAS[i], n_cases - ok, n_cases);
+        /* big enough to be threaded and to need several K blocks */
+        CHECK(gemm_case(300, 290, 700, 1, 0.0f, 1, NULL, 0), "%s threaded bt", ISAS[i]);
+        CHECK(gemm_case(299, 301, 600, 0, 1.0f, 2, NULL, 0), "%s threaded", ISAS[i]);
+        CHECK(gemm_case(1, 300, 300, 1, 0.0f, 0, NULL, 0), "%s M=1", ISAS[i]);
+    }
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
+static void test_gemm_epilogue(void) {
+    float *bias = rand_buf(300);
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        CHECK(gemm_case(97, 75, 130, 1, 0.0f, 0, bias, TS_ACT_GELU), "%s bias+gelu", ISAS[i]);
+        CHECK(gemm_case(200, 160, 300, 1, 1.0f, 1, bias, TS_ACT_NONE), "%s bias acc", ISAS[i]);
+        CHECK(gemm_case(5, 3, 0, 0, 1.0f, 0, bias, TS_ACT_GELU), "%s K=0", ISAS[i]);
+        /* ts_linear = x W^T + b */
+        int M = 37, K = 45, N = 29;
+        float *x = rand_buf((size_t)M * K), *W = rand_buf((size_t)N * K);
+        float *y = malloc(sizeof(float) * M * N);
+        ts_linear(x, M, K, W, bias, N, y);
+        double err = 0;
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                double s = bias[n];
+                for (int k = 0; k < K; k++) s += (double)x[m * K + k] * W[n * K + k];
+                err = fmax(err, fabs(s - y[m * N + n]));
+            }
+        CHECK(err < 1e-5, "%s linear err %g", ISAS[i], err);
+        free(x); free(W); free(y);
+    }
+    free(bias);
+}
+
+static void test_conv3x3(void) {
+    static const int cfg[][5] = {{1, 1, 3, 32, 1},  {17, 13, 3, 32, 2}, {16, 16, 32, 64, 2},
+                                 {9, 11, 20, 24, 1}, {8, 8, 64, 40, 1}};
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+            int H = cfg[c][0], W = cfg[c][1], Ci = cfg[c][2], Co = cfg[c][3], s = cfg[c][4];
+            int Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1;
+            float *x = rand_buf((size_t)H * W * Ci), *w = rand_buf((size_t)Co * 9 * Ci);
+            float *b = rand_buf(Co);
+            float *y = malloc(sizeof(float) * Ho * Wo * Co), *r = malloc(sizeof(float) * Ho * Wo * Co);
+            for (int act = 0; act < 2; act++) {
+                ts_conv3x3_nhwc(x, H, W, Ci, s, w, b, Co, act, y);
+                ts_conv3x3_nhwc_ref(x, H, W, Ci, s, w, b, Co, act, r);
+                double err = 0;
+                for (int k = 0; k < Ho * Wo * Co; k++) err = fmax(err, fabs(y[k] - r[k]));
+                CHECK(err < 2e-5, "%s conv %dx%dx%d->%d s%d act%d err %g", ISAS[i], H, W, Ci, Co,
+                      s, act, err);
+            }
+            free(x); free(w); free(b); free(y); free(r);
+        }
+    }
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
+static void test_dwconv(void) {
+    static const int cfg[][4] = {{1, 1, 16, 1}, {7, 9, 48, 1}, {7, 9, 48, 2}, {16, 16, 20, 2},
+                                 {13, 12, 37, 1}, {64, 64, 160, 1}};
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+            int H = cfg[c][0], W = cfg[c][1], C = cfg[c][2], s = cfg[c][3];
+            int Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1;
+            float *x = rand_buf((size_t)H * W * C), *w = rand_buf((size_t)9 * C);
+            float *b = rand_buf(C);
+            float *y = malloc(sizeof(float) * Ho * Wo * C), *r = malloc(sizeof(float) * Ho * Wo * C);
+            for (int act = 0; act < 2; act++) {
+                ts_dwconv3x3_nhwc(x, H, W, C, s, w, act ? b : NULL, act, y);
+                ts_dwconv3x3_nhwc_ref(x, H, W, C, s, w, act ? b : NULL, act, r);
+                double err = 0;
+                for (int k = 0; k < Ho * Wo * C; k++) err = fmax(err, fabs(y[k] - r[k]));
+                CHECK(err < 2e-6, "%s dwconv %dx%dx%d s%d act%d err %g", ISAS[i], H, W, C, s, act,
+                      err);
+            }
+            free(x); free(w); free(b); free(y); free(r);
+        }
+    }
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
+static void test_gelu(void) {
+    size_t n = 400037;
+    float *x = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) x[i] = -12.0f + 24.0f * (float)i / (float)n;
+    x[0] = 0.0f; x[1] = -0.0f; x[2] = 100.0f; x[3] = -100.0f; x[4] = 1e-30f; x[5] = -3e4f;
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        memcpy(y, x, sizeof(float) * n);
+        ts_gelu(y, n);
+        double err = 0;
+        for (size_t k = 0; k < n; k++) {
+            float w = x[k] * 0.5f * (1.0f + erff(x[k] * 0.70710678118654752f));
+            err = fmax(err, fabs((double)y[k] - w));
+        }
+        CHECK(err < 1e-6, "%s gelu max abs err %g", ISAS[i], err);
+    }
+    free(x); free(y);
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
+static void test_layernorm_softmax(void) {
+    static const int cfg[][2] = {{1, 1}, {3, 7}, {50, 49}, {300, 160}, {1000, 320}, {9, 196}};
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+            int M = cfg[c][0], C = cfg[c][1];
+            float *x = rand_buf((size_t)M * C), *y = malloc(sizeof(float) * M * C);
+            float *w = rand_buf(C), *b = rand_buf(C);
+            for (int k = 0; k < M * C; k++) x[k] = x[k] * 3.0f + 0.5f;
+            ts_layernorm_to(x, y, M, C, w, b, 1e-5f);
+            double eln = 0, esm = 0;
+            for (int m = 0; m < M; m++) {
+                const float *xr = x + (size_t)m * C;
+                double mu = 0, var = 0;
+                for (int k = 0; k < C; k++) mu += xr[k];
+                mu /= C;
+                for (int k = 0; k < C; k++) var += (xr[k] - mu) * (xr[k] - mu);
+                var /= C;
+                for (int k = 0; k < C; k++) {
+                    double want = (xr[k] - mu) / sqrt(var + 1e-5) * w[k] + b[k];
+                    eln = fmax(eln, fabs(want - y[(size_t)m * C + k]));
+                }
+            }
+            memcpy(y, x, sizeof(float) * M * C);
+            ts_softmax_rows(y, M, C);
+            for (int m = 0; m < M; m++) {
+                const float *xr = x + (size_t)m * C;
+                double mx = xr[0], s = 0;
+                for (int k = 1; k < C; k++) mx = fmax(mx, xr[k]);
+                for (int k = 0; k < C; k++) s += exp(xr[k] - mx);
+                for (int k = 0; k < C; k++)
+                    esm = fmax(esm, fabs(exp(xr[k] - mx) / s - y[(size_t)m * C + k]));
+            }
+            CHECK(eln < 5e-6, "%s layernorm %dx%d err %g", ISAS[i], M, C, eln);
+            CHECK(esm < 1e-6, "%s softmax %dx%d err %g", ISAS[i], M, C, esm);
+            free(x); free(y); free(w); free(b);
+        }
+    }
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
+static void test_isa_select(void) {
+    CHECK(ts_nn_set_isa("bogus") == TINYSAM_E_ARG, "bogus ISA accepted");
+    CHECK(ts_nn_set_isa("scalar") == 0 && !strcmp(ts_nn_isa_name(), "scalar"), "scalar");
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
+int main(void) {
+    RUN(test_isa_select);
+    RUN(test_gemm_shapes);
+    RUN(test_gemm_epilogue);
+    RUN(test_conv3x3);
+    RUN(test_dwconv);
+    RUN(test_gelu);
+    RUN(test_layernorm_softmax);
+    return test_summary();
+}
