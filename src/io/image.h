@@ -7,6 +7,26 @@
 
 #include "tinysam.h"
 
+/* Largest accepted width or height (libpng's default user limit); the pixel count is
+ * limited separately by max_pixels. */
+#define TS_IMAGE_MAX_SIDE 1000000
+/* Largest image file tinysam_image_load reads. */
+#define TS_IMAGE_MAX_FILE (1024LL * 1024 * 1024)
+/* Progressive JPEGs with more scans than this are rejected (decode-time DoS guard). */
+#define TS_JPEG_MAX_SCANS 1000
+
+/* As tinysam_image_decode, with `name` (a path or "image") leading every error message. */
+int ts_image_decode_named(const char *name, const void *data, size_t size, long long max_pixels,
+                          tinysam_image *out);
+
+/* EXIF orientation (1-8) found in a JPEG's APP1 payload (starting "Exif\0\0"); 1 when
+ * absent or invalid. Bounds-checked against len. */
+int ts_exif_orientation(const uint8_t *app1, size_t len);
+
+/* Applies EXIF orientation o (2-8) as PIL's ImageOps.exif_transpose does. src is w x h
+ * RGB; dst must hold w*h*3 bytes and gets (o >= 5 ? h x w : w x h). */
+void ts_image_orient(const uint8_t *src, int w, int h, int o, uint8_t *dst);
+
 /* Writes an 8-bit grey (channels 1) or RGB (channels 3) PNG. */
 int ts_png_write(const char *path, const uint8_t *pix, int width, int height, int channels);
 /* Encodes the same into a malloc'd buffer (for the server). */

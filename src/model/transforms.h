@@ -9,7 +9,7 @@
 void ts_preprocess_shape(int h, int w, int target, int *newh, int *neww);
 
 /* PIL-exact antialiased bilinear resize of an RGB uint8 image (section 3.3).
- * dst must hold dst_h*dst_w*3 bytes. Returns 0, or TINYSAM_E_NOMEM. */
+ * dst must hold dst_h*dst_w*3 bytes. Returns 0, TINYSAM_E_ARG or TINYSAM_E_NOMEM. */
 int ts_resize_rgb_pil(const uint8_t *src, int src_w, int src_h, uint8_t *dst, int dst_w,
                       int dst_h);
 
@@ -20,9 +20,11 @@ void ts_normalize_pad(const uint8_t *resized, int newh, int neww, float *out);
 double ts_apply_coord(double v, int new_len, int orig_len);
 
 /* postprocess_masks for one 256x256 logit map (section 3.6): bilinear to 1024x1024,
- * crop to newh x neww, bilinear to H x W, exactly as torch 1.13. out: H*W floats.
- * tmp: scratch of ts_postprocess_scratch_size(H, W) floats (or NULL to allocate).
- * Returns 0 or TINYSAM_E_NOMEM. */
+ * crop to newh x neww, bilinear to H x W, exactly as torch 1.13 (bit-exact). out: H*W
+ * floats. Streams rows, so the scratch is small: ts_postprocess_scratch_size(newh, neww,
+ * H, W) floats (about 3*neww + 2*W + 4*(newh+neww+H+W)); tmp may be NULL (allocated).
+ * Single-threaded and reentrant: callers may run several masks in parallel with
+ * separate scratch. Returns 0, TINYSAM_E_ARG or TINYSAM_E_NOMEM. */
 long long ts_postprocess_scratch_size(int newh, int neww, int h, int w);
 int ts_postprocess_mask(const float *low_res, int newh, int neww, int h, int w, float *out,
                         float *tmp);
