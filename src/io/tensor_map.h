@@ -35,14 +35,13 @@ typedef struct {
 } ts_tensor;
 
 typedef struct ts_tensor_map {
-    int n;
+    int n, cap;
     ts_tensor *t;
     char format[32];         /* "pth-zip", "pth-legacy", "safetensors" */
     char *metadata_json;     /* safetensors __metadata__ object as JSON text, or NULL */
-    /* owned resources (allocations, mapping) */
-    void *owned_buffers;     /* implementation-defined */
-    void *map_base;
+    void *map_base;          /* mmap'd file (safetensors), or the caller's buffer */
     size_t map_size;
+    int borrowed;            /* map_base belongs to the caller (load_memory): free nothing in it */
 } ts_tensor_map;
 
 /* Loads a file, detecting the format from its first bytes (ZIP "PK\3\4" -> pth-zip,

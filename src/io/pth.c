@@ -1,0 +1,778 @@
+/* pth.c - PyTorch checkpoints (torch.save) read as data: the ZIP container and the legacy
+ * stream container, and a pickle *interpreter* that understands only the opcodes and
+ * globals a state_dict needs (spec TINYSAM.md section 2.2-2.3). Nothing is executed:
+ * GLOBAL resolves against an allow-list, REDUCE only rebuilds tensors and dicts. */
+#include "core.h"
+#include "io/tensor_map.h"
+#include "io/tensor_map_internal.h"
+#include "io/zip.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PICKLE_MAX_STACK 100000     /* values on the stack */
+#define PICKLE_MAX_MARKS 10000      /* nested MARKs */
+#define PICKLE_MAX_MEMO 1000000     /* memo slots */
+#define PICKLE_MAX_STRING (1 << 20) /* bytes in one string */
+#define PICKLE_MAX_ITEMS 10000000   /* items in one container */
+#define PTH_MAX_TENSORS 100000
+#define PTH_MAX_FILE ((size_t)1 << 37)
+
+/* ------------------------------------------------------------------ values */
+
+typedef enum {
+    V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_TUPLE, V_LIST, V_DICT, V_GLOBAL, V_STORAGE, V_TENSOR
+} vkind;
+
+typedef enum { G_ORDERED_DICT, G_REBUILD_TENSOR, G_REBUILD_PARAMETER, G_STORAGE } gkind;
+
+typedef struct val val;
+struct val {
+    vkind kind;
+    int64_t i;              /* INT, BOOL */
+    double f;               /* FLOAT */
+    char *s;                /* STR (NUL-terminated), len in n */
+    int n, cap;             /* items in TUPLE/LIST; DICT: pairs (items holds 2n) */
+    val **items;
+    gkind g;                /* GLOBAL */
+    ts_dtype dtype;         /* GLOBAL storage class, STORAGE, TENSOR */
+    val *storage;           /* TENSOR */
+    char *key;              /* STORAGE: storage key */
+    int64_t numel;          /* STORAGE */
+    int64_t offset, ndim, shape[TS_MAX_DIMS], stride[TS_MAX_DIMS]; /* TENSOR */
+};
+
+/* All values of one load live in one list and are freed together. */
+typedef struct {
+    val **all;
+    size_t n, cap;
+} heap;
+
+typedef struct {
+    const uint8_t *p, *end, *start;
+    heap *h;
+    val **stack;
+    int sp;
+    int marks[PICKLE_MAX_MARKS];
+    int n_marks;
+    val **memo;
+    size_t memo_cap, memo_count;
+    const char *what; /* for messages */
+} vm;
+
+static val *vnew(heap *h, vkind k) {
+    if (h->n == h->cap) {
+        size_t nc = h->cap ? h->cap * 2 : 1024;
+        val **na = realloc(h->all, nc * sizeof *na);
+        if (!na) return NULL;
+        h->all = na;
+        h->cap = nc;
+    }
+    val *v = calloc(1, sizeof *v);
+    if (!v) return NULL;
+    v->kind = k;
+    h->all[h->n++] = v;
+    return v;
+}
+
+static void heap_free(heap *h) {
+    for (size_t i = 0; i < h->n; i++) {
+        free(h->all[i]->s);
+        free(h->all[i]->key);
+        free(h->all[i]->items);
+        free(h->all[i]);
+    }
+    free(h->all);
+}
+
+static int vappend(val *c, val *x) {
+    if (c->n >= PICKLE_MAX_ITEMS) return -1;
+    if (c->n == c->cap) {
+        int nc = c->cap ? c->cap * 2 : 8;
+        val **ni = realloc(c->items, (size_t)nc * sizeof *ni);
+        if (!ni) return -1;
+        c->items = ni;
+        c->cap = nc;
+    }
+    c->items[c->n++] = x;
+    return 0;
+}
+
+/* Dicts store key, value alternately in items; n counts stored values (2 per pair). */
+static int dict_set(val *d, val *k, val *v) {
+    if (k->kind == V_STR)
+        for (int i = 0; i + 1 < d->n; i += 2)
+            if (d->items[i]->kind == V_STR && !strcmp(d->items[i]->s, k->s)) {
+                d->items[i + 1] = v;
+                return 0;
+            }
+    return vappend(d, k) || vappend(d, v) ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ interpreter */
+
+#define FAIL(...) return ts_error(TINYSAM_E_FORMAT, __VA_ARGS__)
+
+static long off(const vm *m) {
+    return (long)(m->p - m->start);
+}
+
+static int need(vm *m, size_t n) {
+    if ((size_t)(m->end - m->p) < n)
+        FAIL("%s: pickle truncated at offset %ld", m->what, off(m));
+    return 0;
+}
+
+static int push(vm *m, val *v) {
+    if (!v) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    if (m->sp >= PICKLE_MAX_STACK) FAIL("%s: pickle stack deeper than %d", m->what, PICKLE_MAX_STACK);
+    m->stack[m->sp++] = v;
+    return 0;
+}
+
+static val *pop(vm *m) {
+    int floor = m->n_marks ? m->marks[m->n_marks - 1] : 0;
+    if (m->sp <= floor) return NULL;
+    return m->stack[--m->sp];
+}
+
+static int pop_mark(vm *m, int *first) {
+    if (!m->n_marks) FAIL("%s: pickle MARK missing at offset %ld", m->what, off(m));
+    *first = m->marks[--m->n_marks];
+    return 0;
+}
+
+static uint64_t rdle(const uint8_t *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+static int memo_put(vm *m, size_t idx) {
+    if (idx >= PICKLE_MAX_MEMO) FAIL("%s: pickle memo index %zu too large", m->what, idx);
+    if (!m->sp) FAIL("%s: pickle memo store on empty stack", m->what);
+    if (idx >= m->memo_cap) {
+        size_t nc = m->memo_cap ? m->memo_cap : 256;
+        while (nc <= idx) nc *= 2;
+        val **nm = realloc(m->memo, nc * sizeof *nm);
+        if (!nm) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+        memset(nm + m->memo_cap, 0, (nc - m->memo_cap) * sizeof *nm);
+        m->memo = nm;
+        m->memo_cap = nc;
+    }
+    if (!m->memo[idx]) m->memo_count++;
+    m->memo[idx] = m->stack[m->sp - 1];
+    return 0;
+}
+
+static int memo_get(vm *m, size_t idx) {
+    if (idx >= m->memo_cap || !m->memo[idx])
+        FAIL("%s: pickle memo slot %zu is empty", m->what, idx);
+    return push(m, m->memo[idx]);
+}
+
+static int push_str(vm *m, size_t len, int unicode) {
+    (void)unicode;
+    if (len > PICKLE_MAX_STRING) FAIL("%s: pickle string of %zu bytes is too long", m->what, len);
+    if (need(m, len)) return TINYSAM_E_FORMAT;
+    val *v = vnew(m->h, V_STR);
+    if (!v || !(v->s = malloc(len + 1))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    memcpy(v->s, m->p, len);
+    v->s[len] = 0;
+    v->n = (int)len;
+    m->p += len;
+    return push(m, v);
+}
+
+static int resolve_global(vm *m, const char *mod, const char *name) {
+    val *g = vnew(m->h, V_GLOBAL);
+    if (!g) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    static const struct { const char *name; ts_dtype t; } storages[] = {
+        {"FloatStorage", TS_DTYPE_F32}, {"HalfStorage", TS_DTYPE_F16},
+        {"BFloat16Storage", TS_DTYPE_BF16}, {"DoubleStorage", TS_DTYPE_F64},
+        {"LongStorage", TS_DTYPE_I64}, {"IntStorage", TS_DTYPE_I32},
+        {"CharStorage", TS_DTYPE_I8}, {"ByteStorage", TS_DTYPE_U8}, {"BoolStorage", TS_DTYPE_U8},
+    };
+    if (!strcmp(mod, "collections") && !strcmp(name, "OrderedDict")) g->g = G_ORDERED_DICT;
+    else if (!strcmp(mod, "torch._utils") && !strcmp(name, "_rebuild_tensor_v2")) g->g = G_REBUILD_TENSOR;
+    else if (!strcmp(mod, "torch._utils") && !strcmp(name, "_rebuild_parameter")) g->g = G_REBUILD_PARAMETER;
+    else {
+        int found = 0;
+        if (!strcmp(mod, "torch"))
+            for (size_t i = 0; i < sizeof storages / sizeof storages[0]; i++)
+                if (!strcmp(name, storages[i].name)) {
+                    g->g = G_STORAGE;
+                    g->dtype = storages[i].t;
+                    found = 1;
+                }
+        if (!found)
+            FAIL("%s: pickle refers to '%s.%s', which is not allowed in a weights file", m->what,
+                 mod, name);
+    }
+    return push(m, g);
+}
+
+static int read_line(vm *m, char *buf, size_t cap) {
+    const uint8_t *nl = memchr(m->p, '\n', (size_t)(m->end - m->p));
+    if (!nl || (size_t)(nl - m->p) >= cap) FAIL("%s: pickle GLOBAL malformed at offset %ld", m->what, off(m));
+    memcpy(buf, m->p, (size_t)(nl - m->p));
+    buf[nl - m->p] = 0;
+    m->p = nl + 1;
+    return 0;
+}
+
+static int tuple_ints(const val *t, int64_t *out, int64_t *n) {
+    if (t->kind != V_TUPLE || t->n > TS_MAX_DIMS) return -1;
+    for (int i = 0; i < t->n; i++) {
+        if (t->items[i]->kind != V_INT) return -1;
+        out[i] = t->items[i]->i;
+    }
+    *n = t->n;
+    return 0;
+}
+
+static int do_reduce(vm *m) {
+    val *args = pop(m), *fn = pop(m);
+    if (!args || !fn || args->kind != V_TUPLE || fn->kind != V_GLOBAL)
+        FAIL("%s: pickle REDUCE on something other than an allowed function at offset %ld", m->what, off(m));
+    if (fn->g == G_ORDERED_DICT) {
+        if (args->n != 0) FAIL("%s: OrderedDict with arguments", m->what);
+        return push(m, vnew(m->h, V_DICT));
+    }
+    if (fn->g == G_REBUILD_PARAMETER) {
+        if (args->n < 1 || args->items[0]->kind != V_TENSOR) FAIL("%s: bad _rebuild_parameter", m->what);
+        return push(m, args->items[0]);
+    }
+    if (fn->g != G_REBUILD_TENSOR) FAIL("%s: pickle calls a storage class", m->what);
+    /* (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata]) */
+    if (args->n < 4 || args->items[0]->kind != V_STORAGE || args->items[1]->kind != V_INT)
+        FAIL("%s: bad _rebuild_tensor_v2 arguments at offset %ld", m->what, off(m));
+    val *t = vnew(m->h, V_TENSOR);
+    if (!t) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    t->storage = args->items[0];
+    t->dtype = t->storage->dtype;
+    t->offset = args->items[1]->i;
+    int64_t ns;
+    if (tuple_ints(args->items[2], t->shape, &t->ndim) || tuple_ints(args->items[3], t->stride, &ns) ||
+        ns != t->ndim)
+        FAIL("%s: bad tensor size/stride at offset %ld", m->what, off(m));
+    return push(m, t);
+}
+
+static int do_persid(vm *m) {
+    val *pid = pop(m);
+    /* ('storage', storage_class, key, location, numel[, view]) */
+    if (!pid || pid->kind != V_TUPLE || pid->n < 5 || pid->items[0]->kind != V_STR ||
+        strcmp(pid->items[0]->s, "storage") || pid->items[1]->kind != V_GLOBAL ||
+        pid->items[1]->g != G_STORAGE || pid->items[2]->kind != V_STR ||
+        pid->items[4]->kind != V_INT || pid->items[4]->i < 0)
+        FAIL("%s: unsupported persistent id at offset %ld", m->what, off(m));
+    val *s = vnew(m->h, V_STORAGE);
+    if (!s || !(s->key = strdup(pid->items[2]->s))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    s->dtype = pid->items[1]->dtype;
+    s->numel = pid->items[4]->i;
+    return push(m, s);
+}
+
+/* Runs one pickle from m->p to its STOP; *result gets the value left on the stack. */
+static int run_pickle(vm *m, val **result) {
+    m->sp = 0;
+    m->n_marks = 0;
+    for (;;) {
+        if (need(m, 1)) return TINYSAM_E_FORMAT;
+        uint8_t op = *m->p++;
+        int rc = 0, first = 0;
+        val *v, *k, *x;
+        switch (op) {
+        case 0x80: /* PROTO */
+            if (need(m, 1)) return TINYSAM_E_FORMAT;
+            if (*m->p > 5) FAIL("%s: pickle protocol %d not supported", m->what, *m->p);
+            m->p++;
+            break;
+        case 0x95: /* FRAME */
+            if (need(m, 8)) return TINYSAM_E_FORMAT;
+            m->p += 8;
+            break;
+        case '.': /* STOP */
+            if (m->sp != 1 || m->n_marks)
+                FAIL("%s: pickle ends with %d values on the stack", m->what, m->sp);
+            *result = m->stack[0];
+            return 0;
+        case 'c': { /* GLOBAL */
+            char mod[128], name[128];
+            if ((rc = read_line(m, mod, sizeof mod)) || (rc = read_line(m, name, sizeof name)))
+                return rc;
+            rc = resolve_global(m, mod, name);
+            break;
+        }
+        case 0x93: /* STACK_GLOBAL */
+            x = pop(m);
+            v = pop(m);
+            if (!x || !v || x->kind != V_STR || v->kind != V_STR)
+                FAIL("%s: bad STACK_GLOBAL at offset %ld", m->what, off(m));
+            rc = resolve_global(m, v->s, x->s);
+            break;
+        case 'q': /* BINPUT */
+            if (need(m, 1)) return TINYSAM_E_FORMAT;
+            rc = memo_put(m, *m->p++);
+            break;
+        case 'r': /* LONG_BINPUT */
+            if (need(m, 4)) return TINYSAM_E_FORMAT;
+            rc = memo_put(m, rdle(m->p, 4));
+            m->p += 4;
+            break;
+        case 0x94: /* MEMOIZE */
+            rc = memo_put(m, m->memo_count);
+            break;
+        case 'h': /* BINGET */
+            if (need(m, 1)) return TINYSAM_E_FORMAT;
+            rc = memo_get(m, *m->p++);
+            break;
+        case 'j': /* LONG_BINGET */
+            if (need(m, 4)) return TINYSAM_E_FORMAT;
+            rc = memo_get(m, rdle(m->p, 4));
+            m->p += 4;
+            break;
+        case '(': /* MARK */
+            if (m->n_marks >= PICKLE_MAX_MARKS) FAIL("%s: pickle MARKs nested too deeply", m->what);
+            m->marks[m->n_marks++] = m->sp;
+            break;
+        case ')': rc = push(m, vnew(m->h, V_TUPLE)); break;  /* EMPTY_TUPLE */
+        case ']': rc = push(m, vnew(m->h, V_LIST)); break;   /* EMPTY_LIST */
+        case '}': rc = push(m, vnew(m->h, V_DICT)); break;   /* EMPTY_DICT */
+        case 'N': rc = push(m, vnew(m->h, V_NONE)); break;   /* NONE */
+        case 0x88: case 0x89:                                /* NEWTRUE, NEWFALSE */
+            if (!(v = vnew(m->h, V_BOOL))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            v->i = op == 0x88;
+            rc = push(m, v);
+            break;
+        case 't': case 'l': case 'd': { /* TUPLE, LIST, DICT from the last MARK */
+            if ((rc = pop_mark(m, &first))) return rc;
+            int n = m->sp - first;
+            if (op == 'd' && n % 2) FAIL("%s: pickle DICT with an odd item count", m->what);
+            v = vnew(m->h, op == 't' ? V_TUPLE : op == 'l' ? V_LIST : V_DICT);
+            if (!v) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            for (int i = 0; i < n; i += op == 'd' ? 2 : 1)
+                if (op == 'd' ? dict_set(v, m->stack[first + i], m->stack[first + i + 1])
+                              : vappend(v, m->stack[first + i]))
+                    return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            m->sp = first;
+            rc = push(m, v);
+            break;
+        }
+        case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
+            int n = op - 0x84;
+            v = vnew(m->h, V_TUPLE);
+            if (!v) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            val *it[3];
+            for (int i = n - 1; i >= 0; i--)
+                if (!(it[i] = pop(m))) FAIL("%s: pickle stack underflow at offset %ld", m->what, off(m));
+            for (int i = 0; i < n; i++)
+                if (vappend(v, it[i])) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            rc = push(m, v);
+            break;
+        }
+        case 's': /* SETITEM */
+            x = pop(m);
+            k = pop(m);
+            if (!x || !k || !m->sp || m->stack[m->sp - 1]->kind != V_DICT)
+                FAIL("%s: bad SETITEM at offset %ld", m->what, off(m));
+            if (dict_set(m->stack[m->sp - 1], k, x)) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            break;
+        case 'u': case 'e': { /* SETITEMS, APPENDS */
+            if ((rc = pop_mark(m, &first))) return rc;
+            int n = m->sp - first;
+            if (first < 1 || (m->n_marks && first - 1 < m->marks[m->n_marks - 1]))
+                FAIL("%s: SETITEMS/APPENDS without a target at offset %ld", m->what, off(m));
+            val *target = m->stack[first - 1];
+            if ((op == 'u' && (target->kind != V_DICT || n % 2)) ||
+                (op == 'e' && target->kind != V_LIST))
+                FAIL("%s: bad SETITEMS/APPENDS at offset %ld", m->what, off(m));
+            for (int i = 0; i < n; i += op == 'u' ? 2 : 1)
+                if (op == 'u' ? dict_set(target, m->stack[first + i], m->stack[first + i + 1])
+                              : vappend(target, m->stack[first + i]))
+                    return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            m->sp = first;
+            break;
+        }
+        case 'a': /* APPEND */
+            x = pop(m);
+            if (!x || !m->sp || m->stack[m->sp - 1]->kind != V_LIST)
+                FAIL("%s: bad APPEND at offset %ld", m->what, off(m));
+            if (vappend(m->stack[m->sp - 1], x)) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            break;
+        case 'X': case 'T': case 'B': /* BINUNICODE, BINSTRING, BINBYTES */
+            if (need(m, 4)) return TINYSAM_E_FORMAT;
+            {
+                size_t len = rdle(m->p, 4);
+                m->p += 4;
+                rc = push_str(m, len, 1);
+            }
+            break;
+        case 0x8c: case 'U': case 'C': /* SHORT_BINUNICODE, SHORT_BINSTRING, SHORT_BINBYTES */
+            if (need(m, 1)) return TINYSAM_E_FORMAT;
+            {
+                size_t len = *m->p++;
+                rc = push_str(m, len, 1);
+            }
+            break;
+        case 0x8d: /* BINUNICODE8 */
+            if (need(m, 8)) return TINYSAM_E_FORMAT;
+            {
+                uint64_t len = rdle(m->p, 8);
+                m->p += 8;
+                if (len > PICKLE_MAX_STRING) FAIL("%s: pickle string too long", m->what);
+                rc = push_str(m, (size_t)len, 1);
+            }
+            break;
+        case 'K': case 'M': case 'J': { /* BININT1, BININT2, BININT */
+            int n = op == 'K' ? 1 : op == 'M' ? 2 : 4;
+            if (need(m, (size_t)n)) return TINYSAM_E_FORMAT;
+            if (!(v = vnew(m->h, V_INT))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            uint64_t u = rdle(m->p, n);
+            v->i = op == 'J' ? (int64_t)(int32_t)(uint32_t)u : (int64_t)u;
+            m->p += n;
+            rc = push(m, v);
+            break;
+        }
+        case 0x8a: { /* LONG1 */
+            if (need(m, 1)) return TINYSAM_E_FORMAT;
+            int n = *m->p++;
+            if (need(m, (size_t)n)) return TINYSAM_E_FORMAT;
+            if (!(v = vnew(m->h, V_INT))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            /* values beyond 64 bits (the legacy magic number) keep their low 64 bits */
+            uint64_t u = rdle(m->p, n > 8 ? 8 : n);
+            if (n > 0 && n < 8 && (m->p[n - 1] & 0x80)) u |= ~(uint64_t)0 << (8 * n);
+            v->i = (int64_t)u;
+            v->f = n; /* byte length, to tell the 10-byte magic apart */
+            m->p += n;
+            rc = push(m, v);
+            break;
+        }
+        case 'G': { /* BINFLOAT, big-endian */
+            if (need(m, 8)) return TINYSAM_E_FORMAT;
+            if (!(v = vnew(m->h, V_FLOAT))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            uint64_t u = 0;
+            for (int i = 0; i < 8; i++) u = u << 8 | m->p[i];
+            memcpy(&v->f, &u, 8);
+            m->p += 8;
+            rc = push(m, v);
+            break;
+        }
+        case 'R': rc = do_reduce(m); break;
+        case 'Q': rc = do_persid(m); break;
+        case 'b': /* BUILD: the state (module metadata) is not needed for inference */
+            if (!pop(m) || !m->sp) FAIL("%s: bad BUILD at offset %ld", m->what, off(m));
+            break;
+        case '0': /* POP */
+            if (!pop(m)) FAIL("%s: pickle stack underflow at offset %ld", m->what, off(m));
+            break;
+        default:
+            FAIL("%s: unsupported pickle opcode 0x%02x at offset %ld", m->what, op, off(m) - 1);
+        }
+        if (rc) return rc;
+    }
+}
+
+/* ------------------------------------------------------------------ tensors */
+
+typedef int (*find_storage_fn)(void *ctx, const val *storage, const uint8_t **data, uint64_t *bytes);
+
+/* Copies tensor t (any strides) into a contiguous loaded-dtype buffer. */
+static int materialise(ts_tensor_map *map, const char *name, const val *t, const uint8_t *sdata,
+                       uint64_t sbytes, const char *what) {
+    int es = ts_dtype_size(t->dtype);
+    if ((uint64_t)t->storage->numel > sbytes / (uint64_t)es)
+        FAIL("%s: storage of '%s' is shorter than its declared size", what, name);
+    if (t->offset < 0 || t->ndim > TS_MAX_DIMS) FAIL("%s: bad tensor '%s'", what, name);
+    int64_t numel = 1, maxidx = t->offset;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] < 0 || t->stride[i] < 0) FAIL("%s: negative size/stride in '%s'", what, name);
+        if (t->shape[i] && numel > ((int64_t)1 << 40) / t->shape[i]) FAIL("%s: '%s' too large", what, name);
+        numel *= t->shape[i];
+    }
+    if (numel > 0) {
+        for (int i = 0; i < t->ndim; i++) {
+            if (t->stride[i] && t->shape[i] - 1 > (((int64_t)1 << 50) - maxidx) / t->stride[i])
+                FAIL("%s: '%s' strides overflow", what, name);
+            maxidx += (t->shape[i] - 1) * t->stride[i];
+        }
+        if (maxidx >= t->storage->numel)
+            FAIL("%s: tensor '%s' reaches past the end of its storage", what, name);
+    }
+    if (map->n >= PTH_MAX_TENSORS) FAIL("%s: more than %d tensors", what, PTH_MAX_TENSORS);
+    ts_tensor *o = ts_map_add(map, name);
+    if (!o) return TINYSAM_E_NOMEM;
+    o->file_dtype = t->dtype;
+    o->dtype = ts_dtype_loaded(t->dtype);
+    o->ndim = (int)t->ndim;
+    memcpy(o->shape, t->shape, sizeof o->shape);
+    o->numel = numel;
+    int os = ts_dtype_size(o->dtype);
+    o->data = malloc((size_t)(numel ? numel : 1) * (size_t)os);
+    if (!o->data) return ts_error(TINYSAM_E_NOMEM, "out of memory for '%s'", name);
+    /* walk the index space; the innermost dimension is copied as a run when contiguous */
+    int64_t idx[TS_MAX_DIMS] = {0};
+    int nd = (int)t->ndim;
+    int64_t inner = nd ? t->shape[nd - 1] : 1, istride = nd ? t->stride[nd - 1] : 1;
+    uint8_t *dst = o->data;
+    for (int64_t done = 0; done < numel; done += inner) {
+        int64_t base = t->offset;
+        for (int i = 0; i < nd - 1; i++) base += idx[i] * t->stride[i];
+        if (istride == 1 || inner == 1) {
+            ts_convert_elements(t->dtype, sdata + base * es, (size_t)inner, dst);
+        } else {
+            for (int64_t j = 0; j < inner; j++)
+                ts_convert_elements(t->dtype, sdata + (base + j * istride) * es, 1, dst + j * os);
+        }
+        dst += inner * os;
+        for (int i = nd - 2; i >= 0; i--) {
+            if (++idx[i] < t->shape[i]) break;
+            idx[i] = 0;
+        }
+    }
+    return 0;
+}
+
+/* Finds the state_dict: the top-level dict, or the dict under "model"/"state_dict". */
+static const val *find_state_dict(const val *root) {
+    if (root->kind != V_DICT) return NULL;
+    for (int i = 0; i + 1 < root->n; i += 2)
+        if (root->items[i + 1]->kind == V_TENSOR) return root;
+    static const char *wrappers[] = {"model", "state_dict"};
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i + 1 < root->n; i += 2)
+            if (root->items[i]->kind == V_STR && !strcmp(root->items[i]->s, wrappers[w]) &&
+                root->items[i + 1]->kind == V_DICT)
+                return root->items[i + 1];
+    return root;
+}
+
+static int collect(ts_tensor_map *map, const val *root, find_storage_fn find, void *ctx,
+                   const char *what) {
+    const val *sd = find_state_dict(root);
+    if (!sd) FAIL("%s: the checkpoint does not hold a dict of tensors", what);
+    for (int i = 0; i + 1 < sd->n; i += 2) {
+        const val *k = sd->items[i], *t = sd->items[i + 1];
+        if (k->kind != V_STR) FAIL("%s: state_dict key is not a string", what);
+        if (t->kind != V_TENSOR) FAIL("%s: state_dict entry '%s' is not a tensor", what, k->s);
+        const uint8_t *data;
+        uint64_t bytes;
+        int rc = find(ctx, t->storage, &data, &bytes);
+        if (rc) return rc;
+        if ((rc = materialise(map, k->s, t, data, bytes, what))) return rc;
+    }
+    if (map->n == 0) FAIL("%s: the checkpoint holds no tensors", what);
+    return 0;
+}
+
+static int vm_init(vm *m, heap *h, const uint8_t *p, const uint8_t *end, const char *what) {
+    memset(m, 0, sizeof *m);
+    m->p = m->start = p;
+    m->end = end;
+    m->h = h;
+    m->what = what;
+    m->stack = malloc(PICKLE_MAX_STACK * sizeof *m->stack);
+    return m->stack ? 0 : ts_error(TINYSAM_E_NOMEM, "out of memory");
+}
+
+static void vm_free(vm *m) {
+    free(m->stack);
+    free(m->memo);
+}
+
+/* ---- ZIP container */
+
+typedef struct {
+    const ts_zip *z;
+    char prefix[512];
+    const char *what;
+} zip_ctx;
+
+static int zip_find_storage(void *ctx, const val *s, const uint8_t **data, uint64_t *bytes) {
+    zip_ctx *c = ctx;
+    char name[1100];
+    snprintf(name, sizeof name, "%sdata/%s", c->prefix, s->key);
+    const ts_zip_entry *e = ts_zip_find(c->z, name);
+    if (!e) FAIL("%s: storage '%s' is missing from the archive", c->what, s->key);
+    *data = e->data;
+    *bytes = e->size;
+    return 0;
+}
+
+static int load_zip(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what) {
+    ts_zip z;
+    int rc = ts_zip_open(buf, size, &z);
+    if (rc) return ts_error_prefix(rc, "%s", what);
+    zip_ctx c = {.z = &z, .what = what};
+    const ts_zip_entry *pkl = NULL;
+    for (int i = 0; i < z.n; i++) {
+        size_t l = strlen(z.e[i].name);
+        if (l >= 9 && !strcmp(z.e[i].name + l - 9, "/data.pkl") && l - 8 < sizeof c.prefix) {
+            pkl = &z.e[i];
+            memcpy(c.prefix, z.e[i].name, l - 8);
+            c.prefix[l - 8] = 0;
+            break;
+        }
+    }
+    if (!pkl) {
+        ts_zip_close(&z);
+        FAIL("%s: ZIP archive without data.pkl (not a PyTorch checkpoint)", what);
+    }
+    char bo[600];
+    snprintf(bo, sizeof bo, "%sbyteorder", c.prefix);
+    const ts_zip_entry *e = ts_zip_find(&z, bo);
+    if (e && !(e->size >= 6 && !memcmp(e->data, "little", 6))) {
+        ts_zip_close(&z);
+        FAIL("%s: big-endian checkpoints are not supported", what);
+    }
+    heap h = {0};
+    vm m;
+    val *root = NULL;
+    if (!(rc = vm_init(&m, &h, pkl->data, pkl->data + pkl->size, what))) {
+        rc = run_pickle(&m, &root);
+        if (!rc) rc = collect(map, root, zip_find_storage, &c, what);
+    }
+    vm_free(&m);
+    heap_free(&h);
+    ts_zip_close(&z);
+    return rc;
+}
+
+/* ---- legacy container */
+
+typedef struct {
+    const val *keys; /* list of storage keys, in file order */
+    const uint8_t **data;
+    uint64_t *bytes;
+    const char *what;
+} legacy_ctx;
+
+static int legacy_find_storage(void *ctx, const val *s, const uint8_t **data, uint64_t *bytes) {
+    legacy_ctx *c = ctx;
+    for (int i = 0; i < c->keys->n; i++)
+        if (!strcmp(c->keys->items[i]->s, s->key)) {
+            *data = c->data[i];
+            *bytes = c->bytes[i];
+            return 0;
+        }
+    FAIL("%s: storage '%s' is not in the file", c->what, s->key);
+}
+
+static int load_legacy(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what) {
+    heap h = {0};
+    vm m;
+    val *magic, *proto, *sysinfo, *root, *keys;
+    legacy_ctx c = {.what = what};
+    int rc = vm_init(&m, &h, buf, buf + size, what);
+    if (rc) return rc;
+    if ((rc = run_pickle(&m, &magic))) goto done;
+    if (magic->kind != V_INT || magic->f != 10 || (uint64_t)magic->i != 0x0a86a20f9469cfc6cULL) {
+        rc = ts_error(TINYSAM_E_FORMAT, "%s: not a PyTorch checkpoint (bad magic number)", what);
+        goto done;
+    }
+    if ((rc = run_pickle(&m, &proto))) goto done;
+    if (proto->kind != V_INT || proto->i != 1001) {
+        rc = ts_error(TINYSAM_E_FORMAT, "%s: unsupported legacy protocol version", what);
+        goto done;
+    }
+    if ((rc = run_pickle(&m, &sysinfo))) goto done;
+    if (sysinfo->kind == V_DICT)
+        for (int i = 0; i + 1 < sysinfo->n; i += 2)
+            if (sysinfo->items[i]->kind == V_STR && !strcmp(sysinfo->items[i]->s, "little_endian") &&
+                sysinfo->items[i + 1]->kind == V_BOOL && !sysinfo->items[i + 1]->i) {
+                rc = ts_error(TINYSAM_E_FORMAT, "%s: big-endian checkpoints are not supported", what);
+                goto done;
+            }
+    if ((rc = run_pickle(&m, &root))) goto done;
+    if ((rc = run_pickle(&m, &keys))) goto done;
+    if (keys->kind != V_LIST) {
+        rc = ts_error(TINYSAM_E_FORMAT, "%s: bad storage key list", what);
+        goto done;
+    }
+    /* the storages follow in key-list order: int64 count, then count * element-size bytes.
+     * Element sizes come from the storage classes recorded in the data pickle. */
+    c.keys = keys;
+    c.data = calloc((size_t)keys->n + 1, sizeof *c.data);
+    c.bytes = calloc((size_t)keys->n + 1, sizeof *c.bytes);
+    if (!c.data || !c.bytes) {
+        rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+        goto done;
+    }
+    const uint8_t *p = m.p, *end = buf + size;
+    for (int i = 0; i < keys->n; i++) {
+        if (keys->items[i]->kind != V_STR) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: bad storage key list", what);
+            goto done;
+        }
+        int es = 0;
+        for (size_t j = 0; j < h.n && !es; j++)
+            if (h.all[j]->kind == V_STORAGE && !strcmp(h.all[j]->key, keys->items[i]->s))
+                es = ts_dtype_size(h.all[j]->dtype);
+        if (!es) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: storage '%s' is never used", what, keys->items[i]->s);
+            goto done;
+        }
+        if (end - p < 8) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: truncated (storage %d of %d missing)", what, i + 1, keys->n);
+            goto done;
+        }
+        uint64_t count = rdle(p, 8);
+        p += 8;
+        if (count > (uint64_t)(end - p) / (uint64_t)es) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: truncated (storage '%s' needs %llu bytes)", what,
+                          keys->items[i]->s, (unsigned long long)count * (uint64_t)es);
+            goto done;
+        }
+        c.data[i] = p;
+        c.bytes[i] = count * (uint64_t)es;
+        p += count * (uint64_t)es;
+    }
+    rc = collect(map, root, legacy_find_storage, &c, what);
+done:
+    free(c.data);
+    free(c.bytes);
+    vm_free(&m);
+    heap_free(&h);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ entry points */
+
+static int load_buffer(const uint8_t *data, size_t size, const char *what, ts_tensor_map **out) {
+    *out = NULL;
+    ts_tensor_map *map = ts_calloc(1, sizeof *map);
+    if (!map) return TINYSAM_E_NOMEM;
+    int rc;
+    if (size >= 4 && !memcmp(data, "PK\x03\x04", 4)) {
+        snprintf(map->format, sizeof map->format, "pth-zip");
+        rc = load_zip(data, size, map, what);
+    } else if (size >= 2 && data[0] == 0x80) {
+        snprintf(map->format, sizeof map->format, "pth-legacy");
+        rc = load_legacy(data, size, map, what);
+    } else {
+        rc = ts_error(TINYSAM_E_FORMAT, "%s: not a PyTorch checkpoint", what);
+    }
+    if (rc) {
+        ts_map_free(map);
+        return rc;
+    }
+    *out = map;
+    return 0;
+}
+
+int ts_pth_load_memory(const uint8_t *data, size_t size, ts_tensor_map **out) {
+    return load_buffer(data, size, "checkpoint", out);
+}
+
+int ts_pth_load(const char *path, ts_tensor_map **out) {
+    uint8_t *buf;
+    size_t size;
+    *out = NULL;
+    int rc = ts_read_file(path, PTH_MAX_FILE, &buf, &size);
+    if (rc) return rc;
+    rc = load_buffer(buf, size, path, out);
+    free(buf);
+    return rc;
+}

@@ -1,0 +1,321 @@
+/* safetensors.c - the project's own checkpoint format: an 8-byte little-endian header length,
+ * a JSON header {name: {dtype, shape, data_offsets}}, then the raw data. Loaded by mmap;
+ * float32 tensors are used in place. */
+#include "core.h"
+#include "io/json.h"
+#include "io/tensor_map.h"
+#include "io/tensor_map_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define ST_MAX_HEADER (100u << 20) /* as the reference implementation */
+#define ST_MAX_TENSORS 100000
+
+static const struct {
+    const char *name;
+    ts_dtype t;
+} st_dtypes[] = {
+    {"F32", TS_DTYPE_F32}, {"F16", TS_DTYPE_F16}, {"BF16", TS_DTYPE_BF16}, {"F64", TS_DTYPE_F64},
+    {"I64", TS_DTYPE_I64}, {"I32", TS_DTYPE_I32}, {"I8", TS_DTYPE_I8},     {"U8", TS_DTYPE_U8},
+    {"BOOL", TS_DTYPE_U8},
+};
+
+typedef struct {
+    uint64_t begin, end;
+    int index;
+} span;
+
+static int cmp_span(const void *a, const void *b) {
+    const span *x = a, *y = b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what) {
+    if (size < 8) return ts_error(TINYSAM_E_FORMAT, "%s: too short for safetensors", what);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
+    if (hlen < 2 || hlen > ST_MAX_HEADER || hlen > size - 8)
+        return ts_error(TINYSAM_E_FORMAT, "%s: not a safetensors file (header length %llu)", what,
+                        (unsigned long long)hlen);
+    if (buf[8] != '{')
+        return ts_error(TINYSAM_E_FORMAT, "%s: not a safetensors file (header is not JSON)", what);
+    ts_json *h;
+    int rc = ts_json_parse((const char *)buf + 8, (size_t)hlen, &h);
+    if (rc) return ts_error_prefix(rc, "%s: safetensors header", what);
+    const uint8_t *data = buf + 8 + hlen;
+    uint64_t dsize = size - 8 - hlen;
+    span *spans = NULL;
+    int n_spans = 0;
+    if (h->type != TS_JSON_OBJECT || h->n > ST_MAX_TENSORS) {
+        rc = ts_error(TINYSAM_E_FORMAT, "%s: safetensors header is not an object", what);
+        goto done;
+    }
+    spans = ts_calloc((size_t)h->n + 1, sizeof *spans);
+    if (!spans) {
+        rc = TINYSAM_E_NOMEM;
+        goto done;
+    }
+    for (int i = 0; i < h->n; i++) {
+        const char *name = h->keys[i];
+        const ts_json *e = &h->items[i];
+        if (!strcmp(name, "__metadata__")) {
+            if (e->type != TS_JSON_OBJECT) {
+                rc = ts_error(TINYSAM_E_FORMAT, "%s: __metadata__ is not an object", what);
+                goto done;
+            }
+            char *txt = NULL;
+            size_t tl = 0;
+            FILE *f = open_memstream(&txt, &tl);
+            if (!f) {
+                rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+                goto done;
+            }
+            fputc('{', f);
+            for (int k = 0; k < e->n; k++) {
+                if (e->items[k].type != TS_JSON_STRING) continue;
+                if (k) fputc(',', f);
+                ts_json_write_string(f, e->keys[k]);
+                fputc(':', f);
+                ts_json_write_string(f, e->items[k].string);
+            }
+            fputc('}', f);
+            fclose(f);
+            free(map->metadata_json);
+            map->metadata_json = txt;
+            continue;
+        }
+        const ts_json *dt = ts_json_get(e, "dtype"), *sh = ts_json_get(e, "shape"),
+                      *of = ts_json_get(e, "data_offsets");
+        if (!dt || dt->type != TS_JSON_STRING || !sh || sh->type != TS_JSON_ARRAY || !of ||
+            of->type != TS_JSON_ARRAY || of->n != 2 || sh->n > TS_MAX_DIMS) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: bad header entry for '%s'", what, name);
+            goto done;
+        }
+        int found = 0;
+        ts_dtype ft = TS_DTYPE_F32;
+        for (size_t k = 0; k < sizeof st_dtypes / sizeof st_dtypes[0]; k++)
+            if (!strcmp(dt->string, st_dtypes[k].name)) {
+                ft = st_dtypes[k].t;
+                found = 1;
+            }
+        if (!found) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: tensor '%s' has unsupported dtype '%s'", what, name,
+                          dt->string);
+            goto done;
+        }
+        ts_tensor *t = ts_map_add(map, name);
+        if (!t) {
+            rc = TINYSAM_E_NOMEM;
+            goto done;
+        }
+        t->file_dtype = ft;
+        t->dtype = ts_dtype_loaded(ft);
+        t->ndim = sh->n;
+        int64_t numel = 1;
+        for (int d = 0; d < sh->n; d++) {
+            double v = sh->items[d].number;
+            if (sh->items[d].type != TS_JSON_NUMBER || v < 0 || v > 1e12 || v != (double)(int64_t)v) {
+                rc = ts_error(TINYSAM_E_FORMAT, "%s: tensor '%s' has a bad shape", what, name);
+                goto done;
+            }
+            t->shape[d] = (int64_t)v;
+            if (t->shape[d] && numel > ((int64_t)1 << 40) / t->shape[d]) {
+                rc = ts_error(TINYSAM_E_FORMAT, "%s: tensor '%s' is too large", what, name);
+                goto done;
+            }
+            numel *= t->shape[d];
+        }
+        t->numel = numel;
+        double b = of->items[0].number, en = of->items[1].number;
+        if (of->items[0].type != TS_JSON_NUMBER || of->items[1].type != TS_JSON_NUMBER || b < 0 ||
+            en < b || en > (double)dsize || b != (double)(uint64_t)b || en != (double)(uint64_t)en ||
+            (uint64_t)(en - b) != (uint64_t)numel * (uint64_t)ts_dtype_size(ft)) {
+            rc = ts_error(TINYSAM_E_FORMAT,
+                          "%s: tensor '%s' has data offsets [%.0f, %.0f] that do not fit its shape "
+                          "and dtype or the file (%llu data bytes)",
+                          what, name, b, en, (unsigned long long)dsize);
+            goto done;
+        }
+        spans[n_spans++] = (span){(uint64_t)b, (uint64_t)en, map->n - 1};
+        const uint8_t *src = data + (uint64_t)b;
+        if (ft == TS_DTYPE_F32 && ((uintptr_t)src & 3) == 0) {
+            t->data = (void *)src; /* zero-copy: points into the mapping */
+        } else {
+            size_t bytes = (size_t)numel * (size_t)ts_dtype_size(t->dtype);
+            t->data = malloc(bytes ? bytes : 1);
+            if (!t->data) {
+                rc = ts_error(TINYSAM_E_NOMEM, "out of memory for '%s'", name);
+                goto done;
+            }
+            ts_convert_elements(ft, src, (size_t)numel, t->data);
+        }
+    }
+    qsort(spans, (size_t)n_spans, sizeof *spans, cmp_span);
+    for (int i = 1; i < n_spans; i++)
+        if (spans[i].begin < spans[i - 1].end) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: tensors '%s' and '%s' overlap", what,
+                          map->t[spans[i - 1].index].name, map->t[spans[i].index].name);
+            goto done;
+        }
+    for (int i = 0; i < map->n; i++)
+        for (int j = i + 1; j < map->n; j++)
+            if (!strcmp(map->t[i].name, map->t[j].name)) {
+                rc = ts_error(TINYSAM_E_FORMAT, "%s: duplicate tensor '%s'", what, map->t[i].name);
+                goto done;
+            }
+    if (map->n == 0) rc = ts_error(TINYSAM_E_FORMAT, "%s: the file holds no tensors", what);
+done:
+    free(spans);
+    ts_json_free(h);
+    return rc;
+}
+
+int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map **out) {
+    *out = NULL;
+    ts_tensor_map *map = ts_calloc(1, sizeof *map);
+    if (!map) return TINYSAM_E_NOMEM;
+    snprintf(map->format, sizeof map->format, "safetensors");
+    map->map_base = (void *)data;
+    map->map_size = size;
+    map->borrowed = 1;
+    int rc = parse(data, size, map, "safetensors");
+    if (rc) {
+        ts_map_free(map);
+        return rc;
+    }
+    *out = map;
+    return 0;
+}
+
+int ts_safetensors_load(const char *path, ts_tensor_map **out) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return ts_error(TINYSAM_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ts_error(TINYSAM_E_IO, "%s: not a regular file", path);
+    }
+    if (st.st_size < 8) {
+        close(fd);
+        return ts_error(TINYSAM_E_FORMAT, "%s: too short for safetensors", path);
+    }
+    void *base = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (base == MAP_FAILED) return ts_error(TINYSAM_E_IO, "%s: mmap failed: %s", path, strerror(errno));
+    ts_tensor_map *map = ts_calloc(1, sizeof *map);
+    if (!map) {
+        munmap(base, (size_t)st.st_size);
+        return TINYSAM_E_NOMEM;
+    }
+    snprintf(map->format, sizeof map->format, "safetensors");
+    map->map_base = base;
+    map->map_size = (size_t)st.st_size;
+    int rc = parse(base, (size_t)st.st_size, map, path);
+    if (rc) {
+        ts_map_free(map);
+        return rc;
+    }
+    *out = map;
+    return 0;
+}
+
+static const char *st_name(ts_dtype t) {
+    switch (t) {
+    case TS_DTYPE_F32: return "F32";
+    case TS_DTYPE_I64: return "I64";
+    case TS_DTYPE_I32: return "I32";
+    case TS_DTYPE_I8: return "I8";
+    case TS_DTYPE_U8: return "U8";
+    default: return NULL;
+    }
+}
+
+static int cmp_name(const void *a, const void *b) {
+    const ts_tensor *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
+                        const char *const *meta_keys, const char *const *meta_values) {
+    const ts_tensor **order = ts_calloc((size_t)m->n + 1, sizeof *order);
+    if (!order) return TINYSAM_E_NOMEM;
+    for (int i = 0; i < m->n; i++) order[i] = &m->t[i];
+    qsort(order, (size_t)m->n, sizeof *order, cmp_name);
+    char *hdr = NULL;
+    size_t hl = 0;
+    FILE *hf = open_memstream(&hdr, &hl);
+    if (!hf) {
+        free(order);
+        return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    }
+    fputc('{', hf);
+    if (n_meta > 0) {
+        fputs("\"__metadata__\":{", hf);
+        for (int i = 0; i < n_meta; i++) {
+            if (i) fputc(',', hf);
+            ts_json_write_string(hf, meta_keys[i]);
+            fputc(':', hf);
+            ts_json_write_string(hf, meta_values[i]);
+        }
+        fputc('}', hf);
+    }
+    uint64_t offset = 0;
+    int rc = 0;
+    for (int i = 0; i < m->n; i++) {
+        const ts_tensor *t = order[i];
+        const char *dn = st_name(t->dtype);
+        if (!dn) {
+            rc = ts_error(TINYSAM_E_ARG, "cannot write tensor '%s' of this dtype", t->name);
+            break;
+        }
+        uint64_t bytes = (uint64_t)t->numel * (uint64_t)ts_dtype_size(t->dtype);
+        if (i || n_meta > 0) fputc(',', hf);
+        ts_json_write_string(hf, t->name);
+        fprintf(hf, ":{\"dtype\":\"%s\",\"shape\":[", dn);
+        for (int d = 0; d < t->ndim; d++) fprintf(hf, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        fprintf(hf, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
+                (unsigned long long)(offset + bytes));
+        offset += bytes;
+    }
+    fputc('}', hf);
+    fclose(hf);
+    if (rc) {
+        free(hdr);
+        free(order);
+        return rc;
+    }
+    /* pad with spaces so that the data starts 8-byte aligned */
+    size_t padded = (hl + 7) & ~(size_t)7;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        free(hdr);
+        free(order);
+        return ts_error(TINYSAM_E_IO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    uint8_t len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(hdr, 1, hl, f) == hl;
+    for (size_t i = hl; ok && i < padded; i++) ok = fputc(' ', f) != EOF;
+    for (int i = 0; ok && i < m->n; i++) {
+        size_t bytes = (size_t)order[i]->numel * (size_t)ts_dtype_size(order[i]->dtype);
+        ok = bytes == 0 || fwrite(order[i]->data, 1, bytes, f) == bytes;
+    }
+    if (fclose(f) != 0) ok = 0;
+    free(hdr);
+    free(order);
+    if (!ok || rename(tmp, path) != 0) {
+        remove(tmp);
+        return ts_error(TINYSAM_E_IO, "%s: write failed: %s", path, strerror(errno));
+    }
+    return 0;
+}

@@ -1,0 +1,109 @@
+/* zip.c - minimal ZIP central-directory reader (stored entries, ZIP64 aware). */
+#include "io/zip.h"
+#include "core.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ZIP_MAX_ENTRIES 1000000
+
+static uint16_t rd16(const uint8_t *p) {
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+static uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t rd64(const uint8_t *p) {
+    return rd32(p) | (uint64_t)rd32(p + 4) << 32;
+}
+
+int ts_zip_open(const uint8_t *buf, size_t size, ts_zip *z) {
+    memset(z, 0, sizeof *z);
+    if (size < 22) return ts_error(TINYSAM_E_FORMAT, "zip: file too short");
+    /* the end-of-central-directory record sits in the last 64 KiB + 22 bytes */
+    size_t lo = size > 65557 ? size - 65557 : 0, eocd = (size_t)-1;
+    for (size_t i = size - 22 + 1; i-- > lo;)
+        if (rd32(buf + i) == 0x06054b50) {
+            eocd = i;
+            break;
+        }
+    if (eocd == (size_t)-1)
+        return ts_error(TINYSAM_E_FORMAT, "zip: no end of central directory (truncated file?)");
+    uint64_t n_entries = rd16(buf + eocd + 10), cd_size = rd32(buf + eocd + 12),
+             cd_off = rd32(buf + eocd + 16);
+    if (n_entries == 0xFFFF || cd_off == 0xFFFFFFFFu || cd_size == 0xFFFFFFFFu) {
+        /* ZIP64: locator just before the EOCD points at the ZIP64 EOCD record */
+        if (eocd < 20 || rd32(buf + eocd - 20) != 0x07064b50)
+            return ts_error(TINYSAM_E_FORMAT, "zip: missing ZIP64 locator");
+        uint64_t z64 = rd64(buf + eocd - 20 + 8);
+        if (z64 > size - 56 || rd32(buf + z64) != 0x06064b50)
+            return ts_error(TINYSAM_E_FORMAT, "zip: bad ZIP64 end record");
+        n_entries = rd64(buf + z64 + 32);
+        cd_size = rd64(buf + z64 + 40);
+        cd_off = rd64(buf + z64 + 48);
+    }
+    if (cd_off > size || cd_size > size - cd_off)
+        return ts_error(TINYSAM_E_FORMAT, "zip: central directory outside the file");
+    if (n_entries > ZIP_MAX_ENTRIES || n_entries > cd_size / 46 + 1)
+        return ts_error(TINYSAM_E_FORMAT, "zip: implausible entry count %llu",
+                        (unsigned long long)n_entries);
+    z->e = ts_calloc(n_entries ? n_entries : 1, sizeof *z->e);
+    if (!z->e) return TINYSAM_E_NOMEM;
+    const uint8_t *p = buf + cd_off, *end = buf + cd_off + cd_size;
+    for (uint64_t k = 0; k < n_entries; k++) {
+        if (end - p < 46 || rd32(p) != 0x02014b50)
+            return ts_zip_close(z), ts_error(TINYSAM_E_FORMAT, "zip: corrupt central directory");
+        unsigned method = rd16(p + 10), nlen = rd16(p + 28), xlen = rd16(p + 30),
+                 clen = rd16(p + 32);
+        uint64_t csize = rd32(p + 20), usize = rd32(p + 24), loff = rd32(p + 42);
+        if ((size_t)(end - p) < 46u + nlen + xlen + clen)
+            return ts_zip_close(z), ts_error(TINYSAM_E_FORMAT, "zip: corrupt central directory");
+        /* ZIP64 extended information: present fields in order usize, csize, offset */
+        const uint8_t *x = p + 46 + nlen, *xe = x + xlen;
+        while (xe - x >= 4) {
+            unsigned id = rd16(x), len = rd16(x + 2);
+            if ((size_t)(xe - x - 4) < len) break;
+            if (id == 1) {
+                const uint8_t *f = x + 4, *fe = f + len;
+                if (usize == 0xFFFFFFFFu && fe - f >= 8) usize = rd64(f), f += 8;
+                if (csize == 0xFFFFFFFFu && fe - f >= 8) csize = rd64(f), f += 8;
+                if (loff == 0xFFFFFFFFu && fe - f >= 8) loff = rd64(f), f += 8;
+            }
+            x += 4 + len;
+        }
+        char *name = ts_malloc(nlen + 1u);
+        if (!name) return ts_zip_close(z), TINYSAM_E_NOMEM;
+        memcpy(name, p + 46, nlen);
+        name[nlen] = 0;
+        z->e[z->n].name = name;
+        z->n++;
+        if (method != 0)
+            return ts_zip_close(z),
+                   ts_error(TINYSAM_E_FORMAT, "zip: entry '%s' is compressed (method %u)", name, method);
+        if (csize != usize)
+            return ts_zip_close(z), ts_error(TINYSAM_E_FORMAT, "zip: entry '%s' sizes disagree", name);
+        if (loff > size || size - loff < 30 || rd32(buf + loff) != 0x04034b50)
+            return ts_zip_close(z), ts_error(TINYSAM_E_FORMAT, "zip: bad local header for '%s'", name);
+        uint64_t data = loff + 30 + rd16(buf + loff + 26) + rd16(buf + loff + 28);
+        if (data > size || usize > size - data)
+            return ts_zip_close(z),
+                   ts_error(TINYSAM_E_FORMAT, "zip: entry '%s' extends past the end of the file", name);
+        z->e[z->n - 1].data = buf + data;
+        z->e[z->n - 1].size = usize;
+        p += 46 + nlen + xlen + clen;
+    }
+    return TINYSAM_OK;
+}
+
+void ts_zip_close(ts_zip *z) {
+    for (int i = 0; i < z->n; i++) free(z->e[i].name);
+    free(z->e);
+    z->e = NULL;
+    z->n = 0;
+}
+
+const ts_zip_entry *ts_zip_find(const ts_zip *z, const char *name) {
+    for (int i = 0; i < z->n; i++)
+        if (!strcmp(z->e[i].name, name)) return &z->e[i];
+    return NULL;
+}

@@ -1,0 +1,25 @@
+/* zip.h - read-only access to the stored (uncompressed) entries of a ZIP archive in memory,
+ * as torch.save writes them. Every offset and size is checked against the buffer. */
+#ifndef TS_ZIP_H
+#define TS_ZIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char *name;
+    const uint8_t *data; /* inside the archive buffer */
+    uint64_t size;
+} ts_zip_entry;
+
+typedef struct {
+    int n;
+    ts_zip_entry *e;
+} ts_zip;
+
+/* Parses the central directory. Compressed entries are rejected (torch stores everything). */
+int ts_zip_open(const uint8_t *buf, size_t size, ts_zip *z);
+void ts_zip_close(ts_zip *z);
+const ts_zip_entry *ts_zip_find(const ts_zip *z, const char *name);
+
+#endif
