@@ -93,6 +93,7 @@ typedef struct {
     long long n_params_used;   /* values used for inference */
     char source_dtype[16];     /* storage dtype of the file: "float32", "float16", "mixed" */
     char source_format[32];    /* "pth-zip", "pth-legacy", "safetensors" */
+    char config[512];          /* detected architecture as a JSON object */
 } tinysam_model_info;
 
 /* Loads a checkpoint: PyTorch .pth (ZIP or legacy container; pickle read as data,

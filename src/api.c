@@ -22,10 +22,10 @@ static int detect_family(const ts_tensor_map *m, char *family, size_t cap) {
         snprintf(family, cap, "vit_t");
         return TINYSAM_OK;
     }
-    if (ts_map_get(m, "image_encoder.patch_embed.proj.weight"))
-        return ts_error(TINYSAM_E_UNSUPPORTED,
-                        "SAM ViT (vit_b/l/h) checkpoints are not supported yet; this build runs "
-                        "TinySAM/MobileSAM (vit_t)");
+    if (ts_map_get(m, "image_encoder.patch_embed.proj.weight")) {
+        snprintf(family, cap, "vit");
+        return TINYSAM_OK;
+    }
     return ts_error(TINYSAM_E_UNSUPPORTED,
                     "not a SAM-family checkpoint: no image encoder patch embedding found (first "
                     "tensor: '%s')",
@@ -49,6 +49,25 @@ static void fill_info(tinysam_model *model) {
     const char *dt = n_other || (n_f32 && n_f16) ? "mixed" : n_f16 ? "float16" : "float32";
     snprintf(inf->source_dtype, sizeof inf->source_dtype, "%s", dt);
     snprintf(inf->source_format, sizeof inf->source_format, "%s", m->format);
+    if (model->encoder) {
+        snprintf(inf->config, sizeof inf->config,
+                 "{\"encoder\":\"TinyViT\",\"embed_dims\":[64,128,160,320],\"depths\":[2,2,6,2],"
+                 "\"num_heads\":[2,4,5,10],\"window_sizes\":[7,7,14,7],\"img_size\":1024,"
+                 "\"prompt_embed_dim\":256}");
+    } else {
+        const ts_sam_vit_config *c = ts_sam_vit_get_config(model->vit);
+        char g[256] = "";
+        for (int i = 0; i < c->n_global; i++) {
+            size_t l = strlen(g);
+            snprintf(g + l, sizeof g - l, "%s%d", i ? "," : "", c->global_idx[i]);
+        }
+        snprintf(inf->config, sizeof inf->config,
+                 "{\"encoder\":\"ViT\",\"embed_dim\":%d,\"depth\":%d,\"num_heads\":%d,"
+                 "\"head_dim\":%d,\"global_attn_indexes\":[%s],\"window_size\":%d,"
+                 "\"patch_size\":%d,\"out_chans\":%d,\"img_size\":1024,\"prompt_embed_dim\":256}",
+                 c->embed_dim, c->depth, c->num_heads, c->head_dim, g, c->window_size, c->patch,
+                 c->out_chans);
+    }
 }
 
 tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
@@ -60,7 +79,9 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     int rc = ts_map_load(path, &model->map);
     if (rc) goto fail;
     if ((rc = detect_family(model->map, model->info.family, sizeof model->info.family))) goto fail;
-    if ((rc = ts_tiny_vit_load(model->map, &model->encoder))) goto fail;
+    if (!strcmp(model->info.family, "vit_t")) rc = ts_tiny_vit_load(model->map, &model->encoder);
+    else rc = ts_sam_vit_load(model->map, &model->vit);
+    if (rc) goto fail;
     if ((rc = ts_prompt_encoder_load(model->map, &model->prompt_encoder))) goto fail;
     if ((rc = ts_mask_decoder_load(model->map, &model->mask_decoder))) goto fail;
     if ((rc = ts_map_check_all_used(model->map, ignored_tensor))) goto fail;
@@ -76,6 +97,7 @@ fail:
 void tinysam_model_free(tinysam_model *m) {
     if (!m) return;
     if (m->encoder) ts_tiny_vit_free(m->encoder);
+    if (m->vit) ts_sam_vit_free(m->vit);
     if (m->prompt_encoder) ts_prompt_encoder_free(m->prompt_encoder);
     if (m->mask_decoder) ts_mask_decoder_free(m->mask_decoder);
     if (m->map) ts_map_free(m->map);
@@ -92,10 +114,7 @@ tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char
     if (!m || !path) return ts_error(TINYSAM_E_ARG, "tinysam_model_save_safetensors: NULL argument");
     /* The config travels in the metadata so that a reader needs no file-name convention. */
     static const char *keys[] = {"format", "tinysam.family", "tinysam.version", "tinysam.config"};
-    const char *config = "{\"embed_dims\":[64,128,160,320],\"depths\":[2,2,6,2],"
-                         "\"num_heads\":[2,4,5,10],\"window_sizes\":[7,7,14,7],"
-                         "\"img_size\":1024,\"prompt_embed_dim\":256,\"multimask_default\":\"tokens_1_3\"}";
-    const char *values[] = {"pt", m->info.family, TINYSAM_VERSION, config};
+    const char *values[] = {"pt", m->info.family, TINYSAM_VERSION, m->info.config};
     return ts_safetensors_save(path, m->map, 4, keys, values);
 }
 
@@ -115,7 +134,9 @@ tinysam_status tinysam_encode(tinysam_model *m, const tinysam_image *img,
     if (!e || !resized || !input || !data) goto fail;
     if ((rc = ts_resize_rgb_pil(img->rgb, img->width, img->height, resized, neww, newh))) goto fail;
     ts_normalize_pad(resized, newh, neww, input);
-    if ((rc = ts_tiny_vit_forward(m->encoder, input, data, NULL, NULL))) goto fail;
+    rc = m->encoder ? ts_tiny_vit_forward(m->encoder, input, data, NULL, NULL)
+                    : ts_sam_vit_forward(m->vit, input, data);
+    if (rc) goto fail;
     e->data = data;
     e->orig_w = img->width;
     e->orig_h = img->height;

@@ -67,11 +67,7 @@ int ts_cli_info(int argc, char **argv) {
            "\"values\": %lld, \"parameters_used\": %lld",
            inf.family, inf.source_format, inf.source_dtype, inf.n_tensors, inf.n_values,
            inf.n_params_used);
-    if (!strcmp(inf.family, "vit_t"))
-        printf(", \"config\": {\"encoder\": \"TinyViT\", \"embed_dims\": [64, 128, 160, 320], "
-               "\"depths\": [2, 2, 6, 2], \"num_heads\": [2, 4, 5, 10], "
-               "\"window_sizes\": [7, 7, 14, 7], \"image_size\": 1024, "
-               "\"embedding\": [256, 64, 64], \"outputs\": \"mask tokens 1..3\"}");
+    printf(", \"config\": %s", inf.config);
     printf("}\n");
     return 0;
 }

@@ -5,11 +5,13 @@
 #include "tinysam.h"
 #include "io/tensor_map.h"
 #include "model/image_encoder.h"
+#include "model/image_encoder_vit.h"
 #include "model/sam_decoder.h"
 
 struct tinysam_model {
     ts_tensor_map *map;      /* tensors as stored in the checkpoint (for convert) */
-    ts_tiny_vit *encoder;
+    ts_tiny_vit *encoder;    /* vit_t (TinySAM, MobileSAM), or NULL */
+    ts_sam_vit *vit;         /* SAM ViT-B/L/H, or NULL */
     ts_prompt_encoder *prompt_encoder;
     ts_mask_decoder *mask_decoder;
     tinysam_model_info info;
