@@ -149,6 +149,68 @@ tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
                                const tinysam_prompt *p, int flags, tinysam_prediction *out);
 void tinysam_prediction_free(tinysam_prediction *p);
 
+/* ---------------------------------------------------------------- everything */
+
+enum { TINYSAM_EVERYTHING_HIERARCHICAL = 0, TINYSAM_EVERYTHING_GRID = 1 };
+
+/* SAM's generator options, same names and defaults (tinysam_everything_defaults). */
+typedef struct {
+    int mode;                           /* TINYSAM_EVERYTHING_HIERARCHICAL (default) or _GRID */
+    int points_per_side;                /* 32 */
+    int points_per_batch;               /* 64 */
+    float pred_iou_thresh;              /* 0.88 */
+    float stability_score_thresh;       /* 0.95 */
+    float stability_score_offset;       /* 1.0 */
+    float high_score_thresh;            /* 8.5 (hierarchical) */
+    float box_nms_thresh;               /* 0.7 */
+    int crop_n_layers;                  /* 0 (grid) */
+    float crop_nms_thresh;              /* 0.7 */
+    float crop_overlap_ratio;           /* 512/1500 */
+    int crop_n_points_downscale_factor; /* 1 */
+    int min_mask_region_area;           /* 0 */
+    /* progress: called after each batch with points done / total of the current pass */
+    void (*progress)(void *user, int pass, int done, int total);
+    void *progress_user;
+} tinysam_everything_options;
+
+typedef struct {
+    int height, width;       /* segmentation size */
+    uint32_t *counts;        /* column-major run lengths starting with a zero run */
+    int n_counts;
+    long long area;
+    int bbox[4];             /* x, y, w, h (w = x1 - x0 of the inclusive box) */
+    float predicted_iou;
+    double point[2];         /* the prompt point, image pixels */
+    float stability_score;
+    int crop_box[4];         /* x, y, w, h */
+} tinysam_mask_record;
+
+typedef struct {
+    int n;
+    tinysam_mask_record *records; /* in the generator's order */
+    int n_passes;
+    int points_per_pass[2];       /* hierarchical: two rounds; grid: one entry, all crops */
+    int points_total;
+    double ms_encode, ms_decode, ms_total;
+} tinysam_everything_result;
+
+void tinysam_everything_defaults(tinysam_everything_options *o);
+/* Checks the options' ranges (clear message for each). */
+tinysam_status tinysam_everything_check(const tinysam_everything_options *o);
+/* Segments everything in img. emb may be a ready embedding of img (or NULL). */
+tinysam_status tinysam_everything(tinysam_model *m, const tinysam_image *img,
+                                  const tinysam_embedding *emb,
+                                  const tinysam_everything_options *o,
+                                  tinysam_everything_result *out);
+/* The same pipeline with the scene oracle (spec ORACLE.md) in place of the network: a
+ * testing aid. */
+tinysam_status tinysam_everything_oracle(const char *scene_json,
+                                         const tinysam_everything_options *o,
+                                         tinysam_everything_result *out);
+void tinysam_everything_free(tinysam_everything_result *r);
+/* COCO compressed RLE string of a record (malloc'd), exactly as pycocotools writes it. */
+char *tinysam_rle_to_coco_string(const uint32_t *counts, int n_counts);
+
 #ifdef __cplusplus
 }
 #endif
