@@ -244,3 +244,52 @@ void ts_mask_box(const uint8_t *mask, int W, int H, int box[4]) {
     box[2] = x1;
     box[3] = y1;
 }
+
+int ts_hierarchical_points(const double *g1, int n1, int W, int H, int points_per_side,
+                           const uint8_t *cover, double *out) {
+    int hs = H / points_per_side, ws = W / points_per_side, n = 0;
+    for (int k = 0; k < n1 * n1; k++) {
+        double X = g1[2 * k] * W, Y = g1[2 * k + 1] * H;
+        /* the 8 neighbours (a outer), then the "+2" column, row and corner when inside */
+        int cand[16][2], nc = 0;
+        for (int a = -1; a <= 1; a++)
+            for (int b = -1; b <= 1; b++)
+                if (a || b) {
+                    cand[nc][0] = a;
+                    cand[nc++][1] = b;
+                }
+        int xr = X + 2 * ws < W, yr = Y + 2 * hs < H;
+        for (int b = -1; xr && b <= 1; b++) {
+            cand[nc][0] = 2;
+            cand[nc++][1] = b;
+        }
+        for (int a = -1; yr && a <= 1; a++) {
+            cand[nc][0] = a;
+            cand[nc++][1] = 2;
+        }
+        if (xr && yr) {
+            cand[nc][0] = 2;
+            cand[nc++][1] = 2;
+        }
+        for (int q = 0; q < nc; q++) {
+            double x = X + cand[q][0] * ws, y = Y + cand[q][1] * hs;
+            int row = (int)y, col = (int)x;
+            if (cover && row >= 0 && row < H && col >= 0 && col < W && cover[(size_t)row * W + col])
+                continue; /* covered by a confident mask */
+            /* stored normalised, scaled back later, as the official code does */
+            out[2 * n] = x / W * W;
+            out[2 * n + 1] = y / H * H;
+            n++;
+        }
+    }
+    return n;
+}
+
+float ts_stability_score(const float *logits, size_t n, float offset) {
+    long long inter = 0, uni = 0;
+    for (size_t k = 0; k < n; k++) {
+        inter += logits[k] > 0.0f + offset;
+        uni += logits[k] > 0.0f - offset;
+    }
+    return (float)inter / (float)uni; /* 0/0 = NaN fails every threshold */
+}

@@ -34,6 +34,9 @@ long long ts_rle_area(const uint32_t *counts, int n);
 char *ts_rle_to_string(const uint32_t *counts, int n);
 int ts_rle_from_string(const char *s, ts_rle *out);
 
+/* calculate_stability_score: #(logit > offset) / #(logit > -offset), float32 division. */
+float ts_stability_score(const float *logits, size_t n, float offset);
+
 /* Greedy NMS (torchvision semantics): boxes n x 4 float32 (x0,y0,x1,y1), scores n; writes the
  * kept indices in processing order to keep and returns their count. */
 int ts_nms(const float *boxes, const float *scores, int n, double iou_thresh, int *keep);
@@ -41,6 +44,13 @@ int ts_nms(const float *boxes, const float *scores, int n, double iou_thresh, in
 /* remove_small_regions: holes (mode 0) or islands (mode 1), 8-connectivity, in place on a
  * W x H 0/1 mask; *changed set when a small component existed. scratch: W*H ints. */
 int ts_remove_small_regions(uint8_t *mask, int W, int H, int min_area, int islands, int *changed);
+
+/* TinySAM's second-round points (spec 6.2): for each first-round grid point g1 (normalised,
+ * n1 x n1), its neighbours at integer strides H/pps, W/pps not covered by cover (H x W, or
+ * NULL). out (up to 15 * n1 * n1 points, image coordinates) gets them in order; returns the
+ * count. */
+int ts_hierarchical_points(const double *g1, int n1, int W, int H, int points_per_side,
+                           const uint8_t *cover, double *out);
 
 /* Inclusive bounding box of a W x H mask; (0,0,0,0) when empty. */
 void ts_mask_box(const uint8_t *mask, int W, int H, int box[4]);

@@ -468,30 +468,7 @@ static int generate_hierarchical(const tinysam_everything_options *o, ts_provide
     if (!rc) rc = run_points(o, prov, W, H, &whole, p1, n1 * n1, 1, cover, &r1, st, 0, n1 * n1);
     int n2 = 0;
     if (!rc) {
-        int hs = H / o->points_per_side, ws = W / o->points_per_side;
-        for (int k = 0; k < n1 * n1; k++) {
-            double X = g1[2 * k] * W, Y = g1[2 * k + 1] * H;
-            int cand[16][2], nc = 0;
-            for (int a = -1; a <= 1; a++)
-                for (int b = -1; b <= 1; b++)
-                    if (a || b) cand[nc][0] = a, cand[nc][1] = b, nc++;
-            int xr = X + 2 * ws < W, yr = Y + 2 * hs < H;
-            if (xr) cand[nc][0] = 2, cand[nc][1] = -1, nc++, cand[nc][0] = 2, cand[nc][1] = 0, nc++,
-                    cand[nc][0] = 2, cand[nc][1] = 1, nc++;
-            if (yr) cand[nc][0] = -1, cand[nc][1] = 2, nc++, cand[nc][0] = 0, cand[nc][1] = 2, nc++,
-                    cand[nc][0] = 1, cand[nc][1] = 2, nc++;
-            if (xr && yr) cand[nc][0] = 2, cand[nc][1] = 2, nc++;
-            for (int q = 0; q < nc; q++) {
-                double x = X + cand[q][0] * ws, y = Y + cand[q][1] * hs;
-                int row = (int)y, col = (int)x;
-                if (row >= 0 && row < H && col >= 0 && col < W && cover[(size_t)row * W + col])
-                    continue; /* already covered by a confident mask */
-                /* stored normalised and scaled back, as the official code does */
-                p2[2 * n2] = x / W * W;
-                p2[2 * n2 + 1] = y / H * H;
-                n2++;
-            }
-        }
+        n2 = ts_hierarchical_points(g1, n1, W, H, o->points_per_side, cover, p2);
     }
     st->pass = 2;
     if (!rc && n2 > 0) rc = run_points(o, prov, W, H, &whole, p2, n2, 0, NULL, &r2, st, 0, n2);
