@@ -28,7 +28,7 @@ void ts_mask_decoder_free(ts_mask_decoder *d);
 /* Sparse tokens of one set: k x 256 into out (k <= n_points + 2), count in *k. */
 void ts_prompt_sparse(const ts_prompt_encoder *pe, const ts_prompt_set *s, float *out, int *k);
 /* Dense embedding 256 x 64 x 64 (no_mask_embed broadcast when mask_input is NULL). */
-void ts_prompt_dense(const ts_prompt_encoder *pe, const float *mask_input, float *out);
+int ts_prompt_dense(const ts_prompt_encoder *pe, const float *mask_input, float *out);
 /* Dense positional encoding 256 x 64 x 64. */
 const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe);
 

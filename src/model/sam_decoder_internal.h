@@ -1,0 +1,40 @@
+/* sam_decoder_internal.h - the prompt encoder's and mask decoder's weights (shared by
+ * prompt_encoder.c, mask_decoder.c and the tests). Pointers alias the tensor map. */
+#ifndef TS_SAM_DECODER_INTERNAL_H
+#define TS_SAM_DECODER_INTERNAL_H
+
+struct ts_prompt_encoder {
+    const float *gauss;        /* 2 x 128 */
+    const float *point_emb[4]; /* 256 each: negative, positive, box corner 1, box corner 2 */
+    const float *not_a_point, *no_mask;
+    const float *c0_w, *c0_b, *n1_w, *n1_b, *c3_w, *c3_b, *n4_w, *n4_b, *c6_w, *c6_b;
+    float *dense_pe_tok;       /* 4096 x 256 (token layout) */
+    float *dense_pe_chw;       /* 256 x 64 x 64 */
+};
+
+typedef struct {
+    const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
+    int dim; /* internal dim: 256 (self) or 128 (cross) */
+} ts_attn_w;
+
+typedef struct {
+    ts_attn_w self_attn, t2i, i2t;
+    const float *n1_w, *n1_b, *n2_w, *n2_b, *n3_w, *n3_b, *n4_w, *n4_b;
+    const float *l1_w, *l1_b, *l2_w, *l2_b; /* MLP 256 -> 2048 -> 256 */
+} ts_twoway_layer;
+
+struct ts_mask_decoder {
+    ts_twoway_layer layer[2];
+    ts_attn_w final_attn;
+    const float *nf_w, *nf_b;
+    const float *iou_token, *mask_tokens; /* 1 x 256, 4 x 256 */
+    float *up0_w;                         /* packed 256 x (4*64): column (a*2+b)*64+o */
+    const float *up0_b, *upn_w, *upn_b;
+    float *up3_w;                         /* packed 64 x (4*32) */
+    const float *up3_b;
+    float up0_bias[256], up3_bias[128];   /* biases repeated per (a, b) sub-pixel */
+    const float *hyper[4][6];             /* w0 b0 w1 b1 w2 b2 */
+    const float *iou_head[6];
+};
+
+#endif

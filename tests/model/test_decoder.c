@@ -1,0 +1,213 @@
+/* test_decoder.c - prompt encoder, mask decoder and predictor against the official outputs
+ * for every prompt case of the fixtures, from the reference image embedding (so that this
+ * test does not depend on the image encoder). Tolerances from the issue: sparse/dense
+ * embeddings <= 1e-4, low-res logits <= 5e-3, IoU <= 1e-3, masks >= 99.9% equal. */
+#include "core.h"
+#include "io/json.h"
+#include "io/npy.h"
+#include "model/sam.h"
+#include "model/sam_decoder.h"
+#include "model/transforms.h"
+#include "test.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MODEL "models/tinysam_vit_t_random.pth"
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates */
+    }
+    return m;
+}
+
+static void run_image(const char *image, int W, int H) {
+    char rel[512];
+    snprintf(rel, sizeof rel, "reference/%s/embedding.npy", image);
+    if (!fixture_exists(MODEL) || !fixture_exists(rel)) SKIP("fixtures missing");
+    tinysam_model *m;
+    REQUIRE(tinysam_model_load(fixture(MODEL), &m) == 0, "%s", tinysam_last_error());
+    ts_npy emb;
+    REQUIRE(ts_npy_load(fixture(rel), &emb) == 0, "%s", tinysam_last_error());
+    tinysam_embedding e = {.data = emb.data, .orig_w = W, .orig_h = H};
+    ts_preprocess_shape(H, W, 1024, &e.input_h, &e.input_w);
+    snprintf(rel, sizeof rel, "reference/%s/prompts", image);
+    DIR *dir = opendir(fixture(rel));
+    REQUIRE(dir, "no prompts dir");
+    struct dirent *de;
+    double worst_sparse = 0, worst_dense = 0, worst_lr = 0, worst_iou = 0, worst_mask = 1;
+    int n_cases = 0;
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.') continue;
+        char base[600], path[700];
+        snprintf(base, sizeof base, "reference/%s/prompts/%s", image, de->d_name);
+        snprintf(path, sizeof path, "%s/prompt.json", base);
+        ts_json *pj;
+        REQUIRE(ts_json_load(fixture(path), &pj) == 0, "%s", tinysam_last_error());
+        const ts_json *pts = ts_json_get(pj, "points"), *lab = ts_json_get(pj, "labels"),
+                      *box = ts_json_get(pj, "box");
+        float points[64];
+        int labels[32], np = pts ? pts->n : 0;
+        for (int i = 0; i < np; i++) {
+            points[2 * i] = (float)pts->items[i].items[0].number;
+            points[2 * i + 1] = (float)pts->items[i].items[1].number;
+            labels[i] = (int)lab->items[i].number;
+        }
+        tinysam_prompt pr = {.n_points = np, .points = points, .labels = labels};
+        if (box && box->type == TS_JSON_ARRAY) {
+            pr.has_box = 1;
+            for (int k = 0; k < 4; k++) pr.box[k] = (float)box->items[k].number;
+        }
+        ts_npy mi = {0};
+        snprintf(path, sizeof path, "%s/mask_input.npy", base);
+        if (fixture_exists(path)) {
+            REQUIRE(ts_npy_load(fixture(path), &mi) == 0, "mask input");
+            pr.mask_input = mi.data;
+        }
+        /* sparse embeddings through the predictor's coordinate path */
+        ts_npy sp;
+        snprintf(path, sizeof path, "%s/sparse.npy", base);
+        REQUIRE(ts_npy_load(fixture(path), &sp) == 0, "sparse");
+        float coords[64], *mine = malloc(sizeof(float) * 256 * 40);
+        for (int i = 0; i < np; i++) {
+            coords[2 * i] = ((float)ts_apply_coord(points[2 * i], e.input_w, W) + 0.5f) / 1024.0f;
+            coords[2 * i + 1] = ((float)ts_apply_coord(points[2 * i + 1], e.input_h, H) + 0.5f) / 1024.0f;
+        }
+        ts_prompt_set set = {.n_points = np, .coords = coords, .labels = labels, .has_box = pr.has_box};
+        for (int k = 0; k < 4; k++)
+            set.box[k] = ((float)ts_apply_coord(pr.box[k], k % 2 ? e.input_h : e.input_w, k % 2 ? H : W) +
+                          0.5f) / 1024.0f;
+        int k;
+        ts_prompt_sparse(m->prompt_encoder, &set, mine, &k);
+        CHECK(k == sp.shape[1], "%s: %d sparse tokens, reference %lld", de->d_name, k,
+              (long long)sp.shape[1]);
+        double ds = max_abs_diff(mine, sp.data, (size_t)k * 256);
+        CHECK(ds <= 1e-4, "%s: sparse max abs error %g", de->d_name, ds);
+        if (ds > worst_sparse) worst_sparse = ds;
+        free(mine);
+        ts_npy_free(&sp);
+        snprintf(path, sizeof path, "%s/dense.npy", base);
+        if (fixture_exists(path)) {
+            ts_npy dn;
+            REQUIRE(ts_npy_load(fixture(path), &dn) == 0, "dense");
+            float *dm = malloc(sizeof(float) * 256 * 4096);
+            REQUIRE(ts_prompt_dense(m->prompt_encoder, pr.mask_input, dm) == 0, "dense");
+            double dd = max_abs_diff(dm, dn.data, 256 * 4096);
+            CHECK(dd <= 1e-4, "%s: dense max abs error %g", de->d_name, dd);
+            if (dd > worst_dense) worst_dense = dd;
+            free(dm);
+            ts_npy_free(&dn);
+        }
+        /* decoder and post-processing through the public predictor */
+        tinysam_prediction p;
+        REQUIRE(tinysam_predict(m, &e, &pr, TINYSAM_PREDICT_MASKS, &p) == 0, "%s: %s", de->d_name,
+                tinysam_last_error());
+        ts_npy lr, io, mk;
+        snprintf(path, sizeof path, "%s/low_res.npy", base);
+        REQUIRE(ts_npy_load(fixture(path), &lr) == 0, "low_res");
+        snprintf(path, sizeof path, "%s/iou.npy", base);
+        REQUIRE(ts_npy_load(fixture(path), &io) == 0, "iou");
+        snprintf(path, sizeof path, "%s/masks.npy", base);
+        REQUIRE(ts_npy_load(fixture(path), &mk) == 0, "masks");
+        double dl = max_abs_diff(p.low_res, lr.data, 3 * 65536);
+        double di = max_abs_diff(p.iou, io.data, 3);
+        CHECK(dl <= 5e-3, "%s: low-res max abs error %g", de->d_name, dl);
+        CHECK(di <= 1e-3, "%s: IoU max abs error %g", de->d_name, di);
+        size_t plane = (size_t)W * H, same = 0;
+        for (size_t i = 0; i < 3 * plane; i++) same += p.masks[i] == ((uint8_t *)mk.data)[i];
+        double frac = (double)same / (3.0 * plane);
+        CHECK(frac >= 0.999, "%s: masks agree on %.5f", de->d_name, frac);
+        printf("  %s/%s: sparse %.2e  low-res %.2e  iou %.2e  masks %.5f%%\n", image, de->d_name,
+               ds, dl, di, 100 * frac);
+        if (dl > worst_lr) worst_lr = dl;
+        if (di > worst_iou) worst_iou = di;
+        if (frac < worst_mask) worst_mask = frac;
+        n_cases++;
+        tinysam_prediction_free(&p);
+        ts_npy_free(&lr);
+        ts_npy_free(&io);
+        ts_npy_free(&mk);
+        ts_npy_free(&mi);
+        ts_json_free(pj);
+    }
+    closedir(dir);
+    printf("  %s: %d cases; worst sparse %.2e dense %.2e low-res %.2e iou %.2e masks %.5f%%\n",
+           image, n_cases, worst_sparse, worst_dense, worst_lr, worst_iou, 100 * worst_mask);
+    CHECK(n_cases >= 3, "only %d cases", n_cases);
+    ts_npy_free(&emb);
+    tinysam_model_free(m);
+}
+
+static void test_picture1(void) {
+    run_image("picture1", 769, 770);
+}
+
+static void test_shapes(void) {
+    run_image("shapes", 640, 480);
+}
+
+/* Several prompt sets in one call (the everything-mode path, parallel over sets) give the
+ * same outputs as one call per set. */
+static void test_batch_equals_single(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    tinysam_model *m;
+    REQUIRE(tinysam_model_load(fixture(MODEL), &m) == 0, "%s", tinysam_last_error());
+    ts_npy emb;
+    REQUIRE(ts_npy_load(fixture("reference/shapes/embedding.npy"), &emb) == 0, "emb");
+    float coords[6] = {0.1f, 0.2f, 0.5f, 0.5f, 0.9f, 0.3f};
+    int lab = 1;
+    ts_prompt_set sets[3];
+    for (int i = 0; i < 3; i++)
+        sets[i] = (ts_prompt_set){.n_points = 1, .coords = coords + 2 * i, .labels = &lab};
+    float *lr = malloc(sizeof(float) * 3 * 4 * 65536), iou[12], *one = malloc(sizeof(float) * 4 * 65536), iou1[4];
+    REQUIRE(ts_sam_decode(m->prompt_encoder, m->mask_decoder, emb.data, 3, sets, lr, iou) == 0, "batch");
+    for (int i = 0; i < 3; i++) {
+        REQUIRE(ts_sam_decode(m->prompt_encoder, m->mask_decoder, emb.data, 1, &sets[i], one, iou1) == 0, "one");
+        double d = max_abs_diff(one, lr + (size_t)i * 4 * 65536, 4 * 65536);
+        CHECK(d <= 1e-4, "set %d: batch vs single %g", i, d);
+        CHECK(fabs(iou1[0] - iou[4 * i]) <= 1e-5, "set %d iou", i);
+    }
+    free(lr);
+    free(one);
+    ts_npy_free(&emb);
+    tinysam_model_free(m);
+}
+
+static void test_bad_prompts(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    tinysam_model *m;
+    REQUIRE(tinysam_model_load(fixture(MODEL), &m) == 0, "%s", tinysam_last_error());
+    static float data[256 * 4096];
+    tinysam_embedding e = {.data = data, .orig_w = 100, .orig_h = 50, .input_w = 1024, .input_h = 512};
+    float pt[2] = {10, 10}, nanpt[2] = {NAN, 1}, out[2] = {100, 10};
+    int l1 = 1, l5 = 5;
+    tinysam_prediction p;
+    struct { tinysam_prompt pr; const char *needle; } cases[] = {
+        {{.n_points = 1, .points = nanpt, .labels = &l1}, "finite"},
+        {{.n_points = 1, .points = out, .labels = &l1}, "outside"},
+        {{.n_points = 1, .points = pt, .labels = &l5}, "label"},
+        {{.n_points = -1}, "points"},
+        {{.n_points = 1, .points = pt, .labels = NULL}, "labels"},
+        {{.has_box = 1, .box = {50, 10, 10, 40}}, "x1 < x0"},
+        {{.n_points = 0}, "empty"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = tinysam_predict(m, &e, &cases[i].pr, TINYSAM_PREDICT_MASKS, &p);
+        CHECK(rc == TINYSAM_E_ARG && strstr(tinysam_last_error(), cases[i].needle),
+              "case %zu: rc %d, '%s'", i, rc, tinysam_last_error());
+    }
+    tinysam_model_free(m);
+}
+
+int main(void) {
+    RUN(test_picture1);
+    RUN(test_shapes);
+    RUN(test_batch_equals_single);
+    RUN(test_bad_prompts);
+    return test_summary();
+}
