@@ -2,6 +2,7 @@
  * output_mode="coco_rle" (a JSON list, in the generator's order). */
 #include "core.h"
 #include "everything/amg.h"
+#include "io/json.h"
 #include "tinysam.h"
 
 #include <stdio.h>
@@ -14,11 +15,14 @@ int ts_everything_write_json(FILE *f, const tinysam_everything_result *r) {
         const tinysam_mask_record *m = &r->records[i];
         char *counts = ts_rle_to_string(m->counts, m->n_counts);
         if (!counts) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+        fprintf(f, "%s\n{\"segmentation\": {\"size\": [%d, %d], \"counts\": ", i ? "," : "",
+                m->height, m->width);
+        ts_json_write_string(f, counts); /* COCO strings may hold '\\' */
         fprintf(f,
-                "%s\n{\"segmentation\": {\"size\": [%d, %d], \"counts\": \"%s\"}, \"area\": %lld, "
+                "}, \"area\": %lld, "
                 "\"bbox\": [%d, %d, %d, %d], \"predicted_iou\": %.17g, \"point_coords\": "
                 "[[%.17g, %.17g]], \"stability_score\": %.17g, \"crop_box\": [%d, %d, %d, %d]}",
-                i ? "," : "", m->height, m->width, counts, m->area, m->bbox[0], m->bbox[1],
+                m->area, m->bbox[0], m->bbox[1],
                 m->bbox[2], m->bbox[3], (double)m->predicted_iou, m->point[0], m->point[1],
                 (double)m->stability_score, m->crop_box[0], m->crop_box[1], m->crop_box[2],
                 m->crop_box[3]);

@@ -2,6 +2,7 @@
  * non-zero and exactly one line on stderr (never a crash), and a full segment run from the
  * fixture checkpoint reproduces the official masks. */
 #include "core.h"
+#include "io/json.h"
 #include "io/npy.h"
 #include "io/tensor_map.h"
 #include "test.h"
@@ -190,6 +191,41 @@ static void test_segment_matches_reference(void) {
     ts_npy_free(&low);
 }
 
+/* tinysam everything with the scene oracle: the written records equal the official ones
+ * (COCO strings compared as text, in order). */
+static void test_everything_oracle_cli(void) {
+    if (!fixture_exists("oracle/scene_a/scene.json")) SKIP("fixtures missing");
+    const char *out = tmp_path("everything.json"), *ov = tmp_path("everything.png");
+    char a[4096];
+    snprintf(a, sizeof a, "everything --oracle-scene %s --out %s --overlay %s --quiet",
+             fixture("oracle/scene_a/scene.json"), out, ov);
+    int st = run(a);
+    REQUIRE(st == 0, "everything failed (%d): %s", st, g_err);
+    CHECK(strstr(g_out, "\"masks\": 11") && strstr(g_out, "\"per_pass\": [64, 154]"), "summary: %s", g_out);
+    ts_json *mine, *ref;
+    REQUIRE(ts_json_load(out, &mine) == 0, "output is not JSON: %s", tinysam_last_error());
+    REQUIRE(ts_json_load(fixture("oracle/scene_a/default/hierarchical.json"), &ref) == 0, "ref");
+    const ts_json *rr = ts_json_get(ref, "records");
+    REQUIRE(mine->type == TS_JSON_ARRAY && mine->n == rr->n, "%d records, reference %d", mine->n, rr->n);
+    for (int i = 0; i < mine->n; i++) {
+        const ts_json *x = ts_json_get(ts_json_get(&mine->items[i], "segmentation"), "counts");
+        const ts_json *y = ts_json_get(ts_json_get(&rr->items[i], "segmentation"), "counts");
+        CHECK(x && y && !strcmp(x->string, y->string), "record %d: counts differ", i);
+        CHECK(ts_json_num(&mine->items[i], "area", -1) == ts_json_num(&rr->items[i], "area", -2),
+              "record %d: area", i);
+    }
+    tinysam_image img;
+    CHECK(tinysam_image_load(ov, 0, &img) == 0 && img.width == 1200 && img.height == 900, "overlay");
+    tinysam_image_free(&img);
+    ts_json_free(mine);
+    ts_json_free(ref);
+    expect_error("everything --oracle-scene x.json --out y.json --box-nms-thresh 1.5", "range");
+    expect_error("everything --oracle-scene x.json --out y.json --points-per-side 0", "range");
+    expect_error("everything --oracle-scene /nonexistent.json --out y.json", "nonexistent");
+    remove(out);
+    remove(ov);
+}
+
 int main(void) {
     const char *b = getenv("BUILD");
     snprintf(g_bin, sizeof g_bin, "%s/tinysam", b && *b ? b : "build");
@@ -199,5 +235,6 @@ int main(void) {
     RUN(test_wrong_model);
     RUN(test_mask_input_shape);
     RUN(test_segment_matches_reference);
+    RUN(test_everything_oracle_cli);
     return test_summary();
 }
