@@ -47,7 +47,24 @@ static int net_begin(ts_provider *p, int x0, int y0, int x1, int y1) {
     return rc;
 }
 
+/* Decodes in chunks so that the all-4-token output buffer stays small (memory on big images);
+ * a chunk still has enough prompt sets to keep every worker busy. */
+#define NET_CHUNK 8
+
+static int net_predict_chunk(ts_provider *p, int cnt, const double *pts, float *low_res,
+                             float *iou);
+
 static int net_predict(ts_provider *p, int cnt, const double *pts, float *low_res, float *iou) {
+    for (int s = 0; s < cnt; s += NET_CHUNK) {
+        int m = cnt - s < NET_CHUNK ? cnt - s : NET_CHUNK;
+        int rc = net_predict_chunk(p, m, pts + 2 * s, low_res + (size_t)s * 3 * 65536, iou + 3 * s);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int net_predict_chunk(ts_provider *p, int cnt, const double *pts, float *low_res,
+                             float *iou) {
     net_provider *n = (net_provider *)p;
     if (cnt > n->cap) {
         free(n->lr4);

@@ -1,0 +1,104 @@
+/* bench_everything.c - everything mode, hierarchical vs grid, in one run: with the network on
+ * a photo (picture1) and on a 12-megapixel image, and with the scene oracle; points evaluated,
+ * times, their ratios and peak RSS. Usage: bench_everything [--json] [--quick] */
+#include "core.h"
+#include "tinysam.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+
+typedef struct {
+    double ms;
+    int points, masks;
+} run_result;
+
+static int run(tinysam_model *m, const tinysam_image *img, const char *scene, int mode,
+               run_result *r) {
+    tinysam_everything_options o;
+    tinysam_everything_defaults(&o);
+    o.mode = mode;
+    tinysam_everything_result res;
+    int rc = scene ? tinysam_everything_oracle(scene, &o, &res)
+                   : tinysam_everything(m, img, NULL, &o, &res);
+    if (rc) {
+        fprintf(stderr, "bench_everything: %s\n", tinysam_last_error());
+        return rc;
+    }
+    r->ms = res.ms_total;
+    r->points = res.points_total;
+    r->masks = res.n;
+    tinysam_everything_free(&res);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    int json = 0, quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = 1;
+        if (!strcmp(argv[i], "--quick")) quick = 1;
+    }
+    const char *root = getenv("TINYSAM_FIXTURES");
+    if (!root) root = "../shared/fixtures";
+    char mp[512], ip[512], sp[512];
+    snprintf(mp, sizeof mp, "%s/models/tinysam_vit_t_random.pth", root);
+    snprintf(ip, sizeof ip, "%s/images/picture1.jpg", root);
+    snprintf(sp, sizeof sp, "%s/oracle/scene_a/scene.json", root);
+    tinysam_model *m;
+    tinysam_image img;
+    if (tinysam_model_load(mp, &m) || tinysam_image_load(ip, 0, &img)) {
+        fprintf(stderr, "bench_everything: %s\n", tinysam_last_error());
+        return 1;
+    }
+    run_result oh, og, nh, ng, big = {0};
+    if (run(NULL, NULL, sp, TINYSAM_EVERYTHING_HIERARCHICAL, &oh) ||
+        run(NULL, NULL, sp, TINYSAM_EVERYTHING_GRID, &og))
+        return 1;
+    if (run(m, &img, NULL, TINYSAM_EVERYTHING_HIERARCHICAL, &nh) ||
+        run(m, &img, NULL, TINYSAM_EVERYTHING_GRID, &ng))
+        return 1;
+    double rss_photo = peak_rss_mb();
+    if (!quick) {
+        /* a 4000x3000 photo (picture1 tiled): the memory bound of the issue */
+        tinysam_image b = {4000, 3000, malloc((size_t)4000 * 3000 * 3)};
+        for (int y = 0; y < 3000; y++)
+            for (int x = 0; x < 4000; x++)
+                memcpy(b.rgb + ((size_t)y * 4000 + x) * 3,
+                       img.rgb + ((size_t)(y % img.height) * img.width + x % img.width) * 3, 3);
+        if (run(m, &b, NULL, TINYSAM_EVERYTHING_HIERARCHICAL, &big)) return 1;
+        free(b.rgb);
+    }
+    double rss = peak_rss_mb();
+    if (json) {
+        printf("{\"threads\": %d, \"oracle_hier_ms\": %.0f, \"oracle_grid_ms\": %.0f, "
+               "\"oracle_hier_points\": %d, \"oracle_grid_points\": %d, \"net_hier_ms\": %.0f, "
+               "\"net_grid_ms\": %.0f, \"net_hier_points\": %d, \"net_grid_points\": %d, "
+               "\"net_12mp_hier_ms\": %.0f, \"peak_rss_photo_mb\": %.0f, \"peak_rss_12mp_mb\": %.0f}\n",
+               tinysam_get_num_threads(), oh.ms, og.ms, oh.points, og.points, nh.ms, ng.ms,
+               nh.points, ng.points, big.ms, rss_photo, rss);
+    } else {
+        printf("everything mode, %d threads\n", tinysam_get_num_threads());
+        printf("  oracle scene 1200x900:  hierarchical %6.0f ms, %4d points, %2d masks | grid %6.0f ms, "
+               "%4d points, %2d masks | grid/hierarchical time %.2fx, points %.2fx\n",
+               oh.ms, oh.points, oh.masks, og.ms, og.points, og.masks, og.ms / oh.ms,
+               (double)og.points / oh.points);
+        printf("  network, picture1:      hierarchical %6.0f ms, %4d points, %2d masks | grid %6.0f ms, "
+               "%4d points, %2d masks | grid/hierarchical time %.2fx, points %.2fx\n",
+               nh.ms, nh.points, nh.masks, ng.ms, ng.points, ng.masks, ng.ms / nh.ms,
+               (double)ng.points / nh.points);
+        printf("  peak RSS after the photo runs: %.0f MB\n", rss_photo);
+        if (!quick)
+            printf("  network, 4000x3000 (12 MP) hierarchical: %.0f ms, %d points; peak RSS %.0f MB\n",
+                   big.ms, big.points, rss);
+    }
+    tinysam_image_free(&img);
+    tinysam_model_free(m);
+    return 0;
+}
