@@ -72,7 +72,9 @@ test: tests
 	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BIN)
 
 bench: $(BENCH_BIN) $(BUILD)/tinysam
-	@for b in $(BENCH_BIN); do $$b || exit 1; done
+	@if [ ! -d bench/onnx/node_modules/onnxruntime-node ] && command -v npm >/dev/null; then \
+	    (cd bench/onnx && npm ci --ignore-scripts --no-audit --no-fund >/dev/null 2>&1) || true; fi
+	@BUILD=$(BUILD) sh bench/run_bench.sh
 
 clean:
 	rm -rf build build-san
