@@ -13,7 +13,7 @@ BUILD   ?= build
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wformat=2
 # Bit-exact pre/post-processing needs no silent a*b+c fusion; kernels use explicit FMA intrinsics.
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -pthread -ffp-contract=off -fno-math-errno $(WARN) -Iinclude -Isrc
+CFLAGS  += -fPIC -std=c11 -D_GNU_SOURCE -pthread -ffp-contract=off -fno-math-errno $(WARN) -Iinclude -Isrc
 LDLIBS  := -ljpeg -lpng -lz -lm -lpthread
 ifneq ($(SAN),)
 BUILD   := build-san
@@ -45,7 +45,7 @@ TEST_LIB_OBJ := $(TEST_LIB:%.c=$(BUILD)/obj/%.o)
 BENCH_BIN:= $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all test bench clean format tests
-all: $(BUILD)/libtinysam.a $(BUILD)/tinysam
+all: $(BUILD)/libtinysam.a $(BUILD)/libtinysam.so $(BUILD)/tinysam
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -54,6 +54,10 @@ $(BUILD)/obj/%.o: %.c
 $(BUILD)/libtinysam.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+
+# The shared library behind the Python module (python/tinysam_c).
+$(BUILD)/libtinysam.so: $(LIB_OBJ)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tinysam: $(CLI_OBJ) $(BUILD)/libtinysam.a
 	$(CC) $(LDFLAGS) -pthread -o $@ $(CLI_OBJ) $(BUILD)/libtinysam.a $(LDLIBS)
