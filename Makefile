@@ -70,10 +70,10 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -Itests/common -o $@ $< $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
 
-tests: $(TEST_BIN) $(BUILD)/tinysam
+tests: $(TEST_BIN) $(BUILD)/tinysam $(BUILD)/libtinysam.so
 
 test: tests
-	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BIN)
+	@BUILD=$(BUILD) PYTHON_TESTS=$(if $(SAN),,1) sh tests/run.sh $(TEST_BIN)
 
 bench: $(BENCH_BIN) $(BUILD)/tinysam
 	@if [ ! -d bench/onnx/node_modules/onnxruntime-node ] && command -v npm >/dev/null; then \

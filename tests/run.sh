@@ -17,5 +17,25 @@ for t in "$@"; do
         echo "FAIL $t: exit status $rc"; fail=$((fail + 1))
     fi
 done
+# The Python module's tests (pytest), in the same totals; not under the sanitizers (an
+# instrumented shared library cannot load into an uninstrumented interpreter).
+if [ -n "${PYTHON_TESTS:-}" ]; then
+    py=/usr/bin/python3; [ -x "$py" ] || py=python3
+    if "$py" -c "import numpy, pytest, PIL" 2>/dev/null; then
+        echo "== pytest tests/python"
+        out=$(TINYSAM_LIBRARY="$PWD/$BUILD/libtinysam.so" "$py" -m pytest -q -p no:cacheprovider tests/python 2>&1)
+        printf '%s\n' "$out" | tail -n 25
+        last=$(printf '%s\n' "$out" | grep -E '(passed|failed|error)' | tail -n 1)
+        p=$(echo "$last" | grep -oE '[0-9]+ passed' | cut -d' ' -f1)
+        f1=$(echo "$last" | grep -oE '[0-9]+ failed' | cut -d' ' -f1)
+        e1=$(echo "$last" | grep -oE '[0-9]+ errors?' | cut -d' ' -f1)
+        f=$(( ${f1:-0} + ${e1:-0} ))
+        s=$(echo "$last" | grep -oE '[0-9]+ skipped' | cut -d' ' -f1)
+        pass=$((pass + ${p:-0})); fail=$((fail + f)); skip=$((skip + ${s:-0}))
+        [ -z "$p" ] && [ "$f" -eq 0 ] && { echo "FAIL pytest: no result"; fail=$((fail + 1)); }
+    else
+        echo "SKIP python tests: numpy, pytest or PIL missing for $py"; skip=$((skip + 1))
+    fi
+fi
 if [ "$skip" -gt 0 ]; then echo "$pass passed, $fail failed, $skip skipped"; else echo "$pass passed, $fail failed"; fi
 [ "$fail" -eq 0 ]
