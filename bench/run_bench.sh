@@ -21,8 +21,8 @@ echo
 echo "== decoder"
 dec=$($B/bench/bench_decoder --runs 9) || exit 1
 echo "$dec"
-d1=$(echo "$dec" | awk '/one prompt/ {print $(NF-5)}')
-d2=$(echo "$dec" | awk '/one prompt/ {print $(NF-2)}')
+d1=$(echo "$dec" | sed -n 's/.*one prompt.*: \([0-9.]*\) ms (1 thread), \([0-9.]*\) ms (2 threads).*/\1/p')
+d2=$(echo "$dec" | sed -n 's/.*one prompt.*: \([0-9.]*\) ms (1 thread), \([0-9.]*\) ms (2 threads).*/\2/p')
 echo
 ort1=""; ort2=""
 if [ -d bench/onnx/node_modules/onnxruntime-node ] && command -v node >/dev/null; then

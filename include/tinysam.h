@@ -90,7 +90,7 @@ typedef struct {
     char family[16];           /* "vit_t" or "vit" (SAM ViT) */
     int n_tensors;             /* tensors in the file */
     long long n_values;        /* values in the file (all tensors) */
-    long long n_params_used;   /* values used for inference */
+    long long n_params_used;   /* parameters used for inference (buffers excluded) */
     char source_dtype[16];     /* storage dtype of the file: "float32", "float16", "mixed" */
     char source_format[32];    /* "pth-zip", "pth-legacy", "safetensors" */
     char config[512];          /* detected architecture as a JSON object */

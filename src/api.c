@@ -40,7 +40,10 @@ static void fill_info(tinysam_model *model) {
     for (int i = 0; i < m->n; i++) {
         const ts_tensor *t = &m->t[i];
         inf->n_values += t->numel;
-        if (t->used) inf->n_params_used += t->numel;
+        /* parameters, not buffers: BatchNorm statistics and the fixed PE matrix are state */
+        int buffer = strstr(t->name, ".running_mean") || strstr(t->name, ".running_var") ||
+                     strstr(t->name, "positional_encoding_gaussian_matrix");
+        if (t->used && !buffer) inf->n_params_used += t->numel;
         if (t->dtype != TS_DTYPE_F32) continue;
         if (t->file_dtype == TS_DTYPE_F32) n_f32++;
         else if (t->file_dtype == TS_DTYPE_F16) n_f16++;
