@@ -10,6 +10,7 @@
 #include "threads.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,7 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     *out = NULL;
     ts_mask_decoder *d = ts_calloc(1, sizeof *d);
     if (!d) return TINYSAM_E_NOMEM;
+    pthread_mutex_init(&d->ctx_lock, NULL);
     char p[64], n[256];
     int rc = TINYSAM_E_FORMAT;
     for (int L = 0; L < 2; L++) {
@@ -97,7 +99,8 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     for (int t = 0; t < 4; t++)
         for (int k = 0; k < 3; k++) {
             int o = k == 2 ? 32 : 256;
-            snprintf(n, sizeof n, "mask_decoder.output_hypernetworks_mlps.%d.layers.%d.weight", t, k);
+            snprintf(n, sizeof n, "mask_decoder.output_hypernetworks_mlps.%d.layers.%d.weight", t,
+                     k);
             if (!(d->hyper[t][2 * k] = ts_map_take(m, n, 2, o, 256))) goto fail;
             snprintf(n, sizeof n, "mask_decoder.output_hypernetworks_mlps.%d.layers.%d.bias", t, k);
             if (!(d->hyper[t][2 * k + 1] = ts_map_take(m, n, 1, o))) goto fail;
@@ -122,12 +125,6 @@ fail:
     return rc;
 }
 
-void ts_mask_decoder_free(ts_mask_decoder *d) {
-    if (!d) return;
-    ts_free_aligned(d->up0_w);
-    ts_free_aligned(d->up3_w);
-    free(d);
-}
 
 /* ------------------------------------------------------------------ forward */
 
@@ -135,15 +132,17 @@ typedef struct {
     int max_tokens;
     float *T, *q, *qpe, *keys, *kpe;      /* tokens; image tokens 4096 x 256 */
     float *pa, *pb, *pc, *ctx, *scores;   /* projections, attention context, scores */
+    float *st;                            /* transposed scores (keys x queries) */
     float *tmp;                           /* tokens x 2048 (MLP), or 4096 x 256 */
-    float *up1, *up2, *big;               /* upscaling */
+    float *up1, *up2, *big;               /* upscaling; up2: per-sub-pixel mask logits */
     float *dense;                         /* 256 x 4096 for a mask input */
     float hyper[4 * 32], h1[256], h2[256];
+    float hbd[128 * 16]; /* hypernetwork outputs, block-diagonal per sub-pixel */
 } workspace;
 
 static void ws_free(workspace *w) {
     float *all[] = {w->T, w->q, w->qpe, w->keys, w->kpe, w->pa, w->pb, w->pc, w->ctx, w->scores,
-                    w->tmp, w->up1, w->up2, w->big, w->dense};
+                    w->tmp, w->up1, w->up2, w->big, w->dense, w->st};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ts_free_aligned(all[i]);
 }
 
@@ -156,8 +155,8 @@ static int ws_alloc(workspace *w, int max_tokens) {
     int ok = 1;
     A(T, t * 256) A(q, t * 256) A(qpe, t * 256) A(keys, img) A(kpe, img)
     A(pa, rows * 256) A(pb, rows * 256) A(pc, rows * 256) A(ctx, rows * 256)
-    A(scores, t * N_IMG) A(tmp, (t * 2048 > img ? t * 2048 : img))
-    A(up1, 128 * 128 * 64) A(up2, 256 * 256 * 32) A(big, 128 * 128 * 128) A(dense, img)
+    A(scores, t * N_IMG) A(st, t * N_IMG) A(tmp, (t * 2048 > img ? t * 2048 : img))
+    A(up1, 128 * 128 * 64) A(up2, 128 * 128 * 16) A(big, 128 * 128 * 128) A(dense, img)
 #undef A
     if (!ok) {
         ws_free(w);
@@ -185,7 +184,14 @@ static void attention(const ts_attn_w *a, const float *q_in, int nq, const float
     else ts_linear(v_in, nk, 256, a->v_w, a->v_b, D, V);
     const float scale = sqrtf((float)dh); /* true division, as attn / math.sqrt(c_per_head) */
     for (int h = 0; h < 8; h++) {
-        ts_gemm(nq, nk, dh, Q + h * dh, D, K + h * dh, D, 1, w->scores, nk, 0.0f);
+        if (nq < nk) { /* few queries, many keys: S^T = K Q^T packs only the small Q */
+            ts_gemm(nk, nq, dh, K + h * dh, D, Q + h * dh, D, 1, w->st, nq, 0.0f);
+            for (int i = 0; i < nq; i++)
+                for (int jk = 0; jk < nk; jk++)
+                    w->scores[(size_t)i * nk + jk] = w->st[(size_t)jk * nq + i];
+        } else {
+            ts_gemm(nq, nk, dh, Q + h * dh, D, K + h * dh, D, 1, w->scores, nk, 0.0f);
+        }
         size_t ns = (size_t)nq * nk;
         for (size_t i = 0; i < ns; i++) w->scores[i] /= scale;
         ts_softmax_rows(w->scores, nq, nk);
@@ -227,13 +233,11 @@ static void decode_one(const decode_job *j, int s, workspace *w) {
     if (shared) {
         memcpy(w->keys, j->sh->src0, ti * sizeof(float));
     } else {
-        if (ts_prompt_dense(pe, set->mask_input, w->dense)) {
-            j->rc[s] = TINYSAM_E_NOMEM;
-            return;
-        }
+        ts_prompt_dense_ws(pe, set->mask_input, w->dense, w->up1); /* up1: free until upscaling */
         for (int i = 0; i < N_IMG; i++)
             for (int c = 0; c < 256; c++)
-                w->keys[(size_t)i * 256 + c] = j->sh->emb_tok[(size_t)i * 256 + c] + w->dense[(size_t)c * N_IMG + i];
+                w->keys[(size_t)i * 256 + c] =
+                    j->sh->emb_tok[(size_t)i * 256 + c] + w->dense[(size_t)c * N_IMG + i];
     }
     float *queries = w->q, *tmp = w->tmp;
     /* ref: transformer.py, TwoWayTransformer.forward / TwoWayAttentionBlock.forward */
@@ -294,11 +298,6 @@ static void decode_one(const decode_job *j, int s, workspace *w) {
     ts_gelu(w->up1, (size_t)128 * 128 * 64);
     ts_gemm_ex(128 * 128, 128, 64, w->up1, 64, d->up3_w, 128, 0, w->big, 128, 0.0f, d->up3_bias,
                TS_ACT_GELU);
-    for (int i = 0; i < 128; i++)
-        for (int jx = 0; jx < 128; jx++)
-            for (int ab = 0; ab < 4; ab++)
-                memcpy(w->up2 + ((size_t)(2 * i + ab / 2) * 256 + 2 * jx + ab % 2) * 32,
-                       w->big + ((size_t)i * 128 + jx) * 128 + ab * 32, 32 * sizeof(float));
     /* hypernetworks: one 32-vector per mask token; masks = hyper . upscaled features */
     for (int t = 0; t < 4; t++) {
         const float *const *h = d->hyper[t];
@@ -308,8 +307,27 @@ static void decode_one(const decode_job *j, int s, workspace *w) {
         ts_relu(w->h2, 256);
         ts_linear(w->h2, 1, 256, h[4], h[5], 32, w->hyper + t * 32);
     }
+    /* The second ConvTranspose's output stays as 128x128 rows of (a, b, o) columns: one GEMM
+     * with the block-diagonal hyper matrix gives every (sub-pixel, token) pair, which is then
+     * scattered to the 256x256 masks (no 8 MB feature scatter, no transposed packing). */
+    memset(w->hbd, 0, sizeof w->hbd);
+    for (int ab = 0; ab < 4; ab++)
+        for (int o = 0; o < 32; o++)
+            for (int t = 0; t < 4; t++)
+                w->hbd[(ab * 32 + o) * 16 + ab * 4 + t] = w->hyper[t * 32 + o];
+    float *r = w->up2; /* 16384 x 16 */
+    ts_gemm(128 * 128, 16, 128, w->big, 128, w->hbd, 16, 0, r, 16, 0.0f);
     float *lr = j->low_res + (size_t)s * 4 * 65536;
-    ts_gemm(4, 65536, 32, w->hyper, 32, w->up2, 32, 1, lr, 65536, 0.0f);
+    for (int i = 0; i < 128; i++)
+        for (int a = 0; a < 2; a++)
+            for (int t = 0; t < 4; t++) {
+                float *dst = lr + (size_t)t * 65536 + (size_t)(2 * i + a) * 256;
+                const float *src = r + (size_t)i * 128 * 16 + a * 8 + t;
+                for (int jx = 0; jx < 128; jx++) {
+                    dst[2 * jx] = src[(size_t)jx * 16];
+                    dst[2 * jx + 1] = src[(size_t)jx * 16 + 4];
+                }
+            }
     /* IoU head on the IoU token (raw outputs, no sigmoid) */
     const float *const *ih = d->iou_head;
     ts_linear(queries, 1, 256, ih[0], ih[1], 256, w->h1);
@@ -325,10 +343,84 @@ static void decode_task(void *ctx, int s, int tid) {
     decode_one(j, s, &j->ws[tid]);
 }
 
-int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *d, const float *embedding,
+/* Everything one call needs besides the weights: the shared image-side tensors and one
+ * workspace per worker. Kept on the decoder between calls (one context), so repeated calls
+ * neither allocate nor fault in fresh pages. */
+struct ts_decode_ctx {
+    int nt, max_tokens;
+    workspace *ws;
+    float *emb_tok;
+    shared_img sh;
+};
+
+static void ctx_free(ts_decode_ctx *c) {
+    if (!c) return;
+    for (int t = 0; c->ws && t < c->nt; t++) ws_free(&c->ws[t]);
+    free(c->ws);
+    ts_free_aligned(c->emb_tok);
+    ts_free_aligned(c->sh.src0);
+    ts_free_aligned(c->sh.k_t2i);
+    ts_free_aligned(c->sh.v_t2i);
+    ts_free_aligned(c->sh.q_i2t);
+    free(c);
+}
+
+static ts_decode_ctx *ctx_new(int nt, int max_tokens) {
+    ts_decode_ctx *c = ts_calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->max_tokens = max_tokens;
+    c->ws = ts_calloc((size_t)nt, sizeof *c->ws);
+    if (!c->ws) {
+        free(c);
+        return NULL;
+    }
+    for (; c->nt < nt; c->nt++)
+        if (ws_alloc(&c->ws[c->nt], max_tokens)) {
+            ctx_free(c);
+            return NULL;
+        }
+    c->emb_tok = ts_malloc_aligned(sizeof(float) * N_IMG * 256);
+    c->sh.src0 = ts_malloc_aligned(sizeof(float) * N_IMG * 256);
+    c->sh.k_t2i = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
+    c->sh.v_t2i = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
+    c->sh.q_i2t = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
+    if (!c->emb_tok || !c->sh.src0 || !c->sh.k_t2i || !c->sh.v_t2i || !c->sh.q_i2t) {
+        ctx_free(c);
+        return NULL;
+    }
+    c->sh.emb_tok = c->emb_tok;
+    return c;
+}
+
+/* Takes the cached context when it is big enough, else makes one. */
+static ts_decode_ctx *ctx_get(ts_mask_decoder *d, int nt, int max_tokens) {
+    pthread_mutex_lock(&d->ctx_lock);
+    ts_decode_ctx *c = d->ctx_cache;
+    d->ctx_cache = NULL;
+    pthread_mutex_unlock(&d->ctx_lock);
+    if (c && (c->nt < nt || c->max_tokens < max_tokens)) {
+        ctx_free(c);
+        c = NULL;
+    }
+    return c ? c : ctx_new(nt, max_tokens);
+}
+
+static void ctx_put(ts_mask_decoder *d, ts_decode_ctx *c) {
+    pthread_mutex_lock(&d->ctx_lock);
+    ts_decode_ctx *old = d->ctx_cache;
+    if (!old || old->nt < c->nt || old->max_tokens < c->max_tokens) { /* keep the bigger */
+        d->ctx_cache = c;
+        c = old;
+    }
+    pthread_mutex_unlock(&d->ctx_lock);
+    ctx_free(c);
+}
+
+int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *dc, const float *embedding,
                   int n, const ts_prompt_set *sets, float *low_res, float *iou) {
     if (n <= 0) return 0;
-    int max_tokens = 5;
+    ts_mask_decoder *d = (ts_mask_decoder *)dc; /* only the context cache is written */
+    int max_tokens = 8; /* room for a few points, so that the cached context is reused */
     for (int s = 0; s < n; s++) {
         if (sets[s].n_points < 0 || sets[s].n_points > TINYSAM_MAX_POINTS)
             return ts_error(TINYSAM_E_ARG, "prompt set %d: %d points (at most %d)", s,
@@ -338,51 +430,47 @@ int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *d, const f
     }
     int nt = n > 1 ? ts_num_threads() : 1;
     if (nt > n) nt = n;
-    workspace *ws = ts_calloc((size_t)nt, sizeof *ws);
     int *rcs = ts_calloc((size_t)n, sizeof *rcs);
-    shared_img sh = {0};
-    float *emb_tok = ts_malloc_aligned(sizeof(float) * N_IMG * 256);
-    int rc = ws && rcs && emb_tok ? 0 : TINYSAM_E_NOMEM;
-    for (int t = 0; !rc && t < nt; t++)
-        if ((rc = ws_alloc(&ws[t], max_tokens))) nt = t;
-    if (!rc) {
-        for (int c = 0; c < 256; c++)
-            for (int i = 0; i < N_IMG; i++) emb_tok[(size_t)i * 256 + c] = embedding[(size_t)c * N_IMG + i];
-        sh.emb_tok = emb_tok;
-        sh.src0 = ts_malloc_aligned(sizeof(float) * N_IMG * 256);
-        sh.k_t2i = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
-        sh.v_t2i = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
-        sh.q_i2t = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
-        if (!sh.src0 || !sh.k_t2i || !sh.v_t2i || !sh.q_i2t) rc = TINYSAM_E_NOMEM;
+    ts_decode_ctx *c = rcs ? ctx_get(d, nt, max_tokens) : NULL;
+    if (!c) {
+        free(rcs);
+        return ts_error(TINYSAM_E_NOMEM, "out of memory in the mask decoder");
     }
-    if (!rc) {
-        /* layer-0 image-side projections do not depend on the prompt (without a mask input) */
-        float *kpe = ws[0].kpe;
+    float *emb_tok = c->emb_tok;
+    shared_img *sh = &c->sh;
+    for (int ch = 0; ch < 256; ch++)
         for (int i = 0; i < N_IMG; i++)
-            for (int c = 0; c < 256; c++) {
-                size_t x = (size_t)i * 256 + c;
-                sh.src0[x] = emb_tok[x] + pe->no_mask[c];
-                kpe[x] = sh.src0[x] + pe->dense_pe_tok[x];
-            }
-        const ts_twoway_layer *l0 = &d->layer[0];
-        ts_linear(kpe, N_IMG, 256, l0->t2i.k_w, l0->t2i.k_b, 128, sh.k_t2i);
-        ts_linear(sh.src0, N_IMG, 256, l0->t2i.v_w, l0->t2i.v_b, 128, sh.v_t2i);
-        ts_linear(kpe, N_IMG, 256, l0->i2t.q_w, l0->i2t.q_b, 128, sh.q_i2t);
-        decode_job j = {pe, d, sets, &sh, ws, low_res, iou, rcs};
-        if (nt == 1)
-            for (int s = 0; s < n; s++) decode_one(&j, s, &ws[0]);
-        else
-            ts_parallel_for(n, decode_task, &j);
-        for (int s = 0; s < n && !rc; s++) rc = rcs[s];
-    }
+            emb_tok[(size_t)i * 256 + ch] = embedding[(size_t)ch * N_IMG + i];
+    /* layer-0 image-side projections do not depend on the prompt (without a mask input) */
+    float *kpe = c->ws[0].kpe;
+    for (int i = 0; i < N_IMG; i++)
+        for (int ch = 0; ch < 256; ch++) {
+            size_t x = (size_t)i * 256 + ch;
+            sh->src0[x] = emb_tok[x] + pe->no_mask[ch];
+            kpe[x] = sh->src0[x] + pe->dense_pe_tok[x];
+        }
+    const ts_twoway_layer *l0 = &d->layer[0];
+    ts_linear(kpe, N_IMG, 256, l0->t2i.k_w, l0->t2i.k_b, 128, sh->k_t2i);
+    ts_linear(sh->src0, N_IMG, 256, l0->t2i.v_w, l0->t2i.v_b, 128, sh->v_t2i);
+    ts_linear(kpe, N_IMG, 256, l0->i2t.q_w, l0->i2t.q_b, 128, sh->q_i2t);
+    decode_job j = {pe, d, sets, sh, c->ws, low_res, iou, rcs};
+    if (nt == 1)
+        for (int s = 0; s < n; s++) decode_one(&j, s, &c->ws[0]);
+    else
+        ts_parallel_for(n, decode_task, &j);
+    int rc = 0;
+    for (int s = 0; s < n && !rc; s++) rc = rcs[s];
     if (rc == TINYSAM_E_NOMEM) ts_error(rc, "out of memory in the mask decoder");
-    for (int t = 0; ws && t < nt; t++) ws_free(&ws[t]);
-    free(ws);
     free(rcs);
-    ts_free_aligned(emb_tok);
-    ts_free_aligned(sh.src0);
-    ts_free_aligned(sh.k_t2i);
-    ts_free_aligned(sh.v_t2i);
-    ts_free_aligned(sh.q_i2t);
+    ctx_put(d, c);
     return rc;
+}
+
+void ts_mask_decoder_free(ts_mask_decoder *d) {
+    if (!d) return;
+    ctx_free(d->ctx_cache);
+    pthread_mutex_destroy(&d->ctx_lock);
+    ts_free_aligned(d->up0_w);
+    ts_free_aligned(d->up3_w);
+    free(d);
 }

@@ -52,8 +52,12 @@ static int check_prompt(const tinysam_embedding *e, const tinysam_prompt *p) {
 
 tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
                                const tinysam_prompt *p, int flags, tinysam_prediction *out) {
-    if (!m || !e || !p || !out) return ts_error(TINYSAM_E_ARG, "tinysam_predict: NULL argument");
+    if (!out) return ts_error(TINYSAM_E_ARG, "tinysam_predict: NULL output");
     memset(out, 0, sizeof *out);
+    if (!m || !e || !p || !e->data)
+        return ts_error(TINYSAM_E_ARG, "tinysam_predict: NULL argument");
+    if (!m->prompt_encoder || !m->mask_decoder)
+        return ts_error(TINYSAM_E_ARG, "tinysam_predict: the model has no mask decoder");
     int rc = check_prompt(e, p);
     if (rc) return rc;
     int n = p->n_points, W = e->orig_w, H = e->orig_h;
@@ -62,7 +66,7 @@ tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
     if (!coords || !lr4) {
         free(coords);
         free(lr4);
-        return TINYSAM_E_NOMEM;
+        return ts_error(TINYSAM_E_NOMEM, "out of memory");
     }
     for (int i = 0; i < n; i++) {
         coords[2 * i] = to_model(p->points[2 * i], e->input_w, W);
@@ -88,7 +92,7 @@ tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
     out->low_res = ts_malloc(sizeof(float) * (size_t)nm * 65536);
     if (!out->low_res) {
         free(lr4);
-        return TINYSAM_E_NOMEM;
+        return ts_error(TINYSAM_E_NOMEM, "out of memory");
     }
     memcpy(out->low_res, lr4 + (size_t)first * 65536, sizeof(float) * (size_t)nm * 65536);
     free(lr4);
@@ -106,7 +110,8 @@ tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
             rc = ts_postprocess_mask(out->low_res + (size_t)k * 65536, e->input_h, e->input_w, H,
                                      W, dst, NULL);
             if (!rc && out->masks)
-                for (size_t i = 0; i < plane; i++) out->masks[(size_t)k * plane + i] = dst[i] > 0.0f;
+                for (size_t i = 0; i < plane; i++)
+                    out->masks[(size_t)k * plane + i] = dst[i] > 0.0f;
         }
         if (flags & TINYSAM_PREDICT_LOGITS) out->logits = lg;
         else free(lg);

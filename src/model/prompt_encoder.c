@@ -28,7 +28,8 @@ int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
     if (!pe) return TINYSAM_E_NOMEM;
     char name[128];
     // clang-format off
-    pe->gauss       = ts_map_take(m, "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", 2, 2, 128);
+    pe->gauss       = ts_map_take(m, "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+                                  2, 2, 128);
     for (int i = 0; i < 4; i++) {
         snprintf(name, sizeof name, "prompt_encoder.point_embeddings.%d.weight", i);
         pe->point_emb[i] = ts_map_take(m, name, 2, 1, 256);
@@ -85,8 +86,9 @@ const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe) {
 
 void ts_prompt_sparse(const ts_prompt_encoder *pe, const ts_prompt_set *s, float *out, int *k) {
     int n = 0;
-    /* points, then the padding point when there is no box */
-    for (int i = 0; i <= s->n_points; i++) {
+    /* points, then the padding point when there is no box; no points at all (box or mask
+     * input only) means no point tokens, as _embed_points is then not called */
+    for (int i = 0; s->n_points > 0 && i <= s->n_points; i++) {
         int pad = i == s->n_points;
         if (pad && s->has_box) break;
         int label = pad ? -1 : s->labels[i];
@@ -124,18 +126,23 @@ static float gelu1(float x) {
 }
 
 int ts_prompt_dense(const ts_prompt_encoder *pe, const float *mask, float *out) {
+    float *scratch = NULL;
+    if (mask && !(scratch = malloc(sizeof(float) * TS_PROMPT_DENSE_SCRATCH)))
+        return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    ts_prompt_dense_ws(pe, mask, out, scratch);
+    free(scratch);
+    return 0;
+}
+
+void ts_prompt_dense_ws(const ts_prompt_encoder *pe, const float *mask, float *out,
+                        float *scratch) {
     if (!mask) {
         for (int c = 0; c < 256; c++)
             for (int i = 0; i < 4096; i++) out[(size_t)c * 4096 + i] = pe->no_mask[c];
-        return 0;
+        return;
     }
     /* mask_downscaling: conv 1->4 k2s2, LN2d, GELU, conv 4->16 k2s2, LN2d, GELU, conv 16->256 */
-    float *a = malloc(sizeof(float) * 128 * 128 * 4), *b = malloc(sizeof(float) * 64 * 64 * 16);
-    if (!a || !b) {
-        free(a);
-        free(b);
-        return ts_error(TINYSAM_E_NOMEM, "out of memory");
-    }
+    float *a = scratch, *b = scratch + 128 * 128 * 4;
     for (int y = 0; y < 128; y++)
         for (int x = 0; x < 128; x++) {
             float *p = a + (size_t)(y * 128 + x) * 4;
@@ -143,7 +150,8 @@ int ts_prompt_dense(const ts_prompt_encoder *pe, const float *mask, float *out) 
                 float acc = pe->c0_b[o];
                 for (int ky = 0; ky < 2; ky++)
                     for (int kx = 0; kx < 2; kx++)
-                        acc += mask[(2 * y + ky) * 256 + 2 * x + kx] * pe->c0_w[o * 4 + ky * 2 + kx];
+                        acc += mask[(2 * y + ky) * 256 + 2 * x + kx] *
+                               pe->c0_w[o * 4 + ky * 2 + kx];
                 p[o] = acc;
             }
             ln2d_pixel(p, 4, pe->n1_w, pe->n1_b);
@@ -170,7 +178,4 @@ int ts_prompt_dense(const ts_prompt_encoder *pe, const float *mask, float *out) 
             for (int c = 0; c < 16; c++) acc += b[(size_t)i * 16 + c] * pe->c6_w[o * 16 + c];
             out[(size_t)o * 4096 + i] = acc;
         }
-    free(a);
-    free(b);
-    return 0;
 }

@@ -29,12 +29,18 @@ void ts_mask_decoder_free(ts_mask_decoder *d);
 void ts_prompt_sparse(const ts_prompt_encoder *pe, const ts_prompt_set *s, float *out, int *k);
 /* Dense embedding 256 x 64 x 64 (no_mask_embed broadcast when mask_input is NULL). */
 int ts_prompt_dense(const ts_prompt_encoder *pe, const float *mask_input, float *out);
+/* The same with caller-provided scratch of TS_PROMPT_DENSE_SCRATCH floats (no allocation). */
+#define TS_PROMPT_DENSE_SCRATCH (128 * 128 * 4 + 64 * 64 * 16)
+void ts_prompt_dense_ws(const ts_prompt_encoder *pe, const float *mask_input, float *out,
+                        float *scratch);
 /* Dense positional encoding 256 x 64 x 64. */
 const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe);
 
 /* Runs prompt encoder + mask decoder for n sets against one image embedding
  * (256 x 64 x 64). Writes all 4 mask tokens: low_res n x 4 x 256 x 256 and iou n x 4.
- * Callers pick tokens 1..3 (TinySAM) or 0 (SAM single-mask). */
+ * Callers pick tokens 1..3 (TinySAM) or 0 (SAM single-mask). Safe to call concurrently on
+ * one decoder; the decoder keeps the last call's scratch (about 45 MB per worker plus 16 MB)
+ * for the next call, freed with the decoder. */
 int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *d, const float *embedding,
                   int n, const ts_prompt_set *sets, float *low_res, float *iou);
 

@@ -3,6 +3,10 @@
 #ifndef TS_SAM_DECODER_INTERNAL_H
 #define TS_SAM_DECODER_INTERNAL_H
 
+#include <pthread.h>
+
+typedef struct ts_decode_ctx ts_decode_ctx; /* per-call scratch (mask_decoder.c) */
+
 struct ts_prompt_encoder {
     const float *gauss;        /* 2 x 128 */
     const float *point_emb[4]; /* 256 each: negative, positive, box corner 1, box corner 2 */
@@ -35,6 +39,8 @@ struct ts_mask_decoder {
     float up0_bias[256], up3_bias[128];   /* biases repeated per (a, b) sub-pixel */
     const float *hyper[4][6];             /* w0 b0 w1 b1 w2 b2 */
     const float *iou_head[6];
+    pthread_mutex_t ctx_lock;
+    ts_decode_ctx *ctx_cache; /* scratch of the last call, reused by the next */
 };
 
 #endif
