@@ -1,8 +1,10 @@
 /* mask_decoder.c - SAM's mask decoder with its two-way transformer (spec TINYSAM.md 5.4).
  * ref: tinysam/modeling/mask_decoder.py, transformer.py
  * Activations are token-major (rows = tokens or pixels, columns = channels) so that every
- * projection is one GEMM. Prompt sets are independent: several run in parallel, one per
- * worker, each with its own workspace. */
+ * projection is one GEMM. With few prompt tokens (<= FOLD_MAX) the cross attentions are
+ * folded so that no 4096 x 128 image-side projection is formed (t2i_folded, i2t_folded);
+ * the upscaling runs in chunks of image tokens that stay in cache. Prompt sets are
+ * independent: several run in parallel, one per worker, each with its own workspace. */
 #include "core.h"
 #include "model/sam_decoder.h"
 #include "model/sam_decoder_internal.h"
@@ -11,6 +13,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,35 +131,45 @@ fail:
 
 /* ------------------------------------------------------------------ forward */
 
+#define FOLD_MAX 16 /* token count up to which the cross attentions are folded */
+int ts_mask_decoder_fold_max = FOLD_MAX;
+#define UP_TOK 512  /* image tokens per upscaling chunk (8 rows of the 64 x 64 grid) */
+#define N_CHUNK (N_IMG / UP_TOK)
+
+/* Scratch of one upscaling chunk: UP_TOK x 256, 4*UP_TOK x 128, 4*UP_TOK x 16. */
 typedef struct {
-    int max_tokens;
-    float *T, *q, *qpe, *keys, *kpe;      /* tokens; image tokens 4096 x 256 */
-    float *pa, *pb, *pc, *ctx, *scores;   /* projections, attention context, scores */
-    float *st;                            /* transposed scores (keys x queries) */
-    float *tmp;                           /* tokens x 2048 (MLP), or 4096 x 256 */
-    float *up1, *up2, *big;               /* upscaling; up2: per-sub-pixel mask logits */
-    float *dense;                         /* 256 x 4096 for a mask input */
-    float hyper[4 * 32], h1[256], h2[256];
-    float hbd[128 * 16]; /* hypernetwork outputs, block-diagonal per sub-pixel */
+    float *g1, *g2, *m;
+} up_scratch;
+
+typedef struct {
+    float *T, *q, *t1, *t2, *mlp; /* tokens x 256 (mlp: tokens x 2048) */
+    float *keys, *kpe, *img;      /* 4096 x 256 */
+    float *S;                     /* attention weights */
+    float *f1, *f2, *sb;          /* folded operands: 8*FOLD_MAX x 256, 8*FOLD_MAX */
+    float *pa, *pb, *pc, *ctx;    /* projections: FOLD_MAX x 256, or 4096 x 256 when unfolded */
+    float *mask_chw, *mask_scratch; /* for a mask input */
+    float hblk[128 * 16], h1[256], h2[256], hyper[4 * 32];
 } workspace;
 
 static void ws_free(workspace *w) {
-    float *all[] = {w->T, w->q, w->qpe, w->keys, w->kpe, w->pa, w->pb, w->pc, w->ctx, w->scores,
-                    w->tmp, w->up1, w->up2, w->big, w->dense, w->st};
+    float *all[] = {w->T,  w->q,  w->t1, w->t2, w->mlp, w->keys, w->kpe, w->img,
+                    w->S,  w->f1, w->f2, w->sb, w->pa,  w->pb,   w->pc,  w->ctx,
+                    w->mask_chw, w->mask_scratch};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ts_free_aligned(all[i]);
 }
 
-static int ws_alloc(workspace *w, int max_tokens) {
+/* direct: room for the unfolded attentions (more than FOLD_MAX tokens) */
+static int ws_alloc(workspace *w, int max_tokens, int direct) {
     memset(w, 0, sizeof *w);
-    w->max_tokens = max_tokens;
-    size_t t = (size_t)max_tokens, img = (size_t)N_IMG * 256;
-    size_t rows = t > N_IMG ? t : N_IMG;
-#define A(field, n) ok &= (w->field = ts_malloc_aligned(sizeof(float) * (n))) != NULL;
+    size_t t = (size_t)max_tokens, img = (size_t)N_IMG * 256, f = 8 * FOLD_MAX;
+    size_t proj = direct ? (t > N_IMG ? t : N_IMG) * 256 : FOLD_MAX * 256;
+    size_t s = direct ? (t > f ? t : f) * N_IMG : 8 * t * N_IMG;
     int ok = 1;
-    A(T, t * 256) A(q, t * 256) A(qpe, t * 256) A(keys, img) A(kpe, img)
-    A(pa, rows * 256) A(pb, rows * 256) A(pc, rows * 256) A(ctx, rows * 256)
-    A(scores, t * N_IMG) A(st, t * N_IMG) A(tmp, (t * 2048 > img ? t * 2048 : img))
-    A(up1, 128 * 128 * 64) A(up2, 128 * 128 * 16) A(big, 128 * 128 * 128) A(dense, img)
+#define A(field, n) ok &= (w->field = ts_malloc_aligned(sizeof(float) * (n))) != NULL;
+    A(T, t * 256) A(q, t * 256) A(t1, t * 256) A(t2, t * 256) A(mlp, t * 2048)
+    A(keys, img) A(kpe, img) A(img, img) A(S, s) A(f1, f * 256) A(f2, f * 256) A(sb, f)
+    A(pa, proj) A(pb, proj) A(pc, proj) A(ctx, proj)
+    A(mask_chw, img) A(mask_scratch, TS_PROMPT_DENSE_SCRATCH)
 #undef A
     if (!ok) {
         ws_free(w);
@@ -169,55 +182,160 @@ static void add(const float *a, const float *b, float *out, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-/* Attention(q_in, k_in, v_in) -> out (nq x 256). Projections of k/v (nk x dim) may be given
- * precomputed (kp, vp), likewise the q projection (qp). */
+/* dst (cols x rows) = src (rows x cols)^T, in cache-sized tiles. */
+static void transpose(const float *src, int rows, int cols, float *dst) {
+    for (int r0 = 0; r0 < rows; r0 += 16)
+        for (int c0 = 0; c0 < cols; c0 += 16)
+            for (int c = c0; c < TS_MIN(c0 + 16, cols); c++)
+                for (int r = r0; r < TS_MIN(r0 + 16, rows); r++)
+                    dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+}
+
+/* Attention(q_in, k_in, v_in) -> out (nq x 256), as the module computes it; the k/v
+ * projections (nk x dim) may be given precomputed (kp, vp). */
 static void attention(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
-                      const float *v_in, int nk, const float *qp, const float *kp,
-                      const float *vp, float *out, workspace *w) {
+                      const float *v_in, int nk, const float *kp, const float *vp, float *out,
+                      workspace *w) {
     int D = a->dim, dh = D / 8;
-    float *Q = w->pa, *K = w->pb, *V = w->pc;
-    if (qp) Q = (float *)qp;
-    else ts_linear(q_in, nq, 256, a->q_w, a->q_b, D, Q);
-    if (kp) K = (float *)kp;
-    else ts_linear(k_in, nk, 256, a->k_w, a->k_b, D, K);
-    if (vp) V = (float *)vp;
-    else ts_linear(v_in, nk, 256, a->v_w, a->v_b, D, V);
+    const float *K = kp ? kp : w->pb, *V = vp ? vp : w->pc;
+    ts_linear(q_in, nq, 256, a->q_w, a->q_b, D, w->pa);
+    if (!kp) ts_linear(k_in, nk, 256, a->k_w, a->k_b, D, w->pb);
+    if (!vp) ts_linear(v_in, nk, 256, a->v_w, a->v_b, D, w->pc);
     const float scale = sqrtf((float)dh); /* true division, as attn / math.sqrt(c_per_head) */
     for (int h = 0; h < 8; h++) {
-        if (nq < nk) { /* few queries, many keys: S^T = K Q^T packs only the small Q */
-            ts_gemm(nk, nq, dh, K + h * dh, D, Q + h * dh, D, 1, w->st, nq, 0.0f);
-            for (int i = 0; i < nq; i++)
-                for (int jk = 0; jk < nk; jk++)
-                    w->scores[(size_t)i * nk + jk] = w->st[(size_t)jk * nq + i];
-        } else {
-            ts_gemm(nq, nk, dh, Q + h * dh, D, K + h * dh, D, 1, w->scores, nk, 0.0f);
-        }
+        ts_gemm(nq, nk, dh, w->pa + h * dh, D, K + h * dh, D, 1, w->S, nk, 0.0f);
         size_t ns = (size_t)nq * nk;
-        for (size_t i = 0; i < ns; i++) w->scores[i] /= scale;
-        ts_softmax_rows(w->scores, nq, nk);
-        ts_gemm(nq, dh, nk, w->scores, nk, V + h * dh, D, 0, w->ctx + h * dh, D, 0.0f);
+        for (size_t i = 0; i < ns; i++) w->S[i] /= scale;
+        ts_softmax_rows(w->S, nq, nk);
+        ts_gemm(nq, dh, nk, w->S, nk, V + h * dh, D, 0, w->ctx + h * dh, D, 0.0f);
     }
     ts_linear(w->ctx, nq, D, a->o_w, a->o_b, 256, out);
 }
 
-/* Image-side tensors shared by every set without a mask input (layer 0 only). */
+/* Token-to-image attention for few tokens, without the 4096 x 128 image projections. Per
+ * head h: q.(Wk_h x + bk_h) = (Wk_h^T q).x + q.bk_h, whose last term is constant along a
+ * softmax row and cancels; and sum_n A(n) (Wv_h x_n + bv_h) = Wv_h (sum_n A(n) x_n) + bv_h,
+ * the weights summing to one. The heads of all tokens form one 8nq x 4096 weight matrix
+ * (row h*nq + i): two GEMMs over the image instead of two 128-wide projections. */
+static void t2i_folded(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
+                       const float *v_in, float *out, workspace *w) {
+    int D = a->dim, dh = D / 8, R = 8 * nq;
+    const float scale = sqrtf((float)dh);
+    ts_linear(q_in, nq, 256, a->q_w, a->q_b, D, w->pa);
+    for (int h = 0; h < 8; h++)
+        ts_gemm(nq, 256, dh, w->pa + h * dh, D, a->k_w + (size_t)h * dh * 256, 256, 0,
+                w->f1 + (size_t)h * nq * 256, 256, 0.0f);
+    for (size_t i = 0; i < (size_t)R * 256; i++) w->f1[i] /= scale;
+    /* S^T = x f1^T reads the image in place (no packing of a 4096 x 256 operand) */
+    ts_gemm(N_IMG, R, 256, k_in, 256, w->f1, 256, 1, w->img, R, 0.0f);
+    transpose(w->img, N_IMG, R, w->S);
+    ts_softmax_rows(w->S, R, N_IMG);
+    ts_gemm(R, 256, N_IMG, w->S, N_IMG, v_in, 256, 0, w->f2, 256, 0.0f);
+    for (int h = 0; h < 8; h++)
+        ts_gemm_ex(nq, dh, 256, w->f2 + (size_t)h * nq * 256, 256, a->v_w + (size_t)h * dh * 256,
+                   256, 1, w->ctx + h * dh, D, 0.0f, a->v_b + h * dh, TS_ACT_NONE);
+    ts_linear(w->ctx, nq, D, a->o_w, a->o_b, 256, out);
+}
+
+/* Image-to-token attention (the 4096 image tokens query nk tokens) for few tokens. Scores
+ * per head: from the shared projection qp (4096 x D) when given, else folded as
+ * (Wq_h x + bq_h).k = x.(Wq_h^T k) + bq_h.k (a per-column bias). The output projection is
+ * applied to the token values before the weighting, Wo_h (sum_j A(j) v_j) =
+ * sum_j A(j) (Wo_h v_j), so the 4096 x D context is never formed. Weights: 4096 x 8nk,
+ * column h*nk + j. beta = 1 adds the result to out (the residual). */
+static void i2t_folded(const ts_attn_w *a, const float *q_in, const float *qp, const float *k_in,
+                       const float *v_in, int nk, float *out, float beta, workspace *w) {
+    int D = a->dim, dh = D / 8, R = 8 * nk;
+    const float scale = sqrtf((float)dh);
+    ts_linear(k_in, nk, 256, a->k_w, a->k_b, D, w->pa);
+    ts_linear(v_in, nk, 256, a->v_w, a->v_b, D, w->pb);
+    for (int h = 0; h < 8; h++) {
+        ts_gemm(nk, 256, dh, w->pb + h * dh, D, a->o_w + h * dh, D, 1,
+                w->f2 + (size_t)h * nk * 256, 256, 0.0f);
+        if (qp) {
+            ts_gemm(N_IMG, nk, dh, qp + h * dh, D, w->pa + h * dh, D, 1, w->S + h * nk, R, 0.0f);
+            continue;
+        }
+        ts_gemm(nk, 256, dh, w->pa + h * dh, D, a->q_w + (size_t)h * dh * 256, 256, 0,
+                w->f1 + (size_t)h * nk * 256, 256, 0.0f);
+        for (int j = 0; j < nk; j++) {
+            float acc = 0.0f;
+            for (int c = 0; c < dh; c++)
+                acc += a->q_b[h * dh + c] * w->pa[(size_t)j * D + h * dh + c];
+            w->sb[h * nk + j] = acc / scale;
+        }
+    }
+    if (qp) {
+        for (size_t i = 0; i < (size_t)N_IMG * R; i++) w->S[i] /= scale;
+    } else {
+        for (size_t i = 0; i < (size_t)R * 256; i++) w->f1[i] /= scale;
+        ts_gemm_ex(N_IMG, R, 256, q_in, 256, w->f1, 256, 1, w->S, R, 0.0f, w->sb, TS_ACT_NONE);
+    }
+    ts_softmax_rows(w->S, N_IMG * 8, nk); /* each (image token, head) row of nk weights */
+    ts_gemm_ex(N_IMG, 256, R, w->S, R, w->f2, 256, 0, out, 256, beta, a->o_b, TS_ACT_NONE);
+}
+
+/* The upscaling of image tokens [c*UP_TOK, (c+1)*UP_TOK) and its mask logits. Both
+ * transposed convolutions have kernel = stride, so every token owns a 4 x 4 block of the
+ * 256 x 256 output: ConvT(256->64) as a GEMM, LayerNorm2d (eps 1e-6), GELU, ConvT(64->32) as
+ * a GEMM with GELU, then the 4 hypernetwork vectors at once (block-diagonal hblk, 128 x 16:
+ * column sub-pixel*4 + mask token) and a scatter into lr (4 x 256 x 256). */
+static void upscale_chunk(const ts_mask_decoder *d, const float *keys, const float *hblk, int c,
+                          const up_scratch *u, float *lr) {
+    int n0 = c * UP_TOK;
+    ts_gemm_ex(UP_TOK, 256, 256, keys + (size_t)n0 * 256, 256, d->up0_w, 256, 0, u->g1, 256,
+               0.0f, d->up0_bias, TS_ACT_NONE);
+    ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
+    ts_gelu(u->g1, (size_t)UP_TOK * 256);
+    ts_gemm_ex(UP_TOK * 4, 128, 64, u->g1, 64, d->up3_w, 128, 0, u->g2, 128, 0.0f, d->up3_bias,
+               TS_ACT_GELU);
+    ts_gemm(UP_TOK * 4, 16, 128, u->g2, 128, hblk, 16, 0, u->m, 16, 0.0f);
+    for (int r = 0; r < UP_TOK * 4; r++) {
+        int n = n0 + r / 4, ab = r % 4;
+        int y1 = 2 * (n / 64) + ab / 2, x1 = 2 * (n % 64) + ab % 2;
+        const float *m = u->m + (size_t)r * 16;
+        for (int ab2 = 0; ab2 < 4; ab2++) {
+            size_t p = (size_t)(2 * y1 + ab2 / 2) * 256 + 2 * x1 + ab2 % 2;
+            for (int t = 0; t < 4; t++) lr[(size_t)t * 65536 + p] = m[ab2 * 4 + t];
+        }
+    }
+}
+
+/* Image-side tensors shared by the sets of one call. */
 typedef struct {
-    const float *emb_tok; /* 4096 x 256: the embedding, token-major */
-    float *src0;          /* embedding + no_mask_embed */
-    float *k_t2i, *v_t2i, *q_i2t; /* layer-0 projections of src0 (+ PE) */
+    float *emb_tok;       /* 4096 x 256: the embedding, token-major */
+    float *src0, *kpe0;   /* + no_mask_embed, and + dense PE: layer 0 of sets without a mask */
+    float *k_t2i, *v_t2i, *q_i2t; /* their layer-0 projections, when several sets share them */
 } shared_img;
 
 typedef struct {
     const ts_prompt_encoder *pe;
     const ts_mask_decoder *d;
     const ts_prompt_set *sets;
-    shared_img *sh;
+    const shared_img *sh;
+    int use_proj; /* sh's projections are filled */
+    int fold_max;
     workspace *ws;
+    up_scratch *up;
+    /* A task may land on any pool thread, but at most n threads ever run one: each takes
+     * the next free workspace on its first task. */
+    int *slot_of_tid;
+    atomic_int *next_slot;
+    int par_up; /* one set: spread the upscaling chunks over the pool */
     float *low_res, *iou;
-    int *rc;
+    /* per upscaling run */
+    const float *keys, *hblk;
+    float *lr;
 } decode_job;
 
-static void decode_one(const decode_job *j, int s, workspace *w) {
+static void up_task(void *ctx, int c, int tid) {
+    const decode_job *j = ctx;
+    upscale_chunk(j->d, j->keys, j->hblk, c, &j->up[tid], j->lr);
+}
+
+/* ref: transformer.py (TwoWayTransformer, TwoWayAttentionBlock), mask_decoder.py
+ * (predict_masks) */
+static void decode_one(const decode_job *j, int s, workspace *w, const up_scratch *up) {
     const ts_prompt_encoder *pe = j->pe;
     const ts_mask_decoder *d = j->d;
     const ts_prompt_set *set = &j->sets[s];
@@ -227,78 +345,65 @@ static void decode_one(const decode_job *j, int s, workspace *w) {
     memcpy(w->T, d->iou_token, 256 * sizeof(float));
     memcpy(w->T + 256, d->mask_tokens, 4 * 256 * sizeof(float));
     ts_prompt_sparse(pe, set, w->T + 5 * 256, &k);
-    int nq = 5 + k;
+    int nq = 5 + k, fold = nq <= j->fold_max;
     size_t tq = (size_t)nq * 256, ti = (size_t)N_IMG * 256;
-    int shared = set->mask_input == NULL;
-    if (shared) {
-        memcpy(w->keys, j->sh->src0, ti * sizeof(float));
-    } else {
-        ts_prompt_dense_ws(pe, set->mask_input, w->dense, w->up1); /* up1: free until upscaling */
-        for (int i = 0; i < N_IMG; i++)
-            for (int c = 0; c < 256; c++)
-                w->keys[(size_t)i * 256 + c] =
-                    j->sh->emb_tok[(size_t)i * 256 + c] + w->dense[(size_t)c * N_IMG + i];
+    const float *keys = j->sh->src0, *kpe = j->sh->kpe0;
+    int proj0 = j->use_proj && !set->mask_input && fold;
+    if (set->mask_input) {
+        ts_prompt_dense_ws(pe, set->mask_input, w->mask_chw, w->mask_scratch);
+        transpose(w->mask_chw, 256, N_IMG, w->img);
+        add(j->sh->emb_tok, w->img, w->keys, ti);
+        add(w->keys, pos, w->kpe, ti);
+        keys = w->keys;
+        kpe = w->kpe;
     }
-    float *queries = w->q, *tmp = w->tmp;
-    /* ref: transformer.py, TwoWayTransformer.forward / TwoWayAttentionBlock.forward */
+    float *queries = w->q, *qpe = w->t1, *tmp = w->t2;
     for (int L = 0; L < 2; L++) {
         const ts_twoway_layer *l = &d->layer[L];
+        int shared = L == 0 && proj0;
         if (L == 0) { /* the first self-attention replaces the queries: no residual, no PE */
-            attention(&l->self_attn, w->T, nq, w->T, w->T, nq, NULL, NULL, NULL, queries, w);
+            attention(&l->self_attn, w->T, nq, w->T, w->T, nq, NULL, NULL, queries, w);
         } else {
-            add(queries, w->T, w->qpe, tq);
-            attention(&l->self_attn, w->qpe, nq, w->qpe, queries, nq, NULL, NULL, NULL, tmp, w);
+            add(queries, w->T, qpe, tq);
+            attention(&l->self_attn, qpe, nq, qpe, queries, nq, NULL, NULL, tmp, w);
             add(queries, tmp, queries, tq);
         }
         ts_layernorm(queries, nq, 256, l->n1_w, l->n1_b, 1e-5f);
-        /* token -> image */
-        add(queries, w->T, w->qpe, tq);
-        int sh0 = L == 0 && shared;
-        if (!sh0) add(w->keys, pos, w->kpe, ti);
-        attention(&l->t2i, w->qpe, nq, w->kpe, w->keys, N_IMG, NULL, sh0 ? j->sh->k_t2i : NULL,
-                  sh0 ? j->sh->v_t2i : NULL, tmp, w);
+        add(queries, w->T, qpe, tq);
+        if (shared)
+            attention(&l->t2i, qpe, nq, NULL, NULL, N_IMG, j->sh->k_t2i, j->sh->v_t2i, tmp, w);
+        else if (fold)
+            t2i_folded(&l->t2i, qpe, nq, kpe, keys, tmp, w);
+        else
+            attention(&l->t2i, qpe, nq, kpe, keys, N_IMG, NULL, NULL, tmp, w);
         add(queries, tmp, queries, tq);
         ts_layernorm(queries, nq, 256, l->n2_w, l->n2_b, 1e-5f);
-        /* MLP (ReLU) */
-        ts_linear(queries, nq, 256, l->l1_w, l->l1_b, 2048, tmp);
-        ts_relu(tmp, (size_t)nq * 2048);
-        ts_linear(tmp, nq, 2048, l->l2_w, l->l2_b, 256, w->qpe);
-        add(queries, w->qpe, queries, tq);
+        ts_linear(queries, nq, 256, l->l1_w, l->l1_b, 2048, w->mlp); /* MLP with ReLU */
+        ts_relu(w->mlp, (size_t)nq * 2048);
+        ts_linear(w->mlp, nq, 2048, l->l2_w, l->l2_b, 256, tmp);
+        add(queries, tmp, queries, tq);
         ts_layernorm(queries, nq, 256, l->n3_w, l->n3_b, 1e-5f);
-        /* image -> token: the image tokens are the queries */
-        add(queries, w->T, w->qpe, tq);
-        attention(&l->i2t, w->kpe, N_IMG, w->qpe, queries, nq, sh0 ? j->sh->q_i2t : NULL, NULL,
-                  NULL, tmp, w);
-        add(w->keys, tmp, w->keys, ti);
+        add(queries, w->T, qpe, tq); /* image -> token: the image tokens are the queries */
+        if (fold) { /* keys += attention, accumulated by the output GEMM */
+            if (keys != w->keys) memcpy(w->keys, keys, ti * sizeof(float));
+            i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
+                       1.0f, w);
+        } else {
+            attention(&l->i2t, kpe, N_IMG, qpe, queries, nq, NULL, NULL, w->img, w);
+            add(keys, w->img, w->keys, ti);
+        }
         ts_layernorm(w->keys, N_IMG, 256, l->n4_w, l->n4_b, 1e-5f);
+        add(w->keys, pos, w->kpe, ti);
+        keys = w->keys;
+        kpe = w->kpe;
     }
-    add(queries, w->T, w->qpe, tq);
-    add(w->keys, pos, w->kpe, ti);
-    attention(&d->final_attn, w->qpe, nq, w->kpe, w->keys, N_IMG, NULL, NULL, NULL, tmp, w);
+    add(queries, w->T, qpe, tq);
+    if (fold) t2i_folded(&d->final_attn, qpe, nq, kpe, keys, tmp, w);
+    else attention(&d->final_attn, qpe, nq, kpe, keys, N_IMG, NULL, NULL, tmp, w);
     add(queries, tmp, queries, tq);
     ts_layernorm(queries, nq, 256, d->nf_w, d->nf_b, 1e-5f);
 
-    /* ref: mask_decoder.py, predict_masks: upscaling, ConvTranspose as GEMM + scatter */
-    ts_gemm_ex(N_IMG, 256, 256, w->keys, 256, d->up0_w, 256, 0, w->tmp, 256, 0.0f, d->up0_bias,
-               TS_ACT_NONE);
-    for (int i = 0; i < 64; i++)
-        for (int jx = 0; jx < 64; jx++)
-            for (int ab = 0; ab < 4; ab++)
-                memcpy(w->up1 + ((size_t)(2 * i + ab / 2) * 128 + 2 * jx + ab % 2) * 64,
-                       w->tmp + ((size_t)i * 64 + jx) * 256 + ab * 64, 64 * sizeof(float));
-    for (int p = 0; p < 128 * 128; p++) { /* LayerNorm2d (eps 1e-6, true division), GELU */
-        float *x = w->up1 + (size_t)p * 64, u = 0.0f, v = 0.0f;
-        for (int c = 0; c < 64; c++) u += x[c];
-        u /= 64.0f;
-        for (int c = 0; c < 64; c++) v += (x[c] - u) * (x[c] - u);
-        v /= 64.0f;
-        float sd = sqrtf(v + 1e-6f);
-        for (int c = 0; c < 64; c++) x[c] = d->upn_w[c] * ((x[c] - u) / sd) + d->upn_b[c];
-    }
-    ts_gelu(w->up1, (size_t)128 * 128 * 64);
-    ts_gemm_ex(128 * 128, 128, 64, w->up1, 64, d->up3_w, 128, 0, w->big, 128, 0.0f, d->up3_bias,
-               TS_ACT_GELU);
-    /* hypernetworks: one 32-vector per mask token; masks = hyper . upscaled features */
+    /* hypernetworks: one 32-vector per mask token, laid out block-diagonally */
     for (int t = 0; t < 4; t++) {
         const float *const *h = d->hyper[t];
         ts_linear(queries + (size_t)(1 + t) * 256, 1, 256, h[0], h[1], 256, w->h1);
@@ -307,27 +412,11 @@ static void decode_one(const decode_job *j, int s, workspace *w) {
         ts_relu(w->h2, 256);
         ts_linear(w->h2, 1, 256, h[4], h[5], 32, w->hyper + t * 32);
     }
-    /* The second ConvTranspose's output stays as 128x128 rows of (a, b, o) columns: one GEMM
-     * with the block-diagonal hyper matrix gives every (sub-pixel, token) pair, which is then
-     * scattered to the 256x256 masks (no 8 MB feature scatter, no transposed packing). */
-    memset(w->hbd, 0, sizeof w->hbd);
+    memset(w->hblk, 0, sizeof w->hblk);
     for (int ab = 0; ab < 4; ab++)
         for (int o = 0; o < 32; o++)
             for (int t = 0; t < 4; t++)
-                w->hbd[(ab * 32 + o) * 16 + ab * 4 + t] = w->hyper[t * 32 + o];
-    float *r = w->up2; /* 16384 x 16 */
-    ts_gemm(128 * 128, 16, 128, w->big, 128, w->hbd, 16, 0, r, 16, 0.0f);
-    float *lr = j->low_res + (size_t)s * 4 * 65536;
-    for (int i = 0; i < 128; i++)
-        for (int a = 0; a < 2; a++)
-            for (int t = 0; t < 4; t++) {
-                float *dst = lr + (size_t)t * 65536 + (size_t)(2 * i + a) * 256;
-                const float *src = r + (size_t)i * 128 * 16 + a * 8 + t;
-                for (int jx = 0; jx < 128; jx++) {
-                    dst[2 * jx] = src[(size_t)jx * 16];
-                    dst[2 * jx + 1] = src[(size_t)jx * 16 + 4];
-                }
-            }
+                w->hblk[(ab * 32 + o) * 16 + ab * 4 + t] = w->hyper[t * 32 + o];
     /* IoU head on the IoU token (raw outputs, no sigmoid) */
     const float *const *ih = d->iou_head;
     ts_linear(queries, 1, 256, ih[0], ih[1], 256, w->h1);
@@ -335,81 +424,115 @@ static void decode_one(const decode_job *j, int s, workspace *w) {
     ts_linear(w->h1, 1, 256, ih[2], ih[3], 256, w->h2);
     ts_relu(w->h2, 256);
     ts_linear(w->h2, 1, 256, ih[4], ih[5], 4, j->iou + (size_t)s * 4);
-    j->rc[s] = 0;
+
+    float *lr = j->low_res + (size_t)s * 4 * 65536;
+    if (j->par_up) {
+        decode_job uj = *j;
+        uj.keys = keys;
+        uj.hblk = w->hblk;
+        uj.lr = lr;
+        ts_parallel_for(N_CHUNK, up_task, &uj);
+    } else {
+        for (int c = 0; c < N_CHUNK; c++) upscale_chunk(d, keys, w->hblk, c, up, lr);
+    }
 }
 
 static void decode_task(void *ctx, int s, int tid) {
     const decode_job *j = ctx;
-    decode_one(j, s, &j->ws[tid]);
+    int *slot = &j->slot_of_tid[tid]; /* only this thread touches its entry */
+    if (*slot < 0) *slot = atomic_fetch_add(j->next_slot, 1);
+    decode_one(j, s, &j->ws[*slot], &j->up[*slot]);
 }
 
-/* Everything one call needs besides the weights: the shared image-side tensors and one
- * workspace per worker. Kept on the decoder between calls (one context), so repeated calls
- * neither allocate nor fault in fresh pages. */
+/* Everything one call needs besides the weights: the shared image-side tensors, one
+ * workspace per worker and one upscaling scratch per pool thread. Kept on the decoder
+ * between calls (one context), so repeated calls neither allocate nor fault in fresh
+ * pages. */
 struct ts_decode_ctx {
-    int nt, max_tokens;
+    int nt, n_up, max_tokens, direct;
     workspace *ws;
-    float *emb_tok;
+    up_scratch *up;
+    int *slot_of_tid; /* n_up (pool size) entries */
     shared_img sh;
 };
 
 static void ctx_free(ts_decode_ctx *c) {
     if (!c) return;
     for (int t = 0; c->ws && t < c->nt; t++) ws_free(&c->ws[t]);
+    for (int t = 0; c->up && t < c->n_up; t++) {
+        ts_free_aligned(c->up[t].g1);
+        ts_free_aligned(c->up[t].g2);
+        ts_free_aligned(c->up[t].m);
+    }
     free(c->ws);
-    ts_free_aligned(c->emb_tok);
-    ts_free_aligned(c->sh.src0);
-    ts_free_aligned(c->sh.k_t2i);
-    ts_free_aligned(c->sh.v_t2i);
-    ts_free_aligned(c->sh.q_i2t);
+    free(c->up);
+    free(c->slot_of_tid);
+    float *sh[] = {c->sh.emb_tok, c->sh.src0, c->sh.kpe0, c->sh.k_t2i, c->sh.v_t2i, c->sh.q_i2t};
+    for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) ts_free_aligned(sh[i]);
     free(c);
 }
 
-static ts_decode_ctx *ctx_new(int nt, int max_tokens) {
+static ts_decode_ctx *ctx_new(int nt, int n_up, int max_tokens, int direct) {
     ts_decode_ctx *c = ts_calloc(1, sizeof *c);
     if (!c) return NULL;
     c->max_tokens = max_tokens;
+    c->direct = direct;
     c->ws = ts_calloc((size_t)nt, sizeof *c->ws);
-    if (!c->ws) {
-        free(c);
-        return NULL;
-    }
-    for (; c->nt < nt; c->nt++)
-        if (ws_alloc(&c->ws[c->nt], max_tokens)) {
-            ctx_free(c);
-            return NULL;
-        }
-    c->emb_tok = ts_malloc_aligned(sizeof(float) * N_IMG * 256);
-    c->sh.src0 = ts_malloc_aligned(sizeof(float) * N_IMG * 256);
-    c->sh.k_t2i = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
-    c->sh.v_t2i = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
-    c->sh.q_i2t = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
-    if (!c->emb_tok || !c->sh.src0 || !c->sh.k_t2i || !c->sh.v_t2i || !c->sh.q_i2t) {
+    c->up = ts_calloc((size_t)n_up, sizeof *c->up);
+    c->slot_of_tid = ts_calloc((size_t)n_up, sizeof *c->slot_of_tid);
+    if (!c->ws || !c->up || !c->slot_of_tid) {
         ctx_free(c);
         return NULL;
     }
-    c->sh.emb_tok = c->emb_tok;
+    for (; c->nt < nt; c->nt++)
+        if (ws_alloc(&c->ws[c->nt], max_tokens, direct)) {
+            ctx_free(c);
+            return NULL;
+        }
+    int ok = 1;
+    for (; c->n_up < n_up; c->n_up++) {
+        up_scratch *u = &c->up[c->n_up];
+        ok &= (u->g1 = ts_malloc_aligned(sizeof(float) * UP_TOK * 256)) != NULL;
+        ok &= (u->g2 = ts_malloc_aligned(sizeof(float) * UP_TOK * 4 * 128)) != NULL;
+        ok &= (u->m = ts_malloc_aligned(sizeof(float) * UP_TOK * 4 * 16)) != NULL;
+    }
+    size_t img = (size_t)N_IMG * 256, half = (size_t)N_IMG * 128;
+    ok &= (c->sh.emb_tok = ts_malloc_aligned(sizeof(float) * img)) != NULL;
+    ok &= (c->sh.src0 = ts_malloc_aligned(sizeof(float) * img)) != NULL;
+    ok &= (c->sh.kpe0 = ts_malloc_aligned(sizeof(float) * img)) != NULL;
+    ok &= (c->sh.k_t2i = ts_malloc_aligned(sizeof(float) * half)) != NULL;
+    ok &= (c->sh.v_t2i = ts_malloc_aligned(sizeof(float) * half)) != NULL;
+    ok &= (c->sh.q_i2t = ts_malloc_aligned(sizeof(float) * half)) != NULL;
+    if (!ok) {
+        ctx_free(c);
+        return NULL;
+    }
     return c;
 }
 
 /* Takes the cached context when it is big enough, else makes one. */
-static ts_decode_ctx *ctx_get(ts_mask_decoder *d, int nt, int max_tokens) {
+static int ctx_smaller(const ts_decode_ctx *c, int nt, int n_up, int max_tokens, int direct) {
+    return c->nt < nt || c->n_up < n_up || c->max_tokens < max_tokens || c->direct < direct;
+}
+
+static ts_decode_ctx *ctx_get(ts_mask_decoder *d, int nt, int n_up, int max_tokens,
+                              int direct) {
     pthread_mutex_lock(&d->ctx_lock);
     ts_decode_ctx *c = d->ctx_cache;
     d->ctx_cache = NULL;
     pthread_mutex_unlock(&d->ctx_lock);
-    if (c && (c->nt < nt || c->max_tokens < max_tokens)) {
+    if (c && ctx_smaller(c, nt, n_up, max_tokens, direct)) {
         ctx_free(c);
         c = NULL;
     }
-    return c ? c : ctx_new(nt, max_tokens);
+    return c ? c : ctx_new(nt, n_up, max_tokens, direct);
 }
 
 static void ctx_put(ts_mask_decoder *d, ts_decode_ctx *c) {
     pthread_mutex_lock(&d->ctx_lock);
     ts_decode_ctx *old = d->ctx_cache;
-    if (!old || old->nt < c->nt || old->max_tokens < c->max_tokens) { /* keep the bigger */
-        d->ctx_cache = c;
+    if (!old || ctx_smaller(old, c->nt, c->n_up, c->max_tokens, c->direct)) {
+        d->ctx_cache = c; /* keep the bigger */
         c = old;
     }
     pthread_mutex_unlock(&d->ctx_lock);
@@ -420,50 +543,51 @@ int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *dc, const 
                   int n, const ts_prompt_set *sets, float *low_res, float *iou) {
     if (n <= 0) return 0;
     ts_mask_decoder *d = (ts_mask_decoder *)dc; /* only the context cache is written */
-    int max_tokens = 8; /* room for a few points, so that the cached context is reused */
+    int max_tokens = 8, n_plain = 0; /* room for a few points, so that the cache is reused */
+    int fold_max = ts_mask_decoder_fold_max;
     for (int s = 0; s < n; s++) {
-        if (sets[s].n_points < 0 || sets[s].n_points > TINYSAM_MAX_POINTS)
+        const ts_prompt_set *p = &sets[s];
+        if (p->n_points < 0 || p->n_points > TINYSAM_MAX_POINTS)
             return ts_error(TINYSAM_E_ARG, "prompt set %d: %d points (at most %d)", s,
-                            sets[s].n_points, TINYSAM_MAX_POINTS);
-        int k = 5 + sets[s].n_points + (sets[s].has_box ? 2 : 1);
+                            p->n_points, TINYSAM_MAX_POINTS);
+        int k = 5 + p->n_points + (p->has_box ? 2 : p->n_points > 0);
         if (k > max_tokens) max_tokens = k;
+        n_plain += !p->mask_input && k <= fold_max;
     }
-    int nt = n > 1 ? ts_num_threads() : 1;
-    if (nt > n) nt = n;
-    int *rcs = ts_calloc((size_t)n, sizeof *rcs);
-    ts_decode_ctx *c = rcs ? ctx_get(d, nt, max_tokens) : NULL;
-    if (!c) {
-        free(rcs);
-        return ts_error(TINYSAM_E_NOMEM, "out of memory in the mask decoder");
-    }
-    float *emb_tok = c->emb_tok;
+    if (fold_max > FOLD_MAX) fold_max = FOLD_MAX; /* the folded scratch is sized for this */
+    int threads = ts_num_threads();
+    /* workspaces: one per set running at once; upscaling scratch: one per pool thread */
+    int nt = n > 1 ? TS_MIN(threads, n) : 1, n_up = threads;
+    ts_decode_ctx *c = ctx_get(d, nt, n_up, max_tokens, max_tokens > fold_max);
+    if (!c) return ts_error(TINYSAM_E_NOMEM, "out of memory in the mask decoder");
     shared_img *sh = &c->sh;
-    for (int ch = 0; ch < 256; ch++)
-        for (int i = 0; i < N_IMG; i++)
-            emb_tok[(size_t)i * 256 + ch] = embedding[(size_t)ch * N_IMG + i];
-    /* layer-0 image-side projections do not depend on the prompt (without a mask input) */
-    float *kpe = c->ws[0].kpe;
-    for (int i = 0; i < N_IMG; i++)
+    transpose(embedding, 256, N_IMG, sh->emb_tok);
+    for (int i = 0; i < N_IMG; i++) /* layer-0 image side of every set without a mask input */
         for (int ch = 0; ch < 256; ch++) {
             size_t x = (size_t)i * 256 + ch;
-            sh->src0[x] = emb_tok[x] + pe->no_mask[ch];
-            kpe[x] = sh->src0[x] + pe->dense_pe_tok[x];
+            sh->src0[x] = sh->emb_tok[x] + pe->no_mask[ch];
+            sh->kpe0[x] = sh->src0[x] + pe->dense_pe_tok[x];
         }
-    const ts_twoway_layer *l0 = &d->layer[0];
-    ts_linear(kpe, N_IMG, 256, l0->t2i.k_w, l0->t2i.k_b, 128, sh->k_t2i);
-    ts_linear(sh->src0, N_IMG, 256, l0->t2i.v_w, l0->t2i.v_b, 128, sh->v_t2i);
-    ts_linear(kpe, N_IMG, 256, l0->i2t.q_w, l0->i2t.q_b, 128, sh->q_i2t);
-    decode_job j = {pe, d, sets, sh, c->ws, low_res, iou, rcs};
-    if (nt == 1)
-        for (int s = 0; s < n; s++) decode_one(&j, s, &c->ws[0]);
+    /* Its projections cost about two folded sets' worth of work: worth it from two sets. */
+    int use_proj = n_plain >= 2;
+    if (use_proj) {
+        const ts_twoway_layer *l0 = &d->layer[0];
+        ts_linear(sh->kpe0, N_IMG, 256, l0->t2i.k_w, l0->t2i.k_b, 128, sh->k_t2i);
+        ts_linear(sh->src0, N_IMG, 256, l0->t2i.v_w, l0->t2i.v_b, 128, sh->v_t2i);
+        ts_linear(sh->kpe0, N_IMG, 256, l0->i2t.q_w, l0->i2t.q_b, 128, sh->q_i2t);
+    }
+    atomic_int next_slot = 0;
+    decode_job j = {.pe = pe, .d = d, .sets = sets, .sh = sh, .use_proj = use_proj,
+                    .fold_max = fold_max, .ws = c->ws, .up = c->up, .slot_of_tid = c->slot_of_tid,
+                    .next_slot = &next_slot, .par_up = n == 1 && threads > 1,
+                    .low_res = low_res, .iou = iou};
+    for (int t = 0; t < threads; t++) c->slot_of_tid[t] = -1;
+    if (n == 1)
+        decode_one(&j, 0, &c->ws[0], &c->up[0]);
     else
         ts_parallel_for(n, decode_task, &j);
-    int rc = 0;
-    for (int s = 0; s < n && !rc; s++) rc = rcs[s];
-    if (rc == TINYSAM_E_NOMEM) ts_error(rc, "out of memory in the mask decoder");
-    free(rcs);
     ctx_put(d, c);
-    return rc;
+    return 0;
 }
 
 void ts_mask_decoder_free(ts_mask_decoder *d) {

@@ -172,10 +172,8 @@ void ts_prompt_dense_ws(const ts_prompt_encoder *pe, const float *mask, float *o
             ln2d_pixel(p, 16, pe->n4_w, pe->n4_b);
             for (int o = 0; o < 16; o++) p[o] = gelu1(p[o]);
         }
+    /* the 1x1 conv 16 -> 256 as one GEMM, written channel-major: out = W b^T + bias */
+    ts_gemm(256, 4096, 16, pe->c6_w, 16, b, 16, 1, out, 4096, 0.0f);
     for (int o = 0; o < 256; o++)
-        for (int i = 0; i < 4096; i++) {
-            float acc = pe->c6_b[o];
-            for (int c = 0; c < 16; c++) acc += b[(size_t)i * 16 + c] * pe->c6_w[o * 16 + c];
-            out[(size_t)o * 4096 + i] = acc;
-        }
+        for (int i = 0; i < 4096; i++) out[(size_t)o * 4096 + i] += pe->c6_b[o];
 }

@@ -39,7 +39,7 @@ const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe);
 /* Runs prompt encoder + mask decoder for n sets against one image embedding
  * (256 x 64 x 64). Writes all 4 mask tokens: low_res n x 4 x 256 x 256 and iou n x 4.
  * Callers pick tokens 1..3 (TinySAM) or 0 (SAM single-mask). Safe to call concurrently on
- * one decoder; the decoder keeps the last call's scratch (about 45 MB per worker plus 16 MB)
+ * one decoder; the decoder keeps the last call's scratch (about 20 MB per worker plus 18 MB)
  * for the next call, freed with the decoder. */
 int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *d, const float *embedding,
                   int n, const ts_prompt_set *sets, float *low_res, float *iou);

@@ -43,4 +43,8 @@ struct ts_mask_decoder {
     ts_decode_ctx *ctx_cache; /* scratch of the last call, reused by the next */
 };
 
+/* Prompt sets of up to this many tokens (5 + sparse) take the folded cross attentions;
+ * tests set it to 0 to check the unfolded path against the same references. */
+extern int ts_mask_decoder_fold_max;
+
 #endif

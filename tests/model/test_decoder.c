@@ -7,6 +7,7 @@
 #include "io/npy.h"
 #include "model/sam.h"
 #include "model/sam_decoder.h"
+#include "model/sam_decoder_internal.h"
 #include "model/transforms.h"
 #include "test.h"
 
@@ -24,6 +25,12 @@ static double max_abs_diff(const float *a, const float *b, size_t n) {
         if (!(d <= m)) m = d; /* NaN propagates */
     }
     return m;
+}
+
+/* The model frame of a predictor coordinate (spec 3.5): apply_coords in double, float32,
+ * then the prompt encoder's +0.5 and /1024 in float32. */
+static float model_coord(float v, int new_len, int orig_len) {
+    return ((float)ts_apply_coord(v, new_len, orig_len) + 0.5f) / 1024.0f;
 }
 
 static void run_image(const char *image, int W, int H) {
@@ -75,13 +82,13 @@ static void run_image(const char *image, int W, int H) {
         REQUIRE(ts_npy_load(fixture(path), &sp) == 0, "sparse");
         float coords[64], *mine = malloc(sizeof(float) * 256 * 40);
         for (int i = 0; i < np; i++) {
-            coords[2 * i] = ((float)ts_apply_coord(points[2 * i], e.input_w, W) + 0.5f) / 1024.0f;
-            coords[2 * i + 1] = ((float)ts_apply_coord(points[2 * i + 1], e.input_h, H) + 0.5f) / 1024.0f;
+            coords[2 * i] = model_coord(points[2 * i], e.input_w, W);
+            coords[2 * i + 1] = model_coord(points[2 * i + 1], e.input_h, H);
         }
-        ts_prompt_set set = {.n_points = np, .coords = coords, .labels = labels, .has_box = pr.has_box};
+        ts_prompt_set set = {
+            .n_points = np, .coords = coords, .labels = labels, .has_box = pr.has_box};
         for (int k = 0; k < 4; k++)
-            set.box[k] = ((float)ts_apply_coord(pr.box[k], k % 2 ? e.input_h : e.input_w, k % 2 ? H : W) +
-                          0.5f) / 1024.0f;
+            set.box[k] = model_coord(pr.box[k], k % 2 ? e.input_h : e.input_w, k % 2 ? H : W);
         int k;
         ts_prompt_sparse(m->prompt_encoder, &set, mine, &k);
         CHECK(k == sp.shape[1], "%s: %d sparse tokens, reference %lld", de->d_name, k,
@@ -164,10 +171,13 @@ static void test_batch_equals_single(void) {
     ts_prompt_set sets[3];
     for (int i = 0; i < 3; i++)
         sets[i] = (ts_prompt_set){.n_points = 1, .coords = coords + 2 * i, .labels = &lab};
-    float *lr = malloc(sizeof(float) * 3 * 4 * 65536), iou[12], *one = malloc(sizeof(float) * 4 * 65536), iou1[4];
-    REQUIRE(ts_sam_decode(m->prompt_encoder, m->mask_decoder, emb.data, 3, sets, lr, iou) == 0, "batch");
+    float *lr = malloc(sizeof(float) * 3 * 4 * 65536), iou[12], iou1[4];
+    float *one = malloc(sizeof(float) * 4 * 65536);
+    const ts_prompt_encoder *pe = m->prompt_encoder;
+    const ts_mask_decoder *md = m->mask_decoder;
+    REQUIRE(ts_sam_decode(pe, md, emb.data, 3, sets, lr, iou) == 0, "batch");
     for (int i = 0; i < 3; i++) {
-        REQUIRE(ts_sam_decode(m->prompt_encoder, m->mask_decoder, emb.data, 1, &sets[i], one, iou1) == 0, "one");
+        REQUIRE(ts_sam_decode(pe, md, emb.data, 1, &sets[i], one, iou1) == 0, "one");
         double d = max_abs_diff(one, lr + (size_t)i * 4 * 65536, 4 * 65536);
         CHECK(d <= 1e-4, "set %d: batch vs single %g", i, d);
         CHECK(fabs(iou1[0] - iou[4 * i]) <= 1e-5, "set %d iou", i);
@@ -178,12 +188,118 @@ static void test_batch_equals_single(void) {
     tinysam_model_free(m);
 }
 
+
+#define MAX_CASES 16
+
+typedef struct {
+    char name[320];
+    float coords[64];
+    int labels[32];
+    ts_npy mask, low_res, iou;
+} batch_case;
+
+/* All of picture1's cases (points, boxes, mask inputs) in one call: the everything-mode path
+ * (sets in parallel, shared layer-0 projections for the sets without a mask input) against
+ * the official outputs. */
+static void test_batch_fixtures(void) {
+    if (!fixture_exists(MODEL) || !fixture_exists("reference/picture1/embedding.npy"))
+        SKIP("fixtures missing");
+    const int W = 769, H = 770;
+    int ih, iw;
+    ts_preprocess_shape(H, W, 1024, &ih, &iw);
+    tinysam_model *m;
+    REQUIRE(tinysam_model_load(fixture(MODEL), &m) == 0, "%s", tinysam_last_error());
+    ts_npy emb;
+    REQUIRE(ts_npy_load(fixture("reference/picture1/embedding.npy"), &emb) == 0, "emb");
+    static batch_case cs[MAX_CASES];
+    ts_prompt_set sets[MAX_CASES];
+    int n = 0;
+    DIR *dir = opendir(fixture("reference/picture1/prompts"));
+    REQUIRE(dir, "no prompts dir");
+    struct dirent *de;
+    while ((de = readdir(dir)) && n < MAX_CASES) {
+        if (de->d_name[0] == '.') continue;
+        batch_case *c = &cs[n];
+        memset(c, 0, sizeof *c);
+        snprintf(c->name, sizeof c->name, "reference/picture1/prompts/%s", de->d_name);
+        char path[400];
+        snprintf(path, sizeof path, "%s/prompt.json", c->name);
+        ts_json *pj;
+        REQUIRE(ts_json_load(fixture(path), &pj) == 0, "%s", tinysam_last_error());
+        const ts_json *pts = ts_json_get(pj, "points"), *lab = ts_json_get(pj, "labels"),
+                      *box = ts_json_get(pj, "box");
+        ts_prompt_set *s = &sets[n];
+        memset(s, 0, sizeof *s);
+        s->n_points = pts ? pts->n : 0;
+        for (int i = 0; i < s->n_points; i++) {
+            c->coords[2 * i] = model_coord((float)pts->items[i].items[0].number, iw, W);
+            c->coords[2 * i + 1] = model_coord((float)pts->items[i].items[1].number, ih, H);
+            c->labels[i] = (int)lab->items[i].number;
+        }
+        s->coords = c->coords;
+        s->labels = c->labels;
+        if (box && box->type == TS_JSON_ARRAY) {
+            s->has_box = 1;
+            for (int k = 0; k < 4; k++)
+                s->box[k] = model_coord((float)box->items[k].number, k % 2 ? ih : iw,
+                                        k % 2 ? H : W);
+        }
+        ts_json_free(pj);
+        snprintf(path, sizeof path, "%s/mask_input.npy", c->name);
+        if (fixture_exists(path)) {
+            REQUIRE(ts_npy_load(fixture(path), &c->mask) == 0, "mask input");
+            s->mask_input = c->mask.data;
+        }
+        snprintf(path, sizeof path, "%s/low_res.npy", c->name);
+        REQUIRE(ts_npy_load(fixture(path), &c->low_res) == 0, "low_res");
+        snprintf(path, sizeof path, "%s/iou.npy", c->name);
+        REQUIRE(ts_npy_load(fixture(path), &c->iou) == 0, "iou");
+        n++;
+    }
+    closedir(dir);
+    REQUIRE(n >= 3, "only %d cases", n);
+    float *lr = malloc(sizeof(float) * (size_t)n * 4 * 65536), iou[4 * MAX_CASES];
+    REQUIRE(lr, "out of memory");
+    REQUIRE(ts_sam_decode(m->prompt_encoder, m->mask_decoder, emb.data, n, sets, lr, iou) == 0,
+            "%s", tinysam_last_error());
+    double worst_lr = 0, worst_iou = 0;
+    for (int s = 0; s < n; s++) {
+        /* TinySAM's outputs are mask tokens 1..3 */
+        double dl = max_abs_diff(lr + ((size_t)s * 4 + 1) * 65536, cs[s].low_res.data, 3 * 65536);
+        double di = max_abs_diff(iou + 4 * s + 1, cs[s].iou.data, 3);
+        CHECK(dl <= 5e-3, "%s: low-res max abs error %g", cs[s].name, dl);
+        CHECK(di <= 1e-3, "%s: IoU max abs error %g", cs[s].name, di);
+        if (dl > worst_lr) worst_lr = dl;
+        if (di > worst_iou) worst_iou = di;
+        ts_npy_free(&cs[s].mask);
+        ts_npy_free(&cs[s].low_res);
+        ts_npy_free(&cs[s].iou);
+    }
+    printf("  picture1, %d cases in one call: worst low-res %.2e iou %.2e\n", n, worst_lr,
+           worst_iou);
+    free(lr);
+    ts_npy_free(&emb);
+    tinysam_model_free(m);
+}
+
+/* The unfolded cross attentions (prompts of more than 16 tokens; no fixture case has that
+ * many) against the same official outputs: forced for every case. */
+static void test_unfolded(void) {
+    int saved = ts_mask_decoder_fold_max;
+    ts_mask_decoder_fold_max = 0;
+    printf("  unfolded attentions:\n");
+    run_image("picture1", 769, 770);
+    run_image("shapes", 640, 480);
+    ts_mask_decoder_fold_max = saved;
+}
+
 static void test_bad_prompts(void) {
     if (!fixture_exists(MODEL)) SKIP("fixtures missing");
     tinysam_model *m;
     REQUIRE(tinysam_model_load(fixture(MODEL), &m) == 0, "%s", tinysam_last_error());
     static float data[256 * 4096];
-    tinysam_embedding e = {.data = data, .orig_w = 100, .orig_h = 50, .input_w = 1024, .input_h = 512};
+    tinysam_embedding e = {
+        .data = data, .orig_w = 100, .orig_h = 50, .input_w = 1024, .input_h = 512};
     float pt[2] = {10, 10}, nanpt[2] = {NAN, 1}, out[2] = {100, 10};
     int l1 = 1, l5 = 5;
     tinysam_prediction p;
@@ -208,6 +324,8 @@ int main(void) {
     RUN(test_picture1);
     RUN(test_shapes);
     RUN(test_batch_equals_single);
+    RUN(test_batch_fixtures);
     RUN(test_bad_prompts);
+    RUN(test_unfolded);
     return test_summary();
 }
