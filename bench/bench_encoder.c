@@ -1,6 +1,9 @@
 /* bench_encoder.c - the TinyViT image encoder: median wall time of N forward passes at 1 and
- * 2 threads (77.5 GFLOP per image), the ISA path used, and an output checksum.
- *   build/bench/bench_encoder [runs]      (TINYSAM_ISA=avx512|avx2|scalar to force a path) */
+ * 2 threads (77.5 GFLOP per image), the ISA path used, peak RSS and an output checksum.
+ *   build/bench/bench_encoder [runs] [--runs N] [--threads T] [--json]
+ *     --threads T   measure only T threads (default: 1 and 2)
+ *     --json        print one JSON object (medians) instead of the table
+ *   TINYSAM_ISA=avx512|avx2|scalar forces a path. */
 #include "io/tensor_map.h"
 #include "model/image_encoder.h"
 #include "nn/nn.h"
@@ -8,6 +11,8 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define GFLOP_PER_IMAGE 77.5
@@ -23,8 +28,41 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+static long minor_faults(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0 : ru.ru_minflt;
+}
+
+/* process CPU time (user + system): less disturbed than wall time on a busy machine */
+static double cpu_s(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru)) return 0;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru)) return -1;
+    return (double)ru.ru_maxrss / 1024.0; /* KiB on Linux */
+}
+
 int main(int argc, char **argv) {
-    int runs = argc > 1 ? atoi(argv[1]) : 5;
+    int runs = 5, only = 0, json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
+            runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            only = atoi(argv[++i]);
+        else if (argv[i][0] != '-')
+            runs = atoi(argv[i]);
+        else {
+            fprintf(stderr, "usage: %s [runs] [--runs N] [--threads T] [--json]\n", argv[0]);
+            return 2;
+        }
+    }
     if (runs < 1) runs = 1;
     const char *root = getenv("TINYSAM_FIXTURES");
     char path[1024];
@@ -38,38 +76,59 @@ int main(int argc, char **argv) {
     }
     size_t n_in = (size_t)3 * 1024 * 1024, n_out = (size_t)256 * 64 * 64;
     float *in = malloc(n_in * sizeof(float)), *out = malloc(n_out * sizeof(float));
-    double *t = malloc(sizeof(double) * (size_t)runs);
-    if (!in || !out || !t) return 1;
+    double *t = malloc(sizeof(double) * (size_t)runs), *tc = malloc(sizeof(double) * (size_t)runs);
+    if (!in || !out || !t || !tc) return 1;
     unsigned s = 12345;
     for (size_t i = 0; i < n_in; i++) { /* deterministic input in the normalised range */
         s = s * 1103515245u + 12345u;
         in[i] = (float)((s >> 8) & 0xffff) / 16384.0f - 2.0f;
     }
-    printf("encoder: isa %s, %d runs per setting\n", ts_nn_isa_name(), runs);
-    double med1 = 0;
+    if (!json) printf("encoder: isa %s, %d runs per setting\n", ts_nn_isa_name(), runs);
+    /* one pass at the largest thread count first: the encoder keeps the activation arena of
+     * its largest pass, so the peak RSS is that of one arena, as in an application */
+    tinysam_set_num_threads(only ? only : 2);
+    ts_tiny_vit_forward(enc, in, out, NULL, NULL);
+    double med_t[3] = {0, 0, 0};
     for (int nt = 1; nt <= 2; nt++) {
+        if (only && nt != only) continue;
         tinysam_set_num_threads(nt);
         ts_tiny_vit_forward(enc, in, out, NULL, NULL); /* warm-up: pool, page faults */
+        long flt0 = minor_faults();
         for (int r = 0; r < runs; r++) {
-            double t0 = now_s();
+            double t0 = now_s(), c0 = cpu_s();
             if (ts_tiny_vit_forward(enc, in, out, NULL, NULL)) {
                 fprintf(stderr, "forward: %s\n", tinysam_last_error());
                 return 1;
             }
             t[r] = now_s() - t0;
+            tc[r] = cpu_s() - c0;
         }
+        long flt = (minor_faults() - flt0) / runs;
         qsort(t, (size_t)runs, sizeof(double), cmp_double);
+        qsort(tc, (size_t)runs, sizeof(double), cmp_double);
         double med = t[runs / 2];
-        if (nt == 1) med1 = med;
+        med_t[nt] = med;
         double sum = 0;
         for (size_t i = 0; i < n_out; i++) sum += out[i];
-        printf("  threads %d: median %.1f ms (min %.1f)  %.1f GFLOP/s  speedup %.2fx  "
-               "checksum %.6f\n",
-               nt, med * 1e3, t[0] * 1e3, GFLOP_PER_IMAGE / med, med1 / med, sum);
+        if (!json)
+            printf("  threads %d: median %.1f ms (min %.1f)  %.1f GFLOP/s  speedup %.2fx  "
+                   "cpu %.1f ms  checksum %.6f  %ld page faults/run\n",
+                   nt, med * 1e3, t[0] * 1e3, GFLOP_PER_IMAGE / med,
+                   med_t[1] > 0 ? med_t[1] / med : 1.0, tc[runs / 2] * 1e3, sum, flt);
+    }
+    double rss = peak_rss_mb();
+    if (json) {
+        printf("{\"encoder_ms_1t\": %.1f, \"encoder_ms_2t\": %.1f, \"gflops_2t\": %.1f, "
+               "\"isa\": \"%s\", \"peak_rss_mb\": %.1f, \"runs\": %d}\n",
+               med_t[1] * 1e3, med_t[2] * 1e3, med_t[2] > 0 ? GFLOP_PER_IMAGE / med_t[2] : 0.0,
+               ts_nn_isa_name(), rss, runs);
+    } else {
+        printf("  peak RSS %.1f MB\n", rss);
     }
     free(in);
     free(out);
     free(t);
+    free(tc);
     ts_tiny_vit_free(enc);
     ts_map_free(m);
     return 0;

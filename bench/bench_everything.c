@@ -80,22 +80,26 @@ int main(int argc, char **argv) {
         printf("{\"threads\": %d, \"oracle_hier_ms\": %.0f, \"oracle_grid_ms\": %.0f, "
                "\"oracle_hier_points\": %d, \"oracle_grid_points\": %d, \"net_hier_ms\": %.0f, "
                "\"net_grid_ms\": %.0f, \"net_hier_points\": %d, \"net_grid_points\": %d, "
-               "\"net_12mp_hier_ms\": %.0f, \"peak_rss_photo_mb\": %.0f, \"peak_rss_12mp_mb\": %.0f}\n",
+               "\"net_12mp_hier_ms\": %.0f, \"peak_rss_photo_mb\": %.0f, "
+               "\"peak_rss_12mp_mb\": %.0f}\n",
                tinysam_get_num_threads(), oh.ms, og.ms, oh.points, og.points, nh.ms, ng.ms,
                nh.points, ng.points, big.ms, rss_photo, rss);
     } else {
         printf("everything mode, %d threads\n", tinysam_get_num_threads());
-        printf("  oracle scene 1200x900:  hierarchical %6.0f ms, %4d points, %2d masks | grid %6.0f ms, "
-               "%4d points, %2d masks | grid/hierarchical time %.2fx, points %.2fx\n",
+        printf("  oracle scene 1200x900:  hierarchical %6.0f ms, %4d points, %2d masks | "
+               "grid %6.0f ms, %4d points, %2d masks | "
+               "grid/hierarchical time %.2fx, points %.2fx\n",
                oh.ms, oh.points, oh.masks, og.ms, og.points, og.masks, og.ms / oh.ms,
                (double)og.points / oh.points);
-        printf("  network, picture1:      hierarchical %6.0f ms, %4d points, %2d masks | grid %6.0f ms, "
-               "%4d points, %2d masks | grid/hierarchical time %.2fx, points %.2fx\n",
+        printf("  network, picture1:      hierarchical %6.0f ms, %4d points, %2d masks | "
+               "grid %6.0f ms, %4d points, %2d masks | "
+               "grid/hierarchical time %.2fx, points %.2fx\n",
                nh.ms, nh.points, nh.masks, ng.ms, ng.points, ng.masks, ng.ms / nh.ms,
                (double)ng.points / nh.points);
         printf("  peak RSS after the photo runs: %.0f MB\n", rss_photo);
         if (!quick)
-            printf("  network, 4000x3000 (12 MP) hierarchical: %.0f ms, %d points; peak RSS %.0f MB\n",
+            printf("  network, 4000x3000 (12 MP) hierarchical: %.0f ms, %d points; "
+                   "peak RSS %.0f MB\n",
                    big.ms, big.points, rss);
     }
     tinysam_image_free(&img);

@@ -146,25 +146,30 @@ int ts_cli_everything(int argc, char **argv) {
             if (!strcmp(v, "hierarchical")) o.mode = TINYSAM_EVERYTHING_HIERARCHICAL;
             else if (!strcmp(v, "grid")) o.mode = TINYSAM_EVERYTHING_GRID;
             else rc = ts_error(TINYSAM_E_ARG, "--mode: '%s' is not hierarchical or grid", v);
-        } else if (!strcmp(a, "--points-per-side")) rc = ts_arg_int(a, v, 1, 1024, &o.points_per_side);
-        else if (!strcmp(a, "--points-per-batch")) rc = ts_arg_int(a, v, 1, 1024, &o.points_per_batch);
+        } else if (!strcmp(a, "--points-per-side"))
+            rc = ts_arg_int(a, v, 1, 1024, &o.points_per_side);
+        else if (!strcmp(a, "--points-per-batch"))
+            rc = ts_arg_int(a, v, 1, 1024, &o.points_per_batch);
         else if (!strcmp(a, "--crop-n-layers")) rc = ts_arg_int(a, v, 0, 4, &o.crop_n_layers);
         else if (!strcmp(a, "--crop-n-points-downscale-factor"))
             rc = ts_arg_int(a, v, 1, 64, &o.crop_n_points_downscale_factor);
         else if (!strcmp(a, "--min-mask-region-area"))
             rc = ts_arg_int(a, v, 0, 1 << 30, &o.min_mask_region_area);
         else if (!strcmp(a, "--threads")) rc = ts_arg_int(a, v, 1, 256, &threads);
-        else if (!strcmp(a, "--max-pixels")) rc = ts_arg_ll(a, v, 1, (long long)1 << 40, &max_pixels);
+        else if (!strcmp(a, "--max-pixels"))
+            rc = ts_arg_ll(a, v, 1, (long long)1 << 40, &max_pixels);
         else {
+#define OPT(f) offsetof(tinysam_everything_options, f)
             static const struct { const char *name; double lo, hi; size_t off; } fl[] = {
-                {"--pred-iou-thresh", -10, 10, offsetof(tinysam_everything_options, pred_iou_thresh)},
-                {"--stability-score-thresh", 0, 1, offsetof(tinysam_everything_options, stability_score_thresh)},
-                {"--stability-score-offset", 0, 1000, offsetof(tinysam_everything_options, stability_score_offset)},
-                {"--high-score-thresh", -1000, 1000, offsetof(tinysam_everything_options, high_score_thresh)},
-                {"--box-nms-thresh", 0, 1, offsetof(tinysam_everything_options, box_nms_thresh)},
-                {"--crop-nms-thresh", 0, 1, offsetof(tinysam_everything_options, crop_nms_thresh)},
-                {"--crop-overlap-ratio", 0, 0.99, offsetof(tinysam_everything_options, crop_overlap_ratio)},
+                {"--pred-iou-thresh", -10, 10, OPT(pred_iou_thresh)},
+                {"--stability-score-thresh", 0, 1, OPT(stability_score_thresh)},
+                {"--stability-score-offset", 0, 1000, OPT(stability_score_offset)},
+                {"--high-score-thresh", -1000, 1000, OPT(high_score_thresh)},
+                {"--box-nms-thresh", 0, 1, OPT(box_nms_thresh)},
+                {"--crop-nms-thresh", 0, 1, OPT(crop_nms_thresh)},
+                {"--crop-overlap-ratio", 0, 0.99, OPT(crop_overlap_ratio)},
             };
+#undef OPT
             size_t k = 0;
             while (k < sizeof fl / sizeof fl[0] && strcmp(a, fl[k].name)) k++;
             if (k == sizeof fl / sizeof fl[0]) {
@@ -203,7 +208,8 @@ int ts_cli_everything(int argc, char **argv) {
         if (!rc) rc = tinysam_everything(m, &img, NULL, &o, &res);
     }
     double t1 = ts_now_ms();
-    int W = res.n ? res.records[0].width : img.width, H = res.n ? res.records[0].height : img.height;
+    int W = res.n ? res.records[0].width : img.width;
+    int H = res.n ? res.records[0].height : img.height;
     if (!rc && scene && img.rgb && res.n && (img.width != W || img.height != H))
         rc = ts_error(TINYSAM_E_ARG, "the image is %dx%d but the scene is %dx%d", img.width,
                       img.height, W, H);
@@ -222,7 +228,8 @@ int ts_cli_everything(int argc, char **argv) {
         ts_json_write_string_stdout(out);
         printf(", \"mode\": \"%s\", \"points_evaluated\": {\"per_pass\": [",
                o.mode == TINYSAM_EVERYTHING_GRID ? "grid" : "hierarchical");
-        for (int i = 0; i < res.n_passes; i++) printf("%s%d", i ? ", " : "", res.points_per_pass[i]);
+        for (int i = 0; i < res.n_passes; i++)
+            printf("%s%d", i ? ", " : "", res.points_per_pass[i]);
         printf("], \"total\": %d}, \"threads\": %d, \"timings_ms\": {\"encode\": %.1f, "
                "\"decode\": %.1f, \"generate\": %.1f, \"total\": %.1f}}\n",
                res.points_total, tinysam_get_num_threads(), res.ms_encode, res.ms_decode,

@@ -97,7 +97,8 @@ int ts_rle_encode(const uint8_t *mask, int rw, int rh, int x0, int y0, int W, in
 int ts_rle_decode(const uint32_t *counts, int n, int W, int H, uint8_t *mask) {
     size_t total = (size_t)W * H, pos = 0;
     for (int i = 0; i < n; i++) {
-        if (counts[i] > total - pos) return ts_error(TINYSAM_E_FORMAT, "rle: counts exceed the mask size");
+        if (counts[i] > total - pos)
+            return ts_error(TINYSAM_E_FORMAT, "rle: counts exceed the mask size");
         if (i & 1)
             for (size_t k = pos; k < pos + counts[i]; k++) {
                 size_t x = k / (size_t)H, y = k % (size_t)H;
@@ -110,7 +111,8 @@ int ts_rle_decode(const uint32_t *counts, int n, int W, int H, uint8_t *mask) {
             }
         pos += counts[i];
     }
-    if (pos != total) return ts_error(TINYSAM_E_FORMAT, "rle: counts cover %zu of %zu pixels", pos, total);
+    if (pos != total)
+        return ts_error(TINYSAM_E_FORMAT, "rle: counts cover %zu of %zu pixels", pos, total);
     return 0;
 }
 

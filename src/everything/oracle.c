@@ -112,7 +112,8 @@ static int oracle_predict(ts_provider *p, int n, const double *pts, float *low_r
             continue;
         }
         int chain[ORACLE_MAX_OBJECTS], len = 0;
-        for (int c = best; c >= 0 && len < ORACLE_MAX_OBJECTS; c = o->obj[c].parent_idx) chain[len++] = c;
+        for (int c = best; c >= 0 && len < ORACLE_MAX_OBJECTS; c = o->obj[c].parent_idx)
+            chain[len++] = c;
         int shown[3] = {chain[0], chain[len > 1 ? 1 : 0], chain[len - 1]};
         for (int m = 0; m < 3; m++) {
             const float *map = object_map(o, &o->obj[shown[m]]);
@@ -219,7 +220,8 @@ int ts_oracle_provider_create(const char *scene_path, ts_provider **out) {
         const ts_json *par = ts_json_get(&objs->items[i], "parent");
         if (!par || par->type == TS_JSON_NULL) continue;
         for (int k = 0; k < o->n; k++)
-            if (par->type == TS_JSON_NUMBER && o->obj[k].id == (int)par->number) o->obj[i].parent_idx = k;
+            if (par->type == TS_JSON_NUMBER && o->obj[k].id == (int)par->number)
+                o->obj[i].parent_idx = k;
         if (o->obj[i].parent_idx < 0) {
             ts_error(rc, "%s: object %d has an unknown parent", scene_path, i);
             goto fail;

@@ -39,7 +39,8 @@ static int net_begin(ts_provider *p, int x0, int y0, int x1, int y1) {
         if (!crop.rgb) return TINYSAM_E_NOMEM;
         for (int y = 0; y < crop.height; y++)
             memcpy(crop.rgb + (size_t)y * crop.width * 3,
-                   n->img->rgb + ((size_t)(y + y0) * n->img->width + x0) * 3, (size_t)crop.width * 3);
+                   n->img->rgb + ((size_t)(y + y0) * n->img->width + x0) * 3,
+                   (size_t)crop.width * 3);
     }
     int rc = tinysam_encode(n->model, &crop, &n->own);
     if (!whole) free(crop.rgb);
@@ -113,7 +114,8 @@ tinysam_status tinysam_everything(tinysam_model *m, const tinysam_image *img,
                                   const tinysam_embedding *emb,
                                   const tinysam_everything_options *o,
                                   tinysam_everything_result *out) {
-    if (!m || !img || !o || !out) return ts_error(TINYSAM_E_ARG, "tinysam_everything: NULL argument");
+    if (!m || !img || !o || !out)
+        return ts_error(TINYSAM_E_ARG, "tinysam_everything: NULL argument");
     memset(out, 0, sizeof *out);
     if (!img->rgb || img->width < 1 || img->height < 1)
         return ts_error(TINYSAM_E_ARG, "tinysam_everything: empty image");

@@ -324,6 +324,11 @@ static int png_decode_inner(png_ctx *c) {
     png_set_read_fn(c->png, c, png_read_mem);
     /* Our own limits are checked below; lift libpng's so the message is ours. */
     png_set_user_limits(c->png, 0x7fffffff, 0x7fffffff);
+    /* Ancillary chunks (sPLT, iCCP, text; never needed here) are buffered whole: a 58-byte
+     * file announcing a 1.6 GB sPLT would make libpng allocate and clear it. IDAT is not
+     * affected (libpng bounds it by the image size). */
+    png_set_chunk_malloc_max(c->png, (png_alloc_size_t)16 << 20);
+    png_set_chunk_cache_max(c->png, 128);
     png_read_info(c->png, c->info);
     png_uint_32 w, h;
     int depth, ctype, interlace;

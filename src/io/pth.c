@@ -15,9 +15,14 @@
 #define PICKLE_MAX_MARKS 10000      /* nested MARKs */
 #define PICKLE_MAX_MEMO 1000000     /* memo slots */
 #define PICKLE_MAX_STRING (1 << 20) /* bytes in one string */
-#define PICKLE_MAX_ITEMS 10000000   /* items in one container */
+#define PICKLE_MAX_ITEMS (1 << 22)  /* items in one container */
+#define PICKLE_MAX_VALUES (1 << 21) /* values one pickle may create (~16 per tensor) */
 #define PTH_MAX_TENSORS 100000
-#define PTH_MAX_FILE ((size_t)1 << 37)
+/* Loaded bytes may exceed the file's size (float16 -> float32 doubles it, views may share a
+ * storage), but not by more than this factor plus PTH_EXPANSION_SLACK: a small file must not
+ * be able to request gigabytes through overlapping or zero-stride views. */
+#define PTH_MAX_EXPANSION 4
+#define PTH_EXPANSION_SLACK ((uint64_t)1 << 24)
 
 /* ------------------------------------------------------------------ values */
 
@@ -27,27 +32,34 @@ typedef enum {
 
 typedef enum { G_ORDERED_DICT, G_REBUILD_TENSOR, G_REBUILD_PARAMETER, G_STORAGE } gkind;
 
+typedef struct {
+    int64_t offset, ndim, shape[TS_MAX_DIMS], stride[TS_MAX_DIMS];
+} tgeom;
+
 typedef struct val val;
 struct val {
     vkind kind;
-    int64_t i;              /* INT, BOOL */
-    double f;               /* FLOAT */
-    char *s;                /* STR (NUL-terminated), len in n */
-    int n, cap;             /* items in TUPLE/LIST; DICT: pairs (items holds 2n) */
-    val **items;
     gkind g;                /* GLOBAL */
     ts_dtype dtype;         /* GLOBAL storage class, STORAGE, TENSOR */
+    int n, cap;             /* items in TUPLE/LIST/DICT (a DICT stores key, value alternately) */
+    int64_t i;              /* INT, BOOL; STORAGE: element count */
+    double f;               /* FLOAT; INT from LONG1: its byte length */
+    char *s;                /* STR (NUL-terminated, length in n); STORAGE: key */
+    val **items;
     val *storage;           /* TENSOR */
-    char *key;              /* STORAGE: storage key */
-    int64_t numel;          /* STORAGE */
-    int64_t offset, ndim, shape[TS_MAX_DIMS], stride[TS_MAX_DIMS]; /* TENSOR */
+    tgeom *geo;             /* TENSOR */
 };
 
-/* All values of one load live in one list and are freed together. */
+/* All values of one load come from fixed-size chunks and are freed together. */
+#define HEAP_CHUNK 4096
 typedef struct {
-    val **all;
-    size_t n, cap;
+    val **chunks;
+    size_t n, n_chunks;
 } heap;
+
+static val *heap_at(const heap *h, size_t i) {
+    return &h->chunks[i / HEAP_CHUNK][i % HEAP_CHUNK];
+}
 
 typedef struct {
     const uint8_t *p, *end, *start;
@@ -61,37 +73,40 @@ typedef struct {
     const char *what; /* for messages */
 } vm;
 
+/* NULL when out of memory or past PICKLE_MAX_VALUES; push() reports either. */
 static val *vnew(heap *h, vkind k) {
-    if (h->n == h->cap) {
-        size_t nc = h->cap ? h->cap * 2 : 1024;
-        val **na = realloc(h->all, nc * sizeof *na);
-        if (!na) return NULL;
-        h->all = na;
-        h->cap = nc;
+    if (h->n >= PICKLE_MAX_VALUES) return NULL;
+    if (h->n == h->n_chunks * HEAP_CHUNK) {
+        val **nc = realloc(h->chunks, (h->n_chunks + 1) * sizeof *nc);
+        if (!nc) return NULL;
+        h->chunks = nc;
+        if (!(nc[h->n_chunks] = calloc(HEAP_CHUNK, sizeof(val)))) return NULL;
+        h->n_chunks++;
     }
-    val *v = calloc(1, sizeof *v);
-    if (!v) return NULL;
+    val *v = heap_at(h, h->n++);
     v->kind = k;
-    h->all[h->n++] = v;
     return v;
 }
 
 static void heap_free(heap *h) {
     for (size_t i = 0; i < h->n; i++) {
-        free(h->all[i]->s);
-        free(h->all[i]->key);
-        free(h->all[i]->items);
-        free(h->all[i]);
+        val *v = heap_at(h, i);
+        free(v->s);
+        free(v->items);
+        free(v->geo);
     }
-    free(h->all);
+    for (size_t i = 0; i < h->n_chunks; i++) free(h->chunks[i]);
+    free(h->chunks);
 }
 
 static int vappend(val *c, val *x) {
-    if (c->n >= PICKLE_MAX_ITEMS) return -1;
+    if (c->n >= PICKLE_MAX_ITEMS)
+        return ts_error(TINYSAM_E_FORMAT, "pickle: container with more than %d items",
+                        PICKLE_MAX_ITEMS);
     if (c->n == c->cap) {
         int nc = c->cap ? c->cap * 2 : 8;
         val **ni = realloc(c->items, (size_t)nc * sizeof *ni);
-        if (!ni) return -1;
+        if (!ni) return ts_error(TINYSAM_E_NOMEM, "out of memory");
         c->items = ni;
         c->cap = nc;
     }
@@ -99,15 +114,12 @@ static int vappend(val *c, val *x) {
     return 0;
 }
 
-/* Dicts store key, value alternately in items; n counts stored values (2 per pair). */
+/* Dicts store key, value alternately in items; n counts stored values (2 per pair).
+ * Keys are not deduplicated here (that would be quadratic on hostile input): a
+ * repeated state_dict key is rejected when the tensors are collected. */
 static int dict_set(val *d, val *k, val *v) {
-    if (k->kind == V_STR)
-        for (int i = 0; i + 1 < d->n; i += 2)
-            if (d->items[i]->kind == V_STR && !strcmp(d->items[i]->s, k->s)) {
-                d->items[i + 1] = v;
-                return 0;
-            }
-    return vappend(d, k) || vappend(d, v) ? -1 : 0;
+    int rc = vappend(d, k);
+    return rc ? rc : vappend(d, v);
 }
 
 /* ------------------------------------------------------------------ interpreter */
@@ -124,9 +136,17 @@ static int need(vm *m, size_t n) {
     return 0;
 }
 
+/* Why vnew() failed: the value limit (a format error) or memory. */
+static int nomem(vm *m) {
+    if (m->h->n >= PICKLE_MAX_VALUES)
+        FAIL("%s: pickle creates more than %d values", m->what, PICKLE_MAX_VALUES);
+    return ts_error(TINYSAM_E_NOMEM, "out of memory");
+}
+
 static int push(vm *m, val *v) {
-    if (!v) return ts_error(TINYSAM_E_NOMEM, "out of memory");
-    if (m->sp >= PICKLE_MAX_STACK) FAIL("%s: pickle stack deeper than %d", m->what, PICKLE_MAX_STACK);
+    if (!v) return nomem(m);
+    if (m->sp >= PICKLE_MAX_STACK)
+        FAIL("%s: pickle stack deeper than %d", m->what, PICKLE_MAX_STACK);
     m->stack[m->sp++] = v;
     return 0;
 }
@@ -177,7 +197,8 @@ static int push_str(vm *m, size_t len, int unicode) {
     if (len > PICKLE_MAX_STRING) FAIL("%s: pickle string of %zu bytes is too long", m->what, len);
     if (need(m, len)) return TINYSAM_E_FORMAT;
     val *v = vnew(m->h, V_STR);
-    if (!v || !(v->s = malloc(len + 1))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    if (!v) return nomem(m);
+    if (!(v->s = malloc(len + 1))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
     memcpy(v->s, m->p, len);
     v->s[len] = 0;
     v->n = (int)len;
@@ -187,7 +208,7 @@ static int push_str(vm *m, size_t len, int unicode) {
 
 static int resolve_global(vm *m, const char *mod, const char *name) {
     val *g = vnew(m->h, V_GLOBAL);
-    if (!g) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    if (!g) return nomem(m);
     static const struct { const char *name; ts_dtype t; } storages[] = {
         {"FloatStorage", TS_DTYPE_F32}, {"HalfStorage", TS_DTYPE_F16},
         {"BFloat16Storage", TS_DTYPE_BF16}, {"DoubleStorage", TS_DTYPE_F64},
@@ -195,8 +216,10 @@ static int resolve_global(vm *m, const char *mod, const char *name) {
         {"CharStorage", TS_DTYPE_I8}, {"ByteStorage", TS_DTYPE_U8}, {"BoolStorage", TS_DTYPE_U8},
     };
     if (!strcmp(mod, "collections") && !strcmp(name, "OrderedDict")) g->g = G_ORDERED_DICT;
-    else if (!strcmp(mod, "torch._utils") && !strcmp(name, "_rebuild_tensor_v2")) g->g = G_REBUILD_TENSOR;
-    else if (!strcmp(mod, "torch._utils") && !strcmp(name, "_rebuild_parameter")) g->g = G_REBUILD_PARAMETER;
+    else if (!strcmp(mod, "torch._utils") && !strcmp(name, "_rebuild_tensor_v2"))
+        g->g = G_REBUILD_TENSOR;
+    else if (!strcmp(mod, "torch._utils") && !strcmp(name, "_rebuild_parameter"))
+        g->g = G_REBUILD_PARAMETER;
     else {
         int found = 0;
         if (!strcmp(mod, "torch"))
@@ -215,7 +238,8 @@ static int resolve_global(vm *m, const char *mod, const char *name) {
 
 static int read_line(vm *m, char *buf, size_t cap) {
     const uint8_t *nl = memchr(m->p, '\n', (size_t)(m->end - m->p));
-    if (!nl || (size_t)(nl - m->p) >= cap) FAIL("%s: pickle GLOBAL malformed at offset %ld", m->what, off(m));
+    if (!nl || (size_t)(nl - m->p) >= cap)
+        FAIL("%s: pickle GLOBAL malformed at offset %ld", m->what, off(m));
     memcpy(buf, m->p, (size_t)(nl - m->p));
     buf[nl - m->p] = 0;
     m->p = nl + 1;
@@ -235,13 +259,15 @@ static int tuple_ints(const val *t, int64_t *out, int64_t *n) {
 static int do_reduce(vm *m) {
     val *args = pop(m), *fn = pop(m);
     if (!args || !fn || args->kind != V_TUPLE || fn->kind != V_GLOBAL)
-        FAIL("%s: pickle REDUCE on something other than an allowed function at offset %ld", m->what, off(m));
+        FAIL("%s: pickle REDUCE on something other than an allowed function at offset %ld",
+             m->what, off(m));
     if (fn->g == G_ORDERED_DICT) {
         if (args->n != 0) FAIL("%s: OrderedDict with arguments", m->what);
         return push(m, vnew(m->h, V_DICT));
     }
     if (fn->g == G_REBUILD_PARAMETER) {
-        if (args->n < 1 || args->items[0]->kind != V_TENSOR) FAIL("%s: bad _rebuild_parameter", m->what);
+        if (args->n < 1 || args->items[0]->kind != V_TENSOR)
+            FAIL("%s: bad _rebuild_parameter", m->what);
         return push(m, args->items[0]);
     }
     if (fn->g != G_REBUILD_TENSOR) FAIL("%s: pickle calls a storage class", m->what);
@@ -249,13 +275,15 @@ static int do_reduce(vm *m) {
     if (args->n < 4 || args->items[0]->kind != V_STORAGE || args->items[1]->kind != V_INT)
         FAIL("%s: bad _rebuild_tensor_v2 arguments at offset %ld", m->what, off(m));
     val *t = vnew(m->h, V_TENSOR);
-    if (!t) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    if (!t) return nomem(m);
+    if (!(t->geo = calloc(1, sizeof *t->geo))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    tgeom *g = t->geo;
     t->storage = args->items[0];
     t->dtype = t->storage->dtype;
-    t->offset = args->items[1]->i;
+    g->offset = args->items[1]->i;
     int64_t ns;
-    if (tuple_ints(args->items[2], t->shape, &t->ndim) || tuple_ints(args->items[3], t->stride, &ns) ||
-        ns != t->ndim)
+    if (tuple_ints(args->items[2], g->shape, &g->ndim) ||
+        tuple_ints(args->items[3], g->stride, &ns) || ns != g->ndim)
         FAIL("%s: bad tensor size/stride at offset %ld", m->what, off(m));
     return push(m, t);
 }
@@ -269,9 +297,10 @@ static int do_persid(vm *m) {
         pid->items[4]->kind != V_INT || pid->items[4]->i < 0)
         FAIL("%s: unsupported persistent id at offset %ld", m->what, off(m));
     val *s = vnew(m->h, V_STORAGE);
-    if (!s || !(s->key = strdup(pid->items[2]->s))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    if (!s) return nomem(m);
+    if (!(s->s = strdup(pid->items[2]->s))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
     s->dtype = pid->items[1]->dtype;
-    s->numel = pid->items[4]->i;
+    s->i = pid->items[4]->i;
     return push(m, s);
 }
 
@@ -279,6 +308,9 @@ static int do_persid(vm *m) {
 static int run_pickle(vm *m, val **result) {
     m->sp = 0;
     m->n_marks = 0;
+    /* each pickle of a legacy file has its own memo (MEMOIZE numbers from 0 again) */
+    if (m->memo) memset(m->memo, 0, m->memo_cap * sizeof *m->memo);
+    m->memo_count = 0;
     for (;;) {
         if (need(m, 1)) return TINYSAM_E_FORMAT;
         uint8_t op = *m->p++;
@@ -343,7 +375,7 @@ static int run_pickle(vm *m, val **result) {
         case '}': rc = push(m, vnew(m->h, V_DICT)); break;   /* EMPTY_DICT */
         case 'N': rc = push(m, vnew(m->h, V_NONE)); break;   /* NONE */
         case 0x88: case 0x89:                                /* NEWTRUE, NEWFALSE */
-            if (!(v = vnew(m->h, V_BOOL))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            if (!(v = vnew(m->h, V_BOOL))) return nomem(m);
             v->i = op == 0x88;
             rc = push(m, v);
             break;
@@ -352,11 +384,11 @@ static int run_pickle(vm *m, val **result) {
             int n = m->sp - first;
             if (op == 'd' && n % 2) FAIL("%s: pickle DICT with an odd item count", m->what);
             v = vnew(m->h, op == 't' ? V_TUPLE : op == 'l' ? V_LIST : V_DICT);
-            if (!v) return ts_error(TINYSAM_E_NOMEM, "out of memory");
-            for (int i = 0; i < n; i += op == 'd' ? 2 : 1)
-                if (op == 'd' ? dict_set(v, m->stack[first + i], m->stack[first + i + 1])
-                              : vappend(v, m->stack[first + i]))
-                    return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            if (!v) return nomem(m);
+            for (int i = 0; i < n && !rc; i += op == 'd' ? 2 : 1)
+                rc = op == 'd' ? dict_set(v, m->stack[first + i], m->stack[first + i + 1])
+                               : vappend(v, m->stack[first + i]);
+            if (rc) return rc;
             m->sp = first;
             rc = push(m, v);
             break;
@@ -364,12 +396,13 @@ static int run_pickle(vm *m, val **result) {
         case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
             int n = op - 0x84;
             v = vnew(m->h, V_TUPLE);
-            if (!v) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            if (!v) return nomem(m);
             val *it[3];
             for (int i = n - 1; i >= 0; i--)
-                if (!(it[i] = pop(m))) FAIL("%s: pickle stack underflow at offset %ld", m->what, off(m));
-            for (int i = 0; i < n; i++)
-                if (vappend(v, it[i])) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+                if (!(it[i] = pop(m)))
+                    FAIL("%s: pickle stack underflow at offset %ld", m->what, off(m));
+            for (int i = 0; i < n && !rc; i++) rc = vappend(v, it[i]);
+            if (rc) return rc;
             rc = push(m, v);
             break;
         }
@@ -378,7 +411,7 @@ static int run_pickle(vm *m, val **result) {
             k = pop(m);
             if (!x || !k || !m->sp || m->stack[m->sp - 1]->kind != V_DICT)
                 FAIL("%s: bad SETITEM at offset %ld", m->what, off(m));
-            if (dict_set(m->stack[m->sp - 1], k, x)) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            rc = dict_set(m->stack[m->sp - 1], k, x);
             break;
         case 'u': case 'e': { /* SETITEMS, APPENDS */
             if ((rc = pop_mark(m, &first))) return rc;
@@ -389,10 +422,10 @@ static int run_pickle(vm *m, val **result) {
             if ((op == 'u' && (target->kind != V_DICT || n % 2)) ||
                 (op == 'e' && target->kind != V_LIST))
                 FAIL("%s: bad SETITEMS/APPENDS at offset %ld", m->what, off(m));
-            for (int i = 0; i < n; i += op == 'u' ? 2 : 1)
-                if (op == 'u' ? dict_set(target, m->stack[first + i], m->stack[first + i + 1])
-                              : vappend(target, m->stack[first + i]))
-                    return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            for (int i = 0; i < n && !rc; i += op == 'u' ? 2 : 1)
+                rc = op == 'u' ? dict_set(target, m->stack[first + i], m->stack[first + i + 1])
+                               : vappend(target, m->stack[first + i]);
+            if (rc) return rc;
             m->sp = first;
             break;
         }
@@ -400,7 +433,7 @@ static int run_pickle(vm *m, val **result) {
             x = pop(m);
             if (!x || !m->sp || m->stack[m->sp - 1]->kind != V_LIST)
                 FAIL("%s: bad APPEND at offset %ld", m->what, off(m));
-            if (vappend(m->stack[m->sp - 1], x)) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            rc = vappend(m->stack[m->sp - 1], x);
             break;
         case 'X': case 'T': case 'B': /* BINUNICODE, BINSTRING, BINBYTES */
             if (need(m, 4)) return TINYSAM_E_FORMAT;
@@ -429,7 +462,7 @@ static int run_pickle(vm *m, val **result) {
         case 'K': case 'M': case 'J': { /* BININT1, BININT2, BININT */
             int n = op == 'K' ? 1 : op == 'M' ? 2 : 4;
             if (need(m, (size_t)n)) return TINYSAM_E_FORMAT;
-            if (!(v = vnew(m->h, V_INT))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            if (!(v = vnew(m->h, V_INT))) return nomem(m);
             uint64_t u = rdle(m->p, n);
             v->i = op == 'J' ? (int64_t)(int32_t)(uint32_t)u : (int64_t)u;
             m->p += n;
@@ -440,7 +473,7 @@ static int run_pickle(vm *m, val **result) {
             if (need(m, 1)) return TINYSAM_E_FORMAT;
             int n = *m->p++;
             if (need(m, (size_t)n)) return TINYSAM_E_FORMAT;
-            if (!(v = vnew(m->h, V_INT))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            if (!(v = vnew(m->h, V_INT))) return nomem(m);
             /* values beyond 64 bits (the legacy magic number) keep their low 64 bits */
             uint64_t u = rdle(m->p, n > 8 ? 8 : n);
             if (n > 0 && n < 8 && (m->p[n - 1] & 0x80)) u |= ~(uint64_t)0 << (8 * n);
@@ -452,7 +485,7 @@ static int run_pickle(vm *m, val **result) {
         }
         case 'G': { /* BINFLOAT, big-endian */
             if (need(m, 8)) return TINYSAM_E_FORMAT;
-            if (!(v = vnew(m->h, V_FLOAT))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+            if (!(v = vnew(m->h, V_FLOAT))) return nomem(m);
             uint64_t u = 0;
             for (int i = 0; i < 8; i++) u = u << 8 | m->p[i];
             memcpy(&v->f, &u, 8);
@@ -477,49 +510,83 @@ static int run_pickle(vm *m, val **result) {
 
 /* ------------------------------------------------------------------ tensors */
 
-typedef int (*find_storage_fn)(void *ctx, const val *storage, const uint8_t **data, uint64_t *bytes);
+typedef int (*find_storage_fn)(void *ctx, const val *storage, const uint8_t **data,
+                               uint64_t *bytes);
 
-/* Copies tensor t (any strides) into a contiguous loaded-dtype buffer. */
-static int materialise(ts_tensor_map *map, const char *name, const val *t, const uint8_t *sdata,
-                       uint64_t sbytes, const char *what) {
+typedef struct {
+    ts_tensor_map *map;
+    const char *what;
+    find_storage_fn find;
+    void *ctx;
+    int borrow;      /* storages lie in a mapping the map keeps: dense tensors use it in place */
+    uint64_t budget; /* bytes the tensors may still allocate */
+} loader;
+
+/* Makes a loaded tensor of t: in place when allowed, otherwise a contiguous converted copy
+ * (any offset and strides). */
+static int materialise(loader *L, const char *name, const val *t, const uint8_t *sdata,
+                       uint64_t sbytes) {
+    const char *what = L->what;
+    const tgeom *g = t->geo;
     int es = ts_dtype_size(t->dtype);
-    if ((uint64_t)t->storage->numel > sbytes / (uint64_t)es)
+    if ((uint64_t)t->storage->i > sbytes / (uint64_t)es)
         FAIL("%s: storage of '%s' is shorter than its declared size", what, name);
-    if (t->offset < 0 || t->ndim > TS_MAX_DIMS) FAIL("%s: bad tensor '%s'", what, name);
-    int64_t numel = 1, maxidx = t->offset;
-    for (int i = 0; i < t->ndim; i++) {
-        if (t->shape[i] < 0 || t->stride[i] < 0) FAIL("%s: negative size/stride in '%s'", what, name);
-        if (t->shape[i] && numel > ((int64_t)1 << 40) / t->shape[i]) FAIL("%s: '%s' too large", what, name);
-        numel *= t->shape[i];
+    if (g->offset < 0 || g->ndim > TS_MAX_DIMS) FAIL("%s: bad tensor '%s'", what, name);
+    int64_t numel = 1, maxidx = g->offset;
+    for (int i = 0; i < g->ndim; i++) {
+        if (g->shape[i] < 0 || g->stride[i] < 0)
+            FAIL("%s: negative size/stride in '%s'", what, name);
+        if (g->shape[i] && numel > ((int64_t)1 << 40) / g->shape[i])
+            FAIL("%s: '%s' too large", what, name);
+        numel *= g->shape[i];
     }
+    int contiguous = 1;
     if (numel > 0) {
-        for (int i = 0; i < t->ndim; i++) {
-            if (t->stride[i] && t->shape[i] - 1 > (((int64_t)1 << 50) - maxidx) / t->stride[i])
+        int64_t want = 1;
+        for (int i = (int)g->ndim - 1; i >= 0; i--) {
+            if (g->stride[i] && g->shape[i] - 1 > (((int64_t)1 << 50) - maxidx) / g->stride[i])
                 FAIL("%s: '%s' strides overflow", what, name);
-            maxidx += (t->shape[i] - 1) * t->stride[i];
+            maxidx += (g->shape[i] - 1) * g->stride[i];
+            if (g->shape[i] != 1 && g->stride[i] != want) contiguous = 0;
+            want *= g->shape[i];
         }
-        if (maxidx >= t->storage->numel)
+        if (maxidx >= t->storage->i)
             FAIL("%s: tensor '%s' reaches past the end of its storage", what, name);
     }
-    if (map->n >= PTH_MAX_TENSORS) FAIL("%s: more than %d tensors", what, PTH_MAX_TENSORS);
-    ts_tensor *o = ts_map_add(map, name);
+    if (L->map->n >= PTH_MAX_TENSORS) FAIL("%s: more than %d tensors", what, PTH_MAX_TENSORS);
+    ts_tensor *o = ts_map_add(L->map, name);
     if (!o) return TINYSAM_E_NOMEM;
     o->file_dtype = t->dtype;
     o->dtype = ts_dtype_loaded(t->dtype);
-    o->ndim = (int)t->ndim;
-    memcpy(o->shape, t->shape, sizeof o->shape);
+    o->ndim = (int)g->ndim;
+    memcpy(o->shape, g->shape, sizeof o->shape);
     o->numel = numel;
+    const uint8_t *src = sdata + g->offset * es;
+    if (L->borrow && numel > 0 && contiguous && o->dtype == t->dtype &&
+        (uintptr_t)src % (unsigned)es == 0) {
+        o->data = (void *)src; /* read-only mapping; consumers only read weights */
+        return 0;
+    }
     int os = ts_dtype_size(o->dtype);
-    o->data = malloc((size_t)(numel ? numel : 1) * (size_t)os);
+    uint64_t bytes = (uint64_t)numel * (uint64_t)os;
+    if (bytes > L->budget)
+        FAIL("%s: tensor '%s' would take the loaded size past %d times the file's size (shared "
+             "or overlapping views?)", what, name, PTH_MAX_EXPANSION);
+    L->budget -= bytes;
+    o->data = malloc(bytes ? (size_t)bytes : 1);
     if (!o->data) return ts_error(TINYSAM_E_NOMEM, "out of memory for '%s'", name);
-    /* walk the index space; the innermost dimension is copied as a run when contiguous */
+    if (contiguous) {
+        ts_convert_elements(t->dtype, src, (size_t)numel, o->data);
+        return 0;
+    }
+    /* walk the index space; the innermost dimension is converted as a run when it is dense */
     int64_t idx[TS_MAX_DIMS] = {0};
-    int nd = (int)t->ndim;
-    int64_t inner = nd ? t->shape[nd - 1] : 1, istride = nd ? t->stride[nd - 1] : 1;
+    int nd = (int)g->ndim;
+    int64_t inner = nd ? g->shape[nd - 1] : 1, istride = nd ? g->stride[nd - 1] : 1;
     uint8_t *dst = o->data;
     for (int64_t done = 0; done < numel; done += inner) {
-        int64_t base = t->offset;
-        for (int i = 0; i < nd - 1; i++) base += idx[i] * t->stride[i];
+        int64_t base = g->offset;
+        for (int i = 0; i < nd - 1; i++) base += idx[i] * g->stride[i];
         if (istride == 1 || inner == 1) {
             ts_convert_elements(t->dtype, sdata + base * es, (size_t)inner, dst);
         } else {
@@ -528,14 +595,15 @@ static int materialise(ts_tensor_map *map, const char *name, const val *t, const
         }
         dst += inner * os;
         for (int i = nd - 2; i >= 0; i--) {
-            if (++idx[i] < t->shape[i]) break;
+            if (++idx[i] < g->shape[i]) break;
             idx[i] = 0;
         }
     }
     return 0;
 }
 
-/* Finds the state_dict: the top-level dict, or the dict under "model"/"state_dict". */
+/* Finds the state_dict: the top-level dict, or the dict under "model"/"state_dict"
+ * (training checkpoints of other SAM-family models wrap it). */
 static const val *find_state_dict(const val *root) {
     if (root->kind != V_DICT) return NULL;
     for (int i = 0; i + 1 < root->n; i += 2)
@@ -549,8 +617,27 @@ static const val *find_state_dict(const val *root) {
     return root;
 }
 
-static int collect(ts_tensor_map *map, const val *root, find_storage_fn find, void *ctx,
-                   const char *what) {
+static int cmp_tensor_name(const void *a, const void *b) {
+    const ts_tensor *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+/* A name repeated in the state_dict would make the result depend on the order. */
+static int check_unique(const ts_tensor_map *map, const char *what) {
+    const ts_tensor **order = ts_calloc((size_t)map->n + 1, sizeof *order);
+    if (!order) return TINYSAM_E_NOMEM;
+    for (int i = 0; i < map->n; i++) order[i] = &map->t[i];
+    qsort(order, (size_t)map->n, sizeof *order, cmp_tensor_name);
+    int rc = 0;
+    for (int i = 1; i < map->n && !rc; i++)
+        if (!strcmp(order[i - 1]->name, order[i]->name))
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: tensor '%s' appears twice", what, order[i]->name);
+    free(order);
+    return rc;
+}
+
+static int collect(loader *L, const val *root) {
+    const char *what = L->what;
     const val *sd = find_state_dict(root);
     if (!sd) FAIL("%s: the checkpoint does not hold a dict of tensors", what);
     for (int i = 0; i + 1 < sd->n; i += 2) {
@@ -559,12 +646,12 @@ static int collect(ts_tensor_map *map, const val *root, find_storage_fn find, vo
         if (t->kind != V_TENSOR) FAIL("%s: state_dict entry '%s' is not a tensor", what, k->s);
         const uint8_t *data;
         uint64_t bytes;
-        int rc = find(ctx, t->storage, &data, &bytes);
+        int rc = L->find(L->ctx, t->storage, &data, &bytes);
         if (rc) return rc;
-        if ((rc = materialise(map, k->s, t, data, bytes, what))) return rc;
+        if ((rc = materialise(L, k->s, t, data, bytes))) return rc;
     }
-    if (map->n == 0) FAIL("%s: the checkpoint holds no tensors", what);
-    return 0;
+    if (L->map->n == 0) FAIL("%s: the checkpoint holds no tensors", what);
+    return check_unique(L->map, what);
 }
 
 static int vm_init(vm *m, heap *h, const uint8_t *p, const uint8_t *end, const char *what) {
@@ -593,15 +680,16 @@ typedef struct {
 static int zip_find_storage(void *ctx, const val *s, const uint8_t **data, uint64_t *bytes) {
     zip_ctx *c = ctx;
     char name[1100];
-    snprintf(name, sizeof name, "%sdata/%s", c->prefix, s->key);
+    snprintf(name, sizeof name, "%sdata/%s", c->prefix, s->s);
     const ts_zip_entry *e = ts_zip_find(c->z, name);
-    if (!e) FAIL("%s: storage '%s' is missing from the archive", c->what, s->key);
+    if (!e) FAIL("%s: storage '%s' is missing from the archive", c->what, s->s);
     *data = e->data;
     *bytes = e->size;
     return 0;
 }
 
-static int load_zip(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what) {
+static int load_zip(loader *L, const uint8_t *buf, size_t size) {
+    const char *what = L->what;
     ts_zip z;
     int rc = ts_zip_open(buf, size, &z);
     if (rc) return ts_error_prefix(rc, "%s", what);
@@ -625,14 +713,16 @@ static int load_zip(const uint8_t *buf, size_t size, ts_tensor_map *map, const c
     const ts_zip_entry *e = ts_zip_find(&z, bo);
     if (e && !(e->size >= 6 && !memcmp(e->data, "little", 6))) {
         ts_zip_close(&z);
-        FAIL("%s: big-endian checkpoints are not supported", what);
+        FAIL("%s: big-endian checkpoints are not supported (byteorder is not \"little\")", what);
     }
     heap h = {0};
     vm m;
     val *root = NULL;
     if (!(rc = vm_init(&m, &h, pkl->data, pkl->data + pkl->size, what))) {
         rc = run_pickle(&m, &root);
-        if (!rc) rc = collect(map, root, zip_find_storage, &c, what);
+        L->find = zip_find_storage;
+        L->ctx = &c;
+        if (!rc) rc = collect(L, root);
     }
     vm_free(&m);
     heap_free(&h);
@@ -643,24 +733,40 @@ static int load_zip(const uint8_t *buf, size_t size, ts_tensor_map *map, const c
 /* ---- legacy container */
 
 typedef struct {
-    const val *keys; /* list of storage keys, in file order */
-    const uint8_t **data;
-    uint64_t *bytes;
+    const char *name;
+    int es;              /* element size from the storage class that uses it */
+    const uint8_t *data; /* raw bytes in the file */
+    uint64_t bytes;
+} lkey;
+
+typedef struct {
+    lkey *keys; /* sorted by name */
+    int n;
     const char *what;
 } legacy_ctx;
 
-static int legacy_find_storage(void *ctx, const val *s, const uint8_t **data, uint64_t *bytes) {
-    legacy_ctx *c = ctx;
-    for (int i = 0; i < c->keys->n; i++)
-        if (!strcmp(c->keys->items[i]->s, s->key)) {
-            *data = c->data[i];
-            *bytes = c->bytes[i];
-            return 0;
-        }
-    FAIL("%s: storage '%s' is not in the file", c->what, s->key);
+static int cmp_lkey(const void *a, const void *b) {
+    return strcmp(((const lkey *)a)->name, ((const lkey *)b)->name);
 }
 
-static int load_legacy(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what) {
+static lkey *legacy_key(const legacy_ctx *c, const char *name) {
+    lkey k = {.name = name};
+    return bsearch(&k, c->keys, (size_t)c->n, sizeof k, cmp_lkey);
+}
+
+static int legacy_find_storage(void *ctx, const val *s, const uint8_t **data, uint64_t *bytes) {
+    legacy_ctx *c = ctx;
+    const lkey *k = legacy_key(c, s->s);
+    if (!k) FAIL("%s: storage '%s' is not in the file", c->what, s->s);
+    *data = k->data;
+    *bytes = k->bytes;
+    return 0;
+}
+
+/* The five pickles, then the storages in key-list order: int64 count, count * element-size
+ * bytes. Element sizes come from the storage classes recorded in the data pickle. */
+static int load_legacy(loader *L, const uint8_t *buf, size_t size) {
+    const char *what = L->what;
     heap h = {0};
     vm m;
     val *magic, *proto, *sysinfo, *root, *keys;
@@ -680,9 +786,11 @@ static int load_legacy(const uint8_t *buf, size_t size, ts_tensor_map *map, cons
     if ((rc = run_pickle(&m, &sysinfo))) goto done;
     if (sysinfo->kind == V_DICT)
         for (int i = 0; i + 1 < sysinfo->n; i += 2)
-            if (sysinfo->items[i]->kind == V_STR && !strcmp(sysinfo->items[i]->s, "little_endian") &&
+            if (sysinfo->items[i]->kind == V_STR &&
+                !strcmp(sysinfo->items[i]->s, "little_endian") &&
                 sysinfo->items[i + 1]->kind == V_BOOL && !sysinfo->items[i + 1]->i) {
-                rc = ts_error(TINYSAM_E_FORMAT, "%s: big-endian checkpoints are not supported", what);
+                rc = ts_error(TINYSAM_E_FORMAT, "%s: big-endian checkpoints are not supported",
+                              what);
                 goto done;
             }
     if ((rc = run_pickle(&m, &root))) goto done;
@@ -691,48 +799,65 @@ static int load_legacy(const uint8_t *buf, size_t size, ts_tensor_map *map, cons
         rc = ts_error(TINYSAM_E_FORMAT, "%s: bad storage key list", what);
         goto done;
     }
-    /* the storages follow in key-list order: int64 count, then count * element-size bytes.
-     * Element sizes come from the storage classes recorded in the data pickle. */
-    c.keys = keys;
-    c.data = calloc((size_t)keys->n + 1, sizeof *c.data);
-    c.bytes = calloc((size_t)keys->n + 1, sizeof *c.bytes);
-    if (!c.data || !c.bytes) {
-        rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+    c.n = keys->n;
+    if (!(c.keys = ts_calloc((size_t)c.n + 1, sizeof *c.keys))) {
+        rc = TINYSAM_E_NOMEM;
         goto done;
     }
-    const uint8_t *p = m.p, *end = buf + size;
-    for (int i = 0; i < keys->n; i++) {
+    for (int i = 0; i < c.n; i++) {
         if (keys->items[i]->kind != V_STR) {
             rc = ts_error(TINYSAM_E_FORMAT, "%s: bad storage key list", what);
             goto done;
         }
-        int es = 0;
-        for (size_t j = 0; j < h.n && !es; j++)
-            if (h.all[j]->kind == V_STORAGE && !strcmp(h.all[j]->key, keys->items[i]->s))
-                es = ts_dtype_size(h.all[j]->dtype);
-        if (!es) {
-            rc = ts_error(TINYSAM_E_FORMAT, "%s: storage '%s' is never used", what, keys->items[i]->s);
+        c.keys[i].name = keys->items[i]->s;
+    }
+    qsort(c.keys, (size_t)c.n, sizeof *c.keys, cmp_lkey);
+    for (int i = 1; i < c.n; i++)
+        if (!strcmp(c.keys[i - 1].name, c.keys[i].name)) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: storage key '%s' listed twice", what,
+                          c.keys[i].name);
+            goto done;
+        }
+    for (size_t j = 0; j < h.n; j++) {
+        const val *s = heap_at(&h, j);
+        lkey *k = s->kind == V_STORAGE ? legacy_key(&c, s->s) : NULL;
+        if (!k) continue; /* unknown keys fail when a tensor asks for them */
+        int es = ts_dtype_size(s->dtype);
+        if (k->es && k->es != es) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: storage '%s' used with two element sizes", what,
+                          k->name);
+            goto done;
+        }
+        k->es = es;
+    }
+    const uint8_t *p = m.p, *end = buf + size;
+    for (int i = 0; i < keys->n; i++) {
+        lkey *k = legacy_key(&c, keys->items[i]->s);
+        if (!k->es) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: storage '%s' is never used", what, k->name);
             goto done;
         }
         if (end - p < 8) {
-            rc = ts_error(TINYSAM_E_FORMAT, "%s: truncated (storage %d of %d missing)", what, i + 1, keys->n);
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: truncated (storage %d of %d missing)", what,
+                          i + 1, keys->n);
             goto done;
         }
         uint64_t count = rdle(p, 8);
         p += 8;
-        if (count > (uint64_t)(end - p) / (uint64_t)es) {
+        if (count > (uint64_t)(end - p) / (uint64_t)k->es) {
             rc = ts_error(TINYSAM_E_FORMAT, "%s: truncated (storage '%s' needs %llu bytes)", what,
-                          keys->items[i]->s, (unsigned long long)count * (uint64_t)es);
+                          k->name, (unsigned long long)count * (uint64_t)k->es);
             goto done;
         }
-        c.data[i] = p;
-        c.bytes[i] = count * (uint64_t)es;
-        p += count * (uint64_t)es;
+        k->data = p;
+        k->bytes = count * (uint64_t)k->es;
+        p += k->bytes;
     }
-    rc = collect(map, root, legacy_find_storage, &c, what);
+    L->find = legacy_find_storage;
+    L->ctx = &c;
+    rc = collect(L, root);
 done:
-    free(c.data);
-    free(c.bytes);
+    free(c.keys);
     vm_free(&m);
     heap_free(&h);
     return rc;
@@ -740,17 +865,25 @@ done:
 
 /* ------------------------------------------------------------------ entry points */
 
-static int load_buffer(const uint8_t *data, size_t size, const char *what, ts_tensor_map **out) {
+static int load_buffer(const uint8_t *data, size_t size, const char *what, int borrow,
+                       ts_tensor_map **out) {
     *out = NULL;
     ts_tensor_map *map = ts_calloc(1, sizeof *map);
     if (!map) return TINYSAM_E_NOMEM;
+    loader L = {.map = map, .what = what, .borrow = borrow,
+                .budget = (uint64_t)size * PTH_MAX_EXPANSION + PTH_EXPANSION_SLACK};
+    if (borrow) { /* so that ts_map_free never frees a pointer into the buffer */
+        map->map_base = (void *)data;
+        map->map_size = size;
+        map->borrowed = 1;
+    }
     int rc;
     if (size >= 4 && !memcmp(data, "PK\x03\x04", 4)) {
         snprintf(map->format, sizeof map->format, "pth-zip");
-        rc = load_zip(data, size, map, what);
+        rc = load_zip(&L, data, size);
     } else if (size >= 2 && data[0] == 0x80) {
         snprintf(map->format, sizeof map->format, "pth-legacy");
-        rc = load_legacy(data, size, map, what);
+        rc = load_legacy(&L, data, size);
     } else {
         rc = ts_error(TINYSAM_E_FORMAT, "%s: not a PyTorch checkpoint", what);
     }
@@ -763,16 +896,35 @@ static int load_buffer(const uint8_t *data, size_t size, const char *what, ts_te
 }
 
 int ts_pth_load_memory(const uint8_t *data, size_t size, ts_tensor_map **out) {
-    return load_buffer(data, size, "checkpoint", out);
+    /* the caller's buffer may not outlive the map: copy every tensor */
+    return load_buffer(data, size, "checkpoint", 0, out);
 }
 
 int ts_pth_load(const char *path, ts_tensor_map **out) {
-    uint8_t *buf;
+    uint8_t *base;
     size_t size;
     *out = NULL;
-    int rc = ts_read_file(path, PTH_MAX_FILE, &buf, &size);
+    int rc = ts_file_map(path, &base, &size);
     if (rc) return rc;
-    rc = load_buffer(buf, size, path, out);
-    free(buf);
-    return rc;
+    ts_tensor_map *map = NULL;
+    rc = load_buffer(base, size, path, 1, &map);
+    if (rc) {
+        ts_file_unmap(base, size);
+        return rc;
+    }
+    /* keep the mapping only when some tensor points into it (float16 files are all copies) */
+    int in_place = 0;
+    for (int i = 0; i < map->n && !in_place; i++)
+        in_place = (const uint8_t *)map->t[i].data >= base &&
+                   (const uint8_t *)map->t[i].data < base + size;
+    if (in_place) {
+        map->borrowed = 0; /* the map owns the mapping now */
+    } else {
+        map->map_base = NULL;
+        map->map_size = 0;
+        map->borrowed = 0;
+        ts_file_unmap(base, size);
+    }
+    *out = map;
+    return 0;
 }

@@ -7,13 +7,9 @@
 #include "io/tensor_map_internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define ST_MAX_HEADER (100u << 20) /* as the reference implementation */
 #define ST_MAX_TENSORS 100000
@@ -35,6 +31,11 @@ typedef struct {
 static int cmp_span(const void *a, const void *b) {
     const span *x = a, *y = b;
     return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+static int cmp_name(const void *a, const void *b) {
+    const ts_tensor *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
 }
 
 static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what) {
@@ -79,7 +80,13 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
             }
             fputc('{', f);
             for (int k = 0; k < e->n; k++) {
-                if (e->items[k].type != TS_JSON_STRING) continue;
+                if (e->items[k].type != TS_JSON_STRING) { /* as the reference library */
+                    fclose(f);
+                    free(txt);
+                    rc = ts_error(TINYSAM_E_FORMAT, "%s: __metadata__ value '%s' is not a string",
+                                  what, e->keys[k]);
+                    goto done;
+                }
                 if (k) fputc(',', f);
                 ts_json_write_string(f, e->keys[k]);
                 fputc(':', f);
@@ -106,7 +113,8 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
                 found = 1;
             }
         if (!found) {
-            rc = ts_error(TINYSAM_E_FORMAT, "%s: tensor '%s' has unsupported dtype '%s'", what, name,
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: tensor '%s' has unsupported dtype '%s'", what,
+                          name,
                           dt->string);
             goto done;
         }
@@ -121,7 +129,8 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
         int64_t numel = 1;
         for (int d = 0; d < sh->n; d++) {
             double v = sh->items[d].number;
-            if (sh->items[d].type != TS_JSON_NUMBER || v < 0 || v > 1e12 || v != (double)(int64_t)v) {
+            if (sh->items[d].type != TS_JSON_NUMBER || v < 0 || v > 1e12 ||
+                v != (double)(int64_t)v) {
                 rc = ts_error(TINYSAM_E_FORMAT, "%s: tensor '%s' has a bad shape", what, name);
                 goto done;
             }
@@ -135,7 +144,8 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
         t->numel = numel;
         double b = of->items[0].number, en = of->items[1].number;
         if (of->items[0].type != TS_JSON_NUMBER || of->items[1].type != TS_JSON_NUMBER || b < 0 ||
-            en < b || en > (double)dsize || b != (double)(uint64_t)b || en != (double)(uint64_t)en ||
+            en < b || en > (double)dsize || b != (double)(uint64_t)b ||
+            en != (double)(uint64_t)en ||
             (uint64_t)(en - b) != (uint64_t)numel * (uint64_t)ts_dtype_size(ft)) {
             rc = ts_error(TINYSAM_E_FORMAT,
                           "%s: tensor '%s' has data offsets [%.0f, %.0f] that do not fit its shape "
@@ -145,8 +155,10 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
         }
         spans[n_spans++] = (span){(uint64_t)b, (uint64_t)en, map->n - 1};
         const uint8_t *src = data + (uint64_t)b;
-        if (ft == TS_DTYPE_F32 && ((uintptr_t)src & 3) == 0) {
-            t->data = (void *)src; /* zero-copy: points into the mapping */
+        /* zero-copy: points into the mapping; an empty tensor may sit at the very end, where a
+         * pointer would lie outside the mapping (ts_map_free would take it for a copy) */
+        if (ft == TS_DTYPE_F32 && numel > 0 && ((uintptr_t)src & 3) == 0) {
+            t->data = (void *)src;
         } else {
             size_t bytes = (size_t)numel * (size_t)ts_dtype_size(t->dtype);
             t->data = malloc(bytes ? bytes : 1);
@@ -164,12 +176,19 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
                           map->t[spans[i - 1].index].name, map->t[spans[i].index].name);
             goto done;
         }
-    for (int i = 0; i < map->n; i++)
-        for (int j = i + 1; j < map->n; j++)
-            if (!strcmp(map->t[i].name, map->t[j].name)) {
-                rc = ts_error(TINYSAM_E_FORMAT, "%s: duplicate tensor '%s'", what, map->t[i].name);
-                goto done;
-            }
+    /* duplicate names (sorted, not pairwise: a header may list 100000 tensors) */
+    const ts_tensor **order = ts_calloc((size_t)map->n + 1, sizeof *order);
+    if (!order) {
+        rc = TINYSAM_E_NOMEM;
+        goto done;
+    }
+    for (int i = 0; i < map->n; i++) order[i] = &map->t[i];
+    qsort(order, (size_t)map->n, sizeof *order, cmp_name);
+    for (int i = 1; i < map->n && !rc; i++)
+        if (!strcmp(order[i - 1]->name, order[i]->name))
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: duplicate tensor '%s'", what, order[i]->name);
+    free(order);
+    if (rc) goto done;
     if (map->n == 0) rc = ts_error(TINYSAM_E_FORMAT, "%s: the file holds no tensors", what);
 done:
     free(spans);
@@ -196,29 +215,23 @@ int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map *
 
 int ts_safetensors_load(const char *path, ts_tensor_map **out) {
     *out = NULL;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ts_error(TINYSAM_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return ts_error(TINYSAM_E_IO, "%s: not a regular file", path);
-    }
-    if (st.st_size < 8) {
-        close(fd);
+    uint8_t *base;
+    size_t size;
+    int rc = ts_file_map(path, &base, &size);
+    if (rc) return rc;
+    if (size < 8) {
+        ts_file_unmap(base, size);
         return ts_error(TINYSAM_E_FORMAT, "%s: too short for safetensors", path);
     }
-    void *base = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (base == MAP_FAILED) return ts_error(TINYSAM_E_IO, "%s: mmap failed: %s", path, strerror(errno));
     ts_tensor_map *map = ts_calloc(1, sizeof *map);
     if (!map) {
-        munmap(base, (size_t)st.st_size);
+        ts_file_unmap(base, size);
         return TINYSAM_E_NOMEM;
     }
     snprintf(map->format, sizeof map->format, "safetensors");
     map->map_base = base;
-    map->map_size = (size_t)st.st_size;
-    int rc = parse(base, (size_t)st.st_size, map, path);
+    map->map_size = size;
+    rc = parse(base, size, map, path);
     if (rc) {
         ts_map_free(map);
         return rc;
@@ -236,11 +249,6 @@ static const char *st_name(ts_dtype t) {
     case TS_DTYPE_U8: return "U8";
     default: return NULL;
     }
-}
-
-static int cmp_name(const void *a, const void *b) {
-    const ts_tensor *const *x = a, *const *y = b;
-    return strcmp((*x)->name, (*y)->name);
 }
 
 int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
@@ -280,7 +288,8 @@ int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
         if (i || n_meta > 0) fputc(',', hf);
         ts_json_write_string(hf, t->name);
         fprintf(hf, ":{\"dtype\":\"%s\",\"shape\":[", dn);
-        for (int d = 0; d < t->ndim; d++) fprintf(hf, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        for (int d = 0; d < t->ndim; d++)
+            fprintf(hf, "%s%lld", d ? "," : "", (long long)t->shape[d]);
         fprintf(hf, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
                 (unsigned long long)(offset + bytes));
         offset += bytes;

@@ -7,8 +7,13 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 float ts_half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, bits;
@@ -33,6 +38,15 @@ float ts_half_to_float(uint16_t h) {
     return f;
 }
 
+/* All 65536 float16 values, built on first use: a lookup is several times faster than
+ * ts_half_to_float's branches (float16 checkpoints hold millions of values). */
+static float half_table[65536];
+static pthread_once_t half_once = PTHREAD_ONCE_INIT;
+
+static void half_table_init(void) {
+    for (uint32_t h = 0; h < 65536; h++) half_table[h] = ts_half_to_float((uint16_t)h);
+}
+
 int ts_dtype_size(ts_dtype t) {
     switch (t) {
     case TS_DTYPE_F32: case TS_DTYPE_I32: return 4;
@@ -53,7 +67,13 @@ void ts_convert_elements(ts_dtype from, const uint8_t *src, size_t n, void *dst)
     switch (from) {
     case TS_DTYPE_F16: {
         float *d = dst;
-        for (size_t i = 0; i < n; i++) d[i] = ts_half_to_float((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
+        if (n < 4096) { /* small tensors: not worth touching the table */
+            for (size_t i = 0; i < n; i++)
+                d[i] = ts_half_to_float((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
+            break;
+        }
+        pthread_once(&half_once, half_table_init);
+        for (size_t i = 0; i < n; i++) d[i] = half_table[src[2 * i] | src[2 * i + 1] << 8];
         break;
     }
     case TS_DTYPE_BF16: {
@@ -76,6 +96,35 @@ void ts_convert_elements(ts_dtype from, const uint8_t *src, size_t n, void *dst)
     default:
         memcpy(dst, src, n * (size_t)ts_dtype_size(from));
     }
+}
+
+int ts_file_map(const char *path, uint8_t **base, size_t *size) {
+    *base = NULL;
+    *size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return ts_error(TINYSAM_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ts_error(TINYSAM_E_IO, "%s: not a regular file", path);
+    }
+    if (st.st_size == 0 || (uint64_t)st.st_size > SIZE_MAX / 2) {
+        close(fd);
+        return st.st_size ? ts_error(TINYSAM_E_LIMIT, "%s: file too large", path) : 0;
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED)
+        return ts_error(TINYSAM_E_IO, "%s: mmap failed: %s", path, strerror(errno));
+    /* loaders read most of the file once, front to back */
+    madvise(p, (size_t)st.st_size, MADV_WILLNEED);
+    *base = p;
+    *size = (size_t)st.st_size;
+    return 0;
+}
+
+void ts_file_unmap(uint8_t *base, size_t size) {
+    if (base) munmap(base, size);
 }
 
 ts_tensor *ts_map_add(ts_tensor_map *m, const char *name) {

@@ -2,8 +2,10 @@
  *
  * Every loader (pth.c for PyTorch files, safetensors.c) produces a ts_tensor_map.
  * Floating-point tensors are always presented as float32 (float16/bfloat16/float64
- * storages are converted at load); integer tensors keep their type. Tensors of a
- * safetensors file that are already float32 point into the memory-mapped file. */
+ * storages are converted at load); integer tensors keep their type. Tensors stored densely
+ * in the loaded type (float32 in safetensors files and in .pth files loaded by path) point
+ * into a read-only memory mapping of the file: never write through ts_tensor.data, and do
+ * not modify the file while the map is alive. Other tensors are private copies. */
 #ifndef TS_TENSOR_MAP_H
 #define TS_TENSOR_MAP_H
 
@@ -39,7 +41,8 @@ typedef struct ts_tensor_map {
     ts_tensor *t;
     char format[32];         /* "pth-zip", "pth-legacy", "safetensors" */
     char *metadata_json;     /* safetensors __metadata__ object as JSON text, or NULL */
-    void *map_base;          /* mmap'd file (safetensors), or the caller's buffer */
+    void *map_base;          /* mmap'd file, or the caller's buffer (safetensors_load_memory);
+                              * NULL when every tensor is a copy */
     size_t map_size;
     int borrowed;            /* map_base belongs to the caller (load_memory): free nothing in it */
 } ts_tensor_map;
@@ -48,6 +51,7 @@ typedef struct ts_tensor_map {
  * pickle PROTO 0x80 -> pth-legacy, otherwise safetensors). */
 int ts_map_load(const char *path, ts_tensor_map **out);
 int ts_pth_load(const char *path, ts_tensor_map **out);
+/* Copies every tensor: data may be freed once this returns. */
 int ts_pth_load_memory(const uint8_t *data, size_t size, ts_tensor_map **out);
 int ts_safetensors_load(const char *path, ts_tensor_map **out);
 int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map **out);

@@ -17,6 +17,16 @@ static uint64_t rd64(const uint8_t *p) {
     return rd32(p) | (uint64_t)rd32(p + 4) << 32;
 }
 
+/* Frees z after the message (which may name one of its entries) has been formatted. */
+static int zip_fail(ts_zip *z, int rc) {
+    ts_zip_close(z);
+    return rc;
+}
+
+static int cmp_entry(const void *a, const void *b) {
+    return strcmp(((const ts_zip_entry *)a)->name, ((const ts_zip_entry *)b)->name);
+}
+
 int ts_zip_open(const uint8_t *buf, size_t size, ts_zip *z) {
     memset(z, 0, sizeof *z);
     if (size < 22) return ts_error(TINYSAM_E_FORMAT, "zip: file too short");
@@ -36,7 +46,7 @@ int ts_zip_open(const uint8_t *buf, size_t size, ts_zip *z) {
         if (eocd < 20 || rd32(buf + eocd - 20) != 0x07064b50)
             return ts_error(TINYSAM_E_FORMAT, "zip: missing ZIP64 locator");
         uint64_t z64 = rd64(buf + eocd - 20 + 8);
-        if (z64 > size - 56 || rd32(buf + z64) != 0x06064b50)
+        if (size < 56 || z64 > size - 56 || rd32(buf + z64) != 0x06064b50)
             return ts_error(TINYSAM_E_FORMAT, "zip: bad ZIP64 end record");
         n_entries = rd64(buf + z64 + 32);
         cd_size = rd64(buf + z64 + 40);
@@ -52,12 +62,12 @@ int ts_zip_open(const uint8_t *buf, size_t size, ts_zip *z) {
     const uint8_t *p = buf + cd_off, *end = buf + cd_off + cd_size;
     for (uint64_t k = 0; k < n_entries; k++) {
         if (end - p < 46 || rd32(p) != 0x02014b50)
-            return ts_zip_close(z), ts_error(TINYSAM_E_FORMAT, "zip: corrupt central directory");
+            return zip_fail(z, ts_error(TINYSAM_E_FORMAT, "zip: corrupt central directory"));
         unsigned method = rd16(p + 10), nlen = rd16(p + 28), xlen = rd16(p + 30),
                  clen = rd16(p + 32);
         uint64_t csize = rd32(p + 20), usize = rd32(p + 24), loff = rd32(p + 42);
         if ((size_t)(end - p) < 46u + nlen + xlen + clen)
-            return ts_zip_close(z), ts_error(TINYSAM_E_FORMAT, "zip: corrupt central directory");
+            return zip_fail(z, ts_error(TINYSAM_E_FORMAT, "zip: corrupt central directory"));
         /* ZIP64 extended information: present fields in order usize, csize, offset */
         const uint8_t *x = p + 46 + nlen, *xe = x + xlen;
         while (xe - x >= 4) {
@@ -78,20 +88,31 @@ int ts_zip_open(const uint8_t *buf, size_t size, ts_zip *z) {
         z->e[z->n].name = name;
         z->n++;
         if (method != 0)
-            return ts_zip_close(z),
-                   ts_error(TINYSAM_E_FORMAT, "zip: entry '%s' is compressed (method %u)", name, method);
+            return zip_fail(z, ts_error(TINYSAM_E_FORMAT,
+                                        "zip: entry '%s' is compressed (method %u)", name, method));
         if (csize != usize)
-            return ts_zip_close(z), ts_error(TINYSAM_E_FORMAT, "zip: entry '%s' sizes disagree", name);
+            return zip_fail(z, ts_error(TINYSAM_E_FORMAT, "zip: entry '%s' sizes disagree", name));
         if (loff > size || size - loff < 30 || rd32(buf + loff) != 0x04034b50)
-            return ts_zip_close(z), ts_error(TINYSAM_E_FORMAT, "zip: bad local header for '%s'", name);
+            return zip_fail(z, ts_error(TINYSAM_E_FORMAT, "zip: bad local header for '%s'", name));
+        /* the data follows the local header, whose name must agree with the directory's */
+        if (rd16(buf + loff + 26) != nlen || size - loff - 30 < nlen ||
+            memcmp(buf + loff + 30, name, nlen))
+            return zip_fail(z, ts_error(TINYSAM_E_FORMAT,
+                                        "zip: local header of '%s' disagrees with the central "
+                                        "directory", name));
         uint64_t data = loff + 30 + rd16(buf + loff + 26) + rd16(buf + loff + 28);
         if (data > size || usize > size - data)
-            return ts_zip_close(z),
-                   ts_error(TINYSAM_E_FORMAT, "zip: entry '%s' extends past the end of the file", name);
+            return zip_fail(z, ts_error(TINYSAM_E_FORMAT,
+                                        "zip: entry '%s' extends past the end of the file", name));
         z->e[z->n - 1].data = buf + data;
         z->e[z->n - 1].size = usize;
         p += 46 + nlen + xlen + clen;
     }
+    qsort(z->e, (size_t)z->n, sizeof *z->e, cmp_entry);
+    for (int i = 1; i < z->n; i++)
+        if (!strcmp(z->e[i - 1].name, z->e[i].name))
+            return zip_fail(z, ts_error(TINYSAM_E_FORMAT, "zip: entry '%s' appears twice",
+                                        z->e[i].name));
     return TINYSAM_OK;
 }
 
@@ -103,7 +124,6 @@ void ts_zip_close(ts_zip *z) {
 }
 
 const ts_zip_entry *ts_zip_find(const ts_zip *z, const char *name) {
-    for (int i = 0; i < z->n; i++)
-        if (!strcmp(z->e[i].name, name)) return &z->e[i];
-    return NULL;
+    ts_zip_entry key = {.name = (char *)name};
+    return z->n ? bsearch(&key, z->e, (size_t)z->n, sizeof key, cmp_entry) : NULL;
 }

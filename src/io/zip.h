@@ -17,7 +17,8 @@ typedef struct {
     ts_zip_entry *e;
 } ts_zip;
 
-/* Parses the central directory. Compressed entries are rejected (torch stores everything). */
+/* Parses the central directory (entries end up sorted by name; duplicates are rejected).
+ * Compressed entries are rejected (torch stores everything). */
 int ts_zip_open(const uint8_t *buf, size_t size, ts_zip *z);
 void ts_zip_close(ts_zip *z);
 const ts_zip_entry *ts_zip_find(const ts_zip *z, const char *name);

@@ -29,7 +29,6 @@
 #define LN_EPS     1e-5f
 #define LN2D_EPS   1e-6f
 #define BN_EPS     1e-5f
-#define MLP_CHUNK  1024 /* MLP rows per pass: keeps the 4C hidden activations in cache */
 
 static const int DIMS[N_STAGES] = {64, 128, 160, 320};
 static const int DEPTHS[N_STAGES] = {2, 2, 6, 2};
@@ -40,6 +39,7 @@ static const int WINDOWS[N_STAGES] = {7, 7, 14, 7};
  * Layouts: 1x1 [co][ci]; dense 3x3 [co][ky][kx][ci]; depthwise [ky*3+kx][c]. */
 typedef struct {
     float *w, *b;
+    ts_wpack *pk; /* w packed for the GEMM (1x1 and dense 3x3; NULL for depthwise) */
 } conv_bn;
 
 typedef struct {
@@ -47,7 +47,10 @@ typedef struct {
     float *bias_tab;                                            /* [heads][N][N], N = ws^2 */
     conv_bn local;                                              /* depthwise 3x3 */
     const float *mlp_ln_w, *mlp_ln_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+    ts_wpack *qkv_pk, *proj_pk, *fc1_pk, *fc2_pk; /* the linears, packed at load */
 } vit_block;
+
+#define MAX_PACKS 64 /* 2 + 4 + 6 + 10 x 4 + 2 = 54 packed weights */
 
 struct ts_tiny_vit {
     conv_bn pe1, pe2;   /* patch embed: 3x3 s2 3->32, 3x3 s2 32->64 */
@@ -56,6 +59,9 @@ struct ts_tiny_vit {
     vit_block blk[N_VIT];
     const float *neck0_w, *neck1_w, *neck1_b, *neck3_w, *neck3_b; /* from the map */
     float *neck2_w;     /* 3x3 256->256 permuted to [co][ky][kx][ci] */
+    ts_wpack *neck0_pk, *neck2_pk;
+    ts_wpack *packs[MAX_PACKS]; /* every packed weight, for freeing */
+    int n_packs;
     float **owned;      /* every private allocation */
     int n_owned, cap_owned;
     /* The activation arena of the last forward pass, kept for the next one (saves ~150 MB of
@@ -80,6 +86,18 @@ static float *own(ts_tiny_vit *e, size_t n) {
     }
     float *p = ts_malloc_aligned(n * sizeof(float));
     if (p) e->owned[e->n_owned++] = p;
+    return p;
+}
+
+/* Packs W [N][ci * taps] (a Linear / 1x1 conv, or a dense 3x3 conv) for the GEMM once (W must outlive the encoder: it is the map's
+ * tensor or a private copy, kept for runs under another ISA). */
+static ts_wpack *pack(ts_tiny_vit *e, const float *W, int N, int ci, int taps) {
+    if (e->n_packs == MAX_PACKS) {
+        ts_error(TINYSAM_E_NOMEM, "too many packed weights");
+        return NULL;
+    }
+    ts_wpack *p = taps == 9 ? ts_wpack_new_conv3x3(W, N, ci) : ts_wpack_new(W, N, ci, ci);
+    if (p) e->packs[e->n_packs++] = p;
     return p;
 }
 
@@ -118,6 +136,9 @@ static int take_conv_bn(ts_tiny_vit *e, ts_tensor_map *m, const char *prefix, in
                     out->w[((size_t)o * taps + t) * ci_g + i] = v;
             }
     }
+    out->pk = NULL;
+    if (!(ci_g == 1 && taps == 9) && !(out->pk = pack(e, out->w, co, ci_g, taps)))
+        return TINYSAM_E_NOMEM;
     return 0;
 }
 
@@ -145,6 +166,11 @@ static int load_vit_block(ts_tiny_vit *e, ts_tensor_map *m, int s, int b, vit_bl
         !(v->fc2_b    = take_blk(m, s, b, "mlp.fc2.bias",       1, C, 0)))
         return TINYSAM_E_FORMAT;
     // clang-format on
+    if (!(v->qkv_pk = pack(e, v->qkv_w, 3 * C, C, 1)) ||
+        !(v->proj_pk = pack(e, v->proj_w, C, C, 1)) ||
+        !(v->fc1_pk = pack(e, v->fc1_w, 4 * C, C, 1)) ||
+        !(v->fc2_pk = pack(e, v->fc2_w, C, 4 * C, 1)))
+        return TINYSAM_E_NOMEM;
     const float *ab = take_blk(m, s, b, "attn.attention_biases", 2, h, N);
     if (!ab) return TINYSAM_E_FORMAT;
     /* §4.6/§4.9: the loaded biases, expanded: tab[j][p1][p2] = ab[j][|dy|*ws + |dx|] */
@@ -203,6 +229,9 @@ static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
         for (int i = 0; i < 256; i++)
             for (int t = 0; t < 9; t++)
                 e->neck2_w[((size_t)o * 9 + t) * 256 + i] = w2[((size_t)o * 256 + i) * 9 + t];
+    if (!(e->neck0_pk = pack(e, e->neck0_w, 256, 320, 1)) ||
+        !(e->neck2_pk = pack(e, e->neck2_w, 256, 256, 9)))
+        return TINYSAM_E_NOMEM;
     return 0;
 }
 
@@ -223,6 +252,7 @@ int ts_tiny_vit_load(ts_tensor_map *m, ts_tiny_vit **out) {
 
 void ts_tiny_vit_free(ts_tiny_vit *e) {
     if (!e) return;
+    for (int i = 0; i < e->n_packs; i++) ts_wpack_free(e->packs[i]);
     for (int i = 0; i < e->n_owned; i++) ts_free_aligned(e->owned[i]);
     free(e->owned);
     ts_free_aligned(e->arena);
@@ -279,102 +309,292 @@ static void report(hook_ctx *h, const char *name, const float *x, int HW, int C,
     h->hook(h->user, name, h->tmp, (long long)HW * C);
 }
 
-/* Window attention (§4.6) for one TinyViT block, in place: t = t + Attention(windows of t). */
+/* Per-thread scratch: every task below works in its own slot (tid) of the arena. */
+typedef struct {
+    float *base;
+    size_t per; /* floats per slot */
+    int n;      /* slots */
+} scratch_t;
+
+static float *slot(const scratch_t *s, int tid) {
+    TS_ASSERT(tid < s->n);
+    return s->base + (size_t)tid * s->per;
+}
+
+/* Window attention (§4.6) for one TinyViT block, in place: t = t + Attention(windows of t).
+ * One task per window; everything of a window (q, k, v, scores) stays in its slot, in cache.
+ * Windows on the bottom/right edge hold zero padding tokens: their outputs are discarded, so
+ * only the nv real tokens are queries (rows of LN, qkv, scores, proj); as keys and values the
+ * padding tokens all share one qkv row (that of a zero token, pad_qkv, computed per block). */
 typedef struct {
     const vit_block *v;
     float *t;
     int R, C, heads, ws, nw;
-    float *scratch;     /* per thread: scratch_per floats */
-    size_t scratch_per;
-    float *dump;        /* [windows][N][C] attention outputs for the hook, or NULL */
-    int nthreads;       /* scratch slots */
+    const float *pad_qkv; /* [3C] */
+    const short *order;   /* task -> window: full windows first (see window_order) */
+    scratch_t scr;
+    float *dump; /* [windows][N][C] attention outputs for the hook (then every token), or NULL */
 } attn_job;
 
-static void attn_window(void *ctx, int w, int tid) {
+static void attn_window(void *ctx, int task, int tid) {
     const attn_job *j = ctx;
+    const int w = j->order[task];
     const vit_block *v = j->v;
     const int C = j->C, ws = j->ws, N = ws * ws, R = j->R, C3 = 3 * C;
-    TS_ASSERT(tid < j->nthreads);
-    float *xw = j->scratch + (size_t)tid * j->scratch_per; /* N x C */
-    float *qkv = xw + (size_t)N * C;                      /* N x 3C */
-    float *S = qkv + (size_t)N * C3;                      /* N x N */
-    float *o = S + (size_t)N * N;                         /* N x C */
-    float *a = o + (size_t)N * C;                         /* N x C */
     const int y0 = (w / j->nw) * ws, x0 = (w % j->nw) * ws;
-    /* gather; tokens beyond R are the zero padding (unmasked: they still act as keys) */
-    for (int p = 0; p < N; p++) {
-        int gy = y0 + p / ws, gx = x0 + p % ws;
-        float *dst = xw + (size_t)p * C;
-        if (gy < R && gx < R)
-            memcpy(dst, j->t + ((size_t)gy * R + gx) * C, sizeof(float) * C);
-        else
-            memset(dst, 0, sizeof(float) * C);
-    }
+    /* queries: the vh x vw real tokens (all N when the hook wants every output) */
+    const int vh = j->dump ? ws : TS_MIN(ws, R - y0), vw = j->dump ? ws : TS_MIN(ws, R - x0);
+    const int nv = vh * vw;
+    float *xw = slot(&j->scr, tid);       /* nv x C */
+    float *qkv = xw + (size_t)N * C;      /* N x 3C, window order (keys and values) */
+    float *qc = qkv + (size_t)N * C3;     /* nv x 3C, the queries' rows (= qkv when nv = N) */
+    float *S = qc + (size_t)N * C3;       /* nv x N */
+    float *o = S + (size_t)N * N;         /* nv x C */
+    float *a = o + (size_t)N * C;         /* nv x C */
+    int pos[196];                         /* window position of query i */
+    TS_ASSERT(N <= 196);
+    for (int iy = 0, i = 0; iy < vh; iy++)
+        for (int ix = 0; ix < vw; ix++, i++) {
+            int gy = y0 + iy, gx = x0 + ix;
+            float *dst = xw + (size_t)i * C;
+            pos[i] = iy * ws + ix;
+            if (gy < R && gx < R)
+                memcpy(dst, j->t + ((size_t)gy * R + gx) * C, sizeof(float) * C);
+            else
+                memset(dst, 0, sizeof(float) * C);
+        }
     // ref: tinysam/modeling/tiny_vit_sam.py, Attention.forward
     {
-        ts_layernorm(xw, N, C, v->ln_w, v->ln_b, LN_EPS);
-        ts_gemm_ex(N, C3, C, xw, C, v->qkv_w, C, 1, qkv, C3, 0.0f, v->qkv_b, TS_ACT_NONE);
-        for (int h = 0; h < j->heads; h++) {
-            const float *q = qkv + h * 3 * HEAD_DIM; /* head-major: [q k v] per head */
-            const float *k = q + HEAD_DIM, *vv = q + 2 * HEAD_DIM;
-            const float *tab = v->bias_tab + (size_t)h * N * N;
-            ts_gemm(N, N, HEAD_DIM, q, C3, k, C3, 1, S, N, 0.0f);
-            for (int i = 0; i < N * N; i++) S[i] = S[i] * ATTN_SCALE + tab[i];
-            ts_softmax_rows(S, N, N);
-            ts_gemm(N, HEAD_DIM, N, S, N, vv, C3, 0, o + h * HEAD_DIM, C, 0.0f);
+        ts_layernorm_to_serial(xw, xw, nv, C, v->ln_w, v->ln_b, LN_EPS);
+        if (nv == N) {
+            qc = qkv;
+            ts_gemm_w_serial(N, xw, C, v->qkv_pk, qkv, C3, 0.0f, v->qkv_b, TS_ACT_NONE);
+        } else {
+            ts_gemm_w_serial(nv, xw, C, v->qkv_pk, qc, C3, 0.0f, v->qkv_b, TS_ACT_NONE);
+            for (int p = 0; p < N; p++) {
+                int iy = p / ws, ix = p % ws;
+                const float *src = iy < vh && ix < vw ? qc + (size_t)(iy * vw + ix) * C3
+                                                      : j->pad_qkv;
+                memcpy(qkv + (size_t)p * C3, src, sizeof(float) * C3);
+            }
         }
-        ts_gemm_ex(N, C, C, o, C, v->proj_w, C, 1, a, C, 0.0f, v->proj_b, TS_ACT_NONE);
-    } // a: N x C
+        for (int h = 0; h < j->heads; h++) {
+            const float *q = qc + h * 3 * HEAD_DIM; /* head-major: [q k v] per head */
+            const float *k = qkv + h * 3 * HEAD_DIM + HEAD_DIM, *vv = k + HEAD_DIM;
+            const float *tab = v->bias_tab + (size_t)h * N * N;
+            ts_gemm_serial(nv, N, HEAD_DIM, q, C3, k, C3, 1, S, N, 0.0f, NULL, TS_ACT_NONE);
+            for (int i = 0; i < nv; i++) {
+                float *Si = S + (size_t)i * N;
+                const float *ti = tab + (size_t)pos[i] * N;
+                for (int c = 0; c < N; c++) Si[c] = Si[c] * ATTN_SCALE + ti[c];
+            }
+            ts_softmax_rows_serial(S, nv, N);
+            ts_gemm_serial(nv, HEAD_DIM, N, S, N, vv, C3, 0, o + h * HEAD_DIM, C, 0.0f, NULL,
+                           TS_ACT_NONE);
+        }
+        ts_gemm_w_serial(nv, o, C, v->proj_pk, a, C, 0.0f, v->proj_b, TS_ACT_NONE);
+    } // a: nv x C
     if (j->dump) memcpy(j->dump + (size_t)w * N * C, a, sizeof(float) * N * C);
-    for (int p = 0; p < N; p++) {
-        int gy = y0 + p / ws, gx = x0 + p % ws;
+    for (int i = 0; i < nv; i++) {
+        int gy = y0 + pos[i] / ws, gx = x0 + pos[i] % ws;
         if (gy >= R || gx >= R) continue;
         float *dst = j->t + ((size_t)gy * R + gx) * C;
-        const float *src = a + (size_t)p * C;
+        const float *src = a + (size_t)i * C;
         for (int c = 0; c < C; c++) dst[c] += src[c];
     }
+}
+
+/* Windows by decreasing number of real tokens (then index): the pool hands out tasks in
+ * order, so the small edge windows come last and even out the threads' finishing times. */
+static void window_order(int R, int ws, int nw, short *order) {
+    int n = 0;
+    for (int pass = 0; pass < 3; pass++) /* full, edge, corner */
+        for (int w = 0; w < nw * nw; w++) {
+            int edge = ((w / nw) * ws + ws > R) + ((w % nw) * ws + ws > R);
+            if (edge == pass) order[n++] = (short)w;
+        }
 }
 
 /* Scratch floats one thread needs in attn_window. */
 static size_t attn_scratch_per(int C, int ws) {
     size_t N = (size_t)ws * ws;
-    return N * C * 3 + N * 3 * C + N * N + 16;
+    return N * C * 3 + 2 * N * 3 * C + N * N + 16;
+}
+
+/* pad_qkv[3C] = qkv(LN(zero token)): the keys/values of every padding token of a block. */
+static void pad_token_qkv(const vit_block *v, int C, float *zero_row, float *pad_qkv) {
+    memset(zero_row, 0, sizeof(float) * C);
+    ts_layernorm_to_serial(zero_row, zero_row, 1, C, v->ln_w, v->ln_b, LN_EPS);
+    ts_gemm_w_serial(1, zero_row, C, v->qkv_pk, pad_qkv, 3 * C, 0.0f, v->qkv_b, TS_ACT_NONE);
+}
+
+/* local_conv then the MLP of a TinyViT block, one image row per task (§4.6):
+ * y = dw(x); y = y + fc2(GELU(fc1(LN(y)))). The row's LN and 4C hidden values stay in the
+ * slot; x is only read, so rows are independent. */
+typedef struct {
+    const vit_block *v;
+    const float *x;
+    float *y;
+    int R, C;
+    scratch_t scr;
+} mlp_job;
+
+static void local_mlp_row(void *ctx, int oy, int tid) {
+    const mlp_job *j = ctx;
+    const vit_block *v = j->v;
+    const int R = j->R, C = j->C;
+    float *yr = j->y + (size_t)oy * R * C;
+    float *ln = slot(&j->scr, tid), *hid = ln + (size_t)R * C;
+    ts_dwconv3x3_nhwc_row(j->x, R, R, C, 1, v->local.w, v->local.b, TS_ACT_NONE, yr, oy);
+    // ref: Mlp.forward
+    ts_layernorm_to_serial(yr, ln, R, C, v->mlp_ln_w, v->mlp_ln_b, LN_EPS);
+    ts_gemm_w_serial(R, ln, C, v->fc1_pk, hid, 4 * C, 0.0f, v->fc1_b, TS_ACT_GELU);
+    ts_gemm_w_serial(R, hid, 4 * C, v->fc2_pk, yr, C, 1.0f, v->fc2_b, TS_ACT_NONE);
+}
+
+static size_t mlp_scratch_per(int R, int C) {
+    return (size_t)R * C * 5;
+}
+
+/* MBConv (§4.4) and PatchMerging (§4.5) as one row pipeline: h = GELU(pw1(in)),
+ * d = GELU(dw(h)), out = pw2(d) (+ in, then GELU, for MBConv). A task runs a band of output
+ * rows and keeps only the three h rows the depthwise row needs (a ring in its slot), so the
+ * 4x-wide hidden map never goes to memory; a band recomputes the h row(s) above its first
+ * row (bit-identical), and the bands are even, so threads get equal work. out != in. */
+typedef struct {
+    const float *in;
+    int H, W, Ci;
+    const conv_bn *pw1, *dw, *pw2;
+    int Ch, Co, stride, residual;
+    float *out;
+    int n_bands;
+    scratch_t scr;
+} pipe_job;
+
+static void pipe_band(void *ctx, int band, int tid) {
+    const pipe_job *j = ctx;
+    const int W = j->W, Ch = j->Ch, st = j->stride;
+    const int Ho = (j->H - 1) / st + 1, Wo = (W - 1) / st + 1;
+    const int oy0 = (int)((long long)Ho * band / j->n_bands);
+    const int oy1 = (int)((long long)Ho * (band + 1) / j->n_bands);
+    const size_t hrow = (size_t)W * Ch;
+    float *ring = slot(&j->scr, tid), *d = ring + 3 * hrow;
+    int done = oy0 * st - 2; /* last h row computed */
+    for (int oy = oy0; oy < oy1; oy++) {
+        int lo = TS_MAX(0, oy * st - 1), hi = TS_MIN(j->H - 1, oy * st + 1);
+        for (int r = TS_MAX(lo, done + 1); r <= hi; r++)
+            ts_gemm_w_serial(W, j->in + (size_t)r * W * j->Ci, j->Ci, j->pw1->pk,
+                             ring + (size_t)(r % 3) * hrow, Ch, 0.0f, j->pw1->b, TS_ACT_GELU);
+        done = TS_MAX(done, hi);
+        const float *rows[3];
+        for (int ky = 0; ky < 3; ky++) {
+            int iy = oy * st - 1 + ky;
+            rows[ky] = iy >= 0 && iy < j->H ? ring + (size_t)(iy % 3) * hrow : NULL;
+        }
+        ts_dwconv3x3_nhwc_rows3(rows, W, Ch, st, j->dw->w, j->dw->b, TS_ACT_GELU, d);
+        float *orow = j->out + (size_t)oy * Wo * j->Co;
+        if (j->residual) /* x + conv3(...), GELU after the add; stride 1, Ci = Co */
+            memcpy(orow, j->in + (size_t)oy * W * j->Ci, sizeof(float) * Wo * j->Co);
+        ts_gemm_w_serial(Wo, d, Ch, j->pw2->pk, orow, j->Co, j->residual ? 1.0f : 0.0f,
+                         j->pw2->b, j->residual ? TS_ACT_GELU : TS_ACT_NONE);
+    }
+}
+
+static size_t pipe_scratch_per(int W, int Ch) {
+    return (size_t)4 * W * Ch;
+}
+
+/* Runs the pipeline over the pool: bands of about 64 output rows, a multiple of the thread
+ * count (one band on one thread: nothing recomputed). */
+static void run_pipe(const float *in, int H, int Ci, const conv_bn *cv, int Ch, int Co,
+                     int stride, int residual, float *out, scratch_t scr) {
+    int Ho = (H - 1) / stride + 1, nt = scr.n;
+    int per = nt > 1 ? TS_MAX(1, Ho / (64 * nt)) : 1;
+    pipe_job pj = {in, H, H, Ci, &cv[0], &cv[1], &cv[2], Ch, Co, stride, residual, out,
+                   TS_MIN(Ho, per * nt), scr};
+    ts_parallel_for(pj.n_bands, pipe_band, &pj);
 }
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
-/* Arena layout (floats). Stage 0 dominates: x 256x256x64 plus two 256x256x256 hidden maps. */
-#define SZ_X   ((size_t)256 * 256 * 64)
-#define SZ_H   ((size_t)256 * 256 * 256)
-#define SZ_MLP ((size_t)MLP_CHUNK * 320 + (size_t)MLP_CHUNK * 1280)
+/* Build with -DTS_ENC_PROFILE for a per-part wall-time breakdown on stderr. */
+#ifdef TS_ENC_PROFILE
+#include <time.h>
+static double prof_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+#define N_PROF 10
+static double g_prof[N_PROF], g_prof_t0;
+static const char *const PROF_NAMES[N_PROF] = {"input",     "pe1",          "pe2",
+                                               "mbconv",    "-",            "attn",
+                                               "local+mlp", "merge",        "-",
+                                               "neck"};
+#define PROF_START() (g_prof_t0 = prof_now())
+#define PROF(i)                                                                                \
+    do {                                                                                       \
+        double t_ = prof_now();                                                                \
+        g_prof[i] += t_ - g_prof_t0;                                                           \
+        g_prof_t0 = t_;                                                                        \
+    } while (0)
+#define PROF_DUMP()                                                                            \
+    do {                                                                                       \
+        for (int i_ = 0; i_ < N_PROF; i_++)                                                    \
+            fprintf(stderr, "%-15s %7.1f ms\n", PROF_NAMES[i_], 1e3 * g_prof[i_]);             \
+        memset(g_prof, 0, sizeof g_prof);                                                      \
+    } while (0)
+#else
+#define PROF_START() ((void)0)
+#define PROF(i)      ((void)0)
+#define PROF_DUMP()  ((void)0)
+#endif
+
+/* Arena layout (floats): A and Cb hold the running tokens (at most 256x256x64 and the
+ * 512x512x32 patch-embed map), B the HWC input (later the neck's first map); then the
+ * per-thread slots. The 4x-wide hidden maps of MBConv / PatchMerging live in the slots. */
+#define SZ_A ((size_t)256 * 256 * 64)
+#define SZ_B ((size_t)1024 * 1024 * 3)
+#define SZ_C ((size_t)512 * 512 * 32)
+
+static size_t slot_floats(void) {
+    size_t per = 0;
+    for (int s = 1; s < N_STAGES; s++) {
+        int R = 256 >> (s < 3 ? s : 2); /* 128, 64, 64 */
+        per = TS_MAX(per, attn_scratch_per(DIMS[s], WINDOWS[s]));
+        per = TS_MAX(per, mlp_scratch_per(R, DIMS[s]));
+    }
+    per = TS_MAX(per, pipe_scratch_per(256, 4 * DIMS[0]));
+    for (int s = 0; s < 3; s++) per = TS_MAX(per, pipe_scratch_per(256 >> s, DIMS[s + 1]));
+    return (per + 15) / 16 * 16;
+}
 
 int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
                         ts_stage_hook hook, void *user) {
     if (!enc || !input || !out)
         return ts_error(TINYSAM_E_ARG, "ts_tiny_vit_forward: NULL argument");
     const int nthreads = ts_num_threads();
-    size_t attn_per = 0;
-    for (int s = 1; s < N_STAGES; s++)
-        attn_per = TS_MAX(attn_per, attn_scratch_per(DIMS[s], WINDOWS[s]));
-    attn_per = (attn_per + 15) / 16 * 16;
-    size_t n_attn = attn_per * (size_t)nthreads;
-    size_t total = SZ_X + 2 * SZ_H + TS_MAX(n_attn, SZ_MLP);
+    const size_t per = slot_floats();
+    size_t total = SZ_A + SZ_B + SZ_C + per * (size_t)nthreads;
     ts_tiny_vit *mut = (ts_tiny_vit *)enc; /* only the arena cache changes */
     float *arena = NULL;
+    size_t arena_n = total; /* floats in the arena this pass holds */
     pthread_mutex_lock(&mut->arena_mu);
     if (mut->arena && mut->arena_n >= total) {
         arena = mut->arena;
+        arena_n = mut->arena_n;
         mut->arena = NULL;
     }
     pthread_mutex_unlock(&mut->arena_mu);
     if (!arena) arena = ts_malloc_aligned(total * sizeof(float));
     if (!arena) return ts_error_prefix(TINYSAM_E_NOMEM, "image encoder activations");
-    float *bx = arena, *bh1 = bx + SZ_X, *bh2 = bh1 + SZ_H, *bscr = bh2 + SZ_H;
+    float *bA = arena, *bB = bA + SZ_A, *bC = bB + SZ_B;
+    const scratch_t scr = {bC + SZ_C, per, nthreads};
     hook_ctx hk = {hook, user, NULL};
     float *dump = NULL;
     if (hook) {
         /* one-off hook buffers, outside the layer loops */
-        hk.tmp = ts_malloc_aligned(SZ_H * sizeof(float));
+        hk.tmp = ts_malloc_aligned(SZ_A * sizeof(float)); /* the largest NCHW report */
         dump = ts_malloc_aligned((size_t)19 * 19 * 49 * 128 * sizeof(float));
         if (!hk.tmp || !dump) {
             ts_free_aligned(hk.tmp);
@@ -384,27 +604,31 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
         }
     }
 
-    float *x = bx; /* running activations, NHWC */
+    float *x = bA; /* running activations, NHWC */
     int R = 256;   /* current side */
     // ref: PatchEmbed.forward: Conv2d_BN s2 -> GELU -> Conv2d_BN s2
     {
-        float *hwc = bh1; /* 1024 x 1024 x 3 */
+        PROF_START();
+        float *hwc = bB; /* 1024 x 1024 x 3 */
         tr_job tj = {input, hwc, 3, IMG * IMG};
         ts_parallel_for(IMG * IMG / 16384, chw_to_hwc_task, &tj);
-        ts_conv3x3_nhwc(hwc, IMG, IMG, 3, 2, enc->pe1.w, enc->pe1.b, 32, TS_ACT_GELU, bh2);
-        ts_conv3x3_nhwc(bh2, 512, 512, 32, 2, enc->pe2.w, enc->pe2.b, 64, TS_ACT_NONE, x);
+        PROF(0);
+        ts_conv3x3_nhwc_w(hwc, IMG, IMG, 3, 2, enc->pe1.pk, enc->pe1.b, TS_ACT_GELU, bC);
+        PROF(1);
+        ts_conv3x3_nhwc_w(bC, 512, 512, 32, 2, enc->pe2.pk, enc->pe2.b, TS_ACT_NONE, x);
+        PROF(2);
         report(&hk, "patch_embed", x, R * R, 64, 1);
     } // x: 256 x 256 x 64
 
-    // ref: ConvLayer with MBConv blocks (§4.4)
+    // ref: ConvLayer with MBConv blocks (§4.4): x = GELU(x + conv3(GELU(dw(GELU(conv1(x))))))
     for (int b = 0; b < DEPTHS[0]; b++) {
-        const conv_bn *cv = enc->mb[b];
-        const int C = DIMS[0], Hd = 4 * C, L = R * R;
-        ts_gemm_ex(L, Hd, C, x, C, cv[0].w, C, 1, bh1, Hd, 0.0f, cv[0].b, TS_ACT_GELU);
-        ts_dwconv3x3_nhwc(bh1, R, R, Hd, 1, cv[1].w, cv[1].b, TS_ACT_GELU, bh2);
-        /* x = GELU(x + conv3(h)): residual accumulated into x, GELU after the add */
-        ts_gemm_ex(L, C, Hd, bh2, Hd, cv[2].w, Hd, 1, x, C, 1.0f, cv[2].b, TS_ACT_GELU);
-        if (b == 0) report(&hk, "layers0_block0", x, L, C, 1);
+        const int C = DIMS[0];
+        PROF_START();
+        float *xo = x == bA ? bC : bA;
+        run_pipe(x, R, C, enc->mb[b], 4 * C, C, 1, 1, xo, scr);
+        x = xo;
+        PROF(3);
+        if (b == 0) report(&hk, "layers0_block0", x, R * R, C, 1);
     } // x: 256 x 256 x 64
 
     int bi = 0;
@@ -416,26 +640,25 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
             for (int b = 0; b < DEPTHS[s]; b++, bi++) {
                 const vit_block *v = &enc->blk[bi];
                 // ref: TinyViTBlock.forward
-                attn_job aj = {v, x, R, C, heads, ws, nw, bscr, attn_per,
-                               (hook && s == 1 && b == 0) ? dump : NULL, nthreads};
+                PROF_START();
+                float pad_qkv[3 * 320], zero_row[320];
+                pad_token_qkv(v, C, zero_row, pad_qkv);
+                short order[19 * 19];
+                TS_ASSERT(nw <= 19);
+                window_order(R, ws, nw, order);
+                attn_job aj = {v, x, R, C, heads, ws, nw, pad_qkv, order, scr,
+                               (hook && s == 1 && b == 0) ? dump : NULL};
                 ts_parallel_for(nw * nw, attn_window, &aj); /* x = x + attn(x) */
+                PROF(5);
                 if (aj.dump) {
                     hk.hook(hk.user, "layers1_block0_attn", dump, (long long)nw * nw * ws * ws * C);
                 }
-                float *t2 = x == bx ? bh1 : bx;
-                ts_dwconv3x3_nhwc(x, R, R, C, 1, v->local.w, v->local.b, TS_ACT_NONE, t2);
-                x = t2; /* no residual around local_conv */
-                // ref: Mlp.forward, x = x + fc2(GELU(fc1(LN(x)))) in row chunks
-                for (int r0 = 0; r0 < L; r0 += MLP_CHUNK) {
-                    int nr = TS_MIN(MLP_CHUNK, L - r0);
-                    float *ln = bscr, *hid = bscr + (size_t)MLP_CHUNK * C;
-                    float *xr = x + (size_t)r0 * C;
-                    ts_layernorm_to(xr, ln, nr, C, v->mlp_ln_w, v->mlp_ln_b, LN_EPS);
-                    ts_gemm_ex(nr, 4 * C, C, ln, C, v->fc1_w, C, 1, hid, 4 * C, 0.0f, v->fc1_b,
-                               TS_ACT_GELU);
-                    ts_gemm_ex(nr, C, 4 * C, hid, 4 * C, v->fc2_w, 4 * C, 1, xr, C, 1.0f,
-                               v->fc2_b, TS_ACT_NONE);
-                }
+                /* local_conv (no residual around it) and the MLP, into the other buffer */
+                float *t2 = x == bA ? bC : bA;
+                mlp_job mj = {v, x, t2, R, C, scr};
+                ts_parallel_for(R, local_mlp_row, &mj);
+                x = t2;
+                PROF(6);
                 if (b == 0 && s < 3) {
                     char name[32];
                     snprintf(name, sizeof name, "layers%d_block0", s);
@@ -445,18 +668,13 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
         }
         if (s < 3) {
             // ref: PatchMerging.forward (§4.5): stride 1 into the 320-channel stage
-            const conv_bn *cv = enc->merge[s];
-            const int co = DIMS[s + 1], stride = co == 320 ? 1 : 2, L = R * R;
+            const int co = DIMS[s + 1], stride = co == 320 ? 1 : 2;
             const int Ro = (R - 1) / stride + 1;
-            float *h1 = x == bh1 ? bh2 : bh1;
-            float *h2 = h1 == bh1 ? bh2 : bh1; /* != h1; x is dead after conv1 */
-            if (x == bh2) h2 = bx;
-            ts_gemm_ex(L, co, C, x, C, cv[0].w, C, 1, h1, co, 0.0f, cv[0].b, TS_ACT_GELU);
-            ts_dwconv3x3_nhwc(h1, R, R, co, stride, cv[1].w, cv[1].b, TS_ACT_GELU, h2);
-            float *xo = bx == h2 ? bh1 : bx; /* any buffer but h2 (h1 is dead) */
-            ts_gemm_ex(Ro * Ro, co, co, h2, co, cv[2].w, co, 1, xo, co, 0.0f, cv[2].b,
-                       TS_ACT_NONE);
+            PROF_START();
+            float *xo = x == bA ? bC : bA;
+            run_pipe(x, R, C, enc->merge[s], co, co, stride, 0, xo, scr);
             x = xo;
+            PROF(7);
             R = Ro;
         }
         char name[32];
@@ -466,24 +684,26 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
 
     // ref: ImageEncoderViT neck: 1x1 conv -> LayerNorm2d -> 3x3 conv -> LayerNorm2d (§4.8)
     {
+        PROF_START();
         const int L = 64 * 64;
-        float *n1 = x == bx ? bh1 : bx, *n2 = x == bh2 ? bh1 : bh2;
-        if (n1 == n2) n2 = bx == x ? bh2 : bh1;
-        ts_gemm_ex(L, 256, 320, x, 320, enc->neck0_w, 320, 1, n1, 256, 0.0f, NULL, TS_ACT_NONE);
+        float *n1 = bB, *n2 = x == bA ? bC : bA;
+        ts_gemm_w(L, x, 320, enc->neck0_pk, n1, 256, 0.0f, NULL, TS_ACT_NONE);
         ts_layernorm(n1, L, 256, enc->neck1_w, enc->neck1_b, LN2D_EPS);
-        ts_conv3x3_nhwc(n1, 64, 64, 256, 1, enc->neck2_w, NULL, 256, TS_ACT_NONE, n2);
+        ts_conv3x3_nhwc_w(n1, 64, 64, 256, 1, enc->neck2_pk, NULL, TS_ACT_NONE, n2);
         ts_layernorm(n2, L, 256, enc->neck3_w, enc->neck3_b, LN2D_EPS);
         transpose(n2, L, 256, out); /* to NCHW */
+        PROF(9);
+        PROF_DUMP();
         if (hook) hook(user, "neck", out, (long long)256 * L);
     } // out: 256 x 64 x 64
 
     ts_free_aligned(hk.tmp);
     ts_free_aligned(dump);
     pthread_mutex_lock(&mut->arena_mu);
-    if (!mut->arena || mut->arena_n < total) { /* keep the larger one */
+    if (!mut->arena || mut->arena_n < arena_n) { /* keep the larger one */
         float *old = mut->arena;
         mut->arena = arena;
-        mut->arena_n = total;
+        mut->arena_n = arena_n;
         arena = old;
     }
     pthread_mutex_unlock(&mut->arena_mu);

@@ -29,26 +29,64 @@ static void sc_ukernel(int kc, const float *Ap, const float *Bp, float *C, int l
             C[(size_t)r * ldc + q] = acc ? C[(size_t)r * ldc + q] + c[r][q] : c[r][q];
 }
 
-static void sc_bias_act(float *c, const float *bias, int n, int act) {
-    if (bias)
-        for (int i = 0; i < n; i++) c[i] += bias[i];
-    if (act == TS_ACT_GELU) ts_gelu_ref(c, (size_t)n);
+static void sc_ukernel_da(int kc, const float *A, int lda, const float *Bp, float *C, int ldc,
+                          int acc) {
+    float c[SC_MR][SC_NR] = {{0}};
+    for (int k = 0; k < kc; k++) {
+        for (int r = 0; r < SC_MR; r++)
+            for (int q = 0; q < SC_NR; q++) c[r][q] += A[(size_t)r * lda + k] * Bp[q];
+        Bp += SC_NR;
+    }
+    for (int r = 0; r < SC_MR; r++)
+        for (int q = 0; q < SC_NR; q++)
+            C[(size_t)r * ldc + q] = acc ? C[(size_t)r * ldc + q] + c[r][q] : c[r][q];
 }
 
-static void sc_dwconv_row(const float *x, int H, int W, int C, int stride, const float *w9,
-                          const float *bias, int act, float *y, int oy) {
+static void sc_ukernel_da_rows(int m, int kc, const float *A, int lda, const float *Bp, float *C,
+                               int ldc, int acc) {
+    float c[SC_MR][SC_NR] = {{0}};
+    for (int k = 0; k < kc; k++) {
+        for (int r = 0; r < m; r++)
+            for (int q = 0; q < SC_NR; q++) c[r][q] += A[(size_t)r * lda + k] * Bp[q];
+        Bp += SC_NR;
+    }
+    for (int r = 0; r < m; r++)
+        for (int q = 0; q < SC_NR; q++)
+            C[(size_t)r * ldc + q] = acc ? C[(size_t)r * ldc + q] + c[r][q] : c[r][q];
+}
+
+static void sc_bias_act(float *c, int ldc, int m, const float *bias, int n, int act) {
+    for (int r = 0; r < m; r++, c += ldc) {
+        if (bias)
+            for (int i = 0; i < n; i++) c[i] += bias[i];
+        if (act == TS_ACT_GELU) ts_gelu_ref(c, (size_t)n);
+    }
+}
+
+static void sc_dwconv_rows3(const float *const rows[3], int W, int C, int stride,
+                            const float *w9, const float *bias, int act, float *y) {
     int Wo = (W - 1) / stride + 1;
     for (int ox = 0; ox < Wo; ox++) {
         float *yo = y + (size_t)ox * C;
         for (int c = 0; c < C; c++) yo[c] = bias ? bias[c] : 0.0f;
         for (int t = 0; t < 9; t++) {
-            int iy = oy * stride - 1 + t / 3, ix = ox * stride - 1 + t % 3;
-            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-            const float *xp = x + ((size_t)iy * W + ix) * C, *wp = w9 + (size_t)t * C;
+            int ix = ox * stride - 1 + t % 3;
+            if (!rows[t / 3] || ix < 0 || ix >= W) continue;
+            const float *xp = rows[t / 3] + (size_t)ix * C, *wp = w9 + (size_t)t * C;
             for (int c = 0; c < C; c++) yo[c] = fmaf(xp[c], wp[c], yo[c]);
         }
         if (act == TS_ACT_GELU) ts_gelu_ref(yo, (size_t)C);
     }
+}
+
+static void sc_dwconv_row(const float *x, int H, int W, int C, int stride, const float *w9,
+                          const float *bias, int act, float *y, int oy) {
+    const float *rows[3];
+    for (int ky = 0; ky < 3; ky++) {
+        int iy = oy * stride - 1 + ky;
+        rows[ky] = iy >= 0 && iy < H ? x + (size_t)iy * W * C : NULL;
+    }
+    sc_dwconv_rows3(rows, W, C, stride, w9, bias, act, y);
 }
 
 const ts_nn_isa ts_nn_isa_scalar = {
@@ -56,11 +94,14 @@ const ts_nn_isa ts_nn_isa_scalar = {
     .mr = SC_MR,
     .nr = SC_NR,
     .ukernel = sc_ukernel,
+    .ukernel_da = sc_ukernel_da,
+    .ukernel_da_rows = sc_ukernel_da_rows,
     .bias_act = sc_bias_act,
     .gelu = ts_gelu_ref,
     .layernorm = ts_layernorm_to_ref,
     .softmax = ts_softmax_rows_ref,
     .dwconv_row = sc_dwconv_row,
+    .dwconv_rows3 = sc_dwconv_rows3,
 };
 
 /* ---- selection -------------------------------------------------------------------------- */
@@ -201,4 +242,25 @@ void ts_dwconv3x3_nhwc(const float *x, int H, int W, int C, int stride, const fl
         for (int oy = 0; oy < Ho; oy++) dw_task(&j, oy, 0);
     else
         ts_parallel_for(Ho, dw_task, &j);
+}
+
+/* ---- single-thread entry points (for tasks of an outer ts_parallel_for) ------------------- */
+
+void ts_layernorm_to_serial(const float *x, float *y, int M, int C, const float *w,
+                            const float *b, float eps) {
+    ts_nn_isa_get()->layernorm(x, y, M, C, w, b, eps);
+}
+
+void ts_softmax_rows_serial(float *x, int M, int N) {
+    ts_nn_isa_get()->softmax(x, M, N);
+}
+
+void ts_dwconv3x3_nhwc_row(const float *x, int H, int W, int C, int stride, const float *w9,
+                           const float *bias, int act, float *y_row, int oy) {
+    ts_nn_isa_get()->dwconv_row(x, H, W, C, stride, w9, bias, act, y_row, oy);
+}
+
+void ts_dwconv3x3_nhwc_rows3(const float *const rows[3], int W, int C, int stride,
+                             const float *w9, const float *bias, int act, float *y_row) {
+    ts_nn_isa_get()->dwconv_rows3(rows, W, C, stride, w9, bias, act, y_row);
 }

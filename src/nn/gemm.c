@@ -1,18 +1,20 @@
 /* gemm.c - the packed, cache-blocked, threaded float32 GEMM behind ts_gemm, ts_gemm_ex,
  * ts_linear and ts_conv3x3_nhwc.
  *
- * Blocking (BLIS-style): op(B) is packed once per call (columns [jc, jc+nc), all of K) into
- * nr-wide slivers [kc][nr]; the output is cut into tasks of mc rows x ntc columns run by
- * ts_parallel_for; a task packs its A rows per K block into mr-tall slivers [kc][mr] (on its
- * stack) and runs the ISA's mr x nr micro-kernel with the B sliver hot in L1 and the A block
- * in L2. The epilogue (bias, GELU) is applied to each tile right after its last K block,
- * while it is still in cache. The A packer can gather an im2col row on the fly, which is how
- * the 3x3 convolutions run without an im2col buffer. */
+ * Blocking (BLIS-style): op(B) is packed into nr-wide slivers [kc][nr] per K block, either once
+ * at load (ts_wpack: the weights of a model) or per call (columns [jc, jc+nc), all of K); the
+ * output is cut into tasks of mc rows x ntc columns run by ts_parallel_for. A plain A is read
+ * in place by the micro-kernel (ukernel_da: no packing); an im2col A (3x3 convolutions, no
+ * im2col buffer) and partial row panels are packed per K block into mr-tall slivers [kc][mr]
+ * on the task's stack. The epilogue (bias, GELU) is applied to each tile right after its last
+ * K block, while it is still in cache. The *_serial entry points run on the calling thread
+ * (for small GEMMs inside a task of an outer ts_parallel_for). */
 #include "nn/nn.h"
 #include "nn/nn_isa.h"
 #include "core.h"
 #include "threads.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define KC_MAX      256            /* K block: B sliver kc x 32 floats = 32 KiB */
@@ -41,6 +43,47 @@ typedef struct {
     int act;
     int mc, ntc, n_mt, n_nt;
 } gemm_job;
+
+/* Weights op(B) = W^T (W stored N x K, ldw) packed once for one ISA's nr (see ts_wpack_new).
+ * The raw W is kept for a GEMM run under another ISA (tests switch ISAs between passes). */
+struct ts_wpack {
+    const ts_nn_isa *isa;
+    const float *W;
+    int ldw, N, K, kcb, nkb, ncp;
+    float *data; /* per K block p0: slivers j at data + p0*ncp + j*nr*kc */
+};
+
+/* K blocks of at most KC_MAX, as even as possible (the pack layout depends only on K, and on
+ * Ci for a 3x3 convolution: there a block stays inside one kernel row ky, 3*Ci long, or one
+ * tap, Ci long, so that interior pixels read their block in place, see conv_rows). */
+static void k_blocks(int K, int conv_ci, int *kcb, int *nkb) {
+    int seg = conv_ci >= 22 && 3 * conv_ci <= KC_MAX ? 3 * conv_ci
+              : conv_ci >= 64 && conv_ci <= KC_MAX  ? conv_ci
+                                                    : 0;
+    if (seg && K == 9 * conv_ci) {
+        *kcb = seg;
+        *nkb = K / seg;
+        return;
+    }
+    *nkb = (K + KC_MAX - 1) / KC_MAX;
+    *kcb = (K + *nkb - 1) / *nkb;
+}
+
+/* For a 3x3 convolution's im2col A and a K block [p0, p0 + kc) inside one kernel row ky:
+ * when the panel's mv pixels from m0 lie in one output row and all their taps of the block are
+ * inside the image, the panel is a strided matrix in x (row r at + r*lda, k contiguous):
+ * returns its address, else NULL (the panel is packed). */
+static const float *conv_rows(const a_src *s, int m0, int mv, int p0, int kc, int *lda) {
+    int seg = 3 * s->Ci, ky = p0 / seg, q0 = p0 - ky * seg;
+    int oy = m0 / s->Wo, ox0 = m0 % s->Wo;
+    if (q0 + kc > seg || ox0 + mv > s->Wo) return NULL;
+    int iy = oy * s->stride - 1 + ky;
+    int ixa = ox0 * s->stride - 1 + q0 / s->Ci;
+    int ixb = (ox0 + mv - 1) * s->stride - 1 + (q0 + kc - 1) / s->Ci;
+    if (iy < 0 || iy >= s->H || ixa < 0 || ixb >= s->W) return NULL;
+    *lda = s->stride * s->Ci;
+    return s->x + ((ptrdiff_t)iy * s->W + ox0 * s->stride - 1) * s->Ci + q0;
+}
 
 /* ---- packing ---------------------------------------------------------------------------- */
 
@@ -126,24 +169,48 @@ static void gemm_task(void *ctx, int t, int tid) {
     int i0 = mi * g->mc, mrows = TS_MIN(g->mc, g->M - i0);
     int c0 = ni * g->ntc, c1 = TS_MIN(g->nc, c0 + g->ntc); /* relative to jc */
     int n_sl = (mrows + mr - 1) / mr;
+    const float *A = g->a.A; /* plain A: read in place, no packing */
+    /* Row panels: mr rows each; with A in place, a short tail (< mr/2 rows: few accumulators,
+     * latency-bound) is merged with the panel before it and the pair split evenly. */
+    int pm0[MC_MAX / 4 + 2], pmv[MC_MAX / 4 + 2];
+    for (int s = 0; s < n_sl; s++) {
+        pm0[s] = s * mr;
+        pmv[s] = TS_MIN(mr, mrows - s * mr);
+    }
+    if (A && n_sl >= 2 && pmv[n_sl - 1] < mr / 2) {
+        int both = mr + pmv[n_sl - 1];
+        pmv[n_sl - 2] = (both + 1) / 2;
+        pmv[n_sl - 1] = both / 2;
+        pm0[n_sl - 1] = pm0[n_sl - 2] + pmv[n_sl - 2];
+    }
     for (int pb = 0; pb < g->nkb; pb++) {
         int p0 = pb * g->kcb, kc = TS_MIN(g->kcb, g->K - p0);
         int acc = pb > 0 || g->acc0, last = pb == g->nkb - 1;
-        for (int s = 0; s < n_sl; s++)
-            pack_a(&g->a, i0 + s * mr, TS_MIN(mr, mrows - s * mr), p0, kc, mr,
-                   Ap + (size_t)s * mr * kc);
+        const float *cad[MC_MAX / 4 + 2]; /* conv: panels read in place, or NULL */
+        int clda[MC_MAX / 4 + 2];
+        for (int s = 0; s < n_sl && !A; s++) {
+            cad[s] = conv_rows(&g->a, i0 + pm0[s], pmv[s], p0, kc, &clda[s]);
+            if (!cad[s]) pack_a(&g->a, i0 + pm0[s], pmv[s], p0, kc, mr, Ap + (size_t)s * mr * kc);
+        }
         for (int col = c0; col < c1; col += nr) {
             int n0 = g->jc + col, nv = TS_MIN(nr, g->jc + g->nc - n0);
             const float *bs = g->Bp + (size_t)p0 * g->ncp + (size_t)col * kc;
             const float *bias = g->bias ? g->bias + n0 : NULL;
             for (int s = 0; s < n_sl; s++) {
-                int m0 = i0 + s * mr, mv = TS_MIN(mr, mrows - s * mr);
+                int m0 = i0 + pm0[s], mv = pmv[s];
                 float *c = g->C + (size_t)m0 * g->ldc + n0;
                 const float *as = Ap + (size_t)s * mr * kc;
-                if (mv == mr && nv == nr) {
+                const float *ad = A ? A + (size_t)m0 * g->a.lda + p0 : cad[s];
+                int lda = A ? g->a.lda : clda[s];
+                if (ad && nv == nr) {
+                    isa->ukernel_da_rows(mv, kc, ad, lda, bs, c, g->ldc, acc);
+                } else if (mv == mr && nv == nr) {
                     isa->ukernel(kc, as, bs, c, g->ldc, acc);
                 } else {
-                    isa->ukernel(kc, as, bs, tile, nr, 0);
+                    if (ad)
+                        isa->ukernel_da_rows(mv, kc, ad, lda, bs, tile, nr, 0);
+                    else
+                        isa->ukernel(kc, as, bs, tile, nr, 0);
                     for (int r = 0; r < mv; r++) {
                         float *cr = c + (size_t)r * g->ldc;
                         const float *tr = tile + r * nr;
@@ -154,8 +221,7 @@ static void gemm_task(void *ctx, int t, int tid) {
                     }
                 }
                 if (last && (bias || g->act))
-                    for (int r = 0; r < mv; r++)
-                        isa->bias_act(c + (size_t)r * g->ldc, bias, nv, g->act);
+                    isa->bias_act(c, g->ldc, mv, bias, nv, g->act);
             }
         }
     }
@@ -174,26 +240,33 @@ static float *bp_buffer(size_t n) {
     return tl_bp;
 }
 
-/* Returns 0, or TINYSAM_E_NOMEM (nothing computed) when the packing buffer is unavailable. */
+/* Returns 0, or TINYSAM_E_NOMEM (nothing computed) when the packing buffer is unavailable.
+ * wp: pre-packed op(B) (used when packed for the current ISA; else B is packed here). */
 static int gemm_run(const a_src *a, int M, int N, int K, const float *B, int ldb, int b_trans,
-                    float *C, int ldc, float beta, const float *bias, int act) {
+                    float *C, int ldc, float beta, const float *bias, int act,
+                    const ts_wpack *wp, int serial) {
     const ts_nn_isa *isa = ts_nn_isa_get();
     if (M <= 0 || N <= 0) return 0;
     if (K <= 0) { /* C = act(beta*C + bias) */
         for (int m = 0; m < M; m++) {
             float *cr = C + (size_t)m * ldc;
             if (beta == 0.0f) memset(cr, 0, sizeof(float) * N);
-            isa->bias_act(cr, bias, N, act);
+            isa->bias_act(cr, ldc, 1, bias, N, act);
         }
         return 0;
     }
     gemm_job g = {.isa = isa, .a = *a, .M = M, .N = N, .K = K, .C = C, .ldc = ldc,
                   .acc0 = beta != 0.0f, .bias = bias, .act = act};
     const int mr = isa->mr, nr = isa->nr;
-    g.nkb = (K + KC_MAX - 1) / KC_MAX;
-    g.kcb = (K + g.nkb - 1) / g.nkb;
-    int nc_max = TS_MAX(nr, BP_MAX / K / nr * nr);
-    int nthreads = ts_num_threads();
+    int use_wp = wp && wp->isa == isa;
+    if (use_wp) {
+        g.kcb = wp->kcb;
+        g.nkb = wp->nkb;
+    } else {
+        k_blocks(K, a->A ? 0 : a->Ci, &g.kcb, &g.nkb);
+    }
+    int nc_max = use_wp ? N : TS_MAX(nr, BP_MAX / K / nr * nr);
+    int nthreads = serial ? 1 : ts_num_threads();
     double mac = (double)M * N * K;
     int par = nthreads > 1 && mac >= PAR_MIN_MAC;
     g.mc = TS_MIN(MC_MAX / mr * mr, (M + mr - 1) / mr * mr);
@@ -208,10 +281,14 @@ static int gemm_run(const a_src *a, int M, int N, int K, const float *B, int ldb
         g.jc = jc;
         g.nc = TS_MIN(nc_max, N - jc);
         g.ncp = (g.nc + nr - 1) / nr * nr;
-        float *Bp = bp_buffer((size_t)K * g.ncp);
-        if (!Bp) return TINYSAM_E_NOMEM;
-        pack_b(&g, B, ldb, b_trans, Bp);
-        g.Bp = Bp;
+        if (use_wp) {
+            g.Bp = wp->data;
+        } else {
+            float *Bp = bp_buffer((size_t)K * g.ncp);
+            if (!Bp) return TINYSAM_E_NOMEM;
+            pack_b(&g, B, ldb, b_trans, Bp);
+            g.Bp = Bp;
+        }
         g.ntc = g.ncp;
         g.n_nt = 1;
         if (par && g.n_mt < 4 * nthreads) { /* few row tasks: split the columns too */
@@ -232,15 +309,73 @@ static int gemm_run(const a_src *a, int M, int N, int K, const float *B, int ldb
 
 /* ---- public entry points ------------------------------------------------------------- */
 
-void ts_gemm_ex(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                int b_trans, float *C, int ldc, float beta, const float *bias, int act) {
+static void gemm_any(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                     int b_trans, float *C, int ldc, float beta, const float *bias, int act,
+                     const ts_wpack *wp, int serial) {
     a_src a = {.A = A, .lda = lda};
-    if (gemm_run(&a, M, N, K, B, ldb, b_trans, C, ldc, beta, bias, act) == 0) return;
+    if (gemm_run(&a, M, N, K, B, ldb, b_trans, C, ldc, beta, bias, act, wp, serial) == 0) return;
     /* out of memory for packing: the unpacked reference still gives the right answer */
     ts_gemm_ref(M, N, K, A, lda, B, ldb, b_trans, C, ldc, beta);
     const ts_nn_isa *isa = ts_nn_isa_get();
     if (bias || act)
-        for (int m = 0; m < M; m++) isa->bias_act(C + (size_t)m * ldc, bias, N, act);
+        isa->bias_act(C, ldc, M, bias, N, act);
+}
+
+void ts_gemm_ex(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                int b_trans, float *C, int ldc, float beta, const float *bias, int act) {
+    gemm_any(M, N, K, A, lda, B, ldb, b_trans, C, ldc, beta, bias, act, NULL, 0);
+}
+
+void ts_gemm_serial(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    int b_trans, float *C, int ldc, float beta, const float *bias, int act) {
+    gemm_any(M, N, K, A, lda, B, ldb, b_trans, C, ldc, beta, bias, act, NULL, 1);
+}
+
+void ts_gemm_w(int M, const float *A, int lda, const ts_wpack *W, float *C, int ldc, float beta,
+               const float *bias, int act) {
+    gemm_any(M, W->N, W->K, A, lda, W->W, W->ldw, 1, C, ldc, beta, bias, act, W, 0);
+}
+
+void ts_gemm_w_serial(int M, const float *A, int lda, const ts_wpack *W, float *C, int ldc,
+                      float beta, const float *bias, int act) {
+    gemm_any(M, W->N, W->K, A, lda, W->W, W->ldw, 1, C, ldc, beta, bias, act, W, 1);
+}
+
+static ts_wpack *wpack_new(const float *W, int N, int K, int ldw, int conv_ci) {
+    if (!W || N <= 0 || K <= 0 || ldw < K) {
+        ts_error(TINYSAM_E_ARG, "ts_wpack_new: bad shape %d x %d (ld %d)", N, K, ldw);
+        return NULL;
+    }
+    ts_wpack *p = ts_calloc(1, sizeof(*p));
+    if (!p) return NULL;
+    const ts_nn_isa *isa = ts_nn_isa_get();
+    int nr = isa->nr;
+    *p = (ts_wpack){.isa = isa, .W = W, .ldw = ldw, .N = N, .K = K};
+    k_blocks(K, conv_ci, &p->kcb, &p->nkb);
+    p->ncp = (N + nr - 1) / nr * nr;
+    p->data = ts_malloc_aligned(sizeof(float) * (size_t)K * p->ncp);
+    if (!p->data) {
+        free(p);
+        return NULL;
+    }
+    gemm_job g = {.isa = isa, .N = N, .K = K, .kcb = p->kcb, .nkb = p->nkb, .jc = 0, .nc = N,
+                  .ncp = p->ncp};
+    pack_b(&g, W, ldw, 1, p->data);
+    return p;
+}
+
+ts_wpack *ts_wpack_new(const float *W, int N, int K, int ldw) {
+    return wpack_new(W, N, K, ldw, 0);
+}
+
+ts_wpack *ts_wpack_new_conv3x3(const float *w, int Co, int Ci) {
+    return wpack_new(w, Co, 9 * Ci, 9 * Ci, Ci);
+}
+
+void ts_wpack_free(ts_wpack *p) {
+    if (!p) return;
+    ts_free_aligned(p->data);
+    free(p);
 }
 
 void ts_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb, int b_trans,
@@ -256,6 +391,17 @@ void ts_conv3x3_nhwc(const float *x, int H, int W, int Ci, int stride, const flo
                      const float *bias, int Co, int act, float *y) {
     int Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1;
     a_src a = {.x = x, .H = H, .W = W, .Ci = Ci, .stride = stride, .Wo = Wo};
-    if (gemm_run(&a, Ho * Wo, Co, 9 * Ci, w, 9 * Ci, 1, y, Co, 0.0f, bias, act) == 0) return;
+    if (gemm_run(&a, Ho * Wo, Co, 9 * Ci, w, 9 * Ci, 1, y, Co, 0.0f, bias, act, NULL, 0) == 0)
+        return;
     ts_conv3x3_nhwc_ref(x, H, W, Ci, stride, w, bias, Co, act, y);
+}
+
+void ts_conv3x3_nhwc_w(const float *x, int H, int W, int Ci, int stride, const ts_wpack *w,
+                       const float *bias, int act, float *y) {
+    int Ho = (H - 1) / stride + 1, Wo = (W - 1) / stride + 1, Co = w->N;
+    a_src a = {.x = x, .H = H, .W = W, .Ci = Ci, .stride = stride, .Wo = Wo};
+    TS_ASSERT(w->K == 9 * Ci);
+    if (gemm_run(&a, Ho * Wo, Co, 9 * Ci, w->W, w->ldw, 1, y, Co, 0.0f, bias, act, w, 0) == 0)
+        return;
+    ts_conv3x3_nhwc_ref(x, H, W, Ci, stride, w->W, bias, Co, act, y);
 }

@@ -22,6 +22,31 @@ void ts_gemm_ref(int M, int N, int K, const float *A, int lda, const float *B, i
 void ts_gemm_ex(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                 int b_trans, float *C, int ldc, float beta, const float *bias, int act);
 
+/* Small GEMMs inside a task of an outer ts_parallel_for: as ts_gemm_ex, on the calling
+ * thread only, without splitting the work into tasks. */
+void ts_gemm_serial(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    int b_trans, float *C, int ldc, float beta, const float *bias, int act);
+
+/* Model weights packed once (at load) for the GEMM micro-kernel of the current ISA:
+ * op(B) = W^T with W stored N x K (ldw), i.e. a PyTorch Linear weight [out][in] or a
+ * convolution weight [co][taps*ci]. W must stay valid while the pack is used: a GEMM run
+ * under another ISA (ts_nn_set_isa after packing) packs from W per call instead. Returns NULL
+ * (ts_error set) when out of memory. */
+typedef struct ts_wpack ts_wpack;
+ts_wpack *ts_wpack_new(const float *W, int N, int K, int ldw);
+void ts_wpack_free(ts_wpack *p);
+/* C[M x N] (ldc) = act(beta*C + A[M x K] (lda) * W^T + bias[n]), N, K those of the pack. */
+void ts_gemm_w(int M, const float *A, int lda, const ts_wpack *W, float *C, int ldc, float beta,
+               const float *bias, int act);
+void ts_gemm_w_serial(int M, const float *A, int lda, const ts_wpack *W, float *C, int ldc,
+                      float beta, const float *bias, int act);
+/* A 3x3 convolution weight [Co][9*Ci] packed with K blocks that follow the kernel rows
+ * (ts_conv3x3_nhwc_w then reads interior pixels in place instead of gathering im2col rows). */
+ts_wpack *ts_wpack_new_conv3x3(const float *w, int Co, int Ci);
+/* ts_conv3x3_nhwc with the weight [Co][9*Ci] pre-packed (Co = its N; either kind of pack). */
+void ts_conv3x3_nhwc_w(const float *x, int H, int W, int Ci, int stride, const ts_wpack *w,
+                       const float *bias, int act, float *y);
+
 /* PyTorch Linear: y[M x N] = x[M x K] * W^T + bias, W stored N x K, bias may be NULL. */
 void ts_linear(const float *x, int M, int K, const float *W, const float *bias, int N, float *y);
 
@@ -58,6 +83,18 @@ void ts_relu(float *x, size_t n);
 /* Softmax over each row of x[M x N], in place (max-subtracted). */
 void ts_softmax_rows(float *x, int M, int N);
 void ts_softmax_rows_ref(float *x, int M, int N);
+
+/* Single-thread variants for use inside a task of an outer ts_parallel_for (no task split,
+ * no pool calls). ts_dwconv3x3_nhwc_row computes output row oy only (y_row: Wo x C). */
+void ts_layernorm_to_serial(const float *x, float *y, int M, int C, const float *w,
+                            const float *b, float eps);
+void ts_softmax_rows_serial(float *x, int M, int N);
+void ts_dwconv3x3_nhwc_row(const float *x, int H, int W, int C, int stride, const float *w9,
+                           const float *bias, int act, float *y_row, int oy);
+/* One output row from its three input rows (rows[ky] = input row oy*stride - 1 + ky, W x C,
+ * or NULL for the zero padding): for pipelines that keep only a few rows of a map. */
+void ts_dwconv3x3_nhwc_rows3(const float *const rows[3], int W, int C, int stride,
+                             const float *w9, const float *bias, int act, float *y_row);
 
 /* ISA selection (nn/dispatch.c). Names: "avx512", "avx2", "scalar". ts_nn_set_isa returns 0,
  * or TINYSAM_E_UNSUPPORTED when this CPU lacks it. Not thread-safe against running kernels:

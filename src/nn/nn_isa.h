@@ -15,8 +15,15 @@ typedef struct {
     /* C[mr x nr] (ldc) = (acc ? C : 0) + Ap * Bp; Ap packed [kc][mr], Bp packed [kc][nr],
      * both 64-byte aligned. */
     void (*ukernel)(int kc, const float *Ap, const float *Bp, float *C, int ldc, int acc);
-    /* row epilogue: c[i] = act(c[i] + bias[i]) for i < n; bias may be NULL. */
-    void (*bias_act)(float *c, const float *bias, int n, int act);
+    /* the same with A unpacked: row r of the mr-row panel at A + r*lda, k contiguous */
+    void (*ukernel_da)(int kc, const float *A, int lda, const float *Bp, float *C, int ldc,
+                       int acc);
+    /* ukernel_da for the first m (1..mr) rows of a panel; C rows beyond m are not touched */
+    void (*ukernel_da_rows)(int m, int kc, const float *A, int lda, const float *Bp, float *C,
+                            int ldc, int acc);
+    /* tile epilogue: c[r][i] = act(c[r][i] + bias[i]) for r < m, i < n (rows ldc apart);
+     * bias may be NULL. */
+    void (*bias_act)(float *c, int ldc, int m, const float *bias, int n, int act);
     void (*gelu)(float *x, size_t n);
     void (*layernorm)(const float *x, float *y, int M, int C, const float *w, const float *b,
                       float eps);
@@ -24,6 +31,9 @@ typedef struct {
     /* output row oy of ts_dwconv3x3_nhwc (y points at that row) */
     void (*dwconv_row)(const float *x, int H, int W, int C, int stride, const float *w9,
                        const float *bias, int act, float *y, int oy);
+    /* the same from the three input rows (rows[ky] NULL: zero padding), W wide */
+    void (*dwconv_rows3)(const float *const rows[3], int W, int C, int stride, const float *w9,
+                         const float *bias, int act, float *y);
 } ts_nn_isa;
 
 const ts_nn_isa *ts_nn_isa_get(void);

@@ -22,8 +22,10 @@ static void options_from_json(const ts_json *j, tinysam_everything_options *o) {
     o->points_per_side = (int)ts_json_num(j, "points_per_side", o->points_per_side);
     o->points_per_batch = (int)ts_json_num(j, "points_per_batch", o->points_per_batch);
     o->pred_iou_thresh = (float)ts_json_num(j, "pred_iou_thresh", o->pred_iou_thresh);
-    o->stability_score_thresh = (float)ts_json_num(j, "stability_score_thresh", o->stability_score_thresh);
-    o->stability_score_offset = (float)ts_json_num(j, "stability_score_offset", o->stability_score_offset);
+    o->stability_score_thresh =
+        (float)ts_json_num(j, "stability_score_thresh", o->stability_score_thresh);
+    o->stability_score_offset =
+        (float)ts_json_num(j, "stability_score_offset", o->stability_score_offset);
     o->high_score_thresh = (float)ts_json_num(j, "high_score_thresh", o->high_score_thresh);
     o->box_nms_thresh = (float)ts_json_num(j, "box_nms_thresh", o->box_nms_thresh);
     o->crop_n_layers = (int)ts_json_num(j, "crop_n_layers", o->crop_n_layers);
@@ -83,7 +85,8 @@ static void compare_with_reference(const char *label, const ts_json *ref,
         pm[i] = malloc((size_t)m->width * m->height);
         ts_rle_decode(m->counts, m->n_counts, m->width, m->height, pm[i]);
     }
-    int *ref_match = malloc(sizeof(int) * (size_t)(nr + 1)), *prod_used = calloc((size_t)np + 1, sizeof(int));
+    int *ref_match = malloc(sizeof(int) * (size_t)(nr + 1));
+    int *prod_used = calloc((size_t)np + 1, sizeof(int));
     int matched = 0, exact_fields = 0;
     for (int i = 0; i < nr; i++) {
         ref_match[i] = -1;
@@ -95,8 +98,9 @@ static void compare_with_reference(const char *label, const ts_json *ref,
                 prod_used[j] = 1;
                 matched++;
                 const ts_json *bb = ts_json_get(&recs->items[i], "bbox");
-                int same = (long long)ts_json_num(&recs->items[i], "area", -1) == res->records[j].area;
-                for (int k = 0; k < 4; k++) same &= (int)bb->items[k].number == res->records[j].bbox[k];
+                const tinysam_mask_record *pr = &res->records[j];
+                int same = (long long)ts_json_num(&recs->items[i], "area", -1) == pr->area;
+                for (int k = 0; k < 4; k++) same &= (int)bb->items[k].number == pr->bbox[k];
                 exact_fields += same;
                 break;
             }
@@ -105,7 +109,8 @@ static void compare_with_reference(const char *label, const ts_json *ref,
     printf("  %s: %d reference, %d produced, %d matched (%d with identical area and bbox)\n", label,
            nr, np, matched, exact_fields);
     CHECK(matched >= 0.97 * nr, "%s: only %d of %d reference masks matched", label, matched, nr);
-    CHECK(matched >= 0.97 * np, "%s: only %d of %d produced masks matched back", label, matched, np);
+    CHECK(matched >= 0.97 * np, "%s: only %d of %d produced masks matched back", label, matched,
+          np);
     for (int i = 0; i < nr; i++) free(rm[i]);
     for (int i = 0; i < np; i++) free(pm[i]);
     free(rm);

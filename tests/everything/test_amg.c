@@ -28,7 +28,8 @@ static void test_rle(void) {
     s = ts_rle_to_string(c2, 4);
     CHECK(s && !strcmp(s, "0X1:F"), "coco string 2 '%s'", s ? s : "(null)");
     ts_rle back = {0};
-    CHECK(s && ts_rle_from_string(s, &back) == 0 && back.n == 4 && !memcmp(back.counts, c2, sizeof c2),
+    CHECK(s && ts_rle_from_string(s, &back) == 0 && back.n == 4 &&
+              !memcmp(back.counts, c2, sizeof c2),
           "decode string 2");
     free(s);
     uint8_t d[6];

@@ -1,8 +1,8 @@
 /* test_everything_net.c - everything mode with the network on picture1 against the official
  * generators (fixtures reference/everything/picture1): the relaxed setting, where masks pass,
- * in both modes, and the default setting, where none does. Each run decodes ~1000 prompts, so
- * the sanitizer and portable-kernel passes of .ci/run skip it (the oracle tests cover the
- * same pipeline there). */
+ * and the default setting, where none does, each in both modes. Each run decodes ~1000
+ * prompts, so the sanitizer and portable-kernel passes of .ci/run skip it (the oracle tests
+ * cover the same pipeline there). */
 #include "everything_check.h"
 #include "io/npy.h"
 #include "model/sam.h"
@@ -35,14 +35,16 @@ static int setup(void) {
         return 0;
     }
     /* the official embedding: isolates the everything pipeline from encoder rounding */
-    g_emb = (tinysam_embedding){.data = g_emb_npy.data, .orig_w = g_img.width, .orig_h = g_img.height};
+    g_emb = (tinysam_embedding){
+        .data = g_emb_npy.data, .orig_w = g_img.width, .orig_h = g_img.height};
     ts_preprocess_shape(g_img.height, g_img.width, 1024, &g_emb.input_h, &g_emb.input_w);
     return 1;
 }
 
 static void run(const char *setting, const char *mode) {
     const char *env = getenv("TINYSAM_ISA");
-    if (SLOW_BUILD || (env && !strcmp(env, "scalar"))) SKIP("slow build: covered by the oracle tests");
+    if (SLOW_BUILD || (env && !strcmp(env, "scalar")))
+        SKIP("slow build: covered by the oracle tests");
     char rel[256];
     snprintf(rel, sizeof rel, "reference/everything/picture1/%s/%s.json", setting, mode);
     if (!fixture_exists(rel)) SKIP("fixture missing");
@@ -64,11 +66,13 @@ static void run(const char *setting, const char *mode) {
 static void test_relaxed_hierarchical(void) { run("relaxed", "hierarchical"); }
 static void test_relaxed_grid(void) { run("relaxed", "grid"); }
 static void test_default_hierarchical(void) { run("default", "hierarchical"); }
+static void test_default_grid(void) { run("default", "grid"); }
 
 int main(void) {
     RUN(test_relaxed_hierarchical);
     RUN(test_relaxed_grid);
     RUN(test_default_hierarchical);
+    RUN(test_default_grid);
     tinysam_model_free(g_model);
     tinysam_image_free(&g_img);
     ts_npy_free(&g_emb_npy);

@@ -27,8 +27,8 @@ static void test_probes(void) {
                 pos += lr[m * 65536 + k] > 0;
                 sum += lr[m * 65536 + k];
             }
-            CHECK(pos == (long)pc->items[m].number, "probe %d map %d: %ld positive cells vs %.0f", i,
-                  m, pos, pc->items[m].number);
+            CHECK(pos == (long)pc->items[m].number, "probe %d map %d: %ld positive cells vs %.0f",
+                  i, m, pos, pc->items[m].number);
             double want = ls->items[m].number;
             CHECK(fabs(sum - want) <= 1e-6 * fabs(want), "probe %d map %d: sum %.9g vs %.9g", i, m,
                   sum, want);

@@ -38,7 +38,8 @@ static void test_zip_fp32(void) {
     CHECK(n_i64 == 27, "%d int64 tensors (num_batches_tracked)", n_i64);
     CHECK(!strcmp(m->format, "pth-zip"), "format %s", m->format);
     const ts_tensor *t = ts_map_get(m, "mask_decoder.output_upscaling.0.weight");
-    CHECK(t && t->ndim == 4 && t->shape[0] == 256 && t->shape[1] == 64 && t->shape[2] == 2, "shape");
+    CHECK(t && t->ndim == 4 && t->shape[0] == 256 && t->shape[1] == 64 && t->shape[2] == 2,
+          "shape");
     t = ts_map_get(m, "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix");
     CHECK(t && t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == 128, "gaussian matrix");
     t = ts_map_get(m, "image_encoder.layers.2.blocks.0.attn.attention_biases");
@@ -50,7 +51,8 @@ static void test_zip_fp32(void) {
     CHECK(ts_map_take(m, "mask_decoder.iou_token.weight", 2, 256, 1) == NULL &&
               strstr(tinysam_last_error(), "mask_decoder.iou_token.weight"),
           "wrong shape accepted: %s", tinysam_last_error());
-    CHECK(ts_map_take(m, "nope", 1, 1) == NULL && strstr(tinysam_last_error(), "missing"), "missing");
+    CHECK(ts_map_take(m, "nope", 1, 1) == NULL && strstr(tinysam_last_error(), "missing"),
+          "missing");
     ts_map_free(m);
 }
 
@@ -125,8 +127,8 @@ static void test_truncated(void) {
         REQUIRE(ts_read_file(fixture(files[f]), 1 << 28, &buf, &n) == 0, "read");
         size_t cuts[40];
         int nc = 0;
-        for (size_t c = 1; c < 40000 && nc < 20; c = c * 2 + 7) cuts[nc++] = c; /* inside the pickle */
-        for (int k = 1; k <= 18; k++) cuts[nc++] = n / 19 * (size_t)k;          /* inside storages */
+        for (size_t c = 1; c < 40000 && nc < 20; c = c * 2 + 7) cuts[nc++] = c; /* the pickle */
+        for (int k = 1; k <= 18; k++) cuts[nc++] = n / 19 * (size_t)k;          /* storages */
         cuts[nc++] = n - 1;
         for (int i = 0; i < nc; i++) {
             char label[64];
@@ -139,24 +141,36 @@ static void test_truncated(void) {
 
 static void test_flipped_bytes(void) {
     if (!fixture_exists(LEG16)) SKIP("fixtures missing");
-    uint8_t *buf;
-    size_t n;
-    REQUIRE(ts_read_file(fixture(LEG16), 1 << 28, &buf, &n) == 0, "read");
-    /* the legacy data pickle sits in the first ~40 KB; flips there must never crash (they may
-     * still load when they hit a harmless byte, so only safety is asserted) */
-    uint32_t seed = 12345;
-    uint8_t *copy = malloc(n);
-    for (int it = 0; it < 60; it++) {
-        memcpy(copy, buf, n);
-        for (int k = 0; k < 4; k++) {
-            seed = seed * 1103515245u + 12345u;
-            copy[(seed >> 8) % 40000] ^= (uint8_t)(1u << (seed % 8));
+    /* flips inside the pickles (legacy: the first ~40 KB; ZIP: data.pkl spans bytes 64..58,887)
+     * must never crash; a flip may hit a harmless byte (a digit of a key, a float payload) and
+     * still load, otherwise the only acceptable answer is a format error with a message */
+    static const struct { const char *file; size_t lo, hi; } targets[] = {
+        {LEG16, 0, 40000}, {ZIP32, 64, 58887}};
+    int rejected = 0;
+    for (int f = 0; f < 2; f++) {
+        uint8_t *buf;
+        size_t n;
+        REQUIRE(ts_read_file(fixture(targets[f].file), 1 << 28, &buf, &n) == 0, "read");
+        uint32_t seed = 12345;
+        uint8_t *copy = malloc(n);
+        for (int it = 0; it < 60; it++) {
+            memcpy(copy, buf, n);
+            for (int k = 0; k < 4; k++) {
+                seed = seed * 1103515245u + 12345u;
+                size_t at = targets[f].lo + (seed >> 8) % (targets[f].hi - targets[f].lo);
+                copy[at] ^= (uint8_t)(1u << (seed % 8));
+            }
+            ts_tensor_map *m = NULL;
+            int rc = ts_pth_load_memory(copy, n, &m);
+            CHECK(rc == 0 || (rc == TINYSAM_E_FORMAT && m == NULL && *tinysam_last_error()),
+                  "%s flip %d: rc %d, message '%s'", targets[f].file, it, rc, tinysam_last_error());
+            rejected += rc != 0;
+            if (!rc) ts_map_free(m);
         }
-        ts_tensor_map *m = NULL;
-        if (ts_pth_load_memory(copy, n, &m) == 0) ts_map_free(m);
+        free(copy);
+        free(buf);
     }
-    free(copy);
-    free(buf);
+    CHECK(rejected >= 60, "only %d of 120 flipped files rejected", rejected);
 }
 
 static void test_hostile_pickles(void) {
@@ -201,12 +215,526 @@ static void test_hostile_safetensors(void) {
     put_st("overlap", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                       "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 16);
     put_st("negative", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8);
-    put_st("huge shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1e11,1e11],\"data_offsets\":[0,8]}}", 8);
+    put_st("huge shape",
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[1e11,1e11],\"data_offsets\":[0,8]}}", 8);
     put_st("empty", "{}", 0);
+    put_st("metadata value not a string",
+           "{\"__metadata__\":{\"epoch\":3},"
+           "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
+    put_st("offsets not numbers",
+           "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[\"0\",8]}}", 8);
+    put_st("nine dims", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,2],"
+                        "\"data_offsets\":[0,8]}}", 8);
+    /* valid: empty tensors, one placed at the very end of the data (fuzzer find: its
+     * zero-copy pointer lay one past the mapping and ts_map_free freed it) */
+    const char hdr[] = "{\"e\":{\"dtype\":\"F32\",\"shape\":[0,0],\"data_offsets\":[0,0]},"
+                       "\"x\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]}}   ";
+    uint8_t st[8 + sizeof hdr - 1 + 4] = {sizeof hdr - 1};
+    memcpy(st + 8, hdr, sizeof hdr - 1);
+    ts_tensor_map *m = NULL;
+    CHECK(ts_safetensors_load_memory(st, sizeof st, &m) == 0 && m->n == 2, "empty tensors: %s",
+          tinysam_last_error());
+    ts_map_free(m);
     /* header length larger than the file */
     uint8_t b[16] = {0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, '{', '}'};
     expect_reject("header length", b, sizeof b);
-    CHECK(ts_map_load("/nonexistent/model.pth", &(ts_tensor_map *){0}) == TINYSAM_E_IO, "missing file");
+    CHECK(ts_map_load("/nonexistent/model.pth", &(ts_tensor_map *){0}) == TINYSAM_E_IO,
+          "missing file");
+}
+
+/* ------------------------------------------------------------------ hand-built checkpoints
+ * A tiny pickle writer builds files whose every value is known: views with offsets and
+ * strides, shared and zero-stride storages, float16 special values, a wrapped state_dict,
+ * and both containers (legacy stream, ZIP with and without ZIP64). */
+
+typedef struct {
+    uint8_t *b;
+    size_t n, cap;
+} buf_t;
+
+static void put(buf_t *o, const void *p, size_t n) {
+    if (o->n + n > o->cap) {
+        o->cap = (o->n + n) * 2 + 256;
+        o->b = realloc(o->b, o->cap);
+    }
+    memcpy(o->b + o->n, p, n);
+    o->n += n;
+}
+static void op(buf_t *o, uint8_t c) {
+    put(o, &c, 1);
+}
+static void le(buf_t *o, uint64_t v, int n) {
+    for (int i = 0; i < n; i++) op(o, (uint8_t)(v >> (8 * i)));
+}
+static void pstr(buf_t *o, const char *s) { /* BINUNICODE */
+    op(o, 'X');
+    le(o, strlen(s), 4);
+    put(o, s, strlen(s));
+}
+static void pint(buf_t *o, int v) { /* BININT */
+    op(o, 'J');
+    le(o, (uint32_t)v, 4);
+}
+static void pglobal(buf_t *o, const char *mod, const char *name) {
+    op(o, 'c');
+    put(o, mod, strlen(mod));
+    op(o, '\n');
+    put(o, name, strlen(name));
+    op(o, '\n');
+}
+static void pints(buf_t *o, const int *v, int n) { /* a tuple of ints */
+    op(o, '(');
+    for (int i = 0; i < n; i++) pint(o, v[i]);
+    op(o, 't');
+}
+
+typedef struct {
+    const char *name, *key, *cls;
+    int numel, offset, ndim, shape[4], stride[4];
+} hand_tensor;
+
+/* Appends `name: _rebuild_tensor_v2(persid(...), offset, shape, stride, False, OrderedDict())`. */
+static void ptensor(buf_t *o, const hand_tensor *t, int legacy) {
+    pstr(o, t->name);
+    pglobal(o, "torch._utils", "_rebuild_tensor_v2");
+    op(o, '(');
+    op(o, '(');
+    pstr(o, "storage");
+    pglobal(o, "torch", t->cls);
+    pstr(o, t->key);
+    pstr(o, "cpu");
+    pint(o, t->numel);
+    if (legacy) op(o, 'N'); /* view descriptor */
+    op(o, 't');
+    op(o, 'Q');
+    pint(o, t->offset);
+    pints(o, t->shape, t->ndim);
+    pints(o, t->stride, t->ndim);
+    op(o, 0x89);
+    pglobal(o, "collections", "OrderedDict");
+    op(o, ')');
+    op(o, 'R');
+    op(o, 't');
+    op(o, 'R');
+}
+
+/* Storages: s0 float32 0..11, s1 float16 special values, s2 bfloat16, s3 float64, s4 int64. */
+static const uint16_t HALF_BITS[8] = {0x0001, 0x03ff, 0x0400, 0x7bff,
+                                      0x7c00, 0xfc00, 0x7e00, 0x8001};
+static const uint32_t HALF_AS_F32[8] = {0x33800000, 0x387fc000, 0x38800000, 0x477fe000,
+                                        0x7f800000, 0xff800000, 0x7fc00000, 0xb3800000};
+static const hand_tensor HAND[] = {
+    {"a", "s0", "FloatStorage", 12, 0, 2, {3, 4}, {4, 1}},
+    {"t", "s0", "FloatStorage", 12, 0, 2, {4, 3}, {1, 4}},    /* transposed view */
+    {"v", "s0", "FloatStorage", 12, 2, 2, {2, 2}, {6, 1}},    /* offset + row stride */
+    {"z", "s0", "FloatStorage", 12, 5, 1, {3}, {0}},          /* zero stride */
+    {"o", "s0", "FloatStorage", 12, 4, 2, {2, 4}, {4, 1}},    /* contiguous, offset */
+    {"h", "s1", "HalfStorage", 8, 0, 1, {8}, {1}},
+    {"b", "s2", "BFloat16Storage", 2, 0, 1, {2}, {1}},
+    {"d", "s3", "DoubleStorage", 2, 0, 2, {1, 2}, {2, 1}},
+    {"n", "s4", "LongStorage", 1, 0, 0, {0}, {0}},            /* 0-d int64 */
+};
+#define N_HAND ((int)(sizeof HAND / sizeof HAND[0]))
+
+static void storage_bytes(int k, buf_t *o) {
+    if (k == 0)
+        for (int i = 0; i < 12; i++) {
+            float f = (float)i;
+            put(o, &f, 4);
+        }
+    if (k == 1)
+        for (int i = 0; i < 8; i++) le(o, HALF_BITS[i], 2);
+    if (k == 2) {
+        le(o, 0x3f80, 2); /* 1.0 */
+        le(o, 0xc0a0, 2); /* -5.0 */
+    }
+    if (k == 3) {
+        double d[2] = {0.1, -2.5};
+        put(o, d, 16);
+    }
+    if (k == 4) le(o, (uint64_t)-7, 8);
+}
+static const int STORAGE_NUMEL[5] = {12, 8, 2, 2, 1};
+
+/* The data pickle: {"model": OrderedDict(tensors), "epoch": 3} (wrapped) or the bare dict. */
+static void data_pickle(buf_t *o, int legacy, int wrapped, const hand_tensor *ts, int nt) {
+    op(o, 0x80);
+    op(o, 2);
+    if (wrapped) {
+        op(o, '}');
+        op(o, '(');
+        pstr(o, "model");
+    }
+    pglobal(o, "collections", "OrderedDict");
+    op(o, ')');
+    op(o, 'R');
+    op(o, '(');
+    for (int i = 0; i < nt; i++) ptensor(o, &ts[i], legacy);
+    op(o, 'u');
+    if (wrapped) {
+        pstr(o, "epoch");
+        pint(o, 3);
+        op(o, 'u');
+    }
+    op(o, '.');
+}
+
+static buf_t build_legacy(int wrapped) {
+    buf_t o = {0};
+    /* 0x1950a86a20f9469cfc6c as LONG1, little-endian */
+    const uint8_t magic[] = {0x80, 2,    0x8a, 10,   0x6c, 0xfc, 0x9c, 0x46,
+                             0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, '.'};
+    put(&o, magic, sizeof magic);
+    const uint8_t proto[] = {0x80, 2, 'M', 0xe9, 0x03, '.'};
+    put(&o, proto, sizeof proto);
+    op(&o, 0x80), op(&o, 2), op(&o, '}'), op(&o, '(');
+    pstr(&o, "little_endian");
+    op(&o, 0x88);
+    op(&o, 'u'), op(&o, '.');
+    data_pickle(&o, 1, wrapped, HAND, N_HAND);
+    op(&o, 0x80), op(&o, 2), op(&o, ']'), op(&o, '(');
+    char key[16];
+    for (int k = 0; k < 5; k++) snprintf(key, sizeof key, "s%d", k), pstr(&o, key);
+    op(&o, 'e'), op(&o, '.');
+    for (int k = 0; k < 5; k++) {
+        le(&o, (uint64_t)STORAGE_NUMEL[k], 8);
+        storage_bytes(k, &o);
+    }
+    return o;
+}
+
+typedef struct {
+    char name[64];
+    buf_t data;
+} zentry;
+
+/* A stored ZIP as torch writes it (data 64-byte aligned through the local extra field). The
+ * local headers carry zero sizes (bit 3, data descriptor): only the central directory is
+ * authoritative. zip64: sizes and offsets only in ZIP64 extra fields and records. */
+static buf_t build_zip(zentry *e, int n, int zip64) {
+    buf_t o = {0}, cd = {0};
+    for (int i = 0; i < n; i++) {
+        size_t loff = o.n, nl = strlen(e[i].name);
+        size_t pad = (64 - (loff + 30 + nl + 4) % 64) % 64;
+        le(&o, 0x04034b50, 4), le(&o, 45, 2), le(&o, 8, 2), le(&o, 0, 2), le(&o, 0, 4);
+        le(&o, 0, 4), le(&o, 0, 4), le(&o, 0, 4), le(&o, nl, 2), le(&o, pad + 4, 2);
+        put(&o, e[i].name, nl);
+        le(&o, 0xcafe, 2), le(&o, pad, 2);
+        for (size_t k = 0; k < pad; k++) op(&o, 'Z');
+        put(&o, e[i].data.b, e[i].data.n);
+        uint64_t sz = e[i].data.n;
+        le(&cd, 0x02014b50, 4), le(&cd, 45, 2), le(&cd, 45, 2), le(&cd, 8, 2), le(&cd, 0, 2);
+        le(&cd, 0, 4), le(&cd, 0, 4);
+        le(&cd, zip64 ? 0xffffffffu : sz, 4), le(&cd, zip64 ? 0xffffffffu : sz, 4);
+        le(&cd, nl, 2), le(&cd, zip64 ? 28 : 0, 2), le(&cd, 0, 2), le(&cd, 0, 2), le(&cd, 0, 2);
+        le(&cd, 0, 4), le(&cd, zip64 ? 0xffffffffu : loff, 4);
+        put(&cd, e[i].name, nl);
+        if (zip64) le(&cd, 1, 2), le(&cd, 24, 2), le(&cd, sz, 8), le(&cd, sz, 8), le(&cd, loff, 8);
+    }
+    size_t cd_off = o.n;
+    put(&o, cd.b, cd.n);
+    if (zip64) {
+        size_t z64 = o.n;
+        le(&o, 0x06064b50, 4), le(&o, 44, 8), le(&o, 45, 2), le(&o, 45, 2), le(&o, 0, 4);
+        le(&o, 0, 4), le(&o, (uint64_t)n, 8), le(&o, (uint64_t)n, 8);
+        le(&o, cd.n, 8), le(&o, cd_off, 8);
+        le(&o, 0x07064b50, 4), le(&o, 0, 4), le(&o, z64, 8), le(&o, 1, 4);
+    }
+    le(&o, 0x06054b50, 4), le(&o, 0, 2), le(&o, 0, 2);
+    le(&o, zip64 ? 0xffff : (uint64_t)n, 2), le(&o, zip64 ? 0xffff : (uint64_t)n, 2);
+    le(&o, zip64 ? 0xffffffffu : cd.n, 4), le(&o, zip64 ? 0xffffffffu : cd_off, 4), le(&o, 0, 2);
+    free(cd.b);
+    return o;
+}
+
+static buf_t build_torch_zip(int wrapped, int zip64, const char *byteorder) {
+    zentry e[8];
+    int n = 0;
+    memset(e, 0, sizeof e);
+    snprintf(e[n].name, sizeof e[n].name, "hand/data.pkl");
+    data_pickle(&e[n++].data, 0, wrapped, HAND, N_HAND);
+    if (byteorder) {
+        snprintf(e[n].name, sizeof e[n].name, "hand/byteorder");
+        put(&e[n++].data, byteorder, strlen(byteorder));
+    }
+    for (int k = 0; k < 5; k++) {
+        snprintf(e[n].name, sizeof e[n].name, "hand/data/s%d", k);
+        storage_bytes(k, &e[n++].data);
+    }
+    snprintf(e[n].name, sizeof e[n].name, "hand/version");
+    put(&e[n++].data, "3\n", 2);
+    buf_t z = build_zip(e, n, zip64);
+    for (int i = 0; i < n; i++) free(e[i].data.b);
+    return z;
+}
+
+static int f32_bits_equal(const float *x, const uint32_t *bits, int n) {
+    for (int i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &x[i], 4);
+        if (b != bits[i]) return 0;
+    }
+    return 1;
+}
+
+/* Expected values written out by hand from the rebuild rule
+ * element(i0..) = storage[offset + sum ik * stride_k]. */
+/* from_pth: file dtypes are those of the hand-built storages (a safetensors copy holds F32). */
+static void check_hand(const ts_tensor_map *m, const char *label, int from_pth) {
+    static const float a[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    static const float t[12] = {0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11};
+    static const float v[4] = {2, 3, 8, 9}, z[3] = {5, 5, 5}, b[2] = {1, -5};
+    static const float d[2] = {0.1f, -2.5f};
+    CHECK(m->n == N_HAND, "%s: %d tensors", label, m->n);
+    const ts_tensor *x = ts_map_get(m, "a");
+    CHECK(x && x->ndim == 2 && x->shape[0] == 3 && x->shape[1] == 4 &&
+              !memcmp(x->data, a, sizeof a),
+          "%s: a", label);
+    x = ts_map_get(m, "t");
+    CHECK(x && x->shape[0] == 4 && x->shape[1] == 3 && !memcmp(x->data, t, sizeof t),
+          "%s: transposed", label);
+    x = ts_map_get(m, "v");
+    CHECK(x && x->numel == 4 && !memcmp(x->data, v, sizeof v), "%s: offset view", label);
+    x = ts_map_get(m, "z");
+    CHECK(x && x->numel == 3 && !memcmp(x->data, z, sizeof z), "%s: zero stride", label);
+    x = ts_map_get(m, "o");
+    CHECK(x && x->numel == 8 && !memcmp(x->data, a + 4, 8 * sizeof(float)), "%s: offset", label);
+    x = ts_map_get(m, "h");
+    CHECK(x && x->dtype == TS_DTYPE_F32 && (!from_pth || x->file_dtype == TS_DTYPE_F16) &&
+              f32_bits_equal(x->data, HALF_AS_F32, 8),
+          "%s: float16 subnormal/inf/nan conversion", label);
+    x = ts_map_get(m, "b");
+    CHECK(x && (!from_pth || x->file_dtype == TS_DTYPE_BF16) && !memcmp(x->data, b, sizeof b),
+          "%s: bfloat16", label);
+    x = ts_map_get(m, "d");
+    CHECK(x && (!from_pth || x->file_dtype == TS_DTYPE_F64) && x->ndim == 2 &&
+              !memcmp(x->data, d, sizeof d),
+          "%s: float64", label);
+    x = ts_map_get(m, "n");
+    CHECK(x && x->dtype == TS_DTYPE_I64 && x->ndim == 0 && x->numel == 1 &&
+              *(int64_t *)x->data == -7,
+          "%s: int64 scalar", label);
+}
+
+static int load_buf(const buf_t *b, ts_tensor_map **m) {
+    const char *p = tmp_path("hand.pth");
+    write_file(p, b->b, b->n);
+    int rc = ts_map_load(p, m);
+    remove(p);
+    return rc;
+}
+
+static void test_hand_built(void) {
+    for (int variant = 0; variant < 6; variant++) {
+        static const char *names[] = {"legacy bare",  "legacy wrapped", "zip bare",
+                                      "zip wrapped",  "zip64",          "zip byteorder little"};
+        buf_t b = variant < 2 ? build_legacy(variant)
+                              : build_torch_zip(variant == 3, variant == 4,
+                                                variant == 5 ? "little" : NULL);
+        ts_tensor_map *m = NULL;
+        int rc = load_buf(&b, &m);
+        CHECK(rc == 0, "%s: %s", names[variant], tinysam_last_error());
+        if (!rc) {
+            check_hand(m, names[variant], 1);
+            ts_map_free(m);
+        }
+        /* the same bytes through the in-memory loader (always copies) */
+        rc = ts_pth_load_memory(b.b, b.n, &m);
+        CHECK(rc == 0, "%s (memory): %s", names[variant], tinysam_last_error());
+        if (!rc) {
+            check_hand(m, names[variant], 1);
+            ts_map_free(m);
+        }
+        free(b.b);
+    }
+}
+
+static void test_zip_zero_copy(void) {
+    /* float32 storages of a ZIP file are used in place (torch aligns them to 64 bytes) */
+    buf_t b = build_torch_zip(0, 0, NULL);
+    ts_tensor_map *m = NULL;
+    REQUIRE(load_buf(&b, &m) == 0, "%s", tinysam_last_error());
+    const uint8_t *lo = m->map_base, *hi = lo + m->map_size;
+#define IN_MAP(name) ((const uint8_t *)ts_map_get(m, name)->data >= lo && \
+                      (const uint8_t *)ts_map_get(m, name)->data < hi)
+    CHECK(lo && IN_MAP("a") && IN_MAP("o"), "contiguous float32 tensors not in place");
+    CHECK(!IN_MAP("t") && !IN_MAP("v") && !IN_MAP("z"), "strided views must be copies");
+    CHECK(!IN_MAP("h") && !IN_MAP("d"), "converted tensors must be copies");
+#undef IN_MAP
+    const ts_tensor *a;
+    ts_map_free(m);
+    free(b.b);
+    /* the real checkpoint too */
+    if (!fixture_exists(ZIP32)) SKIP("fixtures missing");
+    REQUIRE(ts_map_load(fixture(ZIP32), &m) == 0, "%s", tinysam_last_error());
+    a = ts_map_get(m, "image_encoder.neck.0.weight");
+    lo = m->map_base;
+    CHECK(lo && (const uint8_t *)a->data >= lo && (const uint8_t *)a->data < lo + m->map_size,
+          "fixture tensor not in place");
+    ts_map_free(m);
+}
+
+static void expect_reject_mem(const char *label, const buf_t *b, const char *needle) {
+    ts_tensor_map *m = NULL;
+    int rc = ts_pth_load_memory(b->b, b->n, &m);
+    CHECK(rc == TINYSAM_E_FORMAT && m == NULL, "%s: rc %d", label, rc);
+    CHECK(!needle || strstr(tinysam_last_error(), needle), "%s: message '%s'", label,
+          tinysam_last_error());
+    expect_reject(label, b->b, b->n); /* and through the file loader */
+}
+
+static void test_hand_built_rejects(void) {
+    buf_t b = build_torch_zip(0, 0, "big");
+    expect_reject_mem("byteorder big", &b, "big-endian");
+    free(b.b);
+    b = build_legacy(0);
+    /* sys_info little_endian True -> False */
+    for (size_t i = 0; i + 14 < b.n; i++)
+        if (!memcmp(b.b + i, "little_endian\x88", 14)) b.b[i + 13] = 0x89;
+    expect_reject_mem("legacy big-endian", &b, "big-endian");
+    free(b.b);
+
+    /* a state_dict naming one tensor twice */
+    hand_tensor two[2] = {HAND[0], HAND[0]};
+    zentry e[2];
+    memset(e, 0, sizeof e);
+    snprintf(e[0].name, sizeof e[0].name, "x/data.pkl");
+    data_pickle(&e[0].data, 0, 0, two, 2);
+    snprintf(e[1].name, sizeof e[1].name, "x/data/s0");
+    storage_bytes(0, &e[1].data);
+    b = build_zip(e, 2, 0);
+    expect_reject_mem("duplicate key", &b, "twice");
+    free(b.b);
+
+    /* a view reaching past its storage */
+    hand_tensor past = HAND[0];
+    past.offset = 1;
+    free(e[0].data.b);
+    e[0].data = (buf_t){0};
+    data_pickle(&e[0].data, 0, 0, &past, 1);
+    b = build_zip(e, 2, 0);
+    expect_reject_mem("view past storage", &b, "past the end");
+    free(b.b);
+
+    /* a tiny file asking for 64 MiB through a zero-stride view */
+    hand_tensor bomb = {"big", "s0", "FloatStorage", 12, 0, 1, {1 << 24}, {0}};
+    free(e[0].data.b);
+    e[0].data = (buf_t){0};
+    data_pickle(&e[0].data, 0, 0, &bomb, 1);
+    b = build_zip(e, 2, 0);
+    expect_reject_mem("zero-stride bomb", &b, "times the file");
+    free(b.b);
+
+    /* forbidden global inside a well-formed ZIP checkpoint */
+    free(e[0].data.b);
+    e[0].data = (buf_t){0};
+    op(&e[0].data, 0x80), op(&e[0].data, 2);
+    pglobal(&e[0].data, "builtins", "eval");
+    pstr(&e[0].data, "1+1");
+    op(&e[0].data, 0x85), op(&e[0].data, 'R'), op(&e[0].data, '.');
+    b = build_zip(e, 2, 0);
+    expect_reject_mem("builtins.eval", &b, "builtins.eval");
+    free(b.b);
+
+    /* a storage entry missing from the archive */
+    hand_tensor other = HAND[0];
+    other.key = "s9";
+    free(e[0].data.b);
+    e[0].data = (buf_t){0};
+    data_pickle(&e[0].data, 0, 0, &other, 1);
+    b = build_zip(e, 2, 0);
+    expect_reject_mem("missing storage", &b, "s9");
+    free(b.b);
+
+    /* the local header names another entry than the central directory */
+    free(e[0].data.b);
+    e[0].data = (buf_t){0};
+    data_pickle(&e[0].data, 0, 0, HAND, 1);
+    b = build_zip(e, 2, 0);
+    REQUIRE(!memcmp(b.b + 30, "x/data.pkl", 10), "layout");
+    b.b[30] = 'y';
+    expect_reject_mem("local header mismatch", &b, "local header");
+    free(b.b);
+    for (int i = 0; i < 2; i++) free(e[i].data.b);
+
+    /* more values than any state_dict needs: [] then (None, APPEND) * 2.2M */
+    b = (buf_t){0};
+    op(&b, 0x80), op(&b, 2), op(&b, ']');
+    for (int i = 0; i < 2200000; i++) op(&b, 'N'), op(&b, 'a');
+    op(&b, '.');
+    expect_reject_mem("value flood", &b, "values");
+    free(b.b);
+}
+
+static int ignore_n(const char *name) {
+    return !strcmp(name, "n");
+}
+
+static void test_take_and_check_all_used(void) {
+    buf_t b = build_legacy(0);
+    ts_tensor_map *m = NULL;
+    REQUIRE(ts_pth_load_memory(b.b, b.n, &m) == 0, "%s", tinysam_last_error());
+    free(b.b);
+    const char *names[] = {"a", "t", "v", "z", "o", "h", "b"};
+    for (int i = 0; i < 6; i++) {
+        const ts_tensor *t = ts_map_get(m, names[i]);
+        int s0 = (int)t->shape[0], s1 = (int)t->shape[1];
+        const float *p = t->ndim == 2 ? ts_map_take(m, names[i], 2, s0, s1)
+                                      : ts_map_take(m, names[i], 1, s0);
+        CHECK(p == t->data, "take %s: %s", names[i], tinysam_last_error());
+    }
+    CHECK(ts_map_take(m, "d", 1, 2) == NULL && strstr(tinysam_last_error(), "[1,2]") &&
+              strstr(tinysam_last_error(), "expected [2]"),
+          "shape message: %s", tinysam_last_error());
+    CHECK(ts_map_take(m, "n", 0) == NULL && strstr(tinysam_last_error(), "'n'"), "int64 taken");
+    CHECK(ts_map_check_all_used(m, NULL) == TINYSAM_E_FORMAT &&
+              strstr(tinysam_last_error(), "'b'"),
+          "unused b: %s", tinysam_last_error());
+    CHECK(ts_map_take(m, "b", 1, 2) != NULL, "take b");
+    CHECK(ts_map_take(m, "d", 2, 1, 2) != NULL, "take d");
+    CHECK(ts_map_check_all_used(m, NULL) == TINYSAM_E_FORMAT &&
+              strstr(tinysam_last_error(), "'n'"),
+          "unused n: %s", tinysam_last_error());
+    CHECK(ts_map_check_all_used(m, ignore_n) == 0, "%s", tinysam_last_error());
+    ts_map_free(m);
+}
+
+static void test_safetensors_hand(void) {
+    /* every dtype conversion and the int64 scalar survive a safetensors round trip; the
+     * header follows the format: names sorted, padded to 8 bytes with spaces */
+    buf_t b = build_legacy(1);
+    ts_tensor_map *a = NULL, *c = NULL;
+    REQUIRE(ts_pth_load_memory(b.b, b.n, &a) == 0, "%s", tinysam_last_error());
+    free(b.b);
+    const char *p = tmp_path("hand.safetensors");
+    const char *k[] = {"format", "note"}, *v[] = {"pt", "quote \" and \\\\ backslash"};
+    REQUIRE(ts_safetensors_save(p, a, 2, k, v) == 0, "%s", tinysam_last_error());
+    uint8_t *raw;
+    size_t n;
+    REQUIRE(ts_read_file(p, 1 << 20, &raw, &n) == 0, "read back");
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | raw[i];
+    CHECK(hl % 8 == 0 && hl + 8 <= n && (raw[8 + hl - 1] == ' ' || raw[8 + hl - 1] == '}'),
+          "header padding");
+    const char *h = (const char *)raw + 8;
+    const char *order[] = {"\"a\"", "\"b\"", "\"d\"", "\"h\"", "\"n\"", "\"o\"", "\"t\"", "\"v\"",
+                           "\"z\""};
+    const char *prev = h;
+    for (int i = 0; i < 9; i++) {
+        const char *at = strstr(h, order[i]);
+        CHECK(at && at > prev, "tensor %s missing or out of order", order[i]);
+        if (at) prev = at;
+    }
+    CHECK(strstr(h, "\"n\":{\"dtype\":\"I64\",\"shape\":[]"), "int64 scalar entry");
+    free(raw);
+    REQUIRE(ts_safetensors_load(p, &c) == 0, "%s", tinysam_last_error());
+    check_hand(c, "safetensors", 0);
+    CHECK(c->metadata_json &&
+              strstr(c->metadata_json, "\"note\":\"quote \\\" and \\\\\\\\ backslash\""),
+          "metadata %s", c->metadata_json ? c->metadata_json : "(null)");
+    ts_map_free(c);
+    ts_map_free(a);
+    remove(p);
 }
 
 int main(void) {
@@ -218,5 +746,10 @@ int main(void) {
     RUN(test_flipped_bytes);
     RUN(test_hostile_pickles);
     RUN(test_hostile_safetensors);
+    RUN(test_hand_built);
+    RUN(test_zip_zero_copy);
+    RUN(test_hand_built_rejects);
+    RUN(test_take_and_check_all_used);
+    RUN(test_safetensors_hand);
     return test_summary();
 }

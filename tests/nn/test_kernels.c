@@ -232,6 +232,140 @@ static void test_layernorm_softmax(void) {
     ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
 }
 
+/* Pre-packed weights (ts_wpack) and the single-thread entry points against ts_gemm_ref, under
+ * every ISA, both with a pack made for that ISA and with one made for another (the fallback
+ * that packs per call). Shapes cover row tails (M % 12 = 1, 4, 8) and column tails. */
+static double wgemm_err(int M, int N, int K, int serial, float beta, const float *bias, int act,
+                        const ts_wpack *pk, const float *W) {
+    float *A = rand_buf((size_t)M * (K + 2)), *C = rand_buf((size_t)M * N);
+    float *R = malloc(sizeof(float) * (size_t)M * N);
+    memcpy(R, C, sizeof(float) * (size_t)M * N);
+    if (beta == 0.0f)
+        for (int i = 0; i < M * N; i++) C[i] = NAN;
+    if (serial)
+        ts_gemm_w_serial(M, A, K + 2, pk, C, N, beta, bias, act);
+    else
+        ts_gemm_w(M, A, K + 2, pk, C, N, beta, bias, act);
+    ts_gemm_ref(M, N, K, A, K + 2, W, K, 1, R, N, beta);
+    double err = 0;
+    for (int m = 0; m < M; m++) {
+        float *rr = R + (size_t)m * N;
+        if (bias)
+            for (int n = 0; n < N; n++) rr[n] += bias[n];
+        if (act == TS_ACT_GELU) ts_gelu_ref(rr, (size_t)N);
+        for (int n = 0; n < N; n++) {
+            double d = fabs((double)C[(size_t)m * N + n] - rr[n]);
+            if (!(d <= err)) err = d; /* NaN sticks */
+        }
+    }
+    free(A); free(C); free(R);
+    return err;
+}
+
+static void test_wpack(void) {
+    static const int shapes[][3] = {{49, 384, 128}, {64, 1280, 320}, {64, 320, 1280},
+                                    {13, 33, 7},    {100, 64, 300},  {1, 17, 5},
+                                    {25, 96, 64},   {200, 50, 513}};
+    float *bias = rand_buf(1280);
+    for (int pi = 0; pi < N_ISAS; pi++) {
+        if (!ts_nn_isa_available(ISAS[pi])) continue;
+        for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+            int M = shapes[c][0], N = shapes[c][1], K = shapes[c][2];
+            float *W = rand_buf((size_t)N * K);
+            ts_nn_set_isa(ISAS[pi]);
+            ts_wpack *pk = ts_wpack_new(W, N, K, K);
+            REQUIRE(pk, "pack");
+            for (int ri = 0; ri < N_ISAS; ri++) { /* run under every ISA */
+                if (!ts_nn_isa_available(ISAS[ri])) continue;
+                ts_nn_set_isa(ISAS[ri]);
+                int f = (int)c + ri;
+                double err = wgemm_err(M, N, K, f & 1, (f >> 1) & 1 ? 1.0f : 0.0f,
+                                       f % 3 ? bias : NULL, f % 3 == 2 ? TS_ACT_GELU : 0, pk, W);
+                double tol = 2e-5 * sqrt((double)K);
+                CHECK(err <= tol, "packed %s run %s M=%d N=%d K=%d err %g", ISAS[pi], ISAS[ri],
+                      M, N, K, err);
+            }
+            ts_wpack_free(pk);
+            free(W);
+        }
+    }
+    free(bias);
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+    CHECK(ts_wpack_new(NULL, 3, 3, 3) == NULL, "NULL weight packed");
+}
+
+static void test_conv3x3_packed(void) {
+    /* H, W, Ci, Co, stride: K blocks per kernel row (Ci 32, 64), per tap (Ci 256), neither */
+    static const int cfg[][5] = {{17, 13, 3, 32, 2}, {16, 18, 32, 64, 2}, {9, 30, 64, 40, 1},
+                                 {6, 7, 256, 48, 1}, {1, 1, 32, 16, 1},  {5, 40, 24, 33, 1}};
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+            int H = cfg[c][0], W = cfg[c][1], Ci = cfg[c][2], Co = cfg[c][3], s = cfg[c][4];
+            int Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1;
+            float *x = rand_buf((size_t)H * W * Ci), *w = rand_buf((size_t)Co * 9 * Ci);
+            float *b = rand_buf(Co);
+            float *y = malloc(sizeof(float) * Ho * Wo * Co), *r = malloc(sizeof(float) * Ho * Wo * Co);
+            ts_wpack *pk = ts_wpack_new_conv3x3(w, Co, Ci), *pg = ts_wpack_new(w, Co, 9 * Ci, 9 * Ci);
+            REQUIRE(pk && pg, "pack");
+            for (int act = 0; act < 2; act++) {
+                ts_conv3x3_nhwc_ref(x, H, W, Ci, s, w, b, Co, act, r);
+                for (int which = 0; which < 2; which++) {
+                    ts_conv3x3_nhwc_w(x, H, W, Ci, s, which ? pg : pk, b, act, y);
+                    double err = 0;
+                    for (int k = 0; k < Ho * Wo * Co; k++) err = fmax(err, fabs(y[k] - r[k]));
+                    CHECK(err < 2e-5 * sqrt(Ci / 3.0 + 1), "%s packed%s conv %dx%dx%d->%d s%d "
+                          "act%d err %g", ISAS[i], which ? " (generic)" : "", H, W, Ci, Co, s,
+                          act, err);
+                }
+            }
+            ts_wpack_free(pk); ts_wpack_free(pg);
+            free(x); free(w); free(b); free(y); free(r);
+        }
+    }
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
+/* ts_gemm_serial and the row-wise depthwise entry point (ts_dwconv3x3_nhwc_rows3). */
+static void test_serial_and_rows(void) {
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        int M = 49, N = 49, K = 32;
+        float *A = rand_buf((size_t)M * 96), *B = rand_buf((size_t)N * 96);
+        float *C = malloc(sizeof(float) * M * N), *R = malloc(sizeof(float) * M * N);
+        ts_gemm_serial(M, N, K, A, 96, B, 96, 1, C, N, 0.0f, NULL, TS_ACT_NONE);
+        ts_gemm_ref(M, N, K, A, 96, B, 96, 1, R, N, 0.0f);
+        double err = 0;
+        for (int k = 0; k < M * N; k++) err = fmax(err, fabs(C[k] - R[k]));
+        CHECK(err < 1e-5, "%s gemm_serial err %g", ISAS[i], err);
+        free(A); free(B); free(C); free(R);
+
+        int H = 9, W = 11, Cc = 40;
+        for (int s = 1; s <= 2; s++) {
+            int Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1;
+            float *x = rand_buf((size_t)H * W * Cc), *w = rand_buf(9 * Cc), *b = rand_buf(Cc);
+            float *y = malloc(sizeof(float) * Wo * Cc), *r = malloc(sizeof(float) * Ho * Wo * Cc);
+            ts_dwconv3x3_nhwc_ref(x, H, W, Cc, s, w, b, TS_ACT_GELU, r);
+            double e = 0;
+            for (int oy = 0; oy < Ho; oy++) {
+                const float *rows[3];
+                for (int ky = 0; ky < 3; ky++) {
+                    int iy = oy * s - 1 + ky;
+                    rows[ky] = iy >= 0 && iy < H ? x + (size_t)iy * W * Cc : NULL;
+                }
+                ts_dwconv3x3_nhwc_rows3(rows, W, Cc, s, w, b, TS_ACT_GELU, y);
+                for (int k = 0; k < Wo * Cc; k++)
+                    e = fmax(e, fabs(y[k] - r[(size_t)oy * Wo * Cc + k]));
+            }
+            CHECK(e < 2e-6, "%s dwconv rows3 s%d err %g", ISAS[i], s, e);
+            free(x); free(w); free(b); free(y); free(r);
+        }
+    }
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
 static void test_isa_select(void) {
     CHECK(ts_nn_set_isa("bogus") == TINYSAM_E_ARG, "bogus ISA accepted");
     CHECK(ts_nn_set_isa("scalar") == 0 && !strcmp(ts_nn_isa_name(), "scalar"), "scalar");
@@ -246,5 +380,8 @@ int main(void) {
     RUN(test_dwconv);
     RUN(test_gelu);
     RUN(test_layernorm_softmax);
+    RUN(test_wpack);
+    RUN(test_conv3x3_packed);
+    RUN(test_serial_and_rows);
     return test_summary();
 }

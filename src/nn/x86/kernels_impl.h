@@ -21,6 +21,9 @@ typedef __m512i vi;
 #define V_SUB           _mm512_sub_ps
 #define V_MUL           _mm512_mul_ps
 #define V_DIV           _mm512_div_ps
+#define V_RCP_APPROX(x) _mm512_rcp14_ps(x)
+#define V_ABS(x)        _mm512_abs_ps(x)
+#define V_LDEXP(p, n)   _mm512_scalef_ps(p, n) /* p * 2^n, n integral */
 #define V_MAX           _mm512_max_ps
 #define V_MIN           _mm512_min_ps
 #define V_AND           _mm512_and_ps
@@ -51,6 +54,11 @@ typedef __m256i vi;
 #define V_SUB           _mm256_sub_ps
 #define V_MUL           _mm256_mul_ps
 #define V_DIV           _mm256_div_ps
+#define V_RCP_APPROX(x) _mm256_rcp_ps(x)
+#define V_ABS(x)        _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x)
+#define V_LDEXP(p, n)                                                                          \
+    _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(                                    \
+                         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)))
 #define V_MAX           _mm256_max_ps
 #define V_MIN           _mm256_min_ps
 #define V_AND           _mm256_and_ps
@@ -103,24 +111,45 @@ static inline vf SUFFIX(v_exp)(vf x) {
     return V_MUL(p, V_FROM_I(e));
 }
 
+/* exp(x) for x <= 0 (the GELU's exp(-z^2)): one-constant range reduction x = n ln2 + r
+ * (n ln2 is exact enough for the n < 127 that matter), 2^n applied by V_LDEXP, and the
+ * Cephes polynomial in Horner form; about 2e-7 relative, 0 below -87. */
+static inline vf SUFFIX(v_exp_neg)(vf x) {
+    x = V_MAX(x, V_SET1(-87.3365447505531f));
+    vf n = V_ROUND(V_MUL(x, V_SET1(1.44269504088896341f)));
+    vf r = V_FNMA(n, V_SET1(0.693147180559945f), x);
+    vf p = V_SET1(1.9875691500e-4f);
+    p = V_FMA(p, r, V_SET1(1.3981999507e-3f));
+    p = V_FMA(p, r, V_SET1(8.3334519073e-3f));
+    p = V_FMA(p, r, V_SET1(4.1665795894e-2f));
+    p = V_FMA(p, r, V_SET1(1.6666665459e-1f));
+    p = V_FMA(p, r, V_SET1(5.0000001201e-1f));
+    p = V_FMA(p, r, V_SET1(1.0f));
+    p = V_FMA(p, r, V_SET1(1.0f));
+    return V_LDEXP(p, n);
+}
+
 /* GELU with erf from Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7, the same approximation
- * PyTorch's vectorised erf uses): erf(|z|) = 1 - t*P(t)*exp(-z^2), t = 1/(1 + p|z|). */
+ * PyTorch's vectorised erf uses): erf(|z|) = 1 - t*P(t)*exp(-z^2), t = 1/(1 + p|z|).
+ * About 30 vector operations; it runs over every hidden activation, so every one counts. */
 static inline vf SUFFIX(v_gelu)(vf x) {
-    const vf sign_mask = V_SET1(-0.0f);
     vf z = V_MUL(x, V_SET1(0.70710678118654752f));
-    vf sgn = V_AND(z, sign_mask);
-    vf az = V_MAX(z, V_SUB(V_ZERO(), z));
-    vf t = V_DIV(V_SET1(1.0f), V_FMA(V_SET1(0.3275911f), az, V_SET1(1.0f)));
+    vf az = V_ABS(z);
+    /* t = 1/d by the hardware estimate plus one Newton step (2^-23 relative), not a divide */
+    vf d = V_FMA(V_SET1(0.3275911f), V_MIN(az, V_SET1(16.0f)), V_SET1(1.0f)); /* inf-safe */
+    vf t = V_RCP_APPROX(d);
+    t = V_MUL(t, V_FNMA(d, t, V_SET1(2.0f)));
     vf p = V_SET1(1.061405429f);
     p = V_FMA(p, t, V_SET1(-1.453152027f));
     p = V_FMA(p, t, V_SET1(1.421413741f));
     p = V_FMA(p, t, V_SET1(-0.284496736f));
     p = V_FMA(p, t, V_SET1(0.254829592f));
     p = V_MUL(p, t);
-    vf e = SUFFIX(v_exp)(V_MUL(V_SUB(V_ZERO(), az), az));
+    vf e = SUFFIX(v_exp_neg)(V_FNMA(az, az, V_ZERO()));
     vf erf_abs = V_FNMA(p, e, V_SET1(1.0f));
-    vf erf = V_OR(erf_abs, sgn);
-    return V_MUL(V_MUL(x, V_SET1(0.5f)), V_ADD(V_SET1(1.0f), erf));
+    vf erf = V_OR(erf_abs, V_AND(z, V_SET1(-0.0f)));
+    vf hx = V_MUL(x, V_SET1(0.5f));
+    return V_FMA(hx, erf, hx); /* x/2 (1 + erf) */
 }
 
 static float SUFFIX(gelu1)(float x) {
@@ -133,17 +162,26 @@ static void SUFFIX(gelu)(float *x, size_t n) {
     for (; i < n; i++) x[i] = SUFFIX(gelu1)(x[i]);
 }
 
-static void SUFFIX(bias_act)(float *c, const float *bias, int n, int act) {
-    int i = 0;
-    for (; i + VL <= n; i += VL) {
-        vf v = V_LOAD(c + i);
-        if (bias) v = V_ADD(v, V_LOAD(bias + i));
-        if (act == TS_ACT_GELU) v = SUFFIX(v_gelu)(v);
-        V_STORE(c + i, v);
-    }
-    for (; i < n; i++) {
-        float v = c[i] + (bias ? bias[i] : 0.0f);
-        c[i] = act == TS_ACT_GELU ? SUFFIX(gelu1)(v) : v;
+/* m rows of n (stride ldc): c = act(c + bias); one call per tile keeps the constants of the
+ * GELU in registers across rows. */
+static void SUFFIX(bias_act)(float *c, int ldc, int m, const float *bias, int n, int act) {
+    for (int r = 0; r < m; r++, c += ldc) {
+        int i = 0;
+        if (act == TS_ACT_GELU) {
+            for (; i + VL <= n; i += VL) {
+                vf v = V_LOAD(c + i);
+                if (bias) v = V_ADD(v, V_LOAD(bias + i));
+                V_STORE(c + i, SUFFIX(v_gelu)(v));
+            }
+        } else if (bias) {
+            for (; i + VL <= n; i += VL) V_STORE(c + i, V_ADD(V_LOAD(c + i), V_LOAD(bias + i)));
+        } else {
+            i = n;
+        }
+        for (; i < n; i++) {
+            float v = c[i] + (bias ? bias[i] : 0.0f);
+            c[i] = act == TS_ACT_GELU ? SUFFIX(gelu1)(v) : v;
+        }
     }
 }
 
@@ -211,44 +249,59 @@ static void SUFFIX(softmax)(float *x, int M, int N) {
 
 /* ---- depthwise 3x3 (NHWC) ------------------------------------------------------------ */
 
-static void SUFFIX(dwconv_row)(const float *x, int H, int W, int C, int stride, const float *w9,
-                               const float *bias, int act, float *y, int oy) {
+/* Channel blocks outer, output pixels inner: the block's nine weights and bias stay in
+ * registers. Taps are summed in the order of the reference (ky, then kx, skipping padding). */
+static void SUFFIX(dwconv_rows3)(const float *const rows[3], int W, int C, int stride,
+                                 const float *w9, const float *bias, int act, float *y) {
     int Wo = (W - 1) / stride + 1;
-    int iy0 = oy * stride - 1;
-    for (int ox = 0; ox < Wo; ox++) {
-        int ix0 = ox * stride - 1;
-        float *yo = y + (size_t)ox * C;
-        int c = 0;
-        for (; c + VL <= C; c += VL) {
-            vf acc = bias ? V_LOAD(bias + c) : V_ZERO();
+    const size_t sC = (size_t)stride * C;
+    int c = 0;
+    for (; c + VL <= C; c += VL) {
+        vf w[9];
+#pragma GCC unroll 9
+        for (int t = 0; t < 9; t++) w[t] = V_LOAD(w9 + (size_t)t * C + c);
+        vf b = bias ? V_LOAD(bias + c) : V_ZERO();
+        for (int ox = 0; ox < Wo; ox++) {
+            int ix0 = ox * stride - 1;
+            int left = ix0 >= 0, right = ix0 + 2 < W; /* the centre tap ix0 + 1 is inside */
+            vf acc = b;
+#pragma GCC unroll 3
             for (int ky = 0; ky < 3; ky++) {
-                int iy = iy0 + ky;
-                if (iy < 0 || iy >= H) continue;
-                const float *xr = x + (size_t)iy * W * C + c;
-                for (int kx = 0; kx < 3; kx++) {
-                    int ix = ix0 + kx;
-                    if (ix < 0 || ix >= W) continue;
-                    acc = V_FMA(V_LOAD(xr + (size_t)ix * C), V_LOAD(w9 + (ky * 3 + kx) * C + c),
-                                acc);
-                }
+                if (!rows[ky]) continue;
+                const float *xc = rows[ky] + (size_t)ox * sC + c; /* centre: ix0 + 1 */
+                if (left) acc = V_FMA(V_LOAD(xc - C), w[ky * 3], acc);
+                acc = V_FMA(V_LOAD(xc), w[ky * 3 + 1], acc);
+                if (right) acc = V_FMA(V_LOAD(xc + C), w[ky * 3 + 2], acc);
             }
             if (act == TS_ACT_GELU) acc = SUFFIX(v_gelu)(acc);
-            V_STORE(yo + c, acc);
+            V_STORE(y + (size_t)ox * C + c, acc);
         }
-        for (; c < C; c++) {
+    }
+    for (; c < C; c++) {
+        for (int ox = 0; ox < Wo; ox++) {
+            int ix0 = ox * stride - 1;
             float acc = bias ? bias[c] : 0.0f;
             for (int ky = 0; ky < 3; ky++) {
-                int iy = iy0 + ky;
-                if (iy < 0 || iy >= H) continue;
+                if (!rows[ky]) continue;
                 for (int kx = 0; kx < 3; kx++) {
                     int ix = ix0 + kx;
                     if (ix < 0 || ix >= W) continue;
-                    acc = fmaf(x[((size_t)iy * W + ix) * C + c], w9[(ky * 3 + kx) * C + c], acc);
+                    acc = fmaf(rows[ky][(size_t)ix * C + c], w9[(ky * 3 + kx) * C + c], acc);
                 }
             }
-            yo[c] = act == TS_ACT_GELU ? SUFFIX(gelu1)(acc) : acc;
+            y[(size_t)ox * C + c] = act == TS_ACT_GELU ? SUFFIX(gelu1)(acc) : acc;
         }
     }
+}
+
+static void SUFFIX(dwconv_row)(const float *x, int H, int W, int C, int stride, const float *w9,
+                               const float *bias, int act, float *y, int oy) {
+    const float *rows[3];
+    for (int ky = 0; ky < 3; ky++) {
+        int iy = oy * stride - 1 + ky;
+        rows[ky] = iy >= 0 && iy < H ? x + (size_t)iy * W * C : NULL;
+    }
+    SUFFIX(dwconv_rows3)(rows, W, C, stride, w9, bias, act, y);
 }
 
 /* ---- GEMM micro-kernel ----------------------------------------------------------------- */
@@ -288,14 +341,114 @@ static void SUFFIX(ukernel)(int kc, const float *Ap, const float *Bp, float *C, 
     }
 }
 
+/* The same tile with A read in place (row r of the panel at A + r*lda, k contiguous), which
+ * saves packing A. Rows are addressed from four bases, three rows apart, plus lda and 2*lda,
+ * so that the twelve (AVX2: six) row streams need few registers. Sums in the same order as
+ * ukernel, so both give identical results. */
+static void SUFFIX(ukernel_da)(int kc, const float *A, int lda, const float *Bp, float *C, int ldc,
+                               int acc) {
+    vf c0[TS_MR], c1[TS_MR];
+#pragma GCC unroll 16
+    for (int r = 0; r < TS_MR; r++) c0[r] = c1[r] = V_ZERO();
+    const size_t L = (size_t)lda;
+    const float *p0 = A, *p3 = A + 3 * L;
+#if TS_MR > 6
+    const float *p6 = A + 6 * L, *p9 = A + 9 * L;
+#endif
+    for (int k = 0; k < kc; k++) {
+        vf b0 = V_LOADA(Bp), b1 = V_LOADA(Bp + VL);
+        vf a;
+#define TS_ROW(r, ptr, off)                                                                    \
+    a = V_SET1(ptr[off + k]);                                                                  \
+    c0[r] = V_FMA(a, b0, c0[r]);                                                               \
+    c1[r] = V_FMA(a, b1, c1[r]);
+        TS_ROW(0, p0, 0)
+        TS_ROW(1, p0, L)
+        TS_ROW(2, p0, 2 * L)
+        TS_ROW(3, p3, 0)
+        TS_ROW(4, p3, L)
+        TS_ROW(5, p3, 2 * L)
+#if TS_MR > 6
+        TS_ROW(6, p6, 0)
+        TS_ROW(7, p6, L)
+        TS_ROW(8, p6, 2 * L)
+        TS_ROW(9, p9, 0)
+        TS_ROW(10, p9, L)
+        TS_ROW(11, p9, 2 * L)
+#endif
+#undef TS_ROW
+        Bp += TS_NR;
+    }
+    if (acc) {
+#pragma GCC unroll 16
+        for (int r = 0; r < TS_MR; r++) {
+            float *cr = C + (size_t)r * ldc;
+            V_STORE(cr, V_ADD(V_LOAD(cr), c0[r]));
+            V_STORE(cr + VL, V_ADD(V_LOAD(cr + VL), c1[r]));
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int r = 0; r < TS_MR; r++) {
+            float *cr = C + (size_t)r * ldc;
+            V_STORE(cr, c0[r]);
+            V_STORE(cr + VL, c1[r]);
+        }
+    }
+}
+
+/* ukernel_da for a partial panel of m < TS_MR rows (tails of M): m is a constant after
+ * inlining, so each variant keeps its 2m accumulators in registers. */
+static inline __attribute__((always_inline)) void SUFFIX(ukda_m)(const int m, int kc,
+                                                                  const float *A, int lda,
+                                                                  const float *Bp, float *C,
+                                                                  int ldc, int acc) {
+    vf c0[TS_MR], c1[TS_MR];
+    for (int r = 0; r < m; r++) c0[r] = c1[r] = V_ZERO();
+    for (int k = 0; k < kc; k++) {
+        vf b0 = V_LOADA(Bp), b1 = V_LOADA(Bp + VL);
+        for (int r = 0; r < m; r++) {
+            vf a = V_SET1(A[(size_t)r * lda + k]);
+            c0[r] = V_FMA(a, b0, c0[r]);
+            c1[r] = V_FMA(a, b1, c1[r]);
+        }
+        Bp += TS_NR;
+    }
+    for (int r = 0; r < m; r++) {
+        float *cr = C + (size_t)r * ldc;
+        if (acc) {
+            c0[r] = V_ADD(V_LOAD(cr), c0[r]);
+            c1[r] = V_ADD(V_LOAD(cr + VL), c1[r]);
+        }
+        V_STORE(cr, c0[r]);
+        V_STORE(cr + VL, c1[r]);
+    }
+}
+
+static void SUFFIX(ukernel_da_rows)(int m, int kc, const float *A, int lda, const float *Bp,
+                                    float *C, int ldc, int acc) {
+    switch (m) {
+#define TS_CASE(n)                                                                             \
+    case n: SUFFIX(ukda_m)(n, kc, A, lda, Bp, C, ldc, acc); break;
+        TS_CASE(1) TS_CASE(2) TS_CASE(3) TS_CASE(4) TS_CASE(5)
+#if TS_MR > 6
+        TS_CASE(6) TS_CASE(7) TS_CASE(8) TS_CASE(9) TS_CASE(10) TS_CASE(11)
+#endif
+#undef TS_CASE
+    default: SUFFIX(ukernel_da)(kc, A, lda, Bp, C, ldc, acc); break;
+    }
+}
+
 const ts_nn_isa SUFFIX(ts_nn_isa) = {
     .name = ISA_NAME,
     .mr = TS_MR,
     .nr = TS_NR,
     .ukernel = SUFFIX(ukernel),
+    .ukernel_da = SUFFIX(ukernel_da),
+    .ukernel_da_rows = SUFFIX(ukernel_da_rows),
     .bias_act = SUFFIX(bias_act),
     .gelu = SUFFIX(gelu),
     .layernorm = SUFFIX(layernorm),
     .softmax = SUFFIX(softmax),
     .dwconv_row = SUFFIX(dwconv_row),
+    .dwconv_rows3 = SUFFIX(dwconv_rows3),
 };

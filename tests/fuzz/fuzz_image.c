@@ -1,0 +1,9 @@
+/* fuzz_image.c - libFuzzer harness for ts_fuzz_image (targets.c). */
+#include "targets.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    (void)ts_fuzz_image(data, size);
+    return 0;
+}

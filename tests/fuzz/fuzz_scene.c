@@ -1,0 +1,9 @@
+/* fuzz_scene.c - libFuzzer harness for ts_fuzz_scene (targets.c). */
+#include "targets.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    (void)ts_fuzz_scene(data, size);
+    return 0;
+}

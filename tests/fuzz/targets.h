@@ -1,0 +1,33 @@
+/* targets.h - one entry point per parser under fuzz. Each is shared by the libFuzzer
+ * harness (fuzz_<name>.c) and the corpus replay test (test_corpus_replay.c), so a crash
+ * found by fuzzing replays through exactly the same code in `make test`.
+ *
+ * A target returns what the library returned: TINYSAM_OK or a negative tinysam_status.
+ * It never keeps state between calls and frees everything it was given. */
+#ifndef TS_FUZZ_TARGETS_H
+#define TS_FUZZ_TARGETS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Pixel limit for decoding in the harnesses: small, so that a tiny file announcing a
+ * huge image is rejected fast instead of tripping the fuzzer's RSS limit. */
+#define TS_FUZZ_MAX_PIXELS 4000000LL
+
+int ts_fuzz_npy(const uint8_t *data, size_t size);
+int ts_fuzz_json(const uint8_t *data, size_t size);
+int ts_fuzz_image(const uint8_t *data, size_t size);
+int ts_fuzz_pth(const uint8_t *data, size_t size);
+int ts_fuzz_safetensors(const uint8_t *data, size_t size);
+int ts_fuzz_args(const uint8_t *data, size_t size);
+int ts_fuzz_scene(const uint8_t *data, size_t size);
+
+typedef struct {
+    const char *name; /* corpus/<name>, regress/<name>, dict/<name>.dict */
+    int (*fn)(const uint8_t *data, size_t size);
+} ts_fuzz_target;
+
+/* All targets, ending with {NULL, NULL}. */
+extern const ts_fuzz_target ts_fuzz_targets[];
+
+#endif
