@@ -33,13 +33,14 @@ AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c
 
 LIB_SRC  := $(sort $(wildcard src/*.c src/io/*.c src/nn/*.c src/nn/x86/*.c src/model/*.c \
                               src/everything/*.c))
-CLI_SRC  := $(sort $(wildcard src/cli/*.c))
+CLI_SRC  := $(sort $(wildcard src/cli/*.c src/server/*.c))
+WEB_FILES:= web/index.html web/app.js web/style.css
 TEST_SRC := $(sort $(wildcard tests/*/test_*.c))
 BENCH_SRC:= $(sort $(wildcard bench/bench_*.c))
 TEST_LIB := $(sort $(wildcard tests/common/*.c))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
-CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/web_assets.o
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_LIB_OBJ := $(TEST_LIB:%.c=$(BUILD)/obj/%.o)
 BENCH_BIN:= $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
@@ -60,7 +61,16 @@ $(BUILD)/libtinysam.so: $(LIB_OBJ)
 	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tinysam: $(CLI_OBJ) $(BUILD)/libtinysam.a
-	$(CC) $(LDFLAGS) -pthread -o $@ $(CLI_OBJ) $(BUILD)/libtinysam.a $(LDLIBS)
+	$(CC) $(LDFLAGS) -pthread -o $@ $(CLI_OBJ) $(BUILD)/libtinysam.a $(LDLIBS) -lmicrohttpd
+
+# The page of `tinysam serve`, embedded in the binary (od + sed, no xxd).
+$(BUILD)/gen/web_assets.c: src/server/embed_web.sh $(WEB_FILES)
+	@mkdir -p $(dir $@)
+	sh src/server/embed_web.sh web > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/gen/web_assets.o: $(BUILD)/gen/web_assets.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/tests/%: tests/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)

@@ -7,5 +7,6 @@ int ts_cli_embed(int argc, char **argv);
 int ts_cli_convert(int argc, char **argv);
 int ts_cli_info(int argc, char **argv);
 int ts_cli_everything(int argc, char **argv);
+int ts_cli_serve(int argc, char **argv);
 
 #endif

@@ -18,7 +18,8 @@ typedef struct {
 } prim;
 
 typedef struct {
-    int id, parent_idx, depth;
+    double id; /* as in the file: compared, never converted (it may not fit an int) */
+    int parent_idx, depth;
     double iou, gain;
     int n_shapes, n_holes;
     prim *shapes, *holes;
@@ -205,7 +206,7 @@ int ts_oracle_provider_create(const char *scene_path, ts_provider **out) {
     for (int i = 0; i < o->n; i++) {
         const ts_json *e = &objs->items[i];
         object *ob = &o->obj[i];
-        ob->id = (int)ts_json_num(e, "id", -1);
+        ob->id = ts_json_num(e, "id", -1);
         ob->iou = ts_json_num(e, "iou", NAN);
         ob->gain = ts_json_num(e, "gain", NAN);
         ob->parent_idx = -1;
@@ -220,7 +221,7 @@ int ts_oracle_provider_create(const char *scene_path, ts_provider **out) {
         const ts_json *par = ts_json_get(&objs->items[i], "parent");
         if (!par || par->type == TS_JSON_NULL) continue;
         for (int k = 0; k < o->n; k++)
-            if (par->type == TS_JSON_NUMBER && o->obj[k].id == (int)par->number)
+            if (par->type == TS_JSON_NUMBER && o->obj[k].id == par->number)
                 o->obj[i].parent_idx = k;
         if (o->obj[i].parent_idx < 0) {
             ts_error(rc, "%s: object %d has an unknown parent", scene_path, i);

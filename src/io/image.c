@@ -324,11 +324,6 @@ static int png_decode_inner(png_ctx *c) {
     png_set_read_fn(c->png, c, png_read_mem);
     /* Our own limits are checked below; lift libpng's so the message is ours. */
     png_set_user_limits(c->png, 0x7fffffff, 0x7fffffff);
-    /* Ancillary chunks (sPLT, iCCP, text; never needed here) are buffered whole: a 58-byte
-     * file announcing a 1.6 GB sPLT would make libpng allocate and clear it. IDAT is not
-     * affected (libpng bounds it by the image size). */
-    png_set_chunk_malloc_max(c->png, (png_alloc_size_t)16 << 20);
-    png_set_chunk_cache_max(c->png, 128);
     png_read_info(c->png, c->info);
     png_uint_32 w, h;
     int depth, ctype, interlace;
@@ -372,6 +367,15 @@ static int decode_png(const char *name, const uint8_t *data, size_t size, long l
         long long w = (long long)rd32(data + 16, 1), h = (long long)rd32(data + 20, 1);
         int rc = check_dims(name, w, h, max_pixels);
         if (rc) return rc;
+    }
+    /* The whole file is in memory, so no chunk can be longer than what is left of it. libpng
+     * allocates and clears an ancillary chunk's announced length before reading it (its
+     * 8 MB chunk limit is only a warning): a 58-byte file could ask for 2 GB. */
+    for (size_t p = 8; p <= size && size - p >= 12;) {
+        uint32_t len = rd32(data + p, 1);
+        if (len > size - p - 12) return ts_error(TINYSAM_E_FORMAT, "%s: truncated PNG data", name);
+        if (memcmp(data + p + 4, "IEND", 4) == 0) break;
+        p += 12 + (size_t)len;
     }
     png_ctx *c = calloc(1, sizeof *c);
     if (!c) return ts_error(TINYSAM_E_NOMEM, "%s: out of memory", name);

@@ -6,7 +6,13 @@
  * with im2col done while packing, and the depthwise convolutions and LayerNorm2d run along
  * contiguous channels. The hook gets PyTorch's layout (NCHW where the official module is NCHW);
  * the conversion happens only when a hook is set. BatchNorm is folded into private copies of
- * the convolution weights at load (§4.2: changes rounding only). */
+ * the convolution weights at load (§4.2: changes rounding only), and every GEMM weight is
+ * packed for the micro-kernel once, at load (ts_wpack).
+ *
+ * Threading: one ts_parallel_for per fused step, each task running single-thread kernels on
+ * its own rows or window with its own scratch slot: MBConv / PatchMerging as a row pipeline
+ * (the 4x hidden map never leaves the slot), window attention per window, local_conv + MLP
+ * per image row. All activations live in one arena, sized on the first pass and kept. */
 #include "model/image_encoder.h"
 #include "core.h"
 #include "nn/nn.h"

@@ -15,6 +15,7 @@
 #include "threads.h"
 
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 
 #define KC_MAX      256            /* K block: B sliver kc x 32 floats = 32 KiB */
@@ -227,15 +228,23 @@ static void gemm_task(void *ctx, int t, int tid) {
     }
 }
 
-/* Grow-only per-thread buffer for packed B (64-byte aligned). */
+/* Grow-only per-thread buffer for packed B (64-byte aligned), freed when its thread exits
+ * (a server calls the library from short-lived connection threads). */
 static _Thread_local float *tl_bp;
 static _Thread_local size_t tl_bp_cap;
+static pthread_key_t bp_key;
+static pthread_once_t bp_once = PTHREAD_ONCE_INIT;
+
+static void bp_free(void *p) { ts_free_aligned(p); }
+static void bp_key_init(void) { pthread_key_create(&bp_key, bp_free); }
 
 static float *bp_buffer(size_t n) {
     if (n > tl_bp_cap) {
         ts_free_aligned(tl_bp);
         tl_bp = ts_malloc_aligned(n * sizeof(float));
         tl_bp_cap = tl_bp ? n : 0;
+        pthread_once(&bp_once, bp_key_init);
+        pthread_setspecific(bp_key, tl_bp);
     }
     return tl_bp;
 }

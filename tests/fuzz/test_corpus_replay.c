@@ -159,8 +159,8 @@ static void test_pth_seed_values(void) {
                   "%s: layer.t (a transposed view)", rel);
             CHECK(h->dtype == TS_DTYPE_F32 && h->numel == 4 && ((float *)h->data)[3] == 4.0f,
                   "%s: half (float16 parameter)", rel);
-            CHECK(bf->numel == 2 && ((float *)bf->data)[0] == 1.0f && ((float *)bf->data)[1] == -2.0f,
-                  "%s: bf (bfloat16)", rel);
+            const float *bfv = bf->data;
+            CHECK(bf->numel == 2 && bfv[0] == 1.0f && bfv[1] == -2.0f, "%s: bf (bfloat16)", rel);
             CHECK(n->dtype == TS_DTYPE_I64 && n->ndim == 0 && ((int64_t *)n->data)[0] == 7,
                   "%s: num_batches_tracked", rel);
             ts_map_free(m);

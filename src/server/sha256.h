@@ -1,0 +1,11 @@
+/* sha256.h - SHA-256 (FIPS 180-4), used to key the server's embedding cache by content. */
+#ifndef TS_SERVER_SHA256_H
+#define TS_SERVER_SHA256_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Writes the digest of data[0..n) as 64 lowercase hex digits and a NUL to hex[65]. */
+void ts_sha256_hex(const void *data, size_t n, char hex[65]);
+
+#endif
