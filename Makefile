@@ -32,7 +32,7 @@ AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c
 
 LIB_SRC  := $(sort $(wildcard src/*.c src/io/*.c src/nn/*.c src/nn/x86/*.c src/model/*.c \
-                              src/everything/*.c))
+                              src/everything/*.c src/quant/*.c src/quant/x86/*.c))
 CLI_SRC  := $(sort $(wildcard src/cli/*.c src/server/*.c))
 WEB_FILES:= web/index.html web/app.js web/style.css
 TEST_SRC := $(sort $(wildcard tests/*/test_*.c))
@@ -74,7 +74,13 @@ $(BUILD)/obj/gen/web_assets.o: $(BUILD)/gen/web_assets.c
 
 $(BUILD)/tests/%: tests/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -Itests/common -MMD -MP -o $@ $< $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests -Itests/common -MMD -MP -o $@ $< $(TEST_LIB_OBJ) $(TEST_EXTRA) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
+
+# The corpus replay drives the server's request handling too (no sockets, no libmicrohttpd).
+SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o sha256.o) \
+                   $(BUILD)/obj/gen/web_assets.o
+$(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ)
+$(BUILD)/tests/fuzz/test_corpus_replay: $(SERVER_CORE_OBJ)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)
@@ -95,5 +101,8 @@ clean:
 
 format:
 	clang-format -i $(LIB_SRC) $(CLI_SRC) $(TEST_SRC) include/*.h src/*.h src/*/*.h
+
+# libFuzzer harnesses (clang): make fuzz, make fuzz-build, make fuzz-smoke
+include tests/fuzz/Makefile.fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -164,7 +164,7 @@ int ts_cache_add(ts_cache *c, tinysam_model *m, const void *data, size_t size,
     /* decode and encode outside the lock; concurrent uploads of the same bytes wait */
     double t0 = now_ms();
     int rc = tinysam_image_decode(data, size, max_pixels, &e->img);
-    if (!rc) rc = tinysam_encode(m, &e->img, &e->emb);
+    if (!rc && m) rc = tinysam_encode(m, &e->img, &e->emb); /* no model: decode only (fuzzing) */
     double t1 = now_ms();
 
     pthread_mutex_lock(&c->mu);

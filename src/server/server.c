@@ -1,4 +1,5 @@
-/* server.c - `tinysam serve`: routing, request bodies and the JSON API on libmicrohttpd.
+/* server.c - `tinysam serve` on libmicrohttpd: sockets, request bodies, response headers.
+ * What each request gets is decided in api.c.
  *
  * One thread per connection (MHD_USE_THREAD_PER_CONNECTION, bounded by the connection
  * limit), because a request may compute for seconds (an encode, everything mode) and must
@@ -7,45 +8,26 @@
 #include "server/server.h"
 
 #include "core.h"
-#include "everything/amg.h"
-#include "io/json.h"
-#include "server/cache.h"
-#include "server/web_assets.h"
+#include "server/api.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
-#include <semaphore.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 
-/* 413 under its newer and older names alike (MHD renamed the constant in 0.9.74). */
-#define HTTP_TOO_LARGE 413u
-
-struct ts_server {
-    tinysam_model *model;
-    ts_server_config cfg;
-    struct MHD_Daemon *daemon;
-    ts_cache cache;
-    sem_t heavy;
-    int port;
-    char family[16];
-};
-
-/* Per-request state: the body collected so far. */
+/* Per-connection state: the body collected so far. */
 typedef struct {
     uint8_t *body;
     size_t len, cap, limit;
     int too_big;
     int answered; /* a response is queued already */
     double t0;
-} request;
+} conn_state;
 
 static double now_ms(void) {
     struct timespec t;
@@ -53,27 +35,16 @@ static double now_ms(void) {
     return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
-void ts_server_defaults(ts_server_config *cfg) {
-    memset(cfg, 0, sizeof *cfg);
-    cfg->host = "127.0.0.1";
-    cfg->port = 8080;
-    cfg->max_connections = 64;
-    cfg->max_heavy = 2;
-    cfg->max_upload = (size_t)32 << 20;
-    cfg->max_json = (size_t)64 << 10;
-    cfg->max_pixels = 50000000LL;
-    cfg->cache_bytes = (size_t)512 << 20;
-}
-
-/* ---------------------------------------------------------------- responses */
-
-static enum MHD_Result send_buf(struct MHD_Connection *c, unsigned code, const char *type,
-                                void *body, size_t len, enum MHD_ResponseMemoryMode mode) {
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, mode);
+/* Queues the reply with its headers; takes the body over. */
+static enum MHD_Result queue(struct MHD_Connection *c, int rc, ts_http_reply *rep) {
+    if (rc) return MHD_NO;
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        rep->len, rep->body, rep->owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!r) {
-        if (mode == MHD_RESPMEM_MUST_FREE) free(body);
+        ts_http_reply_free(rep);
         return MHD_NO;
     }
+    const char *type = rep->type;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
     if (!strncmp(type, "application/json", 16))
@@ -84,484 +55,24 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, unsigned code, const c
                                 "frame-ancestors 'none'");
         MHD_add_response_header(r, "X-Frame-Options", "DENY");
     }
-    if (code == MHD_HTTP_METHOD_NOT_ALLOWED)
+    if (rep->status == MHD_HTTP_METHOD_NOT_ALLOWED)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, POST");
-    enum MHD_Result ret = MHD_queue_response(c, code, r);
+    enum MHD_Result ret = MHD_queue_response(c, rep->status, r);
     MHD_destroy_response(r);
     return ret;
 }
 
-/* A JSON document under construction (open_memstream). */
-typedef struct {
-    FILE *f;
-    char *buf;
-    size_t len;
-} jbuf;
-
-static int jb_open(jbuf *j) {
-    j->buf = NULL;
-    j->len = 0;
-    j->f = open_memstream(&j->buf, &j->len);
-    return j->f ? 0 : ts_error(TINYSAM_E_NOMEM, "out of memory");
+static enum MHD_Result answer(ts_server *s, struct MHD_Connection *c, const char *url,
+                              const char *method, const conn_state *r) {
+    ts_http_reply rep;
+    int rc = ts_server_handle(s, method, url, r->body, r->len, &rep);
+    return queue(c, rc, &rep);
 }
 
-static enum MHD_Result jb_send(struct MHD_Connection *c, unsigned code, jbuf *j) {
-    if (fclose(j->f) != 0 || !j->buf) {
-        free(j->buf);
-        return MHD_NO;
-    }
-    return send_buf(c, code, "application/json", j->buf, j->len, MHD_RESPMEM_MUST_FREE);
-}
-
-static void jb_discard(jbuf *j) {
-    fclose(j->f);
-    free(j->buf);
-}
-
-static enum MHD_Result send_error(struct MHD_Connection *c, unsigned code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static enum MHD_Result send_error(struct MHD_Connection *c, unsigned code, const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    jbuf j;
-    if (jb_open(&j)) return MHD_NO;
-    fputs("{\"error\": ", j.f);
-    ts_json_write_string(j.f, msg);
-    fputs("}\n", j.f);
-    return jb_send(c, code, &j);
-}
-
-/* HTTP status of a library failure. */
-static unsigned http_status(int rc) {
-    switch (rc) {
-    case TINYSAM_E_ARG:
-    case TINYSAM_E_FORMAT:
-    case TINYSAM_E_UNSUPPORTED: return MHD_HTTP_BAD_REQUEST;
-    case TINYSAM_E_LIMIT: return HTTP_TOO_LARGE;
-    case TINYSAM_E_NOMEM: return MHD_HTTP_SERVICE_UNAVAILABLE;
-    default: return MHD_HTTP_INTERNAL_SERVER_ERROR;
-    }
-}
-
-static enum MHD_Result send_status(struct MHD_Connection *c, int rc) {
-    return send_error(c, http_status(rc), "%s", tinysam_last_error());
-}
-
-/* ---------------------------------------------------------------- the page */
-
-static const char *content_type(const char *name) {
-    const char *dot = strrchr(name, '.');
-    if (dot && !strcmp(dot, ".html")) return "text/html; charset=utf-8";
-    if (dot && !strcmp(dot, ".js")) return "text/javascript; charset=utf-8";
-    if (dot && !strcmp(dot, ".css")) return "text/css; charset=utf-8";
-    return "application/octet-stream";
-}
-
-/* Only the embedded names are ever served, so no URL reaches another file. */
-static enum MHD_Result serve_asset(ts_server *s, struct MHD_Connection *c, const char *url) {
-    const char *name = !strcmp(url, "/") ? "index.html" : url + 1;
-    for (int i = 0; i < ts_web_n_assets; i++) {
-        const ts_web_asset *a = &ts_web_assets[i];
-        if (strcmp(a->name, name)) continue;
-        if (s->cfg.web_dir) {
-            char path[4200];
-            uint8_t *data;
-            size_t size;
-            snprintf(path, sizeof path, "%s/%s", s->cfg.web_dir, a->name);
-            if (ts_read_file(path, (size_t)16 << 20, &data, &size))
-                return send_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", tinysam_last_error());
-            return send_buf(c, MHD_HTTP_OK, content_type(name), data, size,
-                            MHD_RESPMEM_MUST_FREE);
-        }
-        return send_buf(c, MHD_HTTP_OK, content_type(name), (void *)a->data, a->size,
-                        MHD_RESPMEM_PERSISTENT);
-    }
-    return send_error(c, MHD_HTTP_NOT_FOUND, "no such page: %s", url);
-}
-
-/* ---------------------------------------------------------------- API */
-
-static enum MHD_Result api_health(ts_server *s, struct MHD_Connection *c) {
-    int n;
-    size_t bytes;
-    ts_cache_stats(&s->cache, &n, &bytes);
-    jbuf j;
-    if (jb_open(&j)) return MHD_NO;
-    fprintf(j.f,
-            "{\"status\": \"ok\", \"version\": \"%s\", \"model\": \"%s\", \"threads\": %d, "
-            "\"images_cached\": %d, \"cache_bytes\": %zu, \"cache_limit_bytes\": %zu, "
-            "\"max_upload_bytes\": %zu, \"max_pixels\": %lld}\n",
-            TINYSAM_VERSION, s->family, tinysam_get_num_threads(), n, bytes, s->cfg.cache_bytes,
-            s->cfg.max_upload, s->cfg.max_pixels);
-    return jb_send(c, MHD_HTTP_OK, &j);
-}
-
-static enum MHD_Result image_answer(struct MHD_Connection *c, const ts_cache_view *v,
-                                    int cached, unsigned code) {
-    jbuf j;
-    if (jb_open(&j)) return MHD_NO;
-    fprintf(j.f, "{\"id\": \"%s\", \"width\": %d, \"height\": %d, \"encode_ms\": %.1f, "
-                 "\"cached\": %s}\n",
-            v->id, v->img->width, v->img->height, v->encode_ms, cached ? "true" : "false");
-    return jb_send(c, code, &j);
-}
-
-static enum MHD_Result api_upload(ts_server *s, struct MHD_Connection *c, request *r) {
-    if (r->len == 0) return send_error(c, MHD_HTTP_BAD_REQUEST, "empty body: send the JPEG or PNG bytes");
-    ts_cache_entry *e;
-    int cached;
-    sem_wait(&s->heavy);
-    int rc = ts_cache_add(&s->cache, s->model, r->body, r->len, s->cfg.max_pixels, &e, &cached);
-    sem_post(&s->heavy);
-    if (rc) return send_status(c, rc);
-    ts_cache_view v = ts_cache_get(e);
-    enum MHD_Result ret = image_answer(c, &v, cached, cached ? MHD_HTTP_OK : MHD_HTTP_CREATED);
-    ts_cache_release(&s->cache, e);
-    return ret;
-}
-
-/* Parses the JSON body into *out (an object); a message for the client on failure. */
-static int parse_body(const request *r, int allow_empty, ts_json **out) {
-    *out = NULL;
-    if (r->len == 0 && allow_empty) return 0;
-    if (r->len == 0) return ts_error(TINYSAM_E_ARG, "empty body: send a JSON object");
-    if (ts_json_parse((const char *)r->body, r->len, out)) return TINYSAM_E_ARG;
-    if ((*out)->type != TS_JSON_OBJECT) {
-        ts_json_free(*out);
-        *out = NULL;
-        return ts_error(TINYSAM_E_ARG, "the body must be a JSON object");
-    }
-    return 0;
-}
-
-static int finite_num(const ts_json *v, const char *what, float *out) {
-    if (!v || v->type != TS_JSON_NUMBER || !isfinite(v->number) || fabs(v->number) > 1e7)
-        return ts_error(TINYSAM_E_ARG, "%s must be a finite number", what);
-    *out = (float)v->number;
-    return 0;
-}
-
-static int int_num(const ts_json *v, const char *what, long lo, long hi, int *out) {
-    if (!v || v->type != TS_JSON_NUMBER || v->number != floor(v->number) || v->number < lo ||
-        v->number > hi)
-        return ts_error(TINYSAM_E_ARG, "%s must be an integer in [%ld, %ld]", what, lo, hi);
-    *out = (int)v->number;
-    return 0;
-}
-
-typedef struct {
-    int n_points;
-    float points[TINYSAM_MAX_POINTS * 2];
-    int labels[TINYSAM_MAX_POINTS];
-    int has_box;
-    float box[4];
-    int prev_handle, prev_index;
-    int single;
-} segment_request;
-
-static int parse_segment(const ts_json *j, segment_request *q) {
-    for (int i = 0; i < j->n; i++) {
-        const char *k = j->keys[i];
-        if (strcmp(k, "points") && strcmp(k, "labels") && strcmp(k, "box") &&
-            strcmp(k, "previous") && strcmp(k, "multimask"))
-            return ts_error(TINYSAM_E_ARG, "unknown field '%s' (points, labels, box, previous, "
-                                           "multimask)", k);
-    }
-    const ts_json *pts = ts_json_get(j, "points"), *labels = ts_json_get(j, "labels");
-    if (pts && pts->type != TS_JSON_NULL) {
-        if (pts->type != TS_JSON_ARRAY) return ts_error(TINYSAM_E_ARG, "points must be an array");
-        if (pts->n > TINYSAM_MAX_POINTS)
-            return ts_error(TINYSAM_E_ARG, "too many points (at most %d)", TINYSAM_MAX_POINTS);
-        if (!labels || labels->type != TS_JSON_ARRAY || labels->n != pts->n)
-            return ts_error(TINYSAM_E_ARG, "labels must be an array as long as points");
-        for (int i = 0; i < pts->n; i++) {
-            const ts_json *p = ts_json_at(pts, i);
-            if (p->type != TS_JSON_ARRAY || p->n != 2)
-                return ts_error(TINYSAM_E_ARG, "points[%d] must be [x, y]", i);
-            if (finite_num(ts_json_at(p, 0), "a point coordinate", &q->points[2 * i]) ||
-                finite_num(ts_json_at(p, 1), "a point coordinate", &q->points[2 * i + 1]) ||
-                int_num(ts_json_at(labels, i), "a label (1 = foreground, 0 = background)", 0, 1,
-                        &q->labels[i]))
-                return TINYSAM_E_ARG;
-        }
-        q->n_points = pts->n;
-    } else if (labels && labels->type != TS_JSON_NULL) {
-        return ts_error(TINYSAM_E_ARG, "labels without points");
-    }
-    const ts_json *box = ts_json_get(j, "box");
-    if (box && box->type != TS_JSON_NULL) {
-        if (box->type != TS_JSON_ARRAY || box->n != 4)
-            return ts_error(TINYSAM_E_ARG, "box must be [x0, y0, x1, y1]");
-        for (int i = 0; i < 4; i++)
-            if (finite_num(ts_json_at(box, i), "a box coordinate", &q->box[i])) return TINYSAM_E_ARG;
-        if (q->box[2] < q->box[0] || q->box[3] < q->box[1])
-            return ts_error(TINYSAM_E_ARG, "box: x1 < x0 or y1 < y0");
-        q->has_box = 1;
-    }
-    const ts_json *prev = ts_json_get(j, "previous");
-    if (prev && prev->type != TS_JSON_NULL) {
-        if (prev->type != TS_JSON_OBJECT)
-            return ts_error(TINYSAM_E_ARG, "previous must be {\"handle\": H, \"index\": K}");
-        if (int_num(ts_json_get(prev, "handle"), "previous.handle", 1, 2147483647L,
-                    &q->prev_handle) ||
-            int_num(ts_json_get(prev, "index"), "previous.index", 0, 2, &q->prev_index))
-            return TINYSAM_E_ARG;
-    }
-    const ts_json *mm = ts_json_get(j, "multimask");
-    if (mm && mm->type != TS_JSON_NULL) {
-        if (mm->type != TS_JSON_BOOL) return ts_error(TINYSAM_E_ARG, "multimask must be true or false");
-        q->single = mm->number == 0;
-    }
-    if (!q->n_points && !q->has_box && !q->prev_handle)
-        return ts_error(TINYSAM_E_ARG, "no prompt: give points (with labels), a box or previous");
-    return 0;
-}
-
-/* Writes {"size": [H, W], "counts": "...", "area": A} of a row-major 0/1 mask. */
-static int write_rle(FILE *f, const uint8_t *mask, int W, int H) {
-    ts_rle r = {0};
-    if (ts_rle_encode(mask, W, H, 0, 0, W, H, &r)) return TINYSAM_E_NOMEM;
-    char *s = ts_rle_to_string(r.counts, r.n);
-    long long area = ts_rle_area(r.counts, r.n);
-    ts_rle_free(&r);
-    if (!s) return ts_error(TINYSAM_E_NOMEM, "out of memory");
-    fprintf(f, "{\"size\": [%d, %d], \"counts\": ", H, W);
-    ts_json_write_string(f, s);
-    fprintf(f, ", \"area\": %lld}", area);
-    free(s);
-    return 0;
-}
-
-static enum MHD_Result api_segment(ts_server *s, struct MHD_Connection *c, request *r,
-                                   ts_cache_entry *e) {
-    ts_json *j;
-    int rc = parse_body(r, 0, &j);
-    if (rc) return send_status(c, rc);
-    segment_request *q = calloc(1, sizeof *q);
-    if (!q) {
-        ts_json_free(j);
-        return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
-    }
-    rc = parse_segment(j, q);
-    ts_json_free(j);
-    if (rc) {
-        free(q);
-        return send_status(c, rc);
-    }
-    ts_cache_view v = ts_cache_get(e);
-    float *mask_in = NULL;
-    if (q->prev_handle) {
-        mask_in = malloc(TINYSAM_LOWRES * TINYSAM_LOWRES * sizeof(float));
-        if (!mask_in) {
-            free(q);
-            return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
-        }
-        if (ts_cache_get_lowres(&s->cache, e, q->prev_handle, q->prev_index, mask_in)) {
-            int h = q->prev_handle, k = q->prev_index;
-            free(mask_in);
-            free(q);
-            return send_error(c, MHD_HTTP_GONE,
-                              "previous mask %d/%d is unknown or expired: send the prompt "
-                              "without previous", h, k);
-        }
-    }
-    tinysam_prompt p = {.n_points = q->n_points, .points = q->points, .labels = q->labels,
-                        .has_box = q->has_box, .mask_input = mask_in};
-    memcpy(p.box, q->box, sizeof p.box);
-    tinysam_prediction pred = {0};
-    double t0 = now_ms();
-    rc = tinysam_predict(s->model, v.emb, &p, TINYSAM_PREDICT_MASKS |
-                         (q->single ? TINYSAM_PREDICT_SINGLE : 0), &pred);
-    double t1 = now_ms();
-    free(mask_in);
-    free(q);
-    if (rc) return send_status(c, rc);
-    int handle = ts_cache_put_lowres(&s->cache, e, pred.low_res, pred.n_masks);
-    jbuf out;
-    if (handle < 0 || jb_open(&out)) {
-        tinysam_prediction_free(&pred);
-        return send_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
-    }
-    fprintf(out.f, "{\"id\": \"%s\", \"handle\": %d, \"width\": %d, \"height\": %d, \"iou\": [",
-            v.id, handle, pred.width, pred.height);
-    for (int k = 0; k < pred.n_masks; k++) fprintf(out.f, "%s%.6f", k ? ", " : "", (double)pred.iou[k]);
-    fprintf(out.f, "], \"best\": %d, \"masks\": [", pred.best);
-    size_t plane = (size_t)pred.width * pred.height;
-    for (int k = 0; k < pred.n_masks && !rc; k++) {
-        if (k) fputs(", ", out.f);
-        rc = write_rle(out.f, pred.masks + k * plane, pred.width, pred.height);
-    }
-    fprintf(out.f, "], \"decode_ms\": %.1f}\n", t1 - t0);
-    tinysam_prediction_free(&pred);
-    if (rc) {
-        jb_discard(&out);
-        return send_status(c, rc);
-    }
-    return jb_send(c, MHD_HTTP_OK, &out);
-}
-
-/* The generator options by their SAM names; the server bounds the costly ones lower than
- * the library does, since a request should not occupy a worker for hours. */
-static int parse_everything(const ts_json *j, tinysam_everything_options *o) {
-#define OPT(f) offsetof(tinysam_everything_options, f)
-    static const struct {
-        const char *name;
-        int is_int;
-        double lo, hi;
-        size_t off;
-    } opts[] = {
-        {"points_per_side", 1, 1, 64, OPT(points_per_side)},
-        {"points_per_batch", 1, 1, 256, OPT(points_per_batch)},
-        {"pred_iou_thresh", 0, -10, 10, OPT(pred_iou_thresh)},
-        {"stability_score_thresh", 0, 0, 1, OPT(stability_score_thresh)},
-        {"stability_score_offset", 0, 0, 1000, OPT(stability_score_offset)},
-        {"high_score_thresh", 0, -1000, 1000, OPT(high_score_thresh)},
-        {"box_nms_thresh", 0, 0, 1, OPT(box_nms_thresh)},
-        {"crop_n_layers", 1, 0, 2, OPT(crop_n_layers)},
-        {"crop_nms_thresh", 0, 0, 1, OPT(crop_nms_thresh)},
-        {"crop_overlap_ratio", 0, 0, 0.99, OPT(crop_overlap_ratio)},
-        {"crop_n_points_downscale_factor", 1, 1, 64, OPT(crop_n_points_downscale_factor)},
-        {"min_mask_region_area", 1, 0, 1 << 30, OPT(min_mask_region_area)},
-    };
-#undef OPT
-    tinysam_everything_defaults(o);
-    for (int i = 0; j && i < j->n; i++) {
-        const char *k = j->keys[i];
-        const ts_json *v = &j->items[i];
-        if (!strcmp(k, "mode")) {
-            if (v->type == TS_JSON_STRING && !strcmp(v->string, "hierarchical"))
-                o->mode = TINYSAM_EVERYTHING_HIERARCHICAL;
-            else if (v->type == TS_JSON_STRING && !strcmp(v->string, "grid"))
-                o->mode = TINYSAM_EVERYTHING_GRID;
-            else return ts_error(TINYSAM_E_ARG, "mode must be \"hierarchical\" or \"grid\"");
-            continue;
-        }
-        size_t n = sizeof opts / sizeof opts[0], m = 0;
-        while (m < n && strcmp(k, opts[m].name)) m++;
-        if (m == n) return ts_error(TINYSAM_E_ARG, "unknown generator option '%s'", k);
-        if (v->type != TS_JSON_NUMBER || !isfinite(v->number) || v->number < opts[m].lo ||
-            v->number > opts[m].hi || (opts[m].is_int && v->number != floor(v->number)))
-            return ts_error(TINYSAM_E_ARG, "%s must be %s in [%g, %g]", k,
-                            opts[m].is_int ? "an integer" : "a number", opts[m].lo, opts[m].hi);
-        if (opts[m].is_int) *(int *)((char *)o + opts[m].off) = (int)v->number;
-        else *(float *)((char *)o + opts[m].off) = (float)v->number;
-    }
-    return tinysam_everything_check(o);
-}
-
-static enum MHD_Result api_everything(ts_server *s, struct MHD_Connection *c, request *r,
-                                      ts_cache_entry *e) {
-    ts_json *j;
-    int rc = parse_body(r, 1, &j);
-    if (rc) return send_status(c, rc);
-    tinysam_everything_options o;
-    rc = parse_everything(j, &o);
-    ts_json_free(j);
-    if (rc) return send_status(c, rc);
-    ts_cache_view v = ts_cache_get(e);
-    tinysam_everything_result res = {0};
-    sem_wait(&s->heavy);
-    rc = tinysam_everything(s->model, v.img, v.emb, &o, &res);
-    sem_post(&s->heavy);
-    if (rc) {
-        tinysam_everything_free(&res);
-        return send_status(c, rc);
-    }
-    jbuf out;
-    if (jb_open(&out)) {
-        tinysam_everything_free(&res);
-        return MHD_NO;
-    }
-    fprintf(out.f, "{\"id\": \"%s\", \"masks\": %d, \"mode\": \"%s\", \"points_evaluated\": "
-                   "{\"per_pass\": [", v.id, res.n,
-            o.mode == TINYSAM_EVERYTHING_GRID ? "grid" : "hierarchical");
-    for (int i = 0; i < res.n_passes; i++) fprintf(out.f, "%s%d", i ? ", " : "", res.points_per_pass[i]);
-    fprintf(out.f, "], \"total\": %d}, \"timings_ms\": {\"decode\": %.1f, \"total\": %.1f}, "
-                   "\"records\": ", res.points_total, res.ms_decode, res.ms_total);
-    rc = ts_everything_write_json(out.f, &res); /* the CLI's --out file, byte for byte */
-    fputs("}\n", out.f);
-    tinysam_everything_free(&res);
-    if (rc) {
-        jb_discard(&out);
-        return send_status(c, rc);
-    }
-    return jb_send(c, MHD_HTTP_OK, &out);
-}
-
-/* ---------------------------------------------------------------- routing */
-
-enum { R_NONE, R_ASSET, R_HEALTH, R_UPLOAD, R_IMAGE, R_SEGMENT, R_EVERYTHING };
-
-/* Classifies url; id gets the image id (64 lowercase hex digits) of /api/images/{id}... */
-static int route(const char *url, char id[65]) {
-    if (!strcmp(url, "/") || !strcmp(url, "/index.html") || !strcmp(url, "/app.js") ||
-        !strcmp(url, "/style.css"))
-        return R_ASSET;
-    if (!strcmp(url, "/api/health")) return R_HEALTH;
-    if (!strcmp(url, "/api/images")) return R_UPLOAD;
-    const char *p = "/api/images/";
-    if (strncmp(url, p, strlen(p))) return R_NONE;
-    url += strlen(p);
-    size_t n = strspn(url, "0123456789abcdef");
-    if (n != 64) return R_NONE;
-    memcpy(id, url, 64);
-    id[64] = 0;
-    url += 64;
-    if (!*url) return R_IMAGE;
-    if (!strcmp(url, "/segment")) return R_SEGMENT;
-    if (!strcmp(url, "/everything")) return R_EVERYTHING;
-    return R_NONE;
-}
-
-static enum MHD_Result dispatch(ts_server *s, struct MHD_Connection *c, const char *url,
-                                const char *method, request *r) {
-    char id[65];
-    int kind = route(url, id), get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
-    int post = !strcmp(method, "POST");
-    switch (kind) {
-    case R_ASSET:
-        return get ? serve_asset(s, c, url) : send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
-    case R_HEALTH:
-        return get ? api_health(s, c) : send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "use GET");
-    case R_UPLOAD:
-        return post ? api_upload(s, c, r)
-                    : send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "use POST with the image bytes");
-    case R_IMAGE:
-    case R_SEGMENT:
-    case R_EVERYTHING: {
-        if (kind == R_IMAGE ? !get : !post)
-            return send_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "use %s", kind == R_IMAGE ? "GET" : "POST");
-        ts_cache_entry *e = ts_cache_find(&s->cache, id);
-        if (!e)
-            return send_error(c, MHD_HTTP_NOT_FOUND,
-                              "unknown image id %.16s...: upload it (again) to /api/images", id);
-        enum MHD_Result ret;
-        if (kind == R_IMAGE) {
-            ts_cache_view v = ts_cache_get(e);
-            ret = image_answer(c, &v, 1, MHD_HTTP_OK);
-        } else if (kind == R_SEGMENT) {
-            ret = api_segment(s, c, r, e);
-        } else {
-            ret = api_everything(s, c, r, e);
-        }
-        ts_cache_release(&s->cache, e);
-        return ret;
-    }
-    default: return send_error(c, MHD_HTTP_NOT_FOUND, "no such path");
-    }
-}
-
-/* The body limit of a request, by route (0: no body expected). */
-static size_t body_limit(const ts_server *s, const char *url, const char *method) {
-    char id[65];
-    if (strcmp(method, "POST")) return 0;
-    int kind = route(url, id);
-    if (kind == R_UPLOAD) return s->cfg.max_upload;
-    if (kind == R_SEGMENT || kind == R_EVERYTHING) return s->cfg.max_json;
-    return 0;
+static enum MHD_Result too_large(struct MHD_Connection *c, size_t limit) {
+    ts_http_reply rep;
+    int rc = ts_server_too_large(&rep, limit);
+    return queue(c, rc, &rep);
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
@@ -569,29 +80,29 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
                                size_t *data_size, void **con_cls) {
     (void)version;
     ts_server *s = cls;
-    request *r = *con_cls;
+    conn_state *r = *con_cls;
     if (!r) {
         r = calloc(1, sizeof *r);
         if (!r) return MHD_NO;
         r->t0 = now_ms();
-        r->limit = body_limit(s, url, method);
+        r->limit = ts_server_body_limit(s, url, method);
         *con_cls = r;
         /* nothing to read (GET, or a route that takes no body): answer at once, so that a
          * stray body gets the route's own answer (404, 405) rather than a size error */
         if (r->limit == 0) {
             r->answered = 1;
-            return dispatch(s, c, url, method, r);
+            return answer(s, c, url, method, r);
         }
         /* refuse an announced oversized body before reading it */
-        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl =
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl) {
             char *end;
             errno = 0;
             unsigned long long n = strtoull(cl, &end, 10);
             if (errno || *end || n > r->limit) {
                 r->too_big = r->answered = 1;
-                return send_error(c, HTTP_TOO_LARGE,
-                                  "request body too large (%s bytes; at most %zu here)", cl, r->limit);
+                return too_large(c, r->limit);
             }
             if (n > 0) {
                 r->body = malloc((size_t)n);
@@ -625,37 +136,20 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return MHD_YES;
     }
     if (r->answered) return MHD_YES;
-    if (r->too_big)
-        return send_error(c, HTTP_TOO_LARGE, "request body too large (at most %zu "
-                                                         "bytes here)", r->limit);
-    return dispatch(s, c, url, method, r);
+    if (r->too_big) return too_large(c, r->limit);
+    return answer(s, c, url, method, r);
 }
 
-/* URL unescaping as MHD's own, except that %00 stays as it is: a NUL would cut the path
- * short, so that "/index.html%00.css" would read as "/index.html". */
 static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
     (void)cls;
     (void)c;
-    static const char hex[] = "0123456789abcdef";
-    char *w = s;
-    for (const char *p = s; *p; p++) {
-        const char *h1, *h2;
-        if (p[0] == '%' && p[1] && p[2] && (h1 = strchr(hex, p[1] | 0x20)) &&
-            (h2 = strchr(hex, p[2] | 0x20)) && (h1 != hex || h2 != hex)) {
-            *w++ = (char)((h1 - hex) << 4 | (h2 - hex));
-            p += 2;
-        } else {
-            *w++ = *p;
-        }
-    }
-    *w = 0;
-    return (size_t)(w - s);
+    return ts_url_unescape(s);
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
                       enum MHD_RequestTerminationCode toe) {
     ts_server *s = cls;
-    request *r = *con_cls;
+    conn_state *r = *con_cls;
     if (!r) return;
     if (s->cfg.log) {
         const union MHD_ConnectionInfo *ci =
@@ -672,9 +166,6 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 int ts_server_start(tinysam_model *m, const ts_server_config *cfg, ts_server **out) {
     *out = NULL;
-    if (cfg->max_connections < 1 || cfg->max_heavy < 1 || cfg->max_upload < 1 ||
-        cfg->max_json < 2 || cfg->port < 0 || cfg->port > 65535)
-        return ts_error(TINYSAM_E_ARG, "serve: invalid limits");
     struct sockaddr_storage addr;
     memset(&addr, 0, sizeof addr);
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD;
@@ -693,22 +184,9 @@ int ts_server_start(tinysam_model *m, const ts_server_config *cfg, ts_server **o
         if (inet_pton(AF_INET, host, &a4->sin_addr) != 1)
             return ts_error(TINYSAM_E_ARG, "--host: '%s' is not a numeric IP address", host);
     }
-    ts_server *s = calloc(1, sizeof *s);
-    if (!s) return ts_error(TINYSAM_E_NOMEM, "out of memory");
-    s->model = m;
-    s->cfg = *cfg;
-    tinysam_model_info info;
-    if (!tinysam_model_get_info(m, &info)) snprintf(s->family, sizeof s->family, "%s", info.family);
-    int rc = ts_cache_init(&s->cache, cfg->cache_bytes);
-    if (rc) {
-        free(s);
-        return rc;
-    }
-    if (sem_init(&s->heavy, 0, (unsigned)cfg->max_heavy)) {
-        ts_cache_destroy(&s->cache);
-        free(s);
-        return ts_error(TINYSAM_E_NOMEM, "semaphore init failed");
-    }
+    ts_server *s;
+    int rc = ts_server_create(m, cfg, &s);
+    if (rc) return rc;
     s->daemon = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
@@ -716,9 +194,7 @@ int ts_server_start(tinysam_model *m, const ts_server_config *cfg, ts_server **o
         MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_UNESCAPE_CALLBACK, unescape, s,
         MHD_OPTION_END);
     if (!s->daemon) {
-        sem_destroy(&s->heavy);
-        ts_cache_destroy(&s->cache);
-        free(s);
+        ts_server_destroy(s);
         return ts_error(TINYSAM_E_IO, "serve: cannot listen on %s port %d (in use, or not an "
                                       "address of this machine?)", host, cfg->port);
     }
@@ -733,7 +209,5 @@ int ts_server_port(const ts_server *s) { return s->port; }
 void ts_server_stop(ts_server *s) {
     if (!s) return;
     MHD_stop_daemon(s->daemon); /* joins the connection threads */
-    sem_destroy(&s->heavy);
-    ts_cache_destroy(&s->cache);
-    free(s);
+    ts_server_destroy(s);
 }

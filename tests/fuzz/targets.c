@@ -8,6 +8,8 @@
 #include "io/json.h"
 #include "io/npy.h"
 #include "io/tensor_map.h"
+#include "server/api.h"
+#include "core.h"
 #include "tinysam.h"
 
 #include <stddef.h>
@@ -255,10 +257,63 @@ int ts_fuzz_scene(const uint8_t *data, size_t size) {
     return rc;
 }
 
+/* An 8x6 red PNG (its SHA-256 is TS_FUZZ_HTTP_ID). */
+static const uint8_t http_png[78] = {
+    137, 80,  78,  71,  13, 10, 26,  10,  0,   0,   0,   13,  73, 72,  68,  82,  0,   0,  0,  8,
+    0,   0,   0,   6,   8,  2,  0,   0,   0,   113, 103, 72,  172, 0,  0,   0,   21,  73, 68, 65,
+    84,  120, 218, 99,  60, 33, 167, 193, 128, 13,  48,  49,  224, 0,  244, 144, 0,   0,  160, 210,
+    1,   26,  233, 5,   89, 208, 0,   0,   0,   0,   73,  69,  78,  68, 174, 66,  96,  130};
+
+static ts_server *http_server;
+
+static void http_server_free(void) { ts_server_destroy(http_server); }
+
+int ts_fuzz_http(const uint8_t *data, size_t size) {
+    static const char *methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS"};
+    if (!http_server) {
+        ts_server_config cfg;
+        ts_server_defaults(&cfg);
+        cfg.max_upload = 1 << 20;
+        cfg.max_json = 16 << 10;
+        cfg.max_pixels = TS_FUZZ_MAX_PIXELS;
+        cfg.cache_bytes = 8 << 20; /* small, so that uploads exercise eviction */
+        if (ts_server_create(NULL, &cfg, &http_server)) return TINYSAM_E_NOMEM;
+        atexit(http_server_free);
+    }
+    ts_http_reply rep;
+    if (ts_server_handle(http_server, "POST", "/api/images", http_png, sizeof http_png, &rep))
+        return TINYSAM_E_NOMEM;
+    ts_http_reply_free(&rep);
+    if (size < 1) return TINYSAM_E_ARG;
+    const char *method = methods[data[0] % 6];
+    const uint8_t *nl = memchr(data + 1, '\n', size - 1);
+    size_t url_len = nl ? (size_t)(nl - data - 1) : size - 1;
+    char *url = malloc(url_len + 1);
+    if (!url) return TINYSAM_E_NOMEM;
+    memcpy(url, data + 1, url_len);
+    url[url_len] = 0; /* a NUL inside ends the path early, as in a C string from the server */
+    ts_url_unescape(url);
+    const uint8_t *body = nl ? nl + 1 : data + size;
+    size_t body_len = (size_t)(data + size - body);
+    /* as server.c: no body for a route that takes none, 413 past the route's limit */
+    size_t limit = ts_server_body_limit(http_server, url, method);
+    int rc = limit && body_len > limit
+                 ? ts_server_too_large(&rep, limit)
+                 : ts_server_handle(http_server, method, url, body, limit ? body_len : 0, &rep);
+    free(url);
+    if (rc) return TINYSAM_E_NOMEM;
+    int status = (int)rep.status;
+    unsigned t = touch(rep.body, rep.len);
+    (void)t;
+    ts_http_reply_free(&rep);
+    if (status < 200 || status > 599) abort(); /* an answer must carry an HTTP status */
+    return status < 400 ? TINYSAM_OK : ts_error(TINYSAM_E_ARG, "HTTP %d", status);
+}
+
 const ts_fuzz_target ts_fuzz_targets[] = {
     {"npy", ts_fuzz_npy},       {"json", ts_fuzz_json},
     {"image", ts_fuzz_image},   {"pth", ts_fuzz_pth},
     {"safetensors", ts_fuzz_safetensors},
     {"args", ts_fuzz_args},     {"scene", ts_fuzz_scene},
-    {NULL, NULL},
+    {"http", ts_fuzz_http},     {NULL, NULL},
 };

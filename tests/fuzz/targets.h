@@ -21,6 +21,12 @@ int ts_fuzz_pth(const uint8_t *data, size_t size);
 int ts_fuzz_safetensors(const uint8_t *data, size_t size);
 int ts_fuzz_args(const uint8_t *data, size_t size);
 int ts_fuzz_scene(const uint8_t *data, size_t size);
+/* One HTTP request to `serve`'s handler, in-process: byte 0 picks the method (GET, POST,
+ * HEAD, PUT, DELETE, OPTIONS), then the raw URL path up to '\n', then the body. The server
+ * (no model: parsing, routing, uploads, cache and error answers) lives across calls, as a
+ * real one does; an 8x6 PNG is always cached under TS_FUZZ_HTTP_ID. */
+int ts_fuzz_http(const uint8_t *data, size_t size);
+#define TS_FUZZ_HTTP_ID "ca57a853ffec95afce689990a66b0408275ca19ba8e2b35bc097a395ce268539"
 
 typedef struct {
     const char *name; /* corpus/<name>, regress/<name>, dict/<name>.dict */
