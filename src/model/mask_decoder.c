@@ -53,6 +53,43 @@ static float *pack_convt(const float *w, int in, int out) {
     return p;
 }
 
+static int pack_attn(ts_attn_w *a) {
+    int D = a->dim;
+    return !(a->q_p = ts_wpack_new(a->q_w, D, 256, 256)) ||
+           !(a->k_p = ts_wpack_new(a->k_w, D, 256, 256)) ||
+           !(a->v_p = ts_wpack_new(a->v_w, D, 256, 256)) ||
+           !(a->o_p = ts_wpack_new(a->o_w, 256, D, D));
+}
+
+static void free_attn_packs(ts_attn_w *a) {
+    ts_wpack_free(a->q_p);
+    ts_wpack_free(a->k_p);
+    ts_wpack_free(a->v_p);
+    ts_wpack_free(a->o_p);
+}
+
+/* Every Linear of the decoder packed once: with a handful of prompt tokens a projection is
+ * a few rows, and packing its weight per call would cost more than the product. */
+static int pack_linears(ts_mask_decoder *d) {
+    for (int L = 0; L < 2; L++) {
+        ts_twoway_layer *l = &d->layer[L];
+        if (pack_attn(&l->self_attn) || pack_attn(&l->t2i) || pack_attn(&l->i2t) ||
+            !(l->l1_p = ts_wpack_new(l->l1_w, 2048, 256, 256)) ||
+            !(l->l2_p = ts_wpack_new(l->l2_w, 256, 2048, 2048)))
+            return TINYSAM_E_NOMEM;
+    }
+    if (pack_attn(&d->final_attn)) return TINYSAM_E_NOMEM;
+    for (int k = 0; k < 3; k++) {
+        int o = k == 2 ? 32 : 256;
+        for (int t = 0; t < 4; t++)
+            if (!(d->hyper_p[t][k] = ts_wpack_new(d->hyper[t][2 * k], o, 256, 256)))
+                return TINYSAM_E_NOMEM;
+        if (!(d->iou_p[k] = ts_wpack_new(d->iou_head[2 * k], k == 2 ? 4 : 256, 256, 256)))
+            return TINYSAM_E_NOMEM;
+    }
+    return 0;
+}
+
 int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     *out = NULL;
     ts_mask_decoder *d = ts_calloc(1, sizeof *d);
@@ -117,6 +154,7 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     }
     rc = TINYSAM_E_NOMEM;
     if (!(d->up0_w = pack_convt(u0, 256, 64)) || !(d->up3_w = pack_convt(u3, 64, 32))) goto fail;
+    if (pack_linears(d)) goto fail;
     for (int ab = 0; ab < 4; ab++) {
         memcpy(d->up0_bias + ab * 64, d->up0_b, 64 * sizeof(float));
         memcpy(d->up3_bias + ab * 32, d->up3_b, 32 * sizeof(float));
@@ -178,29 +216,86 @@ static int ws_alloc(workspace *w, int max_tokens, int direct) {
     return 0;
 }
 
+/* PyTorch Linear y = x W^T + b with the weight's load-time pack. */
+static void linear(const float *x, int M, const ts_wpack *W, const float *b, float *y) {
+    ts_gemm_w(M, x, ts_wpack_k(W), W, y, ts_wpack_n(W), 0.0f, b, TS_ACT_NONE);
+}
+
+/* Image-sized element-wise passes (4096 x 256) are spread over the pool: with one prompt
+ * set they would otherwise leave the other cores idle between the GEMMs. Inside a task of
+ * an outer ts_parallel_for (several sets) the pool runs them serially. */
+#define PAR_TASKS 16
+#define PAR_MIN 65536
+
+typedef struct {
+    const float *a, *b; /* b NULL: copy */
+    float *out;
+    size_t n;
+} add_job;
+
+static void add_range(const float *a, const float *b, float *out, size_t i0, size_t i1) {
+    if (!b) {
+        memcpy(out + i0, a + i0, (i1 - i0) * sizeof(float));
+        return;
+    }
+    for (size_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
+}
+
+static void add_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const add_job *j = ctx;
+    add_range(j->a, j->b, j->out, j->n * t / PAR_TASKS, j->n * (t + 1) / PAR_TASKS);
+}
+
 static void add(const float *a, const float *b, float *out, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    if (n < PAR_MIN) {
+        add_range(a, b, out, 0, n);
+        return;
+    }
+    add_job j = {a, b, out, n};
+    ts_parallel_for(PAR_TASKS, add_task, &j);
 }
 
-/* dst (cols x rows) = src (rows x cols)^T, in cache-sized tiles. */
+static void copy(const float *a, float *out, size_t n) { add(a, NULL, out, n); }
+
+typedef struct {
+    const float *src;
+    float *dst;
+    int rows, cols;
+} transpose_job;
+
+/* Source rows [r0, r1) in cache-sized tiles. */
+static void transpose_rows(const transpose_job *j, int r0, int r1) {
+    for (int rb = r0; rb < r1; rb += 16)
+        for (int c0 = 0; c0 < j->cols; c0 += 16)
+            for (int c = c0; c < TS_MIN(c0 + 16, j->cols); c++)
+                for (int r = rb; r < TS_MIN(rb + 16, r1); r++)
+                    j->dst[(size_t)c * j->rows + r] = j->src[(size_t)r * j->cols + c];
+}
+
+static void transpose_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const transpose_job *j = ctx;
+    int per = (j->rows + PAR_TASKS - 1) / PAR_TASKS;
+    per = (per + 15) / 16 * 16;
+    transpose_rows(j, TS_MIN(j->rows, t * per), TS_MIN(j->rows, (t + 1) * per));
+}
+
+/* dst (cols x rows) = src (rows x cols)^T. */
 static void transpose(const float *src, int rows, int cols, float *dst) {
-    for (int r0 = 0; r0 < rows; r0 += 16)
-        for (int c0 = 0; c0 < cols; c0 += 16)
-            for (int c = c0; c < TS_MIN(c0 + 16, cols); c++)
-                for (int r = r0; r < TS_MIN(r0 + 16, rows); r++)
-                    dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+    transpose_job j = {src, dst, rows, cols};
+    if ((size_t)rows * cols < PAR_MIN) transpose_rows(&j, 0, rows);
+    else ts_parallel_for(PAR_TASKS, transpose_task, &j);
 }
 
-/* Attention(q_in, k_in, v_in) -> out (nq x 256), as the module computes it; the k/v
- * projections (nk x dim) may be given precomputed (kp, vp). */
 static void attention(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
                       const float *v_in, int nk, const float *kp, const float *vp, float *out,
                       workspace *w) {
     int D = a->dim, dh = D / 8;
     const float *K = kp ? kp : w->pb, *V = vp ? vp : w->pc;
-    ts_linear(q_in, nq, 256, a->q_w, a->q_b, D, w->pa);
-    if (!kp) ts_linear(k_in, nk, 256, a->k_w, a->k_b, D, w->pb);
-    if (!vp) ts_linear(v_in, nk, 256, a->v_w, a->v_b, D, w->pc);
+    linear(q_in, nq, a->q_p, a->q_b, w->pa);
+    if (!kp) linear(k_in, nk, a->k_p, a->k_b, w->pb);
+    if (!vp) linear(v_in, nk, a->v_p, a->v_b, w->pc);
     const float scale = sqrtf((float)dh); /* true division, as attn / math.sqrt(c_per_head) */
     for (int h = 0; h < 8; h++) {
         ts_gemm(nq, nk, dh, w->pa + h * dh, D, K + h * dh, D, 1, w->S, nk, 0.0f);
@@ -209,7 +304,7 @@ static void attention(const ts_attn_w *a, const float *q_in, int nq, const float
         ts_softmax_rows(w->S, nq, nk);
         ts_gemm(nq, dh, nk, w->S, nk, V + h * dh, D, 0, w->ctx + h * dh, D, 0.0f);
     }
-    ts_linear(w->ctx, nq, D, a->o_w, a->o_b, 256, out);
+    linear(w->ctx, nq, a->o_p, a->o_b, out);
 }
 
 /* Token-to-image attention for few tokens, without the 4096 x 128 image projections. Per
@@ -221,7 +316,7 @@ static void t2i_folded(const ts_attn_w *a, const float *q_in, int nq, const floa
                        const float *v_in, float *out, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nq;
     const float scale = sqrtf((float)dh);
-    ts_linear(q_in, nq, 256, a->q_w, a->q_b, D, w->pa);
+    linear(q_in, nq, a->q_p, a->q_b, w->pa);
     for (int h = 0; h < 8; h++)
         ts_gemm(nq, 256, dh, w->pa + h * dh, D, a->k_w + (size_t)h * dh * 256, 256, 0,
                 w->f1 + (size_t)h * nq * 256, 256, 0.0f);
@@ -234,7 +329,7 @@ static void t2i_folded(const ts_attn_w *a, const float *q_in, int nq, const floa
     for (int h = 0; h < 8; h++)
         ts_gemm_ex(nq, dh, 256, w->f2 + (size_t)h * nq * 256, 256, a->v_w + (size_t)h * dh * 256,
                    256, 1, w->ctx + h * dh, D, 0.0f, a->v_b + h * dh, TS_ACT_NONE);
-    ts_linear(w->ctx, nq, D, a->o_w, a->o_b, 256, out);
+    linear(w->ctx, nq, a->o_p, a->o_b, out);
 }
 
 /* Image-to-token attention (the 4096 image tokens query nk tokens) for few tokens. Scores
@@ -247,8 +342,8 @@ static void i2t_folded(const ts_attn_w *a, const float *q_in, const float *qp, c
                        const float *v_in, int nk, float *out, float beta, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nk;
     const float scale = sqrtf((float)dh);
-    ts_linear(k_in, nk, 256, a->k_w, a->k_b, D, w->pa);
-    ts_linear(v_in, nk, 256, a->v_w, a->v_b, D, w->pb);
+    linear(k_in, nk, a->k_p, a->k_b, w->pa);
+    linear(v_in, nk, a->v_p, a->v_b, w->pb);
     for (int h = 0; h < 8; h++) {
         ts_gemm(nk, 256, dh, w->pb + h * dh, D, a->o_w + h * dh, D, 1,
                 w->f2 + (size_t)h * nk * 256, 256, 0.0f);
@@ -328,6 +423,31 @@ typedef struct {
     float *lr;
 } decode_job;
 
+typedef struct {
+    const float *embedding; /* 256 x 4096 */
+    const ts_prompt_encoder *pe;
+    shared_img *sh;
+} shared_job;
+
+/* Image tokens [t*256, (t+1)*256): token-major embedding, and the layer-0 image side of
+ * every set without a mask input. */
+static void shared_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const shared_job *j = ctx;
+    int per = N_IMG / PAR_TASKS, i0 = t * per;
+    shared_img *sh = j->sh;
+    for (int c0 = 0; c0 < 256; c0 += 16)
+        for (int i = i0; i < i0 + per; i++)
+            for (int ch = c0; ch < c0 + 16; ch++)
+                sh->emb_tok[(size_t)i * 256 + ch] = j->embedding[(size_t)ch * N_IMG + i];
+    for (int i = i0; i < i0 + per; i++)
+        for (int ch = 0; ch < 256; ch++) {
+            size_t x = (size_t)i * 256 + ch;
+            sh->src0[x] = sh->emb_tok[x] + j->pe->no_mask[ch];
+            sh->kpe0[x] = sh->src0[x] + j->pe->dense_pe_tok[x];
+        }
+}
+
 static void up_task(void *ctx, int c, int tid) {
     const decode_job *j = ctx;
     upscale_chunk(j->d, j->keys, j->hblk, c, &j->up[tid], j->lr);
@@ -378,14 +498,14 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             attention(&l->t2i, qpe, nq, kpe, keys, N_IMG, NULL, NULL, tmp, w);
         add(queries, tmp, queries, tq);
         ts_layernorm(queries, nq, 256, l->n2_w, l->n2_b, 1e-5f);
-        ts_linear(queries, nq, 256, l->l1_w, l->l1_b, 2048, w->mlp); /* MLP with ReLU */
+        linear(queries, nq, l->l1_p, l->l1_b, w->mlp); /* MLP with ReLU */
         ts_relu(w->mlp, (size_t)nq * 2048);
-        ts_linear(w->mlp, nq, 2048, l->l2_w, l->l2_b, 256, tmp);
+        linear(w->mlp, nq, l->l2_p, l->l2_b, tmp);
         add(queries, tmp, queries, tq);
         ts_layernorm(queries, nq, 256, l->n3_w, l->n3_b, 1e-5f);
         add(queries, w->T, qpe, tq); /* image -> token: the image tokens are the queries */
         if (fold) { /* keys += attention, accumulated by the output GEMM */
-            if (keys != w->keys) memcpy(w->keys, keys, ti * sizeof(float));
+            if (keys != w->keys) copy(keys, w->keys, ti);
             i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
                        1.0f, w);
         } else {
@@ -406,11 +526,11 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
     /* hypernetworks: one 32-vector per mask token, laid out block-diagonally */
     for (int t = 0; t < 4; t++) {
         const float *const *h = d->hyper[t];
-        ts_linear(queries + (size_t)(1 + t) * 256, 1, 256, h[0], h[1], 256, w->h1);
+        linear(queries + (size_t)(1 + t) * 256, 1, d->hyper_p[t][0], h[1], w->h1);
         ts_relu(w->h1, 256);
-        ts_linear(w->h1, 1, 256, h[2], h[3], 256, w->h2);
+        linear(w->h1, 1, d->hyper_p[t][1], h[3], w->h2);
         ts_relu(w->h2, 256);
-        ts_linear(w->h2, 1, 256, h[4], h[5], 32, w->hyper + t * 32);
+        linear(w->h2, 1, d->hyper_p[t][2], h[5], w->hyper + t * 32);
     }
     memset(w->hblk, 0, sizeof w->hblk);
     for (int ab = 0; ab < 4; ab++)
@@ -419,11 +539,11 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
                 w->hblk[(ab * 32 + o) * 16 + ab * 4 + t] = w->hyper[t * 32 + o];
     /* IoU head on the IoU token (raw outputs, no sigmoid) */
     const float *const *ih = d->iou_head;
-    ts_linear(queries, 1, 256, ih[0], ih[1], 256, w->h1);
+    linear(queries, 1, d->iou_p[0], ih[1], w->h1);
     ts_relu(w->h1, 256);
-    ts_linear(w->h1, 1, 256, ih[2], ih[3], 256, w->h2);
+    linear(w->h1, 1, d->iou_p[1], ih[3], w->h2);
     ts_relu(w->h2, 256);
-    ts_linear(w->h2, 1, 256, ih[4], ih[5], 4, j->iou + (size_t)s * 4);
+    linear(w->h2, 1, d->iou_p[2], ih[5], j->iou + (size_t)s * 4);
 
     float *lr = j->low_res + (size_t)s * 4 * 65536;
     if (j->par_up) {
@@ -561,20 +681,15 @@ int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *dc, const 
     ts_decode_ctx *c = ctx_get(d, nt, n_up, max_tokens, max_tokens > fold_max);
     if (!c) return ts_error(TINYSAM_E_NOMEM, "out of memory in the mask decoder");
     shared_img *sh = &c->sh;
-    transpose(embedding, 256, N_IMG, sh->emb_tok);
-    for (int i = 0; i < N_IMG; i++) /* layer-0 image side of every set without a mask input */
-        for (int ch = 0; ch < 256; ch++) {
-            size_t x = (size_t)i * 256 + ch;
-            sh->src0[x] = sh->emb_tok[x] + pe->no_mask[ch];
-            sh->kpe0[x] = sh->src0[x] + pe->dense_pe_tok[x];
-        }
+    shared_job sj = {embedding, pe, sh};
+    ts_parallel_for(PAR_TASKS, shared_task, &sj);
     /* Its projections cost about two folded sets' worth of work: worth it from two sets. */
     int use_proj = n_plain >= 2;
     if (use_proj) {
         const ts_twoway_layer *l0 = &d->layer[0];
-        ts_linear(sh->kpe0, N_IMG, 256, l0->t2i.k_w, l0->t2i.k_b, 128, sh->k_t2i);
-        ts_linear(sh->src0, N_IMG, 256, l0->t2i.v_w, l0->t2i.v_b, 128, sh->v_t2i);
-        ts_linear(sh->kpe0, N_IMG, 256, l0->i2t.q_w, l0->i2t.q_b, 128, sh->q_i2t);
+        linear(sh->kpe0, N_IMG, l0->t2i.k_p, l0->t2i.k_b, sh->k_t2i);
+        linear(sh->src0, N_IMG, l0->t2i.v_p, l0->t2i.v_b, sh->v_t2i);
+        linear(sh->kpe0, N_IMG, l0->i2t.q_p, l0->i2t.q_b, sh->q_i2t);
     }
     atomic_int next_slot = 0;
     decode_job j = {.pe = pe, .d = d, .sets = sets, .sh = sh, .use_proj = use_proj,
@@ -596,5 +711,18 @@ void ts_mask_decoder_free(ts_mask_decoder *d) {
     pthread_mutex_destroy(&d->ctx_lock);
     ts_free_aligned(d->up0_w);
     ts_free_aligned(d->up3_w);
+    for (int L = 0; L < 2; L++) {
+        ts_twoway_layer *l = &d->layer[L];
+        free_attn_packs(&l->self_attn);
+        free_attn_packs(&l->t2i);
+        free_attn_packs(&l->i2t);
+        ts_wpack_free(l->l1_p);
+        ts_wpack_free(l->l2_p);
+    }
+    free_attn_packs(&d->final_attn);
+    for (int k = 0; k < 3; k++) {
+        for (int t = 0; t < 4; t++) ts_wpack_free(d->hyper_p[t][k]);
+        ts_wpack_free(d->iou_p[k]);
+    }
     free(d);
 }

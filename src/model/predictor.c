@@ -5,7 +5,11 @@
 #include "model/sam_decoder.h"
 #include "model/transforms.h"
 
+#include "threads.h"
+
 #include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +17,44 @@
 static float to_model(double v, int new_len, int orig_len) {
     float f = (float)ts_apply_coord(v, new_len, orig_len);
     return (f + 0.5f) / 1024.0f;
+}
+
+/* Up-sampling of the returned masks: task k * PP_BANDS + b computes rows band b of mask k
+ * into the logits (when asked for) and the 0/1 mask (when asked for). */
+#define PP_BANDS 8
+typedef struct {
+    const tinysam_embedding *e;
+    const float *low_res;
+    float *logits;
+    uint8_t *masks;
+    int W, H;
+    atomic_int rc;
+} pp_job;
+
+static void pp_task(void *ctx, int t, int tid) {
+    (void)tid;
+    pp_job *j = ctx;
+    int k = t / PP_BANDS, b = t % PP_BANDS, W = j->W, H = j->H;
+    int y0 = (int)((long long)H * b / PP_BANDS), y1 = (int)((long long)H * (b + 1) / PP_BANDS);
+    if (y0 == y1) return;
+    size_t plane = (size_t)W * H;
+    const tinysam_embedding *e = j->e;
+    long long nscratch = ts_postprocess_scratch_size(e->input_h, e->input_w, H, W);
+    /* without logits to return, the band's logits live in the scratch block */
+    size_t band = j->logits ? 0 : (size_t)(y1 - y0) * W;
+    float *tmp = ts_malloc(sizeof(float) * ((size_t)nscratch + band));
+    if (!tmp) {
+        atomic_store(&j->rc, TINYSAM_E_NOMEM);
+        return;
+    }
+    size_t first = (size_t)k * plane + (size_t)y0 * W, n = (size_t)(y1 - y0) * W;
+    float *dst = j->logits ? j->logits + first : tmp + nscratch;
+    int rc = ts_postprocess_mask_rows(j->low_res + (size_t)k * 65536, e->input_h, e->input_w, H,
+                                      W, dst, y0, y1, tmp);
+    if (rc) atomic_store(&j->rc, rc);
+    else if (j->masks)
+        for (size_t i = 0; i < n; i++) j->masks[first + i] = dst[i] > 0.0f;
+    free(tmp);
 }
 
 static int check_prompt(const tinysam_embedding *e, const tinysam_prompt *p) {
@@ -102,16 +144,19 @@ tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
     }
     if (flags & (TINYSAM_PREDICT_MASKS | TINYSAM_PREDICT_LOGITS)) {
         size_t plane = (size_t)W * H;
-        float *lg = ts_malloc(sizeof(float) * plane * (flags & TINYSAM_PREDICT_LOGITS ? nm : 1));
+        float *lg = NULL;
+        if (flags & TINYSAM_PREDICT_LOGITS) lg = ts_malloc(sizeof(float) * plane * nm);
         if (flags & TINYSAM_PREDICT_MASKS) out->masks = ts_malloc(plane * (size_t)nm);
-        if (!lg || ((flags & TINYSAM_PREDICT_MASKS) && !out->masks)) rc = TINYSAM_E_NOMEM;
-        for (int k = 0; !rc && k < nm; k++) {
-            float *dst = flags & TINYSAM_PREDICT_LOGITS ? lg + (size_t)k * plane : lg;
-            rc = ts_postprocess_mask(out->low_res + (size_t)k * 65536, e->input_h, e->input_w, H,
-                                     W, dst, NULL);
-            if (!rc && out->masks)
-                for (size_t i = 0; i < plane; i++)
-                    out->masks[(size_t)k * plane + i] = dst[i] > 0.0f;
+        if (((flags & TINYSAM_PREDICT_LOGITS) && !lg) ||
+            ((flags & TINYSAM_PREDICT_MASKS) && !out->masks))
+            rc = TINYSAM_E_NOMEM;
+        if (!rc) { /* every mask in bands of rows, spread over the pool */
+            pp_job pj = {.e = e, .low_res = out->low_res,
+                         .logits = flags & TINYSAM_PREDICT_LOGITS ? lg : NULL,
+                         .masks = out->masks, .W = W, .H = H};
+            atomic_init(&pj.rc, 0);
+            ts_parallel_for(nm * PP_BANDS, pp_task, &pj);
+            rc = atomic_load(&pj.rc);
         }
         if (flags & TINYSAM_PREDICT_LOGITS) out->logits = lg;
         else free(lg);

@@ -3,6 +3,8 @@
 #ifndef TS_SAM_DECODER_INTERNAL_H
 #define TS_SAM_DECODER_INTERNAL_H
 
+#include "nn/nn.h"
+
 #include <pthread.h>
 
 typedef struct ts_decode_ctx ts_decode_ctx; /* per-call scratch (mask_decoder.c) */
@@ -19,12 +21,14 @@ struct ts_prompt_encoder {
 typedef struct {
     const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
     int dim; /* internal dim: 256 (self) or 128 (cross) */
+    ts_wpack *q_p, *k_p, *v_p, *o_p; /* the projections packed at load for the GEMM kernel */
 } ts_attn_w;
 
 typedef struct {
     ts_attn_w self_attn, t2i, i2t;
     const float *n1_w, *n1_b, *n2_w, *n2_b, *n3_w, *n3_b, *n4_w, *n4_b;
     const float *l1_w, *l1_b, *l2_w, *l2_b; /* MLP 256 -> 2048 -> 256 */
+    ts_wpack *l1_p, *l2_p;
 } ts_twoway_layer;
 
 struct ts_mask_decoder {
@@ -39,6 +43,7 @@ struct ts_mask_decoder {
     float up0_bias[256], up3_bias[128];   /* biases repeated per (a, b) sub-pixel */
     const float *hyper[4][6];             /* w0 b0 w1 b1 w2 b2 */
     const float *iou_head[6];
+    ts_wpack *hyper_p[4][3], *iou_p[3]; /* packed w0 w1 w2 */
     pthread_mutex_t ctx_lock;
     ts_decode_ctx *ctx_cache; /* scratch of the last call, reused by the next */
 };

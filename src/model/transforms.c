@@ -324,8 +324,13 @@ static const float *mid_row(pp_state *st, int r, int keep) {
 
 int ts_postprocess_mask(const float *low_res, int newh, int neww, int h, int w, float *out,
                         float *tmp) {
+    return ts_postprocess_mask_rows(low_res, newh, neww, h, w, out, 0, h, tmp);
+}
+
+int ts_postprocess_mask_rows(const float *low_res, int newh, int neww, int h, int w, float *out,
+                             int y0, int y1, float *tmp) {
     if (!low_res || !out || newh <= 0 || neww <= 0 || newh > TINYSAM_INPUT_SIDE ||
-        neww > TINYSAM_INPUT_SIDE || h <= 0 || w <= 0)
+        neww > TINYSAM_INPUT_SIDE || h <= 0 || w <= 0 || y0 < 0 || y1 > h || y0 > y1)
         return ts_error(TINYSAM_E_ARG, "postprocess: bad sizes %dx%d -> %dx%d", neww, newh, w, h);
     float *own = NULL;
     if (!tmp) {
@@ -363,10 +368,10 @@ int ts_postprocess_mask(const float *low_res, int newh, int neww, int h, int w, 
     }
 #endif
 
-    for (int y = 0; y < h; y++) {
+    for (int y = y0; y < y1; y++) {
         const float *a = mid_row(&st, by[y].i0, -1);
         const float *b = mid_row(&st, by[y].i1, by[y].i0);
-        st.blend_rows(a, b, by[y].l0, by[y].l1, w, out + (size_t)y * w);
+        st.blend_rows(a, b, by[y].l0, by[y].l1, w, out + (size_t)(y - y0) * w);
     }
     free(own);
     return TINYSAM_OK;

@@ -28,5 +28,9 @@ double ts_apply_coord(double v, int new_len, int orig_len);
 long long ts_postprocess_scratch_size(int newh, int neww, int h, int w);
 int ts_postprocess_mask(const float *low_res, int newh, int neww, int h, int w, float *out,
                         float *tmp);
+/* Output rows [y0, y1) only, written from out (which holds row y0): for splitting one mask
+ * over threads. The rows are identical to those of the whole-mask call. */
+int ts_postprocess_mask_rows(const float *low_res, int newh, int neww, int h, int w, float *out,
+                             int y0, int y1, float *tmp);
 
 #endif

@@ -381,6 +381,9 @@ ts_wpack *ts_wpack_new_conv3x3(const float *w, int Co, int Ci) {
     return wpack_new(w, Co, 9 * Ci, 9 * Ci, Ci);
 }
 
+int ts_wpack_n(const ts_wpack *p) { return p->N; }
+int ts_wpack_k(const ts_wpack *p) { return p->K; }
+
 void ts_wpack_free(ts_wpack *p) {
     if (!p) return;
     ts_free_aligned(p->data);
