@@ -1,0 +1,413 @@
+/* gemm_i8.c - the int8 GEMM of gemm_i8.h: weight packing, the blocked and threaded driver,
+ * the activation quantiser, ISA selection and the portable kernels.
+ *
+ * Blocking: the output is cut into tasks of mc rows x ntc columns (ts_parallel_for). A task
+ * walks its rows in panels of mr; per panel and K block (KC_I8), A is read in place by the
+ * micro-kernel (VNNI and portable paths, K % 4 == 0, full panel) or packed into the layout of
+ * gemm_i8_isa.h; the int32 accumulators of the panel's ntc columns live in a task buffer until
+ * the last K block, then the epilogue (zero-point correction, scale, bias, GELU, u8
+ * requantisation) runs row by row while they are in L1. */
+#include "nn/gemm_i8.h"
+#include "nn/gemm_i8_isa.h"
+#include "nn/nn.h"
+#include "nn/nn_isa.h"
+#include "quant/quant.h"
+#include "core.h"
+#include "threads.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KC_I8       1024             /* K block (multiple of 4) */
+#define NT_MAX      512              /* columns per task */
+#define AP_BYTES    (16 * KC_I8)     /* packed A panel: mr * KC_I8 * asize */
+#define PAR_MIN_MAC (1 << 20)        /* below this many multiply-adds, stay on one thread */
+#define K_MAX_I8    65536            /* |acc| <= K * 255 * 128 < 2^31 */
+
+/* ---- the portable table ----------------------------------------------------------------- */
+
+#define SC_MR 4
+#define SC_NR 16
+
+static void sc_pack_a(int m, int kc, int kcp, const uint8_t *A, int lda, void *Ap) {
+    uint8_t *d = Ap;
+    for (int g = 0; g < kcp / 4; g++)
+        for (int r = 0; r < SC_MR; r++)
+            for (int e = 0; e < 4; e++) {
+                int k = 4 * g + e;
+                *d++ = r < m && k < kc ? A[(size_t)r * lda + k] : 0;
+            }
+}
+
+static void sc_kernel(int ng, const void *A, ptrdiff_t rs, ptrdiff_t gs, const void *Bp,
+                      int32_t *C, int ldc, int acc) {
+    int32_t c[SC_MR][SC_NR] = {{0}};
+    const uint8_t *a = A;
+    const int8_t *b = Bp;
+    for (int g = 0; g < ng; g++, a += gs, b += SC_NR * 4)
+        for (int r = 0; r < SC_MR; r++) {
+            const uint8_t *ar = a + r * rs;
+            for (int n = 0; n < SC_NR; n++) {
+                const int8_t *bn = b + n * 4;
+                c[r][n] += ar[0] * bn[0] + ar[1] * bn[1] + ar[2] * bn[2] + ar[3] * bn[3];
+            }
+        }
+    for (int r = 0; r < SC_MR; r++)
+        for (int n = 0; n < SC_NR; n++)
+            C[(size_t)r * ldc + n] = acc ? C[(size_t)r * ldc + n] + c[r][n] : c[r][n];
+}
+
+static void sc_epi_row(const int32_t *acc, const int32_t *zc, const float *comb,
+                       const float *bias, int n, float *y) {
+    for (int i = 0; i < n; i++) {
+        /* wrapping subtraction: the difference is exact whenever it fits (K_MAX_I8) */
+        int32_t v = (int32_t)((uint32_t)acc[i] - (uint32_t)zc[i]);
+        float f = (float)v * comb[i];
+        y[i] = bias ? f + bias[i] : f;
+    }
+}
+
+static void sc_quant_row(const float *x, int n, float step, int zp, int lo, int hi,
+                         uint8_t *q) {
+    for (int i = 0; i < n; i++) q[i] = ts_quant_u8_range(x[i], step, zp, lo, hi);
+}
+
+const ts_i8_isa ts_i8_isa_scalar = {
+    .name = "scalar",
+    .mr = SC_MR,
+    .nr = SC_NR,
+    .kg = 4,
+    .bsize = 1,
+    .asize = 1,
+    .a_inplace = 1,
+    .pack_a = sc_pack_a,
+    .kernel = sc_kernel,
+    .epi_row = sc_epi_row,
+    .quant_row = sc_quant_row,
+};
+
+/* ---- selection: follows nn.h's ISA ------------------------------------------------------ */
+
+static int has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512f");
+}
+
+static const ts_i8_isa *i8_isa(void) {
+    const char *n = ts_nn_isa_name();
+    if (!strcmp(n, "avx512")) return has_vnni() ? &ts_i8_isa_avx512vnni : &ts_i8_isa_avx2;
+    if (!strcmp(n, "avx2")) return &ts_i8_isa_avx2;
+    return &ts_i8_isa_scalar;
+}
+
+const char *ts_gemm_i8_isa_name(void) {
+    return i8_isa()->name;
+}
+
+/* ---- weights ---------------------------------------------------------------------------- */
+
+struct ts_i8pack {
+    const ts_i8_isa *isa; /* the layout of data */
+    int N, K, Kp;
+    int8_t *Wq;      /* N x K copy (for a run under another ISA) */
+    float *scale;    /* [N] */
+    int32_t *colsum; /* [N] */
+    void *data;
+};
+
+static size_t packed_bytes(const ts_i8_isa *isa, int N, int Kp) {
+    size_t ncp = (size_t)(N + isa->nr - 1) / isa->nr * isa->nr;
+    return ncp * (size_t)Kp * (size_t)isa->bsize;
+}
+
+static void pack_b(const ts_i8_isa *isa, const int8_t *Wq, int N, int K, int Kp, void *out) {
+    const int nr = isa->nr, kg = isa->kg;
+    int8_t *d8 = out;
+    int16_t *d16 = out;
+    size_t o = 0;
+    for (int j = 0; j * nr < N; j++)
+        for (int g = 0; g < Kp / kg; g++)
+            for (int c = 0; c < nr; c++)
+                for (int e = 0; e < kg; e++, o++) {
+                    int n = j * nr + c, k = g * kg + e;
+                    int8_t v = n < N && k < K ? Wq[(size_t)n * K + k] : 0;
+                    if (isa->bsize == 1)
+                        d8[o] = v;
+                    else
+                        d16[o] = v;
+                }
+}
+
+ts_i8pack *ts_i8pack_new(const int8_t *Wq, int N, int K, int ldw, const float *w_scale) {
+    if (!Wq || !w_scale || N <= 0 || K <= 0 || K > K_MAX_I8 || ldw < K) {
+        ts_error(TINYSAM_E_ARG, "ts_i8pack_new: bad shape %d x %d (ld %d)", N, K, ldw);
+        return NULL;
+    }
+    ts_i8pack *p = ts_calloc(1, sizeof(*p));
+    if (!p) return NULL;
+    p->isa = i8_isa();
+    p->N = N;
+    p->K = K;
+    p->Kp = (K + 3) / 4 * 4;
+    p->Wq = ts_malloc((size_t)N * K);
+    p->scale = ts_malloc(sizeof(float) * N);
+    p->colsum = ts_malloc(sizeof(int32_t) * N);
+    p->data = ts_malloc_aligned(packed_bytes(p->isa, N, p->Kp));
+    if (!p->Wq || !p->scale || !p->colsum || !p->data) {
+        ts_i8pack_free(p);
+        return NULL;
+    }
+    for (int n = 0; n < N; n++) {
+        const int8_t *w = Wq + (size_t)n * ldw;
+        memcpy(p->Wq + (size_t)n * K, w, (size_t)K);
+        int32_t s = 0;
+        for (int k = 0; k < K; k++) s += w[k];
+        p->colsum[n] = s;
+        p->scale[n] = w_scale[n];
+    }
+    pack_b(p->isa, p->Wq, N, K, p->Kp, p->data);
+    return p;
+}
+
+ts_i8pack *ts_i8pack_new_f32(const float *W, int N, int K, int ldw) {
+    if (!W || N <= 0 || K <= 0 || ldw < K) {
+        ts_error(TINYSAM_E_ARG, "ts_i8pack_new_f32: bad shape %d x %d (ld %d)", N, K, ldw);
+        return NULL;
+    }
+    int8_t *q = ts_malloc((size_t)N * K);
+    float *s = ts_malloc(sizeof(float) * N);
+    ts_i8pack *p = NULL;
+    if (q && s) {
+        ts_quant_weights(W, N, K, ldw, q, s);
+        p = ts_i8pack_new(q, N, K, K, s);
+    }
+    free(q);
+    free(s);
+    return p;
+}
+
+void ts_i8pack_free(ts_i8pack *p) {
+    if (!p) return;
+    free(p->Wq);
+    free(p->scale);
+    free(p->colsum);
+    ts_free_aligned(p->data);
+    free(p);
+}
+
+int ts_i8pack_n(const ts_i8pack *p) { return p->N; }
+int ts_i8pack_k(const ts_i8pack *p) { return p->K; }
+const float *ts_i8pack_scale(const ts_i8pack *p) { return p->scale; }
+const int32_t *ts_i8pack_colsum(const ts_i8pack *p) { return p->colsum; }
+
+void ts_i8pack_fold_abias(const ts_i8pack *p, float a_bias, const float *bias, float *out) {
+    for (int n = 0; n < p->N; n++)
+        out[n] = (bias ? bias[n] : 0.0f) + a_bias * p->scale[n] * (float)p->colsum[n];
+}
+
+/* ---- the driver ------------------------------------------------------------------------- */
+
+typedef struct {
+    const ts_i8_isa *isa;
+    const ts_nn_isa *nisa; /* GELU */
+    const uint8_t *A;
+    const float *X; /* float activations, quantised per panel and K block (A NULL) */
+    int lda, ldx, M, N, K, Kp;
+    int a_zp;
+    float a_step;
+    const uint8_t *Bp;
+    const ts_i8pack *W;
+    const ts_i8_out *out;
+    int32_t *C32; /* raw output instead of out */
+    int ldc32;
+    int mc, ntc, n_mt, n_nt;
+} i8_job;
+
+static void i8_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const i8_job *g = ctx;
+    const ts_i8_isa *isa = g->isa;
+    const int mr = isa->mr, nr = isa->nr, kg = isa->kg;
+    _Alignas(64) uint8_t Ap[AP_BYTES];
+    _Alignas(64) uint8_t Qa[TS_I8_MR_MAX * KC_I8]; /* X's panel block quantised, ld KC_I8 */
+    _Alignas(64) int32_t acc[TS_I8_MR_MAX * NT_MAX];
+    _Alignas(64) int32_t zc[NT_MAX];
+    _Alignas(64) float comb[NT_MAX];
+    _Alignas(64) float yrow[NT_MAX];
+    int mi = t / g->n_nt, ni = t % g->n_nt;
+    int i0 = mi * g->mc, mrows = TS_MIN(g->mc, g->M - i0);
+    int c0 = ni * g->ntc, ncols = TS_MIN(g->ntc, g->N - c0);
+    int ncp = (ncols + nr - 1) / nr * nr;
+    const float *bias = g->out && g->out->bias ? g->out->bias + c0 : NULL;
+    for (int i = 0; i < ncols; i++) {
+        zc[i] = (int32_t)((uint32_t)g->a_zp * (uint32_t)g->W->colsum[c0 + i]);
+        comb[i] = g->a_step * g->W->scale[c0 + i];
+    }
+    const size_t sliver = (size_t)nr * g->Kp * isa->bsize;
+    for (int p = 0; p < mrows; p += mr) {
+        int mv = TS_MIN(mr, mrows - p);
+        const uint8_t *Ar = g->A ? g->A + (size_t)(i0 + p) * g->lda : NULL;
+        for (int p0 = 0; p0 < g->K; p0 += KC_I8) {
+            int kc = TS_MIN(KC_I8, g->K - p0), kcp = TS_MIN(KC_I8, g->Kp - p0);
+            const void *a;
+            ptrdiff_t rs, gs;
+            if (!Ar) { /* quantise the block: rows padded to mr and k to kcp with zeros */
+                for (int r = 0; r < mr; r++) {
+                    uint8_t *qr = Qa + (size_t)r * KC_I8;
+                    if (r < mv) {
+                        isa->quant_row(g->X + (size_t)(i0 + p + r) * g->ldx + p0, kc, g->a_step,
+                                       g->a_zp, -g->a_zp, 255 - g->a_zp, qr);
+                        memset(qr + kc, 0, (size_t)(kcp - kc));
+                    } else {
+                        memset(qr, 0, (size_t)kcp);
+                    }
+                }
+            }
+            if (!Ar && isa->a_inplace) {
+                a = Qa;
+                rs = KC_I8;
+                gs = 4;
+            } else if (isa->a_inplace && g->K % 4 == 0 && mv == mr) {
+                a = Ar + p0;
+                rs = g->lda;
+                gs = 4;
+            } else {
+                if (Ar)
+                    isa->pack_a(mv, kc, kcp, Ar + p0, g->lda, Ap);
+                else
+                    isa->pack_a(mr, kcp, kcp, Qa, KC_I8, Ap);
+                a = Ap;
+                rs = (ptrdiff_t)kg * isa->asize;
+                gs = (ptrdiff_t)mr * kg * isa->asize;
+            }
+            const uint8_t *bk = g->Bp + (size_t)c0 / nr * sliver + (size_t)p0 * nr * isa->bsize;
+            for (int col = 0; col < ncols; col += nr, bk += sliver)
+                isa->kernel(kcp / kg, a, rs, gs, bk, acc + col, ncp, p0 > 0);
+        }
+        for (int r = 0; r < mv; r++) {
+            const int32_t *ar = acc + (size_t)r * ncp;
+            size_t m = (size_t)(i0 + p + r);
+            if (g->C32) {
+                int32_t *cr = g->C32 + m * g->ldc32 + c0;
+                for (int i = 0; i < ncols; i++)
+                    cr[i] = (int32_t)((uint32_t)ar[i] - (uint32_t)zc[i]);
+                continue;
+            }
+            const ts_i8_out *o = g->out;
+            float *cr = o->C ? o->C + m * o->ldc + c0 : NULL;
+            float *y = cr && !o->accumulate ? cr : yrow;
+            isa->epi_row(ar, zc, comb, bias, ncols, y);
+            if (o->act == TS_ACT_GELU) g->nisa->gelu(y, (size_t)ncols);
+            if (!cr)
+                isa->quant_row(y, ncols, o->out_step, o->out_zp, -o->out_zp, 255 - o->out_zp,
+                               o->Cq + m * o->ldc + c0);
+            else if (y != cr)
+                for (int i = 0; i < ncols; i++) cr[i] += y[i];
+        }
+    }
+}
+
+static void i8_run(int M, const uint8_t *A, int lda, const float *X, int ldx, float a_step,
+                   int a_zp, const ts_i8pack *W, const ts_i8_out *out, int32_t *C32, int ldc32,
+                   int serial) {
+    if (M <= 0) return;
+    const ts_i8_isa *isa = i8_isa();
+    i8_job g = {.isa = isa, .nisa = ts_nn_isa_get(), .A = A, .lda = lda, .X = X, .ldx = ldx,
+                .M = M, .N = W->N, .K = W->K, .Kp = W->Kp, .a_zp = a_zp, .a_step = a_step,
+                .W = W, .out = out, .C32 = C32, .ldc32 = ldc32};
+    void *tmp = NULL;
+    if (W->isa != isa) { /* packed under another ISA (tests switch ISAs): repack for this call */
+        tmp = ts_malloc_aligned(packed_bytes(isa, W->N, W->Kp));
+        if (tmp)
+            pack_b(isa, W->Wq, W->N, W->K, W->Kp, tmp);
+        else /* out of memory: the pack's own ISA, which this CPU has (it was chosen here) */
+            g.isa = isa = W->isa;
+    }
+    g.Bp = tmp ? tmp : W->data;
+    const int mr = isa->mr, nr = isa->nr, N = W->N;
+    int nthreads = serial ? 1 : ts_num_threads();
+    int par = nthreads > 1 && (double)M * N * W->K >= PAR_MIN_MAC;
+    int n_ct = (N + NT_MAX - 1) / NT_MAX; /* column tasks, even widths */
+    g.ntc = (N + n_ct - 1) / n_ct;
+    g.ntc = TS_MIN((g.ntc + nr - 1) / nr * nr, NT_MAX / nr * nr);
+    g.mc = TS_MIN((96 / mr) * mr, (M + mr - 1) / mr * mr);
+    if (par) {
+        int want = 4 * nthreads;
+        int n_rt = (want + n_ct - 1) / n_ct; /* row tasks wanted */
+        int rows_per = ((M + n_rt - 1) / n_rt + mr - 1) / mr * mr;
+        if (rows_per < g.mc) g.mc = TS_MAX(mr, rows_per);
+    }
+    g.n_mt = (M + g.mc - 1) / g.mc;
+    g.n_nt = (N + g.ntc - 1) / g.ntc;
+    int n_tasks = g.n_mt * g.n_nt;
+    if (par && n_tasks > 1)
+        ts_parallel_for(n_tasks, i8_task, &g);
+    else
+        for (int t = 0; t < n_tasks; t++) i8_task(&g, t, 0);
+    ts_free_aligned(tmp);
+}
+
+void ts_gemm_i8(int M, const uint8_t *A, int lda, float a_step, int a_zp, const ts_i8pack *W,
+                const ts_i8_out *out) {
+    i8_run(M, A, lda, NULL, 0, a_step, a_zp, W, out, NULL, 0, 0);
+}
+
+void ts_gemm_i8_serial(int M, const uint8_t *A, int lda, float a_step, int a_zp,
+                       const ts_i8pack *W, const ts_i8_out *out) {
+    i8_run(M, A, lda, NULL, 0, a_step, a_zp, W, out, NULL, 0, 1);
+}
+
+void ts_gemm_i8_f32(int M, const float *X, int ldx, float a_step, int a_zp, const ts_i8pack *W,
+                    const ts_i8_out *out) {
+    i8_run(M, NULL, 0, X, ldx, a_step, a_zp, W, out, NULL, 0, 0);
+}
+
+void ts_gemm_i8_f32_serial(int M, const float *X, int ldx, float a_step, int a_zp,
+                           const ts_i8pack *W, const ts_i8_out *out) {
+    i8_run(M, NULL, 0, X, ldx, a_step, a_zp, W, out, NULL, 0, 1);
+}
+
+void ts_gemm_i8_s32(int M, const uint8_t *A, int lda, int a_zp, const ts_i8pack *W,
+                    int32_t *C32, int ldc) {
+    i8_run(M, A, lda, NULL, 0, 1.0f, a_zp, W, NULL, C32, ldc, 0);
+}
+
+/* ---- activation quantisation ------------------------------------------------------------ */
+
+typedef struct {
+    const ts_i8_isa *isa;
+    const float *x;
+    uint8_t *q;
+    int M, K, ldx, ldq, zp, lo, hi, chunks;
+    float step;
+} q_job;
+
+static void q_task(void *ctx, int i, int tid) {
+    (void)tid;
+    const q_job *j = ctx;
+    int r0 = (int)((long long)j->M * i / j->chunks),
+        r1 = (int)((long long)j->M * (i + 1) / j->chunks);
+    for (int r = r0; r < r1; r++)
+        j->isa->quant_row(j->x + (size_t)r * j->ldx, j->K, j->step, j->zp, j->lo, j->hi,
+                          j->q + (size_t)r * j->ldq);
+}
+
+void ts_quantize_u8_range(const float *x, int M, int K, int ldx, float step, int zp, int qlo,
+                          int qhi, uint8_t *q, int ldq) {
+    if (M <= 0 || K <= 0) return;
+    q_job j = {.isa = i8_isa(), .x = x, .q = q, .M = M, .K = K, .ldx = ldx, .ldq = ldq,
+               .zp = zp, .lo = qlo, .hi = qhi, .step = step, .chunks = 1};
+    int nt = ts_num_threads();
+    if (nt > 1 && (size_t)M * K >= (1 << 16)) j.chunks = TS_MIN(M, 4 * nt);
+    if (j.chunks > 1)
+        ts_parallel_for(j.chunks, q_task, &j);
+    else
+        q_task(&j, 0, 0);
+}
+
+void ts_quantize_u8(const float *x, int M, int K, int ldx, float step, int zp, uint8_t *q,
+                    int ldq) {
+    ts_quantize_u8_range(x, M, K, ldx, step, zp, -zp, 255 - zp, q, ldq);
+}
