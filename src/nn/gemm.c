@@ -22,6 +22,7 @@
 #define MC_MAX      160            /* rows per task (multiple of mr) */
 #define BP_MAX      (1 << 20)      /* packed-B floats per column block (4 MiB) */
 #define PAR_MIN_MAC (1 << 20)      /* below this many multiply-adds, stay on one thread */
+#define PACK_PAR_MIN (1 << 18)     /* B floats from which the packing is spread over the pool */
 
 /* Where A's rows come from: a plain matrix, or im2col of an NHWC image for a 3x3 conv. */
 typedef struct {
@@ -127,10 +128,12 @@ static void pack_a(const a_src *s, int i0, int mv, int p0, int kc, int mr, float
     }
 }
 
-/* Packs op(B)[0..K)[jc..jc+nc) as, per K block, nr-wide slivers [kc][nr] (zero padded). */
-static void pack_b(const gemm_job *g, const float *B, int ldb, int b_trans, float *Bp) {
+/* Packs op(B)[0..K)[jc..jc+nc) as, per K block, nr-wide slivers [kc][nr] (zero padded):
+ * K blocks [pb0, pb1). */
+static void pack_b_blocks(const gemm_job *g, const float *B, int ldb, int b_trans, float *Bp,
+                          int pb0, int pb1) {
     int nr = g->isa->nr;
-    for (int pb = 0; pb < g->nkb; pb++) {
+    for (int pb = pb0; pb < pb1; pb++) {
         int p0 = pb * g->kcb, kc = TS_MIN(g->kcb, g->K - p0);
         float *base = Bp + (size_t)p0 * g->ncp;
         for (int j = 0; j * nr < g->nc; j++) {
@@ -155,6 +158,23 @@ static void pack_b(const gemm_job *g, const float *B, int ldb, int b_trans, floa
             }
         }
     }
+}
+
+static void pack_b(const gemm_job *g, const float *B, int ldb, int b_trans, float *Bp) {
+    pack_b_blocks(g, B, ldb, b_trans, Bp, 0, g->nkb);
+}
+
+typedef struct {
+    const gemm_job *g;
+    const float *B;
+    int ldb, b_trans;
+    float *Bp;
+} pack_job;
+
+static void pack_task(void *ctx, int pb, int tid) {
+    (void)tid;
+    const pack_job *j = ctx;
+    pack_b_blocks(j->g, j->B, j->ldb, j->b_trans, j->Bp, pb, pb + 1);
 }
 
 /* ---- tasks ------------------------------------------------------------------------------ */
@@ -295,7 +315,14 @@ static int gemm_run(const a_src *a, int M, int N, int K, const float *B, int ldb
         } else {
             float *Bp = bp_buffer((size_t)K * g.ncp);
             if (!Bp) return TINYSAM_E_NOMEM;
-            pack_b(&g, B, ldb, b_trans, Bp);
+            /* a big B (a 4096-row image operand) is packed by the pool: done on the calling
+             * thread alone it would leave the others idle */
+            if (par && g.nkb > 1 && (size_t)K * g.nc >= PACK_PAR_MIN) {
+                pack_job pj = {&g, B, ldb, b_trans, Bp};
+                ts_parallel_for(g.nkb, pack_task, &pj);
+            } else {
+                pack_b(&g, B, ldb, b_trans, Bp);
+            }
             g.Bp = Bp;
         }
         g.ntc = g.ncp;
