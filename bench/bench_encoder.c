@@ -1,12 +1,17 @@
 /* bench_encoder.c - the TinyViT image encoder: median wall time of N forward passes at 1 and
- * 2 threads (77.5 GFLOP per image), the ISA path used, peak RSS and an output checksum.
+ * 2 threads (77.5 GFLOP per image), the ISA path used, peak RSS and an output checksum; then
+ * the same for the W8A8 (Q-TinySAM) encoder, quantised from the float one (calibrated on the
+ * bench input, written to a temporary file and loaded back) and the ratio float / int8.
  *   build/bench/bench_encoder [runs] [--runs N] [--threads T] [--json]
  *     --threads T   measure only T threads (default: 1 and 2)
  *     --json        print one JSON object (medians) instead of the table
  *   TINYSAM_ISA=avx512|avx2|scalar forces a path. */
 #include "io/tensor_map.h"
 #include "model/image_encoder.h"
+#include "nn/gemm_i8.h"
 #include "nn/nn.h"
+#include "quant/calibrate.h"
+#include "quant/int8_model.h"
 #include "tinysam.h"
 
 #include <stdio.h>
@@ -14,6 +19,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #define GFLOP_PER_IMAGE 77.5
 
@@ -45,6 +51,65 @@ static double peak_rss_mb(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru)) return -1;
     return (double)ru.ru_maxrss / 1024.0; /* KiB on Linux */
+}
+
+/* Median times at 1 and 2 threads (or only `only`) into med[nt]. */
+static int time_encoder(const ts_tiny_vit *enc, const char *what, const float *in, float *out,
+                        size_t n_out, int runs, int only, int json, double *t, double *tc,
+                        double *med) {
+    /* one pass at the largest thread count first: the encoder keeps the activation arena of
+     * its largest pass, so the peak RSS is that of one arena, as in an application */
+    tinysam_set_num_threads(only ? only : 2);
+    ts_tiny_vit_forward(enc, in, out, NULL, NULL);
+    for (int nt = 1; nt <= 2; nt++) {
+        if (only && nt != only) continue;
+        tinysam_set_num_threads(nt);
+        ts_tiny_vit_forward(enc, in, out, NULL, NULL); /* warm-up: pool, page faults */
+        long flt0 = minor_faults();
+        for (int r = 0; r < runs; r++) {
+            double t0 = now_s(), c0 = cpu_s();
+            if (ts_tiny_vit_forward(enc, in, out, NULL, NULL)) {
+                fprintf(stderr, "forward (%s): %s\n", what, tinysam_last_error());
+                return 1;
+            }
+            t[r] = now_s() - t0;
+            tc[r] = cpu_s() - c0;
+        }
+        long flt = (minor_faults() - flt0) / runs;
+        qsort(t, (size_t)runs, sizeof(double), cmp_double);
+        qsort(tc, (size_t)runs, sizeof(double), cmp_double);
+        double md = t[runs / 2];
+        med[nt] = md;
+        double sum = 0;
+        for (size_t i = 0; i < n_out; i++) sum += out[i];
+        if (!json)
+            printf("  threads %d: median %.1f ms (min %.1f)  %.1f GFLOP/s  speedup %.2fx  "
+                   "cpu %.1f ms  checksum %.6f  %ld page faults/run\n",
+                   nt, md * 1e3, t[0] * 1e3, GFLOP_PER_IMAGE / md,
+                   med[1] > 0 ? med[1] / md : 1.0, tc[runs / 2] * 1e3, sum, flt);
+    }
+    return 0;
+}
+
+/* The W8A8 encoder of float map m / encoder enc, calibrated on one input, through a file. */
+static int quantize(const ts_tensor_map *m, const ts_tiny_vit *enc, const float *in,
+                    ts_tensor_map **mq, ts_tiny_vit **encq) {
+    float step[TS_TINY_VIT_N_QLAYERS];
+    int zp[TS_TINY_VIT_N_QLAYERS];
+    ts_calib *c;
+    int rc = ts_calib_new(enc, 1, &c);
+    if (rc) return rc;
+    if (!(rc = ts_calib_add_input(c, in))) rc = ts_calib_solve(c, TS_CALIB_MSE, step, zp);
+    ts_calib_free(c);
+    if (rc) return rc;
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/bench_encoder_int8_%d.safetensors", (int)getpid());
+    rc = ts_int8_model_save(path, m, enc, step, zp, 0, NULL, NULL);
+    if (!rc) rc = ts_map_load(path, mq);
+    remove(path); /* the mapping stays valid */
+    if (!rc) rc = ts_int8_model_expand(*mq);
+    if (!rc) rc = ts_tiny_vit_load(*mq, encq);
+    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -84,51 +149,38 @@ int main(int argc, char **argv) {
         in[i] = (float)((s >> 8) & 0xffff) / 16384.0f - 2.0f;
     }
     if (!json) printf("encoder: isa %s, %d runs per setting\n", ts_nn_isa_name(), runs);
-    /* one pass at the largest thread count first: the encoder keeps the activation arena of
-     * its largest pass, so the peak RSS is that of one arena, as in an application */
-    tinysam_set_num_threads(only ? only : 2);
-    ts_tiny_vit_forward(enc, in, out, NULL, NULL);
-    double med_t[3] = {0, 0, 0};
-    for (int nt = 1; nt <= 2; nt++) {
-        if (only && nt != only) continue;
-        tinysam_set_num_threads(nt);
-        ts_tiny_vit_forward(enc, in, out, NULL, NULL); /* warm-up: pool, page faults */
-        long flt0 = minor_faults();
-        for (int r = 0; r < runs; r++) {
-            double t0 = now_s(), c0 = cpu_s();
-            if (ts_tiny_vit_forward(enc, in, out, NULL, NULL)) {
-                fprintf(stderr, "forward: %s\n", tinysam_last_error());
-                return 1;
-            }
-            t[r] = now_s() - t0;
-            tc[r] = cpu_s() - c0;
-        }
-        long flt = (minor_faults() - flt0) / runs;
-        qsort(t, (size_t)runs, sizeof(double), cmp_double);
-        qsort(tc, (size_t)runs, sizeof(double), cmp_double);
-        double med = t[runs / 2];
-        med_t[nt] = med;
-        double sum = 0;
-        for (size_t i = 0; i < n_out; i++) sum += out[i];
-        if (!json)
-            printf("  threads %d: median %.1f ms (min %.1f)  %.1f GFLOP/s  speedup %.2fx  "
-                   "cpu %.1f ms  checksum %.6f  %ld page faults/run\n",
-                   nt, med * 1e3, t[0] * 1e3, GFLOP_PER_IMAGE / med,
-                   med_t[1] > 0 ? med_t[1] / med : 1.0, tc[runs / 2] * 1e3, sum, flt);
-    }
+    double med_t[3] = {0, 0, 0}, med_q[3] = {0, 0, 0};
+    if (time_encoder(enc, "float", in, out, n_out, runs, only, json, t, tc, med_t)) return 1;
     double rss = peak_rss_mb();
+    /* the int8 encoder: calibrated on the bench input (speed does not depend on it) */
+    ts_tensor_map *mq = NULL;
+    ts_tiny_vit *encq = NULL;
+    if (quantize(m, enc, in, &mq, &encq)) {
+        fprintf(stderr, "bench_encoder: int8 model: %s\n", tinysam_last_error());
+        return 1;
+    }
+    if (!json) printf("encoder int8 (W8A8): int8 GEMM %s\n", ts_gemm_i8_isa_name());
+    if (time_encoder(encq, "int8", in, out, n_out, runs, only, json, t, tc, med_q)) return 1;
     if (json) {
         printf("{\"encoder_ms_1t\": %.1f, \"encoder_ms_2t\": %.1f, \"gflops_2t\": %.1f, "
-               "\"isa\": \"%s\", \"peak_rss_mb\": %.1f, \"runs\": %d}\n",
+               "\"isa\": \"%s\", \"peak_rss_mb\": %.1f, \"encoder_int8_ms_1t\": %.1f, "
+               "\"encoder_int8_ms_2t\": %.1f, \"int8_isa\": \"%s\", \"runs\": %d}\n",
                med_t[1] * 1e3, med_t[2] * 1e3, med_t[2] > 0 ? GFLOP_PER_IMAGE / med_t[2] : 0.0,
-               ts_nn_isa_name(), rss, runs);
+               ts_nn_isa_name(), rss, med_q[1] * 1e3, med_q[2] * 1e3, ts_gemm_i8_isa_name(),
+               runs);
     } else {
-        printf("  peak RSS %.1f MB\n", rss);
+        printf("  peak RSS (float pass) %.1f MB\n", rss);
+        for (int nt = 1; nt <= 2; nt++)
+            if (med_t[nt] > 0 && med_q[nt] > 0)
+                printf("  threads %d: float %.1f ms, int8 %.1f ms: float / int8 %.2fx\n", nt,
+                       med_t[nt] * 1e3, med_q[nt] * 1e3, med_t[nt] / med_q[nt]);
     }
     free(in);
     free(out);
     free(t);
     free(tc);
+    ts_tiny_vit_free(encq);
+    ts_map_free(mq);
     ts_tiny_vit_free(enc);
     ts_map_free(m);
     return 0;

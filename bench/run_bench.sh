@@ -11,6 +11,7 @@
 # stdout, one flat JSON object (no nesting; numbers, strings, booleans), times in ms as
 # medians, sizes in MB; a key ending in _1t / _2t is for 1 / 2 threads. Keys read here:
 #   bench_encoder --json --runs N      encoder_ms_1t encoder_ms_2t isa peak_rss_mb
+#                                      encoder_int8_ms_1t encoder_int8_ms_2t
 #   bench_decoder --json --runs N      decoder_ms_1t decoder_ms_2t (one prompt end to end,
 #                                      masks at 769x770) decoder_batch64_ms_per_prompt_1t/_2t
 #   bench_everything --json --threads T [--quick]
@@ -135,6 +136,11 @@ row "  2 threads vs 1" "" "$(ratio "$e1" "$e2")"
 if [ "$ort_ok" = 1 ]; then
     row "ONNX Runtime $ortv (CPU EP, same weights)" "$(num "$oe1") ms" "$(num "$oe2") ms"
     row "ratio ONNX Runtime / ours (target >= 1.3)" "$(ratio "$oe1" "$e1")" "$(ratio "$oe2" "$e2")"
+fi
+q1=$(jget encoder_int8_ms_1t "$ours_enc"); q2=$(jget encoder_int8_ms_2t "$ours_enc")
+if [ -n "$q1$q2" ]; then
+    row "ours, int8 (W8A8, quantised in memory)" "$(num "$q1") ms" "$(num "$q2") ms"
+    row "ratio float / int8 (target >= 1.7)" "$(ratio "$e1" "$q1")" "$(ratio "$e2" "$q2")"
 fi
 echo
 

@@ -91,7 +91,8 @@ typedef struct {
     int n_tensors;             /* tensors in the file */
     long long n_values;        /* values in the file (all tensors) */
     long long n_params_used;   /* parameters used for inference (buffers excluded) */
-    char source_dtype[16];     /* storage dtype of the file: "float32", "float16", "mixed" */
+    char source_dtype[16];     /* storage dtype of the file: "float32", "float16", "mixed", or
+                                  "w8a8" for a model written by tinysam quantize */
     char source_format[32];    /* "pth-zip", "pth-legacy", "safetensors" */
     char config[512];          /* detected architecture as a JSON object */
 } tinysam_model_info;

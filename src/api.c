@@ -4,6 +4,7 @@
 #include "io/tensor_map.h"
 #include "model/sam.h"
 #include "model/transforms.h"
+#include "quant/int8_model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,9 @@ static int ignored_tensor(const char *name) {
     size_t n = strlen(name);
     static const char *suffix = ".num_batches_tracked";
     if (n >= strlen(suffix) && !strcmp(name + n - strlen(suffix), suffix)) return 1;
+    /* the scale of a weight-only int8 tensor already expanded to float32 (a converted int8
+     * model: quant/int8_model.h) */
+    if (n > 13 && !strcmp(name + n - 13, ".weight_scale")) return 1;
     return !strncmp(name, "image_encoder.norm_head.", 24) || !strncmp(name, "image_encoder.head.", 19);
 }
 
@@ -50,6 +54,8 @@ static void fill_info(tinysam_model *model) {
         else n_other++;
     }
     const char *dt = n_other || (n_f32 && n_f16) ? "mixed" : n_f16 ? "float16" : "float32";
+    if (model->encoder && ts_tiny_vit_n_int8(model->encoder))
+        dt = "w8a8"; /* int8 encoder GEMMs, the rest float32 (quant/int8_model.h) */
     snprintf(inf->source_dtype, sizeof inf->source_dtype, "%s", dt);
     snprintf(inf->source_format, sizeof inf->source_format, "%s", m->format);
     if (model->encoder) {
@@ -81,6 +87,9 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     if (!model) return TINYSAM_E_NOMEM;
     int rc = ts_map_load(path, &model->map);
     if (rc) goto fail;
+    /* an int8 model file: weight-only int8 tensors back to float32 (the W8A8 encoder GEMMs
+     * stay int8 and are packed by the encoder loader) */
+    if ((rc = ts_int8_model_expand(model->map))) goto fail;
     if ((rc = detect_family(model->map, model->info.family, sizeof model->info.family))) goto fail;
     if (!strcmp(model->info.family, "vit_t")) rc = ts_tiny_vit_load(model->map, &model->encoder);
     else rc = ts_sam_vit_load(model->map, &model->vit);

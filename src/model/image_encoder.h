@@ -13,11 +13,48 @@ typedef struct ts_tiny_vit ts_tiny_vit; /* defined in image_encoder.c / tiny_vit
 typedef void (*ts_stage_hook)(void *user, const char *name, const float *data, long long numel);
 
 /* Takes the "image_encoder.*" tensors from m (checks shapes, marks them used; BatchNorm is
- * folded into private copies, the map itself is not modified). */
+ * folded into private copies, the map itself is not modified). A layer of the quantised list
+ * below whose "P.weight" is I8 [N][K] (a W8A8 file, §7) is loaded as int8 with
+ * "P.weight_scale", "P.bias", "P.input_step", "P.input_zero_point". */
 int ts_tiny_vit_load(ts_tensor_map *m, ts_tiny_vit **out);
 void ts_tiny_vit_free(ts_tiny_vit *enc);
 /* input: 3 x 1024 x 1024 normalised, padded; out: 256 x 64 x 64. hook may be NULL. */
 int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
                         ts_stage_hook hook, void *user);
+
+/* ---- W8A8 (Q-TinySAM, spec §7) ------------------------------------------------------------ */
+
+#include "nn/gemm_i8.h"
+
+#define TS_TINY_VIT_N_QLAYERS 51 /* 1x1 convs of MBConv (4) and PatchMerging (6), 10 x
+                                  * (qkv, proj, fc1, fc2), neck.0 */
+
+/* One GEMM of the encoder that the int8 model quantises. */
+typedef struct {
+    char name[96];       /* official tensor prefix P, e.g. "image_encoder.layers.1.blocks.0.mlp.fc1"
+                          * or "image_encoder.layers.0.blocks.0.conv1.c" (a conv with its BN) */
+    int N, K;            /* weight [N][K] */
+    int post_gelu;       /* the input is a GELU output (asymmetric quantiser) */
+    long long rows;      /* input rows per image (before subsampling; recomputed rows aside) */
+    const float *w;      /* float encoder: the weight as the GEMM uses it (BN folded), [N][K] */
+    const float *b;      /* the bias as the GEMM uses it ([N], BN folded), or NULL */
+    const ts_i8pack *q;  /* int8 encoder: the packed codes and scales, else NULL */
+    float in_step;       /* int8: input quantiser, real = in_step * (u8 - in_zp) */
+    int in_zp;
+} ts_tiny_vit_qlayer;
+
+/* Layer i (0 .. TS_TINY_VIT_N_QLAYERS-1) into *out; E_ARG for a bad index. */
+int ts_tiny_vit_qlayer_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_qlayer *out);
+/* Number of quantised (int8) layers the encoder runs: 0 for a float model. */
+int ts_tiny_vit_n_int8(const ts_tiny_vit *enc);
+
+/* Calibration tap: called with the float input X[rows][K] (ldx) of quantised layer `layer`
+ * right before its GEMM runs; row0 numbers the first row among the layer's input rows of this
+ * pass (pixel or window-token index). Called from worker threads, concurrently. */
+typedef void (*ts_gemm_tap)(void *user, int layer, long long row0, const float *x, int rows,
+                            int ldx);
+/* ts_tiny_vit_forward with a tap (NULL: the same as ts_tiny_vit_forward). */
+int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *out,
+                            ts_stage_hook hook, void *user, ts_gemm_tap tap, void *tap_user);
 
 #endif

@@ -9,6 +9,12 @@
  * the convolution weights at load (§4.2: changes rounding only), and every GEMM weight is
  * packed for the micro-kernel once, at load (ts_wpack).
  *
+ * W8A8 (Q-TinySAM, §7): the 51 GEMMs of ts_tiny_vit_qlayer (1x1 convs, qkv, proj, fc1, fc2,
+ * neck.0) go through lin_op, which holds either the float pack or, when the file stores the
+ * layer as int8 (quant/int8_model.h), an int8 pack and the input's static quantiser: the
+ * float activations are quantised inside ts_gemm_i8_f32. Everything else stays float. A
+ * calibration tap (ts_tiny_vit_forward_tap) sees each of those GEMMs' float inputs.
+ *
  * Threading: one ts_parallel_for per fused step, each task running single-thread kernels on
  * its own rows or window with its own scratch slot: MBConv / PatchMerging as a row pipeline
  * (the 4x hidden map never leaves the slot), window attention per window, local_conv + MLP
@@ -41,19 +47,29 @@ static const int DEPTHS[N_STAGES] = {2, 2, 6, 2};
 static const int HEADS[N_STAGES] = {2, 4, 5, 10};
 static const int WINDOWS[N_STAGES] = {7, 7, 14, 7};
 
+/* A GEMM the W8A8 model quantises (1x1 conv or Linear): the float pack, or the int8 pack
+ * with its input quantiser (§7). q.w / q.b are the float weight and bias the GEMM uses. */
+typedef struct {
+    ts_tiny_vit_qlayer q;
+    ts_wpack *pk; /* float, or NULL */
+    ts_i8pack *q8; /* int8, or NULL */
+    int id;        /* index in the encoder's list (the calibration tap's layer) */
+} lin_op;
+
 /* A convolution with its BatchNorm folded in: w scaled by alpha per output channel, b = beta.
  * Layouts: 1x1 [co][ci]; dense 3x3 [co][ky][kx][ci]; depthwise [ky*3+kx][c]. */
 typedef struct {
     float *w, *b;
-    ts_wpack *pk; /* w packed for the GEMM (1x1 and dense 3x3; NULL for depthwise) */
+    ts_wpack *pk; /* w packed for the GEMM (dense 3x3; NULL for 1x1 and depthwise) */
+    lin_op *op;   /* 1x1: the GEMM (float or int8); else NULL */
 } conv_bn;
 
 typedef struct {
-    const float *ln_w, *ln_b, *qkv_w, *qkv_b, *proj_w, *proj_b; /* from the map */
-    float *bias_tab;                                            /* [heads][N][N], N = ws^2 */
-    conv_bn local;                                              /* depthwise 3x3 */
-    const float *mlp_ln_w, *mlp_ln_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
-    ts_wpack *qkv_pk, *proj_pk, *fc1_pk, *fc2_pk; /* the linears, packed at load */
+    const float *ln_w, *ln_b; /* from the map */
+    float *bias_tab;          /* [heads][N][N], N = ws^2 */
+    conv_bn local;            /* depthwise 3x3 */
+    const float *mlp_ln_w, *mlp_ln_b;
+    lin_op *qkv, *proj, *fc1, *fc2; /* the linears, packed at load (float or int8) */
 } vit_block;
 
 #define MAX_PACKS 64 /* 2 + 4 + 6 + 10 x 4 + 2 = 54 packed weights */
@@ -63,9 +79,12 @@ struct ts_tiny_vit {
     conv_bn mb[2][3];   /* stage 0 MBConv: 1x1 64->256, dw 256, 1x1 256->64 */
     conv_bn merge[3][3]; /* PatchMerging after stages 0..2: 1x1, dw (stride 2,2,1), 1x1 */
     vit_block blk[N_VIT];
-    const float *neck0_w, *neck1_w, *neck1_b, *neck3_w, *neck3_b; /* from the map */
+    const float *neck1_w, *neck1_b, *neck3_w, *neck3_b; /* from the map */
     float *neck2_w;     /* 3x3 256->256 permuted to [co][ky][kx][ci] */
-    ts_wpack *neck0_pk, *neck2_pk;
+    ts_wpack *neck2_pk;
+    lin_op *neck0;      /* 1x1 320->256, no bias */
+    lin_op lin[TS_TINY_VIT_N_QLAYERS]; /* the quantisable GEMMs, in load order */
+    int n_lin, n_int8;
     ts_wpack *packs[MAX_PACKS]; /* every packed weight, for freeing */
     int n_packs;
     float **owned;      /* every private allocation */
@@ -112,6 +131,84 @@ static const float *take1(ts_tensor_map *m, const char *name, int a) {
     return ts_map_take(m, name, 1, a);
 }
 
+static ts_tensor *find_tensor(ts_tensor_map *m, const char *name) {
+    for (int i = 0; i < m->n; i++)
+        if (!strcmp(m->t[i].name, name)) return &m->t[i];
+    return NULL;
+}
+
+/* Whether the map holds quantised layer P as int8 (P.weight of dtype I8). */
+static int is_int8(ts_tensor_map *m, const char *P) {
+    char name[160];
+    snprintf(name, sizeof name, "%s.weight", P);
+    const ts_tensor *t = find_tensor(m, name);
+    return t && t->dtype == TS_DTYPE_I8;
+}
+
+/* Registers the next quantisable GEMM. */
+static lin_op *new_lin(ts_tiny_vit *e, const char *P, int N, int K, int post_gelu,
+                       long long rows) {
+    if (e->n_lin == TS_TINY_VIT_N_QLAYERS) {
+        ts_error(TINYSAM_E_FORMAT, "too many quantisable layers");
+        return NULL;
+    }
+    lin_op *op = &e->lin[e->n_lin];
+    memset(op, 0, sizeof *op);
+    op->id = e->n_lin++;
+    snprintf(op->q.name, sizeof op->q.name, "%s", P);
+    op->q.N = N;
+    op->q.K = K;
+    op->q.post_gelu = post_gelu;
+    op->q.rows = rows;
+    return op;
+}
+
+/* Float GEMM of op: W [N][K] and b (may be NULL) must outlive the encoder. */
+static int lin_float(ts_tiny_vit *e, lin_op *op, const float *W, const float *b) {
+    op->q.w = W;
+    op->q.b = b;
+    return (op->pk = pack(e, W, op->q.N, op->q.K, 1)) ? 0 : TINYSAM_E_NOMEM;
+}
+
+/* Int8 GEMM of op from the W8A8 tensors of prefix op->q.name (spec §7; file layout in
+ * quant/int8_model.h). */
+static int lin_int8(ts_tiny_vit *e, ts_tensor_map *m, lin_op *op) {
+    const char *P = op->q.name;
+    const int N = op->q.N, K = op->q.K;
+    char name[160];
+    snprintf(name, sizeof name, "%s.weight", P);
+    ts_tensor *t = find_tensor(m, name);
+    if (!t || t->dtype != TS_DTYPE_I8 || t->ndim != 2 || t->shape[0] != N || t->shape[1] != K)
+        return ts_error(TINYSAM_E_FORMAT, "tensor %s: expected I8 [%d,%d]", name, N, K);
+    t->used = 1;
+    const float *sc, *b, *st, *zp;
+    snprintf(name, sizeof name, "%s.weight_scale", P);
+    if (!(sc = take1(m, name, N))) return TINYSAM_E_FORMAT;
+    snprintf(name, sizeof name, "%s.bias", P);
+    if (!(b = take1(m, name, N))) return TINYSAM_E_FORMAT;
+    snprintf(name, sizeof name, "%s.input_step", P);
+    if (!(st = take1(m, name, 1))) return TINYSAM_E_FORMAT;
+    snprintf(name, sizeof name, "%s.input_zero_point", P);
+    if (!(zp = take1(m, name, 1))) return TINYSAM_E_FORMAT;
+    if (!(isfinite(st[0]) && st[0] > 0.0f))
+        return ts_error(TINYSAM_E_FORMAT, "%s.input_step %g is not a positive number", P,
+                        (double)st[0]);
+    if (!(zp[0] >= 0.0f && zp[0] <= 255.0f && zp[0] == floorf(zp[0])))
+        return ts_error(TINYSAM_E_FORMAT, "%s.input_zero_point %g is not an integer in [0, 255]",
+                        P, (double)zp[0]);
+    for (int n = 0; n < N; n++)
+        if (!(isfinite(sc[n]) && sc[n] >= 0.0f && isfinite(b[n])))
+            return ts_error(TINYSAM_E_FORMAT, "%s: weight_scale or bias %d is not finite", P, n);
+    if (!(op->q8 = ts_i8pack_new(t->data, N, K, K, sc)))
+        return ts_error_prefix(TINYSAM_E_NOMEM, "%s", P);
+    op->q.b = b;
+    op->q.q = op->q8;
+    op->q.in_step = st[0];
+    op->q.in_zp = (int)zp[0];
+    e->n_int8++;
+    return 0;
+}
+
 /* Takes "prefix.c.weight" [co, ci_g, k, k] and "prefix.bn.*", folds the BN (§4.2 arithmetic
  * for alpha/beta), writes the layout above. dw: groups = co (ci_g = 1). */
 static int take_conv_bn(ts_tiny_vit *e, ts_tensor_map *m, const char *prefix, int co, int ci_g,
@@ -143,9 +240,24 @@ static int take_conv_bn(ts_tiny_vit *e, ts_tensor_map *m, const char *prefix, in
             }
     }
     out->pk = NULL;
-    if (!(ci_g == 1 && taps == 9) && !(out->pk = pack(e, out->w, co, ci_g, taps)))
+    out->op = NULL;
+    if (taps == 9 && ci_g > 1 && !(out->pk = pack(e, out->w, co, ci_g, taps)))
         return TINYSAM_E_NOMEM;
     return 0;
+}
+
+/* A 1x1 Conv2d_BN (a quantisable GEMM): "prefix.c.weight" I8 (W8A8 file) or float + BN. */
+static int take_conv1x1(ts_tiny_vit *e, ts_tensor_map *m, const char *prefix, int co, int ci,
+                        int post_gelu, long long rows, conv_bn *out) {
+    char P[128];
+    snprintf(P, sizeof P, "image_encoder.%s.c", prefix);
+    memset(out, 0, sizeof *out);
+    if (!(out->op = new_lin(e, P, co, ci, post_gelu, rows))) return TINYSAM_E_FORMAT;
+    if (is_int8(m, P)) return lin_int8(e, m, out->op);
+    lin_op *op = out->op;
+    int rc = take_conv_bn(e, m, prefix, co, ci, 1, out);
+    out->op = op;
+    return rc ? rc : lin_float(e, op, out->w, out->b);
 }
 
 static const float *take_blk(ts_tensor_map *m, int s, int b, const char *part, int ndim, int a,
@@ -155,28 +267,38 @@ static const float *take_blk(ts_tensor_map *m, int s, int b, const char *part, i
     return ndim == 1 ? ts_map_take(m, name, 1, a) : ts_map_take(m, name, 2, a, c);
 }
 
+/* A Linear of block (s, b): int8 when its weight is I8, else the float weight and bias. */
+static int take_linear(ts_tiny_vit *e, ts_tensor_map *m, int s, int b, const char *part, int N,
+                       int K, int post_gelu, lin_op **out) {
+    char P[128];
+    snprintf(P, sizeof P, "image_encoder.layers.%d.blocks.%d.%s", s, b, part);
+    const int R = 256 >> (s < 3 ? s : 2);
+    lin_op *op = *out = new_lin(e, P, N, K, post_gelu, (long long)R * R);
+    if (!op) return TINYSAM_E_FORMAT;
+    if (is_int8(m, P)) return lin_int8(e, m, op);
+    char wn[160], bn[160];
+    snprintf(wn, sizeof wn, "%s.weight", P);
+    snprintf(bn, sizeof bn, "%s.bias", P);
+    const float *w = ts_map_take(m, wn, 2, N, K), *bias = w ? take1(m, bn, N) : NULL;
+    if (!bias) return TINYSAM_E_FORMAT;
+    return lin_float(e, op, w, bias);
+}
+
 static int load_vit_block(ts_tiny_vit *e, ts_tensor_map *m, int s, int b, vit_block *v) {
     const int C = DIMS[s], h = HEADS[s], ws = WINDOWS[s], N = ws * ws;
+    int rc;
     // clang-format off
     if (!(v->ln_w     = take_blk(m, s, b, "attn.norm.weight",   1, C, 0))     ||
         !(v->ln_b     = take_blk(m, s, b, "attn.norm.bias",     1, C, 0))     ||
-        !(v->qkv_w    = take_blk(m, s, b, "attn.qkv.weight",    2, 3 * C, C)) ||
-        !(v->qkv_b    = take_blk(m, s, b, "attn.qkv.bias",      1, 3 * C, 0)) ||
-        !(v->proj_w   = take_blk(m, s, b, "attn.proj.weight",   2, C, C))     ||
-        !(v->proj_b   = take_blk(m, s, b, "attn.proj.bias",     1, C, 0))     ||
         !(v->mlp_ln_w = take_blk(m, s, b, "mlp.norm.weight",    1, C, 0))     ||
-        !(v->mlp_ln_b = take_blk(m, s, b, "mlp.norm.bias",      1, C, 0))     ||
-        !(v->fc1_w    = take_blk(m, s, b, "mlp.fc1.weight",     2, 4 * C, C)) ||
-        !(v->fc1_b    = take_blk(m, s, b, "mlp.fc1.bias",       1, 4 * C, 0)) ||
-        !(v->fc2_w    = take_blk(m, s, b, "mlp.fc2.weight",     2, C, 4 * C)) ||
-        !(v->fc2_b    = take_blk(m, s, b, "mlp.fc2.bias",       1, C, 0)))
+        !(v->mlp_ln_b = take_blk(m, s, b, "mlp.norm.bias",      1, C, 0)))
         return TINYSAM_E_FORMAT;
+    if ((rc = take_linear(e, m, s, b, "attn.qkv",  3 * C, C,     0, &v->qkv))  ||
+        (rc = take_linear(e, m, s, b, "attn.proj", C,     C,     0, &v->proj)) ||
+        (rc = take_linear(e, m, s, b, "mlp.fc1",   4 * C, C,     0, &v->fc1))  ||
+        (rc = take_linear(e, m, s, b, "mlp.fc2",   C,     4 * C, 1, &v->fc2)))
+        return rc;
     // clang-format on
-    if (!(v->qkv_pk = pack(e, v->qkv_w, 3 * C, C, 1)) ||
-        !(v->proj_pk = pack(e, v->proj_w, C, C, 1)) ||
-        !(v->fc1_pk = pack(e, v->fc1_w, 4 * C, C, 1)) ||
-        !(v->fc2_pk = pack(e, v->fc2_w, C, 4 * C, 1)))
-        return TINYSAM_E_NOMEM;
     const float *ab = take_blk(m, s, b, "attn.attention_biases", 2, h, N);
     if (!ab) return TINYSAM_E_FORMAT;
     /* §4.6/§4.9: the loaded biases, expanded: tab[j][p1][p2] = ab[j][|dy|*ws + |dx|] */
@@ -201,28 +323,36 @@ static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
     for (int b = 0; b < 2; b++) {
         const int C = DIMS[0], Hd = 4 * C;
         snprintf(p, sizeof p, "layers.0.blocks.%d.conv1", b);
-        if ((rc = take_conv_bn(e, m, p, Hd, C, 1, &e->mb[b][0]))) return rc;
+        if ((rc = take_conv1x1(e, m, p, Hd, C, 0, 256 * 256, &e->mb[b][0]))) return rc;
         snprintf(p, sizeof p, "layers.0.blocks.%d.conv2", b);
         if ((rc = take_conv_bn(e, m, p, Hd, 1, 3, &e->mb[b][1]))) return rc;
         snprintf(p, sizeof p, "layers.0.blocks.%d.conv3", b);
-        if ((rc = take_conv_bn(e, m, p, C, Hd, 1, &e->mb[b][2]))) return rc;
+        if ((rc = take_conv1x1(e, m, p, C, Hd, 1, 256 * 256, &e->mb[b][2]))) return rc;
     }
     for (int s = 0; s < 3; s++) {
-        const int ci = DIMS[s], co = DIMS[s + 1];
+        const int ci = DIMS[s], co = DIMS[s + 1], R = 256 >> s, Ro = s < 2 ? R / 2 : R;
         snprintf(p, sizeof p, "layers.%d.downsample.conv1", s);
-        if ((rc = take_conv_bn(e, m, p, co, ci, 1, &e->merge[s][0]))) return rc;
+        if ((rc = take_conv1x1(e, m, p, co, ci, 0, R * R, &e->merge[s][0]))) return rc;
         snprintf(p, sizeof p, "layers.%d.downsample.conv2", s);
         if ((rc = take_conv_bn(e, m, p, co, 1, 3, &e->merge[s][1]))) return rc;
         snprintf(p, sizeof p, "layers.%d.downsample.conv3", s);
-        if ((rc = take_conv_bn(e, m, p, co, co, 1, &e->merge[s][2]))) return rc;
+        if ((rc = take_conv1x1(e, m, p, co, co, 1, Ro * Ro, &e->merge[s][2]))) return rc;
     }
     int bi = 0;
     for (int s = 1; s < N_STAGES; s++)
         for (int b = 0; b < DEPTHS[s]; b++)
             if ((rc = load_vit_block(e, m, s, b, &e->blk[bi++]))) return rc;
+    if (!(e->neck0 = new_lin(e, "image_encoder.neck.0", 256, 320, 0, 64 * 64)))
+        return TINYSAM_E_FORMAT;
+    if (is_int8(m, "image_encoder.neck.0")) {
+        if ((rc = lin_int8(e, m, e->neck0))) return rc;
+    } else {
+        const float *w0 = ts_map_take(m, "image_encoder.neck.0.weight", 4, 256, 320, 1, 1);
+        if (!w0) return TINYSAM_E_FORMAT;
+        if ((rc = lin_float(e, e->neck0, w0, NULL))) return rc;
+    }
     // clang-format off
-    if (!(e->neck0_w = ts_map_take(m, "image_encoder.neck.0.weight", 4, 256, 320, 1, 1)) ||
-        !(e->neck1_w = take1(m, "image_encoder.neck.1.weight", 256))                     ||
+    if (!(e->neck1_w = take1(m, "image_encoder.neck.1.weight", 256))                     ||
         !(e->neck1_b = take1(m, "image_encoder.neck.1.bias", 256))                       ||
         !(e->neck3_w = take1(m, "image_encoder.neck.3.weight", 256))                     ||
         !(e->neck3_b = take1(m, "image_encoder.neck.3.bias", 256)))
@@ -235,10 +365,22 @@ static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
         for (int i = 0; i < 256; i++)
             for (int t = 0; t < 9; t++)
                 e->neck2_w[((size_t)o * 9 + t) * 256 + i] = w2[((size_t)o * 256 + i) * 9 + t];
-    if (!(e->neck0_pk = pack(e, e->neck0_w, 256, 320, 1)) ||
-        !(e->neck2_pk = pack(e, e->neck2_w, 256, 256, 9)))
-        return TINYSAM_E_NOMEM;
+    if (!(e->neck2_pk = pack(e, e->neck2_w, 256, 256, 9))) return TINYSAM_E_NOMEM;
+    if (e->n_lin != TS_TINY_VIT_N_QLAYERS)
+        return ts_error(TINYSAM_E_FORMAT, "%d quantisable layers, expected %d", e->n_lin,
+                        TS_TINY_VIT_N_QLAYERS);
     return 0;
+}
+
+int ts_tiny_vit_qlayer_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_qlayer *out) {
+    if (!enc || !out || i < 0 || i >= enc->n_lin)
+        return ts_error(TINYSAM_E_ARG, "ts_tiny_vit_qlayer_get: bad argument");
+    *out = enc->lin[i].q;
+    return 0;
+}
+
+int ts_tiny_vit_n_int8(const ts_tiny_vit *enc) {
+    return enc ? enc->n_int8 : 0;
 }
 
 int ts_tiny_vit_load(ts_tensor_map *m, ts_tiny_vit **out) {
@@ -259,6 +401,7 @@ int ts_tiny_vit_load(ts_tensor_map *m, ts_tiny_vit **out) {
 void ts_tiny_vit_free(ts_tiny_vit *e) {
     if (!e) return;
     for (int i = 0; i < e->n_packs; i++) ts_wpack_free(e->packs[i]);
+    for (int i = 0; i < e->n_lin; i++) ts_i8pack_free(e->lin[i].q8);
     for (int i = 0; i < e->n_owned; i++) ts_free_aligned(e->owned[i]);
     free(e->owned);
     ts_free_aligned(e->arena);
@@ -315,6 +458,31 @@ static void report(hook_ctx *h, const char *name, const float *x, int HW, int C,
     h->hook(h->user, name, h->tmp, (long long)HW * C);
 }
 
+/* The calibration tap of a pass (NULL pointer when none: nothing else to pay). */
+typedef struct {
+    ts_gemm_tap fn;
+    void *user;
+} tap_t;
+
+/* C[M x N] (ldc) = op(X[M x K] (ldx)): act(X * W^T + b), or with acc C + that (act after the
+ * add, as ts_gemm_w with beta 1). Int8: X is quantised on the fly with the layer's input
+ * quantiser; ts_gemm_i8 adds act(y) to C, so a GELU after the add runs on the sum here. */
+static void lin_gemm(const lin_op *op, int M, const float *X, int ldx, float *C, int ldc,
+                     int acc, int act, int serial, const tap_t *tap, long long row0) {
+    if (tap) tap->fn(tap->user, op->id, row0, X, M, ldx);
+    if (!op->q8) {
+        (serial ? ts_gemm_w_serial : ts_gemm_w)(M, X, ldx, op->pk, C, ldc, acc ? 1.0f : 0.0f,
+                                                op->q.b, act);
+        return;
+    }
+    const int post = acc && act != TS_ACT_NONE;
+    ts_i8_out o = {op->q.b, post ? TS_ACT_NONE : act, acc, C, NULL, ldc, 0.0f, 0};
+    (serial ? ts_gemm_i8_f32_serial : ts_gemm_i8_f32)(M, X, ldx, op->q.in_step, op->q.in_zp,
+                                                      op->q8, &o);
+    if (post)
+        for (int r = 0; r < M; r++) ts_gelu(C + (size_t)r * ldc, (size_t)op->q.N);
+}
+
 /* Per-thread scratch: every task below works in its own slot (tid) of the arena. */
 typedef struct {
     float *base;
@@ -340,6 +508,7 @@ typedef struct {
     const short *order;   /* task -> window: full windows first (see window_order) */
     scratch_t scr;
     float *dump; /* [windows][N][C] attention outputs for the hook (then every token), or NULL */
+    const tap_t *tap;
 } attn_job;
 
 static void attn_window(void *ctx, int task, int tid) {
@@ -374,9 +543,9 @@ static void attn_window(void *ctx, int task, int tid) {
         ts_layernorm_to_serial(xw, xw, nv, C, v->ln_w, v->ln_b, LN_EPS);
         if (nv == N) {
             qc = qkv;
-            ts_gemm_w_serial(N, xw, C, v->qkv_pk, qkv, C3, 0.0f, v->qkv_b, TS_ACT_NONE);
+            lin_gemm(v->qkv, N, xw, C, qkv, C3, 0, TS_ACT_NONE, 1, j->tap, (long long)w * N);
         } else {
-            ts_gemm_w_serial(nv, xw, C, v->qkv_pk, qc, C3, 0.0f, v->qkv_b, TS_ACT_NONE);
+            lin_gemm(v->qkv, nv, xw, C, qc, C3, 0, TS_ACT_NONE, 1, j->tap, (long long)w * N);
             for (int p = 0; p < N; p++) {
                 int iy = p / ws, ix = p % ws;
                 const float *src = iy < vh && ix < vw ? qc + (size_t)(iy * vw + ix) * C3
@@ -398,7 +567,7 @@ static void attn_window(void *ctx, int task, int tid) {
             ts_gemm_serial(nv, HEAD_DIM, N, S, N, vv, C3, 0, o + h * HEAD_DIM, C, 0.0f, NULL,
                            TS_ACT_NONE);
         }
-        ts_gemm_w_serial(nv, o, C, v->proj_pk, a, C, 0.0f, v->proj_b, TS_ACT_NONE);
+        lin_gemm(v->proj, nv, o, C, a, C, 0, TS_ACT_NONE, 1, j->tap, (long long)w * N);
     } // a: nv x C
     if (j->dump) memcpy(j->dump + (size_t)w * N * C, a, sizeof(float) * N * C);
     for (int i = 0; i < nv; i++) {
@@ -431,7 +600,7 @@ static size_t attn_scratch_per(int C, int ws) {
 static void pad_token_qkv(const vit_block *v, int C, float *zero_row, float *pad_qkv) {
     memset(zero_row, 0, sizeof(float) * C);
     ts_layernorm_to_serial(zero_row, zero_row, 1, C, v->ln_w, v->ln_b, LN_EPS);
-    ts_gemm_w_serial(1, zero_row, C, v->qkv_pk, pad_qkv, 3 * C, 0.0f, v->qkv_b, TS_ACT_NONE);
+    lin_gemm(v->qkv, 1, zero_row, C, pad_qkv, 3 * C, 0, TS_ACT_NONE, 1, NULL, 0);
 }
 
 /* local_conv then the MLP of a TinyViT block, one image row per task (§4.6):
@@ -443,6 +612,7 @@ typedef struct {
     float *y;
     int R, C;
     scratch_t scr;
+    const tap_t *tap;
 } mlp_job;
 
 static void local_mlp_row(void *ctx, int oy, int tid) {
@@ -454,8 +624,8 @@ static void local_mlp_row(void *ctx, int oy, int tid) {
     ts_dwconv3x3_nhwc_row(j->x, R, R, C, 1, v->local.w, v->local.b, TS_ACT_NONE, yr, oy);
     // ref: Mlp.forward
     ts_layernorm_to_serial(yr, ln, R, C, v->mlp_ln_w, v->mlp_ln_b, LN_EPS);
-    ts_gemm_w_serial(R, ln, C, v->fc1_pk, hid, 4 * C, 0.0f, v->fc1_b, TS_ACT_GELU);
-    ts_gemm_w_serial(R, hid, 4 * C, v->fc2_pk, yr, C, 1.0f, v->fc2_b, TS_ACT_NONE);
+    lin_gemm(v->fc1, R, ln, C, hid, 4 * C, 0, TS_ACT_GELU, 1, j->tap, (long long)oy * R);
+    lin_gemm(v->fc2, R, hid, 4 * C, yr, C, 1, TS_ACT_NONE, 1, j->tap, (long long)oy * R);
 }
 
 static size_t mlp_scratch_per(int R, int C) {
@@ -475,6 +645,7 @@ typedef struct {
     float *out;
     int n_bands;
     scratch_t scr;
+    const tap_t *tap;
 } pipe_job;
 
 static void pipe_band(void *ctx, int band, int tid) {
@@ -489,8 +660,9 @@ static void pipe_band(void *ctx, int band, int tid) {
     for (int oy = oy0; oy < oy1; oy++) {
         int lo = TS_MAX(0, oy * st - 1), hi = TS_MIN(j->H - 1, oy * st + 1);
         for (int r = TS_MAX(lo, done + 1); r <= hi; r++)
-            ts_gemm_w_serial(W, j->in + (size_t)r * W * j->Ci, j->Ci, j->pw1->pk,
-                             ring + (size_t)(r % 3) * hrow, Ch, 0.0f, j->pw1->b, TS_ACT_GELU);
+            lin_gemm(j->pw1->op, W, j->in + (size_t)r * W * j->Ci, j->Ci,
+                     ring + (size_t)(r % 3) * hrow, Ch, 0, TS_ACT_GELU, 1, j->tap,
+                     (long long)r * W);
         done = TS_MAX(done, hi);
         const float *rows[3];
         for (int ky = 0; ky < 3; ky++) {
@@ -501,8 +673,8 @@ static void pipe_band(void *ctx, int band, int tid) {
         float *orow = j->out + (size_t)oy * Wo * j->Co;
         if (j->residual) /* x + conv3(...), GELU after the add; stride 1, Ci = Co */
             memcpy(orow, j->in + (size_t)oy * W * j->Ci, sizeof(float) * Wo * j->Co);
-        ts_gemm_w_serial(Wo, d, Ch, j->pw2->pk, orow, j->Co, j->residual ? 1.0f : 0.0f,
-                         j->pw2->b, j->residual ? TS_ACT_GELU : TS_ACT_NONE);
+        lin_gemm(j->pw2->op, Wo, d, Ch, orow, j->Co, j->residual,
+                 j->residual ? TS_ACT_GELU : TS_ACT_NONE, 1, j->tap, (long long)oy * Wo);
     }
 }
 
@@ -513,11 +685,11 @@ static size_t pipe_scratch_per(int W, int Ch) {
 /* Runs the pipeline over the pool: bands of about 64 output rows, a multiple of the thread
  * count (one band on one thread: nothing recomputed). */
 static void run_pipe(const float *in, int H, int Ci, const conv_bn *cv, int Ch, int Co,
-                     int stride, int residual, float *out, scratch_t scr) {
+                     int stride, int residual, float *out, scratch_t scr, const tap_t *tap) {
     int Ho = (H - 1) / stride + 1, nt = scr.n;
     int per = nt > 1 ? TS_MAX(1, Ho / (64 * nt)) : 1;
     pipe_job pj = {in, H, H, Ci, &cv[0], &cv[1], &cv[2], Ch, Co, stride, residual, out,
-                   TS_MIN(Ho, per * nt), scr};
+                   TS_MIN(Ho, per * nt), scr, tap};
     ts_parallel_for(pj.n_bands, pipe_band, &pj);
 }
 
@@ -577,8 +749,14 @@ static size_t slot_floats(void) {
 
 int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
                         ts_stage_hook hook, void *user) {
+    return ts_tiny_vit_forward_tap(enc, input, out, hook, user, NULL, NULL);
+}
+
+int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *out,
+                            ts_stage_hook hook, void *user, ts_gemm_tap tap_fn, void *tap_user) {
     if (!enc || !input || !out)
         return ts_error(TINYSAM_E_ARG, "ts_tiny_vit_forward: NULL argument");
+    const tap_t tap_s = {tap_fn, tap_user}, *tap = tap_fn ? &tap_s : NULL;
     const int nthreads = ts_num_threads();
     const size_t per = slot_floats();
     size_t total = SZ_A + SZ_B + SZ_C + per * (size_t)nthreads;
@@ -631,7 +809,7 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
         const int C = DIMS[0];
         PROF_START();
         float *xo = x == bA ? bC : bA;
-        run_pipe(x, R, C, enc->mb[b], 4 * C, C, 1, 1, xo, scr);
+        run_pipe(x, R, C, enc->mb[b], 4 * C, C, 1, 1, xo, scr, tap);
         x = xo;
         PROF(3);
         if (b == 0) report(&hk, "layers0_block0", x, R * R, C, 1);
@@ -653,7 +831,7 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
                 TS_ASSERT(nw <= 19);
                 window_order(R, ws, nw, order);
                 attn_job aj = {v, x, R, C, heads, ws, nw, pad_qkv, order, scr,
-                               (hook && s == 1 && b == 0) ? dump : NULL};
+                               (hook && s == 1 && b == 0) ? dump : NULL, tap};
                 ts_parallel_for(nw * nw, attn_window, &aj); /* x = x + attn(x) */
                 PROF(5);
                 if (aj.dump) {
@@ -661,7 +839,7 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
                 }
                 /* local_conv (no residual around it) and the MLP, into the other buffer */
                 float *t2 = x == bA ? bC : bA;
-                mlp_job mj = {v, x, t2, R, C, scr};
+                mlp_job mj = {v, x, t2, R, C, scr, tap};
                 ts_parallel_for(R, local_mlp_row, &mj);
                 x = t2;
                 PROF(6);
@@ -678,7 +856,7 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
             const int Ro = (R - 1) / stride + 1;
             PROF_START();
             float *xo = x == bA ? bC : bA;
-            run_pipe(x, R, C, enc->merge[s], co, co, stride, 0, xo, scr);
+            run_pipe(x, R, C, enc->merge[s], co, co, stride, 0, xo, scr, tap);
             x = xo;
             PROF(7);
             R = Ro;
@@ -693,7 +871,7 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
         PROF_START();
         const int L = 64 * 64;
         float *n1 = bB, *n2 = x == bA ? bC : bA;
-        ts_gemm_w(L, x, 320, enc->neck0_pk, n1, 256, 0.0f, NULL, TS_ACT_NONE);
+        lin_gemm(enc->neck0, L, x, 320, n1, 256, 0, TS_ACT_NONE, 0, tap, 0);
         ts_layernorm(n1, L, 256, enc->neck1_w, enc->neck1_b, LN2D_EPS);
         ts_conv3x3_nhwc_w(n1, 64, 64, 256, 1, enc->neck2_pk, NULL, TS_ACT_NONE, n2);
         ts_layernorm(n2, L, 256, enc->neck3_w, enc->neck3_b, LN2D_EPS);

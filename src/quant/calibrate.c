@@ -1,0 +1,327 @@
+/* calibrate.c - post-training calibration of the W8A8 image encoder (calibrate.h). */
+#include "quant/calibrate.h"
+#include "core.h"
+#include "model/sam.h"
+#include "model/transforms.h"
+#include "quant/int8_model.h"
+#include "quant/quant.h"
+#include "threads.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define N_GRID   64    /* clip ratios searched per layer */
+#define LO_RATIO 0.25f /* smallest clip, as a fraction of the observed range */
+#define LAYER_ROWS 128 /* rows of the layer-output-error search */
+#define LAYER_CANDS 24
+
+enum { NQ = TS_TINY_VIT_N_QLAYERS };
+
+typedef struct {
+    ts_tiny_vit_qlayer q;
+    float *buf; /* samples, whole rows of K */
+    long long *ids; /* the row number of each sampled row */
+    size_t n, cap;
+    size_t img_row0; /* first sampled row of the current image */
+    long long stride; /* keep a row when hash(row) % stride == 0 */
+    size_t img_cap, img_n; /* this image's budget and use */
+    float mn, mx;
+} col_t;
+
+struct ts_calib {
+    const ts_tiny_vit *enc;
+    col_t L[NQ];
+    pthread_mutex_t mu;
+    int n_images;
+};
+
+/* A mixer of the row number (splitmix64's finaliser): rows kept spread over the map. */
+static uint64_t mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+int ts_calib_new(const ts_tiny_vit *enc, int n_images, ts_calib **out) {
+    if (!enc || !out || n_images < 1)
+        return ts_error(TINYSAM_E_ARG, "ts_calib_new: bad argument");
+    *out = NULL;
+    if (ts_tiny_vit_n_int8(enc))
+        return ts_error(TINYSAM_E_ARG, "calibration needs the float model, not an int8 one");
+    ts_calib *c = ts_calloc(1, sizeof *c);
+    if (!c) return TINYSAM_E_NOMEM;
+    c->enc = enc;
+    c->n_images = n_images;
+    pthread_mutex_init(&c->mu, NULL);
+    size_t per_img = TS_MIN((size_t)TS_CALIB_VALUES_PER_IMAGE,
+                            (size_t)TS_CALIB_VALUES_MAX / (size_t)n_images);
+    for (int i = 0; i < NQ; i++) {
+        col_t *l = &c->L[i];
+        int rc = ts_tiny_vit_qlayer_get(enc, i, &l->q);
+        if (rc) {
+            ts_calib_free(c);
+            return rc;
+        }
+        long long vals = l->q.rows * l->q.K;
+        l->stride = TS_MAX(1, (vals + (long long)per_img - 1) / (long long)per_img);
+        /* the hash keeps about rows / stride rows: room for 25% more, then stop */
+        size_t rows_img = (size_t)(l->q.rows / l->stride) * 5 / 4 + 16;
+        l->img_cap = TS_MIN(rows_img * (size_t)l->q.K, per_img * 5 / 4);
+        l->img_cap = TS_MAX(1, l->img_cap / (size_t)l->q.K) * (size_t)l->q.K; /* >= 1 row */
+        l->cap = l->img_cap * (size_t)n_images;
+        l->buf = ts_malloc(sizeof(float) * l->cap);
+        l->ids = ts_malloc(sizeof(long long) * (l->cap / (size_t)l->q.K + 1));
+        l->mn = INFINITY;
+        l->mx = -INFINITY;
+        if (!l->buf || !l->ids) {
+            ts_calib_free(c);
+            return TINYSAM_E_NOMEM;
+        }
+    }
+    *out = c;
+    return 0;
+}
+
+void ts_calib_free(ts_calib *c) {
+    if (!c) return;
+    for (int i = 0; i < NQ; i++) {
+        free(c->L[i].buf);
+        free(c->L[i].ids);
+    }
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+/* The tap (worker threads): range of every value, copies of the sampled rows. */
+static void tap(void *user, int layer, long long row0, const float *x, int rows, int ldx) {
+    ts_calib *c = user;
+    if (layer < 0 || layer >= NQ) return;
+    col_t *l = &c->L[layer];
+    const int K = l->q.K;
+    float mn = INFINITY, mx = -INFINITY;
+    for (int r = 0; r < rows; r++)
+        for (int k = 0; k < K; k++) {
+            float v = x[(size_t)r * ldx + k];
+            mn = v < mn ? v : mn;
+            mx = v > mx ? v : mx;
+        }
+    pthread_mutex_lock(&c->mu);
+    if (mn < l->mn) l->mn = mn;
+    if (mx > l->mx) l->mx = mx;
+    for (int r = 0; r < rows; r++) {
+        if (mix((uint64_t)(row0 + r)) % (uint64_t)l->stride) continue;
+        if (l->img_n + (size_t)K > l->img_cap || l->n + (size_t)K > l->cap) break;
+        l->ids[l->n / (size_t)K] = row0 + r;
+        memcpy(l->buf + l->n, x + (size_t)r * ldx, sizeof(float) * K);
+        l->n += (size_t)K;
+        l->img_n += (size_t)K;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+typedef struct {
+    long long id;
+    size_t at;
+} row_ref;
+
+static int cmp_row(const void *a, const void *b) {
+    const row_ref *x = a, *y = b;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Puts the rows the threads appended for this image in row order: the samples, hence the
+ * searched steps, do not depend on thread timing (equal ids hold equal rows). */
+static int sort_rows(col_t *l) {
+    const size_t K = (size_t)l->q.K, r0 = l->img_row0, nr = l->n / K - r0;
+    if (nr < 2) return 0;
+    row_ref *ref = ts_malloc(sizeof(row_ref) * nr);
+    float *tmp = ts_malloc(sizeof(float) * nr * K);
+    if (!ref || !tmp) {
+        free(ref);
+        free(tmp);
+        return TINYSAM_E_NOMEM;
+    }
+    for (size_t i = 0; i < nr; i++) ref[i] = (row_ref){l->ids[r0 + i], r0 + i};
+    qsort(ref, nr, sizeof *ref, cmp_row);
+    for (size_t i = 0; i < nr; i++) {
+        memcpy(tmp + i * K, l->buf + ref[i].at * K, sizeof(float) * K);
+        l->ids[r0 + i] = ref[i].id;
+    }
+    memcpy(l->buf + r0 * K, tmp, sizeof(float) * nr * K);
+    free(ref);
+    free(tmp);
+    return 0;
+}
+
+int ts_calib_add_input(ts_calib *c, const float *input) {
+    if (!c || !input) return ts_error(TINYSAM_E_ARG, "ts_calib_add_input: NULL argument");
+    float *emb = ts_malloc_aligned(sizeof(float) * 256 * 64 * 64);
+    if (!emb) return TINYSAM_E_NOMEM;
+    for (int i = 0; i < NQ; i++) {
+        c->L[i].img_n = 0;
+        c->L[i].img_row0 = c->L[i].n / (size_t)c->L[i].q.K;
+    }
+    int rc = ts_tiny_vit_forward_tap(c->enc, input, emb, NULL, NULL, tap, c);
+    ts_free_aligned(emb);
+    for (int i = 0; i < NQ && !rc; i++) rc = sort_rows(&c->L[i]);
+    return rc;
+}
+
+int ts_calib_add_image(ts_calib *c, const tinysam_image *img) {
+    if (!c || !img || !img->rgb || img->width <= 0 || img->height <= 0)
+        return ts_error(TINYSAM_E_ARG, "ts_calib_add_image: bad argument");
+    int newh, neww;
+    ts_preprocess_shape(img->height, img->width, TINYSAM_INPUT_SIDE, &newh, &neww);
+    uint8_t *resized = ts_malloc((size_t)newh * neww * 3);
+    float *input = ts_malloc_aligned(sizeof(float) * 3 * TINYSAM_INPUT_SIDE * TINYSAM_INPUT_SIDE);
+    int rc = TINYSAM_E_NOMEM;
+    if (resized && input &&
+        !(rc = ts_resize_rgb_pil(img->rgb, img->width, img->height, resized, neww, newh))) {
+        ts_normalize_pad(resized, newh, neww, input);
+        rc = ts_calib_add_input(c, input);
+    }
+    free(resized);
+    ts_free_aligned(input);
+    return rc;
+}
+
+float ts_calib_search_asym(const float *x, size_t n, int n_grid, float lo_ratio, int *zp,
+                           double *mse) {
+    float lo = 0.0f, hi = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i]; /* NaN never wins */
+    }
+    *zp = 0;
+    if (mse) *mse = 0.0;
+    if (!(hi > lo) || !isfinite(hi) || !isfinite(lo)) return 1.0f;
+    if (n_grid < 1) n_grid = 1;
+    float best_step = (hi - lo) / 255.0f;
+    int best_zp = (int)TS_MIN(255.0f, nearbyintf(-lo / best_step));
+    double best = INFINITY;
+    for (int g = 0; g < n_grid; g++) {
+        float r =
+            n_grid == 1 ? 1.0f : lo_ratio + (1.0f - lo_ratio) * (float)g / (float)(n_grid - 1);
+        float top = TS_MAX(r * hi, 0.0f);
+        float step = (top - lo) / 255.0f;
+        if (!(step > 0.0f)) continue;
+        int z = (int)TS_MIN(255.0f, TS_MAX(0.0f, nearbyintf(-lo / step)));
+        double e = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            float q = nearbyintf(x[i] / step) + (float)z;
+            q = q < 0.0f ? 0.0f : q > 255.0f ? 255.0f : q;
+            double d = (double)((q - (float)z) * step) - (double)x[i];
+            e += d * d;
+        }
+        if (e < best) {
+            best = e;
+            best_step = step;
+            best_zp = z;
+        }
+    }
+    *zp = best_zp;
+    if (mse) *mse = n ? best / (double)n : 0.0;
+    return best_step;
+}
+
+/* Layer-output-error search of a symmetric input step (quant.h), on LAYER_ROWS of the
+ * sampled rows, over candidates around the MSE step. */
+static float search_layer(const col_t *l, float mse_step) {
+    const int K = l->q.K, N = l->q.N;
+    int n = (int)TS_MIN((size_t)LAYER_ROWS, l->n / (size_t)K);
+    if (n < 1) return mse_step;
+    float *X = ts_malloc(sizeof(float) * (size_t)n * K);
+    float *Wt = ts_malloc(sizeof(float) * (size_t)K * N);
+    float cand[LAYER_CANDS];
+    float step = mse_step;
+    if (X && Wt) {
+        size_t every = l->n / (size_t)K / (size_t)n; /* rows spread over the sample */
+        for (int r = 0; r < n; r++)
+            memcpy(X + (size_t)r * K, l->buf + (size_t)r * every * K, sizeof(float) * K);
+        for (int o = 0; o < N; o++)
+            for (int k = 0; k < K; k++) Wt[(size_t)k * N + o] = l->q.w[(size_t)o * K + k];
+        for (int i = 0; i < LAYER_CANDS; i++) /* 0.5x .. 1.5x of the MSE step */
+            cand[i] = mse_step * (0.5f + (float)i / (float)(LAYER_CANDS - 1));
+        int best = ts_quant_search_step_layer(X, n, K, Wt, N, NULL, cand, LAYER_CANDS, -128, 127,
+                                              NULL);
+        if (best >= 0) step = cand[best];
+    }
+    free(X);
+    free(Wt);
+    return step;
+}
+
+typedef struct {
+    ts_calib *c;
+    int method;
+    float *step;
+    int *zp;
+} solve_job;
+
+static void solve_task(void *ctx, int i, int tid) {
+    (void)tid;
+    const solve_job *j = ctx;
+    const col_t *l = &j->c->L[i];
+    if (l->q.post_gelu) {
+        j->step[i] = ts_calib_search_asym(l->buf, l->n, N_GRID, LO_RATIO, &j->zp[i], NULL);
+    } else {
+        j->zp[i] = 128;
+        j->step[i] = ts_quant_search_step_mse(l->buf, l->n, -128, 127, N_GRID, LO_RATIO, NULL);
+        if (j->method == TS_CALIB_LAYER) j->step[i] = search_layer(l, j->step[i]);
+    }
+}
+
+int ts_calib_solve(ts_calib *c, int method, float *step, int *zp) {
+    if (!c || !step || !zp || (method != TS_CALIB_MSE && method != TS_CALIB_LAYER))
+        return ts_error(TINYSAM_E_ARG, "ts_calib_solve: bad argument");
+    for (int i = 0; i < NQ; i++)
+        if (!c->L[i].n)
+            return ts_error(TINYSAM_E_ARG, "%s: no calibration samples", c->L[i].q.name);
+    solve_job j = {c, method, step, zp};
+    ts_parallel_for(NQ, solve_task, &j);
+    return 0;
+}
+
+int ts_quantize_model(const tinysam_model *model, const char *const *paths, int n_paths,
+                      int method, const char *out_path, int verbose) {
+    if (!model || !paths || n_paths < 1 || !out_path)
+        return ts_error(TINYSAM_E_ARG, "ts_quantize_model: bad argument");
+    if (!model->encoder)
+        return ts_error(TINYSAM_E_UNSUPPORTED, "quantisation supports the vit_t (TinySAM) "
+                                               "encoder only, not %s", model->info.family);
+    ts_calib *c;
+    int rc = ts_calib_new(model->encoder, n_paths, &c);
+    if (rc) return rc;
+    for (int i = 0; i < n_paths && !rc; i++) {
+        if (verbose) fprintf(stderr, "calibrating %d/%d %s\n", i + 1, n_paths, paths[i]);
+        tinysam_image img;
+        if ((rc = tinysam_image_load(paths[i], 0, &img))) break;
+        rc = ts_calib_add_image(c, &img);
+        tinysam_image_free(&img);
+    }
+    float step[NQ];
+    int zp[NQ];
+    if (!rc) {
+        if (verbose) fprintf(stderr, "searching %d activation steps (%s)\n", NQ,
+                             method == TS_CALIB_LAYER ? "layer" : "mse");
+        rc = ts_calib_solve(c, method, step, zp);
+    }
+    if (!rc) {
+        char calib[256];
+        snprintf(calib, sizeof calib,
+                 "{\"images\":%d,\"method\":\"%s\",\"weights\":\"per-channel symmetric int8\","
+                 "\"activations\":\"u8 static per layer\"}",
+                 n_paths, method == TS_CALIB_LAYER ? "layer" : "mse");
+        static const char *keys[] = {"format", "tinysam.family", "tinysam.version",
+                                     "tinysam.config", "tinysam.calibration"};
+        const char *values[] = {"pt", model->info.family, TINYSAM_VERSION, model->info.config,
+                                calib};
+        rc = ts_int8_model_save(out_path, model->map, model->encoder, step, zp, 5, keys, values);
+        if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
+    }
+    ts_calib_free(c);
+    return rc;
+}

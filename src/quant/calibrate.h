@@ -1,0 +1,51 @@
+/* calibrate.h - post-training calibration of the W8A8 (Q-TinySAM) image encoder (spec §7):
+ * runs the float encoder on calibration images, samples the input of every quantised GEMM
+ * (model/image_encoder.h, TS_TINY_VIT_N_QLAYERS of them) and chooses one static uint8
+ * quantiser (step, zero point) per GEMM input:
+ *   - symmetric inputs (LayerNorm outputs, convolution and attention outputs): zero point
+ *     128, step from ts_quant_search_step_mse over codes [-128, 127];
+ *   - post-GELU inputs (fc2, the second 1x1 of MBConv / PatchMerging): asymmetric, the
+ *     observed minimum maps near code 0 and the upper clip is searched by MSE (one GEMM per
+ *     layer; the twin-uniform quantiser of quant.h would need two).
+ * With TS_CALIB_LAYER the symmetric steps come from the layer-output-error search
+ * (ts_quant_search_step_layer) on a subsample of rows instead. */
+#ifndef TS_CALIBRATE_H
+#define TS_CALIBRATE_H
+
+#include "model/image_encoder.h"
+#include "tinysam.h"
+
+enum { TS_CALIB_MSE = 0, TS_CALIB_LAYER = 1 };
+
+/* Samples kept per layer and image (at most; whole rows, spread by a hash of the row). */
+#define TS_CALIB_VALUES_PER_IMAGE (256 * 1024)
+/* ... and per layer over all images (bounds the memory to ~4 MB per layer). */
+#define TS_CALIB_VALUES_MAX (1024 * 1024)
+
+typedef struct ts_calib ts_calib;
+
+/* A collector for the float encoder enc (which must outlive it), for n_images images. */
+int ts_calib_new(const ts_tiny_vit *enc, int n_images, ts_calib **out);
+void ts_calib_free(ts_calib *c);
+/* Runs the float encoder on one preprocessed input (3 x 1024 x 1024, as ts_normalize_pad
+ * makes it) and collects the samples. */
+int ts_calib_add_input(ts_calib *c, const float *input);
+/* The same from an RGB image (resized, normalised, padded as tinysam_encode does). */
+int ts_calib_add_image(ts_calib *c, const tinysam_image *img);
+/* Chooses the quantisers: step[i], zp[i] for i < TS_TINY_VIT_N_QLAYERS. */
+int ts_calib_solve(ts_calib *c, int method, float *step, int *zp);
+
+/* The asymmetric MSE search: codes clamp(round(x / step) + zp, 0, 255) with the minimum of x
+ * (or 0 when x >= 0) near code 0: candidates hi = r * max(x), step = (hi - lo) / 255,
+ * zp = clamp(round(-lo / step), 0, 255), r on n_grid points of [lo_ratio, 1]. Returns the
+ * step (1.0 for x all zero) and the zero point in *zp, the MSE in *mse when not NULL. */
+float ts_calib_search_asym(const float *x, size_t n, int n_grid, float lo_ratio, int *zp,
+                           double *mse);
+
+/* The whole `tinysam quantize`: calibrates model (a float vit_t model) on the images at
+ * paths[0 .. n_paths-1] (progress lines on stderr when verbose) and writes the int8 model to
+ * out_path. */
+int ts_quantize_model(const tinysam_model *model, const char *const *paths, int n_paths,
+                      int method, const char *out_path, int verbose);
+
+#endif

@@ -1,0 +1,38 @@
+/* int8_model.h - the W8A8 (Q-TinySAM) model file: safetensors, the float file's tensors with
+ * every quantised GEMM of the image encoder (model/image_encoder.h ts_tiny_vit_qlayer) P
+ * replaced by
+ *   P.weight            I8  [N][K]  per-output-channel symmetric codes of the (BN-folded) weight
+ *   P.weight_scale      F32 [N]     real weight = weight_scale[n] * code
+ *   P.bias              F32 [N]     the (BN-folded) bias, zeros for a layer without one
+ *   P.input_step        F32 [1]     input quantiser: real = step * (u8 - zero_point)
+ *   P.input_zero_point  F32 [1]     an integer in [0, 255]
+ * (a folded Conv2d_BN "X" has P = "X.c"; its "X.bn.*" tensors are not written), and the
+ * metadata "tinysam.quantization": "w8a8". ts_tiny_vit_load reads such a file directly.
+ *
+ * Every other large weight (a float "X.weight" of >= 2 dimensions and >= TS_INT8_STORE_MIN
+ * values: the mask decoder's linears and transposed convolutions, the 3x3 convolutions of the
+ * encoder) is stored weight-only: "X.weight" I8 of its own shape with one symmetric scale per
+ * index of the first dimension, "X.weight_scale" F32 [shape[0]] (and no "X.input_step");
+ * ts_int8_model_expand turns it back into float32 at load, so that those layers run in float
+ * as before. The rest (biases, norms, small tensors) stays float32. */
+#ifndef TS_INT8_MODEL_H
+#define TS_INT8_MODEL_H
+
+#include "io/tensor_map.h"
+#include "model/image_encoder.h"
+
+/* Writes the int8 model: src is the float model's map, enc its float encoder, step / zp the
+ * input quantisers (TS_TINY_VIT_N_QLAYERS each). n_meta key/value pairs are added to the
+ * metadata (after "tinysam.quantization"). */
+int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny_vit *enc,
+                       const float *step, const int *zp, int n_meta, const char *const *keys,
+                       const char *const *values);
+
+#define TS_INT8_STORE_MIN 4096
+
+/* Replaces every weight-only int8 tensor of m (an I8 "X.weight" with "X.weight_scale" and no
+ * "X.input_step") by its float32 dequantisation scale[i] * code, in place (the scale is
+ * marked used). A map without such tensors is left as it is. */
+int ts_int8_model_expand(ts_tensor_map *m);
+
+#endif

@@ -1,0 +1,347 @@
+/* test_int8_model.c - the W8A8 (Q-TinySAM) model end to end: quantise the fixture checkpoint
+ * (calibrated on 2 fixture images), write it, load it back, and compare it with the float
+ * model on every fixture image with reference prompt cases: embedding cosine similarity
+ * >= 0.99, IoU of the best mask vs the float model's best mask, mean >= 0.95 (random weights:
+ * accuracy on the trained checkpoint must be measured by the user). Also: file size <= 0.3 x
+ * the float safetensors, and the file's codes / scales are those of the float weights and load
+ * back into the same packs. */
+#include "core.h"
+#include "io/json.h"
+#include "io/npy.h"
+#include "io/tensor_map.h"
+#include "model/sam.h"
+#include "nn/gemm_i8.h"
+#include "quant/calibrate.h"
+#include "quant/int8_model.h"
+#include "quant/quant.h"
+#include "test.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define MODEL "models/tinysam_vit_t_random.pth"
+
+static tinysam_model *fm, *qm; /* float, int8 */
+static char qpath[512], fpath[512];
+static int setup_done, setup_ok;
+
+static int setup(void) {
+    if (setup_done) return setup_ok;
+    setup_done = 1;
+    if (!fixture_exists(MODEL) || !fixture_exists("images/picture3.jpg") ||
+        !fixture_exists("images/shapes_palette.png"))
+        return 0;
+    if (tinysam_model_load(fixture(MODEL), &fm)) {
+        printf("  float model: %s\n", tinysam_last_error());
+        return 0;
+    }
+    snprintf(qpath, sizeof qpath, "%s", tmp_path("tinysam_int8.safetensors"));
+    snprintf(fpath, sizeof fpath, "%s", tmp_path("tinysam_float.safetensors"));
+    /* calibration images other than the evaluated ones */
+    char p0[512], p1[512];
+    snprintf(p0, sizeof p0, "%s", fixture("images/picture3.jpg"));
+    snprintf(p1, sizeof p1, "%s", fixture("images/shapes_palette.png"));
+    const char *paths[2] = {p0, p1};
+    if (ts_quantize_model(fm, paths, 2, TS_CALIB_MSE, qpath, 1)) {
+        printf("  quantize: %s\n", tinysam_last_error());
+        return 0;
+    }
+    if (tinysam_model_load(qpath, &qm)) {
+        printf("  int8 model: %s\n", tinysam_last_error());
+        return 0;
+    }
+    if (tinysam_model_save_safetensors(fm, fpath)) return 0;
+    setup_ok = 1;
+    return 1;
+}
+
+static long long file_size(const char *p) {
+    struct stat st;
+    return stat(p, &st) ? -1 : (long long)st.st_size;
+}
+
+static void test_file(void) {
+    if (!setup()) SKIP("fixtures missing or setup failed");
+    long long fs = file_size(fpath), qs = file_size(qpath);
+    double r = (double)qs / (double)fs;
+    printf("  float safetensors %lld bytes, int8 %lld bytes: %.3f x\n", fs, qs, r);
+    CHECK(fs > 0 && qs > 0 && r <= 0.3, "int8 file is %.3f x the float one", r);
+    tinysam_model_info inf;
+    tinysam_model_get_info(qm, &inf);
+    CHECK(!strcmp(inf.source_dtype, "w8a8"), "info dtype '%s'", inf.source_dtype);
+    CHECK(ts_tiny_vit_n_int8(qm->encoder) == TS_TINY_VIT_N_QLAYERS, "%d int8 layers",
+          ts_tiny_vit_n_int8(qm->encoder));
+    CHECK(ts_tiny_vit_n_int8(fm->encoder) == 0, "float model has int8 layers");
+    CHECK(qm->map->metadata_json && strstr(qm->map->metadata_json, "\"w8a8\""),
+          "metadata lacks w8a8");
+}
+
+/* The file holds ts_quant_weights of the float model's (BN-folded) weights, and the loaded
+ * packs hold those codes and scales: their exact int32 products match a direct sum. */
+static void test_round_trip(void) {
+    if (!setup()) SKIP("fixtures missing or setup failed");
+    int bad_codes = 0, bad_scales = 0, bad_pack = 0, bad_q = 0;
+    for (int i = 0; i < TS_TINY_VIT_N_QLAYERS; i++) {
+        ts_tiny_vit_qlayer f, q;
+        REQUIRE(ts_tiny_vit_qlayer_get(fm->encoder, i, &f) == 0, "layer %d", i);
+        REQUIRE(ts_tiny_vit_qlayer_get(qm->encoder, i, &q) == 0, "layer %d", i);
+        REQUIRE(f.w && q.q && !strcmp(f.name, q.name), "layer %d: %s / %s", i, f.name, q.name);
+        const int N = f.N, K = f.K;
+        int8_t *codes = malloc((size_t)N * K);
+        float *scale = malloc(sizeof(float) * N);
+        REQUIRE(codes && scale, "oom");
+        ts_quant_weights(f.w, N, K, K, codes, scale);
+        char name[160];
+        snprintf(name, sizeof name, "%s.weight", f.name);
+        const ts_tensor *tw = ts_map_get(qm->map, name);
+        snprintf(name, sizeof name, "%s.weight_scale", f.name);
+        const ts_tensor *ts = ts_map_get(qm->map, name);
+        REQUIRE(tw && ts && tw->dtype == TS_DTYPE_I8 && tw->numel == (int64_t)N * K &&
+                    ts->numel == N,
+                "%s: tensors", f.name);
+        bad_codes += memcmp(tw->data, codes, (size_t)N * K) != 0;
+        bad_scales += memcmp(ts->data, scale, sizeof(float) * N) != 0;
+        bad_scales += memcmp(ts_i8pack_scale(q.q), scale, sizeof(float) * N) != 0;
+        for (int n = 0; n < N; n++) /* bias carried over */
+            bad_q += f.b ? q.b[n] != f.b[n] : q.b[n] != 0.0f;
+        bad_q += !(q.in_step > 0.0f) || q.in_zp < 0 || q.in_zp > 255 ||
+                 (!f.post_gelu && q.in_zp != 128);
+        /* pack codes: 3 rows of u8 activations through the pack vs a direct integer sum */
+        uint8_t *A = malloc((size_t)3 * K);
+        int32_t *C = malloc(sizeof(int32_t) * 3 * N);
+        REQUIRE(A && C, "oom");
+        for (int k = 0; k < 3 * K; k++) A[k] = (uint8_t)((k * 37 + i * 11) & 255);
+        ts_gemm_i8_s32(3, A, K, 100, q.q, C, N);
+        for (int r = 0; r < 3; r++)
+            for (int n = 0; n < N; n++) {
+                int32_t s = 0;
+                for (int k = 0; k < K; k++)
+                    s += ((int32_t)A[(size_t)r * K + k] - 100) * codes[(size_t)n * K + k];
+                bad_pack += s != C[(size_t)r * N + n];
+            }
+        free(A);
+        free(C);
+        free(codes);
+        free(scale);
+    }
+    /* weight-only int8 tensors (decoder linears, 3x3 convs) load back as scale * code */
+    const char *wo[] = {"image_encoder.neck.2.weight", "mask_decoder.output_upscaling.0.weight",
+                        "mask_decoder.transformer.layers.0.self_attn.q_proj.weight"};
+    for (size_t i = 0; i < sizeof wo / sizeof wo[0]; i++) {
+        const ts_tensor *tf = ts_map_get(fm->map, wo[i]), *tq = ts_map_get(qm->map, wo[i]);
+        REQUIRE(tf && tq && tq->dtype == TS_DTYPE_F32 && tq->file_dtype == TS_DTYPE_I8 &&
+                    tq->numel == tf->numel,
+                "%s: not stored as int8", wo[i]);
+        int rows = (int)tf->shape[0], cols = (int)(tf->numel / rows);
+        int8_t *codes = malloc((size_t)tf->numel);
+        float *scale = malloc(sizeof(float) * rows);
+        REQUIRE(codes && scale, "oom");
+        ts_quant_weights(tf->data, rows, cols, cols, codes, scale);
+        int bad = 0;
+        double maxrel = 0;
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) {
+                float want = scale[r] * (float)codes[(size_t)r * cols + c];
+                float got = ((const float *)tq->data)[(size_t)r * cols + c];
+                float orig = ((const float *)tf->data)[(size_t)r * cols + c];
+                bad += got != want;
+                maxrel = fmax(maxrel, fabs(got - orig) / (scale[r] * 127));
+            }
+        printf("  %s: weight-only int8, max error %.4f of the row's range\n", wo[i], maxrel);
+        CHECK(bad == 0 && maxrel <= 0.5 / 127 + 1e-6, "%s: %d values differ from scale * code",
+              wo[i], bad);
+        free(codes);
+        free(scale);
+    }
+    CHECK(bad_codes == 0, "%d layers with codes != ts_quant_weights(float weight)", bad_codes);
+    CHECK(bad_scales == 0, "%d scale mismatches", bad_scales);
+    CHECK(bad_pack == 0, "%d pack products differ from the file's codes", bad_pack);
+    CHECK(bad_q == 0, "%d bias / quantiser mismatches", bad_q);
+}
+
+static double cosine(const float *a, const float *b, size_t n) {
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < n; i++) {
+        ab += (double)a[i] * b[i];
+        aa += (double)a[i] * a[i];
+        bb += (double)b[i] * b[i];
+    }
+    return ab / sqrt(aa * bb + 1e-30);
+}
+
+static double mask_iou(const uint8_t *a, const uint8_t *b, size_t n) {
+    size_t in = 0, un = 0;
+    for (size_t i = 0; i < n; i++) {
+        in += a[i] && b[i];
+        un += a[i] || b[i];
+    }
+    return un ? (double)in / (double)un : 1.0;
+}
+
+static double iou_sum;
+static int n_iou;
+
+static void run_image(const char *image, const char *file) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "images/%s", file);
+    tinysam_image img;
+    REQUIRE(tinysam_image_load(fixture(rel), 0, &img) == 0, "%s: %s", file, tinysam_last_error());
+    tinysam_embedding *ef, *eq;
+    REQUIRE(tinysam_encode(fm, &img, &ef) == 0, "%s", tinysam_last_error());
+    REQUIRE(tinysam_encode(qm, &img, &eq) == 0, "%s", tinysam_last_error());
+    double cs = cosine(tinysam_embedding_data(ef), tinysam_embedding_data(eq), 256 * 64 * 64);
+    printf("  %s: embedding cosine %.5f\n", image, cs);
+    CHECK(cs >= 0.99, "%s: embedding cosine %.5f", image, cs);
+    snprintf(rel, sizeof rel, "reference/%s/prompts", image);
+    DIR *dir = opendir(fixture(rel));
+    REQUIRE(dir, "%s", rel);
+    struct dirent *de;
+    int cases = 0;
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.') continue;
+        char base[512], path[600];
+        snprintf(base, sizeof base, "reference/%s/prompts/%s", image, de->d_name);
+        snprintf(path, sizeof path, "%s/prompt.json", base);
+        ts_json *pj;
+        REQUIRE(ts_json_load(fixture(path), &pj) == 0, "%s", path);
+        const ts_json *pts = ts_json_get(pj, "points"), *lab = ts_json_get(pj, "labels"),
+                      *box = ts_json_get(pj, "box");
+        float points[64];
+        int labels[32], np = pts ? pts->n : 0;
+        for (int i = 0; i < np && i < 32; i++) {
+            points[2 * i] = (float)pts->items[i].items[0].number;
+            points[2 * i + 1] = (float)pts->items[i].items[1].number;
+            labels[i] = (int)lab->items[i].number;
+        }
+        tinysam_prompt pr = {.n_points = np, .points = points, .labels = labels};
+        if (box && box->type == TS_JSON_ARRAY) {
+            pr.has_box = 1;
+            for (int k = 0; k < 4; k++) pr.box[k] = (float)box->items[k].number;
+        }
+        ts_npy mi = {0};
+        snprintf(path, sizeof path, "%s/mask_input.npy", base);
+        if (fixture_exists(path)) {
+            REQUIRE(ts_npy_load(fixture(path), &mi) == 0, "mask input");
+            pr.mask_input = mi.data;
+        }
+        tinysam_prediction pf, pq;
+        REQUIRE(tinysam_predict(fm, ef, &pr, TINYSAM_PREDICT_MASKS, &pf) == 0, "%s",
+                tinysam_last_error());
+        REQUIRE(tinysam_predict(qm, eq, &pr, TINYSAM_PREDICT_MASKS, &pq) == 0, "%s",
+                tinysam_last_error());
+        size_t plane = (size_t)pf.width * pf.height;
+        double iou = mask_iou(pf.masks + (size_t)pf.best * plane,
+                              pq.masks + (size_t)pq.best * plane, plane);
+        printf("  %s/%s: best %d / %d, best-mask IoU %.4f\n", image, de->d_name, pf.best,
+               pq.best, iou);
+        iou_sum += iou;
+        n_iou++;
+        cases++;
+        tinysam_prediction_free(&pf);
+        tinysam_prediction_free(&pq);
+        ts_npy_free(&mi);
+        ts_json_free(pj);
+    }
+    closedir(dir);
+    CHECK(cases >= 3, "%s: only %d cases", image, cases);
+    tinysam_embedding_free(ef);
+    tinysam_embedding_free(eq);
+    tinysam_image_free(&img);
+}
+
+static void test_accuracy(void) {
+    if (!setup()) SKIP("fixtures missing or setup failed");
+    if (!fixture_exists("reference/picture1/prompts") || !fixture_exists("images/picture1.jpg"))
+        SKIP("reference prompts missing");
+    iou_sum = 0;
+    n_iou = 0;
+    run_image("picture1", "picture1.jpg");
+    if (fixture_exists("reference/shapes/prompts")) run_image("shapes", "shapes.png");
+    double mean = n_iou ? iou_sum / n_iou : 0;
+    printf("  mean best-mask IoU over %d cases: %.4f\n", n_iou, mean);
+    CHECK(n_iou > 0 && mean >= 0.95, "mean best-mask IoU %.4f over %d cases", mean, n_iou);
+}
+
+/* The asymmetric post-GELU search: the minimum maps near code 0, and on a skewed GELU-like
+ * sample its error is below that of the symmetric search (half the codes unused there). */
+static void test_search_asym(void) {
+    enum { n = 4096 };
+    static float x[n];
+    for (int i = 0; i < n; i++) {
+        float v = -4.0f + 8.0f * (float)i / (float)(n - 1);
+        x[i] = 0.5f * v * (1.0f + erff(v / sqrtf(2.0f))); /* GELU: [-0.17, 4] */
+    }
+    int zp = -1;
+    double e_asym, e_sym;
+    float st = ts_calib_search_asym(x, n, 64, 0.25f, &zp, &e_asym);
+    ts_quant_search_step_mse(x, n, -128, 127, 64, 0.25f, &e_sym);
+    printf("  asym step %.5f zp %d mse %.3g; symmetric mse %.3g\n", (double)st, zp, e_asym,
+           e_sym);
+    CHECK(st > 0.0f && zp >= 1 && zp <= 20, "step %g zp %d", (double)st, zp);
+    CHECK(fabsf(-0.17f / st + (float)zp) <= 1.0f, "min -0.17 maps to code %g",
+          (double)(-0.17f / st + (float)zp));
+    CHECK(e_asym < 0.5 * e_sym, "asym mse %g, symmetric %g", e_asym, e_sym);
+    float z[4] = {0, 0, 0, 0};
+    CHECK(ts_calib_search_asym(z, 4, 64, 0.25f, &zp, NULL) == 1.0f && zp == 0, "all zero");
+}
+
+/* A damaged quantiser in the file is rejected with a message naming the tensor. */
+static void test_bad_file(void) {
+    if (!setup()) SKIP("fixtures missing or setup failed");
+    FILE *f = fopen(qpath, "rb");
+    REQUIRE(f, "open %s", qpath);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)size);
+    REQUIRE(buf && fread(buf, 1, (size_t)size, f) == (size_t)size, "read");
+    fclose(f);
+    static const char *what[] = {"input_zero_point", "input_step"};
+    static const float bad[] = {300.0f, -1.0f};
+    for (int c = 0; c < 2; c++) {
+        ts_tensor_map *m;
+        REQUIRE(ts_safetensors_load_memory(buf, (size_t)size, &m) == 0, "%s",
+                tinysam_last_error());
+        char name[160];
+        snprintf(name, sizeof name, "image_encoder.layers.2.blocks.3.mlp.fc2.%s", what[c]);
+        const ts_tensor *t = ts_map_get(m, name);
+        REQUIRE(t && (uint8_t *)t->data >= buf && (uint8_t *)t->data < buf + size, "%s", name);
+        float keep = *(float *)t->data;
+        *(float *)t->data = bad[c];
+        ts_tiny_vit *enc = NULL;
+        int rc = ts_int8_model_expand(m);
+        if (!rc) rc = ts_tiny_vit_load(m, &enc);
+        CHECK(rc == TINYSAM_E_FORMAT && !enc, "%s %g: rc %d", what[c], (double)bad[c], rc);
+        CHECK(strstr(tinysam_last_error(), what[c]), "message '%s'", tinysam_last_error());
+        *(float *)t->data = keep;
+        ts_tiny_vit_free(enc);
+        ts_map_free(m);
+    }
+    float step[TS_TINY_VIT_N_QLAYERS];
+    int zp[TS_TINY_VIT_N_QLAYERS];
+    for (int i = 0; i < TS_TINY_VIT_N_QLAYERS; i++) step[i] = 0.01f, zp[i] = 128;
+    CHECK(ts_int8_model_save(tmp_path("x.safetensors"), qm->map, qm->encoder, step, zp, 0, NULL,
+                             NULL) == TINYSAM_E_ARG,
+          "re-quantising an int8 model accepted");
+    zp[3] = 256;
+    CHECK(ts_int8_model_save(tmp_path("x.safetensors"), fm->map, fm->encoder, step, zp, 0, NULL,
+                             NULL) == TINYSAM_E_ARG,
+          "zero point 256 accepted");
+    free(buf);
+}
+
+int main(void) {
+    RUN(test_search_asym);
+    RUN(test_file);
+    RUN(test_bad_file);
+    RUN(test_round_trip);
+    RUN(test_accuracy);
+    tinysam_model_free(fm);
+    tinysam_model_free(qm);
+    if (qpath[0]) remove(qpath);
+    if (fpath[0]) remove(fpath);
+    return test_summary();
+}
