@@ -561,7 +561,7 @@ static void attn_window(void *ctx, int task, int tid) {
             for (int i = 0; i < nv; i++) {
                 float *Si = S + (size_t)i * N;
                 const float *ti = tab + (size_t)pos[i] * N;
-                for (int c = 0; c < N; c++) Si[c] = Si[c] * ATTN_SCALE + ti[c];
+                ts_scale_add(Si, ATTN_SCALE, ti, N);
             }
             ts_softmax_rows_serial(S, nv, N);
             ts_gemm_serial(nv, HEAD_DIM, N, S, N, vv, C3, 0, o + h * HEAD_DIM, C, 0.0f, NULL,

@@ -89,6 +89,10 @@ static void sc_dwconv_row(const float *x, int H, int W, int C, int stride, const
     sc_dwconv_rows3(rows, W, C, stride, w9, bias, act, y);
 }
 
+static void sc_scale_add(float *x, float s, const float *b, int n) {
+    for (int i = 0; i < n; i++) x[i] = x[i] * s + b[i];
+}
+
 const ts_nn_isa ts_nn_isa_scalar = {
     .name = "scalar",
     .mr = SC_MR,
@@ -100,6 +104,7 @@ const ts_nn_isa ts_nn_isa_scalar = {
     .gelu = ts_gelu_ref,
     .layernorm = ts_layernorm_to_ref,
     .softmax = ts_softmax_rows_ref,
+    .scale_add = sc_scale_add,
     .dwconv_row = sc_dwconv_row,
     .dwconv_rows3 = sc_dwconv_rows3,
 };
@@ -253,6 +258,10 @@ void ts_layernorm_to_serial(const float *x, float *y, int M, int C, const float 
 
 void ts_softmax_rows_serial(float *x, int M, int N) {
     ts_nn_isa_get()->softmax(x, M, N);
+}
+
+void ts_scale_add(float *x, float s, const float *b, int n) {
+    ts_nn_isa_get()->scale_add(x, s, b, n);
 }
 
 void ts_dwconv3x3_nhwc_row(const float *x, int H, int W, int C, int stride, const float *w9,

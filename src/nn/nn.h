@@ -91,6 +91,8 @@ void ts_softmax_rows_ref(float *x, int M, int N);
 void ts_layernorm_to_serial(const float *x, float *y, int M, int C, const float *w,
                             const float *b, float eps);
 void ts_softmax_rows_serial(float *x, int M, int N);
+/* x[i] = x[i] * s + b[i] (multiply, then add: two roundings, as PyTorch's two ops). */
+void ts_scale_add(float *x, float s, const float *b, int n);
 void ts_dwconv3x3_nhwc_row(const float *x, int H, int W, int C, int stride, const float *w9,
                            const float *bias, int act, float *y_row, int oy);
 /* One output row from its three input rows (rows[ky] = input row oy*stride - 1 + ky, W x C,

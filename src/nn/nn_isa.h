@@ -28,6 +28,8 @@ typedef struct {
     void (*layernorm)(const float *x, float *y, int M, int C, const float *w, const float *b,
                       float eps);
     void (*softmax)(float *x, int M, int N);
+    /* x[i] = x[i] * s + b[i]: a multiply then an add, rounded separately (no FMA) */
+    void (*scale_add)(float *x, float s, const float *b, int n);
     /* output row oy of ts_dwconv3x3_nhwc (y points at that row) */
     void (*dwconv_row)(const float *x, int H, int W, int C, int stride, const float *w9,
                        const float *bias, int act, float *y, int oy);

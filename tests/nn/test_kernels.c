@@ -190,6 +190,30 @@ static void test_gelu(void) {
     ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
 }
 
+/* x*s + b must round as two float32 operations (PyTorch's attn * scale + bias). */
+static void test_scale_add(void) {
+    int n = 203;
+    float x[203], b[203], y[203];
+    for (int i = 0; i < n; i++) {
+        x[i] = sinf(0.37f * i) * 3.1f;
+        b[i] = cosf(0.11f * i) - 0.5f;
+    }
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        memcpy(y, x, sizeof y);
+        ts_scale_add(y, 0.17677669f, b, n);
+        int bad = 0;
+        for (int k = 0; k < n; k++) {
+            volatile float p = x[k] * 0.17677669f; /* rounded product, then the add */
+            float want = p + b[k];
+            bad += y[k] != want;
+        }
+        CHECK(bad == 0, "%s scale_add: %d of %d values differ from mul-then-add", ISAS[i], bad, n);
+    }
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
 static void test_layernorm_softmax(void) {
     static const int cfg[][2] = {{1, 1}, {3, 7}, {50, 49}, {300, 160}, {1000, 320}, {9, 196}};
     for (int i = 0; i < N_ISAS; i++) {
@@ -379,6 +403,7 @@ int main(void) {
     RUN(test_conv3x3);
     RUN(test_dwconv);
     RUN(test_gelu);
+    RUN(test_scale_add);
     RUN(test_layernorm_softmax);
     RUN(test_wpack);
     RUN(test_conv3x3_packed);

@@ -304,6 +304,13 @@ static void SUFFIX(dwconv_row)(const float *x, int H, int W, int C, int stride, 
     SUFFIX(dwconv_rows3)(rows, W, C, stride, w9, bias, act, y);
 }
 
+static void SUFFIX(scale_add)(float *x, float s, const float *b, int n) {
+    vf vs = V_SET1(s);
+    int i = 0;
+    for (; i + VL <= n; i += VL) V_STORE(x + i, V_ADD(V_MUL(V_LOAD(x + i), vs), V_LOAD(b + i)));
+    for (; i < n; i++) x[i] = x[i] * s + b[i];
+}
+
 /* ---- GEMM micro-kernel ----------------------------------------------------------------- */
 
 /* TS_MR x (2 vectors) register tile: 24 (AVX-512) or 12 (AVX2) accumulators, B rows loaded
@@ -449,6 +456,7 @@ const ts_nn_isa SUFFIX(ts_nn_isa) = {
     .gelu = SUFFIX(gelu),
     .layernorm = SUFFIX(layernorm),
     .softmax = SUFFIX(softmax),
+    .scale_add = SUFFIX(scale_add),
     .dwconv_row = SUFFIX(dwconv_row),
     .dwconv_rows3 = SUFFIX(dwconv_rows3),
 };
