@@ -1,15 +1,26 @@
 /* threads.c - persistent worker pool behind ts_parallel_for.
  * Workers sleep on a condition variable between jobs; tasks are claimed with an
- * atomic counter so uneven task costs balance themselves. */
+ * atomic counter so uneven task costs balance themselves. Between jobs, workers (and the
+ * caller waiting for them) first spin for a few tens of microseconds: a forward pass issues
+ * jobs back to back (the decoder about 40 per prompt), and a futex sleep and wake-up per job
+ * costs more than the short job itself, above all in a VM where waking an idle vCPU is
+ * slow. */
 #include "threads.h"
 #include "tinysam.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
 #include <stdlib.h>
 #include <unistd.h>
 
 #define TS_MAX_THREADS 256
+#define SPIN_ITERS 20000 /* pause instructions before sleeping: roughly 50-200 us */
 
 static struct {
     pthread_mutex_t mu;
@@ -17,8 +28,8 @@ static struct {
     pthread_t th[TS_MAX_THREADS];
     int n_threads;   /* including the caller */
     int n_started;   /* worker threads alive */
-    long generation; /* bumped per job */
-    int n_busy;      /* workers still in the current job */
+    atomic_long generation; /* bumped per job (under mu) */
+    atomic_int n_busy;      /* workers still in the current job (changed under mu) */
     ts_task_fn fn;
     void *ctx;
     int n_tasks;
@@ -43,13 +54,19 @@ static void *worker_main(void *arg) {
     long seen = 0;
     pthread_mutex_lock(&g_pool.mu);
     for (;;) {
-        while (g_pool.generation == seen) pthread_cond_wait(&g_pool.wake, &g_pool.mu);
-        seen = g_pool.generation;
+        if (atomic_load(&g_pool.generation) == seen) { /* spin a little before sleeping */
+            pthread_mutex_unlock(&g_pool.mu);
+            for (int s = 0; s < SPIN_ITERS && atomic_load(&g_pool.generation) == seen; s++)
+                cpu_relax();
+            pthread_mutex_lock(&g_pool.mu);
+        }
+        while (atomic_load(&g_pool.generation) == seen) pthread_cond_wait(&g_pool.wake, &g_pool.mu);
+        seen = atomic_load(&g_pool.generation);
         if (tid >= g_pool.n_threads) continue; /* pool shrank: sit this job out */
         pthread_mutex_unlock(&g_pool.mu);
         run_tasks(tid);
         pthread_mutex_lock(&g_pool.mu);
-        if (--g_pool.n_busy == 0) pthread_cond_signal(&g_pool.done);
+        if (atomic_fetch_sub(&g_pool.n_busy, 1) == 1) pthread_cond_signal(&g_pool.done);
     }
     return NULL;
 }
@@ -100,17 +117,18 @@ void ts_parallel_for(int n, ts_task_fn fn, void *ctx) {
     g_pool.ctx = ctx;
     g_pool.n_tasks = n;
     atomic_store(&g_pool.next, 0);
-    g_pool.n_busy = workers;
+    atomic_store(&g_pool.n_busy, workers);
     /* workers with tid >= n_threads skip; n_threads caps them */
     g_pool.n_threads = workers + 1;
-    g_pool.generation++;
+    atomic_fetch_add(&g_pool.generation, 1);
     pthread_cond_broadcast(&g_pool.wake);
     pthread_mutex_unlock(&g_pool.mu);
 
     run_tasks(0);
 
+    for (int s = 0; s < SPIN_ITERS && atomic_load(&g_pool.n_busy) > 0; s++) cpu_relax();
     pthread_mutex_lock(&g_pool.mu);
-    while (g_pool.n_busy > 0) pthread_cond_wait(&g_pool.done, &g_pool.mu);
+    while (atomic_load(&g_pool.n_busy) > 0) pthread_cond_wait(&g_pool.done, &g_pool.mu);
     g_pool.n_threads = nt;
     pthread_mutex_unlock(&g_pool.mu);
     atomic_flag_clear(&g_pool.in_use);
