@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static _Thread_local char g_error[1024];
 
@@ -133,4 +134,10 @@ int ts_read_file(const char *path, size_t max_size, uint8_t **data, size_t *size
 void ts_assert_fail(const char *file, int line, const char *expr) {
     fprintf(stderr, "tinysam: internal error at %s:%d: %s\n", file, line, expr);
     abort();
+}
+
+double ts_now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }

@@ -25,6 +25,9 @@ void ts_free_aligned(void *p);
 int ts_mul_size(size_t a, size_t b, size_t *out);
 int ts_mad_size(size_t a, size_t b, size_t c, size_t *out);
 
+/* Milliseconds on the monotonic clock (for timings reported to users). */
+double ts_now_ms(void);
+
 /* Reads a whole file into a malloc'd buffer (max_size guards against absurd files). */
 int ts_read_file(const char *path, size_t max_size, uint8_t **data, size_t *size);
 

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 int ts_arg_float(const char *opt, const char *s, float *out) {
     char *end;
@@ -89,12 +88,6 @@ int ts_cli_fail(void) {
     const char *msg = tinysam_last_error();
     fprintf(stderr, "tinysam: %s\n", msg && *msg ? msg : "failed");
     return 1;
-}
-
-double ts_now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
 int ts_mkdirs(const char *path) {

@@ -18,7 +18,6 @@ int ts_arg_value(int argc, char **argv, int *i, const char **out);
 /* Prints "tinysam: <last error>" on stderr and returns 1 (the exit status). */
 int ts_cli_fail(void);
 /* Monotonic milliseconds. */
-double ts_now_ms(void);
 /* Creates a directory (and parents), OK if it exists. */
 int ts_mkdirs(const char *path);
 

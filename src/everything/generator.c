@@ -11,7 +11,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define MAX_POINTS_PER_SIDE 1024
 #define MAX_POINTS_PER_BATCH 1024
@@ -63,12 +62,6 @@ tinysam_status tinysam_everything_check(const tinysam_everything_options *o) {
     if (o->min_mask_region_area < 0)
         return ts_error(TINYSAM_E_ARG, "min_mask_region_area must be >= 0");
     return 0;
-}
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
 /* ------------------------------------------------------------------ record lists */
@@ -270,9 +263,9 @@ static int run_points(const tinysam_everything_options *o, ts_provider *prov, in
             p1024[2 * k] = ts_apply_coord(pts[2 * (s + k)], c.neww, c.rw);
             p1024[2 * k + 1] = ts_apply_coord(pts[2 * (s + k) + 1], c.newh, c.rh);
         }
-        double t0 = now_ms();
+        double t0 = ts_now_ms();
         if ((rc = prov->predict(prov, m, p1024, c.low_res, c.iou))) break;
-        st->ms_decode += now_ms() - t0;
+        st->ms_decode += ts_now_ms() - t0;
         c.n = m;
         c.pts = pts + 2 * s;
         ts_parallel_for(3 * m, mask_task, &c);
@@ -404,9 +397,9 @@ static int generate_grid(const tinysam_everything_options *o, ts_provider *prov,
             pts[2 * k] *= cw;
             pts[2 * k + 1] *= ch;
         }
-        double t0 = now_ms();
+        double t0 = ts_now_ms();
         rc = prov->begin_region(prov, cb->x0, cb->y0, cb->x1, cb->y1);
-        st->ms_encode += now_ms() - t0;
+        st->ms_encode += ts_now_ms() - t0;
         rec_list crop = {0};
         if (!rc) rc = run_points(o, prov, W, H, cb, pts, np * np, 0, NULL, &crop, st, done, total);
         done += np * np;
@@ -460,9 +453,9 @@ static int generate_hierarchical(const tinysam_everything_options *o, ts_provide
             p1[2 * k] = g1[2 * k] * W;
             p1[2 * k + 1] = g1[2 * k + 1] * H;
         }
-        double t0 = now_ms();
+        double t0 = ts_now_ms();
         rc = prov->begin_region(prov, 0, 0, W, H);
-        st->ms_encode += now_ms() - t0;
+        st->ms_encode += ts_now_ms() - t0;
     }
     st->pass = 1;
     if (!rc) rc = run_points(o, prov, W, H, &whole, p1, n1 * n1, 1, cover, &r1, st, 0, n1 * n1);
@@ -505,12 +498,12 @@ int ts_everything_run(ts_provider *prov, const tinysam_everything_options *o,
     int rc = tinysam_everything_check(o);
     if (rc) return rc;
     run_stats st = {0};
-    double t0 = now_ms();
+    double t0 = ts_now_ms();
     rc = o->mode == TINYSAM_EVERYTHING_GRID ? generate_grid(o, prov, out, &st)
                                             : generate_hierarchical(o, prov, out, &st);
     out->ms_encode = st.ms_encode;
     out->ms_decode = st.ms_decode;
-    out->ms_total = now_ms() - t0;
+    out->ms_total = ts_now_ms() - t0;
     if (rc) tinysam_everything_free(out);
     return rc;
 }

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 enum {
     HTTP_OK = 200,
@@ -32,12 +31,6 @@ typedef struct {
     const uint8_t *body;
     size_t len;
 } request;
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 void ts_server_defaults(ts_server_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -350,10 +343,10 @@ static int api_segment(ts_server *s, ts_http_reply *c, const request *r,
                         .has_box = q->has_box, .mask_input = mask_in};
     memcpy(p.box, q->box, sizeof p.box);
     tinysam_prediction pred = {0};
-    double t0 = now_ms();
+    double t0 = ts_now_ms();
     rc = tinysam_predict(s->model, v.emb, &p, TINYSAM_PREDICT_MASKS |
                          (q->single ? TINYSAM_PREDICT_SINGLE : 0), &pred);
-    double t1 = now_ms();
+    double t1 = ts_now_ms();
     free(mask_in);
     free(q);
     if (rc) return send_status(c, rc);

@@ -6,7 +6,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 enum { ENCODING, READY, FAILED };
 
@@ -24,12 +23,6 @@ struct ts_cache_entry {
     } prev[TS_CACHE_HANDLES];
     ts_cache_entry *next;
 };
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 int ts_cache_init(ts_cache *c, size_t limit_bytes) {
     memset(c, 0, sizeof *c);
@@ -162,10 +155,10 @@ int ts_cache_add(ts_cache *c, tinysam_model *m, const void *data, size_t size,
     pthread_mutex_unlock(&c->mu);
 
     /* decode and encode outside the lock; concurrent uploads of the same bytes wait */
-    double t0 = now_ms();
+    double t0 = ts_now_ms();
     int rc = tinysam_image_decode(data, size, max_pixels, &e->img);
     if (!rc && m) rc = tinysam_encode(m, &e->img, &e->emb); /* no model: decode only (fuzzing) */
-    double t1 = now_ms();
+    double t1 = ts_now_ms();
 
     pthread_mutex_lock(&c->mu);
     if (rc) {

@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 
 /* Per-connection state: the body collected so far. */
 typedef struct {
@@ -28,12 +27,6 @@ typedef struct {
     int answered; /* a response is queued already */
     double t0;
 } conn_state;
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 /* Queues the reply with its headers; takes the body over. */
 static enum MHD_Result queue(struct MHD_Connection *c, int rc, ts_http_reply *rep) {
@@ -84,7 +77,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (!r) {
         r = calloc(1, sizeof *r);
         if (!r) return MHD_NO;
-        r->t0 = now_ms();
+        r->t0 = ts_now_ms();
         r->limit = ts_server_body_limit(s, url, method);
         *con_cls = r;
         /* nothing to read (GET, or a route that takes no body): answer at once, so that a
@@ -154,7 +147,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (s->cfg.log) {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_HTTP_STATUS);
-        fprintf(stderr, "serve: %u %.1f ms%s\n", ci ? ci->http_status : 0u, now_ms() - r->t0,
+        fprintf(stderr, "serve: %u %.1f ms%s\n", ci ? ci->http_status : 0u, ts_now_ms() - r->t0,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
     }
     free(r->body);
