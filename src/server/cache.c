@@ -2,7 +2,7 @@
 #include "server/cache.h"
 
 #include "core.h"
-#include "server/sha256.h"
+#include "sha256.h"
 
 #include <stdlib.h>
 #include <string.h>

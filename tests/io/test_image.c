@@ -1,6 +1,6 @@
 /* test_image.c - JPEG/PNG decoding (spec TINYSAM.md section 3.0) against the fixtures'
  * SHA-256 of PIL's decode, EXIF orientation, corrupt input, limits, PNG encoding. */
-#include "common/sha256.h"
+#include "sha256.h"
 #include "common/test.h"
 #include "core.h"
 #include "io/image.h"
@@ -23,14 +23,14 @@ static uint8_t *read_all(const char *path, size_t *n) {
 
 static void test_sha256_known(void) {
     char hex[65];
-    sha256_hex("", 0, hex);
+    ts_sha256_hex("", 0, hex);
     CHECK(!strcmp(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"), "%s",
           hex);
-    sha256_hex("abc", 3, hex);
+    ts_sha256_hex("abc", 3, hex);
     CHECK(!strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"), "%s",
           hex);
     const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"; /* 2 blocks */
-    sha256_hex(m, strlen(m), hex);
+    ts_sha256_hex(m, strlen(m), hex);
     CHECK(!strcmp(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"), "%s",
           hex);
 }
@@ -69,7 +69,7 @@ static void test_decode_sha256(void) {
         CHECK(img.width == w && img.height == h, "%s: %dx%d, want %dx%d", IMAGES[i], img.width,
               img.height, w, h);
         char got[65];
-        sha256_hex(img.rgb, (size_t)img.width * img.height * 3, got);
+        ts_sha256_hex(img.rgb, (size_t)img.width * img.height * 3, got);
         CHECK(!strcmp(got, want), "%s: sha256 %s, want %s", IMAGES[i], got, want);
         printf("  %s %dx%d sha256 %s\n", IMAGES[i], img.width, img.height,
                strcmp(got, want) ? "MISMATCH" : "ok");

@@ -1,5 +1,5 @@
 /* sha256.c - SHA-256 (FIPS 180-4), one-shot. */
-#include "server/sha256.h"
+#include "sha256.h"
 
 #include <stdio.h>
 #include <string.h>

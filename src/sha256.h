@@ -1,6 +1,7 @@
-/* sha256.h - SHA-256 (FIPS 180-4), used to key the server's embedding cache by content. */
-#ifndef TS_SERVER_SHA256_H
-#define TS_SERVER_SHA256_H
+/* sha256.h - SHA-256 (FIPS 180-4): keys the server's embedding cache by content, and the
+ * tests compare decoded pixels with PIL's by it. */
+#ifndef TS_SHA256_H
+#define TS_SHA256_H
 
 #include <stddef.h>
 #include <stdint.h>
