@@ -10,6 +10,7 @@
 #include "model/sam_decoder_internal.h"
 #include "model/transforms.h"
 #include "test.h"
+#include "prompt_case.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -53,29 +54,11 @@ static void run_image(const char *image, int W, int H) {
         if (de->d_name[0] == '.') continue;
         char base[600], path[700];
         snprintf(base, sizeof base, "reference/%s/prompts/%s", image, de->d_name);
-        snprintf(path, sizeof path, "%s/prompt.json", base);
-        ts_json *pj;
-        REQUIRE(ts_json_load(fixture(path), &pj) == 0, "%s", tinysam_last_error());
-        const ts_json *pts = ts_json_get(pj, "points"), *lab = ts_json_get(pj, "labels"),
-                      *box = ts_json_get(pj, "box");
-        float points[64];
-        int labels[32], np = pts ? pts->n : 0;
-        for (int i = 0; i < np; i++) {
-            points[2 * i] = (float)pts->items[i].items[0].number;
-            points[2 * i + 1] = (float)pts->items[i].items[1].number;
-            labels[i] = (int)lab->items[i].number;
-        }
-        tinysam_prompt pr = {.n_points = np, .points = points, .labels = labels};
-        if (box && box->type == TS_JSON_ARRAY) {
-            pr.has_box = 1;
-            for (int k = 0; k < 4; k++) pr.box[k] = (float)box->items[k].number;
-        }
-        ts_npy mi = {0};
-        snprintf(path, sizeof path, "%s/mask_input.npy", base);
-        if (fixture_exists(path)) {
-            REQUIRE(ts_npy_load(fixture(path), &mi) == 0, "mask input");
-            pr.mask_input = mi.data;
-        }
+        static test_prompt_case pc;
+        REQUIRE(test_prompt_case_load(base, 1, &pc) == 0, "%s", tinysam_last_error());
+        const tinysam_prompt pr = pc.prompt;
+        const float *points = pc.points;
+        const int *labels = pc.labels, np = pr.n_points;
         /* sparse embeddings through the predictor's coordinate path */
         ts_npy sp;
         snprintf(path, sizeof path, "%s/sparse.npy", base);
@@ -139,8 +122,7 @@ static void run_image(const char *image, int W, int H) {
         ts_npy_free(&lr);
         ts_npy_free(&io);
         ts_npy_free(&mk);
-        ts_npy_free(&mi);
-        ts_json_free(pj);
+        test_prompt_case_free(&pc);
     }
     closedir(dir);
     printf("  %s: %d cases; worst sparse %.2e dense %.2e low-res %.2e iou %.2e masks %.5f%%\n",

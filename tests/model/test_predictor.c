@@ -7,6 +7,7 @@
 #include "model/sam.h"
 #include "model/sam_decoder.h"
 #include "model/transforms.h"
+#include "prompt_case.h"
 #include "test.h"
 
 #include <math.h>
@@ -31,42 +32,18 @@ static int setup(void) {
     return 1;
 }
 
-/* Reads a picture1 case's prompt (points, labels, box; no mask input). */
-static void read_prompt(const char *name, tinysam_prompt *pr, float *pts, int *labels,
-                        ts_json **pj) {
-    char path[256];
-    snprintf(path, sizeof path, "reference/picture1/prompts/%s/prompt.json", name);
-    memset(pr, 0, sizeof *pr);
-    *pj = NULL;
-    if (ts_json_load(fixture(path), pj)) return;
-    const ts_json *p = ts_json_get(*pj, "points"), *l = ts_json_get(*pj, "labels"),
-                  *b = ts_json_get(*pj, "box");
-    pr->n_points = p ? p->n : 0;
-    for (int i = 0; i < pr->n_points; i++) {
-        pts[2 * i] = (float)p->items[i].items[0].number;
-        pts[2 * i + 1] = (float)p->items[i].items[1].number;
-        labels[i] = (int)l->items[i].number;
-    }
-    pr->points = pts;
-    pr->labels = labels;
-    if (b && b->type == TS_JSON_ARRAY) {
-        pr->has_box = 1;
-        for (int k = 0; k < 4; k++) pr->box[k] = (float)b->items[k].number;
-    }
-}
-
 /* MASKS|LOGITS: masks are exactly logits > 0, logits agree in sign with the official masks,
  * best and IoU match prompt.json / iou.npy. */
 static void test_logits_masks_best(void) {
     if (!setup()) SKIP("fixtures missing");
     const char *cases[] = {"point", "box", "corner", "five_points"};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        float pts[64];
-        int labels[32];
-        tinysam_prompt pr;
-        ts_json *pj;
-        read_prompt(cases[c], &pr, pts, labels, &pj);
-        REQUIRE(pj, "%s: prompt.json", cases[c]);
+        char dir[256];
+        snprintf(dir, sizeof dir, "reference/picture1/prompts/%s", cases[c]);
+        static test_prompt_case pc; /* no mask input: the official run had none */
+        REQUIRE(test_prompt_case_load(dir, 0, &pc) == 0, "%s: %s", cases[c], tinysam_last_error());
+        const tinysam_prompt pr = pc.prompt;
+        const ts_json *pj = pc.json;
         tinysam_prediction p;
         int rc = tinysam_predict(model, &pic, &pr, TINYSAM_PREDICT_MASKS | TINYSAM_PREDICT_LOGITS,
                                  &p);
@@ -99,7 +76,7 @@ static void test_logits_masks_best(void) {
         tinysam_prediction_free(&p);
         CHECK(!p.masks && !p.logits && !p.low_res, "free leaves pointers set");
         tinysam_prediction_free(&p); /* twice is harmless */
-        ts_json_free(pj);
+        test_prompt_case_free(&pc);
     }
 }
 

@@ -7,6 +7,7 @@
 #include "io/npy.h"
 #include "io/tensor_map.h"
 #include "model/sam.h"
+#include "prompt_case.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -101,23 +102,10 @@ static void test_sam_vit_tiny_prompts(void) {
         if (d->d_name[0] == '.') continue;
         char base[512], path[600];
         snprintf(base, sizeof base, "reference/sam_vit_tiny/picture1/prompts/%s", d->d_name);
-        snprintf(path, sizeof path, "%s/prompt.json", base);
-        ts_json *pj;
-        REQUIRE(ts_json_load(fixture(path), &pj) == 0, "prompt");
-        const ts_json *pts = ts_json_get(pj, "points"), *lab = ts_json_get(pj, "labels"),
-                      *box = ts_json_get(pj, "box"), *mm = ts_json_get(pj, "multimask_output");
-        float points[16];
-        int labels[8], np = pts ? pts->n : 0;
-        for (int i = 0; i < np; i++) {
-            points[2 * i] = (float)pts->items[i].items[0].number;
-            points[2 * i + 1] = (float)pts->items[i].items[1].number;
-            labels[i] = (int)lab->items[i].number;
-        }
-        tinysam_prompt pr = {.n_points = np, .points = points, .labels = labels};
-        if (box) {
-            pr.has_box = 1;
-            for (int k = 0; k < 4; k++) pr.box[k] = (float)box->items[k].number;
-        }
+        static test_prompt_case pc;
+        REQUIRE(test_prompt_case_load(base, 0, &pc) == 0, "prompt: %s", tinysam_last_error());
+        const tinysam_prompt pr = pc.prompt;
+        const ts_json *mm = ts_json_get(pc.json, "multimask_output");
         int single = mm && mm->number == 0;
         tinysam_prediction p;
         REQUIRE(tinysam_predict(m, e, &pr, TINYSAM_PREDICT_MASKS | (single ? TINYSAM_PREDICT_SINGLE : 0),
@@ -146,7 +134,7 @@ static void test_sam_vit_tiny_prompts(void) {
         ts_npy_free(&lr);
         ts_npy_free(&io);
         ts_npy_free(&mk);
-        ts_json_free(pj);
+        test_prompt_case_free(&pc);
     }
     closedir(dir);
     CHECK(n_cases == 3, "%d cases", n_cases);

@@ -14,6 +14,7 @@
 #include "quant/calibrate.h"
 #include "quant/int8_model.h"
 #include "quant/quant.h"
+#include "prompt_case.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -202,31 +203,11 @@ static void run_image(const char *image, const char *file) {
     int cases = 0;
     while ((de = readdir(dir))) {
         if (de->d_name[0] == '.') continue;
-        char base[512], path[600];
+        char base[512];
         snprintf(base, sizeof base, "reference/%s/prompts/%s", image, de->d_name);
-        snprintf(path, sizeof path, "%s/prompt.json", base);
-        ts_json *pj;
-        REQUIRE(ts_json_load(fixture(path), &pj) == 0, "%s", path);
-        const ts_json *pts = ts_json_get(pj, "points"), *lab = ts_json_get(pj, "labels"),
-                      *box = ts_json_get(pj, "box");
-        float points[64];
-        int labels[32], np = pts ? pts->n : 0;
-        for (int i = 0; i < np && i < 32; i++) {
-            points[2 * i] = (float)pts->items[i].items[0].number;
-            points[2 * i + 1] = (float)pts->items[i].items[1].number;
-            labels[i] = (int)lab->items[i].number;
-        }
-        tinysam_prompt pr = {.n_points = np, .points = points, .labels = labels};
-        if (box && box->type == TS_JSON_ARRAY) {
-            pr.has_box = 1;
-            for (int k = 0; k < 4; k++) pr.box[k] = (float)box->items[k].number;
-        }
-        ts_npy mi = {0};
-        snprintf(path, sizeof path, "%s/mask_input.npy", base);
-        if (fixture_exists(path)) {
-            REQUIRE(ts_npy_load(fixture(path), &mi) == 0, "mask input");
-            pr.mask_input = mi.data;
-        }
+        static test_prompt_case pc;
+        REQUIRE(test_prompt_case_load(base, 1, &pc) == 0, "%s", tinysam_last_error());
+        const tinysam_prompt pr = pc.prompt;
         tinysam_prediction pf, pq;
         REQUIRE(tinysam_predict(fm, ef, &pr, TINYSAM_PREDICT_MASKS, &pf) == 0, "%s",
                 tinysam_last_error());
@@ -242,8 +223,7 @@ static void run_image(const char *image, const char *file) {
         cases++;
         tinysam_prediction_free(&pf);
         tinysam_prediction_free(&pq);
-        ts_npy_free(&mi);
-        ts_json_free(pj);
+        test_prompt_case_free(&pc);
     }
     closedir(dir);
     CHECK(cases >= 3, "%s: only %d cases", image, cases);
