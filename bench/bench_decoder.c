@@ -8,26 +8,10 @@
 #include "model/sam_decoder.h"
 #include "model/transforms.h"
 
+#include "bench_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return v[n / 2];
-}
 
 int main(int argc, char **argv) {
     int json = 0, runs = 7;
@@ -67,19 +51,19 @@ int main(int argc, char **argv) {
         tinysam_predict(m, &e, &pr, TINYSAM_PREDICT_MASKS, &p); /* warm-up */
         tinysam_prediction_free(&p);
         for (int r = 0; r < runs; r++) {
-            double t0 = now_ms();
+            double t0 = ts_now_ms();
             tinysam_predict(m, &e, &pr, TINYSAM_PREDICT_LOGITS, &p);
-            v[r] = now_ms() - t0;
+            v[r] = ts_now_ms() - t0;
             tinysam_prediction_free(&p);
         }
-        single[t - 1] = median(v, runs);
+        single[t - 1] = bench_median(v, runs);
         int br = runs < 3 ? runs : 3;
         for (int r = 0; r < br; r++) {
-            double t0 = now_ms();
+            double t0 = ts_now_ms();
             ts_sam_decode(m->prompt_encoder, m->mask_decoder, emb.data, B, sets, lr, iou);
-            v[r] = (now_ms() - t0) / B;
+            v[r] = (ts_now_ms() - t0) / B;
         }
-        batched[t - 1] = median(v, br);
+        batched[t - 1] = bench_median(v, br);
     }
     if (json)
         printf("{\"decoder_ms_1t\": %.2f, \"decoder_ms_2t\": %.2f, \"decoder_batch64_ms_per_prompt_1t\": "

@@ -14,25 +14,14 @@
 #include "quant/int8_model.h"
 #include "tinysam.h"
 
+#include "bench_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
 #define GFLOP_PER_IMAGE 77.5
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static long minor_faults(void) {
     struct rusage ru;
@@ -45,12 +34,6 @@ static double cpu_s(void) {
     if (getrusage(RUSAGE_SELF, &ru)) return 0;
     return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
            1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-static double peak_rss_mb(void) {
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru)) return -1;
-    return (double)ru.ru_maxrss / 1024.0; /* KiB on Linux */
 }
 
 /* Median times at 1 and 2 threads (or only `only`) into med[nt]. */
@@ -67,17 +50,17 @@ static int time_encoder(const ts_tiny_vit *enc, const char *what, const float *i
         ts_tiny_vit_forward(enc, in, out, NULL, NULL); /* warm-up: pool, page faults */
         long flt0 = minor_faults();
         for (int r = 0; r < runs; r++) {
-            double t0 = now_s(), c0 = cpu_s();
+            double t0 = bench_now_s(), c0 = cpu_s();
             if (ts_tiny_vit_forward(enc, in, out, NULL, NULL)) {
                 fprintf(stderr, "forward (%s): %s\n", what, tinysam_last_error());
                 return 1;
             }
-            t[r] = now_s() - t0;
+            t[r] = bench_now_s() - t0;
             tc[r] = cpu_s() - c0;
         }
         long flt = (minor_faults() - flt0) / runs;
-        qsort(t, (size_t)runs, sizeof(double), cmp_double);
-        qsort(tc, (size_t)runs, sizeof(double), cmp_double);
+        qsort(t, (size_t)runs, sizeof(double), bench_cmp_double);
+        qsort(tc, (size_t)runs, sizeof(double), bench_cmp_double);
         double md = t[runs / 2];
         med[nt] = md;
         double sum = 0;
@@ -151,7 +134,7 @@ int main(int argc, char **argv) {
     if (!json) printf("encoder: isa %s, %d runs per setting\n", ts_nn_isa_name(), runs);
     double med_t[3] = {0, 0, 0}, med_q[3] = {0, 0, 0};
     if (time_encoder(enc, "float", in, out, n_out, runs, only, json, t, tc, med_t)) return 1;
-    double rss = peak_rss_mb();
+    double rss = bench_peak_rss_mb();
     /* the int8 encoder: calibrated on the bench input (speed does not depend on it) */
     ts_tensor_map *mq = NULL;
     ts_tiny_vit *encq = NULL;

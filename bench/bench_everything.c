@@ -4,16 +4,11 @@
 #include "core.h"
 #include "tinysam.h"
 
+#include "bench_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-
-static double peak_rss_mb(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1024.0;
-}
 
 typedef struct {
     double ms;
@@ -64,7 +59,7 @@ int main(int argc, char **argv) {
     if (run(m, &img, NULL, TINYSAM_EVERYTHING_HIERARCHICAL, &nh) ||
         run(m, &img, NULL, TINYSAM_EVERYTHING_GRID, &ng))
         return 1;
-    double rss_photo = peak_rss_mb();
+    double rss_photo = bench_peak_rss_mb();
     if (!quick) {
         /* a 4000x3000 photo (picture1 tiled): the memory bound of the issue */
         tinysam_image b = {4000, 3000, malloc((size_t)4000 * 3000 * 3)};
@@ -75,7 +70,7 @@ int main(int argc, char **argv) {
         if (run(m, &b, NULL, TINYSAM_EVERYTHING_HIERARCHICAL, &big)) return 1;
         free(b.rgb);
     }
-    double rss = peak_rss_mb();
+    double rss = bench_peak_rss_mb();
     if (json) {
         printf("{\"threads\": %d, \"oracle_hier_ms\": %.0f, \"oracle_grid_ms\": %.0f, "
                "\"oracle_hier_points\": %d, \"oracle_grid_points\": %d, \"net_hier_ms\": %.0f, "

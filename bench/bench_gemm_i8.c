@@ -7,22 +7,11 @@
 #include "nn/nn.h"
 #include "tinysam.h"
 
+#include "bench_util.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static unsigned long long g_rng = 12345;
 static float frand(void) {
@@ -67,11 +56,11 @@ static double time_ms(const bench_case *c, int reps) {
     if (reps > 64) reps = 64;
     run_once(c);
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         run_once(c);
-        t[r] = (now_s() - t0) * 1e3;
+        t[r] = (bench_now_s() - t0) * 1e3;
     }
-    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    qsort(t, (size_t)reps, sizeof(double), bench_cmp_double);
     return t[reps / 2];
 }
 

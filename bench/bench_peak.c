@@ -5,17 +5,11 @@
  * that support the same instructions (Zen 4 runs 512-bit FMAs on 256-bit pipes), so the peak
  * is measured rather than computed from flags.
  *   build/bench/bench_peak [--json] */
+#include "bench_util.h"
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 #define ITERS 40000000L /* x 12 FMAs: about 0.15 s at AVX-512 speed */
 
@@ -71,9 +65,9 @@ typedef struct {
 
 static void *run_fma(void *arg) {
     job *j = arg;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     double flop = use512 ? fma_avx512() : fma_avx2();
-    j->gflops = flop / (now_s() - t0) / 1e9;
+    j->gflops = flop / (bench_now_s() - t0) / 1e9;
     return NULL;
 }
 
@@ -99,12 +93,12 @@ static double clock_ghz(void) {
     double best = 0;
     for (int r = 0; r < 3; r++) {
         long n = 50000000L, x = 0;
-        double t0 = now_s();
+        double t0 = bench_now_s();
         for (long i = 0; i < n; i++)
             __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
                              "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
                              : "+r"(x));
-        double g = 8.0 * (double)n / (now_s() - t0) / 1e9;
+        double g = 8.0 * (double)n / (bench_now_s() - t0) / 1e9;
         if (g > best) best = g;
     }
     return best;

@@ -8,30 +8,13 @@
 #include "nn/nn.h"
 #include "tinysam.h"
 
+#include "bench_util.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double peak_rss_mb(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0; /* KB on Linux */
-}
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 static float urand(void) { /* xorshift64*, uniform in [-1, 1) */
@@ -147,7 +130,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_sam_vit: out of memory building the weights\n");
         return 1;
     }
-    double rss_weights = peak_rss_mb();
+    double rss_weights = bench_peak_rss_mb();
     ts_sam_vit *enc;
     if (ts_sam_vit_load(&b.m, &enc)) {
         fprintf(stderr, "bench_sam_vit: %s\n", tinysam_last_error());
@@ -170,14 +153,14 @@ int main(int argc, char **argv) {
     for (int nt = 1; nt <= 2; nt++) {
         tinysam_set_num_threads(nt);
         for (int r = 0; r < runs; r++) {
-            double t0 = now_s();
+            double t0 = bench_now_s();
             if (ts_sam_vit_forward(enc, in, out)) {
                 fprintf(stderr, "forward: %s\n", tinysam_last_error());
                 return 1;
             }
-            t[r] = now_s() - t0;
+            t[r] = bench_now_s() - t0;
         }
-        qsort(t, (size_t)runs, sizeof(double), cmp_double);
+        qsort(t, (size_t)runs, sizeof(double), bench_cmp_double);
         double med = t[runs / 2];
         if (nt == 1) med1 = med;
         double sum = 0;
@@ -187,7 +170,7 @@ int main(int argc, char **argv) {
                "checksum %.6f\n",
                nt, med * 1e3, t[0] * 1e3, gf / med, med1 / med, sum);
     }
-    double peak = peak_rss_mb();
+    double peak = bench_peak_rss_mb();
     printf("  peak RSS %.0f MB (%.0f MB beyond the weights)\n", peak, peak - rss_weights);
     free(in);
     free(out);
