@@ -462,28 +462,30 @@ void ts_g_focal_bwd(const double *z, const double *g, size_t n, double w, double
     }
 }
 
-double ts_g_dice_fwd(const double *z, const double *g, size_t n)
+/* The sums of the dice loss: I = sum p*g, P = sum p, S = sum g, with p = sigmoid(z). */
+static void dice_sums(const double *z, const double *g, size_t n, double *I, double *P, double *S)
 {
-    double I = 0, P = 0, S = 0;
+    *I = *P = *S = 0;
     for (size_t i = 0; i < n; i++) {
         double p = sigmoid(z[i]);
-        I += p * g[i];
-        P += p;
-        S += g[i];
+        *I += p * g[i];
+        *P += p;
+        *S += g[i];
     }
+}
+
+double ts_g_dice_fwd(const double *z, const double *g, size_t n)
+{
+    double I, P, S;
+    dice_sums(z, g, n, &I, &P, &S);
     return 1.0 - (2 * I + 1) / (P + S + 1);
 }
 
 void ts_g_dice_bwd(const double *z, const double *g, size_t n, double w, double *dz)
 {
     if (!dz) return;
-    double I = 0, P = 0, S = 0;
-    for (size_t i = 0; i < n; i++) {
-        double p = sigmoid(z[i]);
-        I += p * g[i];
-        P += p;
-        S += g[i];
-    }
+    double I, P, S;
+    dice_sums(z, g, n, &I, &P, &S);
     double D = P + S + 1;
     for (size_t i = 0; i < n; i++) {
         double p = sigmoid(z[i]);
