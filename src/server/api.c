@@ -548,6 +548,13 @@ int ts_server_too_large(ts_http_reply *out, size_t limit) {
                       limit);
 }
 
+int ts_server_handle_body(ts_server *s, const char *method, const char *url,
+                          const uint8_t *body, size_t len, ts_http_reply *out) {
+    size_t limit = ts_server_body_limit(s, url, method);
+    if (limit && len > limit) return ts_server_too_large(out, limit);
+    return ts_server_handle(s, method, url, body, limit ? len : 0, out);
+}
+
 void ts_http_reply_free(ts_http_reply *r) {
     if (r->owned) free(r->body);
     memset(r, 0, sizeof *r);

@@ -52,4 +52,10 @@ size_t ts_url_unescape(char *s);
 /* The error answer for a body over the route's limit. */
 int ts_server_too_large(ts_http_reply *out, size_t limit);
 
+/* ts_server_handle for a request whose whole body is at hand, with the route's body rules
+ * (what server.c applies while the body streams in): a route that takes no body ignores it,
+ * a body over the route's limit gets 413. */
+int ts_server_handle_body(ts_server *s, const char *method, const char *url,
+                          const uint8_t *body, size_t len, ts_http_reply *out);
+
 #endif

@@ -55,10 +55,11 @@ static enum MHD_Result queue(struct MHD_Connection *c, int rc, ts_http_reply *re
     return ret;
 }
 
+/* The whole body is in (or the route takes none): r->len is within the route's limit. */
 static enum MHD_Result answer(ts_server *s, struct MHD_Connection *c, const char *url,
                               const char *method, const conn_state *r) {
     ts_http_reply rep;
-    int rc = ts_server_handle(s, method, url, r->body, r->len, &rep);
+    int rc = ts_server_handle_body(s, method, url, r->body, r->len, &rep);
     return queue(c, rc, &rep);
 }
 

@@ -295,11 +295,7 @@ int ts_fuzz_http(const uint8_t *data, size_t size) {
     ts_url_unescape(url);
     const uint8_t *body = nl ? nl + 1 : data + size;
     size_t body_len = (size_t)(data + size - body);
-    /* as server.c: no body for a route that takes none, 413 past the route's limit */
-    size_t limit = ts_server_body_limit(http_server, url, method);
-    int rc = limit && body_len > limit
-                 ? ts_server_too_large(&rep, limit)
-                 : ts_server_handle(http_server, method, url, body, limit ? body_len : 0, &rep);
+    int rc = ts_server_handle_body(http_server, method, url, body, body_len, &rep);
     free(url);
     if (rc) return TINYSAM_E_NOMEM;
     int status = (int)rep.status;
