@@ -424,22 +424,17 @@ typedef struct {
 } decode_job;
 
 typedef struct {
-    const float *embedding; /* 256 x 4096 */
     const ts_prompt_encoder *pe;
     shared_img *sh;
 } shared_job;
 
-/* Image tokens [t*256, (t+1)*256): token-major embedding, and the layer-0 image side of
- * every set without a mask input. */
+/* Image tokens [t*256, (t+1)*256): the layer-0 image side of every set without a mask
+ * input, from the token-major embedding. */
 static void shared_task(void *ctx, int t, int tid) {
     (void)tid;
     const shared_job *j = ctx;
     int per = N_IMG / PAR_TASKS, i0 = t * per;
     shared_img *sh = j->sh;
-    for (int c0 = 0; c0 < 256; c0 += 16)
-        for (int i = i0; i < i0 + per; i++)
-            for (int ch = c0; ch < c0 + 16; ch++)
-                sh->emb_tok[(size_t)i * 256 + ch] = j->embedding[(size_t)ch * N_IMG + i];
     for (int i = i0; i < i0 + per; i++)
         for (int ch = 0; ch < 256; ch++) {
             size_t x = (size_t)i * 256 + ch;
@@ -681,7 +676,8 @@ int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *dc, const 
     ts_decode_ctx *c = ctx_get(d, nt, n_up, max_tokens, max_tokens > fold_max);
     if (!c) return ts_error(TINYSAM_E_NOMEM, "out of memory in the mask decoder");
     shared_img *sh = &c->sh;
-    shared_job sj = {embedding, pe, sh};
+    transpose(embedding, 256, N_IMG, sh->emb_tok);
+    shared_job sj = {pe, sh};
     ts_parallel_for(PAR_TASKS, shared_task, &sj);
     /* Its projections cost about two folded sets' worth of work: worth it from two sets. */
     int use_proj = n_plain >= 2;
