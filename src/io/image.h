@@ -7,9 +7,11 @@
 
 #include "tinysam.h"
 
-/* Largest accepted width or height (libpng's default user limit); the pixel count is
- * limited separately by max_pixels. */
-#define TS_IMAGE_MAX_SIDE 1000000
+/* Largest accepted width or height (JPEG cannot exceed 65500). libpng's per-row cost is
+ * paid 7 times per row of an interlaced PNG, so a 4 x 1,000,000 image took 250 ms to
+ * reject under ASan while 4 megapixels of ordinary shape take 20: sides are bounded too,
+ * not just the pixel count (max_pixels). */
+#define TS_IMAGE_MAX_SIDE 65535
 /* Largest image file tinysam_image_load reads. */
 #define TS_IMAGE_MAX_FILE (1024LL * 1024 * 1024)
 /* Progressive JPEGs with more scans than this are rejected (decode-time DoS guard). */
