@@ -96,7 +96,7 @@ static int quantize(const ts_tensor_map *m, const ts_tiny_vit *enc, const float 
 }
 
 int main(int argc, char **argv) {
-    int runs = 5, only = 0, json = 0;
+    int runs = 5, only = 0, json = 0, float_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = 1;
@@ -104,10 +104,12 @@ int main(int argc, char **argv) {
             runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             only = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--float-only")) /* for profiling the float pass alone */
+            float_only = 1;
         else if (argv[i][0] != '-')
             runs = atoi(argv[i]);
         else {
-            fprintf(stderr, "usage: %s [runs] [--runs N] [--threads T] [--json]\n", argv[0]);
+            fprintf(stderr, "usage: %s [runs] [--runs N] [--threads T] [--float-only] [--json]\n", argv[0]);
             return 2;
         }
     }
@@ -135,6 +137,7 @@ int main(int argc, char **argv) {
     double med_t[3] = {0, 0, 0}, med_q[3] = {0, 0, 0};
     if (time_encoder(enc, "float", in, out, n_out, runs, only, json, t, tc, med_t)) return 1;
     double rss = bench_peak_rss_mb();
+    if (float_only) return 0;
     /* the int8 encoder: calibrated on the bench input (speed does not depend on it) */
     ts_tensor_map *mq = NULL;
     ts_tiny_vit *encq = NULL;

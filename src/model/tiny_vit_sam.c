@@ -496,14 +496,19 @@ static float *slot(const scratch_t *s, int tid) {
 }
 
 /* Window attention (§4.6) for one TinyViT block, in place: t = t + Attention(windows of t).
- * One task per window; everything of a window (q, k, v, scores) stays in its slot, in cache.
- * Windows on the bottom/right edge hold zero padding tokens: their outputs are discarded, so
- * only the nv real tokens are queries (rows of LN, qkv, scores, proj); as keys and values the
- * padding tokens all share one qkv row (that of a zero token, pad_qkv, computed per block). */
+ * One task per group of WIN_GROUP windows (consecutive in `order`): their tokens share one
+ * LayerNorm, one qkv and one proj GEMM (4 x 49 rows fill the micro-kernel's 12-row panels,
+ * one 49-row window leaves a 6- and a 7-row tail), while scores stay per window; everything
+ * of a group stays in its slot, in cache. Windows on the bottom/right edge hold zero padding
+ * tokens: their outputs are discarded, so only the nv real tokens are queries (rows of LN,
+ * qkv, scores, proj); as keys and values the padding tokens all share one qkv row (that of a
+ * zero token, pad_qkv, computed per block). */
+#define WIN_GROUP_ROWS 196 /* a group holds windows up to this many tokens in all */
+
 typedef struct {
     const vit_block *v;
     float *t;
-    int R, C, heads, ws, nw;
+    int R, C, heads, ws, nw, tasks;
     const float *pad_qkv; /* [3C] */
     const short *order;   /* task -> window: full windows first (see window_order) */
     scratch_t scr;
@@ -511,71 +516,104 @@ typedef struct {
     const tap_t *tap;
 } attn_job;
 
-static void attn_window(void *ctx, int task, int tid) {
+typedef struct {
+    int w, y0, x0, vh, vw, nv, off; /* window, origin, real extent, first row in the group */
+} win_t;
+
+static void attn_group(void *ctx, int task, int tid) {
     const attn_job *j = ctx;
-    const int w = j->order[task];
     const vit_block *v = j->v;
     const int C = j->C, ws = j->ws, N = ws * ws, R = j->R, C3 = 3 * C;
-    const int y0 = (w / j->nw) * ws, x0 = (w % j->nw) * ws;
-    /* queries: the vh x vw real tokens (all N when the hook wants every output) */
-    const int vh = j->dump ? ws : TS_MIN(ws, R - y0), vw = j->dump ? ws : TS_MIN(ws, R - x0);
-    const int nv = vh * vw;
-    float *xw = slot(&j->scr, tid);       /* nv x C */
-    float *qkv = xw + (size_t)N * C;      /* N x 3C, window order (keys and values) */
-    float *qc = qkv + (size_t)N * C3;     /* nv x 3C, the queries' rows (= qkv when nv = N) */
-    float *S = qc + (size_t)N * C3;       /* nv x N */
-    float *o = S + (size_t)N * N;         /* nv x C */
-    float *a = o + (size_t)N * C;         /* nv x C */
-    int pos[196];                         /* window position of query i */
-    TS_ASSERT(N <= 196);
-    for (int iy = 0, i = 0; iy < vh; iy++)
-        for (int ix = 0; ix < vw; ix++, i++) {
-            int gy = y0 + iy, gx = x0 + ix;
-            float *dst = xw + (size_t)i * C;
-            pos[i] = iy * ws + ix;
-            if (gy < R && gx < R)
-                memcpy(dst, j->t + ((size_t)gy * R + gx) * C, sizeof(float) * C);
-            else
-                memset(dst, 0, sizeof(float) * C);
-        }
+    const int nwin = j->nw * j->nw;
+    const int g0 = (int)((long long)nwin * task / j->tasks);
+    const int gn = (int)((long long)nwin * (task + 1) / j->tasks) - g0;
+    win_t win[WIN_GROUP_ROWS / 49];
+    TS_ASSERT(gn <= (int)(sizeof win / sizeof win[0]));
+    int M = 0;
+    for (int g = 0; g < gn; g++) {
+        win_t *wd = &win[g];
+        wd->w = j->order[g0 + g];
+        wd->y0 = (wd->w / j->nw) * ws;
+        wd->x0 = (wd->w % j->nw) * ws;
+        /* queries: the vh x vw real tokens (all N when the hook wants every output) */
+        wd->vh = j->dump ? ws : TS_MIN(ws, R - wd->y0);
+        wd->vw = j->dump ? ws : TS_MIN(ws, R - wd->x0);
+        wd->nv = wd->vh * wd->vw;
+        wd->off = M;
+        M += wd->nv;
+    }
+    const int Mmax = TS_MAX(N, WIN_GROUP_ROWS);
+    float *xw = slot(&j->scr, tid);         /* M x C */
+    float *qc = xw + (size_t)Mmax * C;      /* M x 3C, the queries' rows */
+    float *kv = qc + (size_t)Mmax * C3;     /* N x 3C, a padded window's keys and values */
+    float *S = kv + (size_t)N * C3;         /* nv x N */
+    float *o = S + (size_t)N * N;           /* M x C */
+    float *a = o + (size_t)Mmax * C;        /* M x C */
+    for (int g = 0; g < gn; g++) {
+        const win_t *wd = &win[g];
+        for (int iy = 0, i = 0; iy < wd->vh; iy++)
+            for (int ix = 0; ix < wd->vw; ix++, i++) {
+                int gy = wd->y0 + iy, gx = wd->x0 + ix;
+                float *dst = xw + (size_t)(wd->off + i) * C;
+                if (gy < R && gx < R)
+                    memcpy(dst, j->t + ((size_t)gy * R + gx) * C, sizeof(float) * C);
+                else
+                    memset(dst, 0, sizeof(float) * C);
+            }
+    }
     // ref: tinysam/modeling/tiny_vit_sam.py, Attention.forward
-    {
-        ts_layernorm_to_serial(xw, xw, nv, C, v->ln_w, v->ln_b, LN_EPS);
-        if (nv == N) {
-            qc = qkv;
-            lin_gemm(v->qkv, N, xw, C, qkv, C3, 0, TS_ACT_NONE, 1, j->tap, (long long)w * N);
-        } else {
-            lin_gemm(v->qkv, nv, xw, C, qc, C3, 0, TS_ACT_NONE, 1, j->tap, (long long)w * N);
+    ts_layernorm_to_serial(xw, xw, M, C, v->ln_w, v->ln_b, LN_EPS);
+    /* the calibration tap numbers a window's rows w*N + i, whatever the grouping */
+    if (j->tap)
+        for (int g = 0; g < gn; g++)
+            j->tap->fn(j->tap->user, v->qkv->id, (long long)win[g].w * N,
+                       xw + (size_t)win[g].off * C, win[g].nv, C);
+    lin_gemm(v->qkv, M, xw, C, qc, C3, 0, TS_ACT_NONE, 1, NULL, 0);
+    for (int g = 0; g < gn; g++) {
+        const win_t *wd = &win[g];
+        const int nv = wd->nv;
+        const float *q0 = qc + (size_t)wd->off * C3, *kv0 = q0;
+        if (nv != N) { /* keys and values in window order, padding tokens from pad_qkv */
             for (int p = 0; p < N; p++) {
                 int iy = p / ws, ix = p % ws;
-                const float *src = iy < vh && ix < vw ? qc + (size_t)(iy * vw + ix) * C3
-                                                      : j->pad_qkv;
-                memcpy(qkv + (size_t)p * C3, src, sizeof(float) * C3);
+                const float *src = iy < wd->vh && ix < wd->vw
+                                       ? q0 + (size_t)(iy * wd->vw + ix) * C3
+                                       : j->pad_qkv;
+                memcpy(kv + (size_t)p * C3, src, sizeof(float) * C3);
             }
+            kv0 = kv;
         }
         for (int h = 0; h < j->heads; h++) {
-            const float *q = qc + h * 3 * HEAD_DIM; /* head-major: [q k v] per head */
-            const float *k = qkv + h * 3 * HEAD_DIM + HEAD_DIM, *vv = k + HEAD_DIM;
+            const float *q = q0 + h * 3 * HEAD_DIM; /* head-major: [q k v] per head */
+            const float *k = kv0 + h * 3 * HEAD_DIM + HEAD_DIM, *vv = k + HEAD_DIM;
             const float *tab = v->bias_tab + (size_t)h * N * N;
             ts_gemm_serial(nv, N, HEAD_DIM, q, C3, k, C3, 1, S, N, 0.0f, NULL, TS_ACT_NONE);
-            for (int i = 0; i < nv; i++) {
-                float *Si = S + (size_t)i * N;
-                const float *ti = tab + (size_t)pos[i] * N;
-                ts_scale_add(Si, ATTN_SCALE, ti, N);
-            }
+            for (int iy = 0, i = 0; iy < wd->vh; iy++)
+                for (int ix = 0; ix < wd->vw; ix++, i++)
+                    ts_scale_add(S + (size_t)i * N, ATTN_SCALE, tab + (size_t)(iy * ws + ix) * N,
+                                 N);
             ts_softmax_rows_serial(S, nv, N);
-            ts_gemm_serial(nv, HEAD_DIM, N, S, N, vv, C3, 0, o + h * HEAD_DIM, C, 0.0f, NULL,
-                           TS_ACT_NONE);
+            ts_gemm_serial(nv, HEAD_DIM, N, S, N, vv, C3, 0, o + (size_t)wd->off * C + h * HEAD_DIM,
+                           C, 0.0f, NULL, TS_ACT_NONE);
         }
-        lin_gemm(v->proj, nv, o, C, a, C, 0, TS_ACT_NONE, 1, j->tap, (long long)w * N);
-    } // a: nv x C
-    if (j->dump) memcpy(j->dump + (size_t)w * N * C, a, sizeof(float) * N * C);
-    for (int i = 0; i < nv; i++) {
-        int gy = y0 + pos[i] / ws, gx = x0 + pos[i] % ws;
-        if (gy >= R || gx >= R) continue;
-        float *dst = j->t + ((size_t)gy * R + gx) * C;
-        const float *src = a + (size_t)i * C;
-        for (int c = 0; c < C; c++) dst[c] += src[c];
+    }
+    if (j->tap)
+        for (int g = 0; g < gn; g++)
+            j->tap->fn(j->tap->user, v->proj->id, (long long)win[g].w * N,
+                       o + (size_t)win[g].off * C, win[g].nv, C);
+    lin_gemm(v->proj, M, o, C, a, C, 0, TS_ACT_NONE, 1, NULL, 0);
+    for (int g = 0; g < gn; g++) {
+        const win_t *wd = &win[g];
+        const float *aw = a + (size_t)wd->off * C;
+        if (j->dump) memcpy(j->dump + (size_t)wd->w * N * C, aw, sizeof(float) * N * C);
+        for (int iy = 0, i = 0; iy < wd->vh; iy++)
+            for (int ix = 0; ix < wd->vw; ix++, i++) {
+                int gy = wd->y0 + iy, gx = wd->x0 + ix;
+                if (gy >= R || gx >= R) continue;
+                float *dst = j->t + ((size_t)gy * R + gx) * C;
+                const float *src = aw + (size_t)i * C;
+                for (int c = 0; c < C; c++) dst[c] += src[c];
+            }
     }
 }
 
@@ -592,8 +630,8 @@ static void window_order(int R, int ws, int nw, short *order) {
 
 /* Scratch floats one thread needs in attn_window. */
 static size_t attn_scratch_per(int C, int ws) {
-    size_t N = (size_t)ws * ws;
-    return N * C * 3 + 2 * N * 3 * C + N * N + 16;
+    size_t N = (size_t)ws * ws, Mmax = TS_MAX(N, WIN_GROUP_ROWS);
+    return Mmax * C * 3 + Mmax * 3 * C + N * 3 * C + N * N + 16;
 }
 
 /* pad_qkv[3C] = qkv(LN(zero token)): the keys/values of every padding token of a block. */
@@ -603,33 +641,49 @@ static void pad_token_qkv(const vit_block *v, int C, float *zero_row, float *pad
     lin_gemm(v->qkv, 1, zero_row, C, pad_qkv, 3 * C, 0, TS_ACT_NONE, 1, NULL, 0);
 }
 
-/* local_conv then the MLP of a TinyViT block, one image row per task (§4.6):
- * y = dw(x); y = y + fc2(GELU(fc1(LN(y)))). The row's LN and 4C hidden values stay in the
- * slot; x is only read, so rows are independent. */
+/* local_conv then the MLP of a TinyViT block, up to MLP_ROWS image rows per task (§4.6):
+ * y = dw(x); y = y + fc2(GELU(fc1(LN(y)))). The rows' LN and 4C hidden values stay in the
+ * slot; x is only read, so tasks are independent. Three rows (192 or 384 tokens) rather than
+ * one (64 tokens: two 8-row tail panels of the micro-kernel) made the stage-3/4 MLP GEMMs
+ * about a quarter faster. */
+#define MLP_ROWS 3
+
+/* Tasks for n items at about `per` items each: a multiple of the thread count, so that the
+ * threads get equal shares (task t covers items [n t / tasks, n (t+1) / tasks)). */
+static int even_tasks(int n, int per, int nt) {
+    int tasks = (n + per - 1) / per;
+    if (per > 1) tasks = TS_MIN(n, (tasks + nt - 1) / nt * nt);
+    return tasks;
+}
+
 typedef struct {
     const vit_block *v;
     const float *x;
     float *y;
-    int R, C;
+    int R, C, tasks;
     scratch_t scr;
     const tap_t *tap;
 } mlp_job;
 
-static void local_mlp_row(void *ctx, int oy, int tid) {
+static void local_mlp_rows(void *ctx, int task, int tid) {
     const mlp_job *j = ctx;
     const vit_block *v = j->v;
     const int R = j->R, C = j->C;
-    float *yr = j->y + (size_t)oy * R * C;
-    float *ln = slot(&j->scr, tid), *hid = ln + (size_t)R * C;
-    ts_dwconv3x3_nhwc_row(j->x, R, R, C, 1, v->local.w, v->local.b, TS_ACT_NONE, yr, oy);
+    const int oy0 = (int)((long long)R * task / j->tasks);
+    const int oy1 = (int)((long long)R * (task + 1) / j->tasks), M = (oy1 - oy0) * R;
+    float *yr = j->y + (size_t)oy0 * R * C;
+    float *ln = slot(&j->scr, tid), *hid = ln + (size_t)MLP_ROWS * R * C;
+    for (int oy = oy0; oy < oy1; oy++)
+        ts_dwconv3x3_nhwc_row(j->x, R, R, C, 1, v->local.w, v->local.b, TS_ACT_NONE,
+                              j->y + (size_t)oy * R * C, oy);
     // ref: Mlp.forward
-    ts_layernorm_to_serial(yr, ln, R, C, v->mlp_ln_w, v->mlp_ln_b, LN_EPS);
-    lin_gemm(v->fc1, R, ln, C, hid, 4 * C, 0, TS_ACT_GELU, 1, j->tap, (long long)oy * R);
-    lin_gemm(v->fc2, R, hid, 4 * C, yr, C, 1, TS_ACT_NONE, 1, j->tap, (long long)oy * R);
+    ts_layernorm_to_serial(yr, ln, M, C, v->mlp_ln_w, v->mlp_ln_b, LN_EPS);
+    lin_gemm(v->fc1, M, ln, C, hid, 4 * C, 0, TS_ACT_GELU, 1, j->tap, (long long)oy0 * R);
+    lin_gemm(v->fc2, M, hid, 4 * C, yr, C, 1, TS_ACT_NONE, 1, j->tap, (long long)oy0 * R);
 }
 
 static size_t mlp_scratch_per(int R, int C) {
-    return (size_t)R * C * 5;
+    return (size_t)MLP_ROWS * R * C * 5;
 }
 
 /* MBConv (§4.4) and PatchMerging (§4.5) as one row pipeline: h = GELU(pw1(in)),
@@ -830,17 +884,19 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
                 short order[19 * 19];
                 TS_ASSERT(nw <= 19);
                 window_order(R, ws, nw, order);
-                attn_job aj = {v, x, R, C, heads, ws, nw, pad_qkv, order, scr,
+                const int group = TS_MAX(1, WIN_GROUP_ROWS / (ws * ws));
+                attn_job aj = {v, x, R, C, heads, ws, nw,
+                               even_tasks(nw * nw, group, nthreads), pad_qkv, order, scr,
                                (hook && s == 1 && b == 0) ? dump : NULL, tap};
-                ts_parallel_for(nw * nw, attn_window, &aj); /* x = x + attn(x) */
+                ts_parallel_for(aj.tasks, attn_group, &aj); /* x = x + attn(x) */
                 PROF(5);
                 if (aj.dump) {
                     hk.hook(hk.user, "layers1_block0_attn", dump, (long long)nw * nw * ws * ws * C);
                 }
                 /* local_conv (no residual around it) and the MLP, into the other buffer */
                 float *t2 = x == bA ? bC : bA;
-                mlp_job mj = {v, x, t2, R, C, scr, tap};
-                ts_parallel_for(R, local_mlp_row, &mj);
+                mlp_job mj = {v, x, t2, R, C, even_tasks(R, MLP_ROWS, nthreads), scr, tap};
+                ts_parallel_for(mj.tasks, local_mlp_rows, &mj);
                 x = t2;
                 PROF(6);
                 if (b == 0 && s < 3) {
