@@ -418,6 +418,7 @@ typedef struct {
     atomic_int *next_slot;
     int par_up; /* one set: spread the upscaling chunks over the pool */
     float *low_res, *iou;
+    float *tokens; /* n x 5 x 256 (hs rows 0..4), or NULL */
     /* per upscaling run */
     const float *keys, *hblk;
     float *lr;
@@ -517,6 +518,7 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
     else attention(&d->final_attn, qpe, nq, kpe, keys, N_IMG, NULL, NULL, tmp, w);
     add(queries, tmp, queries, tq);
     ts_layernorm(queries, nq, 256, d->nf_w, d->nf_b, 1e-5f);
+    if (j->tokens) memcpy(j->tokens + (size_t)s * 5 * 256, queries, 5 * 256 * sizeof(float));
 
     /* hypernetworks: one 32-vector per mask token, laid out block-diagonally */
     for (int t = 0; t < 4; t++) {
@@ -656,6 +658,12 @@ static void ctx_put(ts_mask_decoder *d, ts_decode_ctx *c) {
 
 int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *dc, const float *embedding,
                   int n, const ts_prompt_set *sets, float *low_res, float *iou) {
+    return ts_sam_decode_tokens(pe, dc, embedding, n, sets, low_res, iou, NULL);
+}
+
+int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
+                         const float *embedding, int n, const ts_prompt_set *sets, float *low_res,
+                         float *iou, float *tokens) {
     if (n <= 0) return 0;
     ts_mask_decoder *d = (ts_mask_decoder *)dc; /* only the context cache is written */
     int max_tokens = 8, n_plain = 0; /* room for a few points, so that the cache is reused */
@@ -691,7 +699,7 @@ int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *dc, const 
     decode_job j = {.pe = pe, .d = d, .sets = sets, .sh = sh, .use_proj = use_proj,
                     .fold_max = fold_max, .ws = c->ws, .up = c->up, .slot_of_tid = c->slot_of_tid,
                     .next_slot = &next_slot, .par_up = n == 1 && threads > 1,
-                    .low_res = low_res, .iou = iou};
+                    .low_res = low_res, .iou = iou, .tokens = tokens};
     for (int t = 0; t < threads; t++) c->slot_of_tid[t] = -1;
     if (n == 1)
         decode_one(&j, 0, &c->ws[0], &c->up[0]);

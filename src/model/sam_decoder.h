@@ -43,5 +43,11 @@ const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe);
  * for the next call, freed with the decoder. */
 int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *d, const float *embedding,
                   int n, const ts_prompt_set *sets, float *low_res, float *iou);
+/* The same, also writing the transformer's output tokens after norm_final_attn, rows 0..4
+ * (IoU token, 4 mask tokens: `hs` of predict_masks), n x 5 x 256 into tokens (may be NULL):
+ * the token level of distillation (spec DISTILL.md 1.4). */
+int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *d,
+                         const float *embedding, int n, const ts_prompt_set *sets, float *low_res,
+                         float *iou, float *tokens);
 
 #endif
