@@ -185,6 +185,7 @@ static void test_gelu(void) {
             err = fmax(err, fabs((double)y[k] - w));
         }
         CHECK(err < 1e-6, "%s gelu max abs err %g", ISAS[i], err);
+        printf("  %s gelu: max abs error %.3g against the erff formula\n", ISAS[i], err);
     }
     free(x); free(y);
     ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
