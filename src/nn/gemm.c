@@ -102,6 +102,8 @@ static void pack_a(const a_src *s, int i0, int mv, int p0, int kc, int mr, float
         }
         return;
     }
+    /* the block's first tap and channel are the same for every row: no division per run */
+    const int Ci = s->Ci, tap0 = p0 / Ci, ci0 = p0 - tap0 * Ci, pend = p0 + kc;
     for (int r = 0; r < mr; r++) {
         float *dst = Ap + r;
         if (r >= mv) {
@@ -111,19 +113,26 @@ static void pack_a(const a_src *s, int i0, int mv, int p0, int kc, int mr, float
         /* im2col row of output pixel (oy, ox): columns (ky, kx, ci) */
         int m = i0 + r;
         int oy = m / s->Wo, ox = m % s->Wo;
-        int p = p0, pend = p0 + kc;
+        int ix0 = ox * s->stride - 1;
+        int p = p0, tap = tap0, ci = ci0;
         while (p < pend) {
-            int tap = p / s->Ci, ci = p % s->Ci;
-            int run = TS_MIN(s->Ci - ci, pend - p);
-            int iy = oy * s->stride - 1 + tap / 3, ix = ox * s->stride - 1 + tap % 3;
+            int ky = tap / 3, kx = tap - 3 * ky, iy = oy * s->stride - 1 + ky, ix = ix0 + kx;
+            int run = TS_MIN(Ci - ci, pend - p), taps = 1;
+            /* a whole kernel row inside the image: its 3 pixels are 3*Ci contiguous floats */
+            if (kx == 0 && ci == 0 && p + 3 * Ci <= pend && ix0 >= 0 && ix0 + 2 < s->W) {
+                run = 3 * Ci;
+                taps = 3;
+            }
             float *d = dst + (size_t)(p - p0) * mr;
             if (iy < 0 || iy >= s->H || ix < 0 || ix >= s->W) {
                 for (int j = 0; j < run; j++) d[(size_t)j * mr] = 0.0f;
             } else {
-                const float *src = s->x + ((size_t)iy * s->W + ix) * s->Ci + ci;
+                const float *src = s->x + ((size_t)iy * s->W + ix) * Ci + ci;
                 for (int j = 0; j < run; j++) d[(size_t)j * mr] = src[j];
             }
             p += run;
+            tap += taps;
+            ci = 0;
         }
     }
 }
