@@ -264,13 +264,11 @@ typedef struct {
     int rows, cols;
 } transpose_job;
 
-/* Source rows [r0, r1) in cache-sized tiles. */
+/* Source rows [r0, r1). */
 static void transpose_rows(const transpose_job *j, int r0, int r1) {
-    for (int rb = r0; rb < r1; rb += 16)
-        for (int c0 = 0; c0 < j->cols; c0 += 16)
-            for (int c = c0; c < TS_MIN(c0 + 16, j->cols); c++)
-                for (int r = rb; r < TS_MIN(rb + 16, r1); r++)
-                    j->dst[(size_t)c * j->rows + r] = j->src[(size_t)r * j->cols + c];
+    if (r1 > r0)
+        ts_transpose_serial(j->src + (size_t)r0 * j->cols, j->cols, r1 - r0, j->cols, j->dst + r0,
+                            j->rows);
 }
 
 static void transpose_task(void *ctx, int t, int tid) {

@@ -428,9 +428,8 @@ static void transpose_task(void *ctx, int i, int tid) {
     (void)tid;
     const tr_job *j = ctx;
     int r0 = i * 64, r1 = TS_MIN(j->rows, r0 + 64);
-    for (int c = 0; c < j->cols; c++)
-        for (int r = r0; r < r1; r++)
-            j->dst[(size_t)c * j->rows + r] = j->src[(size_t)r * j->cols + c];
+    ts_transpose_serial(j->src + (size_t)r0 * j->cols, j->cols, r1 - r0, j->cols, j->dst + r0,
+                        j->rows);
 }
 
 static void transpose(const float *src, int rows, int cols, float *dst) {

@@ -29,26 +29,26 @@ static void sc_ukernel(int kc, const float *Ap, const float *Bp, float *C, int l
             C[(size_t)r * ldc + q] = acc ? C[(size_t)r * ldc + q] + c[r][q] : c[r][q];
 }
 
-static void sc_ukernel_da(int kc, const float *A, int lda, const float *Bp, float *C, int ldc,
-                          int acc) {
+static void sc_ukernel_da(int kc, const float *A, int lda, const float *Bp, int ldb, float *C,
+                          int ldc, int acc) {
     float c[SC_MR][SC_NR] = {{0}};
     for (int k = 0; k < kc; k++) {
         for (int r = 0; r < SC_MR; r++)
             for (int q = 0; q < SC_NR; q++) c[r][q] += A[(size_t)r * lda + k] * Bp[q];
-        Bp += SC_NR;
+        Bp += ldb;
     }
     for (int r = 0; r < SC_MR; r++)
         for (int q = 0; q < SC_NR; q++)
             C[(size_t)r * ldc + q] = acc ? C[(size_t)r * ldc + q] + c[r][q] : c[r][q];
 }
 
-static void sc_ukernel_da_rows(int m, int kc, const float *A, int lda, const float *Bp, float *C,
-                               int ldc, int acc) {
+static void sc_ukernel_da_rows(int m, int kc, const float *A, int lda, const float *Bp, int ldb,
+                               float *C, int ldc, int acc) {
     float c[SC_MR][SC_NR] = {{0}};
     for (int k = 0; k < kc; k++) {
         for (int r = 0; r < m; r++)
             for (int q = 0; q < SC_NR; q++) c[r][q] += A[(size_t)r * lda + k] * Bp[q];
-        Bp += SC_NR;
+        Bp += ldb;
     }
     for (int r = 0; r < m; r++)
         for (int q = 0; q < SC_NR; q++)
@@ -89,6 +89,15 @@ static void sc_dwconv_row(const float *x, int H, int W, int C, int stride, const
     sc_dwconv_rows3(rows, W, C, stride, w9, bias, act, y);
 }
 
+static void sc_transpose(const float *src, int lds, int rows, int cols, float *dst, int ldd) {
+    for (int r0 = 0; r0 < rows; r0 += 16) /* 16 x 16 tiles: both sides stay in cache */
+        for (int c0 = 0; c0 < cols; c0 += 16) {
+            int r1 = TS_MIN(rows, r0 + 16), c1 = TS_MIN(cols, c0 + 16);
+            for (int c = c0; c < c1; c++)
+                for (int r = r0; r < r1; r++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+        }
+}
+
 static void sc_scale_add(float *x, float s, const float *b, int n) {
     for (int i = 0; i < n; i++) x[i] = x[i] * s + b[i];
 }
@@ -105,6 +114,7 @@ const ts_nn_isa ts_nn_isa_scalar = {
     .layernorm = ts_layernorm_to_ref,
     .softmax = ts_softmax_rows_ref,
     .scale_add = sc_scale_add,
+    .transpose = sc_transpose,
     .dwconv_row = sc_dwconv_row,
     .dwconv_rows3 = sc_dwconv_rows3,
 };
@@ -258,6 +268,10 @@ void ts_layernorm_to_serial(const float *x, float *y, int M, int C, const float 
 
 void ts_softmax_rows_serial(float *x, int M, int N) {
     ts_nn_isa_get()->softmax(x, M, N);
+}
+
+void ts_transpose_serial(const float *src, int lds, int rows, int cols, float *dst, int ldd) {
+    ts_nn_isa_get()->transpose(src, lds, rows, cols, dst, ldd);
 }
 
 void ts_scale_add(float *x, float s, const float *b, int n) {

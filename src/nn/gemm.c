@@ -23,6 +23,7 @@
 #define BP_MAX      (1 << 20)      /* packed-B floats per column block (4 MiB) */
 #define PAR_MIN_MAC (1 << 20)      /* below this many multiply-adds, stay on one thread */
 #define PACK_PAR_MIN (1 << 18)     /* B floats from which the packing is spread over the pool */
+#define BD_MAX_M    96             /* up to this many rows of A, a plain B is read in place */
 
 /* Where A's rows come from: a plain matrix, or im2col of an NHWC image for a 3x3 conv. */
 typedef struct {
@@ -38,6 +39,8 @@ typedef struct {
     int M, N, K;
     int kcb, nkb; /* K block size and count */
     const float *Bp;
+    const float *Bd; /* or B read in place (row k at Bd + k*ldbd), Bp then unused */
+    int ldbd;
     int jc, nc, ncp; /* column block and its padded width */
     float *C;
     int ldc, acc0;
@@ -224,7 +227,9 @@ static void gemm_task(void *ctx, int t, int tid) {
         }
         for (int col = c0; col < c1; col += nr) {
             int n0 = g->jc + col, nv = TS_MIN(nr, g->jc + g->nc - n0);
-            const float *bs = g->Bp + (size_t)p0 * g->ncp + (size_t)col * kc;
+            const float *bs = g->Bd ? g->Bd + (size_t)p0 * g->ldbd + n0
+                                    : g->Bp + (size_t)p0 * g->ncp + (size_t)col * kc;
+            const int ldb = g->Bd ? g->ldbd : nr;
             const float *bias = g->bias ? g->bias + n0 : NULL;
             for (int s = 0; s < n_sl; s++) {
                 int m0 = i0 + pm0[s], mv = pmv[s];
@@ -233,12 +238,12 @@ static void gemm_task(void *ctx, int t, int tid) {
                 const float *ad = A ? A + (size_t)m0 * g->a.lda + p0 : cad[s];
                 int lda = A ? g->a.lda : clda[s];
                 if (ad && nv == nr) {
-                    isa->ukernel_da_rows(mv, kc, ad, lda, bs, c, g->ldc, acc);
+                    isa->ukernel_da_rows(mv, kc, ad, lda, bs, ldb, c, g->ldc, acc);
                 } else if (mv == mr && nv == nr) {
                     isa->ukernel(kc, as, bs, c, g->ldc, acc);
                 } else {
                     if (ad)
-                        isa->ukernel_da_rows(mv, kc, ad, lda, bs, tile, nr, 0);
+                        isa->ukernel_da_rows(mv, kc, ad, lda, bs, ldb, tile, nr, 0);
                     else
                         isa->ukernel(kc, as, bs, tile, nr, 0);
                     for (int r = 0; r < mv; r++) {
@@ -303,7 +308,10 @@ static int gemm_run(const a_src *a, int M, int N, int K, const float *B, int ldb
     } else {
         k_blocks(K, a->A ? 0 : a->Ci, &g.kcb, &g.nkb);
     }
-    int nc_max = use_wp ? N : TS_MAX(nr, BP_MAX / K / nr * nr);
+    /* Few rows of A (a handful of tokens against an image operand): packing B would cost as
+     * much as the product, so whole nr-wide slivers of a plain B are read in place. */
+    int b_direct = !use_wp && !b_trans && a->A && M <= BD_MAX_M && N % nr == 0;
+    int nc_max = use_wp || b_direct ? N : TS_MAX(nr, BP_MAX / K / nr * nr);
     int nthreads = serial ? 1 : ts_num_threads();
     double mac = (double)M * N * K;
     int par = nthreads > 1 && mac >= PAR_MIN_MAC;
@@ -321,6 +329,9 @@ static int gemm_run(const a_src *a, int M, int N, int K, const float *B, int ldb
         g.ncp = (g.nc + nr - 1) / nr * nr;
         if (use_wp) {
             g.Bp = wp->data;
+        } else if (b_direct) {
+            g.Bd = B;
+            g.ldbd = ldb;
         } else {
             float *Bp = bp_buffer((size_t)K * g.ncp);
             if (!Bp) return TINYSAM_E_NOMEM;

@@ -93,6 +93,8 @@ void ts_layernorm_to_serial(const float *x, float *y, int M, int C, const float 
 void ts_softmax_rows_serial(float *x, int M, int N);
 /* x[i] = x[i] * s + b[i] (multiply, then add: two roundings, as PyTorch's two ops). */
 void ts_scale_add(float *x, float s, const float *b, int n);
+/* dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols (8 x 8 register blocks). */
+void ts_transpose_serial(const float *src, int lds, int rows, int cols, float *dst, int ldd);
 void ts_dwconv3x3_nhwc_row(const float *x, int H, int W, int C, int stride, const float *w9,
                            const float *bias, int act, float *y_row, int oy);
 /* One output row from its three input rows (rows[ky] = input row oy*stride - 1 + ky, W x C,

@@ -15,12 +15,14 @@ typedef struct {
     /* C[mr x nr] (ldc) = (acc ? C : 0) + Ap * Bp; Ap packed [kc][mr], Bp packed [kc][nr],
      * both 64-byte aligned. */
     void (*ukernel)(int kc, const float *Ap, const float *Bp, float *C, int ldc, int acc);
-    /* the same with A unpacked: row r of the mr-row panel at A + r*lda, k contiguous */
-    void (*ukernel_da)(int kc, const float *A, int lda, const float *Bp, float *C, int ldc,
-                       int acc);
+    /* the same with A unpacked: row r of the mr-row panel at A + r*lda, k contiguous; and
+     * row k of the nr-wide B sliver at Bp + k*ldb: ldb = nr for a packed sliver, or B read in
+     * place (any ldb; unaligned) */
+    void (*ukernel_da)(int kc, const float *A, int lda, const float *Bp, int ldb, float *C,
+                       int ldc, int acc);
     /* ukernel_da for the first m (1..mr) rows of a panel; C rows beyond m are not touched */
-    void (*ukernel_da_rows)(int m, int kc, const float *A, int lda, const float *Bp, float *C,
-                            int ldc, int acc);
+    void (*ukernel_da_rows)(int m, int kc, const float *A, int lda, const float *Bp, int ldb,
+                            float *C, int ldc, int acc);
     /* tile epilogue: c[r][i] = act(c[r][i] + bias[i]) for r < m, i < n (rows ldc apart);
      * bias may be NULL. */
     void (*bias_act)(float *c, int ldc, int m, const float *bias, int n, int act);
@@ -28,6 +30,8 @@ typedef struct {
     void (*layernorm)(const float *x, float *y, int M, int C, const float *w, const float *b,
                       float eps);
     void (*softmax)(float *x, int M, int N);
+    /* dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols */
+    void (*transpose)(const float *src, int lds, int rows, int cols, float *dst, int ldd);
     /* x[i] = x[i] * s + b[i]: a multiply then an add, rounded separately (no FMA) */
     void (*scale_add)(float *x, float s, const float *b, int n);
     /* output row oy of ts_dwconv3x3_nhwc (y points at that row) */

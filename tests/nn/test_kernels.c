@@ -87,6 +87,11 @@ static void test_gemm_shapes(void) {
         CHECK(gemm_case(300, 290, 700, 1, 0.0f, 1, NULL, 0), "%s threaded bt", ISAS[i]);
         CHECK(gemm_case(299, 301, 600, 0, 1.0f, 2, NULL, 0), "%s threaded", ISAS[i]);
         CHECK(gemm_case(1, 300, 300, 1, 0.0f, 0, NULL, 0), "%s M=1", ISAS[i]);
+        /* few rows of A, whole slivers of a plain B: B read in place (strided, unaligned) */
+        CHECK(gemm_case(56, 256, 4096, 0, 0.0f, 0, NULL, 0), "%s B in place", ISAS[i]);
+        CHECK(gemm_case(49, 32, 49, 0, 1.0f, 3, NULL, 0), "%s B in place, acc", ISAS[i]);
+        CHECK(gemm_case(7, 64, 16, 0, 0.0f, 5, NULL, 0), "%s B in place, 7 rows", ISAS[i]);
+        CHECK(gemm_case(96, 128, 600, 0, 1.0f, 2, NULL, 0), "%s B in place, K blocks", ISAS[i]);
     }
     ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
 }
@@ -165,6 +170,31 @@ static void test_dwconv(void) {
             }
             free(x); free(w); free(b); free(y); free(r);
         }
+    }
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
+}
+
+/* every ISA's transpose against the definition, with edges on both sides and strides */
+static void test_transpose(void) {
+    static const int shapes[][2] = {{1, 1}, {8, 8}, {7, 9}, {33, 17}, {64, 56}, {4096, 56}};
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        int bad = 0;
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            int R = shapes[k][0], C = shapes[k][1], lds = C + 3, ldd = R + 5;
+            float *src = rand_buf((size_t)R * lds), *dst = malloc(sizeof(float) * C * ldd);
+            for (size_t q = 0; q < (size_t)C * ldd; q++) dst[q] = -7.0f;
+            ts_transpose_serial(src, lds, R, C, dst, ldd);
+            for (int c = 0; c < C; c++)
+                for (int r = 0; r < ldd; r++) {
+                    float want = r < R ? src[(size_t)r * lds + c] : -7.0f; /* padding kept */
+                    bad += dst[(size_t)c * ldd + r] != want;
+                }
+            free(src);
+            free(dst);
+        }
+        CHECK(bad == 0, "%s transpose: %d values wrong", ISAS[i], bad);
     }
     ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
 }
@@ -404,6 +434,7 @@ int main(void) {
     RUN(test_conv3x3);
     RUN(test_dwconv);
     RUN(test_gelu);
+    RUN(test_transpose);
     RUN(test_scale_add);
     RUN(test_layernorm_softmax);
     RUN(test_wpack);
