@@ -548,6 +548,7 @@ static void attn_group(void *ctx, int task, int tid) {
     float *S = kv + (size_t)N * C3;         /* nv x N */
     float *o = S + (size_t)N * N;           /* M x C */
     float *a = o + (size_t)Mmax * C;        /* M x C */
+    float *kT = a + (size_t)Mmax * C;       /* HEAD_DIM x N, one head's keys transposed */
     for (int g = 0; g < gn; g++) {
         const win_t *wd = &win[g];
         for (int iy = 0, i = 0; iy < wd->vh; iy++)
@@ -586,7 +587,10 @@ static void attn_group(void *ctx, int task, int tid) {
             const float *q = q0 + h * 3 * HEAD_DIM; /* head-major: [q k v] per head */
             const float *k = kv0 + h * 3 * HEAD_DIM + HEAD_DIM, *vv = k + HEAD_DIM;
             const float *tab = v->bias_tab + (size_t)h * N * N;
-            ts_gemm_serial(nv, N, HEAD_DIM, q, C3, k, C3, 1, S, N, 0.0f, NULL, TS_ACT_NONE);
+            /* keys transposed by 8x8 register blocks: the GEMM then packs them with row
+             * copies instead of a scalar gather (same products, same order) */
+            ts_transpose_serial(k, C3, N, HEAD_DIM, kT, N);
+            ts_gemm_serial(nv, N, HEAD_DIM, q, C3, kT, N, 0, S, N, 0.0f, NULL, TS_ACT_NONE);
             for (int iy = 0, i = 0; iy < wd->vh; iy++)
                 for (int ix = 0; ix < wd->vw; ix++, i++)
                     ts_scale_add(S + (size_t)i * N, ATTN_SCALE, tab + (size_t)(iy * ws + ix) * N,
@@ -630,7 +634,7 @@ static void window_order(int R, int ws, int nw, short *order) {
 /* Scratch floats one thread needs in attn_window. */
 static size_t attn_scratch_per(int C, int ws) {
     size_t N = (size_t)ws * ws, Mmax = TS_MAX(N, WIN_GROUP_ROWS);
-    return Mmax * C * 3 + Mmax * 3 * C + N * 3 * C + N * N + 16;
+    return Mmax * C * 3 + Mmax * 3 * C + N * 3 * C + N * N + HEAD_DIM * N + 16;
 }
 
 /* pad_qkv[3C] = qkv(LN(zero token)): the keys/values of every padding token of a block. */
