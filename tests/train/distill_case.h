@@ -1,0 +1,154 @@
+/* distill_case.h - shared setup of the distillation parity tests (spec/DISTILL.md 6.2):
+ * header-only (the Makefile links only the tests/common sources), static inline helpers.
+ *
+ * dc_setup: student = distill/student_fp16.pth run by the inference encoder on the normalised
+ * padded reference/picture1/resized.npy (E_S), teacher = models/tinysam_vit_t_random.pth with
+ * E_T = reference/picture1/embedding.npy, low-res ground truths distill/gt/picture1*.
+ * dc_case_a: the 8 prompt sets of distill/case_a/prompts.json. */
+#ifndef TS_TESTS_DISTILL_CASE_H
+#define TS_TESTS_DISTILL_CASE_H
+
+#include "core.h"
+#include "io/json.h"
+#include "io/npy.h"
+#include "model/image_encoder.h"
+#include "model/sam.h"
+#include "model/sam_decoder.h"
+#include "model/transforms.h"
+#include "test.h"
+#include "train/losses.h"
+#include "train/sampling.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DC_TEACHER "models/tinysam_vit_t_random.pth"
+#define DC_STUDENT "distill/student_fp16.pth"
+#define DC_NSET 8
+#define DC_FR 1024
+
+typedef struct {
+    tinysam_model *student, *teacher;
+    float *emb_s, *emb_t; /* 256 x 64 x 64 */
+    uint8_t *glow;        /* 8 low-res masks, 256 x 256 each */
+    int newh, neww;
+} dc_setup;
+
+static inline int dc_fixtures_present(void) {
+    return fixture_exists(DC_STUDENT) && fixture_exists(DC_TEACHER) &&
+           fixture_exists("distill/case_a/prompts.json");
+}
+
+static inline void dc_free(dc_setup *s) {
+    tinysam_model_free(s->student);
+    tinysam_model_free(s->teacher);
+    free(s->emb_s), free(s->emb_t), free(s->glow);
+    memset(s, 0, sizeof *s);
+}
+
+/* Loads both networks, runs the student encoder once, reads the low-res ground truths.
+ * Returns 1 on success (0 with s freed otherwise). */
+static inline int dc_load(dc_setup *s) {
+    memset(s, 0, sizeof *s);
+    ts_npy rs = {0}, et = {0}, gl = {0};
+    ts_json *gj = NULL;
+    int good = 0;
+    float *input = malloc(sizeof(float) * 3 * DC_FR * DC_FR);
+    s->emb_s = malloc(sizeof(float) * TS_LOSS_EMB);
+    s->emb_t = malloc(sizeof(float) * TS_LOSS_EMB);
+    s->glow = malloc((size_t)DC_NSET * TS_LOSS_CELLS);
+    if (!input || !s->emb_s || !s->emb_t || !s->glow) goto done;
+    if (tinysam_model_load(fixture(DC_STUDENT), &s->student) ||
+        tinysam_model_load(fixture(DC_TEACHER), &s->teacher))
+        goto done;
+    if (ts_npy_load(fixture("reference/picture1/resized.npy"), &rs) ||
+        ts_npy_load(fixture("reference/picture1/embedding.npy"), &et) ||
+        ts_npy_load(fixture("distill/gt/picture1_glow_bits.npy"), &gl) ||
+        ts_json_load(fixture("distill/gt/picture1.json"), &gj))
+        goto done;
+    if (rs.dtype != TS_DTYPE_U8 || rs.ndim != 3 || et.numel != TS_LOSS_EMB ||
+        gl.numel != DC_NSET * TS_LOSS_CELLS / 8)
+        goto done;
+    const ts_json *isz = ts_json_get(gj, "input_size");
+    s->newh = (int)ts_json_at(isz, 0)->number;
+    s->neww = (int)ts_json_at(isz, 1)->number;
+    if (rs.shape[0] != s->newh || rs.shape[1] != s->neww) goto done;
+    ts_normalize_pad(rs.data, s->newh, s->neww, input);
+    if (ts_tiny_vit_forward(s->student->encoder, input, s->emb_s, NULL, NULL)) goto done;
+    memcpy(s->emb_t, et.data, sizeof(float) * TS_LOSS_EMB);
+    const uint8_t *b = gl.data;
+    for (size_t i = 0; i < (size_t)DC_NSET * TS_LOSS_CELLS; i++)
+        s->glow[i] = (b[i / 8] >> (7 - i % 8)) & 1;
+    good = 1;
+done:
+    free(input);
+    ts_npy_free(&rs), ts_npy_free(&et), ts_npy_free(&gl);
+    ts_json_free(gj);
+    if (!good) {
+        printf("  setup: %s\n", tinysam_last_error());
+        dc_free(s);
+    }
+    return good;
+}
+
+/* Case A prompts: the sets as ts_prompt_set (coords and masks owned by the struct). */
+typedef struct {
+    ts_sample_set ss[DC_NSET];
+    ts_prompt_set ps[DC_NSET];
+    float coords[DC_NSET][2 * TS_SAMPLE_MAX_POINTS];
+    ts_npy masks[DC_NSET];
+    int gt[DC_NSET], n_real[DC_NSET];
+} dc_case_a;
+
+static inline void dc_case_a_free(dc_case_a *a) {
+    for (int i = 0; i < DC_NSET; i++) ts_npy_free(&a->masks[i]);
+}
+
+/* Returns 1 on success. */
+static inline int dc_case_a_load(dc_case_a *a) {
+    memset(a, 0, sizeof *a);
+    ts_json *pj = NULL;
+    if (ts_json_load(fixture("distill/case_a/prompts.json"), &pj)) return 0;
+    const ts_json *sets = ts_json_get(pj, "sets");
+    int good = sets && sets->n == DC_NSET;
+    for (int i = 0; good && i < DC_NSET; i++) {
+        const ts_json *s = ts_json_at(sets, i), *pts = ts_json_get(s, "points");
+        const ts_json *box = ts_json_get(s, "box"), *mi = ts_json_get(s, "mask_input");
+        if (!pts || pts->n > TS_SAMPLE_MAX_POINTS) {
+            good = 0;
+            break;
+        }
+        ts_sample_set *q = &a->ss[i];
+        q->n_points = pts->n;
+        for (int p = 0; p < pts->n; p++) {
+            q->points[p][0] = ts_json_at(ts_json_at(pts, p), 0)->number;
+            q->points[p][1] = ts_json_at(ts_json_at(pts, p), 1)->number;
+            q->labels[p] = (int)ts_json_at(ts_json_get(s, "labels"), p)->number;
+        }
+        if (box && box->type == TS_JSON_ARRAY) {
+            q->has_box = 1;
+            for (int k = 0; k < 4; k++) q->box[k] = ts_json_at(box, k)->number;
+        }
+        const float *mask = NULL;
+        if (mi && mi->type == TS_JSON_STRING) {
+            char rel[256];
+            snprintf(rel, sizeof rel, "distill/case_a/%s", mi->string);
+            if (ts_npy_load(fixture(rel), &a->masks[i]) || a->masks[i].numel != TS_LOSS_CELLS ||
+                a->masks[i].dtype != TS_DTYPE_F32) {
+                good = 0;
+                break;
+            }
+            mask = a->masks[i].data;
+        }
+        ts_sample_to_prompt(q, mask, a->coords[i], &a->ps[i]);
+        a->gt[i] = (int)ts_json_num(s, "gt", -1);
+        a->n_real[i] = ts_sample_n_real(q);
+    }
+    ts_json_free(pj);
+    if (!good) dc_case_a_free(a);
+    return good;
+}
+
+#endif
