@@ -4,6 +4,7 @@
 #include "core.h"
 #include "io/npy.h"
 #include "model/transforms.h"
+#include "nn/nn.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -218,7 +219,12 @@ static void test_postprocess_vs_spec(void) {
         s = s * 1664525u + 1013904223u;
         low[i] = ((float)(s >> 8) / 16777216.0f - 0.5f) * 20.0f;
     }
-    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    static const char *const isas[] = {"avx512", "avx2", "scalar"};
+    for (size_t q = 0; q < 3 * (sizeof cases / sizeof *cases); q++) {
+        size_t c = q % (sizeof cases / sizeof *cases);
+        const char *isa = isas[q / (sizeof cases / sizeof *cases)];
+        if (!ts_nn_isa_available(isa)) continue;
+        ts_nn_set_isa(isa); /* the gathers of each path against the formula */
         int nh = cases[c][0], nw = cases[c][1], h = cases[c][2], w = cases[c][3];
         float *a = malloc(sizeof(float) * h * w), *b = malloc(sizeof(float) * h * w);
         REQUIRE(a && b, "malloc");
@@ -230,8 +236,8 @@ static void test_postprocess_vs_spec(void) {
         size_t diff = 0;
         for (size_t i = 0; i < (size_t)h * w; i++)
             diff += memcmp(&a[i], &b[i], 4) != 0;
-        CHECK(diff == 0, "crop %dx%d -> %dx%d: %zu values differ from the spec formula", nh, nw, h,
-              w, diff);
+        CHECK(diff == 0, "%s, crop %dx%d -> %dx%d: %zu values differ from the spec formula", isa,
+              nh, nw, h, w, diff);
         /* NULL scratch allocates its own. */
         CHECK(ts_postprocess_mask(low, nh, nw, h, w, b, NULL) == 0 && !memcmp(a, b, 4 * h * w),
               "NULL scratch");
@@ -239,6 +245,7 @@ static void test_postprocess_vs_spec(void) {
         free(a);
         free(b);
     }
+    ts_nn_set_isa(ts_nn_isa_available("avx512") ? "avx512" : "avx2");
     float o;
     CHECK(ts_postprocess_mask(low, 0, 10, 1, 1, &o, NULL) == TINYSAM_E_ARG, "bad size accepted");
     CHECK(ts_postprocess_mask(low, 1025, 10, 1, 1, &o, NULL) == TINYSAM_E_ARG, "1025 accepted");
