@@ -252,6 +252,34 @@ async function main() {
     const dlPath = path.join(tmp, 'dl.json');
     await dl.saveAs(dlPath);
     check('download COCO RLE JSON', JSON.parse(fs.readFileSync(dlPath, 'utf8')).length === n);
+
+    // drag and drop another image onto the stage: it replaces the first one, prompts cleared
+    const image2 = path.join(fixtures, 'images/shapes.png');
+    const oldId = await page.evaluate(() => window.tinysam.id);
+    await page.evaluate(async (b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], 'shapes.png', { type: 'image/png' }));
+      const stage = document.getElementById('stage');
+      for (const type of ['dragover', 'drop'])
+        stage.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, fs.readFileSync(image2).toString('base64'));
+    await page.waitForFunction((old) => window.tinysam.id && window.tinysam.id !== old, oldId,
+      { timeout: 120000 });
+    await idle(page);
+    const dropped = await page.evaluate(() => [window.tinysam.width, window.tinysam.height,
+      window.tinysam.name, window.tinysam.prompts.points.length, window.tinysam.everything]);
+    check('drag and drop: the dropped image replaces the first', dropped[0] === 640 &&
+      dropped[1] === 480 && dropped[2] === 'shapes' && dropped[3] === 0 && dropped[4] === null,
+      JSON.stringify(dropped));
+    const [qx, qy] = await toPage(page, 320, 240);
+    await page.mouse.click(qx, qy);
+    await page.waitForFunction(() => window.tinysam.result !== null, null, { timeout: 60000 });
+    await idle(page);
+    req = await page.evaluate(() => window.tinysam.lastRequest);
+    check('drag and drop: prompts go to the dropped image', req.points.length === 1 &&
+      Math.abs(req.points[0][0] - 320) <= 2 && Math.abs(req.points[0][1] - 240) <= 2,
+      JSON.stringify(req));
   } finally {
     await browser.close();
     // clean shutdown on SIGTERM
