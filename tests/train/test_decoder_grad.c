@@ -260,7 +260,9 @@ static int grad_criteria(crit *cr, const char *name, const double *g, size_t n, 
         /* An exactly-zero gradient (softmax shift invariance: a key bias moves every logit of
          * a query row equally): the reference holds float32 rounding noise, which no double
          * (or differently ordered float) computation reproduces. Checked: ours below
-         * zero_analytic (1e-12 in double, 1e-7 in float: rounding noise of terms of order 1)
+         * zero_analytic (1e-12 in double; 1e-6 in float: the cancelling sum over 4096 keys
+         * leaves up to 1e-7 of rounding noise, depending on the kernels' summation order (the
+         * portable ones), while a wrong backward would be of the order of q_proj.bias's 1e-3)
          * and the reference below 1e-7; listed in the output, not in the worst ratios. */
         int ok = mx <= zero_analytic && ref_max <= 1e-7;
         CHECK(ok, "%s: analytically zero gradient: ours max %.3g, reference max %.3g", name, mx,
@@ -463,7 +465,7 @@ static void case_a_grads(int use_float) {
         n_fail += !grad_criteria(&cr, name, grd + T->off, T->numel,
                                  ts_json_num(e, "grad_norm", NAN),
                                  ts_json_num(e, "grad_max_abs", NAN), idx + off, val + off, cnt,
-                                 zero_analytic ? (use_float ? 1e-7 : 1e-12) : 0.0);
+                                 zero_analytic ? (use_float ? 1e-6 : 1e-12) : 0.0);
         /* (c) Adam, 5.4, where |g_ref| > 1e-3 max|g_ref|; not on the analytically zero
          * gradients: Adam's first step is about lr * sign(g), so the reference moves those
          * parameters by a full step in the direction of its rounding noise */
