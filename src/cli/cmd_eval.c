@@ -1,0 +1,344 @@
+/* cmd_eval.c - `tinysam eval`: mean IoU of the model's masks against SA-1B-style ground truth
+ * (per-image JSON, COCO RLE segmentation), with a box prompt (single mask, SAM's convention
+ * for boxes) and a point prompt (multimask, highest predicted IoU) per object. */
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "core.h"
+#include "everything/amg.h"
+#include "io/json.h"
+#include "tinysam.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+static const char *eval_usage =
+    "usage: tinysam eval --model M --images DIR --masks DIR [--threads N]\n"
+    "\n"
+    "For every image in DIR (.jpg/.jpeg/.png) with a ground-truth file MASKS/<stem>.json\n"
+    "(SA-1B format: annotations[] with segmentation {size, counts} in COCO RLE, bbox xywh,\n"
+    "optional point_coords), encodes the image once, then per object predicts a mask from\n"
+    "its box (single mask) and from one point (point_coords[0], else the mask pixel nearest\n"
+    "the box centre; multimask, highest predicted IoU) and measures the IoU with the ground\n"
+    "truth. Writes a JSON report on stdout, progress and a summary line on stderr.\n"
+    "(--boxes is not implemented yet.)\n";
+
+/* IoU of two 0/1 masks; two empty masks agree perfectly. */
+static double eval_iou(const uint8_t *a, const uint8_t *b, size_t n) {
+    size_t inter = 0, uni = 0;
+    for (size_t i = 0; i < n; i++) {
+        inter += a[i] & b[i];
+        uni += a[i] | b[i];
+    }
+    return uni ? (double)inter / (double)uni : 1.0;
+}
+
+static int has_image_ext(const char *name) {
+    const char *dot = strrchr(name, '.');
+    if (!dot) return 0;
+    return !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png");
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Sorted list of image file names in dir. */
+static int list_images(const char *dir, char ***out, int *n_out) {
+    DIR *d = opendir(dir);
+    if (!d) return ts_error(TINYSAM_E_IO, "--images: cannot open directory '%s'", dir);
+    char **v = NULL;
+    int n = 0, cap = 0, rc = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.' || !has_image_ext(de->d_name)) continue;
+        if (n == cap) {
+            int nc = cap ? cap * 2 : 16;
+            char **nv = realloc(v, (size_t)nc * sizeof *nv);
+            if (!nv) { rc = ts_error(TINYSAM_E_NOMEM, "out of memory"); break; }
+            v = nv;
+            cap = nc;
+        }
+        if (!(v[n] = strdup(de->d_name))) {
+            rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+            break;
+        }
+        n++;
+    }
+    closedir(d);
+    if (rc) {
+        for (int i = 0; i < n; i++) free(v[i]);
+        free(v);
+        return rc;
+    }
+    if (n) qsort(v, (size_t)n, sizeof *v, cmp_str);
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+/* Prepends "where: " to the last error (copied first: it lives in the buffer ts_error writes). */
+static int prefix_error(int rc, const char *where) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", tinysam_last_error());
+    return ts_error(rc, "%s: %s", where, msg);
+}
+
+/* Decodes one annotation's segmentation into mask (W x H, which must match its size). */
+static int decode_segmentation(const ts_json *seg, int W, int H, const char *where,
+                               uint8_t *mask) {
+    const ts_json *size = seg ? ts_json_get(seg, "size") : NULL;
+    const ts_json *counts = seg ? ts_json_get(seg, "counts") : NULL;
+    if (!size || size->type != TS_JSON_ARRAY || size->n != 2 || !counts ||
+        size->items[0].type != TS_JSON_NUMBER || size->items[1].type != TS_JSON_NUMBER)
+        return ts_error(TINYSAM_E_FORMAT, "%s: segmentation needs size [h, w] and counts", where);
+    if (size->items[0].number != H || size->items[1].number != W)
+        return ts_error(TINYSAM_E_FORMAT,
+                        "%s: segmentation size %gx%g differs from the image %dx%d", where,
+                        size->items[1].number, size->items[0].number, W, H);
+    ts_rle r = {0};
+    int rc = 0;
+    if (counts->type == TS_JSON_STRING) {
+        rc = ts_rle_from_string(counts->string, &r);
+    } else if (counts->type == TS_JSON_ARRAY) { /* uncompressed RLE */
+        for (int i = 0; i < counts->n && !rc; i++) {
+            double c = counts->items[i].number;
+            if (counts->items[i].type != TS_JSON_NUMBER || !(c >= 0 && c <= 4294967295.0) ||
+                c != floor(c))
+                rc = ts_error(TINYSAM_E_FORMAT, "%s: bad RLE count", where);
+            else if (ts_rle_push(&r, (uint32_t)c))
+                rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+        }
+    } else {
+        rc = ts_error(TINYSAM_E_FORMAT, "%s: counts must be a string or an array", where);
+    }
+    if (!rc) rc = ts_rle_decode(r.counts, r.n, W, H, mask);
+    if (rc && rc != TINYSAM_E_NOMEM && strncmp(tinysam_last_error(), where, strlen(where)))
+        rc = prefix_error(rc, where);
+    ts_rle_free(&r);
+    return rc;
+}
+
+/* The point prompt: point_coords[0] when given, else the mask pixel nearest the box centre. */
+static int pick_point(const ts_json *ann, const uint8_t *mask, int W, int H, const float box[4],
+                      float pt[2]) {
+    const ts_json *pc = ts_json_get(ann, "point_coords");
+    const ts_json *p0 = pc ? ts_json_at(pc, 0) : NULL;
+    if (p0 && p0->type == TS_JSON_ARRAY && p0->n >= 2 && p0->items[0].type == TS_JSON_NUMBER &&
+        p0->items[1].type == TS_JSON_NUMBER && isfinite(p0->items[0].number) &&
+        isfinite(p0->items[1].number)) {
+        pt[0] = (float)p0->items[0].number;
+        pt[1] = (float)p0->items[1].number;
+        return 1;
+    }
+    double cx = 0.5 * (box[0] + box[2]), cy = 0.5 * (box[1] + box[3]), best = INFINITY;
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            if (mask[(size_t)y * W + x]) {
+                double d = (x + 0.5 - cx) * (x + 0.5 - cx) + (y + 0.5 - cy) * (y + 0.5 - cy);
+                if (d < best) {
+                    best = d;
+                    pt[0] = (float)x + 0.5f;
+                    pt[1] = (float)y + 0.5f;
+                }
+            }
+    return best < INFINITY;
+}
+
+typedef struct {
+    double box_sum, point_sum;
+    int n_box, n_point;
+} eval_totals;
+
+/* Evaluates one image; writes its JSON object (no trailing separator) to out. */
+static int eval_image(tinysam_model *m, const char *img_path, const char *gt_path,
+                      const char *name, eval_totals *tot, FILE *out) {
+    ts_json *gt = NULL;
+    tinysam_image img = {0};
+    tinysam_embedding *emb = NULL;
+    uint8_t *mask = NULL;
+    double *ious = NULL;
+    int rc = ts_json_load(gt_path, &gt);
+    if (rc) return rc; /* ts_json_load names the file */
+    const ts_json *anns = gt->type == TS_JSON_OBJECT ? ts_json_get(gt, "annotations") : NULL;
+    if (!anns || anns->type != TS_JSON_ARRAY) {
+        rc = ts_error(TINYSAM_E_FORMAT, "%s: no 'annotations' array", gt_path);
+        goto done;
+    }
+    if ((rc = tinysam_image_load(img_path, 0, &img))) goto done;
+    int W = img.width, H = img.height, n = anns->n;
+    size_t npix = (size_t)W * H;
+    mask = malloc(npix);
+    ious = malloc(2 * (size_t)(n ? n : 1) * sizeof *ious);
+    if (!mask || !ious) {
+        rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+        goto done;
+    }
+    if ((rc = tinysam_encode(m, &img, &emb))) goto done;
+    double bsum = 0, psum = 0;
+    int nb = 0, np = 0;
+    for (int i = 0; i < n; i++) {
+        char where[600];
+        snprintf(where, sizeof where, "%s: annotation %d", gt_path, i);
+        const ts_json *a = &anns->items[i];
+        const ts_json *bb = a->type == TS_JSON_OBJECT ? ts_json_get(a, "bbox") : NULL;
+        if (!bb || bb->type != TS_JSON_ARRAY || bb->n != 4) {
+            rc = ts_error(TINYSAM_E_FORMAT, "%s: bbox must be [x, y, w, h]", where);
+            goto done;
+        }
+        float box[4];
+        for (int k = 0; k < 4; k++) {
+            double v = bb->items[k].number;
+            if (bb->items[k].type != TS_JSON_NUMBER || !isfinite(v) || fabs(v) > 1e7 ||
+                (k >= 2 && v < 0)) {
+                rc = ts_error(TINYSAM_E_FORMAT, "%s: bbox must be [x, y, w, h]", where);
+                goto done;
+            }
+            box[k] = (float)v;
+        }
+        box[2] += box[0]; /* xywh -> xyxy */
+        box[3] += box[1];
+        if ((rc = decode_segmentation(ts_json_get(a, "segmentation"), W, H, where, mask)))
+            goto done;
+
+        tinysam_prompt pb = {.has_box = 1, .box = {box[0], box[1], box[2], box[3]}};
+        tinysam_prediction pr = {0};
+        if ((rc = tinysam_predict(m, emb, &pb, TINYSAM_PREDICT_MASKS | TINYSAM_PREDICT_SINGLE,
+                                  &pr)))
+            goto done;
+        ious[2 * i] = eval_iou(pr.masks, mask, npix);
+        tinysam_prediction_free(&pr);
+        bsum += ious[2 * i];
+        nb++;
+
+        float pt[2];
+        int lab = 1;
+        ious[2 * i + 1] = NAN; /* empty mask without point_coords: no point prompt */
+        if (pick_point(a, mask, W, H, box, pt)) {
+            tinysam_prompt pp = {.n_points = 1, .points = pt, .labels = &lab};
+            if ((rc = tinysam_predict(m, emb, &pp, TINYSAM_PREDICT_MASKS, &pr))) goto done;
+            ious[2 * i + 1] = eval_iou(pr.masks + (size_t)pr.best * npix, mask, npix);
+            tinysam_prediction_free(&pr);
+            psum += ious[2 * i + 1];
+            np++;
+        }
+    }
+    fprintf(out, "    {\"image\": ");
+    ts_json_write_string(out, name);
+    fprintf(out, ", \"objects\": %d, \"mean_box_iou\": %.6f, \"mean_point_iou\": %.6f,\n", n,
+           nb ? bsum / nb : 0.0, np ? psum / np : 0.0);
+    fprintf(out, "     \"box_iou\": [");
+    for (int i = 0; i < n; i++) fprintf(out, "%s%.6f", i ? ", " : "", ious[2 * i]);
+    fprintf(out, "],\n     \"point_iou\": [");
+    for (int i = 0; i < n; i++) {
+        if (isnan(ious[2 * i + 1])) fprintf(out, "%snull", i ? ", " : "");
+        else fprintf(out, "%s%.6f", i ? ", " : "", ious[2 * i + 1]);
+    }
+    fprintf(out, "]}");
+    fprintf(stderr, "eval: %s: %d objects, box IoU %.4f, point IoU %.4f\n", name, n,
+            nb ? bsum / nb : 0.0, np ? psum / np : 0.0);
+    tot->box_sum += bsum;
+    tot->point_sum += psum;
+    tot->n_box += nb;
+    tot->n_point += np;
+done:
+    free(ious);
+    free(mask);
+    tinysam_embedding_free(emb);
+    tinysam_image_free(&img);
+    ts_json_free(gt);
+    return rc;
+}
+
+int ts_cli_eval(int argc, char **argv) {
+    const char *model = NULL, *images = NULL, *masks = NULL, *v;
+    int threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(eval_usage, stdout);
+            return 0;
+        } else if (!strcmp(a, "--model")) {
+            if (ts_arg_value(argc, argv, &i, &model)) return ts_cli_fail();
+        } else if (!strcmp(a, "--images")) {
+            if (ts_arg_value(argc, argv, &i, &images)) return ts_cli_fail();
+        } else if (!strcmp(a, "--masks")) {
+            if (ts_arg_value(argc, argv, &i, &masks)) return ts_cli_fail();
+        } else if (!strcmp(a, "--threads")) {
+            if (ts_arg_value(argc, argv, &i, &v) || ts_arg_int("--threads", v, 1, 1024, &threads))
+                return ts_cli_fail();
+        } else if (!strcmp(a, "--boxes")) {
+            ts_error(TINYSAM_E_ARG, "eval: --boxes is not implemented yet");
+            return ts_cli_fail();
+        } else {
+            ts_error(TINYSAM_E_ARG, "eval: unknown option '%s' (see tinysam eval --help)", a);
+            return ts_cli_fail();
+        }
+    }
+    if (!model || !images || !masks) {
+        ts_error(TINYSAM_E_ARG, "eval: --model, --images and --masks are required");
+        return ts_cli_fail();
+    }
+    struct stat st;
+    if (stat(masks, &st) || !S_ISDIR(st.st_mode)) {
+        ts_error(TINYSAM_E_IO, "--masks: '%s' is not a directory", masks);
+        return ts_cli_fail();
+    }
+    if (threads) tinysam_set_num_threads(threads);
+    char **names = NULL;
+    int n_names = 0;
+    if (list_images(images, &names, &n_names)) return ts_cli_fail();
+    tinysam_model *m = NULL;
+    int rc = tinysam_model_load(model, &m);
+    eval_totals tot = {0};
+    int n_done = 0;
+    char *img_path = NULL, *gt_path = NULL;
+    size_t cap = strlen(images) + strlen(masks) + 512;
+    if (!rc && (!(img_path = malloc(cap)) || !(gt_path = malloc(cap))))
+        rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+    /* the report is kept in memory so that a failure leaves stdout empty */
+    char *rep = NULL;
+    size_t rep_len = 0;
+    FILE *out = rc ? NULL : open_memstream(&rep, &rep_len);
+    if (!rc && !out) rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+    if (!rc) fprintf(out, "{\n  \"images\": [\n");
+    for (int i = 0; !rc && i < n_names; i++) {
+        size_t len = strlen(names[i]);
+        const char *dot = strrchr(names[i], '.');
+        if (len > 400) continue;
+        snprintf(img_path, cap, "%s/%s", images, names[i]);
+        snprintf(gt_path, cap, "%s/%.*s.json", masks, (int)(dot - names[i]), names[i]);
+        if (stat(gt_path, &st)) continue; /* no ground truth for this image */
+        fprintf(stderr, "eval: [%d/%d] %s\n", i + 1, n_names, names[i]);
+        if (n_done) fprintf(out, ",\n");
+        rc = eval_image(m, img_path, gt_path, names[i], &tot, out);
+        n_done++;
+    }
+    if (!rc && !n_done)
+        rc = ts_error(TINYSAM_E_ARG, "eval: no image in '%s' has a ground-truth file in '%s'",
+                      images, masks);
+    if (!rc) {
+        double mb = tot.n_box ? tot.box_sum / tot.n_box : 0.0;
+        double mp = tot.n_point ? tot.point_sum / tot.n_point : 0.0;
+        fprintf(out, "\n  ],\n  \"n_images\": %d, \"n_objects\": %d, \"n_point_prompts\": %d,\n",
+                n_done, tot.n_box, tot.n_point);
+        fprintf(out, "  \"mean_box_iou\": %.6f, \"mean_point_iou\": %.6f\n}\n", mb, mp);
+        if (fflush(out) || fwrite(rep, 1, rep_len, stdout) != rep_len || fflush(stdout))
+            rc = ts_error(TINYSAM_E_IO, "eval: cannot write the report");
+        fprintf(stderr, "eval: %d images, %d objects: mean box IoU %.4f, mean point IoU %.4f\n",
+                n_done, tot.n_box, mb, mp);
+    }
+    if (out) fclose(out);
+    free(rep);
+    free(img_path);
+    free(gt_path);
+    for (int i = 0; i < n_names; i++) free(names[i]);
+    free(names);
+    tinysam_model_free(m);
+    return rc ? ts_cli_fail() : 0;
+}
