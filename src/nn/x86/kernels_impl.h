@@ -21,9 +21,7 @@ typedef __m512i vi;
 #define V_SUB           _mm512_sub_ps
 #define V_MUL           _mm512_mul_ps
 #define V_DIV           _mm512_div_ps
-#define V_RCP_APPROX(x) _mm512_rcp14_ps(x)
 #define V_ABS(x)        _mm512_abs_ps(x)
-#define V_LDEXP(p, n)   _mm512_scalef_ps(p, n) /* p * 2^n, n integral */
 #define V_MAX           _mm512_max_ps
 #define V_MIN           _mm512_min_ps
 #define V_AND           _mm512_and_ps
@@ -55,11 +53,7 @@ typedef __m256i vi;
 #define V_SUB           _mm256_sub_ps
 #define V_MUL           _mm256_mul_ps
 #define V_DIV           _mm256_div_ps
-#define V_RCP_APPROX(x) _mm256_rcp_ps(x)
 #define V_ABS(x)        _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x)
-#define V_LDEXP(p, n)                                                                          \
-    _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(                                    \
-                         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)))
 #define V_MAX           _mm256_max_ps
 #define V_MIN           _mm256_min_ps
 #define V_AND           _mm256_and_ps
