@@ -370,10 +370,22 @@ static int decode_png(const char *name, const uint8_t *data, size_t size, long l
     }
     /* The whole file is in memory, so no chunk can be longer than what is left of it. libpng
      * allocates and clears an ancillary chunk's announced length before reading it (its
-     * 8 MB chunk limit is only a warning): a 58-byte file could ask for 2 GB. */
-    for (size_t p = 8; p <= size && size - p >= 12;) {
+     * 8 MB chunk limit is only a warning): a 58-byte file could ask for 2 GB.
+     * A chunk counts from its 8-byte header: one that ends the file without data or CRC
+     * announces a length too. */
+    for (size_t p = 8; p < size && size - p >= 8;) {
         uint32_t len = rd32(data + p, 1);
-        if (len > size - p - 12) return ts_error(TINYSAM_E_FORMAT, "%s: truncated PNG data", name);
+        if ((uint64_t)len + 12 > (uint64_t)(size - p)) {
+            char type[5];
+            for (int i = 0; i < 4; i++) {
+                uint8_t ch = data[p + 4 + i];
+                type[i] = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ? (char)ch : '?';
+            }
+            type[4] = 0;
+            return ts_error(TINYSAM_E_FORMAT,
+                            "%s: truncated PNG data (chunk '%s' of %u bytes runs past the end "
+                            "of the file)", name, type, len);
+        }
         if (memcmp(data + p + 4, "IEND", 4) == 0) break;
         p += 12 + (size_t)len;
     }

@@ -464,6 +464,34 @@ static void test_image_pixel_limits(void) {
     if (!rc) tinysam_image_free(&img);
 }
 
+/* A chunk whose header ends the file (no data, no CRC) still announces its length: libpng
+ * would allocate and clear 1.6 GB for this 44-byte file before finding it truncated (found
+ * by the CI fuzz smoke run as a 2 GB RSS failure). The pre-scan must name the chunk. */
+static void test_png_chunk_past_end(void) {
+    const uint32_t lens[] = {0x633fa063u, 0xffffffffu, 0u, 20u};
+    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+        buf b = {0};
+        png_header(&b, 7, 5);
+        b.n -= 12; /* drop IEND */
+        uint8_t hdr[11] = {(uint8_t)(lens[k] >> 24), (uint8_t)(lens[k] >> 16),
+                           (uint8_t)(lens[k] >> 8), (uint8_t)lens[k], 's', 'P', 'L', 'T', 'E', 'c', 'c'};
+        put(&b, hdr, sizeof hdr);
+        tinysam_image img = {0};
+        ts_error_clear();
+        double t0 = now_s();
+        int rc = tinysam_image_decode(b.p, b.n, 0, &img);
+        double dt = now_s() - t0;
+        if (!rc) tinysam_image_free(&img);
+        char what[64];
+        snprintf(what, sizeof what, "PNG ending in a %u-byte sPLT header", lens[k]);
+        CHECK_CLEAN_FAIL(rc, dt, what);
+        CHECK(rc == TINYSAM_E_FORMAT && strstr(tinysam_last_error(), "'sPLT'") &&
+                  strstr(tinysam_last_error(), "runs past the end"),
+              "%s: %d %s", what, rc, tinysam_last_error());
+        free(b.p);
+    }
+}
+
 int main(void) {
     RUN(test_pickle_baseline_loads);
     RUN(test_pickle_mark_depth);
@@ -475,5 +503,6 @@ int main(void) {
     RUN(test_npy_limits);
     RUN(test_json_depth);
     RUN(test_image_pixel_limits);
+    RUN(test_png_chunk_past_end);
     return test_summary();
 }
