@@ -45,7 +45,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_LIB_OBJ := $(TEST_LIB:%.c=$(BUILD)/obj/%.o)
 BENCH_BIN:= $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test bench clean format tests
+.PHONY: all test bench clean format tests converge
 all: $(BUILD)/libtinysam.a $(BUILD)/libtinysam.so $(BUILD)/tinysam
 
 $(BUILD)/obj/%.o: %.c
@@ -82,11 +82,25 @@ SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o) \
 $(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ)
 $(BUILD)/tests/fuzz/test_corpus_replay: $(SERVER_CORE_OBJ)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libtinysam.a
+$(BUILD)/bench/%: bench/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -Itests/common -o $@ $< $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Itests -Itests/common -o $@ $< $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
 
-tests: $(TEST_BIN) $(BUILD)/tinysam $(BUILD)/libtinysam.so
+# Programs run apart from the unit tests (make converge), built with them so they cannot rot.
+TOOLS_BIN := $(BUILD)/tools/distill_converge
+$(BUILD)/tools/distill_converge: tools/distill_converge.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -Itests/common -o $@ $< $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
+
+# spec/DISTILL.md 6.4: the trainer's convergence run on the fixtures (minutes per variant).
+CONVERGE_VARIANTS ?= A
+converge: $(TOOLS_BIN)
+	@set -e; for v in $(CONVERGE_VARIANTS); do \
+	    echo "== convergence run, variant $$v"; \
+	    $(BUILD)/tools/distill_converge --variant $$v --csv $(BUILD)/converge_$$v.csv; \
+	done
+
+tests: $(TEST_BIN) $(TOOLS_BIN) $(BUILD)/tinysam $(BUILD)/libtinysam.so
 
 test: tests
 	@BUILD=$(BUILD) PYTHON_TESTS=$(if $(SAN),,1) sh tests/run.sh $(TEST_BIN)

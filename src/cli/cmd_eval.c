@@ -7,14 +7,13 @@
 #include "everything/amg.h"
 #include "io/json.h"
 #include "tinysam.h"
+#include "train/dataset.h"
 
-#include <dirent.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 
 static const char *eval_usage =
@@ -36,92 +35,6 @@ static double eval_iou(const uint8_t *a, const uint8_t *b, size_t n) {
         uni += a[i] | b[i];
     }
     return uni ? (double)inter / (double)uni : 1.0;
-}
-
-static int has_image_ext(const char *name) {
-    const char *dot = strrchr(name, '.');
-    if (!dot) return 0;
-    return !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png");
-}
-
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Sorted list of image file names in dir. */
-static int list_images(const char *dir, char ***out, int *n_out) {
-    DIR *d = opendir(dir);
-    if (!d) return ts_error(TINYSAM_E_IO, "--images: cannot open directory '%s'", dir);
-    char **v = NULL;
-    int n = 0, cap = 0, rc = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (de->d_name[0] == '.' || !has_image_ext(de->d_name)) continue;
-        if (n == cap) {
-            int nc = cap ? cap * 2 : 16;
-            char **nv = realloc(v, (size_t)nc * sizeof *nv);
-            if (!nv) { rc = ts_error(TINYSAM_E_NOMEM, "out of memory"); break; }
-            v = nv;
-            cap = nc;
-        }
-        if (!(v[n] = strdup(de->d_name))) {
-            rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
-            break;
-        }
-        n++;
-    }
-    closedir(d);
-    if (rc) {
-        for (int i = 0; i < n; i++) free(v[i]);
-        free(v);
-        return rc;
-    }
-    if (n) qsort(v, (size_t)n, sizeof *v, cmp_str);
-    *out = v;
-    *n_out = n;
-    return 0;
-}
-
-/* Prepends "where: " to the last error (copied first: it lives in the buffer ts_error writes). */
-static int prefix_error(int rc, const char *where) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", tinysam_last_error());
-    return ts_error(rc, "%s: %s", where, msg);
-}
-
-/* Decodes one annotation's segmentation into mask (W x H, which must match its size). */
-static int decode_segmentation(const ts_json *seg, int W, int H, const char *where,
-                               uint8_t *mask) {
-    const ts_json *size = seg ? ts_json_get(seg, "size") : NULL;
-    const ts_json *counts = seg ? ts_json_get(seg, "counts") : NULL;
-    if (!size || size->type != TS_JSON_ARRAY || size->n != 2 || !counts ||
-        size->items[0].type != TS_JSON_NUMBER || size->items[1].type != TS_JSON_NUMBER)
-        return ts_error(TINYSAM_E_FORMAT, "%s: segmentation needs size [h, w] and counts", where);
-    if (size->items[0].number != H || size->items[1].number != W)
-        return ts_error(TINYSAM_E_FORMAT,
-                        "%s: segmentation size %gx%g differs from the image %dx%d", where,
-                        size->items[1].number, size->items[0].number, W, H);
-    ts_rle r = {0};
-    int rc = 0;
-    if (counts->type == TS_JSON_STRING) {
-        rc = ts_rle_from_string(counts->string, &r);
-    } else if (counts->type == TS_JSON_ARRAY) { /* uncompressed RLE */
-        for (int i = 0; i < counts->n && !rc; i++) {
-            double c = counts->items[i].number;
-            if (counts->items[i].type != TS_JSON_NUMBER || !(c >= 0 && c <= 4294967295.0) ||
-                c != floor(c))
-                rc = ts_error(TINYSAM_E_FORMAT, "%s: bad RLE count", where);
-            else if (ts_rle_push(&r, (uint32_t)c))
-                rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
-        }
-    } else {
-        rc = ts_error(TINYSAM_E_FORMAT, "%s: counts must be a string or an array", where);
-    }
-    if (!rc) rc = ts_rle_decode(r.counts, r.n, W, H, mask);
-    if (rc && rc != TINYSAM_E_NOMEM && strncmp(tinysam_last_error(), where, strlen(where)))
-        rc = prefix_error(rc, where);
-    ts_rle_free(&r);
-    return rc;
 }
 
 /* The point prompt: point_coords[0] when given, else the mask pixel nearest the box centre. */
@@ -203,7 +116,7 @@ static int eval_image(tinysam_model *m, const char *img_path, const char *gt_pat
         }
         box[2] += box[0]; /* xywh -> xyxy */
         box[3] += box[1];
-        if ((rc = decode_segmentation(ts_json_get(a, "segmentation"), W, H, where, mask)))
+        if ((rc = ts_sa1b_decode_segmentation(ts_json_get(a, "segmentation"), W, H, where, mask)))
             goto done;
 
         tinysam_prompt pb = {.has_box = 1, .box = {box[0], box[1], box[2], box[3]}};
@@ -292,7 +205,12 @@ int ts_cli_eval(int argc, char **argv) {
     if (threads) tinysam_set_num_threads(threads);
     char **names = NULL;
     int n_names = 0;
-    if (list_images(images, &names, &n_names)) return ts_cli_fail();
+    if (ts_dataset_list_images(images, &names, &n_names)) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tinysam_last_error());
+        ts_error(TINYSAM_E_IO, "--images: %s", msg);
+        return ts_cli_fail();
+    }
     tinysam_model *m = NULL;
     int rc = tinysam_model_load(model, &m);
     eval_totals tot = {0};
@@ -337,8 +255,7 @@ int ts_cli_eval(int argc, char **argv) {
     free(rep);
     free(img_path);
     free(gt_path);
-    for (int i = 0; i < n_names; i++) free(names[i]);
-    free(names);
+    ts_dataset_free_list(names, n_names);
     tinysam_model_free(m);
     return rc ? ts_cli_fail() : 0;
 }

@@ -10,5 +10,6 @@ int ts_cli_everything(int argc, char **argv);
 int ts_cli_serve(int argc, char **argv);
 int ts_cli_quantize(int argc, char **argv);
 int ts_cli_eval(int argc, char **argv);
+int ts_cli_distill(int argc, char **argv);
 
 #endif

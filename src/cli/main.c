@@ -18,6 +18,7 @@ static const char *usage =
     "  info        show a checkpoint's model family, tensors and parameters\n"
     "  quantize    W8A8 (int8) model from a float one, calibrated on images\n"
     "  eval        mean IoU of box / point prompt masks against SA-1B ground truth\n"
+    "  distill     train a TinySAM student from a SAM teacher (full-stage distillation)\n"
     "  serve       interactive segmentation page and JSON API over HTTP (localhost)\n"
     "\n"
     "Checkpoints: the official .pth files (read safely, pickle never executed) or the\n"
@@ -41,6 +42,7 @@ int main(int argc, char **argv) {
         {"segment", ts_cli_segment}, {"everything", ts_cli_everything}, {"embed", ts_cli_embed},
         {"convert", ts_cli_convert}, {"info", ts_cli_info},       {"serve", ts_cli_serve},
         {"quantize", ts_cli_quantize}, {"eval", ts_cli_eval},
+        {"distill", ts_cli_distill},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);

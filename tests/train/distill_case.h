@@ -4,7 +4,8 @@
  * dc_setup: student = distill/student_fp16.pth run by the inference encoder on the normalised
  * padded reference/picture1/resized.npy (E_S), teacher = models/tinysam_vit_t_random.pth with
  * E_T = reference/picture1/embedding.npy, low-res ground truths distill/gt/picture1*.
- * dc_case_a: the 8 prompt sets of distill/case_a/prompts.json. */
+ * dc_case_a: the 8 prompt sets of distill/case_a/prompts.json.
+ * dc_example_load: a fixture image (picture1, shapes) as a training example. */
 #ifndef TS_TESTS_DISTILL_CASE_H
 #define TS_TESTS_DISTILL_CASE_H
 
@@ -17,6 +18,7 @@
 #include "model/transforms.h"
 #include "test.h"
 #include "train/losses.h"
+#include "train/dataset.h"
 #include "train/sampling.h"
 
 #include <stdint.h>
@@ -148,6 +150,47 @@ static inline int dc_case_a_load(dc_case_a *a) {
     }
     ts_json_free(pj);
     if (!good) dc_case_a_free(a);
+    return good;
+}
+
+/* One fixture image as a training example: resized.npy, the reference embedding as E_T, the
+ * 8 ground truths of distill/gt/. */
+static inline int dc_example_load(const char *name, ts_train_example *ex) {
+    char p[256];
+    ts_npy rs = {0}, et = {0}, g1 = {0}, gl = {0}, va = {0};
+    ts_json *gj = NULL;
+    int good = 0;
+    if (ts_example_alloc(ex, DC_NSET)) return 0;
+    snprintf(ex->name, sizeof ex->name, "%s", name);
+#define LOAD(rel, arr) (snprintf(p, sizeof p, rel, name), ts_npy_load(fixture(p), &(arr)) == 0)
+    if (!LOAD("reference/%s/resized.npy", rs) || !LOAD("reference/%s/embedding.npy", et) ||
+        !LOAD("distill/gt/%s_g1024_bits.npy", g1) || !LOAD("distill/gt/%s_glow_bits.npy", gl) ||
+        !LOAD("distill/gt/%s_valid.npy", va))
+        goto done;
+#undef LOAD
+    snprintf(p, sizeof p, "distill/gt/%s.json", name);
+    if (ts_json_load(fixture(p), &gj)) goto done;
+    const ts_json *isz = ts_json_get(gj, "input_size");
+    ex->newh = (int)ts_json_at(isz, 0)->number;
+    ex->neww = (int)ts_json_at(isz, 1)->number;
+    if (rs.shape[0] != ex->newh || rs.shape[1] != ex->neww || et.numel != TS_LOSS_EMB ||
+        g1.numel != (int64_t)DC_NSET * TS_FRAME_BITS || va.numel != TS_LOWRES_CELLS ||
+        gl.numel != (int64_t)DC_NSET * TS_LOWRES_CELLS / 8)
+        goto done;
+    ts_normalize_pad(rs.data, ex->newh, ex->neww, ex->input);
+    memcpy(ex->emb_t, et.data, sizeof(float) * TS_LOSS_EMB);
+    memcpy(ex->g1024_bits, g1.data, (size_t)DC_NSET * TS_FRAME_BITS);
+    memcpy(ex->valid, va.data, TS_LOWRES_CELLS);
+    const uint8_t *b = gl.data;
+    for (size_t i = 0; i < (size_t)DC_NSET * TS_LOWRES_CELLS; i++)
+        ex->glow[i] = (b[i / 8] >> (7 - i % 8)) & 1;
+    const ts_json *area = ts_json_get(gj, "area_1024");
+    for (int k = 0; k < DC_NSET; k++) ex->area1024[k] = (long long)ts_json_at(area, k)->number;
+    good = 1;
+done:
+    ts_npy_free(&rs), ts_npy_free(&et), ts_npy_free(&g1), ts_npy_free(&gl), ts_npy_free(&va);
+    ts_json_free(gj);
+    if (!good) ts_example_free(ex);
     return good;
 }
 
