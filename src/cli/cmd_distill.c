@@ -3,6 +3,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core.h"
+#include "everything/amg.h"
 #include "io/tensor_map.h"
 #include "tinysam.h"
 #include "train/dataset.h"
@@ -18,7 +19,7 @@
 
 static const char *distill_usage =
     "usage: tinysam distill --teacher T (--student S | --init random) --images DIR\n"
-    "                       --embeddings E --masks DIR (--steps N | --epochs N)\n"
+    "                       --embeddings E --masks DIR [--pseudo-masks] (--steps N | --epochs N)\n"
     "                       --out student.safetensors [options]\n"
     "\n"
     "Distils the student (a vit_t checkpoint: TinySAM, MobileSAM) from the teacher (any SAM-family\n"
@@ -27,7 +28,9 @@ static const char *distill_usage =
     "focal + dice and IoU losses, online hard prompt sampling (t = 0..9 rounds). One step = one\n"
     "image with up to --prompts of its masks. For every image DIR/NAME.jpg|png it reads the\n"
     "teacher embedding E/NAME.npy (`tinysam embed --model T --images DIR --out-dir E`) and the\n"
-    "ground truth MASKS/NAME.json (SA-1B: annotations[].segmentation in COCO RLE).\n"
+    "ground truth MASKS/NAME.json (SA-1B: annotations[].segmentation in COCO RLE, or the records\n"
+    "of `tinysam everything`). With --pseudo-masks, images without MASKS/NAME.json first get the\n"
+    "teacher's segment-everything masks written there (the paper's recipe without SA-1B labels).\n"
     "\n"
     "  --lr X               peak learning rate (2e-5)\n"
     "  --warmup N           linear warm-up steps (250); --no-lr-drops: no x0.1 at 2/3 and 96%\n"
@@ -142,10 +145,87 @@ static void log_step(FILE *f, const ts_step_report *r, const char *image, double
     fflush(f);
 }
 
+/* The teacher's everything-mode masks for every image without MASKS/NAME.json, written there
+ * as SA-1B-style JSON (image size + annotations = the generator's records). */
+static int make_pseudo_masks(const char *teacher, const char *images, const char *masks,
+                             long long max_pixels) {
+    char **names = NULL;
+    int n = 0, todo = 0, rc = ts_dataset_list_images(images, &names, &n);
+    if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tinysam_last_error());
+        return ts_error(TINYSAM_E_IO, "--images: %s", msg);
+    }
+    if ((rc = ts_mkdirs(masks))) goto done;
+    for (int i = 0; i < n; i++) {
+        char stem[256], *gp;
+        ts_dataset_stem(names[i], stem, sizeof stem);
+        if (!(gp = path_join(masks, stem, ".json"))) {
+            rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+            goto done;
+        }
+        todo += !file_exists(gp);
+        free(gp);
+    }
+    if (!todo) goto done;
+    tinysam_model *m = NULL;
+    if ((rc = tinysam_model_load(teacher, &m))) goto done;
+    tinysam_everything_options eo;
+    tinysam_everything_defaults(&eo);
+    fprintf(stderr, "distill: pseudo masks from the teacher's everything mode for %d images\n",
+            todo);
+    int k = 0;
+    double t0 = ts_now_ms();
+    for (int i = 0; !rc && i < n; i++) {
+        char stem[256];
+        ts_dataset_stem(names[i], stem, sizeof stem);
+        char *gp = path_join(masks, stem, ".json"), *ip = path_join(images, names[i], "");
+        char *tmp = path_join(masks, stem, ".json.tmp");
+        tinysam_image img = {0};
+        tinysam_everything_result r = {0};
+        FILE *f = NULL;
+        if (!gp || !ip || !tmp) rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+        if (!rc && !file_exists(gp)) {
+            k++;
+            rc = tinysam_image_load(ip, max_pixels, &img);
+            if (!rc) rc = tinysam_everything(m, &img, NULL, &eo, &r);
+            if (!rc && !(f = fopen(tmp, "w")))
+                rc = ts_error(TINYSAM_E_IO, "cannot write '%s'", tmp);
+            if (!rc) {
+                fprintf(f, "{\"image\": {\"file_name\": ");
+                ts_json_write_string(f, names[i]);
+                fprintf(f, ", \"width\": %d, \"height\": %d},\n\"annotations\": ", img.width,
+                        img.height);
+                rc = ts_everything_write_json(f, &r);
+                fprintf(f, "}\n");
+                if (fclose(f) || rc) rc = rc ? rc : ts_error(TINYSAM_E_IO, "cannot write '%s'", tmp);
+                f = NULL;
+                if (!rc && rename(tmp, gp)) rc = ts_error(TINYSAM_E_IO, "cannot write '%s'", gp);
+                if (rc) remove(tmp);
+            }
+            if (!rc) {
+                const double per = (ts_now_ms() - t0) / k / 1000.0;
+                char eta[32];
+                fmt_eta(per * (todo - k), eta, sizeof eta);
+                fprintf(stderr, "pseudo masks [%d/%d] %s: %d masks, eta %s\n", k, todo, names[i],
+                        r.n, eta);
+            }
+        }
+        if (f) fclose(f);
+        tinysam_everything_free(&r);
+        tinysam_image_free(&img);
+        free(gp), free(ip), free(tmp);
+    }
+    tinysam_model_free(m);
+done:
+    ts_dataset_free_list(names, n);
+    return rc;
+}
+
 typedef struct {
     const char *teacher, *student, *images, *embs, *masks, *out, *resume, *log;
     long steps, epochs;
-    int every, threads, init_random, dec_from_teacher;
+    int every, threads, init_random, dec_from_teacher, pseudo;
     long long max_pixels;
     ts_train_config c;
 } options;
@@ -183,9 +263,7 @@ static int parse(int argc, char **argv, options *o, int *help) {
             if (VAL()) return -1;
             o->masks = v;
         } else if (!strcmp(a, "--pseudo-masks")) {
-            return ts_error(TINYSAM_E_ARG, "--pseudo-masks is not implemented yet: make the "
-                                           "masks with `tinysam everything --model TEACHER` and "
-                                           "pass them with --masks");
+            o->pseudo = 1;
         } else if (!strcmp(a, "--out")) {
             if (VAL()) return -1;
             o->out = v;
@@ -274,7 +352,8 @@ int ts_cli_distill(int argc, char **argv) {
     ts_train_example ex = {0};
     FILE *logf = NULL;
     char *ckpt = NULL, *logp = NULL;
-    int rc = list_files(o.images, o.embs, o.masks, &files);
+    int rc = o.pseudo ? make_pseudo_masks(o.teacher, o.images, o.masks, o.max_pixels) : 0;
+    if (!rc) rc = list_files(o.images, o.embs, o.masks, &files);
     if (rc) goto done;
     const long total = o.steps ? o.steps : o.epochs * files.n;
     o.c.total_steps = total;

@@ -196,6 +196,9 @@ int ts_example_usable(const ts_train_example *ex, int k) {
 static int load_embedding(const char *path, float *dst) {
     ts_npy a = {0};
     int rc = ts_npy_load(path, &a);
+    if (!rc && a.dtype != TS_DTYPE_F32 && a.dtype != TS_DTYPE_F16)
+        rc = ts_error(TINYSAM_E_FORMAT, "%s: a teacher embedding is float32 or float16 256x64x64",
+                      path);
     if (!rc) rc = ts_npy_to_f32(&a);
     if (!rc && a.numel != 256 * 64 * 64)
         rc = ts_error(TINYSAM_E_FORMAT, "%s: a teacher embedding has 256x64x64 values, not %lld",
@@ -213,7 +216,10 @@ int ts_example_load(const char *image_path, const char *emb_path, const char *gt
     uint8_t *resized = NULL, *mask = NULL;
     int rc = ts_json_load(gt_path, &gt);
     if (rc) return rc;
-    const ts_json *anns = gt->type == TS_JSON_OBJECT ? ts_json_get(gt, "annotations") : NULL;
+    /* SA-1B's per-image object, or a bare list of records (`tinysam everything` output) */
+    const ts_json *anns = gt->type == TS_JSON_ARRAY    ? gt
+                          : gt->type == TS_JSON_OBJECT ? ts_json_get(gt, "annotations")
+                                                       : NULL;
     if (!anns || anns->type != TS_JSON_ARRAY) {
         rc = ts_error(TINYSAM_E_FORMAT, "%s: no 'annotations' array", gt_path);
         goto done;

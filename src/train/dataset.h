@@ -58,7 +58,7 @@ int ts_example_alloc(ts_train_example *ex, int n_masks);
 void ts_example_free(ts_train_example *ex);
 /* Loads an image (decoded, resized as the inference engine does, normalised, padded), its
  * teacher embedding (.npy, float32 or float16, 1x256x64x64 or 256x64x64) and its ground truth
- * (SA-1B JSON, masks at the image size). max_pixels 0: the library default. */
+ * (SA-1B JSON, or the list of records `tinysam everything` writes; masks at the image size). max_pixels 0: the library default. */
 int ts_example_load(const char *image_path, const char *emb_path, const char *gt_path,
                     long long max_pixels, ts_train_example *ex);
 

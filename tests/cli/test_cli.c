@@ -5,57 +5,25 @@
 #include "io/json.h"
 #include "io/npy.h"
 #include "io/tensor_map.h"
+#include "cli_run.h"
 #include "test.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 
-static char g_bin[512];
-static char g_out[8192], g_err[8192];
-
-/* Runs the CLI with a shell-quoted argument string; returns the exit status, or -1 if it
- * died from a signal. Captures stdout/stderr. */
-static int run(const char *args) {
-    char cmd[4096];
-    const char *o = tmp_path("stdout.txt"), *e = tmp_path("stderr.txt");
-    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s", g_bin, args, o, e);
-    int st = system(cmd);
-    FILE *f = fopen(o, "rb");
-    size_t n = f ? fread(g_out, 1, sizeof g_out - 1, f) : 0;
-    g_out[n] = 0;
-    if (f) fclose(f);
-    f = fopen(e, "rb");
-    n = f ? fread(g_err, 1, sizeof g_err - 1, f) : 0;
-    g_err[n] = 0;
-    if (f) fclose(f);
-    if (WIFSIGNALED(st)) return -1;
-    return WEXITSTATUS(st);
-}
-
-static int one_line(const char *s) {
-    size_t n = strlen(s);
-    return n > 10 && !strncmp(s, "tinysam", 7) && strchr(s, '\n') == s + n - 1;
-}
 
 #define MODEL "models/tinysam_vit_t_random.pth"
 
-static void expect_error(const char *args, const char *needle) {
-    int st = run(args);
-    CHECK(st > 0 && st < 128, "'%s': exit status %d (expected an error)", args, st);
-    CHECK(one_line(g_err), "'%s': stderr is not one line: [%s]", args, g_err);
-    if (needle) CHECK(strstr(g_err, needle) != NULL, "'%s': stderr lacks '%s': %s", args, needle, g_err);
-}
-
 static void test_help(void) {
-    CHECK(run("--help") == 0 && strstr(g_out, "segment"), "tinysam --help");
+    CHECK(cli_run("--help") == 0 && strstr(cli_out, "segment"), "tinysam --help");
     const char *cmds[] = {"segment", "embed", "convert", "info", "everything"};
     for (int i = 0; i < 5; i++) {
         char a[64];
         snprintf(a, sizeof a, "%s --help", cmds[i]);
-        CHECK(run(a) == 0 && strstr(g_out, "usage"), "tinysam %s --help", cmds[i]);
+        CHECK(cli_run(a) == 0 && strstr(cli_out, "usage"), "tinysam %s --help", cmds[i]);
     }
-    CHECK(run("frobnicate") != 0, "unknown command accepted");
+    CHECK(cli_run("frobnicate") != 0, "unknown command accepted");
 }
 
 static void test_bad_arguments(void) {
@@ -84,7 +52,7 @@ static void test_bad_arguments(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char a[4096];
         snprintf(a, sizeof a, "%s %s", base, cases[i].extra);
-        expect_error(a, cases[i].needle);
+        cli_expect_error(a, cases[i].needle, 1);
     }
 }
 
@@ -93,9 +61,9 @@ static void test_bad_files(void) {
     char a[4096];
     snprintf(a, sizeof a, "segment --model /nonexistent.pth --image %s --point 1,1",
              fixture("images/picture1.jpg"));
-    expect_error(a, "nonexistent");
+    cli_expect_error(a, "nonexistent", 1);
     snprintf(a, sizeof a, "segment --model %s --image /nonexistent.jpg --point 1,1", fixture(MODEL));
-    expect_error(a, "nonexistent");
+    cli_expect_error(a, "nonexistent", 1);
 
     /* truncated image and checkpoint copies */
     uint8_t *buf;
@@ -108,7 +76,7 @@ static void test_bad_files(void) {
     free(buf);
     snprintf(a, sizeof a, "segment --model %s --image %s --point 1,1 --out-dir %s", fixture(MODEL),
              tj, tmp_path("o"));
-    expect_error(a, NULL);
+    cli_expect_error(a, NULL, 1);
     REQUIRE(ts_read_file(fixture(MODEL), 1 << 28, &buf, &n) == 0, "read pth");
     const char *tp = tmp_path("trunc.pth");
     f = fopen(tp, "wb");
@@ -116,10 +84,10 @@ static void test_bad_files(void) {
     fclose(f);
     free(buf);
     snprintf(a, sizeof a, "info %s", tp);
-    expect_error(a, NULL);
+    cli_expect_error(a, NULL, 1);
     /* a text file posing as a checkpoint */
     snprintf(a, sizeof a, "info %s", fixture("README.md"));
-    expect_error(a, NULL);
+    cli_expect_error(a, NULL, 1);
     remove(tj);
     remove(tp);
 }
@@ -140,7 +108,7 @@ static void test_wrong_model(void) {
     ts_map_free(m);
     char a[2048];
     snprintf(a, sizeof a, "info %s", p);
-    expect_error(a, victim);
+    cli_expect_error(a, victim, 1);
     remove(p);
 }
 
@@ -153,7 +121,7 @@ static void test_mask_input_shape(void) {
     char a[4096];
     snprintf(a, sizeof a, "segment --model %s --image %s --point 10,10 --mask-input %s --out-dir %s",
              fixture(MODEL), fixture("images/shapes.png"), p, tmp_path("o"));
-    expect_error(a, "mask input");
+    cli_expect_error(a, "mask input", 1);
     remove(p);
 }
 
@@ -165,9 +133,9 @@ static void test_segment_matches_reference(void) {
     char a[4096];
     snprintf(a, sizeof a, "segment --model %s --image %s --point 380,300 --out-dir %s --low-res-out %s",
              fixture(MODEL), fixture("images/picture1.jpg"), dir, lr);
-    int st = run(a);
-    REQUIRE(st == 0, "segment failed (%d): %s", st, g_err);
-    CHECK(strstr(g_out, "\"iou_predictions\"") && strstr(g_out, "\"best\": 0"), "stdout: %s", g_out);
+    int st = cli_run(a);
+    REQUIRE(st == 0, "segment failed (%d): %s", st, cli_err);
+    CHECK(strstr(cli_out, "\"iou_predictions\"") && strstr(cli_out, "\"best\": 0"), "stdout: %s", cli_out);
     ts_npy ref, low;
     REQUIRE(ts_npy_load(fixture("reference/picture1/prompts/point/masks.npy"), &ref) == 0, "ref");
     REQUIRE(ts_npy_load(lr, &low) == 0, "low-res out: %s", tinysam_last_error());
@@ -199,9 +167,9 @@ static void test_everything_oracle_cli(void) {
     char a[4096];
     snprintf(a, sizeof a, "everything --oracle-scene %s --out %s --overlay %s --quiet",
              fixture("oracle/scene_a/scene.json"), out, ov);
-    int st = run(a);
-    REQUIRE(st == 0, "everything failed (%d): %s", st, g_err);
-    CHECK(strstr(g_out, "\"masks\": 11") && strstr(g_out, "\"per_pass\": [64, 154]"), "summary: %s", g_out);
+    int st = cli_run(a);
+    REQUIRE(st == 0, "everything failed (%d): %s", st, cli_err);
+    CHECK(strstr(cli_out, "\"masks\": 11") && strstr(cli_out, "\"per_pass\": [64, 154]"), "summary: %s", cli_out);
     ts_json *mine, *ref;
     REQUIRE(ts_json_load(out, &mine) == 0, "output is not JSON: %s", tinysam_last_error());
     REQUIRE(ts_json_load(fixture("oracle/scene_a/default/hierarchical.json"), &ref) == 0, "ref");
@@ -219,16 +187,14 @@ static void test_everything_oracle_cli(void) {
     tinysam_image_free(&img);
     ts_json_free(mine);
     ts_json_free(ref);
-    expect_error("everything --oracle-scene x.json --out y.json --box-nms-thresh 1.5", "range");
-    expect_error("everything --oracle-scene x.json --out y.json --points-per-side 0", "range");
-    expect_error("everything --oracle-scene /nonexistent.json --out y.json", "nonexistent");
+    cli_expect_error("everything --oracle-scene x.json --out y.json --box-nms-thresh 1.5", "range", 1);
+    cli_expect_error("everything --oracle-scene x.json --out y.json --points-per-side 0", "range", 1);
+    cli_expect_error("everything --oracle-scene /nonexistent.json --out y.json", "nonexistent", 1);
     remove(out);
     remove(ov);
 }
 
 int main(void) {
-    const char *b = getenv("BUILD");
-    snprintf(g_bin, sizeof g_bin, "%s/tinysam", b && *b ? b : "build");
     RUN(test_help);
     RUN(test_bad_arguments);
     RUN(test_bad_files);

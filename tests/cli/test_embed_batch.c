@@ -4,6 +4,7 @@
 #include "core.h"
 #include "io/npy.h"
 #include "io/tensor_map_internal.h"
+#include "cli_run.h"
 #include "test.h"
 
 #include <math.h>
@@ -16,58 +17,6 @@
 #define MODEL "models/tinysam_vit_t_random.pth"
 #define NUMEL (256 * 64 * 64)
 
-static char g_bin[512];
-static char g_out[8192], g_err[8192];
-
-/* Runs $BUILD/tinysam (build/ by default, as tests/run.sh sets it) with a shell-quoted
- * argument string; returns the exit status, or -1 if it died from a signal. Captures stdout
- * and stderr. */
-static int run(const char *args) {
-    char cmd[4096];
-    const char *o = tmp_path("embed_stdout.txt"), *e = tmp_path("embed_stderr.txt");
-    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s", g_bin, args, o, e);
-    int st = system(cmd);
-    FILE *f = fopen(o, "rb");
-    size_t n = f ? fread(g_out, 1, sizeof g_out - 1, f) : 0;
-    g_out[n] = 0;
-    if (f) fclose(f);
-    f = fopen(e, "rb");
-    n = f ? fread(g_err, 1, sizeof g_err - 1, f) : 0;
-    g_err[n] = 0;
-    if (f) fclose(f);
-    if (WIFSIGNALED(st)) return -1;
-    return WEXITSTATUS(st);
-}
-
-static int one_line(const char *s) {
-    size_t n = strlen(s);
-    return n > 10 && !strncmp(s, "tinysam", 7) && strchr(s, '\n') == s + n - 1;
-}
-
-static void expect_error(const char *args, const char *needle) {
-    int st = run(args);
-    CHECK(st > 0 && st < 128, "'%s': exit status %d (expected an error)", args, st);
-    CHECK(one_line(g_err), "'%s': stderr is not one line: [%s]", args, g_err);
-    if (needle)
-        CHECK(strstr(g_err, needle) != NULL, "'%s': stderr lacks '%s': %s", args, needle, g_err);
-}
-
-static int copy_file(const char *from, const char *to) {
-    uint8_t *buf;
-    size_t n;
-    if (ts_read_file(from, (size_t)1 << 26, &buf, &n)) return -1;
-    FILE *f = fopen(to, "wb");
-    int ok = f && fwrite(buf, 1, n, f) == n;
-    if (f && fclose(f)) ok = 0;
-    free(buf);
-    return ok ? 0 : -1;
-}
-
-static void rm_rf(const char *dir) {
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) printf("  (could not remove %s)\n", dir);
-}
 
 /* Loads an output and checks shape (1,256,64,64) and dtype. */
 static int load_embedding(const char *path, ts_dtype dtype, ts_npy *a) {
@@ -119,7 +68,7 @@ static char g_dir[512], g_imgs[600], g_e[600], g_e16[600], g_model[1024];
 
 static int setup(void) {
     snprintf(g_dir, sizeof g_dir, "%s", tmp_path("embed_batch"));
-    rm_rf(g_dir);
+    cli_rm_rf(g_dir);
     snprintf(g_imgs, sizeof g_imgs, "%s/imgs", g_dir);
     snprintf(g_e, sizeof g_e, "%s/E", g_dir);
     snprintf(g_e16, sizeof g_e16, "%s/E16", g_dir);
@@ -127,9 +76,9 @@ static int setup(void) {
     char p[700];
     if (mkdir(g_dir, 0755) || mkdir(g_imgs, 0755)) return -1;
     snprintf(p, sizeof p, "%s/picture1.jpg", g_imgs);
-    if (copy_file(fixture("images/picture1.jpg"), p)) return -1;
+    if (cli_copy_file(fixture("images/picture1.jpg"), p)) return -1;
     snprintf(p, sizeof p, "%s/shapes.png", g_imgs);
-    if (copy_file(fixture("images/shapes.png"), p)) return -1;
+    if (cli_copy_file(fixture("images/shapes.png"), p)) return -1;
     /* not images: ignored */
     snprintf(p, sizeof p, "%s/notes.txt", g_imgs);
     FILE *f = fopen(p, "w");
@@ -151,12 +100,12 @@ static void test_batch_f32_resume(void) {
              g_imgs, g_e);
 
     /* first run: E is created, both images computed */
-    int st = run(args);
-    REQUIRE(st == 0, "first run: status %d: %s", st, g_err);
-    CHECK(strstr(g_err, "embed [1/2] picture1.jpg: ") && strstr(g_err, " ms (eta ") &&
-              strstr(g_err, "embed [2/2] shapes.png: "),
-          "progress lines: %s", g_err);
-    CHECK(strstr(g_err, "embed: 2 images, 2 computed, 0 skipped, in "), "summary: %s", g_err);
+    int st = cli_run(args);
+    REQUIRE(st == 0, "first run: status %d: %s", st, cli_err);
+    CHECK(strstr(cli_err, "embed [1/2] picture1.jpg: ") && strstr(cli_err, " ms (eta ") &&
+              strstr(cli_err, "embed [2/2] shapes.png: "),
+          "progress lines: %s", cli_err);
+    CHECK(strstr(cli_err, "embed: 2 images, 2 computed, 0 skipped, in "), "summary: %s", cli_err);
     double e1 = max_err_vs_reference(p1, "picture1"), e2 = max_err_vs_reference(p2, "shapes");
     printf("  max abs error vs reference: picture1 %.3g, shapes %.3g\n", e1, e2);
     CHECK(e1 <= 1e-3 && e2 <= 1e-3, "embedding error %g %g > 1e-3", e1, e2);
@@ -171,12 +120,12 @@ static void test_batch_f32_resume(void) {
     REQUIRE(ts_read_file(p2, (size_t)1 << 26, &b2, &n2) == 0, "read %s", p2);
     struct stat s1, s2;
     REQUIRE(stat(p1, &s1) == 0 && stat(p2, &s2) == 0, "stat");
-    st = run(args);
-    CHECK(st == 0, "second run: status %d: %s", st, g_err);
-    CHECK(strstr(g_err, "picture1.jpg: skipped (exists)") &&
-              strstr(g_err, "shapes.png: skipped (exists)") &&
-              strstr(g_err, "2 images, 0 computed, 2 skipped"),
-          "second run did not skip: %s", g_err);
+    st = cli_run(args);
+    CHECK(st == 0, "second run: status %d: %s", st, cli_err);
+    CHECK(strstr(cli_err, "picture1.jpg: skipped (exists)") &&
+              strstr(cli_err, "shapes.png: skipped (exists)") &&
+              strstr(cli_err, "2 images, 0 computed, 2 skipped"),
+          "second run did not skip: %s", cli_err);
     struct stat t1, t2;
     CHECK(stat(p1, &t1) == 0 && stat(p2, &t2) == 0 && t1.st_ino == s1.st_ino &&
               t2.st_ino == s2.st_ino,
@@ -185,12 +134,12 @@ static void test_batch_f32_resume(void) {
 
     /* a truncated output is recomputed; the other is still skipped */
     REQUIRE(truncate(p2, (off_t)(n2 / 2)) == 0, "truncate");
-    st = run(args);
-    CHECK(st == 0, "third run: status %d: %s", st, g_err);
-    CHECK(strstr(g_err, "picture1.jpg: skipped (exists)") && strstr(g_err, "shapes.png: ") &&
-              !strstr(g_err, "shapes.png: skipped") &&
-              strstr(g_err, "2 images, 1 computed, 1 skipped"),
-          "third run: %s", g_err);
+    st = cli_run(args);
+    CHECK(st == 0, "third run: status %d: %s", st, cli_err);
+    CHECK(strstr(cli_err, "picture1.jpg: skipped (exists)") && strstr(cli_err, "shapes.png: ") &&
+              !strstr(cli_err, "shapes.png: skipped") &&
+              strstr(cli_err, "2 images, 1 computed, 1 skipped"),
+          "third run: %s", cli_err);
     e2 = max_err_vs_reference(p2, "shapes");
     CHECK(e2 <= 1e-3, "recomputed embedding error %g", e2);
     CHECK(same_bytes(p2, b2, n2), "recomputed output differs from the first one");
@@ -202,17 +151,17 @@ static void test_batch_f32_resume(void) {
     fseek(f, (long)(hdr - (char *)b2), SEEK_SET);
     fwrite("<i4", 1, 3, f);
     fclose(f);
-    st = run(args);
-    CHECK(st == 0 && strstr(g_err, "1 computed, 1 skipped") && same_bytes(p2, b2, n2),
-          "wrong-dtype output not recomputed: %s", g_err);
+    st = cli_run(args);
+    CHECK(st == 0 && strstr(cli_err, "1 computed, 1 skipped") && same_bytes(p2, b2, n2),
+          "wrong-dtype output not recomputed: %s", cli_err);
     free(b1);
     free(b2);
 
     /* --fp16 into another directory: <f2, each value the RNE half of the float32 output */
     snprintf(args, sizeof args, "embed --model %s --images %s --out-dir %s --fp16 --threads 2",
              g_model, g_imgs, g_e16);
-    st = run(args);
-    REQUIRE(st == 0, "fp16 run: status %d: %s", st, g_err);
+    st = cli_run(args);
+    REQUIRE(st == 0, "fp16 run: status %d: %s", st, cli_err);
     const char *names[2] = {"picture1", "shapes"};
     for (int k = 0; k < 2; k++) {
         char ph[700], pf[700];
@@ -246,9 +195,9 @@ static void test_single_fp16(void) {
     REQUIRE(access(batch, F_OK) == 0, "needs test_batch_f32_resume's outputs");
     snprintf(args, sizeof args, "embed --model %s --image %s/picture1.jpg --out %s --fp16",
              g_model, g_imgs, out);
-    int st = run(args);
-    REQUIRE(st == 0, "single --fp16: status %d: %s", st, g_err);
-    CHECK(strstr(g_out, "\"embedding\": ") != NULL, "single mode stdout: %s", g_out);
+    int st = cli_run(args);
+    REQUIRE(st == 0, "single --fp16: status %d: %s", st, cli_err);
+    CHECK(strstr(cli_out, "\"embedding\": ") != NULL, "single mode stdout: %s", cli_out);
     uint8_t *b;
     size_t n;
     REQUIRE(ts_read_file(batch, (size_t)1 << 26, &b, &n) == 0, "read");
@@ -261,34 +210,34 @@ static void test_usage_errors(void) {
     if (!g_dir[0] && setup()) SKIP("no scratch dir");
     char args[4096], p[1024];
     snprintf(args, sizeof args, "embed --model %s --images %s", g_model, g_imgs);
-    expect_error(args, "--out-dir");
+    cli_expect_error(args, "--out-dir", 1);
     snprintf(args, sizeof args, "embed --model %s --images %s --out %s/x.npy", g_model, g_imgs,
              g_dir);
-    expect_error(args, "--out");
+    cli_expect_error(args, "--out", 1);
     snprintf(args, sizeof args, "embed --model %s --image %s/picture1.jpg --out-dir %s/o",
              g_model, g_imgs, g_dir);
-    expect_error(args, "--out-dir");
+    cli_expect_error(args, "--out-dir", 1);
     snprintf(args, sizeof args,
              "embed --model %s --image %s/picture1.jpg --images %s --out-dir %s/o", g_model,
              g_imgs, g_imgs, g_dir);
-    expect_error(args, "exclusive");
+    cli_expect_error(args, "exclusive", 1);
     snprintf(args, sizeof args, "embed --images %s --out-dir %s/o", g_imgs, g_dir);
-    expect_error(args, "--model");
+    cli_expect_error(args, "--model", 1);
     snprintf(args, sizeof args, "embed --model %s --images %s/nonexistent --out-dir %s/o",
              g_model, g_dir, g_dir);
-    expect_error(args, "nonexistent");
+    cli_expect_error(args, "nonexistent", 1);
 
     /* same stem twice: refused before any work */
     char dup[700];
     snprintf(dup, sizeof dup, "%s/dup", g_dir);
     REQUIRE(mkdir(dup, 0755) == 0, "mkdir");
     snprintf(p, sizeof p, "%s/a.jpg", dup);
-    REQUIRE(copy_file(fixture("images/picture1.jpg"), p) == 0, "copy");
+    REQUIRE(cli_copy_file(fixture("images/picture1.jpg"), p) == 0, "copy");
     snprintf(p, sizeof p, "%s/a.PNG", dup);
-    REQUIRE(copy_file(fixture("images/shapes.png"), p) == 0, "copy");
+    REQUIRE(cli_copy_file(fixture("images/shapes.png"), p) == 0, "copy");
     snprintf(args, sizeof args, "embed --model %s --images %s --out-dir %s/dup_out", g_model,
              dup, g_dir);
-    expect_error(args, "same stem");
+    cli_expect_error(args, "same stem", 1);
     snprintf(p, sizeof p, "%s/dup_out", g_dir);
     CHECK(access(p, F_OK) != 0, "output dir created despite the error");
 
@@ -304,7 +253,7 @@ static void test_usage_errors(void) {
     fclose(f);
     snprintf(args, sizeof args, "embed --model %s --images %s --out-dir %s/bad_out", g_model,
              bad, g_dir);
-    expect_error(args, "broken.jpg");
+    cli_expect_error(args, "broken.jpg", 1);
     snprintf(p, sizeof p, "%s/bad_out/broken.npy", g_dir);
     CHECK(access(p, F_OK) != 0, "output written for a corrupt image");
     snprintf(p, sizeof p, "%s/bad_out/broken.npy.tmp", g_dir);
@@ -312,12 +261,10 @@ static void test_usage_errors(void) {
 }
 
 int main(void) {
-    const char *b = getenv("BUILD");
-    snprintf(g_bin, sizeof g_bin, "%s/tinysam", b && *b ? b : "build");
     RUN(test_batch_f32_resume);
     RUN(test_single_fp16);
     RUN(test_usage_errors);
     int rc = test_summary();
-    if (!rc && g_dir[0]) rm_rf(g_dir); /* ~20 MB of outputs; kept when something failed */
+    if (!rc && g_dir[0]) cli_rm_rf(g_dir); /* ~20 MB of outputs; kept when something failed */
     return rc;
 }

@@ -4,6 +4,7 @@
 #include "core.h"
 #include "everything/amg.h"
 #include "io/json.h"
+#include "cli_run.h"
 #include "test.h"
 #include "tinysam.h"
 
@@ -13,42 +14,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-static char g_bin[512];
-static char g_out[65536], g_err[8192];
-
-/* Runs the CLI with a shell-quoted argument string; returns the exit status, or -1 if it
- * died from a signal. Captures stdout/stderr. */
-static int run(const char *args) {
-    char cmd[8192], o[1024], e[1024];
-    snprintf(o, sizeof o, "%s", tmp_path("eval_stdout.txt"));
-    snprintf(e, sizeof e, "%s", tmp_path("eval_stderr.txt"));
-    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s", g_bin, args, o, e);
-    int st = system(cmd);
-    FILE *f = fopen(o, "rb");
-    size_t n = f ? fread(g_out, 1, sizeof g_out - 1, f) : 0;
-    g_out[n] = 0;
-    if (f) fclose(f);
-    f = fopen(e, "rb");
-    n = f ? fread(g_err, 1, sizeof g_err - 1, f) : 0;
-    g_err[n] = 0;
-    if (f) fclose(f);
-    if (WIFSIGNALED(st)) return -1;
-    return WEXITSTATUS(st);
-}
-
-/* The last line of stderr (progress lines come before an error). */
-static const char *last_line(const char *s) {
-    size_t n = strlen(s);
-    if (n && s[n - 1] == '\n') n--;
-    while (n && s[n - 1] != '\n') n--;
-    return s + n;
-}
-
-static int is_error_line(const char *s) {
-    const char *l = last_line(s);
-    size_t n = strlen(l);
-    return n > 10 && !strncmp(l, "tinysam", 7) && strchr(l, '\n') == l + n - 1;
-}
 
 #define MODEL "models/tinysam_vit_t_random.pth"
 
@@ -57,17 +22,6 @@ static int write_text(const char *path, const char *text) {
     if (!f) return -1;
     int ok = fputs(text, f) >= 0;
     return (fclose(f) == 0 && ok) ? 0 : -1;
-}
-
-static int copy_file(const char *from, const char *to) {
-    uint8_t *buf;
-    size_t n;
-    if (ts_read_file(from, 1 << 26, &buf, &n)) return -1;
-    FILE *f = fopen(to, "wb");
-    int ok = f && fwrite(buf, 1, n, f) == n;
-    if (f && fclose(f)) ok = 0;
-    free(buf);
-    return ok ? 0 : -1;
 }
 
 /* COCO RLE string of a row-major W x H 0/1 mask (malloc'd). */
@@ -109,14 +63,14 @@ static void test_eval_own_mask(void) {
     mkdir(seg, 0755);
     char p[2048];
     snprintf(p, sizeof p, "%s/picture1.jpg", g_img);
-    REQUIRE(copy_file(fixture("images/picture1.jpg"), p) == 0, "copy picture1");
+    REQUIRE(cli_copy_file(fixture("images/picture1.jpg"), p) == 0, "copy picture1");
     snprintf(p, sizeof p, "%s/shapes.png", g_img); /* no ground truth: skipped */
-    REQUIRE(copy_file(fixture("images/shapes.png"), p) == 0, "copy shapes");
+    REQUIRE(cli_copy_file(fixture("images/shapes.png"), p) == 0, "copy shapes");
 
     /* The CLI's own single mask for a box (x0,y0,x1,y1) = (100,120,420,400). */
     snprintf(a, sizeof a, "segment --model %s --image %s/picture1.jpg --box 100,120,420,400 "
              "--single-mask --out-dir %s", fixture(MODEL), g_img, seg);
-    REQUIRE(run(a) == 0, "segment failed: %s", g_err);
+    REQUIRE(cli_run(a) == 0, "segment failed: %s", cli_err);
     snprintf(p, sizeof p, "%s/mask_0.png", seg);
     tinysam_image mimg;
     REQUIRE(tinysam_image_load(p, 0, &mimg) == 0, "load mask png: %s", tinysam_last_error());
@@ -161,15 +115,15 @@ static void test_eval_own_mask(void) {
     free(m1);
 
     snprintf(a, sizeof a, "eval --model %s --images %s --masks %s", fixture(MODEL), g_img, g_gt);
-    REQUIRE(run(a) == 0, "eval failed: %s", g_err);
+    REQUIRE(cli_run(a) == 0, "eval failed: %s", cli_err);
     ts_json *rep = NULL;
-    REQUIRE(ts_json_parse(g_out, strlen(g_out), &rep) == 0, "report is not JSON: %s", g_out);
+    REQUIRE(ts_json_parse(cli_out, strlen(cli_out), &rep) == 0, "report is not JSON: %s", cli_out);
     const ts_json *imgs = ts_json_get(rep, "images");
     const ts_json *im0 = imgs ? ts_json_at(imgs, 0) : NULL;
     CHECK(imgs && imgs->n == 1, "expected one evaluated image");
     CHECK(ts_json_num(rep, "n_images", -1) == 1 && ts_json_num(rep, "n_objects", -1) == 2,
-          "counts: %s", g_out);
-    CHECK(ts_json_num(rep, "n_point_prompts", -1) == 2, "point prompts: %s", g_out);
+          "counts: %s", cli_out);
+    CHECK(ts_json_num(rep, "n_point_prompts", -1) == 2, "point prompts: %s", cli_out);
     const ts_json *bi = im0 ? ts_json_get(im0, "box_iou") : NULL;
     const ts_json *pi = im0 ? ts_json_get(im0, "point_iou") : NULL;
     double b0 = json_at_num(bi, 0), b1 = json_at_num(bi, 1);
@@ -181,18 +135,8 @@ static void test_eval_own_mask(void) {
         double v = json_at_num(pi, i);
         CHECK(v >= 0 && v <= 1, "point IoU %d = %f", i, v);
     }
-    CHECK(strstr(g_err, "mean box IoU") != NULL, "no summary on stderr: %s", g_err);
+    CHECK(strstr(cli_err, "mean box IoU") != NULL, "no summary on stderr: %s", cli_err);
     ts_json_free(rep);
-}
-
-static void expect_error(const char *args, const char *needle) {
-    int st = run(args);
-    CHECK(st > 0 && st < 128, "'%s': exit status %d (expected an error)", args, st);
-    CHECK(is_error_line(g_err), "'%s': no one-line error: [%s]", args, g_err);
-    CHECK(g_out[0] == 0, "'%s': a failed run wrote a report: %s", args, g_out);
-    if (needle)
-        CHECK(strstr(last_line(g_err), needle) != NULL, "'%s': stderr lacks '%s': %s", args,
-              needle, g_err);
 }
 
 static void test_eval_errors(void) {
@@ -204,41 +148,39 @@ static void test_eval_errors(void) {
 
     REQUIRE(write_text(p, "{\"annotations\": [ {\"bbox\": [1, 2, 3") == 0, "write");
     snprintf(a, sizeof a, "eval --model %s --images %s --masks %s", fixture(MODEL), g_img, bad);
-    expect_error(a, "picture1.json");
+    cli_expect_error(a, "picture1.json", 0);
 
     REQUIRE(write_text(p, "{\"annotations\": [{\"bbox\": [1, 2, 3, 4], \"segmentation\": "
                           "{\"size\": [770, 769], \"counts\": \"0Q1\"}}]}") == 0, "write");
-    expect_error(a, "annotation 0");
+    cli_expect_error(a, "annotation 0", 0);
 
     REQUIRE(write_text(p, "{\"annotations\": [{\"bbox\": [1, 2, 3], \"segmentation\": "
                           "{\"size\": [770, 769], \"counts\": [592130]}}]}") == 0, "write");
-    expect_error(a, "bbox");
+    cli_expect_error(a, "bbox", 0);
 
     REQUIRE(write_text(p, "{\"annotations\": [{\"bbox\": [1, 2, 3, 4], \"segmentation\": "
                           "{\"size\": [10, 10], \"counts\": [100]}}]}") == 0, "write");
-    expect_error(a, "size");
+    cli_expect_error(a, "size", 0);
 
     REQUIRE(write_text(p, "[1, 2]") == 0, "write");
-    expect_error(a, "annotations");
+    cli_expect_error(a, "annotations", 0);
 
     snprintf(a, sizeof a, "eval --model %s --images %s --masks %s/nonexistent", fixture(MODEL),
              g_img, g_dir);
-    expect_error(a, "--masks");
+    cli_expect_error(a, "--masks", 0);
     snprintf(a, sizeof a, "eval --model %s --images %s/nonexistent --masks %s", fixture(MODEL),
              g_dir, g_gt);
-    expect_error(a, "--images");
+    cli_expect_error(a, "--images", 0);
     snprintf(a, sizeof a, "eval --model /nonexistent.pth --images %s --masks %s", g_img, g_gt);
-    expect_error(a, NULL);
+    cli_expect_error(a, NULL, 0);
     snprintf(a, sizeof a, "eval --model %s --images %s --masks %s", fixture(MODEL), g_gt, g_gt);
-    expect_error(a, "no image");
-    expect_error("eval --images x", "required");
-    expect_error("eval --frobnicate", "unknown option");
-    CHECK(run("eval --help") == 0 && strstr(g_out, "usage"), "eval --help");
+    cli_expect_error(a, "no image", 0);
+    cli_expect_error("eval --images x", "required", 0);
+    cli_expect_error("eval --frobnicate", "unknown option", 0);
+    CHECK(cli_run("eval --help") == 0 && strstr(cli_out, "usage"), "eval --help");
 }
 
 int main(void) {
-    const char *b = getenv("BUILD");
-    snprintf(g_bin, sizeof g_bin, "%s/tinysam", b && *b ? b : "build");
     RUN(test_eval_own_mask);
     RUN(test_eval_errors);
     return test_summary();
