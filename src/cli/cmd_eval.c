@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 
 static const char *eval_usage =
-    "usage: tinysam eval --model M --images DIR --masks DIR [--threads N]\n"
+    "usage: tinysam eval --model M --images DIR --masks DIR [--boxes FILE] [--threads N]\n"
     "\n"
     "For every image in DIR (.jpg/.jpeg/.png) with a ground-truth file MASKS/<stem>.json\n"
     "(SA-1B format: annotations[] with segmentation {size, counts} in COCO RLE, bbox xywh,\n"
@@ -25,7 +25,12 @@ static const char *eval_usage =
     "its box (single mask) and from one point (point_coords[0], else the mask pixel nearest\n"
     "the box centre; multimask, highest predicted IoU) and measures the IoU with the ground\n"
     "truth. Writes a JSON report on stdout, progress and a summary line on stderr.\n"
-    "(--boxes is not implemented yet.)\n";
+    "\n"
+    "--boxes FILE: boxes from a detector (the paper's COCO protocol prompts with ViTDet boxes):\n"
+    "COCO results [{\"image_id\", \"bbox\": [x, y, w, h], ...}] with image_id the file stem or the\n"
+    "ground truth's image.image_id, or {\"<stem>\": [[x, y, w, h], ...]}. Each box gives one mask\n"
+    "(single mask); every ground-truth object scores the best IoU among its image's box masks\n"
+    "(0 when none overlaps): mean_detector_iou.\n";
 
 /* IoU of two 0/1 masks; two empty masks agree perfectly. */
 static double eval_iou(const uint8_t *a, const uint8_t *b, size_t n) {
@@ -63,19 +68,133 @@ static int pick_point(const ts_json *ann, const uint8_t *mask, int W, int H, con
     return best < INFINITY;
 }
 
+/* ---- detector boxes (--boxes) ------------------------------------------------------------- */
+
+/* Appends [x, y, w, h] from a JSON array to *v (4 floats each). */
+static int push_box(const ts_json *bb, const char *file, float **v, int *n, int *cap) {
+    if (!bb || bb->type != TS_JSON_ARRAY || bb->n != 4)
+        return ts_error(TINYSAM_E_FORMAT, "%s: a box is [x, y, w, h]", file);
+    float b[4];
+    for (int k = 0; k < 4; k++) {
+        double x = bb->items[k].number;
+        if (bb->items[k].type != TS_JSON_NUMBER || !isfinite(x) || fabs(x) > 1e7 ||
+            (k >= 2 && x < 0))
+            return ts_error(TINYSAM_E_FORMAT, "%s: a box is [x, y, w, h] (finite, w, h >= 0)",
+                            file);
+        b[k] = (float)x;
+    }
+    if (*n == *cap) {
+        int nc = *cap ? *cap * 2 : 16;
+        float *nv = realloc(*v, sizeof(float) * 4 * (size_t)nc);
+        if (!nv) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+        *v = nv;
+        *cap = nc;
+    }
+    memcpy(*v + 4 * (size_t)*n, b, sizeof b);
+    (*n)++;
+    return 0;
+}
+
+/* The boxes of one image (stem, and the ground truth's numeric image id when it has one). */
+static int image_boxes(const ts_json *boxes, const char *file, const char *stem, double gt_id,
+                       float **v, int *n) {
+    int cap = 0, rc = 0;
+    *v = NULL;
+    *n = 0;
+    if (boxes->type == TS_JSON_OBJECT) {
+        const ts_json *l = ts_json_get(boxes, stem);
+        if (!l) return 0;
+        if (l->type != TS_JSON_ARRAY)
+            return ts_error(TINYSAM_E_FORMAT, "%s: \"%s\" must be a list of boxes", file, stem);
+        for (int i = 0; !rc && i < l->n; i++) {
+            const ts_json *b = &l->items[i];
+            rc = push_box(b->type == TS_JSON_OBJECT ? ts_json_get(b, "bbox") : b, file, v, n, &cap);
+        }
+        return rc;
+    }
+    for (int i = 0; !rc && i < boxes->n; i++) {
+        const ts_json *d = &boxes->items[i];
+        const ts_json *id = d->type == TS_JSON_OBJECT ? ts_json_get(d, "image_id") : NULL;
+        if (!id) return ts_error(TINYSAM_E_FORMAT, "%s: entry %d has no image_id", file, i);
+        int mine = id->type == TS_JSON_STRING ? !strcmp(id->string, stem)
+                   : id->type == TS_JSON_NUMBER ? id->number == gt_id : 0;
+        if (mine) rc = push_box(ts_json_get(d, "bbox"), file, v, n, &cap);
+    }
+    return rc;
+}
+
+/* Intersection of a mask given by column-major prefix sums (P[k] = set pixels among the first
+ * k in column-major order) with an RLE (column-major runs, the first one of zeros). */
+static long long rle_intersection(const uint32_t *P, const ts_rle *r) {
+    long long inter = 0;
+    unsigned long long pos = 0;
+    for (int i = 0; i < r->n; i++) {
+        if (i & 1) inter += (long long)P[pos + r->counts[i]] - P[pos];
+        pos += r->counts[i];
+    }
+    return inter;
+}
+
 typedef struct {
-    double box_sum, point_sum;
-    int n_box, n_point;
+    double box_sum, point_sum, det_sum;
+    int n_box, n_point, n_det_obj, n_det_boxes;
 } eval_totals;
+
+/* Detector boxes of one image against its ground truth: best[j] = the best IoU of object j
+ * with any box's mask. */
+static int eval_detector(tinysam_model *m, const tinysam_embedding *emb, const ts_json *anns,
+                         int W, int H, const char *gt_path, const float *boxes, int nbox,
+                         double *best) {
+    const int n = anns->n;
+    const size_t npix = (size_t)W * H;
+    ts_rle *rles = calloc((size_t)(n ? n : 1), sizeof *rles);
+    long long *area = malloc(sizeof(long long) * (size_t)(n ? n : 1));
+    uint32_t *P = malloc(sizeof(uint32_t) * (npix + 1));
+    int rc = 0;
+    if (!rles || !area || !P) rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+    for (int j = 0; !rc && j < n; j++) {
+        char where[600];
+        snprintf(where, sizeof where, "%s: annotation %d", gt_path, j);
+        rc = ts_sa1b_segmentation_rle(ts_json_get(&anns->items[j], "segmentation"), W, H, where,
+                                      &rles[j]);
+        if (!rc) area[j] = ts_rle_area(rles[j].counts, rles[j].n);
+        best[j] = 0;
+    }
+    for (int b = 0; !rc && b < nbox; b++) {
+        const float *q = boxes + 4 * (size_t)b;
+        tinysam_prompt pb = {.has_box = 1, .box = {q[0], q[1], q[0] + q[2], q[1] + q[3]}};
+        tinysam_prediction pr = {0};
+        if ((rc = tinysam_predict(m, emb, &pb, TINYSAM_PREDICT_MASKS | TINYSAM_PREDICT_SINGLE,
+                                  &pr)))
+            break;
+        size_t k = 0;
+        P[0] = 0;
+        for (int x = 0; x < W; x++) /* column-major, as RLE runs */
+            for (int y = 0; y < H; y++, k++) P[k + 1] = P[k] + (pr.masks[(size_t)y * W + x] != 0);
+        tinysam_prediction_free(&pr);
+        for (int j = 0; j < n; j++) {
+            long long inter = rle_intersection(P, &rles[j]);
+            long long uni = (long long)P[npix] + area[j] - inter;
+            double iou = uni ? (double)inter / (double)uni : 1.0;
+            if (iou > best[j]) best[j] = iou;
+        }
+    }
+    for (int j = 0; rles && j < n; j++) ts_rle_free(&rles[j]);
+    free(rles), free(area), free(P);
+    return rc;
+}
 
 /* Evaluates one image; writes its JSON object (no trailing separator) to out. */
 static int eval_image(tinysam_model *m, const char *img_path, const char *gt_path,
-                      const char *name, eval_totals *tot, FILE *out) {
+                      const char *name, const ts_json *boxes, const char *boxes_file,
+                      eval_totals *tot, FILE *out) {
     ts_json *gt = NULL;
     tinysam_image img = {0};
     tinysam_embedding *emb = NULL;
     uint8_t *mask = NULL;
-    double *ious = NULL;
+    double *ious = NULL, *det = NULL;
+    float *dboxes = NULL;
+    int ndet = 0;
     int rc = ts_json_load(gt_path, &gt);
     if (rc) return rc; /* ts_json_load names the file */
     const ts_json *anns = gt->type == TS_JSON_OBJECT ? ts_json_get(gt, "annotations") : NULL;
@@ -141,6 +260,20 @@ static int eval_image(tinysam_model *m, const char *img_path, const char *gt_pat
             np++;
         }
     }
+    double dsum = 0;
+    if (boxes) {
+        char stem[256];
+        ts_dataset_stem(name, stem, sizeof stem);
+        const ts_json *im = ts_json_get(gt, "image");
+        double gid = im ? ts_json_num(im, "image_id", ts_json_num(im, "id", NAN)) : NAN;
+        if ((rc = image_boxes(boxes, boxes_file, stem, gid, &dboxes, &ndet))) goto done;
+        if (!(det = malloc(sizeof(double) * (size_t)(n ? n : 1)))) {
+            rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+            goto done;
+        }
+        if ((rc = eval_detector(m, emb, anns, W, H, gt_path, dboxes, ndet, det))) goto done;
+        for (int j = 0; j < n; j++) dsum += det[j];
+    }
     fprintf(out, "    {\"image\": ");
     ts_json_write_string(out, name);
     fprintf(out, ", \"objects\": %d, \"mean_box_iou\": %.6f, \"mean_point_iou\": %.6f,\n", n,
@@ -152,15 +285,29 @@ static int eval_image(tinysam_model *m, const char *img_path, const char *gt_pat
         if (isnan(ious[2 * i + 1])) fprintf(out, "%snull", i ? ", " : "");
         else fprintf(out, "%s%.6f", i ? ", " : "", ious[2 * i + 1]);
     }
-    fprintf(out, "]}");
-    fprintf(stderr, "eval: %s: %d objects, box IoU %.4f, point IoU %.4f\n", name, n,
+    fprintf(out, "]");
+    if (boxes) {
+        fprintf(out, ",\n     \"detector_boxes\": %d, \"mean_detector_iou\": %.6f, "
+                     "\"detector_iou\": [", ndet, n ? dsum / n : 0.0);
+        for (int j = 0; j < n; j++) fprintf(out, "%s%.6f", j ? ", " : "", det[j]);
+        fprintf(out, "]");
+        tot->det_sum += dsum;
+        tot->n_det_obj += n;
+        tot->n_det_boxes += ndet;
+    }
+    fprintf(out, "}");
+    fprintf(stderr, "eval: %s: %d objects, box IoU %.4f, point IoU %.4f", name, n,
             nb ? bsum / nb : 0.0, np ? psum / np : 0.0);
+    if (boxes) fprintf(stderr, ", %d detector boxes: IoU %.4f", ndet, n ? dsum / n : 0.0);
+    fprintf(stderr, "\n");
     tot->box_sum += bsum;
     tot->point_sum += psum;
     tot->n_box += nb;
     tot->n_point += np;
 done:
     free(ious);
+    free(det);
+    free(dboxes);
     free(mask);
     tinysam_embedding_free(emb);
     tinysam_image_free(&img);
@@ -169,7 +316,7 @@ done:
 }
 
 int ts_cli_eval(int argc, char **argv) {
-    const char *model = NULL, *images = NULL, *masks = NULL, *v;
+    const char *model = NULL, *images = NULL, *masks = NULL, *boxes_file = NULL, *v;
     int threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -186,8 +333,7 @@ int ts_cli_eval(int argc, char **argv) {
             if (ts_arg_value(argc, argv, &i, &v) || ts_arg_int("--threads", v, 1, 1024, &threads))
                 return ts_cli_fail();
         } else if (!strcmp(a, "--boxes")) {
-            ts_error(TINYSAM_E_ARG, "eval: --boxes is not implemented yet");
-            return ts_cli_fail();
+            if (ts_arg_value(argc, argv, &i, &boxes_file)) return ts_cli_fail();
         } else {
             ts_error(TINYSAM_E_ARG, "eval: unknown option '%s' (see tinysam eval --help)", a);
             return ts_cli_fail();
@@ -203,12 +349,23 @@ int ts_cli_eval(int argc, char **argv) {
         return ts_cli_fail();
     }
     if (threads) tinysam_set_num_threads(threads);
+    ts_json *boxes = NULL;
+    if (boxes_file) {
+        if (ts_json_load(boxes_file, &boxes)) return ts_cli_fail();
+        if (boxes->type != TS_JSON_ARRAY && boxes->type != TS_JSON_OBJECT) {
+            ts_json_free(boxes);
+            ts_error(TINYSAM_E_FORMAT, "--boxes: %s is neither a list of detections nor an "
+                                       "object of box lists", boxes_file);
+            return ts_cli_fail();
+        }
+    }
     char **names = NULL;
     int n_names = 0;
     if (ts_dataset_list_images(images, &names, &n_names)) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", tinysam_last_error());
         ts_error(TINYSAM_E_IO, "--images: %s", msg);
+        ts_json_free(boxes);
         return ts_cli_fail();
     }
     tinysam_model *m = NULL;
@@ -234,7 +391,7 @@ int ts_cli_eval(int argc, char **argv) {
         if (stat(gt_path, &st)) continue; /* no ground truth for this image */
         fprintf(stderr, "eval: [%d/%d] %s\n", i + 1, n_names, names[i]);
         if (n_done) fprintf(out, ",\n");
-        rc = eval_image(m, img_path, gt_path, names[i], &tot, out);
+        rc = eval_image(m, img_path, gt_path, names[i], boxes, boxes_file, &tot, out);
         n_done++;
     }
     if (!rc && !n_done)
@@ -245,17 +402,26 @@ int ts_cli_eval(int argc, char **argv) {
         double mp = tot.n_point ? tot.point_sum / tot.n_point : 0.0;
         fprintf(out, "\n  ],\n  \"n_images\": %d, \"n_objects\": %d, \"n_point_prompts\": %d,\n",
                 n_done, tot.n_box, tot.n_point);
-        fprintf(out, "  \"mean_box_iou\": %.6f, \"mean_point_iou\": %.6f\n}\n", mb, mp);
+        fprintf(out, "  \"mean_box_iou\": %.6f, \"mean_point_iou\": %.6f", mb, mp);
+        if (boxes)
+            fprintf(out, ",\n  \"detector_boxes\": %d, \"mean_detector_iou\": %.6f",
+                    tot.n_det_boxes, tot.n_det_obj ? tot.det_sum / tot.n_det_obj : 0.0);
+        fprintf(out, "\n}\n");
         if (fflush(out) || fwrite(rep, 1, rep_len, stdout) != rep_len || fflush(stdout))
             rc = ts_error(TINYSAM_E_IO, "eval: cannot write the report");
-        fprintf(stderr, "eval: %d images, %d objects: mean box IoU %.4f, mean point IoU %.4f\n",
+        fprintf(stderr, "eval: %d images, %d objects: mean box IoU %.4f, mean point IoU %.4f",
                 n_done, tot.n_box, mb, mp);
+        if (boxes)
+            fprintf(stderr, ", mean detector-box IoU %.4f (%d boxes)",
+                    tot.n_det_obj ? tot.det_sum / tot.n_det_obj : 0.0, tot.n_det_boxes);
+        fprintf(stderr, "\n");
     }
     if (out) fclose(out);
     free(rep);
     free(img_path);
     free(gt_path);
     ts_dataset_free_list(names, n_names);
+    ts_json_free(boxes);
     tinysam_model_free(m);
     return rc ? ts_cli_fail() : 0;
 }

@@ -77,8 +77,9 @@ void ts_dataset_stem(const char *name, char *out, int cap) {
 
 /* ---- SA-1B segmentation -------------------------------------------------------------------- */
 
-int ts_sa1b_decode_segmentation(const ts_json *seg, int W, int H, const char *where,
-                                uint8_t *mask) {
+int ts_sa1b_segmentation_rle(const ts_json *seg, int W, int H, const char *where,
+                             ts_rle *out) {
+    memset(out, 0, sizeof *out);
     const ts_json *size = seg && seg->type == TS_JSON_OBJECT ? ts_json_get(seg, "size") : NULL;
     const ts_json *counts = size ? ts_json_get(seg, "counts") : NULL;
     if (!size || size->type != TS_JSON_ARRAY || size->n != 2 || !counts ||
@@ -88,24 +89,43 @@ int ts_sa1b_decode_segmentation(const ts_json *seg, int W, int H, const char *wh
         return ts_error(TINYSAM_E_FORMAT,
                         "%s: segmentation size %gx%g differs from the image %dx%d", where,
                         size->items[1].number, size->items[0].number, W, H);
-    ts_rle r = {0};
     int rc = 0;
     if (counts->type == TS_JSON_STRING) {
-        rc = ts_rle_from_string(counts->string, &r);
+        rc = ts_rle_from_string(counts->string, out);
     } else if (counts->type == TS_JSON_ARRAY) { /* uncompressed RLE */
         for (int i = 0; i < counts->n && !rc; i++) {
             double c = counts->items[i].number;
             if (counts->items[i].type != TS_JSON_NUMBER || !(c >= 0 && c <= 4294967295.0) ||
                 c != floor(c))
                 rc = ts_error(TINYSAM_E_FORMAT, "%s: bad RLE count", where);
-            else if (ts_rle_push(&r, (uint32_t)c))
+            else if (ts_rle_push(out, (uint32_t)c))
                 rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
         }
     } else {
         rc = ts_error(TINYSAM_E_FORMAT, "%s: counts must be a string or an array", where);
     }
-    if (!rc) rc = ts_rle_decode(r.counts, r.n, W, H, mask);
+    /* the runs must cover the image exactly */
+    unsigned long long total = 0;
+    for (int i = 0; !rc && i < out->n; i++) total += out->counts[i];
+    if (!rc && total != (unsigned long long)W * (unsigned long long)H)
+        rc = ts_error(TINYSAM_E_FORMAT, "%s: RLE counts sum to %llu, not %d x %d", where, total, W,
+                      H);
     if (rc && rc != TINYSAM_E_NOMEM && strncmp(tinysam_last_error(), where, strlen(where))) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tinysam_last_error());
+        rc = ts_error(rc, "%s: %s", where, msg);
+    }
+    if (rc) ts_rle_free(out);
+    return rc;
+}
+
+int ts_sa1b_decode_segmentation(const ts_json *seg, int W, int H, const char *where,
+                                uint8_t *mask) {
+    ts_rle r;
+    int rc = ts_sa1b_segmentation_rle(seg, W, H, where, &r);
+    if (rc) return rc;
+    rc = ts_rle_decode(r.counts, r.n, W, H, mask);
+    if (rc && rc != TINYSAM_E_NOMEM) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", tinysam_last_error());
         rc = ts_error(rc, "%s: %s", where, msg);

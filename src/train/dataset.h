@@ -8,6 +8,7 @@
 #ifndef TS_TRAIN_DATASET_H
 #define TS_TRAIN_DATASET_H
 
+#include "everything/amg.h"
 #include "io/json.h"
 
 #include <stdint.h>
@@ -27,6 +28,10 @@ void ts_dataset_stem(const char *name, char *out, int cap);
  * (W x H row-major 0/1; size must match). Errors start with where. */
 int ts_sa1b_decode_segmentation(const ts_json *seg, int W, int H, const char *where,
                                 uint8_t *mask);
+/* The same segmentation as run lengths (column-major, starting with a zero run; the runs
+ * must cover W x H exactly). out is freed with ts_rle_free. */
+int ts_sa1b_segmentation_rle(const ts_json *seg, int W, int H, const char *where,
+                             ts_rle *out);
 
 /* Section 4.3 from a W x H ground-truth mask and the resized size (newh, neww):
  * g1024_bits: the 1024-frame mask bit-packed by rows (np.packbits order: column 8j in the high

@@ -137,6 +137,36 @@ static void test_eval_own_mask(void) {
     }
     CHECK(strstr(cli_err, "mean box IoU") != NULL, "no summary on stderr: %s", cli_err);
     ts_json_free(rep);
+
+    /* --boxes: a "detector" gives the same box, a far one, and one of another image (numeric
+     * id that matches nothing): object 1 scores 1, object 2 A / (A + K) (the same box's mask
+     * is its best match); both file layouts */
+    const char *files[2] = {
+        "[{\"image_id\": \"picture1\", \"bbox\": [700, 700, 60, 60], \"score\": 0.5},\n"
+        " {\"image_id\": \"picture1\", \"bbox\": [100, 120, 320, 280], \"score\": 0.9},\n"
+        " {\"image_id\": 7, \"bbox\": [0, 0, 5, 5]}]\n",
+        "{\"picture1\": [[700, 700, 60, 60], {\"bbox\": [100, 120, 320, 280]}],\n"
+        " \"other\": [[0, 0, 5, 5]]}\n"};
+    for (int f = 0; f < 2; f++) {
+        snprintf(p, sizeof p, "%s/boxes%d.json", g_dir, f);
+        REQUIRE(write_text(p, files[f]) == 0, "write boxes");
+        snprintf(a, sizeof a, "eval --model %s --images %s --masks %s --boxes %s", fixture(MODEL),
+                 g_img, g_gt, p);
+        REQUIRE(cli_run(a) == 0, "eval --boxes failed: %s", cli_err);
+        REQUIRE(ts_json_parse(cli_out, strlen(cli_out), &rep) == 0, "report: %s", cli_out);
+        im0 = ts_json_at(ts_json_get(rep, "images"), 0);
+        const ts_json *di = im0 ? ts_json_get(im0, "detector_iou") : NULL;
+        double d0 = json_at_num(di, 0), d1 = json_at_num(di, 1);
+        CHECK(ts_json_num(im0, "detector_boxes", -1) == 2 &&
+                  ts_json_num(rep, "detector_boxes", -1) == 2,
+              "layout %d: detector boxes: %s", f, cli_out);
+        CHECK(d0 == 1.0, "layout %d: own box from the detector: IoU %.6f, expected 1", f, d0);
+        CHECK(fabs(d1 - expect) < 1e-6, "layout %d: grown mask: IoU %.6f, expected %.6f", f, d1,
+              expect);
+        CHECK(fabs(ts_json_num(rep, "mean_detector_iou", -1) - (1.0 + expect) / 2) < 2e-6,
+              "layout %d: mean detector IoU", f);
+        ts_json_free(rep);
+    }
 }
 
 static void test_eval_errors(void) {
@@ -175,6 +205,16 @@ static void test_eval_errors(void) {
     cli_expect_error(a, NULL, 0);
     snprintf(a, sizeof a, "eval --model %s --images %s --masks %s", fixture(MODEL), g_gt, g_gt);
     cli_expect_error(a, "no image", 0);
+    snprintf(a, sizeof a, "eval --model %s --images %s --masks %s --boxes %s/none.json",
+             fixture(MODEL), g_img, g_gt, g_dir);
+    cli_expect_error(a, "none.json", 0);
+    snprintf(bad, sizeof bad, "%s/badboxes.json", g_dir);
+    REQUIRE(write_text(bad, "{\"picture1\": [[1, 2, 3]]}") == 0, "write");
+    snprintf(a, sizeof a, "eval --model %s --images %s --masks %s --boxes %s", fixture(MODEL),
+             g_img, g_gt, bad);
+    cli_expect_error(a, "[x, y, w, h]", 0);
+    REQUIRE(write_text(bad, "[{\"bbox\": [1, 2, 3, 4]}]") == 0, "write");
+    cli_expect_error(a, "image_id", 0);
     cli_expect_error("eval --images x", "required", 0);
     cli_expect_error("eval --frobnicate", "unknown option", 0);
     CHECK(cli_run("eval --help") == 0 && strstr(cli_out, "usage"), "eval --help");
