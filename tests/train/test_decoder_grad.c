@@ -218,12 +218,6 @@ static void test_float_vs_double_tiny(void) {
 
 /* ---- (b), (c) case A parity ------------------------------------------------------------- */
 
-typedef struct {
-    double worst_sample, worst_norm, worst_max, worst_cos; /* ratio to the allowed error */
-    const char *n_sample, *n_norm, *n_max, *n_cos;
-    double min_cos;
-    const char *n_min_cos;
-} crit;
 
 /* float32 ulp of x */
 static double ulpf(float x) {
@@ -231,56 +225,6 @@ static double ulpf(float x) {
     return (double)nextafterf(a, INFINITY) - (double)a;
 }
 
-/* The 6.2 gradient criteria for one tensor: our whole gradient g (n values) vs the fixture's
- * norm, max and samples. Returns 1 when all pass. */
-static int grad_criteria(crit *cr, const char *name, const double *g, size_t n, double ref_norm,
-                         double ref_max, const int32_t *idx, const float *val, int count,
-                         double zero_analytic) {
-    double nrm = 0, mx = 0;
-    for (size_t k = 0; k < n; k++) nrm += g[k] * g[k], mx = fmax(mx, fabs(g[k]));
-    nrm = sqrt(nrm);
-    double dmax = 0, sg = 0, sr = 0, sgr = 0;
-    int in_range = 1;
-    for (int j = 0; j < count; j++) {
-        if (idx[j] < 0 || (size_t)idx[j] >= n) {
-            in_range = 0;
-            continue;
-        }
-        double a = g[idx[j]], b = val[j];
-        dmax = fmax(dmax, fabs(a - b));
-        sg += a * a, sr += b * b, sgr += a * b;
-    }
-    CHECK(in_range, "%s: sample index out of range", name);
-    double tol_s = 2e-3 * ref_max + 1e-8;
-    double tol_n = 1e-3 * ref_norm + 1e-8, tol_m = 1e-3 * ref_max + 1e-8;
-    double rs = dmax / tol_s, rn = fabs(nrm - ref_norm) / tol_n, rm = fabs(mx - ref_max) / tol_m;
-    double cosv = sg > 0 && sr > 0 ? sgr / sqrt(sg * sr) : 1.0;
-    int need_cos = sqrt(sr) > 1e-3 * ref_norm;
-    if (zero_analytic) {
-        /* An exactly-zero gradient (softmax shift invariance: a key bias moves every logit of
-         * a query row equally): the reference holds float32 rounding noise, which no double
-         * (or differently ordered float) computation reproduces. Checked: ours below
-         * zero_analytic (1e-12 in double; 1e-6 in float: the cancelling sum over 4096 keys
-         * leaves up to 1e-7 of rounding noise, depending on the kernels' summation order (the
-         * portable ones), while a wrong backward would be of the order of q_proj.bias's 1e-3)
-         * and the reference below 1e-7; listed in the output, not in the worst ratios. */
-        int ok = mx <= zero_analytic && ref_max <= 1e-7;
-        CHECK(ok, "%s: analytically zero gradient: ours max %.3g, reference max %.3g", name, mx,
-              ref_max);
-        printf("  %-66s analytically zero: ours max %.2g, reference max %.2g (float noise)\n",
-               name, mx, ref_max);
-        return ok;
-    }
-    if (rs > cr->worst_sample) cr->worst_sample = rs, cr->n_sample = name;
-    if (rn > cr->worst_norm) cr->worst_norm = rn, cr->n_norm = name;
-    if (rm > cr->worst_max) cr->worst_max = rm, cr->n_max = name;
-    if (need_cos && cosv < cr->min_cos) cr->min_cos = cosv, cr->n_min_cos = name;
-    int ok = rs <= 1 && rn <= 1 && rm <= 1 && (!need_cos || cosv >= 0.9999);
-    CHECK(ok, "%s: sampled |g - ref| %.3g (allowed %.3g), norm %.7g vs %.7g, max %.7g vs %.7g, "
-          "cosine %.7f%s", name, dmax, tol_s, nrm, ref_norm, mx, ref_max, cosv,
-          need_cos ? "" : " (not required)");
-    return ok;
-}
 
 
 static void case_a_grads(int use_float) {
@@ -434,7 +378,7 @@ static void case_a_grads(int use_float) {
            use_float ? "float" : "double", ts_now_ms() - t0);
     for (size_t i = 0; i < NE; i++) demb[i] += fdemb[i]; /* the L_emb term (5.1) */
     /* (b) every decoder and prompt-encoder tensor of the fixture, and dL/dE_S */
-    crit cr = {.min_cos = 1.0};
+    dc_crit cr = {.min_cos = 1.0};
     const ts_json *ts = ts_json_get(gj, "tensors");
     const int32_t *idx = gi.data;
     const float *val = gv.data, *after = ga.data;
@@ -462,10 +406,10 @@ static void case_a_grads(int use_float) {
         REQUIRE(off >= 0 && cnt > 0 && (int64_t)off + cnt <= gi.numel, "%s: samples", name);
         int zero_analytic = is_key_bias(name);
         n_zero += zero_analytic;
-        n_fail += !grad_criteria(&cr, name, grd + T->off, T->numel,
-                                 ts_json_num(e, "grad_norm", NAN),
-                                 ts_json_num(e, "grad_max_abs", NAN), idx + off, val + off, cnt,
-                                 zero_analytic ? (use_float ? 1e-6 : 1e-12) : 0.0);
+        n_fail += !dc_grad_criteria(&cr, name, grd + T->off, NULL, T->numel,
+                                    ts_json_num(e, "grad_norm", NAN),
+                                    ts_json_num(e, "grad_max_abs", NAN), idx + off, val + off,
+                                    cnt, zero_analytic ? (use_float ? 1e-6 : 1e-12) : 0.0, 0);
         /* (c) Adam, 5.4, where |g_ref| > 1e-3 max|g_ref|; not on the analytically zero
          * gradients: Adam's first step is about lr * sign(g), so the reference moves those
          * parameters by a full step in the direction of its rounding noise */
@@ -485,9 +429,9 @@ static void case_a_grads(int use_float) {
            "%d analytically zero (k_proj.bias); %d failing\n", n_dec, n_nograd, n_zero, n_fail);
     CHECK(n_dec == 136, "%d decoder tensors in grads.json", n_dec);
     const ts_json *ej = ts_json_get(gj, "embedding");
-    crit ce = {.min_cos = 1.0};
-    grad_criteria(&ce, "dL/dE_S", demb, NE, ts_json_num(ej, "grad_norm", NAN),
-                  ts_json_num(ej, "grad_max_abs", NAN), ei.data, ev.data, (int)ei.numel, 0);
+    dc_crit ce = {.min_cos = 1.0};
+    dc_grad_criteria(&ce, "dL/dE_S", demb, NULL, NE, ts_json_num(ej, "grad_norm", NAN),
+                     ts_json_num(ej, "grad_max_abs", NAN), ei.data, ev.data, (int)ei.numel, 0, 0);
     printf("  worst ratios to the allowed error (<= 1 passes):\n"
            "    sampled |g - g_ref|: %.3g (%s)\n    L2 norm: %.3g (%s)\n    max |g|: %.3g (%s)\n"
            "    lowest cosine %.9f (%s)\n", cr.worst_sample, cr.n_sample, cr.worst_norm,
