@@ -519,6 +519,16 @@ typedef struct {
     int w, y0, x0, vh, vw, nv, off; /* window, origin, real extent, first row in the group */
 } win_t;
 
+/* The calibration tap on a group's rows X (M x C): it numbers a window's rows w*N + i,
+ * whatever the grouping. */
+static void tap_windows(const tap_t *tap, int layer, const win_t *win, int gn, int N,
+                        const float *X, int C) {
+    if (!tap) return;
+    for (int g = 0; g < gn; g++)
+        tap->fn(tap->user, layer, (long long)win[g].w * N, X + (size_t)win[g].off * C, win[g].nv,
+                C);
+}
+
 static void attn_group(void *ctx, int task, int tid) {
     const attn_job *j = ctx;
     const vit_block *v = j->v;
@@ -563,11 +573,7 @@ static void attn_group(void *ctx, int task, int tid) {
     }
     // ref: tinysam/modeling/tiny_vit_sam.py, Attention.forward
     ts_layernorm_to_serial(xw, xw, M, C, v->ln_w, v->ln_b, LN_EPS);
-    /* the calibration tap numbers a window's rows w*N + i, whatever the grouping */
-    if (j->tap)
-        for (int g = 0; g < gn; g++)
-            j->tap->fn(j->tap->user, v->qkv->id, (long long)win[g].w * N,
-                       xw + (size_t)win[g].off * C, win[g].nv, C);
+    tap_windows(j->tap, v->qkv->id, win, gn, N, xw, C);
     lin_gemm(v->qkv, M, xw, C, qc, C3, 0, TS_ACT_NONE, 1, NULL, 0);
     for (int g = 0; g < gn; g++) {
         const win_t *wd = &win[g];
@@ -600,10 +606,7 @@ static void attn_group(void *ctx, int task, int tid) {
                            C, 0.0f, NULL, TS_ACT_NONE);
         }
     }
-    if (j->tap)
-        for (int g = 0; g < gn; g++)
-            j->tap->fn(j->tap->user, v->proj->id, (long long)win[g].w * N,
-                       o + (size_t)win[g].off * C, win[g].nv, C);
+    tap_windows(j->tap, v->proj->id, win, gn, N, o, C);
     lin_gemm(v->proj, M, o, C, a, C, 0, TS_ACT_NONE, 1, NULL, 0);
     for (int g = 0; g < gn; g++) {
         const win_t *wd = &win[g];
