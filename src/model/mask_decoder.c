@@ -43,13 +43,16 @@ static const float *take_ln(ts_tensor_map *m, const char *p, const char *which, 
 }
 
 /* ConvTranspose2d(k2, s2) weight [in][out][2][2] -> GEMM operand [in][(a*2+b)*out + o]. */
-static float *pack_convt(const float *w, int in, int out) {
-    float *p = ts_malloc_aligned(sizeof(float) * (size_t)in * out * 4);
-    if (!p) return NULL;
+static void pack_convt_into(const float *w, int in, int out, float *p) {
     for (int c = 0; c < in; c++)
         for (int o = 0; o < out; o++)
             for (int ab = 0; ab < 4; ab++)
                 p[(size_t)c * out * 4 + ab * out + o] = w[((size_t)c * out + o) * 4 + ab];
+}
+
+static float *pack_convt(const float *w, int in, int out) {
+    float *p = ts_malloc_aligned(sizeof(float) * (size_t)in * out * 4);
+    if (p) pack_convt_into(w, in, out, p);
     return p;
 }
 
@@ -153,6 +156,8 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
         if (!(d->iou_head[2 * k + 1] = ts_map_take(m, n, 1, o))) goto fail;
     }
     rc = TINYSAM_E_NOMEM;
+    d->up0_src = u0;
+    d->up3_src = u3;
     if (!(d->up0_w = pack_convt(u0, 256, 64)) || !(d->up3_w = pack_convt(u3, 64, 32))) goto fail;
     if (pack_linears(d)) goto fail;
     for (int ab = 0; ab < 4; ab++) {
@@ -166,6 +171,35 @@ fail:
     return rc;
 }
 
+
+static void refresh_attn(ts_attn_w *a) {
+    ts_wpack_refresh(a->q_p);
+    ts_wpack_refresh(a->k_p);
+    ts_wpack_refresh(a->v_p);
+    ts_wpack_refresh(a->o_p);
+}
+
+void ts_mask_decoder_refresh(ts_mask_decoder *d) {
+    for (int L = 0; L < 2; L++) {
+        ts_twoway_layer *l = &d->layer[L];
+        refresh_attn(&l->self_attn);
+        refresh_attn(&l->t2i);
+        refresh_attn(&l->i2t);
+        ts_wpack_refresh(l->l1_p);
+        ts_wpack_refresh(l->l2_p);
+    }
+    refresh_attn(&d->final_attn);
+    for (int k = 0; k < 3; k++) {
+        for (int t = 0; t < 4; t++) ts_wpack_refresh(d->hyper_p[t][k]);
+        ts_wpack_refresh(d->iou_p[k]);
+    }
+    pack_convt_into(d->up0_src, 256, 64, d->up0_w);
+    pack_convt_into(d->up3_src, 64, 32, d->up3_w);
+    for (int ab = 0; ab < 4; ab++) {
+        memcpy(d->up0_bias + ab * 64, d->up0_b, 64 * sizeof(float));
+        memcpy(d->up3_bias + ab * 32, d->up3_b, 32 * sizeof(float));
+    }
+}
 
 /* ------------------------------------------------------------------ forward */
 

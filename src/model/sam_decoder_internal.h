@@ -39,6 +39,7 @@ struct ts_mask_decoder {
     float *up0_w;                         /* packed 256 x (4*64): column (a*2+b)*64+o */
     const float *up0_b, *upn_w, *upn_b;
     float *up3_w;                         /* packed 64 x (4*32) */
+    const float *up0_src, *up3_src;       /* the ConvTranspose2d weights they are packed from */
     const float *up3_b;
     float up0_bias[256], up3_bias[128];   /* biases repeated per (a, b) sub-pixel */
     const float *hyper[4][6];             /* w0 b0 w1 b1 w2 b2 */

@@ -428,6 +428,12 @@ ts_wpack *ts_wpack_new_conv3x3(const float *w, int Co, int Ci) {
     return wpack_new(w, Co, 9 * Ci, 9 * Ci, Ci);
 }
 
+void ts_wpack_refresh(ts_wpack *p) {
+    gemm_job g = {.isa = p->isa, .N = p->N, .K = p->K, .kcb = p->kcb, .nkb = p->nkb, .jc = 0,
+                  .nc = p->N, .ncp = p->ncp};
+    pack_b(&g, p->W, p->ldw, 1, p->data);
+}
+
 int ts_wpack_n(const ts_wpack *p) { return p->N; }
 int ts_wpack_k(const ts_wpack *p) { return p->K; }
 

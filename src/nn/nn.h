@@ -35,6 +35,8 @@ void ts_gemm_serial(int M, int N, int K, const float *A, int lda, const float *B
 typedef struct ts_wpack ts_wpack;
 ts_wpack *ts_wpack_new(const float *W, int N, int K, int ldw);
 void ts_wpack_free(ts_wpack *p);
+/* Packs again from the weights W it was made from, after they changed in place (training). */
+void ts_wpack_refresh(ts_wpack *p);
 int ts_wpack_n(const ts_wpack *p); /* N (output columns) */
 int ts_wpack_k(const ts_wpack *p); /* K (reduction length) */
 /* C[M x N] (ldc) = act(beta*C + A[M x K] (lda) * W^T + bias[n]), N, K those of the pack. */

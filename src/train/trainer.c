@@ -32,8 +32,8 @@ struct ts_trainer {
     ts_egf *enc;
     ts_dgf *dec_s;                  /* the student decoder with its tape (backward) */
     /* Forward passes without gradient run on the inference decoder (batched, several times
-     * faster): the teacher's built once, the student's rebuilt from dp at each step (it packs
-     * its weights). The backward recomputes each set's forward into its own tape. */
+     * faster), built once over dp / tp; the student's packed weight copies are refreshed after
+     * each Adam update. The backward recomputes each set's forward into its own tape. */
     ts_tensor *view_s, *view_t;     /* map views over dp / tp and the PE matrix */
     ts_tensor_map map_s, map_t;
     ts_prompt_encoder *pe_s, *pe_t;
@@ -44,7 +44,8 @@ struct ts_trainer {
     float *u_s, *u_t, *du;
     float *tok_s, *tok_t, *dtok;
     uint8_t *g1024;                 /* one unpacked ground truth */
-    int *usable, *chosen, *n_real;
+    int *usable, *chosen, cap_masks; /* grow-only: mask lists of the step's image */
+    int *n_real;
     const uint8_t **gp;
     ts_sample_set *sets;
     ts_prompt_set *ps;
@@ -236,7 +237,8 @@ int ts_trainer_create(const ts_train_config *c, const ts_tensor_map *student,
         (rc = ts_dgf_create(&t->DL, t->dp, t->gauss, &t->dec_s)) ||
         (rc = decoder_view(&t->DL, t->dp, t->gauss, &t->view_s, &t->map_s)) ||
         (rc = decoder_view(&t->DL, t->tp, t->gauss, &t->view_t, &t->map_t)) ||
-        (rc = load_inference(&t->map_t, &t->pe_t, &t->md_t)))
+        (rc = load_inference(&t->map_t, &t->pe_t, &t->md_t)) ||
+        (rc = load_inference(&t->map_s, &t->pe_s, &t->md_s)))
         goto fail;
     size_t tape, scratch;
     ts_egf_memory(t->enc, &tape, &scratch);
@@ -382,6 +384,7 @@ static int train_round(ts_trainer *t, const ts_train_example *ex, int N, const t
     double t4 = ts_now_ms();
     t->step++;
     adam_all(t, ts_trainer_lr(&t->c, t->step));
+    if (t->c.train_decoder) ts_mask_decoder_refresh(t->md_s);
     if (ms) ms[4] += t3 - t2, ms[5] += t4 - t3, ms[6] += ts_now_ms() - t4;
     return 0;
 }
@@ -399,8 +402,7 @@ int ts_trainer_step_given(ts_trainer *t, const ts_train_example *ex, int N,
     if (!rep) rep = &local;
     report_init(rep);
     double t0 = ts_now_ms();
-    int rc = load_inference(&t->map_s, &t->pe_s, &t->md_s);
-    if (!rc) rc = ts_egf_forward(t->enc, ex->input, t->emb_s);
+    int rc = ts_egf_forward(t->enc, ex->input, t->emb_s);
     if (rc) return rc;
     rep->ms[0] = ts_now_ms() - t0;
     build_prompts(t, N, sets, mask_in);
@@ -416,8 +418,7 @@ int ts_trainer_eval(ts_trainer *t, const ts_train_example *ex, int N, const ts_s
                     const float *const *mask_in, const int *gt, ts_loss_result *out) {
     if (N < 1 || N > t->c.max_sets)
         return ts_error(TINYSAM_E_ARG, "%d prompt sets (1..%d)", N, t->c.max_sets);
-    int rc = load_inference(&t->map_s, &t->pe_s, &t->md_s);
-    if (!rc) rc = ts_egf_forward(t->enc, ex->input, t->emb_s);
+    int rc = ts_egf_forward(t->enc, ex->input, t->emb_s);
     if (rc) return rc;
     build_prompts(t, N, sets, mask_in);
     return train_round(t, ex, N, sets, gt, 0, out, NULL);
@@ -430,12 +431,16 @@ int ts_trainer_step(ts_trainer *t, const ts_train_example *ex, ts_step_report *r
     if (ex->n_masks > MAX_MASKS)
         return ts_error(TINYSAM_E_LIMIT, "%s: %d masks (at most %d)", ex->name, ex->n_masks,
                         MAX_MASKS);
-    int *usable = malloc(sizeof(int) * (size_t)(ex->n_masks + 1));
-    int *chosen = malloc(sizeof(int) * (size_t)(ex->n_masks + 1));
-    if (!usable || !chosen) {
-        free(usable), free(chosen);
-        return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    if (ex->n_masks + 1 > t->cap_masks) { /* grows with the largest image seen, then stays */
+        int cap = ex->n_masks + 1;
+        int *u = realloc(t->usable, sizeof(int) * (size_t)cap);
+        if (u) t->usable = u;
+        int *c = u ? realloc(t->chosen, sizeof(int) * (size_t)cap) : NULL;
+        if (c) t->chosen = c;
+        if (!u || !c) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+        t->cap_masks = cap;
     }
+    int *usable = t->usable, *chosen = t->chosen;
     int U = 0;
     for (int k = 0; k < ex->n_masks; k++)
         if (ts_example_usable(ex, k)) usable[U++] = k;
@@ -446,9 +451,7 @@ int ts_trainer_step(ts_trainer *t, const ts_train_example *ex, ts_step_report *r
     const int T = t->c.fixed_t >= 0 ? t->c.fixed_t : ts_sample_rounds(&t->rng);
     rep->t = T;
     double t0 = ts_now_ms();
-    if ((rc = load_inference(&t->map_s, &t->pe_s, &t->md_s)) ||
-        (rc = ts_egf_forward(t->enc, ex->input, t->emb_s)))
-        goto done;
+    if ((rc = ts_egf_forward(t->enc, ex->input, t->emb_s))) goto done;
     double t1 = ts_now_ms();
     rep->ms[0] = t1 - t0;
     for (int i = 0; i < N; i++) {
@@ -473,7 +476,6 @@ int ts_trainer_step(ts_trainer *t, const ts_train_example *ex, ts_step_report *r
     rep->step = t->step;
     rep->lr = ts_trainer_lr(&t->c, t->step);
 done:
-    free(usable), free(chosen);
     return rc;
 }
 
@@ -722,6 +724,7 @@ int ts_trainer_load_checkpoint(ts_trainer *t, const char *path) {
         }
         t->n_order = n_order;
     }
+    ts_mask_decoder_refresh(t->md_s);
     t->step = st;
     t->rng.s = s;
     t->rng.draws = draws;

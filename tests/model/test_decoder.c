@@ -5,6 +5,7 @@
 #include "core.h"
 #include "io/json.h"
 #include "io/npy.h"
+#include "io/tensor_map.h"
 #include "model/sam.h"
 #include "model/sam_decoder.h"
 #include "model/sam_decoder_internal.h"
@@ -302,7 +303,51 @@ static void test_bad_prompts(void) {
     tinysam_model_free(m);
 }
 
+/* ts_mask_decoder_refresh (the trainer changes the weights in place between steps): a decoder
+ * refreshed after its weights changed computes exactly what one loaded from the new weights
+ * does, and no longer what it computed before. */
+static void test_refresh_after_weights_change(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    ts_tensor_map *map = NULL;
+    REQUIRE(ts_read_file(fixture(MODEL), (size_t)1 << 28, &buf, &n) == 0, "read");
+    REQUIRE(ts_pth_load_memory(buf, n, &map) == 0, "load: %s", tinysam_last_error()); /* copies */
+    free(buf);
+    ts_npy emb;
+    REQUIRE(ts_npy_load(fixture("reference/shapes/embedding.npy"), &emb) == 0, "emb");
+    ts_prompt_encoder *pe = NULL;
+    ts_mask_decoder *d1 = NULL, *d2 = NULL;
+    REQUIRE(ts_prompt_encoder_load(map, &pe) == 0 && ts_mask_decoder_load(map, &d1) == 0, "dec");
+    float coords[4] = {0.3f, 0.4f, 0.7f, 0.2f};
+    int lab[2] = {1, 0};
+    ts_prompt_set set = {.n_points = 2, .coords = coords, .labels = lab};
+    const size_t Z = 4 * 65536;
+    float *z0 = malloc(sizeof(float) * Z), *z1 = malloc(sizeof(float) * Z);
+    float *z2 = malloc(sizeof(float) * Z), u0[4], u1[4], u2[4];
+    REQUIRE(z0 && z1 && z2, "oom");
+    REQUIRE(ts_sam_decode(pe, d1, emb.data, 1, &set, z0, u0) == 0, "decode");
+    /* every mask_decoder tensor scaled in place by 1.05 */
+    for (int i = 0; i < map->n; i++)
+        if (!strncmp(map->t[i].name, "mask_decoder.", 13) && map->t[i].dtype == TS_DTYPE_F32)
+            for (int64_t k = 0; k < map->t[i].numel; k++) ((float *)map->t[i].data)[k] *= 1.05f;
+    ts_mask_decoder_refresh(d1);
+    REQUIRE(ts_mask_decoder_load(map, &d2) == 0, "reload");
+    REQUIRE(ts_sam_decode(pe, d1, emb.data, 1, &set, z1, u1) == 0 &&
+                ts_sam_decode(pe, d2, emb.data, 1, &set, z2, u2) == 0,
+            "decode");
+    CHECK(!memcmp(z1, z2, sizeof(float) * Z) && !memcmp(u1, u2, sizeof u1),
+          "refreshed decoder differs from a fresh one: %g", max_abs_diff(z1, z2, Z));
+    CHECK(max_abs_diff(z0, z1, Z) > 1e-3, "the weights' change did not reach the output");
+    free(z0), free(z1), free(z2);
+    ts_mask_decoder_free(d1), ts_mask_decoder_free(d2);
+    ts_prompt_encoder_free(pe);
+    ts_npy_free(&emb);
+    ts_map_free(map);
+}
+
 int main(void) {
+    RUN(test_refresh_after_weights_change);
     RUN(test_picture1);
     RUN(test_shapes);
     RUN(test_batch_equals_single);
