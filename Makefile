@@ -87,7 +87,10 @@ $(BUILD)/bench/%: bench/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	$(CC) $(CFLAGS) -Itests -Itests/common -o $@ $< $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
 
 # Programs run apart from the unit tests (make converge), built with them so they cannot rot.
-TOOLS_BIN := $(BUILD)/tools/distill_converge
+TOOLS_BIN := $(BUILD)/tools/distill_converge $(BUILD)/tools/plot_curve
+$(BUILD)/tools/plot_curve: tools/plot_curve.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lpng -lz -lm
 $(BUILD)/tools/distill_converge: tools/distill_converge.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -Itests/common -o $@ $< $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
@@ -98,6 +101,10 @@ converge: $(TOOLS_BIN)
 	@set -e; for v in $(CONVERGE_VARIANTS); do \
 	    echo "== convergence run, variant $$v"; \
 	    $(BUILD)/tools/distill_converge --variant $$v --csv $(BUILD)/converge_$$v.csv; \
+	    $(BUILD)/tools/plot_curve --out $(BUILD)/converge_$$v.png --logy --xlabel step \
+	        --ylabel loss --title "TinySAM distillation, convergence run $$v (spec 6.4)" \
+	        $(BUILD)/converge_$$v.csv; \
+	    echo "curve: $(BUILD)/converge_$$v.png"; \
 	done
 
 tests: $(TEST_BIN) $(TOOLS_BIN) $(BUILD)/tinysam $(BUILD)/libtinysam.so
