@@ -48,10 +48,19 @@ static const char *distill_usage =
     "  --log FILE           one JSON object per step (OUT.log.jsonl)\n"
     "  --threads N, --max-pixels P\n";
 
+/* Ctrl-C: finish the current step, write a checkpoint, stop; a second Ctrl-C aborts. */
 static volatile sig_atomic_t g_stop;
 static void on_sigint(int sig) {
-    (void)sig;
+    if (g_stop) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
     g_stop = 1;
+    static const char msg[] = "\ndistill: stopping after this step to write a checkpoint "
+                              "(Ctrl-C again to abort without one)\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
 }
 
 static int file_exists(const char *p) {
