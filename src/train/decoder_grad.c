@@ -5,6 +5,8 @@
 
 #include "core.h"
 #include "nn/nn.h"
+#include "threads.h"
+#include "train/decoder_grad_k.h"
 #include "train/grad_ops.h"
 
 #include <math.h>
@@ -622,9 +624,15 @@ int ts_dg_backward(ts_dg *d, const double *emb, int N, const ts_prompt_set *sets
 /* The same computation in float on ts_gemm. Image-side tensors are pixel-major ([pixel][C])
  * throughout: the transformer's keys already are, ConvTranspose2d k2 s2 becomes one GEMM plus
  * a sub-pixel scatter, LayerNorm2d a row LayerNorm. Attention keeps its projections and
- * probabilities on the tape (no recomputation). The small mask_downscaling path (P3) runs in
- * double on the ts_g_* ops. Parameters are reached through the double layout binder bound to
- * an untouched calloc'd block: a pointer's distance from that block is the tensor offset. */
+ * probabilities on the tape (no recomputation); the cross attentions between a few tokens and
+ * the image are folded so that no image-side projection is formed (attn_fwd_folded,
+ * attn_fwd_folded_i2t). The small mask_downscaling path (P3) runs in double on the ts_g_* ops
+ * except its last 1x1 convolution (a float GEMM). The sets run on the worker pool, one tape
+ * per worker, with fixed-order reductions (see "the sets on the worker pool" below).
+ * Parameters are reached through the double layout binder bound to an untouched calloc'd
+ * block: a pointer's distance from that block is the tensor offset. */
+
+#define TS_DGF_MAXW 64 /* most workers (threads) one context runs the sets on */
 
 typedef struct {
     int E, I, heads;
@@ -669,7 +677,9 @@ struct ts_dgf {
     /* mask path in double (small): parameters copied per call, tape, gradients */
     size_t mdn[10];
     double *mdp[10], *mdg[10];
-    double *mk, *m0, *m1, *m2, *m3, *m4, *m5, *dense, *gd, *gm[6], *dbuf;
+    double *mk, *m0, *m1, *m2, *m3, *m4, *m5, *gm[6], *dbuf;
+    float *wp0, *wp3, *gwp; /* the ConvTranspose2d weights permuted (convt_perm), a gradient */
+    float *m5f, *g_m5f; /* m5 pixel-major [HW][mc] and its gradient: the 1x1 conv as a GEMM */
     /* tape of one set */
     int nq, ns, kind[MAX_SPARSE], has_mask;
     float *tok0, *src0;
@@ -685,6 +695,18 @@ struct ts_dgf {
     float *gq[9], *gk[4], *g_h, *g_hr;       /* [NQ][E], [HW][E], [NQ][mlp] */
     float *g_t1, *g_ua, *g_ub, *g_t2, *g_u4, *g_up, *g_hyp, *g_v[4], *g_pe, *g_tok0;
     float *buf;
+    /* set-level parallelism. A worker is a full one-set context; wk[0] is the handle itself.
+     * gset: the worker's parameter gradients of its current set (L->total floats). */
+    float *gset;
+    const float *params_in;
+    float gauss_in[1024];
+    const float *embt; /* the handle's [HW][E] transpose of the embedding, read by src0 */
+    int rc;
+    int nw;
+    struct ts_dgf *wk[TS_DGF_MAXW];
+    float *embt_buf; /* handle: [HW][E] */
+    float *sacc;     /* handle: [HW][E] d src0 summed over the sets, in set order */
+    double *mdacc;   /* handle: mask-path gradients summed in set order */
 };
 
 static float *FP(const ts_dgf *d, const double *p, float *base) {
@@ -729,12 +751,21 @@ static void fnet_of(const ts_dgf *d, float *base, fnet *f) {
     for (int k = 0; k < 6; k++) f->iouh[k] = FP(d, n->iouh[k], base);
 }
 
-void ts_dgf_free(ts_dgf *d) {
-    if (!d) return;
+static void dgf_free_one(ts_dgf *d) {
     free(d->dummy);
     free(d->dbuf);
     ts_free_aligned(d->buf);
+    ts_free_aligned(d->gset);
     free(d);
+}
+
+void ts_dgf_free(ts_dgf *d) {
+    if (!d) return;
+    for (int w = 1; w < d->nw; w++) dgf_free_one(d->wk[w]);
+    ts_free_aligned(d->embt_buf);
+    ts_free_aligned(d->sacc);
+    free(d->mdacc);
+    dgf_free_one(d);
 }
 
 /* A bump allocator run twice: counting (base NULL), then carving. */
@@ -754,6 +785,8 @@ static void carve(ts_dgf *d, arena *a) {
     const size_t E = (size_t)d->E, HW = (size_t)d->HW, I = (size_t)d->I, h = (size_t)d->heads;
     const size_t Q = NQ_MAX, P = (size_t)d->P, E4 = (size_t)d->E4, E8 = (size_t)d->E8;
     const size_t ML = (size_t)d->mlp, V = E > (size_t)d->ih ? E : (size_t)d->ih;
+    /* token -> image kp, vp: the projections, or A and PV when folded (attn_fwd_folded) */
+    const size_t FK = HW * I > h * Q * E ? HW * I : h * Q * E;
     d->dpe = take_f(a, HW * E);
     d->tok0 = take_f(a, Q * E);
     d->src0 = take_f(a, HW * E);
@@ -761,10 +794,10 @@ static void carve(ts_dgf *d, arena *a) {
         ltape *t = &d->lt[l];
         t->sa = (atape){take_f(a, Q * E), take_f(a, Q * E), take_f(a, Q * E),
                         take_f(a, h * Q * Q), take_f(a, Q * E)};
-        t->t2i = (atape){take_f(a, Q * I), take_f(a, HW * I), take_f(a, HW * I),
+        t->t2i = (atape){take_f(a, Q * I), take_f(a, FK), take_f(a, FK),
                          take_f(a, h * Q * HW), take_f(a, Q * I)};
-        t->i2t = (atape){take_f(a, HW * I), take_f(a, Q * I), take_f(a, Q * I),
-                         take_f(a, h * HW * Q), take_f(a, HW * I)};
+        t->i2t = (atape){take_f(a, FK), take_f(a, Q * I), take_f(a, Q * I),
+                         take_f(a, h * HW * Q), take_f(a, FK)};
         t->qin = take_f(a, Q * E), t->r1 = take_f(a, Q * E), t->q1 = take_f(a, Q * E);
         t->qin2 = take_f(a, Q * E), t->kin2 = take_f(a, HW * E);
         t->r2 = take_f(a, Q * E), t->q2 = take_f(a, Q * E);
@@ -774,7 +807,7 @@ static void carve(ts_dgf *d, arena *a) {
     }
     d->q1o = take_f(a, Q * E), d->k1o = take_f(a, HW * E);
     d->q2o = take_f(a, Q * E), d->k2o = take_f(a, HW * E);
-    d->fa = (atape){take_f(a, Q * I), take_f(a, HW * I), take_f(a, HW * I),
+    d->fa = (atape){take_f(a, Q * I), take_f(a, FK), take_f(a, FK),
                     take_f(a, h * Q * HW), take_f(a, Q * I)};
     d->fq = take_f(a, Q * E), d->fk = take_f(a, HW * E);
     d->fr = take_f(a, Q * E), d->hs = take_f(a, Q * E);
@@ -789,11 +822,13 @@ static void carve(ts_dgf *d, arena *a) {
     if (P * E8 > trn) trn = P * E8;
     if (4 * P > trn) trn = 4 * P;
     if (Q * ML > trn) trn = Q * ML;
+    if ((E + h) * Q > trn) trn = (E + h) * Q; /* attn_bwd_folded_i2t */
     d->tr = take_f(a, trn);
-    const size_t ai = (HW > Q ? HW : Q) * (I > E ? I : E);
+    size_t ai = (HW > Q ? HW : Q) * (I > E ? I : E);
+    if (ai < FK) ai = FK;
     d->a_do = take_f(a, ai), d->a_dqp = take_f(a, ai), d->a_dkp = take_f(a, ai);
     d->a_dvp = take_f(a, ai);
-    d->a_dP = take_f(a, Q * (HW > Q ? HW : Q)), d->a_dT = take_f(a, Q * (HW > Q ? HW : Q));
+    d->a_dP = take_f(a, h * Q * (HW > Q ? HW : Q)), d->a_dT = take_f(a, h * Q * (HW > Q ? HW : Q));
     for (int k = 0; k < 9; k++) d->gq[k] = take_f(a, Q * E);
     for (int k = 0; k < 4; k++) d->gk[k] = take_f(a, HW * E);
     d->g_h = take_f(a, Q * ML), d->g_hr = take_f(a, Q * ML);
@@ -804,10 +839,14 @@ static void carve(ts_dgf *d, arena *a) {
     d->g_hyp = take_f(a, 4 * E8);
     for (int k = 0; k < 4; k++) d->g_v[k] = take_f(a, V);
     d->g_pe = take_f(a, Q * E), d->g_tok0 = take_f(a, Q * E);
+    d->m5f = take_f(a, HW * (size_t)d->mc), d->g_m5f = take_f(a, HW * (size_t)d->mc);
+    d->wp0 = take_f(a, E * 4 * E4), d->wp3 = take_f(a, E4 * 4 * E8);
+    d->gwp = take_f(a, E * 4 * E4 > E4 * 4 * E8 ? E * 4 * E4 : E4 * 4 * E8);
 }
 
-int ts_dgf_create(const ts_dg_layout *L, const float *params, const float *gauss,
-                  ts_dgf **out) {
+/* One one-set context (the handle, or a worker). */
+static int dgf_new(const ts_dg_layout *L, const float *params, const float *gauss,
+                   ts_dgf **out) {
     *out = NULL;
     const ts_dg_config *c = &L->c;
     ts_dgf *d = ts_calloc(1, sizeof *d);
@@ -827,6 +866,8 @@ int ts_dgf_create(const ts_dg_layout *L, const float *params, const float *gauss
     arena a = {0};
     carve(d, &a);
     d->buf = ts_malloc_aligned(sizeof(float) * a.used);
+    d->gset = ts_malloc_aligned(sizeof(float) * L->total);
+    d->params_in = params;
     const size_t HW = (size_t)d->HW, mc = (size_t)d->mc;
     const double *md[10] = {d->off.c0_w, d->off.c0_b, d->off.n1_w, d->off.n1_b, d->off.c3_w,
                             d->off.c3_b, d->off.n4_w, d->off.n4_b, d->off.c6_w, d->off.c6_b};
@@ -837,10 +878,10 @@ int ts_dgf_create(const ts_dg_layout *L, const float *params, const float *gauss
         d->mdn[k] = nxt ? (size_t)(nxt - md[k]) : (size_t)d->E;
         nd += 2 * d->mdn[k];
     }
-    nd += (size_t)d->P + 6 * mc * HW + 2 * HW * (size_t)d->E + 6 * mc * HW;
+    nd += (size_t)d->P + 6 * mc * HW + 6 * mc * HW;
     d->dbuf = ts_calloc(nd, sizeof(double));
-    if (!d->buf || !d->dbuf) {
-        ts_dgf_free(d);
+    if (!d->buf || !d->dbuf || !d->gset) {
+        dgf_free_one(d);
         return TINYSAM_E_NOMEM;
     }
     a = (arena){.base = d->buf};
@@ -851,21 +892,19 @@ int ts_dgf_create(const ts_dg_layout *L, const float *params, const float *gauss
     d->mk = q, q += d->P;
     double **m[6] = {&d->m0, &d->m1, &d->m2, &d->m3, &d->m4, &d->m5};
     for (int k = 0; k < 6; k++) *m[k] = q, q += mc * HW;
-    d->dense = q, q += HW * d->E;
-    d->gd = q, q += HW * d->E;
     for (int k = 0; k < 6; k++) d->gm[k] = q, q += mc * HW;
     /* dense PE, pixel-major */
     double *row = malloc(sizeof(double) * d->E);
     if (!row) {
-        ts_dgf_free(d);
+        dgf_free_one(d);
         return ts_error(TINYSAM_E_NOMEM, "out of memory");
     }
     if (d->E > 1024) {
         free(row);
-        ts_dgf_free(d);
+        dgf_free_one(d);
         return ts_error(TINYSAM_E_ARG, "decoder_grad: embedding too wide");
     }
-    for (int k = 0; k < d->E; k++) d->gauss_f[k] = gauss[k];
+    for (int k = 0; k < d->E; k++) d->gauss_f[k] = gauss[k], d->gauss_in[k] = gauss[k];
     for (int i = 0; i < c->H; i++)
         for (int j = 0; j < c->W; j++) {
             pe_encode(d->gauss_f, d->E, (j + 0.5) / c->W, (i + 0.5) / c->H, row);
@@ -873,6 +912,46 @@ int ts_dgf_create(const ts_dg_layout *L, const float *params, const float *gauss
                 d->dpe[((size_t)i * c->W + j) * d->E + e] = (float)row[e];
         }
     free(row);
+    *out = d;
+    return 0;
+}
+
+/* Workers up to n (at most TS_DGF_MAXW); the handle is worker 0. */
+static int dgf_grow(ts_dgf *d, int n) {
+    if (n > TS_DGF_MAXW) n = TS_DGF_MAXW;
+    while (d->nw < n) {
+        ts_dgf *w = NULL;
+        int rc = dgf_new(d->L, d->params_in, d->gauss_in, &w);
+        if (rc) return rc;
+        w->embt = d->embt_buf;
+        d->wk[d->nw++] = w;
+    }
+    return 0;
+}
+
+int ts_dgf_create(const ts_dg_layout *L, const float *params, const float *gauss,
+                  ts_dgf **out) {
+    *out = NULL;
+    ts_dgf *d = NULL;
+    int rc = dgf_new(L, params, gauss, &d);
+    if (rc) return rc;
+    d->nw = 1;
+    d->wk[0] = d;
+    const size_t IE = (size_t)d->HW * d->E;
+    size_t nmd = 0;
+    for (int k = 0; k < 10; k++) nmd += d->mdn[k];
+    d->embt_buf = ts_malloc_aligned(sizeof(float) * IE);
+    d->sacc = ts_malloc_aligned(sizeof(float) * IE);
+    d->mdacc = malloc(sizeof(double) * nmd);
+    if (!d->embt_buf || !d->sacc || !d->mdacc) {
+        ts_dgf_free(d);
+        return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    }
+    d->embt = d->embt_buf;
+    if ((rc = dgf_grow(d, ts_num_threads()))) {
+        ts_dgf_free(d);
+        return rc;
+    }
     *out = d;
     return 0;
 }
@@ -886,6 +965,20 @@ static void lin_f(const float *x, int M, int K, const float *W, const float *b, 
     ts_gemm_ex(M, N, K, x, K, W, K, 1, y, N, 0.0f, b, TS_ACT_NONE);
 }
 
+/* db[n] += sum over the M rows of dy[m][n], row by row (contiguous) in double. */
+static void colsum_f(const float *dy, int M, int N, float *db) {
+    double acc[1024];
+    for (int n0 = 0; n0 < N; n0 += 1024) {
+        const int nn = N - n0 < 1024 ? N - n0 : 1024;
+        for (int n = 0; n < nn; n++) acc[n] = 0;
+        for (int m = 0; m < M; m++) {
+            const float *r = dy + (size_t)m * N + n0;
+            for (int n = 0; n < nn; n++) acc[n] += r[n];
+        }
+        for (int n = 0; n < nn; n++) db[n0 + n] += (float)acc[n];
+    }
+}
+
 /* dx += dy W; dW += dy^T x; db += colsum dy (tr: N*M floats). */
 static void lin_bwd_f(const float *x, int M, int K, const float *W, int N, const float *dy,
                       float *dx, float *dW, float *db, float *tr) {
@@ -894,17 +987,19 @@ static void lin_bwd_f(const float *x, int M, int K, const float *W, int N, const
         ts_transpose_serial(dy, N, M, N, tr, M);
         ts_gemm(N, K, M, tr, M, x, K, 0, dW, K, 1.0f);
     }
-    if (db)
-        for (int n = 0; n < N; n++) {
-            double s = 0;
-            for (int m = 0; m < M; m++) s += dy[(size_t)m * N + n];
-            db[n] += (float)s;
-        }
+    if (db) colsum_f(dy, M, N, db);
 }
+
+/* The AVX-512 element-wise kernels (decoder_grad_avx512.c) when nn runs AVX-512. */
+static int simd512(int C) { return C % 16 == 0 && !strcmp(ts_nn_isa_name(), "avx512"); }
 
 /* Row LayerNorm, statistics in double. */
 static void ln_f(const float *x, int M, int C, const float *w, const float *b, double eps,
                  float *y) {
+    if (simd512(C)) {
+        ts_dgf_ln_fwd_avx512(x, M, C, w, b, eps, y);
+        return;
+    }
     for (int m = 0; m < M; m++) {
         const float *r = x + (size_t)m * C;
         double mu = 0, var = 0;
@@ -919,6 +1014,10 @@ static void ln_f(const float *x, int M, int C, const float *w, const float *b, d
 
 static void ln_bwd_f(const float *x, int M, int C, const float *w, double eps, const float *dy,
                      float *dx, float *dw, float *db) {
+    if (simd512(C)) {
+        ts_dgf_ln_bwd_avx512(x, M, C, w, eps, dy, dx, dw, db);
+        return;
+    }
     for (int m = 0; m < M; m++) {
         const float *r = x + (size_t)m * C, *g = dy + (size_t)m * C;
         double mu = 0, var = 0, sg = 0, sgx = 0;
@@ -940,9 +1039,11 @@ static void ln_bwd_f(const float *x, int M, int C, const float *w, double eps, c
     }
 }
 
-static float gelu_f(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-
 static void gelu_bwd_f(const float *x, size_t n, const float *dy, float *dx) {
+    if (simd512(16)) {
+        ts_dgf_gelu_bwd_avx512(x, n, dy, dx);
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         double v = x[i];
         double cdf = 0.5 * (1.0 + erf(v * 0.70710678118654752));
@@ -959,8 +1060,196 @@ static void acc_f(float *y, const float *a, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += a[i];
 }
 
+/* A few query rows against many keys (tokens -> image): the key-side operand of the per-head
+ * products is transposed once, so that ts_gemm reads it in place instead of packing it for
+ * every head. */
+/* A few query tokens against the image (token -> image attention): the key and value
+ * projections are folded into the query side, as the inference decoder does, so no
+ * Nk x I image-side projection is formed forward or backward. Per head h (Wk_h, Wv_h: the
+ * head's dh rows of the projection weights):
+ *   A_h = scale qp_h Wk_h (Nq x E), S_h = A_h k^T (the key bias adds a per-row constant,
+ *   which the softmax removes: its gradient is exactly zero), P_h = softmax(S_h),
+ *   PV_h = P_h v (Nq x E), o_h = PV_h Wv_h^T + bv_h (the rows of P_h sum to 1).
+ * All heads' rows are stacked (row h*Nq + i), so the image-side products are single GEMMs.
+ * On the tape, kp holds A (heads*Nq x E) and vp holds PV. */
+/* Folded when it costs fewer multiply-adds (stacked rows nh*Nq against the I columns of the
+ * two projections: up to about 16 tokens with SAM's shapes), and always on small maps (then
+ * either way is cheap, and the small-configuration tests check this path). */
+static int folded(const fatt *a, int Nq, int Nk) {
+    const double fold = (double)a->heads * Nq * a->E, proj = (double)a->I * (a->E + Nq);
+    return Nq < Nk && (fold <= proj || Nk < 256);
+}
+
+static void attn_fwd_folded(const fatt *a, atape *t, const float *q, int Nq, const float *k,
+                            const float *v, int Nk, float *y) {
+    const int E = a->E, I = a->I, nh = a->heads, dh = I / nh, R = nh * Nq;
+    const float scale = (float)(1.0 / sqrt((double)dh));
+    float *A = t->kp, *PV = t->vp;
+    lin_f(q, Nq, E, a->qw, a->qb, I, t->qp);
+    for (int h = 0; h < nh; h++)
+        ts_gemm(Nq, E, dh, t->qp + h * dh, I, a->kw + (size_t)h * dh * E, E, 0,
+                A + (size_t)h * Nq * E, E, 0.0f);
+    for (size_t i = 0; i < (size_t)R * E; i++) A[i] *= scale;
+    ts_gemm(R, Nk, E, A, E, k, E, 1, t->P, Nk, 0.0f);
+    ts_softmax_rows(t->P, R, Nk);
+    ts_gemm(R, E, Nk, t->P, Nk, v, E, 0, PV, E, 0.0f);
+    for (int h = 0; h < nh; h++)
+        ts_gemm_ex(Nq, dh, E, PV + (size_t)h * Nq * E, E, a->vw + (size_t)h * dh * E, E, 1,
+                   t->o + h * dh, I, 0.0f, a->vb + h * dh, TS_ACT_NONE);
+    lin_f(t->o, Nq, I, a->ow, a->ob, E, y);
+}
+
+/* Scratch: a_do, a_dqp, a_dkp (dPV), a_dvp (dA), a_dP, a_dT (heads*Nq x Nk), tr. */
+static void attn_bwd_folded(ts_dgf *d, const fatt *a, const fatt *g, const atape *t,
+                            const float *q, int Nq, const float *k, const float *v, int Nk,
+                            const float *dy, float *dq, float *dk, float *dv) {
+    const int E = a->E, I = a->I, nh = a->heads, dh = I / nh, R = nh * Nq;
+    const float scale = (float)(1.0 / sqrt((double)dh));
+    const float *A = t->kp, *PV = t->vp;
+    float *dO = d->a_do, *dqp = d->a_dqp, *dPV = d->a_dkp, *dA = d->a_dvp;
+    float *dP = d->a_dP, *dT = d->a_dT, *sm = d->tr;
+    zf(dO, (size_t)Nq * I);
+    lin_bwd_f(t->o, Nq, I, a->ow, E, dy, dO, g ? g->ow : NULL, g ? g->ob : NULL, d->tr);
+    for (int h = 0; h < nh; h++) { /* o_h = PV_h Wv_h^T + bv_h */
+        ts_gemm(Nq, E, dh, dO + h * dh, I, a->vw + (size_t)h * dh * E, E, 0,
+                dPV + (size_t)h * Nq * E, E, 0.0f);
+        if (g) {
+            ts_transpose_serial(dO + h * dh, I, Nq, dh, sm, Nq);
+            ts_gemm(dh, E, Nq, sm, Nq, PV + (size_t)h * Nq * E, E, 0,
+                    g->vw + (size_t)h * dh * E, E, 1.0f);
+        }
+    }
+    if (g) colsum_f(dO, Nq, I, g->vb);
+    /* PV = P v */
+    ts_gemm(R, Nk, E, dPV, E, v, E, 1, dP, Nk, 0.0f);
+    ts_transpose_serial(t->P, Nk, R, Nk, dT, R);
+    ts_gemm(Nk, E, R, dT, R, dPV, E, 0, dv, E, 1.0f);
+    /* softmax */
+    for (int i = 0; i < R; i++) {
+        float *gr = dP + (size_t)i * Nk;
+        const float *pr = t->P + (size_t)i * Nk;
+        double s = 0;
+        for (int j = 0; j < Nk; j++) s += (double)gr[j] * pr[j];
+        for (int j = 0; j < Nk; j++) gr[j] = pr[j] * (gr[j] - (float)s);
+    }
+    /* S = A k^T */
+    ts_gemm(R, E, Nk, dP, Nk, k, E, 0, dA, E, 0.0f);
+    ts_transpose_serial(dP, Nk, R, Nk, dT, R);
+    ts_gemm(Nk, E, R, dT, R, A, E, 0, dk, E, 1.0f);
+    /* A_h = scale qp_h Wk_h */
+    for (size_t i = 0; i < (size_t)R * E; i++) dA[i] *= scale;
+    for (int h = 0; h < nh; h++) {
+        const float *dAh = dA + (size_t)h * Nq * E;
+        ts_gemm(Nq, dh, E, dAh, E, a->kw + (size_t)h * dh * E, E, 1, dqp + h * dh, I, 0.0f);
+        if (g) {
+            ts_transpose_serial(t->qp + h * dh, I, Nq, dh, sm, Nq);
+            ts_gemm(dh, E, Nq, sm, Nq, dAh, E, 0, g->kw + (size_t)h * dh * E, E, 1.0f);
+        }
+    }
+    lin_bwd_f(q, Nq, E, a->qw, I, dqp, dq, g ? g->qw : NULL, g ? g->qb : NULL, d->tr);
+}
+
+/* Image -> token attention (Nq image queries, a few token keys), folded the other way:
+ *   BT_h = scale kp_h Wq_h (Nk x E), c_h = scale kp_h bq_h (Nk): S_h = x BT_h^T + c_h;
+ *   VW_h = vp_h Wo_h^T (Nk x E, Wo_h: the head's dh columns of Wo): y = sum_h P_h VW_h + bo,
+ * so neither the Nq x I query projection nor the Nq x I context is formed. Heads stacked as
+ * columns h*Nk + j of S and P (Nq x nh*Nk: a softmax over each group of Nk). On the tape, qp
+ * holds BT, o holds VW, kp and vp the token projections. */
+static void attn_fwd_folded_i2t(const fatt *a, atape *t, const float *x, int Nq, const float *k,
+                                const float *v, int Nk, float *y, float *c) {
+    const int E = a->E, I = a->I, nh = a->heads, dh = I / nh, R = nh * Nk;
+    const float scale = (float)(1.0 / sqrt((double)dh));
+    float *BT = t->qp, *VW = t->o;
+    lin_f(k, Nk, E, a->kw, a->kb, I, t->kp);
+    lin_f(v, Nk, E, a->vw, a->vb, I, t->vp);
+    for (int h = 0; h < nh; h++) {
+        ts_gemm(Nk, E, dh, t->kp + h * dh, I, a->qw + (size_t)h * dh * E, E, 0,
+                BT + (size_t)h * Nk * E, E, 0.0f);
+        ts_gemm(Nk, E, dh, t->vp + h * dh, I, a->ow + h * dh, I, 1, VW + (size_t)h * Nk * E, E,
+                0.0f);
+        for (int j = 0; j < Nk; j++) {
+            double acc = 0;
+            for (int e = 0; e < dh; e++)
+                acc += (double)t->kp[(size_t)j * I + h * dh + e] * a->qb[h * dh + e];
+            c[h * Nk + j] = (float)acc * scale;
+        }
+    }
+    for (size_t i = 0; i < (size_t)R * E; i++) BT[i] *= scale;
+    ts_gemm_ex(Nq, R, E, x, E, BT, E, 1, t->P, R, 0.0f, c, TS_ACT_NONE);
+    ts_softmax_rows(t->P, Nq * nh, Nk);
+    ts_gemm_ex(Nq, E, R, t->P, R, VW, E, 0, y, E, 0.0f, a->ob, TS_ACT_NONE);
+}
+
+/* Scratch: a_dP (dS), a_dT, a_dkp (dVW), a_dvp (dBT), a_dqp (dkp), a_do (dvp), tr. */
+static void attn_bwd_folded_i2t(ts_dgf *d, const fatt *a, const fatt *g, const atape *t,
+                                const float *x, int Nq, const float *k, const float *v, int Nk,
+                                const float *dy, float *dx, float *dk, float *dv) {
+    const int E = a->E, I = a->I, nh = a->heads, dh = I / nh, R = nh * Nk;
+    const float scale = (float)(1.0 / sqrt((double)dh));
+    const float *BT = t->qp, *VW = t->o, *P = t->P;
+    float *dP = d->a_dP, *dT = d->a_dT, *dVW = d->a_dkp, *dBT = d->a_dvp;
+    float *dkp = d->a_dqp, *dvp = d->a_do, *sm = d->tr, *gc = d->tr + (size_t)E * NQ_MAX;
+    if (g) colsum_f(dy, Nq, E, g->ob);
+    /* y = P VW + bo */
+    ts_gemm(Nq, R, E, dy, E, VW, E, 1, dP, R, 0.0f);
+    ts_transpose_serial(P, R, Nq, R, dT, Nq);
+    ts_gemm(R, E, Nq, dT, Nq, dy, E, 0, dVW, E, 0.0f);
+    for (int h = 0; h < nh; h++) { /* VW_h = vp_h Wo_h^T */
+        const float *dVWh = dVW + (size_t)h * Nk * E;
+        ts_gemm(Nk, dh, E, dVWh, E, a->ow + h * dh, I, 0, dvp + h * dh, I, 0.0f);
+        if (g) {
+            ts_transpose_serial(dVWh, E, Nk, E, sm, Nk);
+            ts_gemm(E, dh, Nk, sm, Nk, t->vp + h * dh, I, 0, g->ow + h * dh, I, 1.0f);
+        }
+    }
+    /* softmax over each group of Nk */
+    for (size_t r = 0; r < (size_t)Nq * nh; r++) {
+        float *gr = dP + r * Nk;
+        const float *pr = P + r * Nk;
+        double s = 0;
+        for (int j = 0; j < Nk; j++) s += (double)gr[j] * pr[j];
+        for (int j = 0; j < Nk; j++) gr[j] = pr[j] * (gr[j] - (float)s);
+    }
+    /* S = x BT^T + c */
+    for (int r = 0; r < R; r++) gc[r] = 0.0f;
+    colsum_f(dP, Nq, R, gc);
+    ts_gemm(Nq, E, R, dP, R, BT, E, 0, dx, E, 1.0f);
+    ts_transpose_serial(dP, R, Nq, R, dT, Nq);
+    ts_gemm(R, E, Nq, dT, Nq, x, E, 0, dBT, E, 0.0f);
+    for (size_t i = 0; i < (size_t)R * E; i++) dBT[i] *= scale;
+    for (int r = 0; r < R; r++) gc[r] *= scale;
+    for (int h = 0; h < nh; h++) { /* BT_h = scale kp_h Wq_h, c_h = scale kp_h bq_h */
+        const float *dBTh = dBT + (size_t)h * Nk * E;
+        ts_gemm(Nk, dh, E, dBTh, E, a->qw + (size_t)h * dh * E, E, 1, dkp + h * dh, I, 0.0f);
+        for (int j = 0; j < Nk; j++)
+            for (int e = 0; e < dh; e++)
+                dkp[(size_t)j * I + h * dh + e] += gc[h * Nk + j] * a->qb[h * dh + e];
+        if (g) {
+            ts_transpose_serial(t->kp + h * dh, I, Nk, dh, sm, Nk);
+            ts_gemm(dh, E, Nk, sm, Nk, dBTh, E, 0, g->qw + (size_t)h * dh * E, E, 1.0f);
+            for (int e = 0; e < dh; e++) {
+                double acc = 0;
+                for (int j = 0; j < Nk; j++)
+                    acc += (double)gc[h * Nk + j] * t->kp[(size_t)j * I + h * dh + e];
+                g->qb[h * dh + e] += (float)acc;
+            }
+        }
+    }
+    lin_bwd_f(k, Nk, E, a->kw, I, dkp, dk, g ? g->kw : NULL, g ? g->kb : NULL, d->tr);
+    lin_bwd_f(v, Nk, E, a->vw, I, dvp, dv, g ? g->vw : NULL, g ? g->vb : NULL, d->tr);
+}
+
+/* c: heads * NQ_MAX floats of scratch. */
 static void attn_fwd_f(const fatt *a, atape *t, const float *q, int Nq, const float *k,
-                       const float *v, int Nk, float *y) {
+                       const float *v, int Nk, float *y, float *c) {
+    if (folded(a, Nq, Nk)) {
+        attn_fwd_folded(a, t, q, Nq, k, v, Nk, y);
+        return;
+    }
+    if (folded(a, Nk, Nq)) {
+        attn_fwd_folded_i2t(a, t, q, Nq, k, v, Nk, y, c);
+        return;
+    }
     const int I = a->I, dh = I / a->heads;
     const float scale = (float)(1.0 / sqrt((double)dh));
     lin_f(q, Nq, a->E, a->qw, a->qb, I, t->qp);
@@ -980,6 +1269,14 @@ static void attn_fwd_f(const fatt *a, atape *t, const float *q, int Nq, const fl
 static void attn_bwd_f(ts_dgf *d, const fatt *a, const fatt *g, const atape *t, const float *q,
                        int Nq, const float *k, const float *v, int Nk, const float *dy,
                        float *dq, float *dk, float *dv) {
+    if (folded(a, Nq, Nk)) {
+        attn_bwd_folded(d, a, g, t, q, Nq, k, v, Nk, dy, dq, dk, dv);
+        return;
+    }
+    if (folded(a, Nk, Nq)) {
+        attn_bwd_folded_i2t(d, a, g, t, q, Nq, k, v, Nk, dy, dq, dk, dv);
+        return;
+    }
     const int I = a->I, dh = I / a->heads;
     const float scale = (float)(1.0 / sqrt((double)dh));
     float *dO = d->a_do, *dqp = d->a_dqp, *dkp = d->a_dkp, *dvp = d->a_dvp;
@@ -1013,16 +1310,16 @@ static void twoway_fwd_f(const ts_dgf *d, const ftw *p, ltape *t, const float *q
     const int E = d->E, ML = d->mlp;
     const size_t QE = (size_t)Nq * E, KE = (size_t)Nk * E;
     if (p->skip) {
-        attn_fwd_f(&p->sa, &t->sa, q, Nq, q, q, Nq, t->r1);
+        attn_fwd_f(&p->sa, &t->sa, q, Nq, q, q, Nq, t->r1, d->tr);
     } else {
         add_f(t->qin, q, qpe, QE);
-        attn_fwd_f(&p->sa, &t->sa, t->qin, Nq, t->qin, q, Nq, t->r1);
+        attn_fwd_f(&p->sa, &t->sa, t->qin, Nq, t->qin, q, Nq, t->r1, d->tr);
         acc_f(t->r1, q, QE);
     }
     ln_f(t->r1, Nq, E, p->n1w, p->n1b, LN_EPS, t->q1);
     add_f(t->qin2, t->q1, qpe, QE);
     add_f(t->kin2, k, kpe, KE);
-    attn_fwd_f(&p->t2i, &t->t2i, t->qin2, Nq, t->kin2, k, Nk, t->r2);
+    attn_fwd_f(&p->t2i, &t->t2i, t->qin2, Nq, t->kin2, k, Nk, t->r2, d->tr);
     acc_f(t->r2, t->q1, QE);
     ln_f(t->r2, Nq, E, p->n2w, p->n2b, LN_EPS, t->q2);
     lin_f(t->q2, Nq, E, p->l1w, p->l1b, ML, t->h);
@@ -1031,7 +1328,7 @@ static void twoway_fwd_f(const ts_dgf *d, const ftw *p, ltape *t, const float *q
     acc_f(t->r3, t->q2, QE);
     ln_f(t->r3, Nq, E, p->n3w, p->n3b, LN_EPS, t->q3);
     add_f(t->kin4, t->q3, qpe, QE);
-    attn_fwd_f(&p->i2t, &t->i2t, t->kin2, Nk, t->kin4, t->q3, Nq, t->r4);
+    attn_fwd_f(&p->i2t, &t->i2t, t->kin2, Nk, t->kin4, t->q3, Nq, t->r4, d->tr);
     acc_f(t->r4, k, KE);
     ln_f(t->r4, Nk, E, p->n4w, p->n4b, LN_EPS, ko);
     memcpy(qo, t->q3, sizeof(float) * QE);
@@ -1109,42 +1406,48 @@ static void mlp3_bwd_f(ts_dgf *d, float *const *w, float *const *g, const float 
     lin_bwd_f(in, 1, i0, w[0], i1, s[3], din, g ? g[0] : NULL, g ? g[1] : NULL, d->tr);
 }
 
-/* ConvTranspose2d k2 s2 on pixel-major tensors: x [H*W][Ci] -> y [(2H)(2W)][Co]. t: [HW][4Co]. */
-static void convt_fwd_f(const float *x, int H, int W, int Ci, const float *w, const float *b,
-                        int Co, float *t, float *y) {
-    ts_gemm(H * W, 4 * Co, Ci, x, Ci, w, 4 * Co, 0, t, 4 * Co, 0.0f);
-    for (int yy = 0; yy < H; yy++)
-        for (int xx = 0; xx < W; xx++)
-            for (int o = 0; o < Co; o++)
-                for (int s = 0; s < 4; s++) {
-                    int a = s / 2, c = s % 2;
-                    y[((size_t)(2 * yy + a) * 2 * W + 2 * xx + c) * Co + o] =
-                        t[((size_t)yy * W + xx) * 4 * Co + o * 4 + s] + b[o];
-                }
+/* ConvTranspose2d k2 s2 on pixel-major tensors: x [H*W][Ci] -> y [(2H)(2W)][Co], as one GEMM
+ * with the weight [Ci][Co][2][2] permuted to wp [Ci][4][Co] (sub-pixel s = 2a + c major), so
+ * the GEMM's output t [HW][4][Co] scatters as contiguous rows of Co. */
+static void convt_perm(const float *w, int Ci, int Co, float *wp) {
+    for (int i = 0; i < Ci; i++)
+        for (int o = 0; o < Co; o++)
+            for (int s = 0; s < 4; s++)
+                wp[((size_t)i * 4 + s) * Co + o] = w[((size_t)i * Co + o) * 4 + s];
 }
 
-/* dy [(2H)(2W)][Co] -> dt [HW][4Co] (gathered), dx += dt w^T, dw += x^T dt, db. */
-static void convt_bwd_f(ts_dgf *d, const float *x, int H, int W, int Ci, const float *w, int Co,
-                        const float *dy, float *dt, float *dx, float *dw, float *db) {
+static void convt_fwd_f(const float *x, int H, int W, int Ci, const float *wp, const float *b,
+                        int Co, float *t, float *y) {
+    ts_gemm(H * W, 4 * Co, Ci, x, Ci, wp, 4 * Co, 0, t, 4 * Co, 0.0f);
     for (int yy = 0; yy < H; yy++)
         for (int xx = 0; xx < W; xx++)
-            for (int o = 0; o < Co; o++)
-                for (int s = 0; s < 4; s++) {
-                    int a = s / 2, c = s % 2;
-                    dt[((size_t)yy * W + xx) * 4 * Co + o * 4 + s] =
-                        dy[((size_t)(2 * yy + a) * 2 * W + 2 * xx + c) * Co + o];
-                }
-    if (db)
-        for (int o = 0; o < Co; o++) {
-            double s = 0;
-            for (size_t i = 0; i < (size_t)4 * H * W; i++) s += dy[i * Co + o];
-            db[o] += (float)s;
-        }
+            for (int s = 0; s < 4; s++) {
+                const float *tr = t + (((size_t)yy * W + xx) * 4 + s) * Co;
+                float *yr = y + ((size_t)(2 * yy + s / 2) * 2 * W + 2 * xx + s % 2) * Co;
+                for (int o = 0; o < Co; o++) yr[o] = tr[o] + b[o];
+            }
+}
+
+/* dy [(2H)(2W)][Co] -> dt [HW][4][Co] (gathered), dx += dt wp^T, dw += x^T dt (through the
+ * permuted gradient gp: Ci*4*Co floats), db. */
+static void convt_bwd_f(ts_dgf *d, const float *x, int H, int W, int Ci, const float *wp, int Co,
+                        const float *dy, float *dt, float *dx, float *dw, float *db, float *gp) {
+    for (int yy = 0; yy < H; yy++)
+        for (int xx = 0; xx < W; xx++)
+            for (int s = 0; s < 4; s++)
+                memcpy(dt + (((size_t)yy * W + xx) * 4 + s) * Co,
+                       dy + ((size_t)(2 * yy + s / 2) * 2 * W + 2 * xx + s % 2) * Co,
+                       sizeof(float) * Co);
+    if (db) colsum_f(dy, 4 * H * W, Co, db);
     if (dw) {
         ts_transpose_serial(x, Ci, H * W, Ci, d->tr, H * W);
-        ts_gemm(Ci, 4 * Co, H * W, d->tr, H * W, dt, 4 * Co, 0, dw, 4 * Co, 1.0f);
+        ts_gemm(Ci, 4 * Co, H * W, d->tr, H * W, dt, 4 * Co, 0, gp, 4 * Co, 0.0f);
+        for (int i = 0; i < Ci; i++)
+            for (int o = 0; o < Co; o++)
+                for (int s = 0; s < 4; s++)
+                    dw[((size_t)i * Co + o) * 4 + s] += gp[((size_t)i * 4 + s) * Co + o];
     }
-    if (dx) ts_gemm(H * W, Ci, 4 * Co, dt, 4 * Co, w, 4 * Co, 1, dx, Ci, 1.0f);
+    if (dx) ts_gemm(H * W, Ci, 4 * Co, dt, 4 * Co, wp, 4 * Co, 1, dx, Ci, 1.0f);
 }
 
 /* ---- one set ------------------------------------------------------------------------------ */
@@ -1154,7 +1457,8 @@ static void refresh_mask_params(ts_dgf *d) {
         for (size_t i = 0; i < d->mdn[k]; i++) d->mdp[k][i] = d->p.md[k][i];
 }
 
-static int set_forward_f(ts_dgf *d, const float *emb, const ts_prompt_set *s) {
+/* src0 reads the embedding through d->embt ([HW][E], set by the caller). */
+static int set_forward_f(ts_dgf *d, const ts_prompt_set *s) {
     const fnet *p = &d->p;
     const int E = d->E, HW = d->HW, H = d->H, W = d->W, mc = d->mc;
     double row[1024];
@@ -1197,22 +1501,24 @@ static int set_forward_f(ts_dgf *d, const float *emb, const ts_prompt_set *s) {
         for (int i = 0; i < d->P; i++) d->mk[i] = s->mask_input[i];
         ts_g_conv2d c0 = conv_cfg(1, 4 * H, 4 * W, mc / 4, 2, 2);
         ts_g_conv2d c3 = conv_cfg(mc / 4, 2 * H, 2 * W, mc, 2, 2);
-        ts_g_conv2d c6 = conv_cfg(mc, H, W, E, 1, 1);
         ts_g_conv2d_fwd(&c0, d->mk, w[0], w[1], d->m0);
         ts_g_layernorm2d_fwd(d->m0, mc / 4, 4 * HW, w[2], w[3], LN2D_EPS, d->m1);
         ts_g_gelu_fwd(d->m1, (size_t)mc * HW, d->m2);
         ts_g_conv2d_fwd(&c3, d->m2, w[4], w[5], d->m3);
         ts_g_layernorm2d_fwd(d->m3, mc, HW, w[6], w[7], LN2D_EPS, d->m4);
         ts_g_gelu_fwd(d->m4, (size_t)mc * HW, d->m5);
-        ts_g_conv2d_fwd(&c6, d->m5, w[8], w[9], d->dense);
-        for (int i = 0; i < HW; i++)
-            for (int c = 0; c < E; c++)
-                d->src0[(size_t)i * E + c] =
-                    emb[(size_t)c * HW + i] + (float)d->dense[(size_t)c * HW + i];
+        /* the 1x1 conv mc -> E (most of the path's work) as a float GEMM, pixel-major */
+        for (int c = 0; c < mc; c++)
+            for (int i = 0; i < HW; i++)
+                d->m5f[(size_t)i * mc + c] = (float)d->m5[(size_t)c * HW + i];
+        lin_f(d->m5f, HW, mc, p->md[8], p->md[9], E, d->src0);
+        for (size_t i = 0; i < IE; i++) d->src0[i] = d->embt[i] + d->src0[i];
     } else {
-        for (int i = 0; i < HW; i++)
-            for (int c = 0; c < E; c++)
-                d->src0[(size_t)i * E + c] = emb[(size_t)c * HW + i] + p->nomask[c];
+        for (int i = 0; i < HW; i++) {
+            const float *er = d->embt + (size_t)i * E;
+            float *sr = d->src0 + (size_t)i * E;
+            for (int c = 0; c < E; c++) sr[c] = er[c] + p->nomask[c];
+        }
     }
     twoway_fwd_f(d, &p->layer[0], &d->lt[0], d->tok0, nq, d->src0, HW, d->tok0, d->dpe, d->q1o,
                  d->k1o);
@@ -1220,14 +1526,18 @@ static int set_forward_f(ts_dgf *d, const float *emb, const ts_prompt_set *s) {
                  d->k2o);
     add_f(d->fq, d->q2o, d->tok0, QE);
     add_f(d->fk, d->k2o, d->dpe, IE);
-    attn_fwd_f(&p->fin, &d->fa, d->fq, nq, d->fk, d->k2o, HW, d->fr);
+    attn_fwd_f(&p->fin, &d->fa, d->fq, nq, d->fk, d->k2o, HW, d->fr, d->tr);
     acc_f(d->fr, d->q2o, QE);
     ln_f(d->fr, nq, E, p->nfw, p->nfb, LN_EPS, d->hs);
-    convt_fwd_f(d->k2o, H, W, E, p->up0w, p->up0b, d->E4, d->t1, d->u1);
+    convt_perm(p->up0w, E, d->E4, d->wp0);
+    convt_perm(p->up3w, d->E4, d->E8, d->wp3);
+    convt_fwd_f(d->k2o, H, W, E, d->wp0, p->up0b, d->E4, d->t1, d->u1);
     ln_f(d->u1, 4 * HW, d->E4, p->upnw, p->upnb, LN2D_EPS, d->u2);
-    for (size_t i = 0; i < (size_t)4 * HW * d->E4; i++) d->u3[i] = gelu_f(d->u2[i]);
-    convt_fwd_f(d->u3, 2 * H, 2 * W, d->E4, p->up3w, p->up3b, d->E8, d->t2, d->u4);
-    for (size_t i = 0; i < (size_t)d->P * d->E8; i++) d->up[i] = gelu_f(d->u4[i]);
+    memcpy(d->u3, d->u2, sizeof(float) * 4 * HW * d->E4);
+    ts_gelu(d->u3, (size_t)4 * HW * d->E4);
+    convt_fwd_f(d->u3, 2 * H, 2 * W, d->E4, d->wp3, p->up3b, d->E8, d->t2, d->u4);
+    memcpy(d->up, d->u4, sizeof(float) * d->P * d->E8);
+    ts_gelu(d->up, (size_t)d->P * d->E8);
     for (int t = 0; t < 4; t++)
         mlp3_fwd_f(p->hyp[t], d->hs + (size_t)(1 + t) * E, E, E, E, d->E8, d->hh[t],
                    d->hyp + (size_t)t * d->E8);
@@ -1236,8 +1546,9 @@ static int set_forward_f(ts_dgf *d, const float *emb, const ts_prompt_set *s) {
     return 0;
 }
 
+/* Leaves d src0 ([HW][E], the gradient of the embedding) in gk[0]. */
 static int set_backward_f(ts_dgf *d, const float *dz, const float *du, const float *dtok,
-                          const fnet *g, float *demb) {
+                          const fnet *g) {
     const fnet *p = &d->p;
     const int E = d->E, HW = d->HW, H = d->H, W = d->W, mc = d->mc, nq = d->nq, P = d->P;
     const size_t QE = (size_t)nq * E, IE = (size_t)HW * E;
@@ -1257,14 +1568,14 @@ static int set_backward_f(ts_dgf *d, const float *dz, const float *du, const flo
         /* output upscaling (D6), pixel-major */
         gelu_bwd_f(d->u4, U4, d->g_up, d->g_u4);
         zf(d->g_ub, U1);
-        convt_bwd_f(d, d->u3, 2 * H, 2 * W, d->E4, p->up3w, d->E8, d->g_u4, d->g_t2, d->g_ub,
-                    g ? g->up3w : NULL, g ? g->up3b : NULL);
+        convt_bwd_f(d, d->u3, 2 * H, 2 * W, d->E4, d->wp3, d->E8, d->g_u4, d->g_t2, d->g_ub,
+                    g ? g->up3w : NULL, g ? g->up3b : NULL, d->gwp);
         gelu_bwd_f(d->u2, U1, d->g_ub, d->g_ua);
         zf(d->g_ub, U1);
         ln_bwd_f(d->u1, 4 * HW, d->E4, p->upnw, LN2D_EPS, d->g_ua, d->g_ub, g ? g->upnw : NULL,
                  g ? g->upnb : NULL);
-        convt_bwd_f(d, d->k2o, H, W, E, p->up0w, d->E4, d->g_ub, d->g_t1, d->gk[0],
-                    g ? g->up0w : NULL, g ? g->up0b : NULL);
+        convt_bwd_f(d, d->k2o, H, W, E, d->wp0, d->E4, d->g_ub, d->g_t1, d->gk[0],
+                    g ? g->up0w : NULL, g ? g->up0b : NULL, d->gwp);
     }
     if (du)
         mlp3_bwd_f(d, p->iouh, g ? g->iouh : NULL, d->hs, E, d->ih, d->ih, 4, d->hh[4], du,
@@ -1288,9 +1599,6 @@ static int set_backward_f(ts_dgf *d, const float *dz, const float *du, const flo
     acc_f(d->g_tok0, d->gq[0], QE);
     acc_f(d->g_tok0, d->g_pe, QE);
     const float *gs = d->gk[0]; /* d src0, [HW][E] */
-    if (demb)
-        for (int c = 0; c < E; c++)
-            for (int i = 0; i < HW; i++) demb[(size_t)c * HW + i] += gs[(size_t)i * E + c];
     if (g && !d->has_mask) {
         for (int c = 0; c < E; c++) {
             double s = 0;
@@ -1299,14 +1607,14 @@ static int set_backward_f(ts_dgf *d, const float *dz, const float *du, const flo
         }
     } else if (g) {
         double *const *w = d->mdp, *const *gw = d->mdg, *const *gm = d->gm;
-        for (int c = 0; c < E; c++)
-            for (int i = 0; i < HW; i++) d->gd[(size_t)c * HW + i] = gs[(size_t)i * E + c];
         const size_t M = (size_t)mc * HW;
         for (int k = 0; k < 6; k++) memset(gm[k], 0, sizeof(double) * M);
         ts_g_conv2d c0 = conv_cfg(1, 4 * H, 4 * W, mc / 4, 2, 2);
         ts_g_conv2d c3 = conv_cfg(mc / 4, 2 * H, 2 * W, mc, 2, 2);
-        ts_g_conv2d c6 = conv_cfg(mc, H, W, E, 1, 1);
-        ts_g_conv2d_bwd(&c6, d->m5, w[8], d->gd, gm[5], gw[8], gw[9]);
+        zf(d->g_m5f, (size_t)HW * mc);
+        lin_bwd_f(d->m5f, HW, mc, p->md[8], E, gs, d->g_m5f, g->md[8], g->md[9], d->tr);
+        for (int c = 0; c < mc; c++)
+            for (int i = 0; i < HW; i++) gm[5][(size_t)c * HW + i] = d->g_m5f[(size_t)i * mc + c];
         ts_g_gelu_bwd(d->m4, M, gm[5], gm[4]);
         ts_g_layernorm2d_bwd(d->m3, mc, HW, w[6], LN2D_EPS, gm[4], gm[3], gw[6], gw[7]);
         ts_g_conv2d_bwd(&c3, d->m2, w[4], gm[3], gm[2], gw[4], gw[5]);
@@ -1326,17 +1634,116 @@ static int set_backward_f(ts_dgf *d, const float *dz, const float *du, const flo
     return 0;
 }
 
+/* ---- the sets on the worker pool ---------------------------------------------------------
+ * The sets are independent given the embedding: worker i of a round runs set s0 + i on its own
+ * tape, writing the set's parameter gradients into its own zeroed gset and its d src0 into its
+ * gk[0]. The round's per-set results are then added into the outputs in set order, so the
+ * sums (and the bits) do not depend on the number of threads. A round of one set runs on the
+ * calling thread, where ts_gemm spreads over the pool instead (no kernel splits its reduction
+ * axis across threads, so that path gives the same bits). */
+typedef struct {
+    ts_dgf *d;
+    const ts_prompt_set *sets;
+    int s0, cnt, grads;
+    const float *dz, *du, *dtok;
+    float *z, *u, *tok;
+} sjob;
+
+static void fwd_task(void *ctx, int i, int tid) {
+    (void)tid;
+    const sjob *j = ctx;
+    ts_dgf *w = j->d->wk[i];
+    const int s = j->s0 + i;
+    const size_t P4 = 4 * (size_t)w->P, T5 = 5 * (size_t)w->E;
+    w->rc = set_forward_f(w, &j->sets[s]);
+    if (w->rc) return;
+    if (j->z) memcpy(j->z + (size_t)s * P4, w->z, sizeof(float) * P4);
+    if (j->u) memcpy(j->u + (size_t)s * 4, w->iou, sizeof(float) * 4);
+    if (j->tok) memcpy(j->tok + (size_t)s * T5, w->hs, sizeof(float) * T5);
+}
+
+static void bwd_task(void *ctx, int i, int tid) {
+    (void)tid;
+    const sjob *j = ctx;
+    ts_dgf *w = j->d->wk[i];
+    const int s = j->s0 + i;
+    const size_t P4 = 4 * (size_t)w->P, T5 = 5 * (size_t)w->E;
+    for (int k = 0; k < 10; k++) memset(w->mdg[k], 0, sizeof(double) * w->mdn[k]);
+    fnet g;
+    if (j->grads) {
+        zf(w->gset, w->L->total);
+        fnet_of(w, w->gset, &g);
+    }
+    w->rc = set_forward_f(w, &j->sets[s]);
+    if (!w->rc)
+        w->rc = set_backward_f(w, j->dz ? j->dz + (size_t)s * P4 : NULL,
+                               j->du ? j->du + (size_t)s * 4 : NULL,
+                               j->dtok ? j->dtok + (size_t)s * T5 : NULL, j->grads ? &g : NULL);
+}
+
+/* Reduction of a round: chunk c of the parameter gradients, then of d src0. */
+#define RED_CHUNK 32768
+typedef struct {
+    ts_dgf *d;
+    int cnt, ng;
+    float *grads;
+    size_t ntot, nie;
+} rjob;
+
+static void red_task(void *ctx, int c, int tid) {
+    (void)tid;
+    const rjob *r = ctx;
+    ts_dgf *const *wk = r->d->wk;
+    int sacc = c >= r->ng;
+    size_t n = sacc ? r->nie : r->ntot, a = (size_t)(sacc ? c - r->ng : c) * RED_CHUNK;
+    size_t b = a + RED_CHUNK < n ? a + RED_CHUNK : n;
+    float *dst = sacc ? r->d->sacc : r->grads;
+    for (int w = 0; w < r->cnt; w++) {
+        const float *src = sacc ? wk[w]->gk[0] : wk[w]->gset;
+        for (size_t i = a; i < b; i++) dst[i] += src[i];
+    }
+}
+
+/* Workers to use now: the pool's threads, at most the workers allocated (grown if the pool
+ * grew since ts_dgf_create). */
+static int dgf_workers(ts_dgf *d, int N) {
+    int nt = ts_num_threads();
+    if (nt > d->nw && dgf_grow(d, nt)) nt = d->nw; /* out of memory: run on fewer */
+    if (nt > d->nw) nt = d->nw;
+    if (nt > N) nt = N;
+    return nt < 1 ? 1 : nt;
+}
+
+static void run_round(sjob *j, ts_task_fn fn) {
+    if (j->cnt == 1)
+        fn(j, 0, 0);
+    else
+        ts_parallel_for(j->cnt, fn, j);
+}
+
+static int round_rc(const ts_dgf *d, int cnt) {
+    for (int w = 0; w < cnt; w++)
+        if (d->wk[w]->rc) return d->wk[w]->rc;
+    return 0;
+}
+
+/* embt = emb^T ([E][HW] -> [HW][E]); the mask parameters in double for every worker. */
+static void prepare(ts_dgf *d, const float *emb, int nw) {
+    ts_transpose_serial(emb, d->HW, d->E, d->HW, d->embt_buf, d->E);
+    for (int w = 0; w < nw; w++) refresh_mask_params(d->wk[w]);
+}
+
 int ts_dgf_forward(ts_dgf *d, const float *emb, int N, const ts_prompt_set *sets, float *z,
                    float *u, float *tok) {
     if (N <= 0) return ts_error(TINYSAM_E_ARG, "decoder_grad: %d prompt sets", N);
-    refresh_mask_params(d);
-    const size_t P4 = 4 * (size_t)d->P, T5 = 5 * (size_t)d->E;
-    for (int i = 0; i < N; i++) {
-        int rc = set_forward_f(d, emb, &sets[i]);
+    const int nw = dgf_workers(d, N);
+    prepare(d, emb, nw);
+    sjob j = {.d = d, .sets = sets, .z = z, .u = u, .tok = tok};
+    for (j.s0 = 0; j.s0 < N; j.s0 += nw) {
+        j.cnt = N - j.s0 < nw ? N - j.s0 : nw;
+        run_round(&j, fwd_task);
+        int rc = round_rc(d, j.cnt);
         if (rc) return rc;
-        if (z) memcpy(z + (size_t)i * P4, d->z, sizeof(float) * P4);
-        if (u) memcpy(u + (size_t)i * 4, d->iou, sizeof(float) * 4);
-        if (tok) memcpy(tok + (size_t)i * T5, d->hs, sizeof(float) * T5);
     }
     return 0;
 }
@@ -1345,21 +1752,40 @@ int ts_dgf_backward(ts_dgf *d, const float *emb, int N, const ts_prompt_set *set
                     const float *dz, const float *du, const float *dtok, float *grads,
                     float *demb) {
     if (N <= 0) return ts_error(TINYSAM_E_ARG, "decoder_grad: %d prompt sets", N);
-    refresh_mask_params(d);
-    for (int k = 0; k < 10; k++) memset(d->mdg[k], 0, sizeof(double) * d->mdn[k]);
-    fnet g;
-    if (grads) fnet_of(d, grads, &g);
-    const size_t P4 = 4 * (size_t)d->P, T5 = 5 * (size_t)d->E;
-    for (int i = 0; i < N; i++) {
-        int rc = set_forward_f(d, emb, &sets[i]);
-        if (!rc)
-            rc = set_backward_f(d, dz ? dz + (size_t)i * P4 : NULL,
-                                du ? du + (size_t)i * 4 : NULL, dtok ? dtok + (size_t)i * T5 : NULL,
-                                grads ? &g : NULL, demb);
+    const int nw = dgf_workers(d, N);
+    prepare(d, emb, nw);
+    const size_t IE = (size_t)d->HW * d->E;
+    size_t nmd = 0;
+    for (int k = 0; k < 10; k++) nmd += d->mdn[k];
+    memset(d->mdacc, 0, sizeof(double) * nmd);
+    if (demb) zf(d->sacc, IE);
+    sjob j = {.d = d, .sets = sets, .grads = grads != NULL, .dz = dz, .du = du, .dtok = dtok};
+    rjob r = {.d = d, .grads = grads, .ntot = grads ? d->L->total : 0, .nie = demb ? IE : 0};
+    r.ng = (int)((r.ntot + RED_CHUNK - 1) / RED_CHUNK);
+    const int nchunks = r.ng + (int)((r.nie + RED_CHUNK - 1) / RED_CHUNK);
+    for (j.s0 = 0; j.s0 < N; j.s0 += nw) {
+        j.cnt = r.cnt = N - j.s0 < nw ? N - j.s0 : nw;
+        run_round(&j, bwd_task);
+        int rc = round_rc(d, j.cnt);
         if (rc) return rc;
+        ts_parallel_for(nchunks, red_task, &r);
+        for (int w = 0; w < j.cnt; w++) { /* the mask path's double gradients */
+            double *acc = d->mdacc;
+            for (int k = 0; k < 10; k++)
+                for (size_t i = 0; i < d->mdn[k]; i++) *acc++ += d->wk[w]->mdg[k][i];
+        }
     }
-    if (grads) /* the mask path's double gradients */
+    if (grads) {
+        fnet g;
+        fnet_of(d, grads, &g);
+        const double *acc = d->mdacc;
         for (int k = 0; k < 10; k++)
-            for (size_t i = 0; i < d->mdn[k]; i++) g.md[k][i] += (float)d->mdg[k][i];
+            for (size_t i = 0; i < d->mdn[k]; i++) g.md[k][i] += (float)*acc++;
+    }
+    if (demb) { /* demb [E][HW] += sacc^T, through a transposed copy in the handle's tape */
+        float *t = d->embt_buf;
+        ts_transpose_serial(d->sacc, d->E, d->HW, d->E, t, d->HW);
+        for (size_t i = 0; i < IE; i++) demb[i] += t[i];
+    }
     return 0;
 }

@@ -87,7 +87,11 @@ int ts_dg_backward(ts_dg *d, const double *emb, int N, const ts_prompt_set *sets
 /* ---- float32 version on the nn.h kernels ------------------------------------------------
  * The same computation in float (GEMMs through ts_gemm), with the parameters, gradients and
  * tensors as float arrays in the same layout; checked against the double version above.
- * The tape holds one set and is allocated at ts_dgf_create. */
+ * The sets run in parallel on the ts_parallel_for pool: ts_dgf_create allocates one one-set
+ * tape per pool thread (about 230 MB each with SAM's shapes, gradient buffer included; more
+ * are added if the pool has grown by the next call). The per-set gradients are summed in set
+ * order, so results are bit-identical for any number of threads. Not safe to share one
+ * context between application threads. */
 typedef struct ts_dgf ts_dgf;
 
 int ts_dgf_create(const ts_dg_layout *L, const float *params, const float *gauss,
