@@ -2,14 +2,20 @@
  * nn.h kernels (spec/DISTILL.md 5.3 E1-E16). See encoder_grad.h.
  *
  * Every activation is channels-last: x[P][C] with P = pixels (row-major). 1x1 convolutions
- * and Linears are GEMMs; dense 3x3 convolutions run ts_conv3x3_nhwc forward and an
- * im2col / GEMM / col2im backward in row chunks; depthwise convolutions are loops over
- * contiguous channels. Weight gradients dW = dY^T X go through a transposed chunk of dY and a
- * GEMM. Per-channel sums (biases, BatchNorm, LayerNorm, the bias table) accumulate in
- * double, in per-task partials reduced in a fixed order (deterministic). The element-wise
- * loops, the depthwise backward (by channel block) and the window attention (by window slot)
- * run on the ts_parallel_for pool. */
+ * and Linears are GEMMs; dense 3x3 convolutions run ts_conv3x3_nhwc forward; backward, the
+ * weight gradient goes through im2col chunks and dx is a 3x3 convolution with the flipped
+ * kernel (stride 1) or a GEMM into columns gathered back (col2im); depthwise convolutions are
+ * loops over contiguous channels. Weight gradients dW = dY^T X run as two fixed halves of
+ * dW, each through transposed chunks of dY and a serial GEMM. Per-channel sums (biases,
+ * BatchNorm, LayerNorm, the bias table) accumulate in double, in per-task partials reduced in
+ * a fixed order; every threaded loop has a task count that depends on the shapes only, so
+ * gradients do not depend on the thread count or the scheduling. The element-wise kernels
+ * (GELU' as a piecewise polynomial, BatchNorm with its GELU' fused, LayerNorm, softmax and
+ * depthwise backward) come from a table per ISA: encoder_grad_k.h, the AVX-512 one in
+ * encoder_grad_avx512.c, the portable one below. */
 #include "train/encoder_grad.h"
+
+#include "train/encoder_grad_k.h"
 
 #include "core.h"
 #include "nn/nn.h"
@@ -26,7 +32,10 @@
 #define BN_EPS 1e-5f
 #define CHUNK 1024 /* rows per im2col / weight-gradient chunk */
 #define MAXC 4096  /* widest channel count of any tensor */
-#define DWMAX 1024 /* widest depthwise convolution */
+#define DWMAX TS_EG_DWMAX
+#define WG_TASKS 2 /* tasks of a weight gradient (two halves: few redundant packs) */
+#define CNMAX 2048    /* output pixels per dense-convolution chunk, at most */
+#define PAR_MIN 65536 /* floats: below, a copy loop runs on the calling thread */
 #define NTASK 32   /* fixed task count of the threaded loops: sums reduce in task order, so
                     * results do not depend on the thread count or scheduling */
 
@@ -242,6 +251,7 @@ struct ts_egf {
     float *s[4];        /* scratch maps, smax floats each */
     float *gin, *gout;  /* gradient ping-pong, gmax floats each */
     float *col, *dcol;  /* im2col chunks */
+    size_t colmax;      /* floats in each */
     float *tr;          /* transposed chunk for weight gradients */
     float *wp, *gwp;    /* permuted dense 3x3 weight and its gradient */
     float *w9;          /* permuted depthwise weight [9][C] */
@@ -253,10 +263,13 @@ struct ts_egf {
     double *pab;        /* bias-table partials per window and head */
     double *pdw;        /* depthwise weight-gradient partials, NTASK x 9 x DWMAX */
     float alpha[MAXC], shift[MAXC];
+    const ts_eg_kern *k; /* element-wise kernels of the current ISA */
     double ms[2][5]; /* forward / backward time of the last pass per module kind */
     float **owned;
     int n_owned;
 };
+
+static const ts_eg_kern *kern_pick(void);
 
 static float *talloc(ts_egf *e, size_t n, size_t *counter) {
     float *p = ts_malloc_aligned((n ? n : 1) * sizeof(float));
@@ -339,6 +352,7 @@ int ts_egf_create(const ts_eg_layout *L, const float *params, ts_egf **out) {
         UPD(smax, SZ(m[i].R) * m[i].R * m[i].Ci);
     }
     size_t colmax = SZ(CHUNK) * 9 * TS_MAX(c->neck, c->dims[0] / 2);
+    e->colmax = colmax;
     size_t wpmax = SZ(9) * TS_MAX(SZ(c->neck) * c->neck, SZ(c->dims[0]) * c->dims[0] / 2);
     e->owned = calloc(16 * MAX_MODS + 32, sizeof(float *));
     e->bidx = malloc(sizeof(int) * SZ(maxN) * maxN);
@@ -347,6 +361,7 @@ int ts_egf_create(const ts_eg_layout *L, const float *params, ts_egf **out) {
     e->pab = calloc(pabmax, sizeof(double));
     e->pdw = calloc(SZ(NTASK) * 9 * DWMAX, sizeof(double));
     e->nslot = TS_MAX(1, TS_MIN(ts_num_threads(), 64));
+    e->k = kern_pick();
     e->maxN = maxN;
     int bad = !e->owned || !e->bidx || !e->acc || !e->part || !e->pab || !e->pdw;
     for (int k = 0; k < 4 && !bad; k++) bad = !(e->s[k] = talloc(e, smax, &e->scratch_n));
@@ -412,7 +427,141 @@ static float gelu_grad(float x) {
     return 0.5f * (1.0f + erff(x * 0.70710678118654752440f)) + x * phi;
 }
 
+/* ---- portable kernels (encoder_grad_k.h; the AVX-512 ones are in encoder_grad_avx512.c) -- */
+
+static void sk_dgelu(const float *x, size_t n, float *dy) {
+    for (size_t k = 0; k < n; k++) dy[k] *= gelu_grad(x[k]);
+}
+
+static void sk_bn_rows(const float *r, const float *res, const float *al, const float *sh,
+                       size_t rows, int co, int dg, float *out) {
+    for (size_t p = 0; p < rows; p++) {
+        const float *rr = r + p * co;
+        float *o = out + p * co;
+        for (int k = 0; k < co; k++) {
+            float v = fmaf(rr[k], al[k], sh[k]);
+            if (res) v += res[p * co + k];
+            o[k] = dg ? o[k] * gelu_grad(v) : v;
+        }
+    }
+}
+
+static void sk_bn_bwd_rows(const float *r, const float *res, const float *al,
+                           const float *sh, const float *mean, const float *rstd, size_t rows,
+                           int co, int dg, const float *din, float *dout, float *dcopy,
+                           double *sg, double *sb) {
+    for (size_t p = 0; p < rows; p++)
+        for (int k = 0; k < co; k++) {
+            const size_t i = p * co + k;
+            float d = din[i];
+            if (dg) {
+                float v = fmaf(r[i], al[k], sh[k]);
+                if (res) v += res[i];
+                d *= gelu_grad(v);
+            }
+            if (dcopy) dcopy[i] = d;
+            sg[k] += (double)d * ((r[i] - mean[k]) * rstd[k]);
+            sb[k] += d;
+            dout[i] = d * al[k];
+        }
+}
+
+static void sk_ln_bwd_rows(const float *x, const float *dy, const float *w, float eps,
+                           size_t rows, int C, int acc, float *dx, double *aw, double *ab) {
+    for (size_t m = 0; m < rows; m++) {
+        const float *xr = x + m * C, *d = dy + m * C;
+        double mean = 0, var = 0;
+        for (int k = 0; k < C; k++) mean += xr[k];
+        mean /= C;
+        for (int k = 0; k < C; k++) var += (xr[k] - mean) * (xr[k] - mean);
+        var /= C;
+        const double rstd = 1.0 / sqrt(var + eps);
+        double mg = 0, mgx = 0;
+        for (int k = 0; k < C; k++) {
+            const double xh = (xr[k] - mean) * rstd, gk = (double)d[k] * w[k];
+            mg += gk, mgx += gk * xh;
+            aw[k] += d[k] * xh, ab[k] += d[k];
+        }
+        mg /= C, mgx /= C;
+        float *o = dx + m * C;
+        for (int k = 0; k < C; k++) {
+            const double xh = (xr[k] - mean) * rstd;
+            const float v = (float)(rstd * ((double)d[k] * w[k] - mg - xh * mgx));
+            o[k] = acc ? o[k] + v : v;
+        }
+    }
+}
+
+static void sk_softmax_bwd(const float *P, float *dP, int N, const int *bidx, float scale,
+                           double *dab) {
+    for (int i = 0; i < N; i++) {
+        float *r = dP + SZ(i) * N;
+        const float *pr = P + SZ(i) * N;
+        double sum = 0;
+        for (int k = 0; k < N; k++) sum += (double)r[k] * pr[k];
+        for (int k = 0; k < N; k++) {
+            r[k] = pr[k] * (r[k] - (float)sum);
+            dab[bidx[SZ(i) * N + k]] += r[k];
+            r[k] *= scale;
+        }
+    }
+}
+
+static void sk_colsum_rows(const float *x, size_t rows, int n, double *a) {
+    for (size_t p = 0; p < rows; p++)
+        for (int k = 0; k < n; k++) a[k] += x[p * n + k];
+}
+
+static void sk_dw_bwd(const float *w9, const float *x, const float *dr, float *dx, int H, int W,
+                      int C, int s, int oy0, int oy1, int iy0, int iy1, double *a) {
+    const int Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1;
+    float ra[9 * DWMAX];
+    for (int oy = oy0; oy < oy1; oy++) {
+        memset(ra, 0, sizeof(float) * 9 * C);
+        for (int ox = 0; ox < Wo; ox++) {
+            const float *d = dr + (SZ(oy) * Wo + ox) * C;
+            for (int t = 0; t < 9; t++) {
+                const int iy = oy * s - 1 + t / 3, ix = ox * s - 1 + t % 3;
+                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                const float *xi = x + (SZ(iy) * W + ix) * C;
+                float *rt = ra + SZ(t) * C;
+                for (int k = 0; k < C; k++) rt[k] += d[k] * xi[k];
+            }
+        }
+        for (int k = 0; k < 9 * C; k++) a[k] += ra[k];
+    }
+    if (!dx) return;
+    for (int iy = iy0; iy < iy1; iy++)
+        for (int ix = 0; ix < W; ix++) {
+            float *di = dx + (SZ(iy) * W + ix) * C;
+            for (int t = 0; t < 9; t++) {
+                const int ny = iy + 1 - t / 3, nx = ix + 1 - t % 3;
+                if (ny < 0 || nx < 0 || ny % s || nx % s || ny / s >= Ho || nx / s >= Wo)
+                    continue;
+                const float *d = dr + (SZ(ny / s) * Wo + nx / s) * C;
+                const float *wt = w9 + SZ(t) * C;
+                for (int k = 0; k < C; k++) di[k] += d[k] * wt[k];
+            }
+        }
+}
+
+static const ts_eg_kern kern_scalar = {
+    .dgelu = sk_dgelu,
+    .bn_rows = sk_bn_rows,
+    .bn_bwd_rows = sk_bn_bwd_rows,
+    .ln_bwd_rows = sk_ln_bwd_rows,
+    .softmax_bwd = sk_softmax_bwd,
+    .colsum_rows = sk_colsum_rows,
+    .dw_bwd = sk_dw_bwd,
+};
+
+/* The kernels of the ISA nn.h dispatches to (TINYSAM_ISA respected). */
+static const ts_eg_kern *kern_pick(void) {
+    return !strcmp(ts_nn_isa_name(), "avx512") ? ts_eg_kern_avx512() : &kern_scalar;
+}
+
 typedef struct {
+    const ts_eg_kern *k;
     const float *x;
     float *dy;
     size_t n;
@@ -422,12 +571,12 @@ static void gelu_bwd_task(void *ctx, int i, int tid) {
     (void)tid;
     const gb_job *j = ctx;
     const size_t a = j->n * i / NTASK, b = j->n * (i + 1) / NTASK;
-    for (size_t k = a; k < b; k++) j->dy[k] *= gelu_grad(j->x[k]);
+    j->k->dgelu(j->x + a, b - a, j->dy + a);
 }
 
 /* dy[i] *= GELU'(x[i]) */
-static void gelu_bwd(const float *x, size_t n, float *dy) {
-    gb_job j = {x, dy, n};
+static void gelu_bwd(const ts_egf *e, const float *x, size_t n, float *dy) {
+    gb_job j = {e->k, x, dy, n};
     ts_parallel_for(NTASK, gelu_bwd_task, &j);
 }
 
@@ -455,14 +604,9 @@ static void bn_apply_task(void *ctx, int i, int tid) {
     (void)tid;
     const row_job *j = ctx;
     const int co = j->co;
-    const float *al = j->e->alpha, *sh = j->e->shift;
-    for (size_t p = j->P * i / NTASK; p < j->P * (i + 1) / NTASK; p++) {
-        const float *rr = j->r + p * co;
-        float *o = j->out + p * co;
-        for (int k = 0; k < co; k++) o[k] = fmaf(rr[k], al[k], sh[k]);
-        if (j->res)
-            for (int k = 0; k < co; k++) o[k] += j->res[p * co + k];
-    }
+    const size_t a = j->P * i / NTASK, b = j->P * (i + 1) / NTASK;
+    j->e->k->bn_rows(j->r + a * co, j->res ? j->res + a * co : NULL, j->e->alpha, j->e->shift,
+                     b - a, co, j->acc, j->out + a * co);
 }
 
 /* out = act(BN(r)) (+ res before the act when res != NULL) */
@@ -493,30 +637,32 @@ static void bn_bwd_task(void *ctx, int i, int tid) {
     const int co = j->co;
     double *sg = j->e->part + SZ(i) * 2 * MAXC, *sb = sg + MAXC;
     memset(sg, 0, sizeof(double) * 2 * MAXC);
-    const float *al = j->e->alpha, *mean = j->c->mean;
-    for (size_t p = j->P * i / NTASK; p < j->P * (i + 1) / NTASK; p++) {
-        const float *rr = j->r + p * co;
-        float *d = j->dy + p * co;
-        for (int k = 0; k < co; k++) {
-            sg[k] += (double)d[k] * ((rr[k] - mean[k]) * j->rstd[k]);
-            sb[k] += d[k];
-            d[k] *= al[k];
-        }
-    }
+    const size_t a = j->P * i / NTASK, b = j->P * (i + 1) / NTASK, o = a * co;
+    j->e->k->bn_bwd_rows(j->r + o, j->res ? j->res + o : NULL, j->e->alpha, j->e->shift,
+                         j->c->mean, j->rstd, b - a, co, j->acc, j->g + o, j->dy + o,
+                         j->dx ? j->dx + o : NULL, sg, sb);
 }
 
-/* BatchNorm (eval) backward in place: dy -> dr = dy * alpha; dgamma += sum dy * xhat,
- * dbeta += sum dy (gc may be NULL). */
-static void bn_bwd(ts_egf *e, const cbn_p *c, const cbn_p *gc, const float *r, size_t P, int co,
-                   float *dy) {
+/* BatchNorm (eval) backward, optionally through a GELU after it (dg: the forward was
+ * GELU(BN(r) + res), res may be NULL): d = din (* GELU'), copied to dcopy when not NULL;
+ * dout = d * alpha (dout may be din); dgamma += sum d * xhat, dbeta += sum d (gc may be
+ * NULL). */
+static void bn_bwd_ex(ts_egf *e, const cbn_p *c, const cbn_p *gc, const float *r, size_t P,
+                      int co, int dg, const float *res, const float *din, float *dout,
+                      float *dcopy) {
     float rstd[MAXC];
-    for (int k = 0; k < co; k++) {
-        rstd[k] = 1.0f / sqrtf(c->var[k] + BN_EPS);
-        e->alpha[k] = c->g[k] * rstd[k];
-    }
-    row_job j = {.e = e, .c = c, .r = r, .dy = dy, .P = P, .co = co, .rstd = rstd};
+    bn_coef(e, c, co);
+    for (int k = 0; k < co; k++) rstd[k] = 1.0f / sqrtf(c->var[k] + BN_EPS);
+    row_job j = {.e = e, .c = c, .r = r, .res = res, .g = din, .dy = dout, .dx = dcopy, .P = P,
+                 .co = co, .acc = dg, .rstd = rstd};
     ts_parallel_for(NTASK, bn_bwd_task, &j);
     if (gc) reduce_parts(e, co, gc->g, gc->b);
+}
+
+/* in place, no GELU */
+static void bn_bwd(ts_egf *e, const cbn_p *c, const cbn_p *gc, const float *r, size_t P, int co,
+                   float *dy) {
+    bn_bwd_ex(e, c, gc, r, P, co, 0, NULL, dy, dy, NULL);
 }
 
 static void colsum_task(void *ctx, int i, int tid) {
@@ -525,8 +671,8 @@ static void colsum_task(void *ctx, int i, int tid) {
     const int N = j->co;
     double *a = j->e->part + SZ(i) * 2 * MAXC + MAXC;
     memset(a, 0, sizeof(double) * N);
-    for (size_t p = j->P * i / NTASK; p < j->P * (i + 1) / NTASK; p++)
-        for (int k = 0; k < N; k++) a[k] += j->r[p * N + k];
+    const size_t p0 = j->P * i / NTASK, p1 = j->P * (i + 1) / NTASK;
+    j->e->k->colsum_rows(j->r + p0 * N, p1 - p0, N, a);
 }
 
 /* gb[n] += sum over rows of dy[P][N] */
@@ -537,14 +683,49 @@ static void colsum(ts_egf *e, const float *dy, size_t P, int N, float *gb) {
     reduce_parts(e, N, NULL, gb);
 }
 
-/* gW[N][K] += dy[P][N]^T x[P][K] (ldx K), in row chunks through a transposed copy of dy. */
+typedef struct {
+    ts_egf *e;
+    const float *dy, *x;
+    float *gW;
+    size_t P;
+    int ldy, N, ldx, K, ldw, ntask, splitn;
+} wg_job;
+
+/* Task t of a weight gradient: a 16-aligned range of the rows of gW (splitn: its dy columns
+ * are transposed into rows of e->tr) or of its columns (each task transposes the whole dy
+ * chunk into its own slot of e->tr). Every element sums the chunks in order. */
+static void wgrad_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const wg_job *j = ctx;
+    const int D = j->splitn ? j->N : j->K, nb = (D + 15) / 16;
+    const int lo = TS_MIN(D, 16 * (nb * t / j->ntask));
+    const int hi = TS_MIN(D, 16 * (nb * (t + 1) / j->ntask));
+    if (lo >= hi) return;
+    float *tr = j->e->tr + (j->splitn ? SZ(lo) : SZ(t) * j->N) * CHUNK;
+    for (size_t p0 = 0; p0 < j->P; p0 += CHUNK) {
+        const int n = (int)TS_MIN((size_t)CHUNK, j->P - p0);
+        const float *dy = j->dy + p0 * j->ldy, *x = j->x + p0 * j->ldx;
+        if (j->splitn) {
+            ts_transpose_serial(dy + lo, j->ldy, n, hi - lo, tr, n);
+            ts_gemm_serial(hi - lo, j->K, n, tr, n, x, j->ldx, 0, j->gW + SZ(lo) * j->ldw,
+                           j->ldw, 1.0f, NULL, TS_ACT_NONE);
+        } else {
+            ts_transpose_serial(dy, j->ldy, n, j->N, tr, n);
+            ts_gemm_serial(j->N, hi - lo, n, tr, n, x + lo, j->ldx, 0, j->gW + lo, j->ldw, 1.0f,
+                           NULL, TS_ACT_NONE);
+        }
+    }
+}
+
+/* gW[N][K] += dy[P][N]^T x[P][K] (ldx K), in row chunks through transposed copies of dy,
+ * split over the longer side of gW into a task count that depends on the shape only. */
 static void wgrad(ts_egf *e, const float *dy, int ldy, size_t P, int N, const float *x, int ldx,
                   int K, float *gW, int ldw) {
-    for (size_t p0 = 0; p0 < P; p0 += CHUNK) {
-        const int n = (int)TS_MIN((size_t)CHUNK, P - p0);
-        ts_transpose_serial(dy + p0 * ldy, ldy, n, N, e->tr, n);
-        ts_gemm(N, K, n, e->tr, n, x + p0 * ldx, ldx, 0, gW, ldw, 1.0f);
-    }
+    wg_job j = {.e = e, .dy = dy, .x = x, .gW = gW, .P = P, .ldy = ldy, .N = N, .ldx = ldx,
+                .K = K, .ldw = ldw, .splitn = N >= K};
+    j.ntask = WG_TASKS;
+    if (!j.splitn) j.ntask = TS_MAX(1, TS_MIN(j.ntask, MAXC / N));
+    ts_parallel_for(j.ntask, wgrad_task, &j);
 }
 
 /* Raw convolution r = conv(x), x[H][W][ci] -> r[Ho][Wo][co]. */
@@ -565,6 +746,7 @@ static void conv_fwd(ts_egf *e, const cbn_p *c, cgeo g, const float *x, int H, i
 }
 
 typedef struct {
+    const ts_eg_kern *k;
     const float *w9, *x, *dr;
     float *dx;
     double *part; /* NTASK slots of 9 x DWMAX; a task uses [9][C] of its slot */
@@ -572,41 +754,74 @@ typedef struct {
 } dw_job;
 
 /* Depthwise 3x3 backward, task i of NTASK: the weight gradient of output rows
- * [Ho i / NTASK, Ho (i + 1) / NTASK) into its partial (per-row float sums flushed into
- * double), and dx of input rows [H i / NTASK, H (i + 1) / NTASK) gathered from the output
- * pixels that read them (no two tasks write the same row). */
+ * [Ho i / NTASK, Ho (i + 1) / NTASK) into its partial, and dx of input rows
+ * [H i / NTASK, H (i + 1) / NTASK) gathered from the output pixels that read them (no two
+ * tasks write the same row). */
 static void dw_bwd_task(void *ctx, int i, int tid) {
     (void)tid;
     const dw_job *j = ctx;
-    const int C = j->C, s = j->s, H = j->H, W = j->W, Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1;
+    const int Ho = (j->H - 1) / j->s + 1;
     double *a = j->part + SZ(i) * 9 * DWMAX;
-    float ra[9 * DWMAX];
-    memset(a, 0, sizeof(double) * 9 * C);
-    for (int oy = Ho * i / NTASK; oy < Ho * (i + 1) / NTASK; oy++) {
-        memset(ra, 0, sizeof(float) * 9 * C);
-        for (int ox = 0; ox < Wo; ox++) {
-            const float *d = j->dr + (SZ(oy) * Wo + ox) * C;
-            for (int t = 0; t < 9; t++) {
-                const int iy = oy * s - 1 + t / 3, ix = ox * s - 1 + t % 3;
-                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-                const float *xi = j->x + (SZ(iy) * W + ix) * C;
-                float *rt = ra + SZ(t) * C;
-                for (int k = 0; k < C; k++) rt[k] += d[k] * xi[k];
-            }
+    memset(a, 0, sizeof(double) * 9 * j->C);
+    j->k->dw_bwd(j->w9, j->x, j->dr, j->dx, j->H, j->W, j->C, j->s, Ho * i / NTASK,
+                 Ho * (i + 1) / NTASK, j->H * i / NTASK, j->H * (i + 1) / NTASK, a);
+}
+
+typedef struct {
+    const float *x;
+    float *col;
+    int H, W, ci, s, Wo, n;
+    size_t p0;
+} i2c_job;
+
+/* im2col rows [n i / NTASK, n (i + 1) / NTASK) of the chunk at output pixel p0: taps (ky, kx)
+ * major, input channel minor, zeros at the padding */
+static void im2col_task(void *ctx, int i, int tid) {
+    (void)tid;
+    const i2c_job *j = ctx;
+    const int ci = j->ci, K9 = 9 * ci;
+    for (int r = j->n * i / NTASK; r < j->n * (i + 1) / NTASK; r++) {
+        const int oy = (int)((j->p0 + r) / j->Wo), ox = (int)((j->p0 + r) % j->Wo);
+        float *cr = j->col + SZ(r) * K9;
+        for (int t = 0; t < 9; t++) {
+            const int iy = oy * j->s - 1 + t / 3, ix = ox * j->s - 1 + t % 3;
+            if (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W)
+                memset(cr + t * ci, 0, sizeof(float) * ci);
+            else
+                memcpy(cr + t * ci, j->x + (SZ(iy) * j->W + ix) * ci, sizeof(float) * ci);
         }
-        for (int k = 0; k < 9 * C; k++) a[k] += ra[k];
     }
-    if (!j->dx) return;
-    for (int iy = H * i / NTASK; iy < H * (i + 1) / NTASK; iy++)
-        for (int ix = 0; ix < W; ix++) {
-            float *di = j->dx + (SZ(iy) * W + ix) * C;
-            for (int t = 0; t < 9; t++) {
-                const int ny = iy + 1 - t / 3, nx = ix + 1 - t % 3;
-                if (ny < 0 || nx < 0 || ny % s || nx % s || ny / s >= Ho || nx / s >= Wo)
-                    continue;
-                const float *d = j->dr + (SZ(ny / s) * Wo + nx / s) * C;
-                const float *wt = j->w9 + SZ(t) * C;
-                for (int k = 0; k < C; k++) di[k] += d[k] * wt[k];
+}
+
+typedef struct {
+    const float *dcol;
+    float *dx;
+    int H, W, ci, s, Wo, n;
+    size_t p0;
+} c2i_job;
+
+/* col2im of a chunk as a gather: task i adds into its share of the input rows the columns of
+ * the chunk's output pixels that read them, in output-pixel order (one tap per pixel) */
+static void col2im_task(void *ctx, int i, int tid) {
+    (void)tid;
+    const c2i_job *j = ctx;
+    const int s = j->s, ci = j->ci, K9 = 9 * ci, Wo = j->Wo;
+    const int oya = (int)(j->p0 / Wo), oyb = (int)((j->p0 + j->n - 1) / Wo);
+    const int ya = TS_MAX(0, oya * s - 1), yb = TS_MIN(j->H - 1, oyb * s + 1), ny = yb - ya + 1;
+    for (int iy = ya + ny * i / NTASK; iy < ya + ny * (i + 1) / NTASK; iy++)
+        for (int oy = oya; oy <= oyb; oy++) {
+            const int ky = iy - oy * s + 1;
+            if (ky < 0 || ky > 2) continue;
+            for (int ox = 0; ox < Wo; ox++) {
+                const long r = (long)oy * Wo + ox - (long)j->p0;
+                if (r < 0 || r >= j->n) continue;
+                for (int kx = 0; kx < 3; kx++) {
+                    const int ix = ox * s - 1 + kx;
+                    if (ix < 0 || ix >= j->W) continue;
+                    float *di = j->dx + (SZ(iy) * j->W + ix) * ci;
+                    const float *dc = j->dcol + SZ(r) * K9 + SZ(ky * 3 + kx) * ci;
+                    for (int c = 0; c < ci; c++) di[c] += dc[c];
+                }
             }
         }
 }
@@ -623,12 +838,12 @@ static void conv_bwd(ts_egf *e, const cbn_p *c, cgeo g, const float *x, int H, i
         if (dx) ts_gemm((int)P, g.ci, g.co, dr, g.co, c->w, g.ci, 0, dx, g.ci, acc ? 1.0f : 0.0f);
         return;
     }
-    if (dx && !acc) memset(dx, 0, sizeof(float) * P * g.ci);
+    if (dx && !acc && (g.dw || g.stride != 1)) memset(dx, 0, sizeof(float) * P * g.ci);
     if (g.dw) {
         for (int o = 0; o < g.co; o++)
             for (int t = 0; t < 9; t++) e->w9[SZ(t) * g.co + o] = c->w[SZ(o) * 9 + t];
-        dw_job j = {.w9 = e->w9, .x = x, .dr = dr, .dx = dx, .part = e->pdw, .H = H, .W = W,
-                    .C = g.co, .s = g.stride};
+        dw_job j = {.k = e->k, .w9 = e->w9, .x = x, .dr = dr, .dx = dx, .part = e->pdw,
+                    .H = H, .W = W, .C = g.co, .s = g.stride};
         ts_parallel_for(NTASK, dw_bwd_task, &j);
         for (int k = 0; k < g.co; k++)
             for (int t = 0; t < 9; t++) {
@@ -645,69 +860,51 @@ static void conv_bwd(ts_egf *e, const cbn_p *c, cgeo g, const float *x, int H, i
             for (int t = 0; t < 9; t++)
                 e->wp[(SZ(o) * 9 + t) * ci + i] = c->w[(SZ(o) * ci + i) * 9 + t];
     memset(e->gwp, 0, sizeof(float) * co * K9);
-    for (size_t p0 = 0; p0 < Po; p0 += CHUNK) {
-        const int n = (int)TS_MIN((size_t)CHUNK, Po - p0);
-        for (int j = 0; j < n; j++) {
-            const int oy = (int)((p0 + j) / Wo), ox = (int)((p0 + j) % Wo);
-            float *cr = e->col + SZ(j) * K9;
-            for (int t = 0; t < 9; t++) {
-                const int iy = oy * g.stride - 1 + t / 3, ix = ox * g.stride - 1 + t % 3;
-                if (iy < 0 || iy >= H || ix < 0 || ix >= W)
-                    memset(cr + t * ci, 0, sizeof(float) * ci);
-                else
-                    memcpy(cr + t * ci, x + (SZ(iy) * W + ix) * ci, sizeof(float) * ci);
-            }
-        }
+    /* stride 1, dx overwritten: dx is the 3x3 convolution of dr with the flipped, transposed
+     * kernel (below), instead of a GEMM into columns and their scatter */
+    const int direct = dx && !acc && g.stride == 1;
+    /* up to CNMAX output pixels per chunk, as the column buffers and e->tr allow (few input
+     * channels: fewer chunks, fewer pool calls) */
+    const size_t cn =
+        TS_MAX(SZ(1), TS_MIN(TS_MIN(e->colmax / K9, SZ(CHUNK) * MAXC / co), SZ(CNMAX)));
+    for (size_t p0 = 0; p0 < Po; p0 += cn) {
+        const int n = (int)TS_MIN(cn, Po - p0);
+        i2c_job ij = {.x = x, .col = e->col, .H = H, .W = W, .ci = ci, .s = g.stride, .Wo = Wo,
+                      .p0 = p0, .n = n};
+        if (SZ(n) * K9 >= PAR_MIN) /* small chunks (3 input channels): pool calls cost more */
+            ts_parallel_for(NTASK, im2col_task, &ij);
+        else
+            for (int i = 0; i < NTASK; i++) im2col_task(&ij, i, 0);
         ts_transpose_serial(dr + p0 * co, co, n, co, e->tr, n);
         ts_gemm(co, K9, n, e->tr, n, e->col, K9, 0, e->gwp, K9, 1.0f);
-        if (!dx) continue;
+        if (!dx || direct) continue;
         ts_gemm(n, K9, co, dr + p0 * co, co, e->wp, K9, 0, e->dcol, K9, 0.0f);
-        for (int j = 0; j < n; j++) {
-            const int oy = (int)((p0 + j) / Wo), ox = (int)((p0 + j) % Wo);
-            const float *dc = e->dcol + SZ(j) * K9;
-            for (int t = 0; t < 9; t++) {
-                const int iy = oy * g.stride - 1 + t / 3, ix = ox * g.stride - 1 + t % 3;
-                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-                float *di = dx + (SZ(iy) * W + ix) * ci;
-                for (int i = 0; i < ci; i++) di[i] += dc[t * ci + i];
-            }
-        }
+        c2i_job cj = {.dcol = e->dcol, .dx = dx, .H = H, .W = W, .ci = ci, .s = g.stride,
+                      .Wo = Wo, .n = n, .p0 = p0};
+        ts_parallel_for(NTASK, col2im_task, &cj);
     }
     for (int o = 0; o < co; o++)
         for (int i = 0; i < ci; i++)
             for (int t = 0; t < 9; t++)
                 gw[(SZ(o) * ci + i) * 9 + t] += e->gwp[(SZ(o) * 9 + t) * ci + i];
+    if (!direct) return;
+    /* dx[y][x][i] = sum over taps (ky, kx), o of dr[y + 1 - ky][x + 1 - kx][o] w[o][i][ky][kx] */
+    for (int i = 0; i < ci; i++)
+        for (int t = 0; t < 9; t++)
+            for (int o = 0; o < co; o++)
+                e->wp[(SZ(i) * 9 + t) * co + o] = c->w[(SZ(o) * ci + i) * 9 + 8 - t];
+    ts_conv3x3_nhwc(dr, Ho, Wo, co, 1, e->wp, NULL, ci, TS_ACT_NONE, dx);
 }
 
 static void ln_bwd_task(void *ctx, int i, int tid) {
     (void)tid;
     const row_job *j = ctx;
     const int C = j->co;
-    const float *w = j->w;
     double *aw = j->e->part + SZ(i) * 2 * MAXC, *ab = aw + MAXC;
     memset(aw, 0, sizeof(double) * 2 * MAXC);
-    for (size_t m = j->P * i / NTASK; m < j->P * (i + 1) / NTASK; m++) {
-        const float *xr = j->r + m * C, *d = j->g + m * C;
-        double mean = 0, var = 0;
-        for (int k = 0; k < C; k++) mean += xr[k];
-        mean /= C;
-        for (int k = 0; k < C; k++) var += (xr[k] - mean) * (xr[k] - mean);
-        var /= C;
-        const double rstd = 1.0 / sqrt(var + j->eps);
-        double mg = 0, mgx = 0;
-        for (int k = 0; k < C; k++) {
-            const double xh = (xr[k] - mean) * rstd, gk = (double)d[k] * w[k];
-            mg += gk, mgx += gk * xh;
-            aw[k] += d[k] * xh, ab[k] += d[k];
-        }
-        mg /= C, mgx /= C;
-        float *o = j->dx + m * C;
-        for (int k = 0; k < C; k++) {
-            const double xh = (xr[k] - mean) * rstd;
-            const float v = (float)(rstd * ((double)d[k] * w[k] - mg - xh * mgx));
-            o[k] = j->acc ? o[k] + v : v;
-        }
-    }
+    const size_t a = j->P * i / NTASK, b = j->P * (i + 1) / NTASK;
+    j->e->k->ln_bwd_rows(j->r + a * C, j->g + a * C, j->w, j->eps, b - a, C, j->acc,
+                         j->dx + a * C, aw, ab);
 }
 
 /* LayerNorm backward over rows of x[M][C] (the forward input): dx = (or +=, acc) the input
@@ -758,34 +955,59 @@ static void mg_fwd(ts_egf *e, mod *q, float *out) {
     bn_apply(e, &c[2], q->r3, SZ(Ro) * Ro, Co, NULL, 0, out);
 }
 
-/* Window layout: padded token (wy*ws+iy, wx*ws+ix) -> row (wy*nw+wx)*N + iy*ws+ix. Gathers
- * x[R*R][C] into xw[Np][C] (zeros at the padding). */
-static void win_gather(const mod *q, const float *x, float *xw) {
+typedef struct {
+    const mod *q;
+    const float *src, *base;
+    float *dst;
+} wg_copy_job;
+
+/* Window layout: padded token (wy*ws+iy, wx*ws+ix) -> row (wy*nw+wx)*N + iy*ws+ix. Task wy
+ * gathers the windows of window row wy from x[R*R][C] into xw[Np][C] (zeros at the
+ * padding). */
+static void win_gather_task(void *ctx, int wy, int tid) {
+    (void)tid;
+    const wg_copy_job *j = ctx;
+    const mod *q = j->q;
     const int R = q->R, ws = q->ws, nw = q->nw, C = q->Ci, N = ws * ws;
-    for (int wy = 0; wy < nw; wy++)
-        for (int wx = 0; wx < nw; wx++)
-            for (int i = 0; i < N; i++) {
-                const int y = wy * ws + i / ws, xx = wx * ws + i % ws;
-                float *d = xw + ((SZ(wy) * nw + wx) * N + i) * C;
-                if (y < R && xx < R)
-                    memcpy(d, x + (SZ(y) * R + xx) * C, sizeof(float) * C);
-                else
-                    memset(d, 0, sizeof(float) * C);
-            }
+    for (int wx = 0; wx < nw; wx++)
+        for (int i = 0; i < N; i++) {
+            const int y = wy * ws + i / ws, xx = wx * ws + i % ws;
+            float *d = j->dst + ((SZ(wy) * nw + wx) * N + i) * C;
+            if (y < R && xx < R)
+                memcpy(d, j->src + (SZ(y) * R + xx) * C, sizeof(float) * C);
+            else
+                memset(d, 0, sizeof(float) * C);
+        }
 }
 
-/* y[R*R][C] += the real rows of yw[Np][C] */
-static void win_scatter_add(const mod *q, const float *yw, float *y) {
+static void win_gather(const mod *q, const float *x, float *xw) {
+    wg_copy_job j = {.q = q, .src = x, .dst = xw};
+    ts_parallel_for(q->nw, win_gather_task, &j);
+}
+
+/* Task wy: the real rows of the windows of window row wy: y = base + yw (y += yw when base
+ * is NULL). Every pixel lies in one window: no two tasks write the same row. */
+static void win_scatter_task(void *ctx, int wy, int tid) {
+    (void)tid;
+    const wg_copy_job *j = ctx;
+    const mod *q = j->q;
     const int R = q->R, ws = q->ws, nw = q->nw, C = q->Ci, N = ws * ws;
-    for (int wy = 0; wy < nw; wy++)
-        for (int wx = 0; wx < nw; wx++)
-            for (int i = 0; i < N; i++) {
-                const int yy = wy * ws + i / ws, xx = wx * ws + i % ws;
-                if (yy >= R || xx >= R) continue;
-                const float *s = yw + ((SZ(wy) * nw + wx) * N + i) * C;
-                float *d = y + (SZ(yy) * R + xx) * C;
-                for (int k = 0; k < C; k++) d[k] += s[k];
-            }
+    for (int wx = 0; wx < nw; wx++)
+        for (int i = 0; i < N; i++) {
+            const int yy = wy * ws + i / ws, xx = wx * ws + i % ws;
+            if (yy >= R || xx >= R) continue;
+            const float *sw = j->src + ((SZ(wy) * nw + wx) * N + i) * C;
+            const size_t o = (SZ(yy) * R + xx) * C;
+            float *d = j->dst + o;
+            const float *b = j->base ? j->base + o : d;
+            for (int k = 0; k < C; k++) d[k] = b[k] + sw[k];
+        }
+}
+
+/* y[R*R][C] = base + the real rows of yw[Np][C] (base NULL: y +=) */
+static void win_scatter_add(const mod *q, const float *yw, const float *base, float *y) {
+    wg_copy_job j = {.q = q, .src = yw, .base = base, .dst = y};
+    ts_parallel_for(q->nw, win_scatter_task, &j);
 }
 
 static void set_bidx(ts_egf *e, int ws) {
@@ -806,14 +1028,21 @@ typedef struct {
 
 /* Attention of window w, every head: P = softmax(q k^T scale + bias), O = P v. */
 static void win_fwd_task(void *ctx, int w, int tid) {
-    (void)tid;
     const win_job *wj = ctx;
     const mod *q = wj->q;
     const int C = q->Ci, N = q->ws * q->ws, h = q->heads, d = C / h;
+    /* keys transposed into the thread's slot: the GEMM packs rows instead of gathering */
+    float *kT = tid < wj->e->nslot ? wj->e->wsc + SZ(tid) * 3 * wj->e->maxN * wj->e->maxN
+                                   : NULL;
     for (int j = 0; j < h; j++) {
         const float *qw = q->qkv + SZ(w) * N * 3 * C + SZ(j) * 3 * d;
         float *A = q->P + (SZ(w) * h + j) * N * N;
-        ts_gemm_serial(N, N, d, qw, 3 * C, qw + d, 3 * C, 1, A, N, 0.0f, NULL, TS_ACT_NONE);
+        if (kT) {
+            ts_transpose_serial(qw + d, 3 * C, N, d, kT, N);
+            ts_gemm_serial(N, N, d, qw, 3 * C, kT, N, 0, A, N, 0.0f, NULL, TS_ACT_NONE);
+        } else {
+            ts_gemm_serial(N, N, d, qw, 3 * C, qw + d, 3 * C, 1, A, N, 0.0f, NULL, TS_ACT_NONE);
+        }
         const float *ab = wj->v->ab + SZ(j) * N;
         for (int i = 0; i < N * N; i++) A[i] = A[i] * wj->scale + ab[wj->e->bidx[i]];
         ts_softmax_rows_serial(A, N, N);
@@ -840,21 +1069,12 @@ static void win_bwd_task(void *ctx, int slot, int tid) {
             const float *dOw = wj->dO + SZ(w) * N * C + SZ(j) * d;
             double *dab = e->pab + (SZ(w) * h + j) * N;
             memset(dab, 0, sizeof(double) * N);
-            ts_gemm_serial(N, N, d, dOw, C, qw + 2 * d, 3 * C, 1, dP, N, 0.0f, NULL, TS_ACT_NONE);
+            ts_transpose_serial(qw + 2 * d, 3 * C, N, d, dAT, N); /* v^T (dAT is free) */
+            ts_gemm_serial(N, N, d, dOw, C, dAT, N, 0, dP, N, 0.0f, NULL, TS_ACT_NONE);
             ts_transpose_serial(Pm, N, N, N, PT, N);
             ts_gemm_serial(N, d, N, PT, N, dOw, C, 0, dqw + 2 * d, 3 * C, 0.0f, NULL,
                            TS_ACT_NONE);
-            for (int i = 0; i < N; i++) {
-                float *r = dP + SZ(i) * N;
-                const float *pr = Pm + SZ(i) * N;
-                double sum = 0;
-                for (int k = 0; k < N; k++) sum += (double)r[k] * pr[k];
-                for (int k = 0; k < N; k++) {
-                    r[k] = pr[k] * (r[k] - (float)sum);
-                    dab[e->bidx[SZ(i) * N + k]] += r[k];
-                    r[k] *= wj->scale;
-                }
-            }
+            e->k->softmax_bwd(Pm, dP, N, e->bidx, wj->scale, dab);
             ts_gemm_serial(N, d, N, dP, N, qw + d, 3 * C, 0, dqw, 3 * C, 0.0f, NULL, TS_ACT_NONE);
             ts_transpose_serial(dP, N, N, N, dAT, N);
             ts_gemm_serial(N, d, N, dAT, N, qw, 3 * C, 0, dqw + d, 3 * C, 0.0f, NULL,
@@ -877,8 +1097,7 @@ static void vb_fwd(ts_egf *e, mod *q, float *out) {
     win_job wj = {.e = e, .q = q, .v = v, .scale = scale};
     ts_parallel_for(nwin, win_fwd_task, &wj);
     ts_gemm_ex(Np, C, C, q->O, C, v->pw, C, 1, yw, C, 0.0f, v->pb, TS_ACT_NONE);
-    memcpy(q->t1, q->x, sizeof(float) * P * C);
-    win_scatter_add(q, yw, q->t1);
+    win_scatter_add(q, yw, q->x, q->t1);
     /* local conv (no residual), then the MLP with its residual */
     conv_fwd(e, &v->lc, G(C, C, 3, 1, 1), q->t1, R, R, q->rlc);
     float *t2 = e->s[0], *ln = e->s[1], *g = e->s[2];
@@ -937,13 +1156,10 @@ static void pe_bwd(ts_egf *e, mod *q, const cbn_p *gc, float *dy) {
     const int S = q->R, S1 = S / 2, c1 = q->Co / 2, Ro = q->Ro;
     const size_t P1 = SZ(S1) * S1, Po = SZ(Ro) * Ro;
     float *dr2 = e->s[1], *h = e->s[2], *dh = e->s[0];
-    memcpy(dr2, dy, sizeof(float) * Po * q->Co);
-    bn_bwd(e, &c[1], &gc[1], q->r2, Po, q->Co, dr2);
+    bn_bwd_ex(e, &c[1], &gc[1], q->r2, Po, q->Co, 0, NULL, dy, dr2, NULL);
     bn_apply(e, &c[0], q->r1, P1, c1, NULL, 1, h);
     conv_bwd(e, &c[1], G(c1, q->Co, 3, 2, 0), h, S1, S1, dr2, dh, 0, gc[1].w);
-    bn_apply(e, &c[0], q->r1, P1, c1, NULL, 0, h); /* pre-GELU values */
-    gelu_bwd(h, P1 * c1, dh);
-    bn_bwd(e, &c[0], &gc[0], q->r1, P1, c1, dh);
+    bn_bwd_ex(e, &c[0], &gc[0], q->r1, P1, c1, 1, NULL, dh, dh, NULL);
     conv_bwd(e, &c[0], G(3, c1, 3, 2, 0), q->x, S, S, dh, NULL, 0, gc[0].w);
 }
 
@@ -952,22 +1168,15 @@ static void mb_bwd(ts_egf *e, mod *q, const cbn_p *gc, const float *dy, float *d
     const int R = q->R, C = q->Ci, Hd = q->hidden;
     const size_t P = SZ(R) * R;
     float *sa = e->s[0], *sb = e->s[1], *sc = e->s[2], *sd = e->s[3];
-    bn_apply(e, &c[2], q->r3, P, C, q->x, 0, sa); /* pre-GELU sum */
-    memcpy(sb, dy, sizeof(float) * P * C);
-    gelu_bwd(sa, P * C, sb);
-    memcpy(dx, sb, sizeof(float) * P * C); /* residual */
-    bn_bwd(e, &c[2], &gc[2], q->r3, P, C, sb);
+    /* dx = the gradient of the residual sum */
+    bn_bwd_ex(e, &c[2], &gc[2], q->r3, P, C, 1, q->x, dy, sb, dx);
     bn_apply(e, &c[1], q->r2, P, Hd, NULL, 1, sc);
     conv_bwd(e, &c[2], G(Hd, C, 1, 1, 0), sc, R, R, sb, sc, 0, gc[2].w);
     /* sc was read by the weight gradient before the GEMM overwrote it with dh2 */
-    bn_apply(e, &c[1], q->r2, P, Hd, NULL, 0, sa);
-    gelu_bwd(sa, P * Hd, sc);
-    bn_bwd(e, &c[1], &gc[1], q->r2, P, Hd, sc);
+    bn_bwd_ex(e, &c[1], &gc[1], q->r2, P, Hd, 1, NULL, sc, sc, NULL);
     bn_apply(e, &c[0], q->r1, P, Hd, NULL, 1, sd);
     conv_bwd(e, &c[1], G(Hd, Hd, 3, 1, 1), sd, R, R, sc, sa, 0, gc[1].w);
-    bn_apply(e, &c[0], q->r1, P, Hd, NULL, 0, sd);
-    gelu_bwd(sd, P * Hd, sa);
-    bn_bwd(e, &c[0], &gc[0], q->r1, P, Hd, sa);
+    bn_bwd_ex(e, &c[0], &gc[0], q->r1, P, Hd, 1, NULL, sa, sa, NULL);
     conv_bwd(e, &c[0], G(C, Hd, 1, 1, 0), q->x, R, R, sa, dx, 1, gc[0].w);
 }
 
@@ -976,18 +1185,13 @@ static void mg_bwd(ts_egf *e, mod *q, const cbn_p *gc, const float *dy, float *d
     const int R = q->R, Ro = q->Ro, Co = q->Co;
     const size_t P = SZ(R) * R, Po = SZ(Ro) * Ro;
     float *sa = e->s[0], *sb = e->s[1], *sc = e->s[2], *sd = e->s[3];
-    memcpy(sb, dy, sizeof(float) * Po * Co);
-    bn_bwd(e, &c[2], &gc[2], q->r3, Po, Co, sb);
+    bn_bwd_ex(e, &c[2], &gc[2], q->r3, Po, Co, 0, NULL, dy, sb, NULL);
     bn_apply(e, &c[1], q->r2, Po, Co, NULL, 1, sc);
     conv_bwd(e, &c[2], G(Co, Co, 1, 1, 0), sc, Ro, Ro, sb, sc, 0, gc[2].w);
-    bn_apply(e, &c[1], q->r2, Po, Co, NULL, 0, sa);
-    gelu_bwd(sa, Po * Co, sc);
-    bn_bwd(e, &c[1], &gc[1], q->r2, Po, Co, sc);
+    bn_bwd_ex(e, &c[1], &gc[1], q->r2, Po, Co, 1, NULL, sc, sc, NULL);
     bn_apply(e, &c[0], q->r1, P, Co, NULL, 1, sd);
     conv_bwd(e, &c[1], G(Co, Co, 3, q->stride, 1), sd, R, R, sc, sa, 0, gc[1].w);
-    bn_apply(e, &c[0], q->r1, P, Co, NULL, 0, sd);
-    gelu_bwd(sd, P * Co, sa);
-    bn_bwd(e, &c[0], &gc[0], q->r1, P, Co, sa);
+    bn_bwd_ex(e, &c[0], &gc[0], q->r1, P, Co, 1, NULL, sa, sa, NULL);
     conv_bwd(e, &c[0], G(q->Ci, Co, 1, 1, 0), q->x, R, R, sa, dx, 0, gc[0].w);
 }
 
@@ -1007,7 +1211,7 @@ static void vb_bwd(ts_egf *e, mod *q, vb_p *gv, const float *dy, float *dx) {
     wgrad(e, dy, C, P, C, g, Hd, Hd, gv->f2w, Hd);
     colsum(e, dy, P, C, gv->f2b);
     ts_gemm((int)P, Hd, C, dy, C, v->f2w, Hd, 0, dg, Hd, 0.0f);
-    gelu_bwd(q->f1, P * Hd, dg);
+    gelu_bwd(e, q->f1, P * Hd, dg);
     wgrad(e, dg, Hd, P, Hd, ln, C, C, gv->f1w, C);
     colsum(e, dg, P, Hd, gv->f1b);
     float *dln = sc, *dt2 = sb;
@@ -1019,7 +1223,6 @@ static void vb_bwd(ts_egf *e, mod *q, vb_p *gv, const float *dy, float *dx) {
     float *dt1 = sa;
     conv_bwd(e, &v->lc, G(C, C, 3, 1, 1), q->t1, R, R, dt2, dt1, 0, gv->lc.w);
     /* attention: t1 = x + scatter(proj(O)) */
-    memcpy(dx, dt1, sizeof(float) * P * C);
     float *dyw = sb, *dO = sc, *dqkv = sd;
     win_gather(q, dt1, dyw);
     ts_gemm(Np, C, C, dyw, C, v->pw, C, 0, dO, C, 0.0f);
@@ -1042,7 +1245,7 @@ static void vb_bwd(ts_egf *e, mod *q, vb_p *gv, const float *dy, float *dx) {
     float *dxn = sc;
     ts_gemm(Np, C, 3 * C, dqkv, 3 * C, v->qkvw, C, 0, dxn, C, 0.0f);
     ln_bwd(e, xw, SZ(Np), C, v->lnw, LN_EPS, dxn, dxn, 0, gv->lnw, gv->lnb);
-    win_scatter_add(q, dxn, dx);
+    win_scatter_add(q, dxn, dt1, dx); /* dx = dt1 (residual) + the attention's part */
 }
 
 static void neck_bwd(ts_egf *e, mod *q, net *gn, const float *dy, float *dx) {
