@@ -4,7 +4,7 @@
 # when bench/onnx/node_modules holds it (`cd bench/onnx && npm ci --ignore-scripts`).
 #
 # Environment: BUILD (default build), RUNS (timed runs per setting, default 7), BENCH_QUICK
-# (set: skip the 12-megapixel everything run), PEAK_GHZ and PEAK_FLOP_PER_CYCLE (override
+# (set: skip the 12-megapixel everything run and the training step), PEAK_GHZ and PEAK_FLOP_PER_CYCLE (override
 # the machine's nominal FP32 peak used for the encoder's share of it).
 #
 # Contract with the benchmark binaries: with --json each prints, as the last line of its
@@ -215,5 +215,13 @@ fi
 if [ -x "$B/bench/bench_sam_vit" ]; then
     echo "== SAM ViT-B encoder (random weights of the real shapes, generated here)"
     "$B/bench/bench_sam_vit" 3 B || status=1
+fi
+
+# ---------------------------------------------------------------- training step
+# one distillation step, 64 prompt sets, t = 0 and 9, 1 and 2 threads (about 3.5 minutes)
+if [ -x "$B/bench/bench_train" ] && [ -z "${BENCH_QUICK:-}" ]; then
+    echo
+    echo "== training step (tinysam distill; BENCH_QUICK=1 skips it)"
+    "$B/bench/bench_train" --runs 1 || status=1
 fi
 exit $status
