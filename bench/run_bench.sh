@@ -4,8 +4,9 @@
 # when bench/onnx/node_modules holds it (`cd bench/onnx && npm ci --ignore-scripts`).
 #
 # Environment: BUILD (default build), RUNS (timed runs per setting, default 7), BENCH_QUICK
-# (set: skip the 12-megapixel everything run and the training step), PEAK_GHZ and PEAK_FLOP_PER_CYCLE (override
-# the machine's nominal FP32 peak used for the encoder's share of it).
+# (set: skip the 12-megapixel everything run and the training step), PEAK_GHZ and
+# PEAK_FLOP_PER_CYCLE (override the machine's nominal FP32 peak used for the encoder's share
+# of it).
 #
 # Contract with the benchmark binaries: with --json each prints, as the last line of its
 # stdout, one flat JSON object (no nesting; numbers, strings, booleans), times in ms as
