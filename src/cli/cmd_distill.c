@@ -95,6 +95,10 @@ static int list_files(const char *images, const char *embs, const char *masks, f
         return ts_error(TINYSAM_E_IO, "--images: %s", msg);
     }
     memset(f, 0, sizeof *f);
+    if ((rc = ts_dataset_check_stems(names, n, "distill"))) {
+        ts_dataset_free_list(names, n);
+        return rc;
+    }
     f->img = calloc((size_t)n + 1, sizeof(char *));
     f->emb = calloc((size_t)n + 1, sizeof(char *));
     f->gt = calloc((size_t)n + 1, sizeof(char *));

@@ -4,14 +4,13 @@
 #include "core.h"
 #include "io/npy.h"
 #include "tinysam.h"
+#include "train/dataset.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 
 static const char *convert_help =
@@ -110,99 +109,6 @@ static int embed_write(const char *path, const tinysam_embedding *e, int fp16) {
     return rc;
 }
 
-static int embed_has_image_ext(const char *name) {
-    const char *dot = strrchr(name, '.');
-    return dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") ||
-                   !strcasecmp(dot, ".png"));
-}
-
-static int embed_cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void embed_free_names(char **v, int n) {
-    for (int i = 0; i < n; i++) free(v[i]);
-    free(v);
-}
-
-/* Sorted names of the regular image files in dir (hidden files skipped). */
-static int embed_list_images(const char *dir, char ***out, int *n_out) {
-    DIR *d = opendir(dir);
-    if (!d)
-        return ts_error(TINYSAM_E_IO, "embed: cannot open directory '%s': %s", dir,
-                        strerror(errno));
-    char **v = NULL;
-    int n = 0, cap = 0, rc = 0;
-    size_t dlen = strlen(dir);
-    struct dirent *de;
-    while (!rc && (de = readdir(d))) {
-        if (de->d_name[0] == '.' || !embed_has_image_ext(de->d_name)) continue;
-        /* follow links, skip directories and the like */
-        char *full = malloc(dlen + strlen(de->d_name) + 2);
-        struct stat st;
-        if (!full) {
-            rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
-            break;
-        }
-        sprintf(full, "%s/%s", dir, de->d_name);
-        int reg = stat(full, &st) == 0 && S_ISREG(st.st_mode);
-        free(full);
-        if (!reg) continue;
-        if (n == cap) {
-            int nc = cap ? cap * 2 : 16;
-            char **nv = realloc(v, (size_t)nc * sizeof *nv);
-            if (!nv) {
-                rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
-                break;
-            }
-            v = nv;
-            cap = nc;
-        }
-        if (!(v[n] = strdup(de->d_name))) rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
-        else n++;
-    }
-    closedir(d);
-    if (rc) {
-        embed_free_names(v, n);
-        return rc;
-    }
-    if (n) qsort(v, (size_t)n, sizeof *v, embed_cmp_str);
-    *out = v;
-    *n_out = n;
-    return 0;
-}
-
-/* Fails if two names share a stem (a.jpg, a.png): they would write the same output. */
-static int embed_check_stems(char **names, int n) {
-    char **stems = calloc((size_t)n + 1, sizeof *stems);
-    int rc = stems ? 0 : ts_error(TINYSAM_E_NOMEM, "out of memory");
-    int k = 0;
-    for (; !rc && k < n; k++) {
-        const char *dot = strrchr(names[k], '.');
-        if (!(stems[k] = strndup(names[k], (size_t)(dot - names[k]))))
-            rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
-    }
-    if (!rc) qsort(stems, (size_t)n, sizeof *stems, embed_cmp_str);
-    for (int i = 1; !rc && i < n; i++)
-        if (!strcmp(stems[i - 1], stems[i])) {
-            /* name both files in the message */
-            const char *a = NULL, *b = NULL;
-            for (int j = 0; j < n; j++) {
-                const char *dot = strrchr(names[j], '.');
-                if ((size_t)(dot - names[j]) != strlen(stems[i]) ||
-                    strncmp(names[j], stems[i], strlen(stems[i])))
-                    continue;
-                if (!a) a = names[j];
-                else if (!b) b = names[j];
-            }
-            rc = ts_error(TINYSAM_E_ARG,
-                          "embed: '%s' and '%s' have the same stem and would both write %s.npy",
-                          a, b, stems[i]);
-        }
-    if (stems) embed_free_names(stems, k);
-    return rc;
-}
-
 /* 1 if path is a complete .npy of the embedding shape in the wanted dtype. */
 static int embed_output_valid(const char *path, int fp16) {
     struct stat st;
@@ -226,10 +132,14 @@ static int embed_batch(const char *model, const char *dir, const char *out_dir, 
                        long long max_pixels) {
     char **names = NULL;
     int n = 0;
-    int rc = embed_list_images(dir, &names, &n);
-    if (rc) return rc;
+    int rc = ts_dataset_list_images(dir, &names, &n);
+    if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tinysam_last_error());
+        return ts_error(rc, "embed: %s", msg);
+    }
     if (!n) rc = ts_error(TINYSAM_E_ARG, "embed: no .jpg/.jpeg/.png images in '%s'", dir);
-    if (!rc) rc = embed_check_stems(names, n);
+    if (!rc) rc = ts_dataset_check_stems(names, n, "embed");
     if (!rc && mkdir(out_dir, 0755) != 0 && errno != EEXIST)
         rc = ts_error(TINYSAM_E_IO, "embed: cannot create '%s': %s", out_dir, strerror(errno));
     struct stat st;
@@ -299,7 +209,7 @@ static int embed_batch(const char *model, const char *dir, const char *out_dir, 
     free(img_path);
     free(out_path);
     free(tmp_path);
-    embed_free_names(names, n);
+    ts_dataset_free_list(names, n);
     return rc;
 }
 

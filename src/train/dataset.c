@@ -9,11 +9,13 @@
 #include "tinysam.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 /* ---- directories --------------------------------------------------------------------------- */
 
@@ -36,12 +38,24 @@ int ts_dataset_list_images(const char *dir, char ***out, int *n_out) {
     *out = NULL;
     *n_out = 0;
     DIR *d = opendir(dir);
-    if (!d) return ts_error(TINYSAM_E_IO, "cannot open directory '%s'", dir);
+    if (!d) return ts_error(TINYSAM_E_IO, "cannot open directory '%s': %s", dir, strerror(errno));
     char **v = NULL;
     int n = 0, cap = 0, rc = 0;
+    size_t dlen = strlen(dir);
     struct dirent *de;
-    while ((de = readdir(d))) {
+    while (!rc && (de = readdir(d))) {
         if (de->d_name[0] == '.' || !has_image_ext(de->d_name)) continue;
+        /* regular files (links followed): no directories named x.jpg */
+        char *full = malloc(dlen + strlen(de->d_name) + 2);
+        struct stat st;
+        if (!full) {
+            rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+            break;
+        }
+        sprintf(full, "%s/%s", dir, de->d_name);
+        int reg = stat(full, &st) == 0 && S_ISREG(st.st_mode);
+        free(full);
+        if (!reg) continue;
         if (n == cap) {
             int nc = cap ? cap * 2 : 16;
             char **nv = realloc(v, (size_t)nc * sizeof *nv);
@@ -52,11 +66,8 @@ int ts_dataset_list_images(const char *dir, char ***out, int *n_out) {
             v = nv;
             cap = nc;
         }
-        if (!(v[n] = strdup(de->d_name))) {
-            rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
-            break;
-        }
-        n++;
+        if (!(v[n] = strdup(de->d_name))) rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+        else n++;
     }
     closedir(d);
     if (rc) {
@@ -67,6 +78,34 @@ int ts_dataset_list_images(const char *dir, char ***out, int *n_out) {
     *out = v;
     *n_out = n;
     return 0;
+}
+
+int ts_dataset_check_stems(char **names, int n, const char *what) {
+    char **stems = calloc((size_t)n + 1, sizeof *stems);
+    int rc = stems ? 0 : ts_error(TINYSAM_E_NOMEM, "out of memory");
+    int k = 0;
+    for (; !rc && k < n; k++) {
+        const char *dot = strrchr(names[k], '.');
+        if (!(stems[k] = strndup(names[k], dot ? (size_t)(dot - names[k]) : strlen(names[k]))))
+            rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+    }
+    if (!rc) qsort(stems, (size_t)k, sizeof *stems, cmp_str);
+    for (int i = 1; !rc && i < k; i++)
+        if (!strcmp(stems[i - 1], stems[i])) {
+            const char *a = NULL, *b = NULL; /* name both files */
+            const size_t len = strlen(stems[i]);
+            for (int j = 0; j < n; j++) {
+                const char *dot = strrchr(names[j], '.');
+                if (!dot || (size_t)(dot - names[j]) != len || strncmp(names[j], stems[i], len))
+                    continue;
+                if (!a) a = names[j];
+                else if (!b) b = names[j];
+            }
+            rc = ts_error(TINYSAM_E_ARG, "%s: '%s' and '%s' have the same stem (both would be %s)",
+                          what, a, b, stems[i]);
+        }
+    if (stems) ts_dataset_free_list(stems, k);
+    return rc;
 }
 
 void ts_dataset_stem(const char *name, char *out, int cap) {

@@ -18,8 +18,12 @@
 #define TS_FRAME_BITS (TS_FRAME * TS_FRAME / 8)
 #define TS_LOWRES_CELLS (TS_LOWRES * TS_LOWRES)
 
-/* Sorted names (not paths) of the .jpg/.jpeg/.png files of dir, hidden files skipped. */
+/* Sorted names (not paths) of the regular .jpg/.jpeg/.png files of dir (case-insensitive
+ * extensions, links followed, hidden files skipped). */
 int ts_dataset_list_images(const char *dir, char ***names, int *n);
+/* TINYSAM_E_ARG naming both files when two names share a stem (a.jpg, a.png): their
+ * embeddings or ground truths would be the same file. what prefixes the message. */
+int ts_dataset_check_stems(char **names, int n, const char *what);
 void ts_dataset_free_list(char **names, int n);
 /* "name.jpg" -> "name" (the last extension dropped), into out (size cap). */
 void ts_dataset_stem(const char *name, char *out, int cap);
