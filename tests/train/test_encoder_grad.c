@@ -558,6 +558,21 @@ static void test_case_a_encoder(void) {
                                     ts_json_num(e, "grad_max_abs", NAN), idx + off, val + off,
                                     cnt, 0, verbose);
     }
+    {   /* fixed task splits and fixed-order sums: one thread gives the same bits */
+        const int nt = tinysam_get_num_threads();
+        float *eg1 = calloc(EL.total, sizeof(float)), *emb1 = malloc(sizeof(float) * NE);
+        REQUIRE(eg1 && emb1, "out of memory");
+        tinysam_set_num_threads(1);
+        REQUIRE(ts_egf_forward(enc, input, emb1) == 0, "forward");
+        REQUIRE(ts_egf_backward(enc, demb, eg1) == 0, "backward");
+        tinysam_set_num_threads(0);
+        CHECK(!memcmp(emb, emb1, sizeof(float) * NE), "forward at 1 thread differs from %d", nt);
+        CHECK(!memcmp(eg, eg1, sizeof(float) * EL.total), "gradients at 1 thread differ from %d",
+              nt);
+        printf("  1 thread vs %d: embedding and gradients %s\n", nt,
+               memcmp(eg, eg1, sizeof(float) * EL.total) ? "differ" : "bit-identical");
+        free(eg1), free(emb1);
+    }
     if (verbose) { /* steady-state timing: the tape's pages are touched now */
         float *eg2 = calloc(EL.total, sizeof(float));
         REQUIRE(eg2, "out of memory");
