@@ -57,22 +57,27 @@ void ts_dgf_gelu_bwd_avx512(const float *x, size_t n, const float *dy, float *dx
     }
 }
 
+/* One row's mean (broadcast into *mu) and 1 / sqrt(variance + eps), in double lanes. */
+static double row_rstd(const float *r, int C, double eps, __m512d *mu) {
+    __m512d s = _mm512_setzero_pd();
+    for (int c = 0; c < C; c += 8) s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm256_loadu_ps(r + c)));
+    *mu = _mm512_set1_pd(_mm512_reduce_add_pd(s) / C);
+    __m512d v = _mm512_setzero_pd();
+    for (int c = 0; c < C; c += 8) {
+        __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(r + c)), *mu);
+        v = _mm512_fmadd_pd(d, d, v);
+    }
+    return 1.0 / sqrt(_mm512_reduce_add_pd(v) / C + eps);
+}
+
 /* Statistics and xhat in double lanes, as the scalar version; then * w + b in float. */
 void ts_dgf_ln_fwd_avx512(const float *x, int M, int C, const float *w, const float *b,
                           double eps, float *y) {
     for (int m = 0; m < M; m++) {
         const float *r = x + (size_t)m * C;
         float *o = y + (size_t)m * C;
-        __m512d s = _mm512_setzero_pd();
-        for (int c = 0; c < C; c += 8)
-            s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm256_loadu_ps(r + c)));
-        const __m512d mu = _mm512_set1_pd(_mm512_reduce_add_pd(s) / C);
-        __m512d v = _mm512_setzero_pd();
-        for (int c = 0; c < C; c += 8) {
-            __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(r + c)), mu);
-            v = _mm512_fmadd_pd(d, d, v);
-        }
-        const __m512d rs = _mm512_set1_pd(1.0 / sqrt(_mm512_reduce_add_pd(v) / C + eps));
+        __m512d mu;
+        const __m512d rs = _mm512_set1_pd(row_rstd(r, C, eps, &mu));
         for (int c = 0; c < C; c += 8) {
             __m256 xh = _mm512_cvtpd_ps(
                 _mm512_mul_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(r + c)), mu), rs));
@@ -89,16 +94,8 @@ void ts_dgf_ln_bwd_avx512(const float *x, int M, int C, const float *w, double e
     for (int m = 0; m < M; m++) {
         const float *r = x + (size_t)m * C, *g = dy + (size_t)m * C;
         float *o = dx + (size_t)m * C;
-        __m512d s = _mm512_setzero_pd();
-        for (int c = 0; c < C; c += 8)
-            s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm256_loadu_ps(r + c)));
-        const __m512d mu = _mm512_set1_pd(_mm512_reduce_add_pd(s) / C);
-        __m512d v = _mm512_setzero_pd();
-        for (int c = 0; c < C; c += 8) {
-            __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(r + c)), mu);
-            v = _mm512_fmadd_pd(d, d, v);
-        }
-        const double rsv = 1.0 / sqrt(_mm512_reduce_add_pd(v) / C + eps);
+        __m512d mu;
+        const double rsv = row_rstd(r, C, eps, &mu);
         const __m512d rs = _mm512_set1_pd(rsv);
         __m512d sg = _mm512_setzero_pd(), sgx = _mm512_setzero_pd();
         for (int c = 0; c < C; c += 8) {
