@@ -32,7 +32,8 @@ AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c
 
 LIB_SRC  := $(sort $(wildcard src/*.c src/io/*.c src/nn/*.c src/nn/x86/*.c src/model/*.c \
-                              src/everything/*.c src/quant/*.c src/quant/x86/*.c src/train/*.c))
+                              src/everything/*.c src/quant/*.c src/quant/x86/*.c src/train/*.c \
+                              src/dist/*.c))
 CLI_SRC  := $(sort $(wildcard src/cli/*.c src/server/*.c))
 WEB_FILES:= web/index.html web/app.js web/style.css
 TEST_SRC := $(sort $(wildcard tests/*/test_*.c))

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 
 static _Thread_local char g_error[1024];
 
@@ -140,4 +141,23 @@ double ts_now_ms(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+int ts_mkdirs(const char *path) {
+    char buf[4096];
+    if (strlen(path) >= sizeof buf) return ts_error(TINYSAM_E_ARG, "path too long");
+    strcpy(buf, path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return ts_error(TINYSAM_E_IO, "%s: cannot create directory: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        return ts_error(TINYSAM_E_IO, "%s: cannot create directory: %s", buf, strerror(errno));
+    struct stat st;
+    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+        return ts_error(TINYSAM_E_IO, "%s: not a directory", buf);
+    return TINYSAM_OK;
 }

@@ -31,6 +31,9 @@ double ts_now_ms(void);
 /* Reads a whole file into a malloc'd buffer (max_size guards against absurd files). */
 int ts_read_file(const char *path, size_t max_size, uint8_t **data, size_t *size);
 
+/* Creates a directory (and parents), OK if it exists. */
+int ts_mkdirs(const char *path);
+
 #define TS_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define TS_MAX(a, b) ((a) > (b) ? (a) : (b))
 

@@ -90,24 +90,6 @@ int ts_cli_fail(void) {
     return 1;
 }
 
-int ts_mkdirs(const char *path) {
-    char buf[4096];
-    if (strlen(path) >= sizeof buf) return ts_error(TINYSAM_E_ARG, "path too long");
-    strcpy(buf, path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return ts_error(TINYSAM_E_IO, "%s: cannot create directory: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return ts_error(TINYSAM_E_IO, "%s: cannot create directory: %s", buf, strerror(errno));
-    struct stat st;
-    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
-        return ts_error(TINYSAM_E_IO, "%s: not a directory", buf);
-    return TINYSAM_OK;
-}
 
 #include "io/json.h"
 

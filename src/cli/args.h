@@ -17,11 +17,7 @@ int ts_arg_floats(const char *opt, const char *s, int n_min, int n_max, float *o
 int ts_arg_value(int argc, char **argv, int *i, const char **out);
 /* Prints "tinysam: <last error>" on stderr and returns 1 (the exit status). */
 int ts_cli_fail(void);
-/* Monotonic milliseconds. */
-/* Creates a directory (and parents), OK if it exists. */
-int ts_mkdirs(const char *path);
-
-
+#include "core.h" /* ts_mkdirs */
 
 /* JSON string literal on stdout. */
 void ts_json_write_string_stdout(const char *s);

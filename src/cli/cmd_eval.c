@@ -4,6 +4,8 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core.h"
+#include "dist/folder_job.h"
+#include "dist/shard.h"
 #include "everything/amg.h"
 #include "io/json.h"
 #include "tinysam.h"
@@ -18,6 +20,8 @@
 
 static const char *eval_usage =
     "usage: tinysam eval --model M --images DIR --masks DIR [--boxes FILE] [--threads N]\n"
+    "                    [--shard I/N] [--shard-count N] [--out REPORT.json]\n"
+    "       tinysam eval [--out REPORT.json] --merge REPORT.json...\n"
     "\n"
     "For every image in DIR (.jpg/.jpeg/.png) with a ground-truth file MASKS/<stem>.json\n"
     "(SA-1B format: annotations[] with segmentation {size, counts} in COCO RLE, bbox xywh,\n"
@@ -30,7 +34,13 @@ static const char *eval_usage =
     "COCO results [{\"image_id\", \"bbox\": [x, y, w, h], ...}] with image_id the file stem or the\n"
     "ground truth's image.image_id, or {\"<stem>\": [[x, y, w, h], ...]}. Each box gives one mask\n"
     "(single mask); every ground-truth object scores the best IoU among its image's box masks\n"
-    "(0 when none overlaps): mean_detector_iou.\n";
+    "(0 when none overlaps): mean_detector_iou.\n"
+    "\n"
+    "Every value is written with 17 significant digits. --shard I/N (or the launcher's\n"
+    "variables, as for `tinysam everything --images`) evaluates image i of the sorted folder\n"
+    "when i mod N = I and marks the report as a shard; --merge re-sums the shards' per-image\n"
+    "values in name order and writes the report of the unsharded run, value for value.\n"
+    "--out writes the report to a file (\"{shard}\" becomes the shard index) instead of stdout.\n";
 
 /* IoU of two 0/1 masks; two empty masks agree perfectly. */
 static double eval_iou(const uint8_t *a, const uint8_t *b, size_t n) {
@@ -140,6 +150,95 @@ typedef struct {
     int n_box, n_point, n_det_obj, n_det_boxes;
 } eval_totals;
 
+/* One image's values: what the report holds, and all that a merge needs to re-sum. */
+typedef struct {
+    const char *name;
+    int n;          /* objects */
+    double *box;    /* n box-prompt IoUs */
+    double *point;  /* n point-prompt IoUs, NaN where no point prompt was possible */
+    int has_det;    /* --boxes given */
+    int n_det;      /* detector boxes of this image */
+    double *det;    /* n best detector-box IoUs */
+} image_result;
+
+/* The image's sums, in object order (the same operations in a run and in a merge). */
+static void result_sums(const image_result *r, double *bsum, double *psum, int *np,
+                        double *dsum) {
+    *bsum = *psum = *dsum = 0;
+    *np = 0;
+    for (int i = 0; i < r->n; i++) {
+        *bsum += r->box[i];
+        if (!isnan(r->point[i])) {
+            *psum += r->point[i];
+            (*np)++;
+        }
+        if (r->has_det) *dsum += r->det[i];
+    }
+}
+
+static void totals_add(eval_totals *tot, const image_result *r) {
+    double bsum, psum, dsum;
+    int np;
+    result_sums(r, &bsum, &psum, &np, &dsum);
+    tot->box_sum += bsum;
+    tot->point_sum += psum;
+    tot->n_box += r->n;
+    tot->n_point += np;
+    if (r->has_det) {
+        tot->det_sum += dsum;
+        tot->n_det_obj += r->n;
+        tot->n_det_boxes += r->n_det;
+    }
+}
+
+/* The image's JSON object; every value %.17g, so that a merge reads back the exact doubles. */
+static void result_write(FILE *out, const image_result *r) {
+    double bsum, psum, dsum;
+    int np;
+    result_sums(r, &bsum, &psum, &np, &dsum);
+    fprintf(out, "    {\"image\": ");
+    ts_json_write_string(out, r->name);
+    fprintf(out, ", \"objects\": %d, \"mean_box_iou\": %.17g, \"mean_point_iou\": %.17g,\n",
+            r->n, r->n ? bsum / r->n : 0.0, np ? psum / np : 0.0);
+    fprintf(out, "     \"box_iou\": [");
+    for (int i = 0; i < r->n; i++) fprintf(out, "%s%.17g", i ? ", " : "", r->box[i]);
+    fprintf(out, "],\n     \"point_iou\": [");
+    for (int i = 0; i < r->n; i++) {
+        if (isnan(r->point[i])) fprintf(out, "%snull", i ? ", " : "");
+        else fprintf(out, "%s%.17g", i ? ", " : "", r->point[i]);
+    }
+    fprintf(out, "]");
+    if (r->has_det) {
+        fprintf(out, ",\n     \"detector_boxes\": %d, \"mean_detector_iou\": %.17g, "
+                     "\"detector_iou\": [", r->n_det, r->n ? dsum / r->n : 0.0);
+        for (int j = 0; j < r->n; j++) fprintf(out, "%s%.17g", j ? ", " : "", r->det[j]);
+        fprintf(out, "]");
+    }
+    fprintf(out, "}");
+}
+
+/* The report's closing totals (the same for a run and a merge). */
+static void totals_write(FILE *out, int n_images, const eval_totals *tot, int has_det) {
+    double mb = tot->n_box ? tot->box_sum / tot->n_box : 0.0;
+    double mp = tot->n_point ? tot->point_sum / tot->n_point : 0.0;
+    fprintf(out, "\n  ],\n  \"n_images\": %d, \"n_objects\": %d, \"n_point_prompts\": %d,\n",
+            n_images, tot->n_box, tot->n_point);
+    fprintf(out, "  \"mean_box_iou\": %.17g, \"mean_point_iou\": %.17g", mb, mp);
+    if (has_det)
+        fprintf(out, ",\n  \"detector_boxes\": %d, \"mean_detector_iou\": %.17g",
+                tot->n_det_boxes, tot->n_det_obj ? tot->det_sum / tot->n_det_obj : 0.0);
+}
+
+static void totals_stderr(const char *what, int n_images, const eval_totals *tot, int has_det) {
+    fprintf(stderr, "%s: %d images, %d objects: mean box IoU %.4f, mean point IoU %.4f",
+            what, n_images, tot->n_box, tot->n_box ? tot->box_sum / tot->n_box : 0.0,
+            tot->n_point ? tot->point_sum / tot->n_point : 0.0);
+    if (has_det)
+        fprintf(stderr, ", mean detector-box IoU %.4f (%d boxes)",
+                tot->n_det_obj ? tot->det_sum / tot->n_det_obj : 0.0, tot->n_det_boxes);
+    fprintf(stderr, "\n");
+}
+
 /* Detector boxes of one image against its ground truth: best[j] = the best IoU of object j
  * with any box's mask. */
 static int eval_detector(tinysam_model *m, const tinysam_embedding *emb, const ts_json *anns,
@@ -192,7 +291,7 @@ static int eval_image(tinysam_model *m, const char *img_path, const char *gt_pat
     tinysam_image img = {0};
     tinysam_embedding *emb = NULL;
     uint8_t *mask = NULL;
-    double *ious = NULL, *det = NULL;
+    double *det = NULL, *box_v = NULL, *point_v = NULL;
     float *dboxes = NULL;
     int ndet = 0;
     int rc = ts_json_load(gt_path, &gt);
@@ -206,14 +305,13 @@ static int eval_image(tinysam_model *m, const char *img_path, const char *gt_pat
     int W = img.width, H = img.height, n = anns->n;
     size_t npix = (size_t)W * H;
     mask = malloc(npix);
-    ious = malloc(2 * (size_t)(n ? n : 1) * sizeof *ious);
-    if (!mask || !ious) {
+    box_v = malloc(2 * (size_t)(n ? n : 1) * sizeof *box_v);
+    point_v = box_v ? box_v + n : NULL;
+    if (!mask || !box_v) {
         rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
         goto done;
     }
     if ((rc = tinysam_encode(m, &img, &emb))) goto done;
-    double bsum = 0, psum = 0;
-    int nb = 0, np = 0;
     for (int i = 0; i < n; i++) {
         char where[600];
         snprintf(where, sizeof where, "%s: annotation %d", gt_path, i);
@@ -243,24 +341,19 @@ static int eval_image(tinysam_model *m, const char *img_path, const char *gt_pat
         if ((rc = tinysam_predict(m, emb, &pb, TINYSAM_PREDICT_MASKS | TINYSAM_PREDICT_SINGLE,
                                   &pr)))
             goto done;
-        ious[2 * i] = eval_iou(pr.masks, mask, npix);
+        box_v[i] = eval_iou(pr.masks, mask, npix);
         tinysam_prediction_free(&pr);
-        bsum += ious[2 * i];
-        nb++;
 
         float pt[2];
         int lab = 1;
-        ious[2 * i + 1] = NAN; /* empty mask without point_coords: no point prompt */
+        point_v[i] = NAN; /* empty mask without point_coords: no point prompt */
         if (pick_point(a, mask, W, H, box, pt)) {
             tinysam_prompt pp = {.n_points = 1, .points = pt, .labels = &lab};
             if ((rc = tinysam_predict(m, emb, &pp, TINYSAM_PREDICT_MASKS, &pr))) goto done;
-            ious[2 * i + 1] = eval_iou(pr.masks + (size_t)pr.best * npix, mask, npix);
+            point_v[i] = eval_iou(pr.masks + (size_t)pr.best * npix, mask, npix);
             tinysam_prediction_free(&pr);
-            psum += ious[2 * i + 1];
-            np++;
         }
     }
-    double dsum = 0;
     if (boxes) {
         char stem[256];
         ts_dataset_stem(name, stem, sizeof stem);
@@ -272,40 +365,22 @@ static int eval_image(tinysam_model *m, const char *img_path, const char *gt_pat
             goto done;
         }
         if ((rc = eval_detector(m, emb, anns, W, H, gt_path, dboxes, ndet, det))) goto done;
-        for (int j = 0; j < n; j++) dsum += det[j];
     }
-    fprintf(out, "    {\"image\": ");
-    ts_json_write_string(out, name);
-    fprintf(out, ", \"objects\": %d, \"mean_box_iou\": %.6f, \"mean_point_iou\": %.6f,\n", n,
-           nb ? bsum / nb : 0.0, np ? psum / np : 0.0);
-    fprintf(out, "     \"box_iou\": [");
-    for (int i = 0; i < n; i++) fprintf(out, "%s%.6f", i ? ", " : "", ious[2 * i]);
-    fprintf(out, "],\n     \"point_iou\": [");
-    for (int i = 0; i < n; i++) {
-        if (isnan(ious[2 * i + 1])) fprintf(out, "%snull", i ? ", " : "");
-        else fprintf(out, "%s%.6f", i ? ", " : "", ious[2 * i + 1]);
+    image_result r = {.name = name, .n = n, .box = box_v, .point = point_v,
+                      .has_det = boxes != NULL, .n_det = ndet, .det = det};
+    result_write(out, &r);
+    totals_add(tot, &r);
+    {
+        double b, p, d;
+        int k;
+        result_sums(&r, &b, &p, &k, &d);
+        fprintf(stderr, "eval: %s: %d objects, box IoU %.4f, point IoU %.4f", name, n,
+                n ? b / n : 0.0, k ? p / k : 0.0);
+        if (boxes) fprintf(stderr, ", %d detector boxes: IoU %.4f", ndet, n ? d / n : 0.0);
+        fprintf(stderr, "\n");
     }
-    fprintf(out, "]");
-    if (boxes) {
-        fprintf(out, ",\n     \"detector_boxes\": %d, \"mean_detector_iou\": %.6f, "
-                     "\"detector_iou\": [", ndet, n ? dsum / n : 0.0);
-        for (int j = 0; j < n; j++) fprintf(out, "%s%.6f", j ? ", " : "", det[j]);
-        fprintf(out, "]");
-        tot->det_sum += dsum;
-        tot->n_det_obj += n;
-        tot->n_det_boxes += ndet;
-    }
-    fprintf(out, "}");
-    fprintf(stderr, "eval: %s: %d objects, box IoU %.4f, point IoU %.4f", name, n,
-            nb ? bsum / nb : 0.0, np ? psum / np : 0.0);
-    if (boxes) fprintf(stderr, ", %d detector boxes: IoU %.4f", ndet, n ? dsum / n : 0.0);
-    fprintf(stderr, "\n");
-    tot->box_sum += bsum;
-    tot->point_sum += psum;
-    tot->n_box += nb;
-    tot->n_point += np;
 done:
-    free(ious);
+    free(box_v);
     free(det);
     free(dboxes);
     free(mask);
@@ -315,20 +390,199 @@ done:
     return rc;
 }
 
+/* ---- --merge ------------------------------------------------------------------------------ */
+
+typedef struct {
+    image_result r;
+    double *vals; /* box, point and det arrays, one block */
+} merged_image;
+
+static int cmp_merged(const void *a, const void *b) {
+    return strcmp(((const merged_image *)a)->r.name, ((const merged_image *)b)->r.name);
+}
+
+/* Reads n numbers (nulls allowed when nullable: NaN) from a report's array. */
+static int read_values(const ts_json *arr, int n, int nullable, double *out, const char *where,
+                       const char *key) {
+    if (!arr || arr->type != TS_JSON_ARRAY || arr->n != n)
+        return ts_error(TINYSAM_E_FORMAT, "%s: '%s' must be a list of %d values", where, key, n);
+    for (int i = 0; i < n; i++) {
+        const ts_json *v = &arr->items[i];
+        if (v->type == TS_JSON_NUMBER) out[i] = v->number;
+        else if (nullable && v->type == TS_JSON_NULL) out[i] = NAN;
+        else return ts_error(TINYSAM_E_FORMAT, "%s: '%s'[%d] is not a number", where, key, i);
+    }
+    return 0;
+}
+
+static int eval_merge(char **files, int n_files, const char *out_path) {
+    ts_json **reps = calloc((size_t)n_files, sizeof *reps);
+    merged_image *imgs = NULL;
+    int n_imgs = 0, cap = 0, rc = reps ? 0 : ts_error(TINYSAM_E_NOMEM, "out of memory");
+    int has_det = -1, shard_count = 0, in_folder = -1;
+    unsigned char *seen = NULL;
+    for (int f = 0; !rc && f < n_files; f++) {
+        if ((rc = ts_json_load(files[f], &reps[f]))) break;
+        const ts_json *rep = reps[f];
+        const ts_json *list = rep->type == TS_JSON_OBJECT ? ts_json_get(rep, "images") : NULL;
+        if (!list || list->type != TS_JSON_ARRAY) {
+            rc = ts_error(TINYSAM_E_FORMAT, "--merge: %s is not an eval report (no 'images')",
+                          files[f]);
+            break;
+        }
+        int det = ts_json_get(rep, "detector_boxes") != NULL;
+        if (has_det >= 0 && det != has_det) {
+            rc = ts_error(TINYSAM_E_ARG, "--merge: %s %s detector boxes, %s does%s", files[f],
+                          det ? "has" : "has no", files[0], has_det ? "" : " not");
+            break;
+        }
+        has_det = det;
+        /* the shards of one run: same count, each index once, none missing */
+        const ts_json *sh = ts_json_get(rep, "shard");
+        int idx = 0, cnt = 1, inf = -1;
+        if (sh) {
+            double di = ts_json_num(sh, "index", -1), dc = ts_json_num(sh, "count", -1);
+            inf = (int)ts_json_num(sh, "images_in_folder", -1);
+            if (!(dc >= 1 && dc <= TS_SHARD_MAX_COUNT && di >= 0 && di < dc && di == (int)di &&
+                  dc == (int)dc)) {
+                rc = ts_error(TINYSAM_E_FORMAT, "--merge: %s: malformed 'shard'", files[f]);
+                break;
+            }
+            idx = (int)di;
+            cnt = (int)dc;
+        }
+        if (f == 0) {
+            shard_count = cnt;
+            in_folder = inf;
+            if (!(seen = calloc((size_t)cnt, 1))) {
+                rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+                break;
+            }
+        } else if (cnt != shard_count || inf != in_folder) {
+            rc = ts_error(TINYSAM_E_ARG,
+                          "--merge: %s is shard %d of %d over %d images, %s of %d over %d: not "
+                          "the same run",
+                          files[f], idx, cnt, inf, files[0], shard_count, in_folder);
+            break;
+        }
+        if (seen[idx]++) {
+            rc = ts_error(TINYSAM_E_ARG, "--merge: shard %d/%d given twice (%s)", idx, cnt,
+                          files[f]);
+            break;
+        }
+        for (int i = 0; !rc && i < list->n; i++) {
+            const ts_json *im = &list->items[i];
+            const ts_json *name = im->type == TS_JSON_OBJECT ? ts_json_get(im, "image") : NULL;
+            double dn = ts_json_num(im, "objects", -1);
+            char where[700];
+            snprintf(where, sizeof where, "--merge: %s: image %d", files[f], i);
+            if (!name || name->type != TS_JSON_STRING || !(dn >= 0 && dn <= 1e8) ||
+                dn != (int)dn) {
+                rc = ts_error(TINYSAM_E_FORMAT, "%s: needs 'image' and 'objects'", where);
+                break;
+            }
+            if (n_imgs == cap) {
+                int nc = cap ? 2 * cap : 64;
+                merged_image *nv = realloc(imgs, sizeof *nv * (size_t)nc);
+                if (!nv) {
+                    rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+                    break;
+                }
+                imgs = nv;
+                cap = nc;
+            }
+            merged_image *mi = &imgs[n_imgs];
+            memset(mi, 0, sizeof *mi);
+            int n = (int)dn;
+            if (!(mi->vals = malloc(sizeof(double) * 3 * (size_t)(n ? n : 1)))) {
+                rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+                break;
+            }
+            n_imgs++;
+            mi->r = (image_result){.name = name->string, .n = n, .box = mi->vals,
+                                   .point = mi->vals + n, .det = mi->vals + 2 * n,
+                                   .has_det = has_det};
+            rc = read_values(ts_json_get(im, "box_iou"), n, 0, mi->r.box, where, "box_iou");
+            if (!rc)
+                rc = read_values(ts_json_get(im, "point_iou"), n, 1, mi->r.point, where,
+                                 "point_iou");
+            if (!rc && has_det) {
+                double nd = ts_json_num(im, "detector_boxes", -1);
+                if (!(nd >= 0 && nd <= 1e8 && nd == (int)nd))
+                    rc = ts_error(TINYSAM_E_FORMAT, "%s: needs 'detector_boxes'", where);
+                mi->r.n_det = (int)nd;
+                if (!rc)
+                    rc = read_values(ts_json_get(im, "detector_iou"), n, 0, mi->r.det, where,
+                                     "detector_iou");
+            }
+        }
+    }
+    for (int k = 0; !rc && k < shard_count; k++)
+        if (!seen[k])
+            rc = ts_error(TINYSAM_E_ARG, "--merge: shard %d of %d is missing", k, shard_count);
+    /* the unsharded run's order: names sorted as the folder listing sorts them */
+    if (!rc && n_imgs) qsort(imgs, (size_t)n_imgs, sizeof *imgs, cmp_merged);
+    for (int i = 1; !rc && i < n_imgs; i++)
+        if (!strcmp(imgs[i - 1].r.name, imgs[i].r.name))
+            rc = ts_error(TINYSAM_E_ARG, "--merge: image '%s' is in two reports", imgs[i].r.name);
+    if (!rc && !n_imgs) rc = ts_error(TINYSAM_E_ARG, "--merge: the reports hold no image");
+    char *rep = NULL;
+    size_t rep_len = 0;
+    FILE *out = rc ? NULL : open_memstream(&rep, &rep_len);
+    if (!rc && !out) rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+    eval_totals tot = {0};
+    if (!rc) {
+        fprintf(out, "{\n  \"images\": [\n");
+        for (int i = 0; i < n_imgs; i++) {
+            if (i) fprintf(out, ",\n");
+            result_write(out, &imgs[i].r);
+            totals_add(&tot, &imgs[i].r);
+        }
+        totals_write(out, n_imgs, &tot, has_det > 0);
+        fprintf(out, "\n}\n");
+        fclose(out);
+        if (out_path) rc = ts_write_file_atomic(out_path, rep, rep_len);
+        else if (fwrite(rep, 1, rep_len, stdout) != rep_len || fflush(stdout))
+            rc = ts_error(TINYSAM_E_IO, "eval: cannot write the report");
+        if (!rc) {
+            totals_stderr("eval --merge", n_imgs, &tot, has_det > 0);
+        }
+    }
+    free(rep);
+    for (int i = 0; i < n_imgs; i++) free(imgs[i].vals);
+    free(imgs);
+    free(seen);
+    for (int f = 0; reps && f < n_files; f++) ts_json_free(reps[f]);
+    free(reps);
+    return rc ? ts_cli_fail() : 0;
+}
+
 int ts_cli_eval(int argc, char **argv) {
     const char *model = NULL, *images = NULL, *masks = NULL, *boxes_file = NULL, *v;
-    int threads = 0;
+    const char *shard_arg = NULL, *out_arg = NULL;
+    int threads = 0, shard_count = 0, merge_from = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(eval_usage, stdout);
             return 0;
+        } else if (!strcmp(a, "--merge")) {
+            merge_from = i + 1; /* every argument after --merge is a report */
+            break;
         } else if (!strcmp(a, "--model")) {
             if (ts_arg_value(argc, argv, &i, &model)) return ts_cli_fail();
         } else if (!strcmp(a, "--images")) {
             if (ts_arg_value(argc, argv, &i, &images)) return ts_cli_fail();
         } else if (!strcmp(a, "--masks")) {
             if (ts_arg_value(argc, argv, &i, &masks)) return ts_cli_fail();
+        } else if (!strcmp(a, "--out")) {
+            if (ts_arg_value(argc, argv, &i, &out_arg)) return ts_cli_fail();
+        } else if (!strcmp(a, "--shard")) {
+            if (ts_arg_value(argc, argv, &i, &shard_arg)) return ts_cli_fail();
+        } else if (!strcmp(a, "--shard-count")) {
+            if (ts_arg_value(argc, argv, &i, &v) ||
+                ts_arg_int(a, v, 1, TS_SHARD_MAX_COUNT, &shard_count))
+                return ts_cli_fail();
         } else if (!strcmp(a, "--threads")) {
             if (ts_arg_value(argc, argv, &i, &v) || ts_arg_int("--threads", v, 1, 1024, &threads))
                 return ts_cli_fail();
@@ -339,6 +593,17 @@ int ts_cli_eval(int argc, char **argv) {
             return ts_cli_fail();
         }
     }
+    if (merge_from) {
+        if (model || images || masks || boxes_file || shard_arg || shard_count) {
+            ts_error(TINYSAM_E_ARG, "eval --merge takes reports only (and --out before it)");
+            return ts_cli_fail();
+        }
+        if (merge_from >= argc) {
+            ts_error(TINYSAM_E_ARG, "eval --merge needs at least one report");
+            return ts_cli_fail();
+        }
+        return eval_merge(argv + merge_from, argc - merge_from, out_arg);
+    }
     if (!model || !images || !masks) {
         ts_error(TINYSAM_E_ARG, "eval: --model, --images and --masks are required");
         return ts_cli_fail();
@@ -348,6 +613,11 @@ int ts_cli_eval(int argc, char **argv) {
         ts_error(TINYSAM_E_IO, "--masks: '%s' is not a directory", masks);
         return ts_cli_fail();
     }
+    ts_shard shard;
+    if (ts_shard_resolve(shard_arg, shard_count, NULL, &shard)) return ts_cli_fail();
+    char out_path[4096];
+    if (out_arg && ts_shard_expand(out_arg, &shard, out_path, sizeof out_path))
+        return ts_cli_fail();
     if (threads) tinysam_set_num_threads(threads);
     ts_json *boxes = NULL;
     if (boxes_file) {
@@ -368,6 +638,8 @@ int ts_cli_eval(int argc, char **argv) {
         ts_json_free(boxes);
         return ts_cli_fail();
     }
+    if (shard.found)
+        fprintf(stderr, "eval: shard %d/%d (%s)\n", shard.index, shard.count, shard.how);
     tinysam_model *m = NULL;
     int rc = tinysam_model_load(model, &m);
     eval_totals tot = {0};
@@ -385,7 +657,7 @@ int ts_cli_eval(int argc, char **argv) {
     for (int i = 0; !rc && i < n_names; i++) {
         size_t len = strlen(names[i]);
         const char *dot = strrchr(names[i], '.');
-        if (len > 400) continue;
+        if (len > 400 || !ts_shard_owns(&shard, i)) continue;
         snprintf(img_path, cap, "%s/%s", images, names[i]);
         snprintf(gt_path, cap, "%s/%.*s.json", masks, (int)(dot - names[i]), names[i]);
         if (stat(gt_path, &st)) continue; /* no ground truth for this image */
@@ -394,27 +666,21 @@ int ts_cli_eval(int argc, char **argv) {
         rc = eval_image(m, img_path, gt_path, names[i], boxes, boxes_file, &tot, out);
         n_done++;
     }
-    if (!rc && !n_done)
+    /* a shard may hold no image with ground truth; a whole run may not */
+    if (!rc && !n_done && !shard.found)
         rc = ts_error(TINYSAM_E_ARG, "eval: no image in '%s' has a ground-truth file in '%s'",
                       images, masks);
     if (!rc) {
-        double mb = tot.n_box ? tot.box_sum / tot.n_box : 0.0;
-        double mp = tot.n_point ? tot.point_sum / tot.n_point : 0.0;
-        fprintf(out, "\n  ],\n  \"n_images\": %d, \"n_objects\": %d, \"n_point_prompts\": %d,\n",
-                n_done, tot.n_box, tot.n_point);
-        fprintf(out, "  \"mean_box_iou\": %.6f, \"mean_point_iou\": %.6f", mb, mp);
-        if (boxes)
-            fprintf(out, ",\n  \"detector_boxes\": %d, \"mean_detector_iou\": %.6f",
-                    tot.n_det_boxes, tot.n_det_obj ? tot.det_sum / tot.n_det_obj : 0.0);
+        totals_write(out, n_done, &tot, boxes != NULL);
+        if (shard.found)
+            fprintf(out, ",\n  \"shard\": {\"index\": %d, \"count\": %d, \"images_in_folder\": %d}",
+                    shard.index, shard.count, n_names);
         fprintf(out, "\n}\n");
-        if (fflush(out) || fwrite(rep, 1, rep_len, stdout) != rep_len || fflush(stdout))
+        if (fflush(out)) rc = ts_error(TINYSAM_E_IO, "eval: cannot write the report");
+        else if (out_arg) rc = ts_write_file_atomic(out_path, rep, rep_len);
+        else if (fwrite(rep, 1, rep_len, stdout) != rep_len || fflush(stdout))
             rc = ts_error(TINYSAM_E_IO, "eval: cannot write the report");
-        fprintf(stderr, "eval: %d images, %d objects: mean box IoU %.4f, mean point IoU %.4f",
-                n_done, tot.n_box, mb, mp);
-        if (boxes)
-            fprintf(stderr, ", mean detector-box IoU %.4f (%d boxes)",
-                    tot.n_det_obj ? tot.det_sum / tot.n_det_obj : 0.0, tot.n_det_boxes);
-        fprintf(stderr, "\n");
+        totals_stderr("eval", n_done, &tot, boxes != NULL);
     }
     if (out) fclose(out);
     free(rep);

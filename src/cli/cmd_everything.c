@@ -3,24 +3,48 @@
 #include "cli/commands.h"
 #include "cli/draw.h"
 #include "core.h"
+#include "dist/folder_job.h"
+#include "dist/shard.h"
 #include "everything/amg.h"
 #include "io/image.h"
 #include "tinysam.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char *help =
     "usage: tinysam everything --model M --image I --out masks.json [options]\n"
+    "       tinysam everything --model M --images DIR --out-dir OUT [options]\n"
     "       tinysam everything --oracle-scene SCENE.json --out masks.json [options]\n"
     "\n"
     "Finds every object with point-grid prompts and writes SAM generator records\n"
     "(output_mode=\"coco_rle\"): segmentation {size, counts}, area, bbox (XYWH),\n"
     "predicted_iou, point_coords, stability_score, crop_box. Stdout gets a one-line JSON\n"
     "summary (masks, points evaluated per pass, timings).\n"
+    "\n"
+    "Folder mode (--images DIR --out-dir OUT): every .jpg/.jpeg/.png of DIR (sorted by name)\n"
+    "into OUT/<stem>.json, SA-1B style: {\"image\": {image_id, width, height, file_name},\n"
+    "\"annotations\": [{id, segmentation, area, bbox, predicted_iou, point_coords,\n"
+    "stability_score, crop_box}]} (what distill --masks and eval --masks read; image_id is the\n"
+    "number that ends the stem, as in SA-1B's sa_1234.jpg, else the image's position in the\n"
+    "sorted folder). The model loads once, the next image is decoded while one runs, a line\n"
+    "per image gives images/s, masks/s and the ETA. Crash-safe and resumable: outputs are\n"
+    "written to <stem>.json.tmp, flushed and renamed, a rerun skips complete outputs; an image\n"
+    "that fails is recorded in OUT/_failed/<stem>.txt and the run goes on (exit status 1 at the\n"
+    "end); SIGTERM, SIGINT or SIGUSR1 finish the current image and exit with status 75.\n"
+    "  --shard I/N                        image i of the sorted folder belongs to shard i mod N\n"
+    "                                     (0-based); without it the shard comes from mpirun,\n"
+    "                                     srun -n N, a Slurm array (--array=A-B) or, with\n"
+    "                                     --shard-count N, a Kubernetes Indexed Job\n"
+    "  --shard-count N                    the Indexed Job's completions (JOB_COMPLETION_INDEX)\n"
+    "  --manifest FILE                    this shard's summary (images done, skipped, failed,\n"
+    "                                     masks, seconds); \"{shard}\" becomes the shard index\n"
     "\n"
     "  --mode hierarchical|grid           TinySAM's hierarchical mode (default) or SAM's grid\n"
     "  --points-per-side N                32\n"
@@ -36,7 +60,8 @@ static const char *help =
     "  --crop-overlap-ratio F             0.3413 (512/1500)\n"
     "  --crop-n-points-downscale-factor N 1\n"
     "  --overlay out.png                  every mask in a distinct colour over the image\n"
-    "  --format png-dir DIR               also one PNG per mask (DIR/mask_0000.png, ...)\n"
+    "  --format png-dir DIR               also one PNG per mask (DIR/mask_0000.png, ...;\n"
+    "                                     folder mode: DIR/<stem>/mask_0000.png, ...)\n"
     "  --threads N  --max-pixels P  --quiet (no progress on stderr)\n"
     "  --oracle-scene SCENE.json          testing aid: the scene oracle (spec ORACLE.md) in\n"
     "                                     place of the network; no model needed, the image\n"
@@ -107,12 +132,132 @@ static int write_overlay(const char *path, const tinysam_image *img, int W, int 
     return rc;
 }
 
+/* ---- folder mode ------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *model_path;
+    tinysam_model *m;
+    tinysam_everything_options o;
+    const char *png_dir;
+} folder_ctx;
+
+static int folder_prepare(void *user) {
+    folder_ctx *c = user;
+    return tinysam_model_load(c->model_path, &c->m);
+}
+
+/* Complete: our header at the start and the closing "]}\n" at the end (written to a temporary
+ * name and renamed, so anything else is a stranger's or a damaged file). */
+static int folder_complete(void *user, const char *path) {
+    (void)user;
+    static const char head[] = "{\"image\": {";
+    char buf[sizeof head], tail[3];
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    int ok = fread(buf, 1, sizeof head - 1, f) == sizeof head - 1 &&
+             !memcmp(buf, head, sizeof head - 1) && fseek(f, -3, SEEK_END) == 0 &&
+             fread(tail, 1, 3, f) == 3 && !memcmp(tail, "]}\n", 3);
+    fclose(f);
+    return ok;
+}
+
+/* SA-1B numbers its images by the digits that end the stem (sa_1234); other names get their
+ * position in the sorted folder. */
+static long long image_id_of(const char *stem, int index) {
+    size_t n = strlen(stem), k = n;
+    while (k > 0 && stem[k - 1] >= '0' && stem[k - 1] <= '9') k--;
+    if (k == n || n - k > 15) return index;
+    return strtoll(stem + k, NULL, 10);
+}
+
+/* rm -r of a directory holding files only (the PNG directories this command writes). */
+static void remove_flat_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    char path[4400];
+    while ((de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+            unlink(path);
+        }
+    closedir(d);
+    rmdir(dir);
+}
+
+/* The PNGs go to DIR/<stem>.tmp/ and are renamed to DIR/<stem>/ before the JSON is committed:
+ * a complete JSON implies complete PNGs. */
+static int folder_write_pngs(const char *png_dir, const char *stem,
+                             const tinysam_everything_result *r) {
+    char final[4200], tmp[4210];
+    if ((size_t)snprintf(final, sizeof final, "%s/%s", png_dir, stem) >= sizeof final)
+        return ts_error(TINYSAM_E_ARG, "--format png-dir: path too long");
+    snprintf(tmp, sizeof tmp, "%s.tmp", final);
+    remove_flat_dir(tmp);
+    int rc = write_pngs(tmp, r);
+    if (!rc) {
+        remove_flat_dir(final);
+        if (rename(tmp, final) != 0)
+            rc = ts_error(TINYSAM_E_IO, "cannot rename '%s' to '%s': %s", tmp, final,
+                          strerror(errno));
+    }
+    if (rc) remove_flat_dir(tmp);
+    return rc;
+}
+
+static int folder_process(void *user, const ts_folder_item *it, const tinysam_image *img,
+                          long long *units) {
+    folder_ctx *c = user;
+    tinysam_everything_result res = {0};
+    int rc = tinysam_everything(c->m, img, NULL, &c->o, &res);
+    if (!rc && c->png_dir) rc = folder_write_pngs(c->png_dir, it->stem, &res);
+    if (!rc) {
+        FILE *f = fopen(it->tmp_path, "wb");
+        if (!f) rc = ts_error(TINYSAM_E_IO, "%s: cannot write: %s", it->tmp_path, strerror(errno));
+        else {
+            rc = ts_everything_write_sa1b(f, &res, image_id_of(it->stem, it->index), it->name,
+                                          img->width, img->height);
+            if (fclose(f) != 0 && !rc) rc = ts_error(TINYSAM_E_IO, "%s: write failed", it->tmp_path);
+        }
+    }
+    *units = res.n;
+    tinysam_everything_free(&res);
+    return rc;
+}
+
+static int everything_folder(const char *model, const char *images, const char *out_dir,
+                             const char *png_dir, const char *manifest, const ts_shard *shard,
+                             const tinysam_everything_options *o, long long max_pixels,
+                             int quiet) {
+    folder_ctx c = {.model_path = model, .o = *o, .png_dir = png_dir};
+    c.o.progress = NULL;
+    ts_folder_job job = {.what = "everything", .images_dir = images, .out_dir = out_dir,
+                         .out_ext = ".json", .max_pixels = max_pixels, .shard = shard,
+                         .quiet = quiet, .units = "masks", .manifest = manifest, .user = &c,
+                         .prepare = folder_prepare, .complete = folder_complete,
+                         .process = folder_process};
+    ts_folder_stats st;
+    int rc = ts_folder_job_run(&job, &st);
+    tinysam_model_free(c.m);
+    if (rc) return ts_cli_fail();
+    printf("{\"out_dir\": ");
+    ts_json_write_string_stdout(out_dir);
+    printf(", \"shard\": [%d, %d], \"images\": %d, \"computed\": %d, \"skipped\": %d, "
+           "\"failed\": %d, \"masks\": %lld, \"threads\": %d, \"seconds\": %.1f, "
+           "\"interrupted\": %s}\n",
+           shard->index, shard->count, st.owned, st.done, st.skipped, st.failed, st.units,
+           tinysam_get_num_threads(), st.seconds, st.interrupted ? "true" : "false");
+    fflush(stdout);
+    return ts_folder_job_exit(&job, &st);
+}
+
 int ts_cli_everything(int argc, char **argv) {
     tinysam_everything_options o;
     tinysam_everything_defaults(&o);
     const char *model = NULL, *image = NULL, *out = NULL, *overlay = NULL, *png_dir = NULL,
-               *scene = NULL, *v;
-    int threads = 0, quiet = 0;
+               *scene = NULL, *images = NULL, *out_dir = NULL, *shard_arg = NULL,
+               *manifest = NULL, *v;
+    int threads = 0, quiet = 0, shard_count = 0;
     long long max_pixels = TINYSAM_DEFAULT_MAX_PIXELS;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -133,6 +278,12 @@ int ts_cli_everything(int argc, char **argv) {
         int rc = 0;
         if (!strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "--image")) image = v;
+        else if (!strcmp(a, "--images")) images = v;
+        else if (!strcmp(a, "--out-dir")) out_dir = v;
+        else if (!strcmp(a, "--shard")) shard_arg = v;
+        else if (!strcmp(a, "--shard-count"))
+            rc = ts_arg_int(a, v, 1, TS_SHARD_MAX_COUNT, &shard_count);
+        else if (!strcmp(a, "--manifest")) manifest = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--overlay")) overlay = v;
         else if (!strcmp(a, "--oracle-scene")) scene = v;
@@ -180,6 +331,27 @@ int ts_cli_everything(int argc, char **argv) {
             if (!rc) *(float *)((char *)&o + fl[k].off) = (float)d;
         }
         if (rc) return ts_cli_fail();
+    }
+    const char *usage_err = NULL;
+    if (images && (image || scene)) usage_err = "--images goes without --image and --oracle-scene";
+    else if (images && !out_dir) usage_err = "--images needs --out-dir";
+    else if (images && out) usage_err = "--out goes with --image; use --out-dir with --images";
+    else if (images && overlay) usage_err = "--overlay goes with --image, not --images";
+    else if (images && !model) usage_err = "--model is required";
+    else if (!images && (out_dir || shard_arg || shard_count || manifest))
+        usage_err = "--out-dir, --shard, --shard-count and --manifest go with --images";
+    if (usage_err) {
+        ts_error(TINYSAM_E_ARG, "everything: %s (see --help)", usage_err);
+        return ts_cli_fail();
+    }
+    if (images) {
+        ts_shard shard;
+        if (tinysam_everything_check(&o) ||
+            ts_shard_resolve(shard_arg, shard_count, NULL, &shard))
+            return ts_cli_fail();
+        tinysam_set_num_threads(threads);
+        return everything_folder(model, images, out_dir, png_dir, manifest, &shard, &o,
+                                 max_pixels, quiet);
     }
     if (!out) {
         ts_error(TINYSAM_E_ARG, "--out is required");

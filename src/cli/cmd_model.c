@@ -2,6 +2,8 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core.h"
+#include "dist/folder_job.h"
+#include "dist/shard.h"
 #include "io/npy.h"
 #include "tinysam.h"
 #include "train/dataset.h"
@@ -81,16 +83,23 @@ static const char *embed_help =
     "usage: tinysam embed --model M --image I --out E.npy [--fp16] [--threads N]\n"
     "                     [--max-pixels P]\n"
     "       tinysam embed --model M --images DIR --out-dir E [--fp16] [--threads N]\n"
-    "                     [--max-pixels P]\n"
+    "                     [--max-pixels P] [--shard I/N] [--shard-count N]\n"
+    "                     [--manifest FILE] [--quiet]\n"
     "\n"
     "Runs the image encoder and writes the 1x256x64x64 image embedding as .npy (float32, or\n"
     "float16 rounded to nearest even with --fp16).\n"
     "\n"
     "With --images, embeds every .jpg/.jpeg/.png in DIR (sorted by name, hidden files skipped)\n"
     "into E/<stem>.npy (E is created if missing), e.g. teacher embeddings for distillation.\n"
-    "The model is loaded once and images are decoded one at a time. Resumable: an output that\n"
-    "already exists with the right shape and dtype is skipped; each file is written to\n"
-    "<stem>.npy.tmp and renamed into place, so an interrupted run leaves no half file.\n"
+    "The model is loaded once and the next image is decoded while one is encoded. Resumable\n"
+    "and crash-safe: an output that already exists with the right shape and dtype is skipped;\n"
+    "each file is written to <stem>.npy.tmp, flushed and renamed into place. An image that\n"
+    "fails is recorded in E/_failed/<stem>.txt and the run goes on (exit status 1 at the end);\n"
+    "SIGTERM, SIGINT or SIGUSR1 finish the current image and exit with status 75.\n"
+    "--shard I/N takes image i of the sorted folder when i mod N = I; without it the shard\n"
+    "comes from mpirun, srun -n N, a Slurm array, or a Kubernetes Indexed Job with\n"
+    "--shard-count N (see `tinysam everything --help`). --manifest FILE: this shard's summary\n"
+    "(\"{shard}\" becomes the shard index).\n"
     "Progress goes to stderr, a JSON summary to stdout.\n";
 
 static const int64_t embed_shape[4] = {1, TINYSAM_EMBED_DIM, TINYSAM_EMBED_SIDE,
@@ -121,102 +130,60 @@ static int embed_output_valid(const char *path, int fp16) {
     return 1;
 }
 
-static void embed_format_eta(double s, char *buf, size_t n) {
-    long t = (long)(s + 0.5);
-    if (t < 60) snprintf(buf, n, "%lds", t);
-    else if (t < 3600) snprintf(buf, n, "%ldm %02lds", t / 60, t % 60);
-    else snprintf(buf, n, "%ldh %02ldm", t / 3600, t / 60 % 60);
+typedef struct {
+    const char *model_path;
+    tinysam_model *m;
+    int fp16;
+} embed_ctx;
+
+static int embed_prepare(void *user) {
+    embed_ctx *c = user;
+    return tinysam_model_load(c->model_path, &c->m);
+}
+
+static int embed_complete(void *user, const char *path) {
+    return embed_output_valid(path, ((embed_ctx *)user)->fp16);
+}
+
+static int embed_process(void *user, const ts_folder_item *it, const tinysam_image *img,
+                         long long *units) {
+    embed_ctx *c = user;
+    tinysam_embedding *e = NULL;
+    int rc = tinysam_encode(c->m, img, &e);
+    if (!rc) rc = embed_write(it->tmp_path, e, c->fp16);
+    tinysam_embedding_free(e);
+    *units = 0;
+    return rc;
 }
 
 static int embed_batch(const char *model, const char *dir, const char *out_dir, int fp16,
-                       long long max_pixels) {
-    char **names = NULL;
-    int n = 0;
-    int rc = ts_dataset_list_images(dir, &names, &n);
-    if (rc) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", tinysam_last_error());
-        return ts_error(rc, "embed: %s", msg);
-    }
-    if (!n) rc = ts_error(TINYSAM_E_ARG, "embed: no .jpg/.jpeg/.png images in '%s'", dir);
-    if (!rc) rc = ts_dataset_check_stems(names, n, "embed");
-    if (!rc && mkdir(out_dir, 0755) != 0 && errno != EEXIST)
-        rc = ts_error(TINYSAM_E_IO, "embed: cannot create '%s': %s", out_dir, strerror(errno));
-    struct stat st;
-    if (!rc && (stat(out_dir, &st) != 0 || !S_ISDIR(st.st_mode)))
-        rc = ts_error(TINYSAM_E_IO, "embed: '%s' is not a directory", out_dir);
-    size_t longest = 0;
-    for (int i = 0; i < n; i++)
-        if (strlen(names[i]) > longest) longest = strlen(names[i]);
-    size_t cap = strlen(dir) + strlen(out_dir) + longest + 16; /* "/", ".npy.tmp", NUL */
-    char *img_path = NULL, *out_path = NULL, *tmp_path = NULL;
-    if (!rc && (!(img_path = malloc(cap)) || !(out_path = malloc(cap)) ||
-                !(tmp_path = malloc(cap))))
-        rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
-
-    tinysam_model *m = NULL;
-    int n_done = 0, n_skip = 0;
-    double t_start = ts_now_ms(), t_encode = 0;
-    for (int i = 0; !rc && i < n; i++) {
-        const char *dot = strrchr(names[i], '.');
-        snprintf(img_path, cap, "%s/%s", dir, names[i]);
-        snprintf(out_path, cap, "%s/%.*s.npy", out_dir, (int)(dot - names[i]), names[i]);
-        snprintf(tmp_path, cap, "%s.tmp", out_path);
-        if (embed_output_valid(out_path, fp16)) {
-            n_skip++;
-            fprintf(stderr, "embed [%d/%d] %s: skipped (exists)\n", i + 1, n, names[i]);
-            continue;
-        }
-        /* loaded on first need, so that a finished run resumes without reading the model */
-        if (!m && (rc = tinysam_model_load(model, &m)) != 0) break;
-        double t0 = ts_now_ms();
-        tinysam_image img = {0};
-        tinysam_embedding *e = NULL;
-        rc = tinysam_image_load(img_path, max_pixels, &img);
-        if (!rc) rc = tinysam_encode(m, &img, &e);
-        if (rc) {
-            char msg[512];
-            snprintf(msg, sizeof msg, "%s", tinysam_last_error());
-            /* name the file unless the message already does */
-            if (!strstr(msg, names[i])) rc = ts_error(rc, "embed: %s: %s", img_path, msg);
-        }
-        if (!rc) rc = embed_write(tmp_path, e, fp16);
-        if (!rc && rename(tmp_path, out_path) != 0)
-            rc = ts_error(TINYSAM_E_IO, "embed: cannot rename '%s' to '%s': %s", tmp_path,
-                          out_path, strerror(errno));
-        if (rc) remove(tmp_path);
-        tinysam_embedding_free(e);
-        tinysam_image_free(&img);
-        if (rc) break;
-        double ms = ts_now_ms() - t0;
-        t_encode += ms;
-        n_done++;
-        char eta[32];
-        embed_format_eta(t_encode / n_done * (n - 1 - i) / 1000.0, eta, sizeof eta);
-        fprintf(stderr, "embed [%d/%d] %s: %.0f ms (eta %s)\n", i + 1, n, names[i], ms, eta);
-    }
-    tinysam_model_free(m);
-    double secs = (ts_now_ms() - t_start) / 1000.0;
-    if (!rc) {
-        fprintf(stderr, "embed: %d images, %d computed, %d skipped, in %.1f s\n", n, n_done,
-                n_skip, secs);
-        printf("{\"out_dir\": ");
-        ts_json_write_string_stdout(out_dir);
-        printf(", \"images\": %d, \"computed\": %d, \"skipped\": %d, \"dtype\": \"%s\", "
-               "\"seconds\": %.1f}\n",
-               n, n_done, n_skip, fp16 ? "float16" : "float32", secs);
-    }
-    free(img_path);
-    free(out_path);
-    free(tmp_path);
-    ts_dataset_free_list(names, n);
-    return rc;
+                       long long max_pixels, const ts_shard *shard, const char *manifest,
+                       int quiet) {
+    embed_ctx c = {.model_path = model, .fp16 = fp16};
+    ts_folder_job job = {.what = "embed", .images_dir = dir, .out_dir = out_dir,
+                         .out_ext = ".npy", .max_pixels = max_pixels, .shard = shard,
+                         .quiet = quiet, .manifest = manifest, .user = &c,
+                         .prepare = embed_prepare, .complete = embed_complete,
+                         .process = embed_process};
+    ts_folder_stats st;
+    int rc = ts_folder_job_run(&job, &st);
+    tinysam_model_free(c.m);
+    if (rc) return ts_cli_fail();
+    printf("{\"out_dir\": ");
+    ts_json_write_string_stdout(out_dir);
+    printf(", \"shard\": [%d, %d], \"images\": %d, \"computed\": %d, \"skipped\": %d, "
+           "\"failed\": %d, \"dtype\": \"%s\", \"seconds\": %.1f, \"interrupted\": %s}\n",
+           shard->index, shard->count, st.owned, st.done, st.skipped, st.failed,
+           fp16 ? "float16" : "float32", st.seconds, st.interrupted ? "true" : "false");
+    fflush(stdout);
+    return ts_folder_job_exit(&job, &st);
 }
 
 int ts_cli_embed(int argc, char **argv) {
     const char *model = NULL, *image = NULL, *images = NULL, *out = NULL, *out_dir = NULL, *v;
+    const char *shard_arg = NULL, *manifest = NULL;
     long long max_pixels = TINYSAM_DEFAULT_MAX_PIXELS;
-    int threads = 0, fp16 = 0;
+    int threads = 0, fp16 = 0, quiet = 0, shard_count = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -225,11 +192,20 @@ int ts_cli_embed(int argc, char **argv) {
         }
         if (!strcmp(a, "--fp16")) {
             fp16 = 1;
+        } else if (!strcmp(a, "--quiet")) {
+            quiet = 1;
         } else if (!strcmp(a, "--model") || !strcmp(a, "--image") || !strcmp(a, "--out") ||
                    !strcmp(a, "--images") || !strcmp(a, "--out-dir") ||
-                   !strcmp(a, "--threads") || !strcmp(a, "--max-pixels")) {
+                   !strcmp(a, "--threads") || !strcmp(a, "--max-pixels") ||
+                   !strcmp(a, "--shard") || !strcmp(a, "--shard-count") ||
+                   !strcmp(a, "--manifest")) {
             if (ts_arg_value(argc, argv, &i, &v)) return ts_cli_fail();
             if (!strcmp(a, "--model")) model = v;
+            else if (!strcmp(a, "--shard")) shard_arg = v;
+            else if (!strcmp(a, "--manifest")) manifest = v;
+            else if (!strcmp(a, "--shard-count")) {
+                if (ts_arg_int(a, v, 1, TS_SHARD_MAX_COUNT, &shard_count)) return ts_cli_fail();
+            }
             else if (!strcmp(a, "--image")) image = v;
             else if (!strcmp(a, "--images")) images = v;
             else if (!strcmp(a, "--out")) out = v;
@@ -252,12 +228,18 @@ int ts_cli_embed(int argc, char **argv) {
     else if (images && out) usage_err = "--out goes with --image; use --out-dir with --images";
     else if (image && !out) usage_err = "--image needs --out";
     else if (images && !out_dir) usage_err = "--images needs --out-dir";
+    else if (!images && (shard_arg || shard_count || manifest))
+        usage_err = "--shard, --shard-count and --manifest go with --images";
     if (usage_err) {
         fprintf(stderr, "tinysam embed: %s (see --help)\n", usage_err);
         return 2;
     }
     tinysam_set_num_threads(threads);
-    if (images) return embed_batch(model, images, out_dir, fp16, max_pixels) ? ts_cli_fail() : 0;
+    if (images) {
+        ts_shard shard;
+        if (ts_shard_resolve(shard_arg, shard_count, NULL, &shard)) return ts_cli_fail();
+        return embed_batch(model, images, out_dir, fp16, max_pixels, &shard, manifest, quiet);
+    }
 
     tinysam_model *m = NULL;
     tinysam_image img = {0};

@@ -59,5 +59,9 @@ void ts_mask_box(const uint8_t *mask, int W, int H, int box[4]);
 #include "tinysam.h"
 /* Writes the records as SAM's generator's coco_rle output (records_json.c). */
 int ts_everything_write_json(FILE *f, const tinysam_everything_result *r);
+/* One image's records as an SA-1B file: {"image": {image_id, width, height, file_name},
+ * "annotations": [records with "id" = their index]}, ending "]}\n". */
+int ts_everything_write_sa1b(FILE *f, const tinysam_everything_result *r, long long image_id,
+                             const char *file_name, int width, int height);
 
 #endif

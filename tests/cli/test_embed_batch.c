@@ -102,10 +102,11 @@ static void test_batch_f32_resume(void) {
     /* first run: E is created, both images computed */
     int st = cli_run(args);
     REQUIRE(st == 0, "first run: status %d: %s", st, cli_err);
-    CHECK(strstr(cli_err, "embed [1/2] picture1.jpg: ") && strstr(cli_err, " ms (eta ") &&
+    CHECK(strstr(cli_err, "embed [1/2] picture1.jpg: ") && strstr(cli_err, " images/s, eta ") &&
               strstr(cli_err, "embed [2/2] shapes.png: "),
           "progress lines: %s", cli_err);
-    CHECK(strstr(cli_err, "embed: 2 images, 2 computed, 0 skipped, in "), "summary: %s", cli_err);
+    CHECK(strstr(cli_err, "embed: 2 images, 2 computed, 0 skipped, 0 failed, in "), "summary: %s",
+          cli_err);
     double e1 = max_err_vs_reference(p1, "picture1"), e2 = max_err_vs_reference(p2, "shapes");
     printf("  max abs error vs reference: picture1 %.3g, shapes %.3g\n", e1, e2);
     CHECK(e1 <= 1e-3 && e2 <= 1e-3, "embedding error %g %g > 1e-3", e1, e2);
@@ -122,8 +123,8 @@ static void test_batch_f32_resume(void) {
     REQUIRE(stat(p1, &s1) == 0 && stat(p2, &s2) == 0, "stat");
     st = cli_run(args);
     CHECK(st == 0, "second run: status %d: %s", st, cli_err);
-    CHECK(strstr(cli_err, "picture1.jpg: skipped (exists)") &&
-              strstr(cli_err, "shapes.png: skipped (exists)") &&
+    CHECK(strstr(cli_err, "2 of 2 images already have complete outputs: skipped") &&
+              !strstr(cli_err, "picture1.jpg") && !strstr(cli_err, "shapes.png") &&
               strstr(cli_err, "2 images, 0 computed, 2 skipped"),
           "second run did not skip: %s", cli_err);
     struct stat t1, t2;
@@ -136,8 +137,8 @@ static void test_batch_f32_resume(void) {
     REQUIRE(truncate(p2, (off_t)(n2 / 2)) == 0, "truncate");
     st = cli_run(args);
     CHECK(st == 0, "third run: status %d: %s", st, cli_err);
-    CHECK(strstr(cli_err, "picture1.jpg: skipped (exists)") && strstr(cli_err, "shapes.png: ") &&
-              !strstr(cli_err, "shapes.png: skipped") &&
+    CHECK(strstr(cli_err, "1 of 2 images already have complete outputs: skipped") &&
+              !strstr(cli_err, "picture1.jpg") && strstr(cli_err, "[2/2] shapes.png: ") &&
               strstr(cli_err, "2 images, 1 computed, 1 skipped"),
           "third run: %s", cli_err);
     e2 = max_err_vs_reference(p2, "shapes");
@@ -253,7 +254,14 @@ static void test_usage_errors(void) {
     fclose(f);
     snprintf(args, sizeof args, "embed --model %s --images %s --out-dir %s/bad_out", g_model,
              bad, g_dir);
-    cli_expect_error(args, "broken.jpg", 1);
+    cli_expect_error(args, "broken.jpg", 0);
+    CHECK(strstr(cli_err, "1 of 1 images failed"), "failure summary: %s", cli_err);
+    snprintf(p, sizeof p, "%s/bad_out/_failed/broken.txt", g_dir);
+    uint8_t *rec = NULL;
+    size_t nrec = 0;
+    CHECK(ts_read_file(p, 1 << 16, &rec, &nrec) == 0 && memmem(rec, nrec, "truncated", 9),
+          "no failure record %s", p);
+    free(rec);
     snprintf(p, sizeof p, "%s/bad_out/broken.npy", g_dir);
     CHECK(access(p, F_OK) != 0, "output written for a corrupt image");
     snprintf(p, sizeof p, "%s/bad_out/broken.npy.tmp", g_dir);
