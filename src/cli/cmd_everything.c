@@ -65,7 +65,8 @@ static const char *help =
     "  --threads N  --max-pixels P  --quiet (no progress on stderr)\n"
     "  --oracle-scene SCENE.json          testing aid: the scene oracle (spec ORACLE.md) in\n"
     "                                     place of the network; no model needed, the image\n"
-    "                                     is optional (size from the scene)\n";
+    "                                     is optional (size from the scene)\n"
+    "  --oracle-scenes DIR                the same for --images: DIR/<stem>.json per image\n";
 
 typedef struct {
     int last;
@@ -139,11 +140,12 @@ typedef struct {
     tinysam_model *m;
     tinysam_everything_options o;
     const char *png_dir;
+    const char *scenes_dir; /* testing aid: the scene oracle in place of the network */
 } folder_ctx;
 
 static int folder_prepare(void *user) {
     folder_ctx *c = user;
-    return tinysam_model_load(c->model_path, &c->m);
+    return c->scenes_dir ? 0 : tinysam_model_load(c->model_path, &c->m);
 }
 
 /* Complete: our header at the start and the closing "]}\n" at the end (written to a temporary
@@ -209,7 +211,19 @@ static int folder_process(void *user, const ts_folder_item *it, const tinysam_im
                           long long *units) {
     folder_ctx *c = user;
     tinysam_everything_result res = {0};
-    int rc = tinysam_everything(c->m, img, NULL, &c->o, &res);
+    int rc;
+    if (c->scenes_dir) {
+        char scene[4200];
+        snprintf(scene, sizeof scene, "%s/%s.json", c->scenes_dir, it->stem);
+        rc = tinysam_everything_oracle(scene, &c->o, &res);
+        if (!rc && res.n && (res.records[0].width != img->width ||
+                             res.records[0].height != img->height))
+            rc = ts_error(TINYSAM_E_ARG, "%s: the image is %dx%d but the scene is %dx%d",
+                          it->name, img->width, img->height, res.records[0].width,
+                          res.records[0].height);
+    } else {
+        rc = tinysam_everything(c->m, img, NULL, &c->o, &res);
+    }
     if (!rc && c->png_dir) rc = folder_write_pngs(c->png_dir, it->stem, &res);
     if (!rc) {
         FILE *f = fopen(it->tmp_path, "wb");
@@ -225,11 +239,11 @@ static int folder_process(void *user, const ts_folder_item *it, const tinysam_im
     return rc;
 }
 
-static int everything_folder(const char *model, const char *images, const char *out_dir,
-                             const char *png_dir, const char *manifest, const ts_shard *shard,
-                             const tinysam_everything_options *o, long long max_pixels,
-                             int quiet) {
-    folder_ctx c = {.model_path = model, .o = *o, .png_dir = png_dir};
+static int everything_folder(const char *model, const char *scenes, const char *images,
+                             const char *out_dir, const char *png_dir, const char *manifest,
+                             const ts_shard *shard, const tinysam_everything_options *o,
+                             long long max_pixels, int quiet) {
+    folder_ctx c = {.model_path = model, .o = *o, .png_dir = png_dir, .scenes_dir = scenes};
     c.o.progress = NULL;
     ts_folder_job job = {.what = "everything", .images_dir = images, .out_dir = out_dir,
                          .out_ext = ".json", .max_pixels = max_pixels, .shard = shard,
@@ -256,7 +270,7 @@ int ts_cli_everything(int argc, char **argv) {
     tinysam_everything_defaults(&o);
     const char *model = NULL, *image = NULL, *out = NULL, *overlay = NULL, *png_dir = NULL,
                *scene = NULL, *images = NULL, *out_dir = NULL, *shard_arg = NULL,
-               *manifest = NULL, *v;
+               *manifest = NULL, *scenes = NULL, *v;
     int threads = 0, quiet = 0, shard_count = 0;
     long long max_pixels = TINYSAM_DEFAULT_MAX_PIXELS;
     for (int i = 1; i < argc; i++) {
@@ -284,6 +298,7 @@ int ts_cli_everything(int argc, char **argv) {
         else if (!strcmp(a, "--shard-count"))
             rc = ts_arg_int(a, v, 1, TS_SHARD_MAX_COUNT, &shard_count);
         else if (!strcmp(a, "--manifest")) manifest = v;
+        else if (!strcmp(a, "--oracle-scenes")) scenes = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--overlay")) overlay = v;
         else if (!strcmp(a, "--oracle-scene")) scene = v;
@@ -333,11 +348,13 @@ int ts_cli_everything(int argc, char **argv) {
         if (rc) return ts_cli_fail();
     }
     const char *usage_err = NULL;
-    if (images && (image || scene)) usage_err = "--images goes without --image and --oracle-scene";
+    if (images && (image || scene))
+        usage_err = "--images goes without --image and --oracle-scene (see --oracle-scenes)";
+    else if (scenes && !images) usage_err = "--oracle-scenes goes with --images";
     else if (images && !out_dir) usage_err = "--images needs --out-dir";
     else if (images && out) usage_err = "--out goes with --image; use --out-dir with --images";
     else if (images && overlay) usage_err = "--overlay goes with --image, not --images";
-    else if (images && !model) usage_err = "--model is required";
+    else if (images && !model && !scenes) usage_err = "--model is required";
     else if (!images && (out_dir || shard_arg || shard_count || manifest))
         usage_err = "--out-dir, --shard, --shard-count and --manifest go with --images";
     if (usage_err) {
@@ -350,7 +367,7 @@ int ts_cli_everything(int argc, char **argv) {
             ts_shard_resolve(shard_arg, shard_count, NULL, &shard))
             return ts_cli_fail();
         tinysam_set_num_threads(threads);
-        return everything_folder(model, images, out_dir, png_dir, manifest, &shard, &o,
+        return everything_folder(model, scenes, images, out_dir, png_dir, manifest, &shard, &o,
                                  max_pixels, quiet);
     }
     if (!out) {
