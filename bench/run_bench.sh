@@ -19,6 +19,9 @@
 #                                      threads net_hier_ms net_grid_ms oracle_hier_ms
 #                                      oracle_grid_ms net_hier_points net_grid_points
 #                                      net_12mp_hier_ms peak_rss_photo_mb peak_rss_12mp_mb
+#   bench_dataset --json [--quick]     separate_s folder_s folder_speedup separate_images_per_s
+#                                      folder_images_per_s peak_rss_1mp_mb folder_12mp_s
+#                                      peak_rss_12mp_mb
 #   bench_peak --json                  peak_gflops_1t peak_gflops_2t clock_ghz flop_per_cycle
 #   bench/onnx/bench_onnx.js --json --threads T --runs N --image-size 769x770
 #                                      encoder_ms decoder_ms decoder_seq64_ms_per_prompt
@@ -209,6 +212,26 @@ if [ -x "$B/bench/bench_everything" ]; then
                 "peak RSS $(num "$(jget peak_rss_12mp_mb "$j")" 0) MB"
         fi
     done
+    echo
+fi
+
+# ---------------------------------------------------------------- dataset jobs
+# `everything --images` (one process) against one `everything --image` process per photo
+if [ -x "$B/bench/bench_dataset" ]; then
+    echo "== dataset jobs (8 photos of 1200x860, --points-per-side 8, default threads)"
+    out=$(BUILD="$B" "$B/bench/bench_dataset" --json ${BENCH_QUICK:+--quick}) || status=1
+    j=$(jlast "$out")
+    if [ -z "$j" ]; then printf '%s\n' "$out"; else
+        row "8 separate tinysam everything processes" "$(num "$(jget separate_s "$j")" 2) s" \
+            "$(num "$(jget separate_images_per_s "$j")" 3) images/s"
+        row "one everything --images process" "$(num "$(jget folder_s "$j")" 2) s" \
+            "$(num "$(jget folder_images_per_s "$j")" 3) images/s: $(num "$(jget folder_speedup "$j")" 2)x"
+        row "peak RSS, folder run, 1 MP photos" "$(num "$(jget peak_rss_1mp_mb "$j")" 0) MB" ""
+        if [ -z "${BENCH_QUICK:-}" ]; then
+            row "folder run, 3 photos of 12 MP" "$(num "$(jget folder_12mp_s "$j")" 2) s" \
+                "peak RSS $(num "$(jget peak_rss_12mp_mb "$j")" 0) MB (bound 600)"
+        fi
+    fi
     echo
 fi
 
