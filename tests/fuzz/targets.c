@@ -10,6 +10,7 @@
 #include "io/tensor_map.h"
 #include "server/api.h"
 #include "core.h"
+#include "dist/shard.h"
 #include "tinysam.h"
 
 #include <stddef.h>
@@ -135,6 +136,10 @@ static int apply_option(const char *a, const char *v, tinysam_everything_options
     if (!strcmp(a, "--threads")) return ts_arg_int(a, v, 1, 256, &iv);
     if (!strcmp(a, "--max-pixels")) return ts_arg_ll(a, v, 1, (long long)1 << 40, &ll);
     if (!strcmp(a, "--value")) return ts_arg_float(a, v, f);
+    if (!strcmp(a, "--shard")) {
+        int idx, cnt;
+        return ts_shard_parse(v, &idx, &cnt);
+    }
     if (!strcmp(a, "--mode")) {
         if (!strcmp(v, "grid")) o->mode = TINYSAM_EVERYTHING_GRID;
         else if (!strcmp(v, "hierarchical")) o->mode = TINYSAM_EVERYTHING_HIERARCHICAL;
