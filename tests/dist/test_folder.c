@@ -613,7 +613,7 @@ static void test_eval_merge(void) {
     CHECK(same_file(full, merged), "merged report differs from the unsharded one");
     ts_json *j = NULL;
     REQUIRE(ts_json_load(full, &j) == 0, "report");
-    CHECK(ts_json_num(j, "n_images", 0) == n_eval && ts_json_num(j, "n_objects", 0) > 10,
+    CHECK(ts_json_num(j, "n_images", 0) == n_eval && ts_json_num(j, "n_objects", 0) > 5,
           "report: %g images, %g objects", ts_json_num(j, "n_images", 0),
           ts_json_num(j, "n_objects", 0));
     printf("  %d images, %g objects: shards 0/2 + 1/2 merged == unsharded (mean box IoU %.17g)\n",
