@@ -130,39 +130,73 @@ tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char
     return ts_safetensors_save(path, m->map, 4, keys, values);
 }
 
-tinysam_status tinysam_encode(tinysam_model *m, const tinysam_image *img,
-                              tinysam_embedding **out) {
-    if (!m || !img || !out) return ts_error(TINYSAM_E_ARG, "tinysam_encode: NULL argument");
-    *out = NULL;
+int ts_encoder_input_make(const tinysam_image *img, ts_encoder_input *out) {
+    memset(out, 0, sizeof *out);
     if (!img->rgb || img->width <= 0 || img->height <= 0)
         return ts_error(TINYSAM_E_ARG, "tinysam_encode: empty image");
     int newh, neww;
     ts_preprocess_shape(img->height, img->width, TINYSAM_INPUT_SIDE, &newh, &neww);
-    tinysam_embedding *e = ts_calloc(1, sizeof *e);
     uint8_t *resized = ts_malloc((size_t)newh * neww * 3);
     float *input = ts_malloc_aligned((size_t)3 * TINYSAM_INPUT_SIDE * TINYSAM_INPUT_SIDE * sizeof(float));
+    int rc = TINYSAM_E_NOMEM;
+    if (resized && input && !(rc = ts_resize_rgb_pil(img->rgb, img->width, img->height, resized,
+                                                     neww, newh))) {
+        ts_normalize_pad(resized, newh, neww, input);
+        *out = (ts_encoder_input){input, img->width, img->height, neww, newh};
+        input = NULL;
+    }
+    free(resized);
+    ts_free_aligned(input);
+    return rc;
+}
+
+void ts_encoder_input_free(ts_encoder_input *in) {
+    ts_free_aligned(in->input);
+    memset(in, 0, sizeof *in);
+}
+
+int ts_encoder_input_new(const tinysam_image *img, void **out) {
+    *out = NULL;
+    ts_encoder_input *in = ts_malloc(sizeof *in);
+    if (!in) return TINYSAM_E_NOMEM;
+    int rc = ts_encoder_input_make(img, in);
+    if (rc) free(in);
+    else *out = in;
+    return rc;
+}
+
+void ts_encoder_input_delete(void *in) {
+    if (!in) return;
+    ts_encoder_input_free(in);
+    free(in);
+}
+
+int ts_encode_input(tinysam_model *m, const ts_encoder_input *in, tinysam_embedding **out) {
+    *out = NULL;
+    tinysam_embedding *e = ts_calloc(1, sizeof *e);
     float *data = ts_malloc_aligned((size_t)TINYSAM_EMBED_DIM * TINYSAM_EMBED_SIDE * TINYSAM_EMBED_SIDE * sizeof(float));
     int rc = TINYSAM_E_NOMEM;
-    if (!e || !resized || !input || !data) goto fail;
-    if ((rc = ts_resize_rgb_pil(img->rgb, img->width, img->height, resized, neww, newh))) goto fail;
-    ts_normalize_pad(resized, newh, neww, input);
-    rc = m->encoder ? ts_tiny_vit_forward(m->encoder, input, data, NULL, NULL)
-                    : ts_sam_vit_forward(m->vit, input, data);
-    if (rc) goto fail;
-    e->data = data;
-    e->orig_w = img->width;
-    e->orig_h = img->height;
-    e->input_w = neww;
-    e->input_h = newh;
-    free(resized);
-    ts_free_aligned(input);
+    if (e && data)
+        rc = m->encoder ? ts_tiny_vit_forward(m->encoder, in->input, data, NULL, NULL)
+                        : ts_sam_vit_forward(m->vit, in->input, data);
+    if (rc) {
+        free(e);
+        ts_free_aligned(data);
+        return rc;
+    }
+    *e = (tinysam_embedding){data, in->orig_w, in->orig_h, in->input_w, in->input_h};
     *out = e;
     return TINYSAM_OK;
-fail:
-    free(e);
-    free(resized);
-    ts_free_aligned(input);
-    ts_free_aligned(data);
+}
+
+tinysam_status tinysam_encode(tinysam_model *m, const tinysam_image *img,
+                              tinysam_embedding **out) {
+    if (!m || !img || !out) return ts_error(TINYSAM_E_ARG, "tinysam_encode: NULL argument");
+    *out = NULL;
+    ts_encoder_input in;
+    int rc = ts_encoder_input_make(img, &in);
+    if (!rc) rc = ts_encode_input(m, &in, out);
+    ts_encoder_input_free(&in);
     return rc;
 }
 

@@ -7,6 +7,7 @@
 #include "dist/shard.h"
 #include "everything/amg.h"
 #include "io/image.h"
+#include "model/sam.h"
 #include "tinysam.h"
 
 #include <dirent.h>
@@ -208,7 +209,7 @@ static int folder_write_pngs(const char *png_dir, const char *stem,
 }
 
 static int folder_process(void *user, const ts_folder_item *it, const tinysam_image *img,
-                          long long *units) {
+                          void *aux, long long *units) {
     folder_ctx *c = user;
     tinysam_everything_result res = {0};
     int rc;
@@ -222,7 +223,11 @@ static int folder_process(void *user, const ts_folder_item *it, const tinysam_im
                           it->name, img->width, img->height, res.records[0].width,
                           res.records[0].height);
     } else {
-        rc = tinysam_everything(c->m, img, NULL, &c->o, &res);
+        /* the encoder's input was made on the loader thread */
+        tinysam_embedding *emb = NULL;
+        rc = ts_encode_input(c->m, aux, &emb);
+        if (!rc) rc = tinysam_everything(c->m, img, emb, &c->o, &res);
+        tinysam_embedding_free(emb);
     }
     if (!rc && c->png_dir) rc = folder_write_pngs(c->png_dir, it->stem, &res);
     if (!rc) {
@@ -249,7 +254,8 @@ static int everything_folder(const char *model, const char *scenes, const char *
                          .out_ext = ".json", .max_pixels = max_pixels, .shard = shard,
                          .quiet = quiet, .units = "masks", .manifest = manifest, .user = &c,
                          .prepare = folder_prepare, .complete = folder_complete,
-                         .process = folder_process};
+                         .preprocess = scenes ? NULL : ts_encoder_input_new,
+                         .aux_free = ts_encoder_input_delete, .process = folder_process};
     ts_folder_stats st;
     int rc = ts_folder_job_run(&job, &st);
     tinysam_model_free(c.m);

@@ -5,6 +5,7 @@
 #include "dist/folder_job.h"
 #include "dist/shard.h"
 #include "io/npy.h"
+#include "model/sam.h"
 #include "tinysam.h"
 #include "train/dataset.h"
 
@@ -146,10 +147,11 @@ static int embed_complete(void *user, const char *path) {
 }
 
 static int embed_process(void *user, const ts_folder_item *it, const tinysam_image *img,
-                         long long *units) {
+                         void *aux, long long *units) {
     embed_ctx *c = user;
     tinysam_embedding *e = NULL;
-    int rc = tinysam_encode(c->m, img, &e);
+    (void)img; /* aux: its encoder input, made on the loader thread */
+    int rc = ts_encode_input(c->m, aux, &e);
     if (!rc) rc = embed_write(it->tmp_path, e, c->fp16);
     tinysam_embedding_free(e);
     *units = 0;
@@ -164,7 +166,8 @@ static int embed_batch(const char *model, const char *dir, const char *out_dir, 
                          .out_ext = ".npy", .max_pixels = max_pixels, .shard = shard,
                          .quiet = quiet, .manifest = manifest, .user = &c,
                          .prepare = embed_prepare, .complete = embed_complete,
-                         .process = embed_process};
+                         .preprocess = ts_encoder_input_new,
+                         .aux_free = ts_encoder_input_delete, .process = embed_process};
     ts_folder_stats st;
     int rc = ts_folder_job_run(&job, &st);
     tinysam_model_free(c.m);

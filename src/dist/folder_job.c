@@ -94,24 +94,27 @@ static const char *signal_name(int sig) {
 typedef struct {
     pthread_t th;
     int running;
+    const ts_folder_job *job;
     const char *path;
-    long long max_pixels;
     tinysam_image img;
+    void *aux;
     int rc;
     char err[1024];
 } prefetch;
 
 static void *prefetch_main(void *arg) {
     prefetch *p = arg;
-    p->rc = tinysam_image_load(p->path, p->max_pixels, &p->img);
+    p->rc = tinysam_image_load(p->path, p->job->max_pixels, &p->img);
+    if (!p->rc && p->job->preprocess) p->rc = p->job->preprocess(&p->img, &p->aux);
     if (p->rc) snprintf(p->err, sizeof p->err, "%s", tinysam_last_error());
     return NULL;
 }
 
-static void prefetch_start(prefetch *p, const char *path, long long max_pixels) {
+static void prefetch_start(prefetch *p, const ts_folder_job *job, const char *path) {
     memset(&p->img, 0, sizeof p->img);
+    p->job = job;
     p->path = path;
-    p->max_pixels = max_pixels;
+    p->aux = NULL;
     p->rc = 0;
     p->err[0] = 0;
     p->running = pthread_create(&p->th, NULL, prefetch_main, p) == 0;
@@ -276,20 +279,23 @@ int ts_folder_job_run(const ts_folder_job *job, ts_folder_stats *st) {
     signals_install(old);
     prefetch pf = {0};
     double t_work = ts_now_ms(), t_done = 0;
-    if (!rc && n_todo) prefetch_start(&pf, items[todo[0]].image_path, job->max_pixels);
+    if (!rc && n_todo) prefetch_start(&pf, job, items[todo[0]].image_path);
     for (int k = 0; !rc && k < n_todo; k++) {
         item_paths *it = &items[todo[k]];
         prefetch_join(&pf);
         tinysam_image img = pf.img; /* ownership moves here */
+        void *aux = pf.aux;
         memset(&pf.img, 0, sizeof pf.img);
+        pf.aux = NULL;
         int img_rc = pf.rc;
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", pf.err);
         if (g_stop) { /* the signal came while the previous image ran: stop before this one */
             tinysam_image_free(&img);
+            if (aux) job->aux_free(aux);
             break;
         }
-        if (k + 1 < n_todo) prefetch_start(&pf, items[todo[k + 1]].image_path, job->max_pixels);
+        if (k + 1 < n_todo) prefetch_start(&pf, job, items[todo[k + 1]].image_path);
 
         double t0 = ts_now_ms();
         long long units = 0;
@@ -297,7 +303,7 @@ int ts_folder_job_run(const ts_folder_job *job, ts_folder_stats *st) {
                              it->index};
         unlink(it->tmp_path); /* left by a killed run */
         if (!img_rc) {
-            img_rc = job->process(job->user, &fi, &img, &units);
+            img_rc = job->process(job->user, &fi, &img, aux, &units);
             if (img_rc) snprintf(msg, sizeof msg, "%s", tinysam_last_error());
         }
         if (!img_rc) {
@@ -305,6 +311,7 @@ int ts_folder_job_run(const ts_folder_job *job, ts_folder_stats *st) {
             if (img_rc) snprintf(msg, sizeof msg, "%s", tinysam_last_error());
         }
         tinysam_image_free(&img);
+        if (aux) job->aux_free(aux);
         const int pos = todo[k] + 1;
         if (img_rc) {
             unlink(it->tmp_path);
@@ -339,6 +346,7 @@ int ts_folder_job_run(const ts_folder_job *job, ts_folder_stats *st) {
     }
     prefetch_join(&pf);
     tinysam_image_free(&pf.img);
+    if (pf.aux) job->aux_free(pf.aux);
     st->interrupted = g_stop;
     signals_restore(old);
     st->seconds = (ts_now_ms() - t_start) / 1000.0;

@@ -39,8 +39,13 @@ typedef struct {
     int (*prepare)(void *user);
     /* 1 when out_path holds a complete output (NULL: any non-empty regular file). */
     int (*complete)(void *user, const char *out_path);
+    /* Optional: work on the decoded image that needs no model (the encoder's resize and
+     * normalisation), run on the loader thread while the previous image computes; *aux goes
+     * to process, then to aux_free. Must touch no shared state. */
+    int (*preprocess)(const tinysam_image *img, void **aux);
+    void (*aux_free)(void *aux);
     /* Computes one image and writes item->tmp_path; *units: what it found. */
-    int (*process)(void *user, const ts_folder_item *item, const tinysam_image *img,
+    int (*process)(void *user, const ts_folder_item *item, const tinysam_image *img, void *aux,
                    long long *units);
 } ts_folder_job;
 

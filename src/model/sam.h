@@ -23,4 +23,20 @@ struct tinysam_embedding {
     int input_w, input_h;    /* resized size (long side 1024) */
 };
 
+/* The encoder's input: the image resized (long side 1024, PIL bilinear), normalised and
+ * zero-padded to 3 x 1024 x 1024. Made apart from the encoder so that a folder job can make
+ * the next image's on another thread (no model needed, no shared state). */
+typedef struct {
+    float *input;            /* 3 x 1024 x 1024, 64-byte aligned */
+    int orig_w, orig_h, input_w, input_h;
+} ts_encoder_input;
+
+int ts_encoder_input_make(const tinysam_image *img, ts_encoder_input *out);
+void ts_encoder_input_free(ts_encoder_input *in);
+/* The same as a heap object, with the folder job's preprocess/aux_free signatures. */
+int ts_encoder_input_new(const tinysam_image *img, void **out);
+void ts_encoder_input_delete(void *in);
+/* tinysam_encode from a prepared input (bit-identical). */
+int ts_encode_input(tinysam_model *m, const ts_encoder_input *in, tinysam_embedding **out);
+
 #endif
