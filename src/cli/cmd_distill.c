@@ -555,8 +555,9 @@ static int train_batches(ts_comm *comm, const options *o, const file_list *files
                 stem_of(files->img[idx[0]], first_img, sizeof first_img);
                 const double lr = ts_trainer_lr(&o->c, s);
                 fprintf(stderr, "step %ld/%ld %s+%d: images %d/%d sets %d t %d | L %.4f emb %.4f "
-                                "tok %.4f out %.4f mask %.4f iou %.4f | lr %.2e | %.1f s (ranks "
-                                "%.1f-%.1f s, combine %.2f s, %.1f MB sent), eta %s\n",
+                                "tok %.4f out %.4f mask %.4f iou %.4f | lr %.2e | %.1f s (rank "
+                                "slowest %.1f s, fastest %.1f s, combine %.2f s, %.1f MB "
+                                "sent), eta %s\n",
                         s, total, first_img, B - 1, n_usable, B, sets, T, mean[0], mean[1],
                         mean[2], mean[3], mean[5], mean[6], lr, ms / 1000.0, slow / 1000.0,
                         fast / 1000.0, ms_comb / 1000.0, (double)bytes / 1e6, eta);
@@ -713,6 +714,10 @@ agree:
                                 "distill: the starting weights differ between the ranks "
                                 "(teacher, student or --resume checkpoint)")))
         goto done;
+    /* the handlers before rank 0's first line, so that a signal after it never kills a rank */
+    signal(SIGINT, on_sigint);
+    signal(SIGTERM, on_sigint);
+    signal(SIGUSR1, on_sigint);
     if (me == 0) { /* rank 0 alone writes */
         logf = fopen(o.log ? o.log : logp, o.resume ? "a" : "w");
         if (!logf) rc = ts_error(TINYSAM_E_IO, "cannot write the log '%s'", o.log ? o.log : logp);
@@ -724,9 +729,6 @@ agree:
                     ts_trainer_memory(tr) / 1048576.0);
     }
     if ((rc = ts_comm_agree_rc(comm, rc))) goto done;
-    signal(SIGINT, on_sigint);
-    signal(SIGTERM, on_sigint);
-    signal(SIGUSR1, on_sigint);
     rc = B == 1 ? train_single(&o, &files, tr, total, logf, ckpt)
                 : train_batches(comm, &o, &files, tr, total, logf, ckpt);
     signal(SIGINT, SIG_DFL);
@@ -739,6 +741,9 @@ agree:
     }
     if (B > 1) rc = ts_comm_agree_rc(comm, rc); /* every rank fails if rank 0 could not write */
 done:
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGUSR1, SIG_DFL);
     if (logf) fclose(logf);
     ts_trainer_free(tr);
     ts_map_free(tm), ts_map_free(sm);
