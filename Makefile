@@ -138,7 +138,11 @@ MPI_TEST_BIN := $(MPI_TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 .PHONY: test-mpi bench-dist
 test-mpi: $(MPI_TEST_BIN) $(BUILD)/tinysam
 	@test -n "$(MPI)" || { echo "test-mpi: run it as make MPI=1 test-mpi"; exit 1; }
-	@BUILD=$(BUILD) sh tests/run.sh $(MPI_TEST_BIN)
+	@# LeakSanitizer (SAN=1): full malloc stacks, so that the MPI library's frames match the
+	@# suppressions; nothing of ours is suppressed
+	@BUILD=$(BUILD) LSAN_OPTIONS=suppressions=$(CURDIR)/tests/dist/lsan_mpi.supp:print_suppressions=0 \
+	    ASAN_OPTIONS=$${ASAN_OPTIONS:+$$ASAN_OPTIONS:}fast_unwind_on_malloc=0 \
+	    sh tests/run.sh $(MPI_TEST_BIN)
 
 bench-dist: $(BUILD)/tinysam
 	@test -n "$(MPI)" || { echo "bench-dist: run it as make MPI=1 bench-dist"; exit 1; }

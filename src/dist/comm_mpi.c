@@ -14,7 +14,7 @@
 
 struct ts_comm {
     int rank, size;
-    char library[128];
+    char library[MPI_MAX_LIBRARY_VERSION_STRING];
     /* combine: the counts and displacements of the chunks (size each), the receive buffer */
     int *cnt, *dsp, *rcnt, *rdsp;
     float *recv;

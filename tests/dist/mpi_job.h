@@ -21,6 +21,8 @@ static void mpi_job_env(void) {
     setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 0);
     setenv("OMPI_MCA_hwloc_base_binding_policy", "none", 0);
     setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 0); /* containers: no CMA */
+    /* components stay loaded, so that LeakSanitizer can name their frames (SAN=1) */
+    setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 0);
 }
 
 static double mpi_job_now(void) {
