@@ -651,14 +651,18 @@ static int distill(ts_comm *comm, int argc, char **argv) {
     int help = 0;
     int rc = ts_comm_agree_rc(comm, parse(argc, argv, &o, &help));
     if (rc) return rc;
+    /* a rank must never leave alone (MPI_Finalize would wait for the others): agree first */
+    if ((rc = ts_comm_agree_u64(comm, (uint64_t)help, "distill: --help on some ranks only")))
+        return rc;
     if (help) {
         if (me == 0) fputs(distill_usage, stdout);
         return 0;
     }
     o.c.images_per_step = o.ips ? o.ips : R;
     if (o.c.images_per_step % R)
-        return ts_error(TINYSAM_E_ARG, "distill: --images-per-step %d is not a multiple of the %d "
-                                       "ranks", o.c.images_per_step, R);
+        rc = ts_error(TINYSAM_E_ARG, "distill: --images-per-step %d is not a multiple of the %d "
+                                     "ranks", o.c.images_per_step, R);
+    if ((rc = ts_comm_agree_rc(comm, rc))) return rc;
     if (o.threads) tinysam_set_num_threads(o.threads);
     file_list files = {0};
     ts_tensor_map *tm = NULL, *sm = NULL;

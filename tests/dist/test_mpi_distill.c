@@ -435,6 +435,8 @@ static void expect_disagreement(const char *rank1_extra, const char *rank1_image
 static void test_disagreement(void) {
     NEED();
     expect_disagreement("--lr 1e-4", NULL, "the options differ between the ranks");
+    /* a check that fails on rank 1 alone, before any exchange of hashes */
+    expect_disagreement("--images-per-step 3", NULL, "--images-per-step 3 is not a multiple");
     /* one image fewer on rank 1 */
     char d[1400];
     snprintf(d, sizeof d, "%s/images5", g_dir);
