@@ -25,8 +25,11 @@ endif
 # (build-san-mpi/ with SAN=1), the communication layer src/dist/comm_mpi.c in place of
 # comm_serial.c; plain `make` stays MPI-free. `make MPI=1 test-mpi` runs the tests/dist/
 # test_mpi_*.c drivers (they start mpirun themselves), `make MPI=1 bench-dist` the benchmark.
+# MPICC: the compiler wrapper (MPICH side by side with Open MPI on Debian: MPICC=mpicc.mpich
+# BUILD=build-mpich, and TINYSAM_MPIRUN=mpirun.mpich for the tests).
+MPICC   ?= mpicc
 ifneq ($(MPI),)
-CC      := mpicc
+CC      := $(MPICC)
 BUILD   := $(BUILD)-mpi
 DIST_DROP := src/dist/comm_serial.c
 else

@@ -47,7 +47,9 @@ int ts_comm_init(int *argc, char ***argv, ts_comm **out) {
     char v[MPI_MAX_LIBRARY_VERSION_STRING];
     int len = 0;
     if (MPI_Get_library_version(v, &len) != MPI_SUCCESS) v[0] = 0;
-    v[strcspn(v, "\n,")] = 0;
+    v[strcspn(v, "\n,")] = 0; /* the first line (Open MPI: "Open MPI v4.1.4") */
+    for (char *q = v; *q; q++)
+        if (*q == '\t') *q = ' '; /* MPICH: "MPICH Version:<tab>4.0.2" */
     snprintf(c->library, sizeof c->library, "%s", v[0] ? v : "MPI");
     const size_t R = (size_t)c->size;
     c->cnt = calloc(R, sizeof(int)), c->dsp = calloc(R, sizeof(int));

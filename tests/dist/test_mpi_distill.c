@@ -284,31 +284,44 @@ static void test_r3_b6(void) {
     check_same_run("r1_b6_decoder", "serial_b6_decoder");
 }
 
-/* The pids of the launcher's children (the ranks), rank 1 first when its environment says. */
+static int parent_of(int pid) {
+    char p[64], buf[512];
+    snprintf(p, sizeof p, "/proc/%d/stat", pid);
+    FILE *f = fopen(p, "r");
+    if (!f) return 0;
+    size_t k = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[k] = 0;
+    const char *r = strrchr(buf, ')');
+    int ppid = 0;
+    return r && sscanf(r + 2, "%*c %d", &ppid) == 1 ? ppid : 0;
+}
+
+/* The ranks of a job: processes running the tinysam binary that descend from the launcher
+ * (Open MPI starts them itself, MPICH's Hydra through a proxy); rank 1 first when its
+ * environment says which it is. */
 static int ranks_of(pid_t launcher, pid_t *pids, int cap) {
     DIR *d = opendir("/proc");
     struct dirent *e;
     int n = 0;
     while (d && (e = readdir(d)) && n < cap) {
-        char p[300], buf[512];
-        int pid = atoi(e->d_name), ppid = 0;
+        char p[300], exe[1024];
+        int pid = atoi(e->d_name), up = pid, depth = 0;
         if (pid <= 0) continue;
-        snprintf(p, sizeof p, "/proc/%d/stat", pid);
-        FILE *f = fopen(p, "r");
-        if (!f) continue;
-        size_t k = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[k] = 0;
-        const char *r = strrchr(buf, ')');
-        if (!r || sscanf(r + 2, "%*c %d", &ppid) != 1 || ppid != launcher) continue;
+        while (up > 1 && up != launcher && depth++ < 8) up = parent_of(up);
+        if (up != launcher || pid == launcher) continue;
+        snprintf(p, sizeof p, "/proc/%d/exe", pid);
+        ssize_t k = readlink(p, exe, sizeof exe - 1);
+        if (k <= 0) continue;
+        exe[k] = 0;
+        if (strcmp(exe, g_bin)) continue;
         pids[n++] = pid;
-        /* rank 1 to the front (Open MPI, MPICH/Hydra environments) */
         snprintf(p, sizeof p, "/proc/%d/environ", pid);
         static char env[1 << 16];
-        f = fopen(p, "r");
-        k = f ? fread(env, 1, sizeof env - 1, f) : 0;
+        FILE *f = fopen(p, "r");
+        size_t m = f ? fread(env, 1, sizeof env - 1, f) : 0;
         if (f) fclose(f);
-        for (size_t i = 0; i < k; i += strlen(env + i) + 1)
+        for (size_t i = 0; i < m; i += strlen(env + i) + 1)
             if (!strcmp(env + i, "OMPI_COMM_WORLD_RANK=1") || !strcmp(env + i, "PMI_RANK=1")) {
                 pid_t t = pids[0];
                 pids[0] = pid, pids[n - 1] = t;
