@@ -21,6 +21,21 @@ CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sani
            $(filter-out -O2 -O1 -O3,$(CFLAGS))
 LDFLAGS += -fsanitize=address,undefined
 endif
+# ---- MPI (issue 16): `make MPI=1` builds the same targets with mpicc into build-mpi/
+# (build-san-mpi/ with SAN=1), the communication layer src/dist/comm_mpi.c in place of
+# comm_serial.c; plain `make` stays MPI-free. `make MPI=1 test-mpi` runs the tests/dist/
+# test_mpi_*.c drivers (they start mpirun themselves), `make MPI=1 bench-dist` the benchmark.
+# MPICC: the compiler wrapper (MPICH side by side with Open MPI on Debian: MPICC=mpicc.mpich
+# BUILD=build-mpich, and TINYSAM_MPIRUN=mpirun.mpich for the tests).
+MPICC   ?= mpicc
+ifneq ($(MPI),)
+CC      := $(MPICC)
+BUILD   := $(BUILD)-mpi
+DIST_DROP := src/dist/comm_serial.c
+else
+DIST_DROP := src/dist/comm_mpi.c
+endif
+# ---- end MPI
 ifneq ($(NATIVE),)
 CFLAGS  += -march=native
 endif
@@ -34,9 +49,12 @@ AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c
 LIB_SRC  := $(sort $(wildcard src/*.c src/io/*.c src/nn/*.c src/nn/x86/*.c src/model/*.c \
                               src/everything/*.c src/quant/*.c src/quant/x86/*.c src/train/*.c \
                               src/dist/*.c))
+LIB_SRC  := $(filter-out $(DIST_DROP),$(LIB_SRC))
 CLI_SRC  := $(sort $(wildcard src/cli/*.c src/server/*.c))
 WEB_FILES:= web/index.html web/app.js web/style.css
 TEST_SRC := $(sort $(wildcard tests/*/test_*.c))
+MPI_TEST_SRC := $(sort $(wildcard tests/dist/test_mpi_*.c))
+TEST_SRC := $(filter-out $(MPI_TEST_SRC),$(TEST_SRC))
 BENCH_SRC:= $(sort $(wildcard bench/bench_*.c))
 TEST_LIB := $(sort $(wildcard tests/common/*.c))
 
@@ -118,8 +136,24 @@ bench: $(BENCH_BIN) $(BUILD)/tinysam
 	    (cd bench/onnx && npm ci --ignore-scripts --no-audit --no-fund >/dev/null 2>&1) || true; fi
 	@BUILD=$(BUILD) sh bench/run_bench.sh
 
+# ---- MPI tests and benchmark (issue 16): need MPI=1 (mpicc, mpirun on the PATH)
+MPI_TEST_BIN := $(MPI_TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+.PHONY: test-mpi bench-dist
+test-mpi: $(MPI_TEST_BIN) $(BUILD)/tinysam
+	@test -n "$(MPI)" || { echo "test-mpi: run it as make MPI=1 test-mpi"; exit 1; }
+	@# LeakSanitizer (SAN=1): full malloc stacks, so that the MPI library's frames match the
+	@# suppressions; nothing of ours is suppressed
+	@BUILD=$(BUILD) LSAN_OPTIONS=suppressions=$(CURDIR)/tests/dist/lsan_mpi.supp:print_suppressions=0 \
+	    ASAN_OPTIONS=$${ASAN_OPTIONS:+$$ASAN_OPTIONS:}fast_unwind_on_malloc=0 \
+	    sh tests/run.sh $(MPI_TEST_BIN)
+
+bench-dist: $(BUILD)/tinysam
+	@test -n "$(MPI)" || { echo "bench-dist: run it as make MPI=1 bench-dist"; exit 1; }
+	@BUILD=$(BUILD) sh bench/bench_dist.sh
+# ---- end MPI tests
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-mpi build-san-mpi
 
 format:
 	clang-format -i $(LIB_SRC) $(CLI_SRC) $(TEST_SRC) include/*.h src/*.h src/*/*.h

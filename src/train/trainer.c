@@ -78,6 +78,7 @@ void ts_train_config_default(ts_train_config *c) {
     c->beta2 = 0.999;
     c->eps = 1e-8;
     c->seed = 0;
+    c->images_per_step = 1;
 }
 
 /* ---- creation ------------------------------------------------------------------------------ */
@@ -189,6 +190,9 @@ int ts_trainer_create(const ts_train_config *c, const ts_tensor_map *student,
                         TS_SAMPLE_MAX_SETS, c->max_sets);
     if (c->fixed_t > TS_SAMPLE_MAX_T)
         return ts_error(TINYSAM_E_ARG, "t must be 0..%d, not %d", TS_SAMPLE_MAX_T, c->fixed_t);
+    if (c->images_per_step < 1 || c->images_per_step > TS_TRAIN_MAX_IMAGES_PER_STEP)
+        return ts_error(TINYSAM_E_ARG, "images per step must be 1..%d, not %d",
+                        TS_TRAIN_MAX_IMAGES_PER_STEP, c->images_per_step);
     if (!(c->lr >= 0 && c->lr < 1) || c->warmup < 0 || !(c->beta1 >= 0 && c->beta1 < 1) ||
         !(c->beta2 >= 0 && c->beta2 < 1) || !(c->eps > 0))
         return ts_error(TINYSAM_E_ARG, "bad optimiser settings");
@@ -339,8 +343,9 @@ static void build_prompts(ts_trainer *t, int N, const ts_sample_set *sets,
 
 /* The training round on prompts already in t->ps: both decoders, the losses, and (update)
  * the backward and Adam. */
-static int train_round(ts_trainer *t, const ts_train_example *ex, int N, const ts_sample_set *sets,
-                       const int *gt, int update, ts_loss_result *res, double ms[7]) {
+static int round_grads(ts_trainer *t, const ts_train_example *ex, int N,
+                       const ts_sample_set *sets, const int *gt, int update, ts_loss_result *res,
+                       double ms[7], float *eg, float *dg) {
     double t0 = ts_now_ms();
     int rc;
     if ((rc = ts_sam_decode_tokens(t->pe_s, t->md_s, t->emb_s, N, t->ps, t->z_s, t->u_s,
@@ -371,22 +376,34 @@ static int train_round(ts_trainer *t, const ts_train_example *ex, int N, const t
     double t2 = ts_now_ms();
     if (ms) ms[2] += t1 - t0, ms[3] += t2 - t1;
     if (!update) return 0;
-    if (t->c.train_decoder) memset(t->dg, 0, sizeof(float) * t->DL.total);
+    if (t->c.train_decoder) memset(dg, 0, sizeof(float) * t->DL.total);
     if (t->c.train_decoder || enc)
         if ((rc = ts_dgf_backward(t->dec_s, t->emb_s, N, t->ps, t->dz, t->du, t->dtok,
-                                  t->c.train_decoder ? t->dg : NULL, enc ? t->demb : NULL)))
+                                  t->c.train_decoder ? dg : NULL, enc ? t->demb : NULL)))
             return rc;
     double t3 = ts_now_ms();
     if (enc) {
-        memset(t->eg, 0, sizeof(float) * t->EL.total);
-        if ((rc = ts_egf_backward(t->enc, t->demb, t->eg))) return rc;
+        memset(eg, 0, sizeof(float) * t->EL.total);
+        if ((rc = ts_egf_backward(t->enc, t->demb, eg))) return rc;
     }
+    if (ms) ms[4] += t3 - t2, ms[5] += ts_now_ms() - t3;
+    return 0;
+}
+
+static void take_adam_step(ts_trainer *t, double ms[7]) {
     double t4 = ts_now_ms();
     t->step++;
     adam_all(t, ts_trainer_lr(&t->c, t->step));
     if (t->c.train_decoder) ts_mask_decoder_refresh(t->md_s);
-    if (ms) ms[4] += t3 - t2, ms[5] += t4 - t3, ms[6] += ts_now_ms() - t4;
-    return 0;
+    if (ms) ms[6] += ts_now_ms() - t4;
+}
+
+/* One image's training round into the trainer's gradients and (update) the Adam step. */
+static int train_round(ts_trainer *t, const ts_train_example *ex, int N, const ts_sample_set *sets,
+                       const int *gt, int update, ts_loss_result *res, double ms[7]) {
+    int rc = round_grads(t, ex, N, sets, gt, update, res, ms, t->eg, t->dg);
+    if (!rc && update) take_adam_step(t, ms);
+    return rc;
 }
 
 static void report_init(ts_step_report *rep) {
@@ -424,10 +441,12 @@ int ts_trainer_eval(ts_trainer *t, const ts_train_example *ex, int N, const ts_s
     return train_round(t, ex, N, sets, gt, 0, out, NULL);
 }
 
-int ts_trainer_step(ts_trainer *t, const ts_train_example *ex, ts_step_report *rep) {
-    ts_step_report local;
-    if (!rep) rep = &local;
-    report_init(rep);
+/* Mask choice, t and the sampling rounds of one image from rng (3.2), leaving the training
+ * round's prompts in t->ps and the chosen masks in t->chosen. fixed_T >= 0: the step's t
+ * (drawn by the caller); else t as configured, drawn after the mask choice. Returns N through
+ * rep (0: no usable mask, nothing else done). */
+static int sample_sets(ts_trainer *t, ts_rng *rng, int fixed_T, const ts_train_example *ex,
+                       ts_step_report *rep) {
     if (ex->n_masks > MAX_MASKS)
         return ts_error(TINYSAM_E_LIMIT, "%s: %d masks (at most %d)", ex->name, ex->n_masks,
                         MAX_MASKS);
@@ -445,38 +464,160 @@ int ts_trainer_step(ts_trainer *t, const ts_train_example *ex, ts_step_report *r
     for (int k = 0; k < ex->n_masks; k++)
         if (ts_example_usable(ex, k)) usable[U++] = k;
     int rc = 0;
-    const int N = ts_sample_choose_masks(&t->rng, usable, U, t->c.max_sets, chosen);
+    const int N = ts_sample_choose_masks(rng, usable, U, t->c.max_sets, chosen);
     rep->N = N;
-    if (N == 0) goto done; /* nothing to learn from this image: no update */
-    const int T = t->c.fixed_t >= 0 ? t->c.fixed_t : ts_sample_rounds(&t->rng);
+    if (N == 0) return 0; /* nothing to learn from this image: no update */
+    const int T = fixed_T >= 0 ? fixed_T
+                  : t->c.fixed_t >= 0 ? t->c.fixed_t : ts_sample_rounds(rng);
     rep->t = T;
     double t0 = ts_now_ms();
-    if ((rc = ts_egf_forward(t->enc, ex->input, t->emb_s))) goto done;
+    if ((rc = ts_egf_forward(t->enc, ex->input, t->emb_s))) return rc;
     double t1 = ts_now_ms();
     rep->ms[0] = t1 - t0;
     for (int i = 0; i < N; i++) {
         ts_gt_unpack(ex->g1024_bits + (size_t)chosen[i] * TS_FRAME_BITS, t->g1024);
-        if ((rc = ts_sample_init(&t->rng, t->g1024, ex->newh, ex->neww, &t->sets[i]))) goto done;
+        if ((rc = ts_sample_init(rng, t->g1024, ex->newh, ex->neww, &t->sets[i]))) return rc;
         t->gp[i] = ex->glow + (size_t)chosen[i] * C_;
     }
     for (int j = 0; j < T; j++) {
         for (int i = 0; i < N; i++)
             ts_sample_to_prompt(&t->sets[i], j ? t->mask_buf + (size_t)i * C_ : NULL,
                                 t->coords + (size_t)i * 2 * TS_SAMPLE_MAX_POINTS, &t->ps[i]);
-        if ((rc = ts_sam_decode(t->pe_s, t->md_s, t->emb_s, N, t->ps, t->z_s, t->u_s))) goto done;
-        if ((rc = ts_sample_round(&t->rng, N, t->z_s, t->u_s, t->gp, ex->valid, t->sets,
+        if ((rc = ts_sam_decode(t->pe_s, t->md_s, t->emb_s, N, t->ps, t->z_s, t->u_s))) return rc;
+        if ((rc = ts_sample_round(rng, N, t->z_s, t->u_s, t->gp, ex->valid, t->sets,
                                   t->mask_buf, NULL)))
-            goto done;
+            return rc;
     }
     rep->ms[1] = ts_now_ms() - t1;
     for (int i = 0; i < N; i++)
         ts_sample_to_prompt(&t->sets[i], T ? t->mask_buf + (size_t)i * C_ : NULL,
                             t->coords + (size_t)i * 2 * TS_SAMPLE_MAX_POINTS, &t->ps[i]);
-    if ((rc = train_round(t, ex, N, t->sets, chosen, 1, &rep->loss, rep->ms))) goto done;
+    return 0;
+}
+
+int ts_trainer_step(ts_trainer *t, const ts_train_example *ex, ts_step_report *rep) {
+    ts_step_report local;
+    if (!rep) rep = &local;
+    report_init(rep);
+    if (t->c.images_per_step != 1)
+        return ts_error(TINYSAM_E_ARG, "ts_trainer_step: one image per step only (B = %d)",
+                        t->c.images_per_step);
+    int rc = sample_sets(t, &t->rng, -1, ex, rep);
+    if (rc || rep->N == 0) return rc;
+    if ((rc = train_round(t, ex, rep->N, t->sets, t->chosen, 1, &rep->loss, rep->ms))) return rc;
     rep->step = t->step;
     rep->lr = ts_trainer_lr(&t->c, t->step);
-done:
-    return rc;
+    return 0;
+}
+
+/* ---- several images per step (B > 1) ------------------------------------------------------- */
+
+/* Streams of B > 1, keyed so that they depend on (seed, what, a, b) only, never on which
+ * process or rank draws them: SplitMix64's finaliser over a chain of the keys. */
+enum { STREAM_EPOCH = 1, STREAM_STEP_T = 2, STREAM_SLOT = 3 };
+
+static uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void stream(ts_rng *r, uint64_t seed, int what, uint64_t a, uint64_t b) {
+    ts_rng_seed(r, mix64(mix64(mix64(mix64(seed) ^ (uint64_t)what) ^ a) ^ b));
+}
+
+size_t ts_trainer_grad_len(const ts_trainer *t) {
+    return (t->c.train_encoder ? t->EL.total : 0) + (t->c.train_decoder ? t->DL.total : 0);
+}
+
+int ts_trainer_next_batch(ts_trainer *t, int n_images, int *idx) {
+    if (n_images < 1) return ts_error(TINYSAM_E_ARG, "no images");
+    for (int s = 0; s < t->c.images_per_step; s++) {
+        if (!t->order || t->n_order != n_images || t->pos >= t->n_order) {
+            if (!t->order || t->n_order != n_images) {
+                free(t->order);
+                if (!(t->order = malloc(sizeof(int) * (size_t)n_images)))
+                    return ts_error(TINYSAM_E_NOMEM, "out of memory");
+                t->n_order = n_images;
+                t->epoch = 0;
+            } else {
+                t->epoch++;
+            }
+            ts_rng r;
+            stream(&r, t->c.seed, STREAM_EPOCH, (uint64_t)t->epoch, 0);
+            for (int i = 0; i < n_images; i++) t->order[i] = i;
+            ts_rng_shuffle(&r, t->order, n_images);
+            t->pos = 0;
+        }
+        idx[s] = t->order[t->pos++];
+    }
+    return 0;
+}
+
+int ts_trainer_step_rounds(const ts_trainer *t) {
+    if (t->c.fixed_t >= 0) return t->c.fixed_t;
+    ts_rng r;
+    stream(&r, t->c.seed, STREAM_STEP_T, (uint64_t)(t->step + 1), 0);
+    return ts_sample_rounds(&r);
+}
+
+int ts_trainer_slot_grad(ts_trainer *t, int slot, const ts_train_example *ex, float *grad,
+                         ts_step_report *rep) {
+    ts_step_report local;
+    if (!rep) rep = &local;
+    report_init(rep);
+    if (slot < 0 || slot >= t->c.images_per_step)
+        return ts_error(TINYSAM_E_ARG, "slot %d of %d", slot, t->c.images_per_step);
+    memset(grad, 0, sizeof(float) * ts_trainer_grad_len(t)); /* an unusable image adds zeros */
+    ts_rng r;
+    stream(&r, t->c.seed, STREAM_SLOT, (uint64_t)(t->step + 1), (uint64_t)slot);
+    int rc = sample_sets(t, &r, ts_trainer_step_rounds(t), ex, rep);
+    if (rc || rep->N == 0) return rc;
+    float *eg = grad, *dg = grad + (t->c.train_encoder ? t->EL.total : 0);
+    if ((rc = round_grads(t, ex, rep->N, t->sets, t->chosen, 1, &rep->loss, rep->ms, eg, dg)))
+        return rc;
+    rep->step = t->step + 1;
+    rep->lr = ts_trainer_lr(&t->c, t->step + 1);
+    return 0;
+}
+
+int ts_trainer_apply(ts_trainer *t, const float *gsum, int n_usable, double *ms_adam) {
+    if (n_usable < 1 || n_usable > t->c.images_per_step)
+        return ts_error(TINYSAM_E_ARG, "%d images with a usable mask of %d", n_usable,
+                        t->c.images_per_step);
+    const float n = (float)n_usable;
+    const float *s = gsum;
+    if (t->c.train_encoder) {
+        for (size_t i = 0; i < t->EL.total; i++) t->eg[i] = s[i] / n;
+        s += t->EL.total;
+    }
+    if (t->c.train_decoder)
+        for (size_t i = 0; i < t->DL.total; i++) t->dg[i] = s[i] / n;
+    double ms[7] = {0};
+    take_adam_step(t, ms);
+    if (ms_adam) *ms_adam = ms[6];
+    return 0;
+}
+
+/* FNV-1a over 64-bit words of the state a run continues from. */
+static uint64_t hash_words(uint64_t h, const void *p, size_t bytes) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < bytes; i++) h = (h ^ b[i]) * 0x100000001B3ull;
+    return h;
+}
+
+uint64_t ts_trainer_state_hash(const ts_trainer *t) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    const size_t ne = t->EL.total * 4, nd = t->DL.total * 4;
+    h = hash_words(h, t->ep, ne), h = hash_words(h, t->em, ne), h = hash_words(h, t->ev, ne);
+    h = hash_words(h, t->dp, nd), h = hash_words(h, t->dm, nd), h = hash_words(h, t->dv, nd);
+    h = hash_words(h, t->tp, nd), h = hash_words(h, t->gauss, sizeof t->gauss);
+    long st[4] = {t->step, t->epoch, t->pos, t->order ? t->n_order : 0};
+    h = hash_words(h, st, sizeof st);
+    if (t->order) h = hash_words(h, t->order, sizeof(int) * (size_t)t->n_order);
+    h = hash_words(h, &t->rng, sizeof t->rng);
+    return h;
 }
 
 int ts_trainer_next_image(ts_trainer *t, int n_images) {
@@ -580,6 +721,11 @@ static void config_text(const ts_train_config *c, char *buf, size_t cap) {
              c->lr_drops, c->total_steps, c->beta1, c->beta2, c->eps, c->seed,
              (double)c->loss.alpha, (double)c->loss.beta, (double)c->loss.gamma,
              (double)c->loss.w_mask, (double)c->loss.w_iou, c->loss.hard_weights);
+    /* B > 1 only, so that the checkpoints of one image per step keep their text */
+    if (c->images_per_step > 1) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, cap - len, " images_per_step %d", c->images_per_step);
+    }
 }
 
 static int save(const ts_trainer *t, const char *path, int checkpoint) {

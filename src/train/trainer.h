@@ -35,7 +35,13 @@ typedef struct {
     long total_steps;     /* for the schedule */
     double beta1, beta2, eps;
     uint64_t seed;
+    /* B: images per step (1). B = 1 runs the one stream above; B > 1 draws every epoch's
+     * shuffle from (seed, epoch), the step's t from (seed, step) and each slot's sampling from
+     * (seed, step, slot), so that a slot draws the same whichever process runs it. */
+    int images_per_step;
 } ts_train_config;
+
+#define TS_TRAIN_MAX_IMAGES_PER_STEP 4096
 
 /* The spec's reference values: 64 sets, t random, everything trained, lr 2e-5, warm-up 250,
  * drops on, Adam 0.9 / 0.999 / 1e-8, seed 0. */
@@ -81,6 +87,26 @@ int ts_trainer_step_given(ts_trainer *t, const ts_train_example *ex, int N,
 /* Losses of the current student on given prompt sets, without an update (evaluation). */
 int ts_trainer_eval(ts_trainer *t, const ts_train_example *ex, int N, const ts_sample_set *sets,
                     const float *const *mask_in, const int *gt, ts_loss_result *out);
+
+/* ---- B > 1 images per step (the data-parallel trainer, src/dist) ----------------------------
+ * Per step: ts_trainer_next_batch for the B image indices (every process calls it, to keep the
+ * epoch position in step), ts_trainer_slot_grad for each slot the process runs, the gradients
+ * summed over slots 0..B-1 in slot order (acc = 0; acc += g[slot]), then ts_trainer_apply. */
+
+/* Floats of one image's gradient: the encoder's (when trained), then the decoder's. */
+size_t ts_trainer_grad_len(const ts_trainer *t);
+/* The next B image indices of the epoch order (runs on across epochs). */
+int ts_trainer_next_batch(ts_trainer *t, int n_images, int *idx);
+/* The sampling rounds t of the next step (--rounds, or drawn from (seed, step)). */
+int ts_trainer_step_rounds(const ts_trainer *t);
+/* One slot's image at the current weights: sampling, training round and backward into grad
+ * (ts_trainer_grad_len floats; all zero when the image has no usable mask: rep->N = 0). */
+int ts_trainer_slot_grad(ts_trainer *t, int slot, const ts_train_example *ex, float *grad,
+                         ts_step_report *rep);
+/* The Adam step on gsum / n_usable (the mean over the images that had a usable mask). */
+int ts_trainer_apply(ts_trainer *t, const float *gsum, int n_usable, double *ms_adam);
+/* A hash of everything a run continues from (weights, moments, step, epoch order, stream). */
+uint64_t ts_trainer_state_hash(const ts_trainer *t);
 
 /* The learning rate of a (1-based) step under the configured schedule. */
 double ts_trainer_lr(const ts_train_config *c, long step);
