@@ -370,6 +370,9 @@ static void test_sigusr1_then_resume_with_other_r(void) {
     CHECK(st > 0 && st < 128, "stopped job: exit %d: %s", st, g_out);
     CHECK(strstr(g_out, "interrupted after step 1") != NULL, "not stopped after step 1: %s",
           g_out);
+    int n = 0; /* every rank ends with the same line */
+    for (const char *q = g_out; (q = strstr(q, "tinysam: distill: interrupted")); q++) n++;
+    CHECK(n == 3, "%d of 3 ranks report the stop: %s", n, g_out);
     snprintf(d, sizeof d, "%s/stop_r3", g_dir);
     listing(d, l, sizeof l);
     CHECK(!strcmp(l, "s.safetensors.ckpt.safetensors\ns.safetensors.log.jsonl\n"),
