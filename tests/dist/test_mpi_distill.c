@@ -370,6 +370,9 @@ static void test_sigusr1_then_resume_with_other_r(void) {
     CHECK(st > 0 && st < 128, "stopped job: exit %d: %s", st, g_out);
     CHECK(strstr(g_out, "interrupted after step 1") != NULL, "not stopped after step 1: %s",
           g_out);
+    int n = 0; /* every rank ends with the same line */
+    for (const char *q = g_out; (q = strstr(q, "tinysam: distill: interrupted")); q++) n++;
+    CHECK(n == 3, "%d of 3 ranks report the stop: %s", n, g_out);
     snprintf(d, sizeof d, "%s/stop_r3", g_dir);
     listing(d, l, sizeof l);
     CHECK(!strcmp(l, "s.safetensors.ckpt.safetensors\ns.safetensors.log.jsonl\n"),
@@ -464,6 +467,49 @@ static void test_disagreement(void) {
     check_untouched();
 }
 
+/* --pseudo-masks over 2 ranks: the two images without ground truth get the teacher's
+ * everything-mode masks, each file written by one rank, no temporary left, the same files as
+ * one process writes. Run only when asked for (TINYSAM_MPI_TESTS=pseudo): the random
+ * teacher's everything mode takes about 36 s per image here. */
+static void test_pseudo_masks_shared(void) {
+    NEED();
+    char dirs[2][1400], args[16384], la[4096], lb[4096];
+    for (int k = 0; k < 2; k++) {
+        snprintf(dirs[k], sizeof dirs[k], "%s/masks_p%d", g_dir, k);
+        sh("rm -rf '%s' && cp -r '%s/masks' '%s' && rm '%s/gen_a.json' '%s/gen_b.json'", dirs[k],
+           g_dir, dirs[k], dirs[k], dirs[k]);
+        char base[8192], *at;
+        snprintf(base, sizeof base, "%s", g_base);
+        REQUIRE((at = strstr(base, "--masks ")), "base");
+        char *end = strchr(at + 8, ' ');
+        char rest[8192];
+        snprintf(rest, sizeof rest, "%s", end ? end : "");
+        snprintf(at, sizeof base - (size_t)(at - base), "--masks %s%s", dirs[k], rest);
+        char out[1400], log[1500], work[1400];
+        snprintf(out, sizeof out, "%s/pseudo_%d", g_dir, k);
+        sh("rm -rf '%s' && mkdir -p '%s'", out, out);
+        snprintf(log, sizeof log, "%s.txt", out);
+        snprintf(work, sizeof work, "%s/work", g_dir);
+        snprintf(args, sizeof args, "-np %d %s --images-per-step 2 --pseudo-masks --steps 1 "
+                 "--train decoder --out %s/s.safetensors", k ? 2 : 1, base, out);
+        int st = mpi_job_run(args, work, log, 600);
+        slurp(log, g_out, sizeof g_out);
+        REQUIRE(st == 0, "%d rank(s) with --pseudo-masks: exit %d: %s", k ? 2 : 1, st, g_out);
+    }
+    listing(dirs[0], la, sizeof la);
+    listing(dirs[1], lb, sizeof lb);
+    CHECK(!strcmp(la, lb), "masks folder on 2 ranks\n%s, one process\n%s", lb, la);
+    CHECK(strstr(lb, "gen_a.json") && strstr(lb, "gen_b.json") && !strstr(lb, ".tmp"),
+          "pseudo masks: %s", lb);
+    for (int i = 0; i < 2; i++) {
+        char a[1500], b[1500];
+        snprintf(a, sizeof a, "%s/gen_%c.json", dirs[0], 'a' + i);
+        snprintf(b, sizeof b, "%s/gen_%c.json", dirs[1], 'a' + i);
+        CHECK(same_file(a, b), "%s differs from one process's", b);
+    }
+    check_untouched();
+}
+
 /* TINYSAM_MPI_TESTS=a,b runs only the cases whose names contain a or b (e.g. a shorter run
  * under the sanitizers). */
 static int wanted(const char *name) {
@@ -487,6 +533,8 @@ int main(void) {
     RUN_IF(test_sigusr1_then_resume_with_other_r);
     RUN_IF(test_sigkill_one_rank);
     RUN_IF(test_disagreement);
+    const char *sel = getenv("TINYSAM_MPI_TESTS");
+    if (sel && strstr(sel, "pseudo")) RUN(test_pseudo_masks_shared); /* minutes: when asked */
     if (g_dir[0] && !getenv("TINYSAM_KEEP_TMP")) sh("rm -rf '%s'", g_dir);
     return test_summary();
 }
