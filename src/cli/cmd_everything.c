@@ -260,15 +260,10 @@ static int everything_folder(const char *model, const char *scenes, const char *
     int rc = ts_folder_job_run(&job, &st);
     tinysam_model_free(c.m);
     if (rc) return ts_cli_fail();
-    printf("{\"out_dir\": ");
-    ts_json_write_string_stdout(out_dir);
-    printf(", \"shard\": [%d, %d], \"images\": %d, \"computed\": %d, \"skipped\": %d, "
-           "\"failed\": %d, \"masks\": %lld, \"threads\": %d, \"seconds\": %.1f, "
-           "\"interrupted\": %s}\n",
-           shard->index, shard->count, st.owned, st.done, st.skipped, st.failed, st.units,
-           tinysam_get_num_threads(), st.seconds, st.interrupted ? "true" : "false");
-    fflush(stdout);
-    return ts_folder_job_exit(&job, &st);
+    char extra[64];
+    snprintf(extra, sizeof extra, "\"masks\": %lld, \"threads\": %d", st.units,
+             tinysam_get_num_threads());
+    return ts_folder_job_exit(&job, &st, extra);
 }
 
 int ts_cli_everything(int argc, char **argv) {

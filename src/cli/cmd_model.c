@@ -172,14 +172,8 @@ static int embed_batch(const char *model, const char *dir, const char *out_dir, 
     int rc = ts_folder_job_run(&job, &st);
     tinysam_model_free(c.m);
     if (rc) return ts_cli_fail();
-    printf("{\"out_dir\": ");
-    ts_json_write_string_stdout(out_dir);
-    printf(", \"shard\": [%d, %d], \"images\": %d, \"computed\": %d, \"skipped\": %d, "
-           "\"failed\": %d, \"dtype\": \"%s\", \"seconds\": %.1f, \"interrupted\": %s}\n",
-           shard->index, shard->count, st.owned, st.done, st.skipped, st.failed,
-           fp16 ? "float16" : "float32", st.seconds, st.interrupted ? "true" : "false");
-    fflush(stdout);
-    return ts_folder_job_exit(&job, &st);
+    return ts_folder_job_exit(&job, &st, fp16 ? "\"dtype\": \"float16\""
+                                              : "\"dtype\": \"float32\"");
 }
 
 int ts_cli_embed(int argc, char **argv) {

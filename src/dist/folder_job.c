@@ -357,7 +357,14 @@ int ts_folder_job_run(const ts_folder_job *job, ts_folder_stats *st) {
     return rc;
 }
 
-int ts_folder_job_exit(const ts_folder_job *job, const ts_folder_stats *st) {
+int ts_folder_job_exit(const ts_folder_job *job, const ts_folder_stats *st, const char *extra) {
+    printf("{\"out_dir\": ");
+    ts_json_write_string(stdout, job->out_dir);
+    printf(", \"shard\": [%d, %d], \"images\": %d, \"computed\": %d, \"skipped\": %d, "
+           "\"failed\": %d, %s, \"seconds\": %.1f, \"interrupted\": %s}\n",
+           job->shard->index, job->shard->count, st->owned, st->done, st->skipped, st->failed,
+           extra, st->seconds, st->interrupted ? "true" : "false");
+    fflush(stdout);
     fprintf(stderr, "%s: %d images, %d computed, %d skipped, %d failed, in %.1f s\n", job->what,
             st->owned, st->done, st->skipped, st->failed, st->seconds);
     if (st->interrupted) {

@@ -71,8 +71,9 @@ int ts_write_file_atomic(const char *path, const void *data, size_t n);
 /* fsync(path) then rename(tmp, path): the last step of every output. */
 int ts_commit_file(const char *tmp, const char *path);
 
-/* The CLI's ending: the summary line on stderr; returns the exit status (0, 1 when images
- * failed, TS_EXIT_INTERRUPTED). */
-int ts_folder_job_exit(const ts_folder_job *job, const ts_folder_stats *st);
+/* The CLI's ending: the one-line JSON summary on stdout (extra: the command's own
+ * "key": value pairs, placed after "failed"), the summary line on stderr; returns the exit
+ * status (0, 1 when images failed, TS_EXIT_INTERRUPTED). */
+int ts_folder_job_exit(const ts_folder_job *job, const ts_folder_stats *st, const char *extra);
 
 #endif
