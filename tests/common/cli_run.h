@@ -19,6 +19,8 @@ int cli_ends_with_error_line(const char *s);
 void cli_expect_error(const char *args, const char *needle, int whole_stderr);
 /* Copies a file (up to 64 MB). Returns 0 or -1. */
 int cli_copy_file(const char *from, const char *to);
+/* 1 when both files exist (up to 256 MB) with the same bytes. */
+int cli_same_file(const char *a, const char *b);
 /* rm -rf dir. */
 void cli_rm_rf(const char *dir);
 

@@ -75,3 +75,19 @@ const char *tmp_path(const char *name) {
     snprintf(b, sizeof buf[0], "%s/%d_%s", dir, (int)getpid(), name);
     return b;
 }
+
+int test_sanitized(void) {
+#if defined(__SANITIZE_ADDRESS__)
+    return 1;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    return 1;
+#endif
+#endif
+    return 0;
+}
+
+int test_portable_kernels(void) {
+    const char *isa = getenv("TINYSAM_ISA");
+    return isa && !strcmp(isa, "scalar");
+}

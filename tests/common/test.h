@@ -25,6 +25,11 @@ int fixture_exists(const char *rel);
 /* Scratch directory for files a test writes (build/tmp/...), created on demand. */
 const char *tmp_path(const char *name);
 
+/* 1 in the AddressSanitizer build (about 10x slower on the network). */
+int test_sanitized(void);
+/* 1 when the run uses the portable kernels (TINYSAM_ISA=scalar, also slow on the network). */
+int test_portable_kernels(void);
+
 #define CHECK(cond, ...)                                                                       \
     do {                                                                                       \
         if (!(cond)) t_fail(__FILE__, __LINE__, __VA_ARGS__);                                  \

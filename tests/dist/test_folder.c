@@ -22,17 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SLOW_BUILD 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SLOW_BUILD 1
-#endif
-#endif
-#ifndef SLOW_BUILD
-#define SLOW_BUILD 0
-#endif
-
 #define MODEL "models/tinysam_vit_t_random.pth"
 #define N_IMAGES 8
 /* the oracle's options: masks at every level, some NMS work */
@@ -48,16 +37,6 @@ static double now_s(void) {
 
 static int read_all(const char *path, uint8_t **buf, size_t *n) {
     return ts_read_file(path, (size_t)1 << 28, buf, n);
-}
-
-static int same_file(const char *a, const char *b) {
-    uint8_t *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    int ok = read_all(a, &x, &nx) == 0 && read_all(b, &y, &ny) == 0 && nx == ny &&
-             !memcmp(x, y, nx);
-    free(x);
-    free(y);
-    return ok;
 }
 
 /* Names in dir (not . and ..), sorted, joined by '\n' into out. Returns the count or -1. */
@@ -131,7 +110,7 @@ static int same_tree(const char *a, const char *b, char *why, size_t cap) {
         struct stat st;
         if (stat(pa, &st) == 0 && S_ISDIR(st.st_mode)) {
             if (!same_tree(pa, pb, why, cap)) return 0;
-        } else if (!same_file(pa, pb)) {
+        } else if (!cli_same_file(pa, pb)) {
             snprintf(why, cap, "%.1900s and %.1900s differ", pa, pb);
             return 0;
         }
@@ -276,8 +255,7 @@ static void test_folder_equals_single(void) {
 
 /* The network path: folder output records equal the single command's (2 images). */
 static void test_folder_network(void) {
-    const char *isa = getenv("TINYSAM_ISA");
-    if (SLOW_BUILD || (isa && !strcmp(isa, "scalar")))
+    if (test_sanitized() || test_portable_kernels())
         SKIP("slow build: the network folder run is covered by the default build");
     if (!fixture_exists(MODEL)) SKIP("fixtures missing");
     REQUIRE(setup() == 0, "setup failed");
@@ -422,7 +400,7 @@ static void test_sigterm(void) {
     snprintf(args, sizeof args,
              "everything --images %s --out-dir %s --oracle-scenes %s --manifest %s "
              "--mode grid --points-per-side %d --threads 1",
-             g_imgs, out, g_scenes, mf, SLOW_BUILD ? 8 : 16);
+             g_imgs, out, g_scenes, mf, test_sanitized() ? 8 : 16);
     pid_t pid = cli_spawn(args);
     REQUIRE(pid > 0, "spawn");
     double t0 = now_s();
@@ -577,12 +555,11 @@ static void test_launcher_variables(void) {
 
 /* Sharded eval + --merge: the unsharded report, byte for byte. */
 static void test_eval_merge(void) {
-    const char *isa = getenv("TINYSAM_ISA");
-    if (isa && !strcmp(isa, "scalar"))
+    if (test_portable_kernels())
         SKIP("portable kernels: the merge is covered by the default and sanitizer builds");
     if (!fixture_exists(MODEL)) SKIP("fixtures missing");
     /* the sanitizer build encodes at ~1/10 the speed: two images still make two shards */
-    const int n_eval = SLOW_BUILD ? 2 : 3;
+    const int n_eval = test_sanitized() ? 2 : 3;
     REQUIRE(setup() == 0, "setup failed");
     char dir[800], args[4096], full[900], merged[900], s0[900], s1[900];
     snprintf(dir, sizeof dir, "%s/eval_images", g_dir);
@@ -610,7 +587,7 @@ static void test_eval_merge(void) {
     snprintf(s1, sizeof s1, "%s/eval_1.json", g_dir);
     snprintf(args, sizeof args, "eval --out %s --merge %s %s", merged, s1, s0);
     REQUIRE(cli_run(args) == 0, "merge: %s", cli_err);
-    CHECK(same_file(full, merged), "merged report differs from the unsharded one");
+    CHECK(cli_same_file(full, merged), "merged report differs from the unsharded one");
     ts_json *j = NULL;
     REQUIRE(ts_json_load(full, &j) == 0, "report");
     CHECK(ts_json_num(j, "n_images", 0) == n_eval && ts_json_num(j, "n_objects", 0) > 5,

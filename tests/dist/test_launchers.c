@@ -20,17 +20,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SLOW_BUILD 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SLOW_BUILD 1
-#endif
-#endif
-#ifndef SLOW_BUILD
-#define SLOW_BUILD 0
-#endif
-
 #define MODEL "models/tinysam_vit_t_random.pth"
 #define N_IMAGES 8
 
@@ -62,16 +51,6 @@ static int list_ext(const char *dir, const char *ext, char *out, size_t cap) {
     return n;
 }
 
-static int same_file(const char *a, const char *b) {
-    uint8_t *x = NULL, *y = NULL;
-    size_t nx = 0, ny = 0;
-    int ok = ts_read_file(a, (size_t)1 << 28, &x, &nx) == 0 &&
-             ts_read_file(b, (size_t)1 << 28, &y, &ny) == 0 && nx == ny && !memcmp(x, y, nx);
-    free(x);
-    free(y);
-    return ok;
-}
-
 /* The launcher's output dir against the serial one: same files, same bytes; the manifests
  * account for every image exactly once over `shards` shards. */
 static void check_union(const char *what, const char *serial, const char *dir, const char *ext,
@@ -86,7 +65,7 @@ static void check_union(const char *what, const char *serial, const char *dir, c
         char a[PATH_MAX + 300], b[PATH_MAX + 300];
         snprintf(a, sizeof a, "%s/%.250s", serial, p);
         snprintf(b, sizeof b, "%s/%.250s", dir, p);
-        CHECK(same_file(a, b), "%s: %s differs from the serial run's", what, p);
+        CHECK(cli_same_file(a, b), "%s: %s differs from the serial run's", what, p);
     }
     int done = 0, images = 0;
     for (int s = 0; s < shards; s++) {
@@ -188,8 +167,7 @@ static void show_log(void) {
 }
 
 static void test_launchers(void) {
-    const char *isa = getenv("TINYSAM_ISA");
-    const int network = !SLOW_BUILD && !(isa && !strcmp(isa, "scalar")) && fixture_exists(MODEL);
+    const int network = !test_sanitized() && !test_portable_kernels() && fixture_exists(MODEL);
     const char *why = NULL;
     int rc = run_all(network, &why);
     if (rc == -1) SKIP(why);

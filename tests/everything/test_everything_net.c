@@ -10,17 +10,6 @@
 
 #include <stdio.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SLOW_BUILD 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SLOW_BUILD 1
-#endif
-#endif
-#ifndef SLOW_BUILD
-#define SLOW_BUILD 0
-#endif
-
 static tinysam_model *g_model;
 static tinysam_image g_img;
 static tinysam_embedding g_emb;
@@ -42,8 +31,7 @@ static int setup(void) {
 }
 
 static void run(const char *setting, const char *mode) {
-    const char *env = getenv("TINYSAM_ISA");
-    if (SLOW_BUILD || (env && !strcmp(env, "scalar")))
+    if (test_sanitized() || test_portable_kernels())
         SKIP("slow build: covered by the oracle tests");
     char rel[256];
     snprintf(rel, sizeof rel, "reference/everything/picture1/%s/%s.json", setting, mode);
