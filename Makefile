@@ -21,6 +21,10 @@ CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sani
            $(filter-out -O2 -O1 -O3,$(CFLAGS))
 LDFLAGS += -fsanitize=address,undefined
 endif
+# The version lives in include/tinysam.h (TINYSAM_VERSION); the soname follows its major.
+VERSION := $(shell sed -n 's/^\#define TINYSAM_VERSION "\(.*\)"/\1/p' include/tinysam.h)
+SONAME  := libtinysam.so.$(firstword $(subst ., ,$(VERSION)))
+SO_REAL := libtinysam.so.$(VERSION)
 # ---- MPI (issue 16): `make MPI=1` builds the same targets with mpicc into build-mpi/
 # (build-san-mpi/ with SAN=1), the communication layer src/dist/comm_mpi.c in place of
 # comm_serial.c; plain `make` stays MPI-free. `make MPI=1 test-mpi` runs the tests/dist/
@@ -64,23 +68,86 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_LIB_OBJ := $(TEST_LIB:%.c=$(BUILD)/obj/%.o)
 BENCH_BIN:= $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test bench clean format tests converge
-all: $(BUILD)/libtinysam.a $(BUILD)/libtinysam.so $(BUILD)/tinysam
+# Installation directories, GNU conventions (make install PREFIX=/usr DESTDIR=/tmp/stage).
+PREFIX      ?= /usr/local
+EXEC_PREFIX ?= $(PREFIX)
+BINDIR      ?= $(EXEC_PREFIX)/bin
+LIBDIR      ?= $(EXEC_PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+DATAROOTDIR ?= $(PREFIX)/share
+MANDIR      ?= $(DATAROOTDIR)/man
+BASHCOMPDIR ?= $(DATAROOTDIR)/bash-completion/completions
+PKGCONFIGDIR?= $(LIBDIR)/pkgconfig
+INSTALL     ?= install
+
+.PHONY: all test bench clean format tests converge install uninstall test-install test-deb
+all: $(BUILD)/libtinysam.a $(BUILD)/libtinysam.so $(BUILD)/tinysam $(BUILD)/tinysam.1 \
+     $(BUILD)/tinysam.bash $(BUILD)/tinysam.pc $(BUILD)/examples/segment_point
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(if $(findstring _avx512,$<),$(AVX512_FLAGS),$(if $(findstring _avx2,$<),$(AVX2_FLAGS))) -MMD -MP -c $< -o $@
 
 $(BUILD)/libtinysam.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-# The shared library behind the Python module (python/tinysam_c).
-$(BUILD)/libtinysam.so: $(LIB_OBJ)
-	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# The shared library (python/tinysam_c loads it too): libtinysam.so.MAJOR.MINOR.PATCH with
+# the soname libtinysam.so.MAJOR, exporting only the public tinysam_* functions
+# (src/libtinysam.map); build/libtinysam.so is the development link to it.
+$(BUILD)/$(SO_REAL): $(LIB_OBJ) src/libtinysam.map
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,$(SONAME) -Wl,--version-script=src/libtinysam.map \
+	    $(if $(SAN),,-Wl,-z,defs) -o $@ $(LIB_OBJ) $(LDLIBS)
+$(BUILD)/libtinysam.so: $(BUILD)/$(SO_REAL)
+	ln -sf $(SO_REAL) $@
 
 $(BUILD)/tinysam: $(CLI_OBJ) $(BUILD)/libtinysam.a
 	$(CC) $(LDFLAGS) -pthread -o $@ $(CLI_OBJ) $(BUILD)/libtinysam.a $(LDLIBS) -lmicrohttpd
+
+# The man page and the bash completion, both made from the built CLI's --help texts.
+$(BUILD)/tinysam.1: $(BUILD)/tinysam tools/gen_manpage.sh
+	sh tools/gen_manpage.sh $(BUILD)/tinysam > $@.tmp && mv $@.tmp $@
+$(BUILD)/tinysam.bash: $(BUILD)/tinysam tools/gen_completion.sh
+	sh tools/gen_completion.sh $(BUILD)/tinysam > $@.tmp && mv $@.tmp $@
+# The pkg-config file carries the install directories: rebuilt whenever they change.
+$(BUILD)/tinysam.pc: tinysam.pc.in include/tinysam.h FORCE
+	@mkdir -p $(BUILD)
+	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' tinysam.pc.in > $@.tmp
+	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@; fi
+.PHONY: FORCE
+FORCE:
+# The example program of the README (built against the in-tree shared library).
+$(BUILD)/examples/%: examples/%.c $(BUILD)/libtinysam.so
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -Iinclude -o $@ $< $(LDFLAGS) -L$(BUILD) -ltinysam -Wl,-rpath,'$$ORIGIN/..'
+
+install: all
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
+	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR)
+	$(INSTALL) -m 755 $(BUILD)/tinysam $(DESTDIR)$(BINDIR)/tinysam
+	$(INSTALL) -m 644 include/tinysam.h $(DESTDIR)$(INCLUDEDIR)/tinysam.h
+	$(INSTALL) -m 644 $(BUILD)/$(SO_REAL) $(DESTDIR)$(LIBDIR)/$(SO_REAL)
+	ln -sf $(SO_REAL) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libtinysam.so
+	$(INSTALL) -m 644 $(BUILD)/libtinysam.a $(DESTDIR)$(LIBDIR)/libtinysam.a
+	$(INSTALL) -m 644 $(BUILD)/tinysam.pc $(DESTDIR)$(PKGCONFIGDIR)/tinysam.pc
+	$(INSTALL) -m 644 $(BUILD)/tinysam.1 $(DESTDIR)$(MANDIR)/man1/tinysam.1
+	$(INSTALL) -m 644 $(BUILD)/tinysam.bash $(DESTDIR)$(BASHCOMPDIR)/tinysam
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/tinysam $(DESTDIR)$(INCLUDEDIR)/tinysam.h \
+	    $(DESTDIR)$(LIBDIR)/$(SO_REAL) $(DESTDIR)$(LIBDIR)/$(SONAME) \
+	    $(DESTDIR)$(LIBDIR)/libtinysam.so $(DESTDIR)$(LIBDIR)/libtinysam.a \
+	    $(DESTDIR)$(PKGCONFIGDIR)/tinysam.pc $(DESTDIR)$(MANDIR)/man1/tinysam.1 \
+	    $(DESTDIR)$(BASHCOMPDIR)/tinysam
+
+# Issue 23's checks (CI): a staged install used the way a user would (pkg-config, the example
+# program, man, nm), then uninstalled; and the Debian packages built, installed, used, removed.
+test-install: all
+	@BUILD=$(BUILD) MAKE="$(MAKE)" CC="$(CC)" sh tests/packaging/install.sh
+test-deb:
+	@sh tests/packaging/deb.sh
 
 # The page of `tinysam serve`, embedded in the binary (od + sed, no xxd).
 $(BUILD)/gen/web_assets.c: src/server/embed_web.sh $(WEB_FILES)

@@ -3,23 +3,38 @@
 ctypes releases the GIL for the duration of every foreign call, so encoding and decoding
 run without holding it."""
 import ctypes
+import ctypes.util
 import os
 from ctypes import (POINTER, Structure, c_char_p, c_double, c_float, c_int, c_longlong,
                     c_uint32, c_uint8, c_void_p, CFUNCTYPE)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_SOVERSION = 0  # the shared library's soname is libtinysam.so.0
 
 
 def _find_library():
+    """TINYSAM_LIBRARY, else the library bundled by `pip install`, else the in-tree build
+    (build/libtinysam.so), else an installed one (`make install`, the libtinysam0 package):
+    by ctypes.util.find_library (ldconfig's cache), then by its soname."""
     env = os.environ.get("TINYSAM_LIBRARY")
-    candidates = [env] if env else []
-    candidates += [os.path.join(_HERE, "libtinysam.so"),
-                   os.path.join(_HERE, "..", "..", "build", "libtinysam.so")]
-    for c in candidates:
-        if c and os.path.exists(c):
+    if env:
+        if os.path.exists(env):
+            return env
+        raise ImportError("tinysam_c: TINYSAM_LIBRARY=%s does not exist" % env)
+    for c in (os.path.join(_HERE, "libtinysam.so"),
+              os.path.join(_HERE, "..", "..", "build", "libtinysam.so")):
+        if os.path.exists(c):
             return c
-    raise ImportError("tinysam_c: libtinysam.so not found (build it with `make build/libtinysam.so`"
-                      " or install with `pip install --no-build-isolation .`)")
+    found = ctypes.util.find_library("tinysam")
+    for name in ([found] if found else []) + ["libtinysam.so.%d" % _SOVERSION]:
+        try:
+            ctypes.CDLL(name)
+            return name
+        except OSError:
+            pass
+    raise ImportError("tinysam_c: libtinysam not found (build it with `make build/libtinysam.so`,"
+                      " install it with `make install` or the libtinysam0 package, or install"
+                      " the module with `pip install --no-build-isolation .`)")
 
 
 lib = ctypes.CDLL(_find_library())

@@ -1,6 +1,11 @@
 /* main.c - the tinysam command: dispatches to one function per subcommand. */
 #include "cli/commands.h"
+#include "dist/comm.h"
+#include "nn/gemm_i8.h"
+#include "nn/nn.h"
 #include "tinysam.h"
+
+#include <microhttpd.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -25,6 +30,17 @@ static const char *usage =
     "safetensors files written by `tinysam convert`. Exit status 0 on success; on failure a\n"
     "one-line message on stderr and a non-zero status.\n";
 
+/* The version, then what this build can do on this CPU (bug reports quote it). */
+static void print_version(void) {
+    printf("tinysam %s\n", TINYSAM_VERSION);
+    printf("kernels: avx512 (%s), avx2 (%s), scalar; running: %s\n",
+           ts_nn_isa_available("avx512") ? "available" : "not on this CPU",
+           ts_nn_isa_available("avx2") ? "available" : "not on this CPU", ts_nn_isa_name());
+    printf("int8 (W8A8): %s\n", ts_gemm_i8_isa_name());
+    printf("mpi: %s\n", !strcmp(ts_comm_kind(), "mpi") ? "yes (make MPI=1)" : "no");
+    printf("server: libmicrohttpd %s\n", MHD_get_version());
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
@@ -32,7 +48,7 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("tinysam %s\n", TINYSAM_VERSION);
+        print_version();
         return 0;
     }
     static const struct {

@@ -34,6 +34,9 @@ int ts_comm_rank(const ts_comm *c);
 int ts_comm_size(const ts_comm *c);
 /* "serial", or the MPI library's own version line (first line only). */
 const char *ts_comm_library(const ts_comm *c);
+/* How this build communicates, known without starting anything: "none" (the default build)
+ * or "mpi" (`make MPI=1`). */
+const char *ts_comm_kind(void);
 
 int ts_comm_barrier(ts_comm *c);
 /* Every rank's `bytes` bytes at mine, gathered on every rank into all (size x bytes, rank

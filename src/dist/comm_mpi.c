@@ -72,6 +72,7 @@ void ts_comm_finalize(ts_comm *c) {
 int ts_comm_rank(const ts_comm *c) { return c->rank; }
 int ts_comm_size(const ts_comm *c) { return c->size; }
 const char *ts_comm_library(const ts_comm *c) { return c->library; }
+const char *ts_comm_kind(void) { return "mpi"; }
 
 int ts_comm_barrier(ts_comm *c) {
     (void)c;

@@ -21,6 +21,7 @@ void ts_comm_finalize(ts_comm *c) { free(c); }
 int ts_comm_rank(const ts_comm *c) { return (void)c, 0; }
 int ts_comm_size(const ts_comm *c) { return (void)c, 1; }
 const char *ts_comm_library(const ts_comm *c) { return (void)c, "serial"; }
+const char *ts_comm_kind(void) { return "none"; }
 int ts_comm_barrier(ts_comm *c) { return (void)c, 0; }
 
 int ts_comm_allgather(ts_comm *c, const void *mine, size_t bytes, void *all) {
