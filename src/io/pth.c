@@ -692,7 +692,8 @@ static int load_zip(loader *L, const uint8_t *buf, size_t size) {
     const char *what = L->what;
     ts_zip z;
     int rc = ts_zip_open(buf, size, &z);
-    if (rc) return ts_error_prefix(rc, "%s", what);
+    if (!rc) rc = ts_zip_verify(&z);
+    if (rc) return ts_zip_close(&z), ts_error_prefix(rc, "%s", what);
     zip_ctx c = {.z = &z, .what = what};
     const ts_zip_entry *pkl = NULL;
     for (int i = 0; i < z.n; i++) {
