@@ -68,6 +68,8 @@ int ts_cli_info(int argc, char **argv) {
     if (tinysam_model_load(argv[1], &m)) return ts_cli_fail();
     tinysam_model_info inf;
     tinysam_model_get_info(m, &inf);
+    char prefix[sizeof m->map->key_prefix];
+    snprintf(prefix, sizeof prefix, "%s", m->map->key_prefix);
     tinysam_model_free(m);
     printf("{\"model\": ");
     ts_json_write_string_stdout(argv[1]);
@@ -75,6 +77,8 @@ int ts_cli_info(int argc, char **argv) {
            "\"values\": %lld, \"parameters_used\": %lld",
            inf.family, inf.source_format, inf.source_dtype, inf.n_tensors, inf.n_values,
            inf.n_params_used);
+    /* a DistributedDataParallel / torch.compile checkpoint: every key had this prefix */
+    if (prefix[0]) printf(", \"key_prefix_stripped\": \"%s\"", prefix);
     printf(", \"config\": %s", inf.config);
     printf("}\n");
     return 0;

@@ -5,6 +5,7 @@
 #include "core.h"
 #include "io/tensor_map.h"
 #include "io/zip.h"
+#include "model/sam.h"
 #include "test.h"
 
 #include <stdio.h>
@@ -200,7 +201,90 @@ static void test_large_record(void) {
     free(buf);
 }
 
+/* Masks of the point (380, 300) on picture1: low-res logits and IoU, bit for bit. */
+static int predict_point(tinysam_model *m, const tinysam_image *img, float *low_res, float *iou) {
+    tinysam_embedding *e;
+    if (tinysam_encode(m, img, &e)) return -1;
+    float pt[2] = {380, 300};
+    int lab[1] = {1};
+    tinysam_prompt p = {.n_points = 1, .points = pt, .labels = lab};
+    tinysam_prediction pred;
+    int rc = tinysam_predict(m, e, &p, 0, &pred);
+    if (!rc) {
+        memcpy(low_res, pred.low_res, sizeof(float) * 3 * 256 * 256);
+        memcpy(iou, pred.iou, sizeof pred.iou);
+        tinysam_prediction_free(&pred);
+    }
+    tinysam_embedding_free(e);
+    return rc;
+}
+
+/* Checkpoints of a DistributedDataParallel ("module.") or torch.compile ("_orig_mod.") model:
+ * the fixture's tensors renamed, written by a small generator (safetensors), load as the
+ * plain model, say so in the map, and give identical masks. A partly prefixed file is not
+ * stripped (and so not recognised). */
+static void test_wrapper_prefixes(void) {
+    if (!fixture_exists(ZIP32)) SKIP("fixtures missing");
+    tinysam_model *plain;
+    REQUIRE(tinysam_model_load(fixture(ZIP32), &plain) == 0, "%s", tinysam_last_error());
+    tinysam_image img;
+    REQUIRE(tinysam_image_load(fixture("images/picture1.jpg"), 0, &img) == 0, "%s",
+            tinysam_last_error());
+    /* the masks under the sanitizers: the loaded tensors are compared instead (same names,
+     * same bytes: the same network) */
+    int run_net = !test_sanitized();
+    float *lr0 = malloc(sizeof(float) * 3 * 256 * 256), *lr1 = malloc(sizeof(float) * 3 * 256 * 256);
+    float iou0[3], iou1[3];
+    REQUIRE(lr0 && lr1, "alloc");
+    if (run_net) REQUIRE(predict_point(plain, &img, lr0, iou0) == 0, "%s", tinysam_last_error());
+    static const char *prefixes[] = {"module.", "_orig_mod."};
+    for (int k = 0; k < 3; k++) {
+        ts_tensor_map *m;
+        REQUIRE(ts_map_load(fixture(ZIP32), &m) == 0, "%s", tinysam_last_error());
+        const char *pre = prefixes[k % 2];
+        for (int i = 0; i < m->n; i++) {
+            if (k == 2 && i == 5) continue; /* one key without the prefix */
+            size_t l = strlen(pre) + strlen(m->t[i].name) + 1;
+            char *nm = malloc(l);
+            REQUIRE(nm, "alloc");
+            snprintf(nm, l, "%s%s", pre, m->t[i].name);
+            free(m->t[i].name);
+            m->t[i].name = nm;
+        }
+        const char *path = tmp_path(k == 2 ? "partly_prefixed.safetensors" : "prefixed.safetensors");
+        REQUIRE(ts_safetensors_save(path, m, 0, NULL, NULL) == 0, "%s", tinysam_last_error());
+        ts_map_free(m);
+        tinysam_model *w;
+        int rc = tinysam_model_load(path, &w);
+        if (k == 2) {
+            CHECK(rc == TINYSAM_E_UNSUPPORTED, "a partly prefixed file is not stripped: rc %d", rc);
+            remove(path);
+            continue;
+        }
+        REQUIRE(rc == 0, "%s: %s", pre, tinysam_last_error());
+        CHECK(!strcmp(w->map->key_prefix, pre), "key_prefix '%s'", w->map->key_prefix);
+        int same = w->map->n == plain->map->n;
+        for (int i = 0; same && i < w->map->n; i++) {
+            const ts_tensor *a = &w->map->t[i], *b = ts_map_get(plain->map, a->name);
+            same = b && a->numel == b->numel && a->dtype == b->dtype &&
+                   !memcmp(a->data, b->data, (size_t)a->numel * (a->dtype == TS_DTYPE_I64 ? 8 : 4));
+        }
+        CHECK(same, "%s: the stripped tensors equal the plain model's", pre);
+        if (run_net) {
+            REQUIRE(predict_point(w, &img, lr1, iou1) == 0, "%s", tinysam_last_error());
+            CHECK(!memcmp(lr0, lr1, sizeof(float) * 3 * 256 * 256) && !memcmp(iou0, iou1, sizeof iou0),
+                  "%s: masks differ from the plain model's", pre);
+        }
+        tinysam_model_free(w);
+        remove(path);
+    }
+    free(lr0), free(lr1);
+    tinysam_image_free(&img);
+    tinysam_model_free(plain);
+}
+
 int main(void) {
+    RUN(test_wrapper_prefixes);
     RUN(test_large_record);
     RUN(test_fixture_crcs);
     RUN(test_flipped_records);
