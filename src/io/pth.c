@@ -882,6 +882,7 @@ static int load_buffer(const uint8_t *data, size_t size, const char *what, int b
     if (size >= 4 && !memcmp(data, "PK\x03\x04", 4)) {
         snprintf(map->format, sizeof map->format, "pth-zip");
         rc = load_zip(&L, data, size);
+        snprintf(map->integrity, sizeof map->integrity, "crc32"); /* every record checked */
     } else if (size >= 2 && data[0] == 0x80) {
         snprintf(map->format, sizeof map->format, "pth-legacy");
         rc = load_legacy(&L, data, size);

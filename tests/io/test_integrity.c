@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 #include <zlib.h>
 
 #define ZIP32 "models/tinysam_vit_t_random.pth"
@@ -283,7 +284,64 @@ static void test_wrapper_prefixes(void) {
     tinysam_model_free(plain);
 }
 
+/* Safetensors written by convert carry the XXH3 digest of their data section; a flipped data
+ * byte is refused, a file without the digest (the key renamed) still loads, an unknown
+ * digest is refused. The digest is recomputed here on a second code path: stdio, the header
+ * length parsed by hand, libxxhash's streaming API over odd-sized chunks. */
+static void test_safetensors_digest(void) {
+    if (!fixture_exists(ZIP32)) SKIP("fixtures missing");
+    CHECK(XXH3_64bits("", 0) == 0x2D06800538D394C2ull, "XXH3 of the empty input");
+    tinysam_model *m;
+    REQUIRE(tinysam_model_load(fixture(ZIP32), &m) == 0, "%s", tinysam_last_error());
+    const char *path = tmp_path("digest.safetensors");
+    REQUIRE(tinysam_model_save_safetensors(m, path) == 0, "%s", tinysam_last_error());
+    tinysam_model_free(m);
+    file_t f = read_all(path);
+    REQUIRE(f.b && f.n > 8, "read back");
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | f.b[i];
+    REQUIRE(hl < f.n - 8, "header length");
+    XXH3_state_t *st = XXH3_createState();
+    XXH3_64bits_reset(st);
+    for (size_t o = 8 + hl; o < f.n; o += 1009)
+        XXH3_64bits_update(st, f.b + o, f.n - o < 1009 ? f.n - o : 1009);
+    char want[64];
+    snprintf(want, sizeof want, "\"tinysam.digest\":\"xxh3-64:%016llx\"",
+             (unsigned long long)XXH3_64bits_digest(st));
+    XXH3_freeState(st);
+    char *hdr = malloc(hl + 1);
+    REQUIRE(hdr, "alloc");
+    memcpy(hdr, f.b + 8, hl), hdr[hl] = 0;
+    char *key = strstr(hdr, want);
+    CHECK(key != NULL, "the header holds %s", want);
+    ts_tensor_map *map = NULL;
+    CHECK(ts_map_load(path, &map) == 0 && !strcmp(map->integrity, "xxh3-64"), "intact: %s",
+          tinysam_last_error());
+    ts_map_free(map);
+
+    char msg[1024];
+    f.b[8 + hl + (f.n - 8 - hl) / 3] ^= 0x04; /* one data byte */
+    int rc = load_copy(&f, "digest_flip.safetensors", msg, sizeof msg);
+    CHECK(rc == TINYSAM_E_FORMAT && strstr(msg, "fails its XXH3 digest check (file corrupted?)"),
+          "flipped: rc %d: %s", rc, msg);
+    if (key) {
+        size_t at = 8 + (size_t)(key - hdr) + strlen("\"tinysam.diges");
+        f.b[at] = 'X'; /* "tinysam.digesX": a file from elsewhere, without our digest */
+        rc = load_copy(&f, "digest_none.safetensors", msg, sizeof msg);
+        CHECK(rc == 0, "without a digest it loads (flipped byte and all): %s", msg);
+        f.b[at] = 't';
+        at = 8 + (size_t)(key - hdr) + strlen("\"tinysam.digest\":\"");
+        memcpy(f.b + at, "md5-064", 7);
+        rc = load_copy(&f, "digest_unknown.safetensors", msg, sizeof msg);
+        CHECK(rc == TINYSAM_E_FORMAT && strstr(msg, "unknown data digest"), "unknown: %s", msg);
+    }
+    free(hdr);
+    free(f.b);
+    remove(path);
+}
+
 int main(void) {
+    RUN(test_safetensors_digest);
     RUN(test_wrapper_prefixes);
     RUN(test_large_record);
     RUN(test_fixture_crcs);
