@@ -14,7 +14,7 @@ WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla
 # Bit-exact pre/post-processing needs no silent a*b+c fusion; kernels use explicit FMA intrinsics.
 CFLAGS  ?= -O2 -g
 CFLAGS  += -fPIC -std=c11 -D_GNU_SOURCE -pthread -ffp-contract=off -fno-math-errno $(WARN) -Iinclude -Isrc
-LDLIBS  := -ljpeg -lpng -lz -lm -lpthread
+LDLIBS  := -ljpeg -lpng -lz -lxxhash -lm -lpthread
 ifneq ($(SAN),)
 BUILD   := build-san
 CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \

@@ -87,6 +87,7 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     if (!model) return TINYSAM_E_NOMEM;
     int rc = ts_map_load(path, &model->map);
     if (rc) goto fail;
+    ts_map_strip_wrapper_prefix(model->map); /* DistributedDataParallel, torch.compile */
     /* an int8 model file: weight-only int8 tensors back to float32 (the W8A8 encoder GEMMs
      * stay int8 and are packed by the encoder loader) */
     if ((rc = ts_int8_model_expand(model->map))) goto fail;

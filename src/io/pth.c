@@ -692,7 +692,8 @@ static int load_zip(loader *L, const uint8_t *buf, size_t size) {
     const char *what = L->what;
     ts_zip z;
     int rc = ts_zip_open(buf, size, &z);
-    if (rc) return ts_error_prefix(rc, "%s", what);
+    if (!rc) rc = ts_zip_verify(&z);
+    if (rc) return ts_zip_close(&z), ts_error_prefix(rc, "%s", what);
     zip_ctx c = {.z = &z, .what = what};
     const ts_zip_entry *pkl = NULL;
     for (int i = 0; i < z.n; i++) {
@@ -881,6 +882,7 @@ static int load_buffer(const uint8_t *data, size_t size, const char *what, int b
     if (size >= 4 && !memcmp(data, "PK\x03\x04", 4)) {
         snprintf(map->format, sizeof map->format, "pth-zip");
         rc = load_zip(&L, data, size);
+        snprintf(map->integrity, sizeof map->integrity, "crc32"); /* every record checked */
     } else if (size >= 2 && data[0] == 0x80) {
         snprintf(map->format, sizeof map->format, "pth-legacy");
         rc = load_legacy(&L, data, size);

@@ -6,6 +6,7 @@
 #include "io/tensor_map.h"
 #include "io/tensor_map_internal.h"
 
+#include <xxhash.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,24 @@ static int cmp_name(const void *a, const void *b) {
     return strcmp((*x)->name, (*y)->name);
 }
 
+/* The digest of the data section (every byte after the header) as our writer stores it:
+ * "xxh3-64:" and 16 lower-case hex digits of XXH3_64bits (libxxhash, seed 0). */
+static void digest_string(const void *data, size_t n, char out[32]) {
+    snprintf(out, 32, "xxh3-64:%016llx", (unsigned long long)XXH3_64bits(data, n));
+}
+
+static int check_digest(const char *want, const uint8_t *data, uint64_t n, const char *what) {
+    if (strncmp(want, "xxh3-64:", 8) || strlen(want) != 24)
+        return ts_error(TINYSAM_E_FORMAT, "%s: unknown data digest '%.40s' in the metadata", what,
+                        want);
+    char got[32];
+    digest_string(data, (size_t)n, got);
+    if (strcmp(got, want))
+        return ts_error(TINYSAM_E_FORMAT,
+                        "%s: the data fails its XXH3 digest check (file corrupted?)", what);
+    return 0;
+}
+
 static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what) {
     if (size < 8) return ts_error(TINYSAM_E_FORMAT, "%s: too short for safetensors", what);
     uint64_t hlen = 0;
@@ -52,6 +71,7 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
     if (rc) return ts_error_prefix(rc, "%s: safetensors header", what);
     const uint8_t *data = buf + 8 + hlen;
     uint64_t dsize = size - 8 - hlen;
+    const char *digest = NULL; /* our writer's digest of the data section, in the metadata */
     span *spans = NULL;
     int n_spans = 0;
     if (h->type != TS_JSON_OBJECT || h->n > ST_MAX_TENSORS) {
@@ -80,6 +100,8 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
             }
             fputc('{', f);
             for (int k = 0; k < e->n; k++) {
+                if (e->items[k].type == TS_JSON_STRING && !strcmp(e->keys[k], TS_ST_DIGEST_KEY))
+                    digest = e->items[k].string;
                 if (e->items[k].type != TS_JSON_STRING) { /* as the reference library */
                     fclose(f);
                     free(txt);
@@ -190,6 +212,8 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
     free(order);
     if (rc) goto done;
     if (map->n == 0) rc = ts_error(TINYSAM_E_FORMAT, "%s: the file holds no tensors", what);
+    if (!rc && digest) rc = check_digest(digest, data, dsize, what);
+    if (!rc && digest) snprintf(map->integrity, sizeof map->integrity, "xxh3-64");
 done:
     free(spans);
     ts_json_free(h);
@@ -264,17 +288,32 @@ int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
         free(order);
         return ts_error(TINYSAM_E_NOMEM, "out of memory");
     }
-    fputc('{', hf);
-    if (n_meta > 0) {
-        fputs("\"__metadata__\":{", hf);
-        for (int i = 0; i < n_meta; i++) {
-            if (i) fputc(',', hf);
-            ts_json_write_string(hf, meta_keys[i]);
-            fputc(':', hf);
-            ts_json_write_string(hf, meta_values[i]);
-        }
-        fputc('}', hf);
+    /* the digest of the data section: the tensors' bytes in file order */
+    XXH3_state_t *xs = XXH3_createState();
+    if (!xs) {
+        fclose(hf), free(hdr), free(order);
+        return ts_error(TINYSAM_E_NOMEM, "out of memory");
     }
+    XXH3_64bits_reset(xs);
+    for (int i = 0; i < m->n; i++)
+        if (st_name(order[i]->dtype))
+            XXH3_64bits_update(xs, order[i]->data,
+                               (size_t)order[i]->numel * (size_t)ts_dtype_size(order[i]->dtype));
+    char digest[32];
+    snprintf(digest, sizeof digest, "xxh3-64:%016llx", (unsigned long long)XXH3_64bits_digest(xs));
+    XXH3_freeState(xs);
+    fputs("{\"__metadata__\":{", hf);
+    for (int i = 0; i < n_meta; i++) {
+        if (!strcmp(meta_keys[i], TS_ST_DIGEST_KEY)) continue; /* ours replaces a stale one */
+        ts_json_write_string(hf, meta_keys[i]);
+        fputc(':', hf);
+        ts_json_write_string(hf, meta_values[i]);
+        fputc(',', hf);
+    }
+    ts_json_write_string(hf, TS_ST_DIGEST_KEY);
+    fputc(':', hf);
+    ts_json_write_string(hf, digest);
+    fputc('}', hf);
     uint64_t offset = 0;
     int rc = 0;
     for (int i = 0; i < m->n; i++) {
@@ -285,7 +324,7 @@ int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
             break;
         }
         uint64_t bytes = (uint64_t)t->numel * (uint64_t)ts_dtype_size(t->dtype);
-        if (i || n_meta > 0) fputc(',', hf);
+        fputc(',', hf);
         ts_json_write_string(hf, t->name);
         fprintf(hf, ":{\"dtype\":\"%s\",\"shape\":[", dn);
         for (int d = 0; d < t->ndim; d++)

@@ -112,7 +112,9 @@ int ts_file_map(const char *path, uint8_t **base, size_t *size) {
         close(fd);
         return st.st_size ? ts_error(TINYSAM_E_LIMIT, "%s: file too large", path) : 0;
     }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    /* populated at once: the loaders read every byte (CRCs, digests, packing), and one
+     * populating call costs far less than a page fault per page */
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED)
         return ts_error(TINYSAM_E_IO, "%s: mmap failed: %s", path, strerror(errno));
@@ -215,4 +217,22 @@ int ts_map_check_all_used(const ts_tensor_map *m, int (*ignore)(const char *name
             return ts_error(TINYSAM_E_FORMAT, "unexpected tensor '%s' (not part of this model)",
                             m->t[i].name);
     return TINYSAM_OK;
+}
+
+int ts_map_strip_wrapper_prefix(ts_tensor_map *m) {
+    static const char *prefixes[] = {"module.", "_orig_mod."};
+    if (m->n == 0) return 0;
+    for (size_t k = 0; k < sizeof prefixes / sizeof prefixes[0]; k++) {
+        size_t l = strlen(prefixes[k]);
+        int all = 1;
+        for (int i = 0; i < m->n && all; i++)
+            all = !strncmp(m->t[i].name, prefixes[k], l) && m->t[i].name[l];
+        if (!all) continue;
+        /* names stay unique and in the same order: one common prefix goes */
+        for (int i = 0; i < m->n; i++)
+            memmove(m->t[i].name, m->t[i].name + l, strlen(m->t[i].name + l) + 1);
+        snprintf(m->key_prefix, sizeof m->key_prefix, "%s", prefixes[k]);
+        return 1;
+    }
+    return 0;
 }

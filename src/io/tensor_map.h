@@ -45,7 +45,20 @@ typedef struct ts_tensor_map {
                               * NULL when every tensor is a copy */
     size_t map_size;
     int borrowed;            /* map_base belongs to the caller (load_memory): free nothing in it */
+    char key_prefix[16];     /* the wrapper prefix ts_map_strip_wrapper_prefix removed, or "" */
+    char integrity[16];      /* what was checked at load: "crc32" (pth-zip records), "xxh3-64"
+                              * (our safetensors' digest), "" (nothing to check) */
 } ts_tensor_map;
+
+/* The safetensors metadata key of the data section's digest ("xxh3-64:<16 hex digits>"),
+ * written by ts_safetensors_save and checked at load when present. */
+#define TS_ST_DIGEST_KEY "tinysam.digest"
+
+/* A checkpoint saved from a model wrapped in DistributedDataParallel ("module.") or compiled
+ * with torch.compile ("_orig_mod.") has every key prefixed: when every key carries one such
+ * prefix, it is removed (once) and recorded in key_prefix. Returns 1 when a prefix was
+ * stripped, else 0. */
+int ts_map_strip_wrapper_prefix(ts_tensor_map *m);
 
 /* Loads a file, detecting the format from its first bytes (ZIP "PK\3\4" -> pth-zip,
  * pickle PROTO 0x80 -> pth-legacy, otherwise safetensors). */

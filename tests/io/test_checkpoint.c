@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #define ZIP32 "models/tinysam_vit_t_random.pth"
 #define LEG16 "models/tinysam_vit_t_random_fp16_legacy.pth"
@@ -409,8 +410,9 @@ typedef struct {
 } zentry;
 
 /* A stored ZIP as torch writes it (data 64-byte aligned through the local extra field). The
- * local headers carry zero sizes (bit 3, data descriptor): only the central directory is
- * authoritative. zip64: sizes and offsets only in ZIP64 extra fields and records. */
+ * local headers carry zero CRC and sizes (bit 3) and a data descriptor follows each record's
+ * data (signature, CRC-32, sizes; 8-byte sizes in ZIP64). zip64: sizes and offsets only in
+ * ZIP64 extra fields and records. */
 static buf_t build_zip(zentry *e, int n, int zip64) {
     buf_t o = {0}, cd = {0};
     for (int i = 0; i < n; i++) {
@@ -423,8 +425,10 @@ static buf_t build_zip(zentry *e, int n, int zip64) {
         for (size_t k = 0; k < pad; k++) op(&o, 'Z');
         put(&o, e[i].data.b, e[i].data.n);
         uint64_t sz = e[i].data.n;
+        uint32_t crc = (uint32_t)crc32(0, e[i].data.b, (uInt)sz);
+        le(&o, 0x08074b50, 4), le(&o, crc, 4), le(&o, sz, zip64 ? 8 : 4), le(&o, sz, zip64 ? 8 : 4);
         le(&cd, 0x02014b50, 4), le(&cd, 45, 2), le(&cd, 45, 2), le(&cd, 8, 2), le(&cd, 0, 2);
-        le(&cd, 0, 4), le(&cd, 0, 4);
+        le(&cd, 0, 4), le(&cd, crc, 4);
         le(&cd, zip64 ? 0xffffffffu : sz, 4), le(&cd, zip64 ? 0xffffffffu : sz, 4);
         le(&cd, nl, 2), le(&cd, zip64 ? 28 : 0, 2), le(&cd, 0, 2), le(&cd, 0, 2), le(&cd, 0, 2);
         le(&cd, 0, 4), le(&cd, zip64 ? 0xffffffffu : loff, 4);
