@@ -26,14 +26,20 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
 
 #include "nn/gemm_i8.h"
 
-#define TS_TINY_VIT_N_QLAYERS 51 /* 1x1 convs of MBConv (4) and PatchMerging (6), 10 x
-                                  * (qkv, proj, fc1, fc2), neck.0 */
+/* Layers 0 .. TS_TINY_VIT_N_GEMM-1: the 1x1 convs of MBConv (4) and PatchMerging (6), 10 x
+ * (qkv, proj, fc1, fc2), neck.0 (the "gemm" scope, all that files before the full encoder
+ * scope quantised); then the dense 3x3 convolutions patch_embed.seq.0, patch_embed.seq.2 and
+ * neck.2 (taps 9, nn/conv_i8.h). */
+#define TS_TINY_VIT_N_GEMM    51
+#define TS_TINY_VIT_N_QLAYERS 54
 
 /* One GEMM of the encoder that the int8 model quantises. */
 typedef struct {
     char name[96];       /* official tensor prefix P, e.g. "image_encoder.layers.1.blocks.0.mlp.fc1"
                           * or "image_encoder.layers.0.blocks.0.conv1.c" (a conv with its BN) */
-    int N, K;            /* weight [N][K] */
+    int N, K;            /* weight [N][K]; a 3x3 conv: K = 9 * ci, columns [ky][kx][ci] */
+    int taps;            /* 1 (GEMM on rows of K) or 9 (dense 3x3 conv on pixels of K / 9) */
+    int stride;          /* the 3x3 conv's stride */
     int post_gelu;       /* the input is a GELU output (asymmetric quantiser) */
     long long rows;      /* input rows per image (before subsampling; recomputed rows aside) */
     const float *w;      /* float encoder: the weight as the GEMM uses it (BN folded), [N][K] */
@@ -49,7 +55,7 @@ int ts_tiny_vit_qlayer_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_qlayer *ou
 int ts_tiny_vit_n_int8(const ts_tiny_vit *enc);
 
 /* Calibration tap: called with the float input X[rows][K] (ldx) of quantised layer `layer`
- * right before its GEMM runs; row0 numbers the first row among the layer's input rows of this
+ * right before its GEMM runs (a 3x3 conv: its input pixels, rows of K / 9); row0 numbers the first row among the layer's input rows of this
  * pass (pixel or window-token index). Called from worker threads, concurrently. */
 typedef void (*ts_gemm_tap)(void *user, int layer, long long row0, const float *x, int rows,
                             int ldx);

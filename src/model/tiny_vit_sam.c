@@ -21,6 +21,7 @@
  * per image row. All activations live in one arena, sized on the first pass and kept. */
 #include "model/image_encoder.h"
 #include "core.h"
+#include "nn/conv_i8.h"
 #include "nn/nn.h"
 #include "threads.h"
 #include "tinysam.h"
@@ -75,13 +76,12 @@ typedef struct {
 #define MAX_PACKS 64 /* 2 + 4 + 6 + 10 x 4 + 2 = 54 packed weights */
 
 struct ts_tiny_vit {
-    conv_bn pe1, pe2;   /* patch embed: 3x3 s2 3->32, 3x3 s2 32->64 */
+    conv_bn pe1, pe2;   /* patch embed: 3x3 s2 3->32, 3x3 s2 32->64 (op: the W8A8 layer) */
     conv_bn mb[2][3];   /* stage 0 MBConv: 1x1 64->256, dw 256, 1x1 256->64 */
     conv_bn merge[3][3]; /* PatchMerging after stages 0..2: 1x1, dw (stride 2,2,1), 1x1 */
     vit_block blk[N_VIT];
     const float *neck1_w, *neck1_b, *neck3_w, *neck3_b; /* from the map */
-    float *neck2_w;     /* 3x3 256->256 permuted to [co][ky][kx][ci] */
-    ts_wpack *neck2_pk;
+    conv_bn neck2;      /* 3x3 256->256, no bias, [co][ky][kx][ci] */
     lin_op *neck0;      /* 1x1 320->256, no bias */
     lin_op lin[TS_TINY_VIT_N_QLAYERS]; /* the quantisable GEMMs, in load order */
     int n_lin, n_int8;
@@ -145,9 +145,9 @@ static int is_int8(ts_tensor_map *m, const char *P) {
     return t && t->dtype == TS_DTYPE_I8;
 }
 
-/* Registers the next quantisable GEMM. */
-static lin_op *new_lin(ts_tiny_vit *e, const char *P, int N, int K, int post_gelu,
-                       long long rows) {
+/* Registers the next quantisable layer (taps 9: a dense 3x3 conv, K = 9 * ci). */
+static lin_op *new_lin_taps(ts_tiny_vit *e, const char *P, int N, int K, int taps, int stride,
+                            int post_gelu, long long rows) {
     if (e->n_lin == TS_TINY_VIT_N_QLAYERS) {
         ts_error(TINYSAM_E_FORMAT, "too many quantisable layers");
         return NULL;
@@ -158,16 +158,24 @@ static lin_op *new_lin(ts_tiny_vit *e, const char *P, int N, int K, int post_gel
     snprintf(op->q.name, sizeof op->q.name, "%s", P);
     op->q.N = N;
     op->q.K = K;
+    op->q.taps = taps;
+    op->q.stride = stride;
     op->q.post_gelu = post_gelu;
     op->q.rows = rows;
     return op;
+}
+
+static lin_op *new_lin(ts_tiny_vit *e, const char *P, int N, int K, int post_gelu,
+                       long long rows) {
+    return new_lin_taps(e, P, N, K, 1, 1, post_gelu, rows);
 }
 
 /* Float GEMM of op: W [N][K] and b (may be NULL) must outlive the encoder. */
 static int lin_float(ts_tiny_vit *e, lin_op *op, const float *W, const float *b) {
     op->q.w = W;
     op->q.b = b;
-    return (op->pk = pack(e, W, op->q.N, op->q.K, 1)) ? 0 : TINYSAM_E_NOMEM;
+    const int taps = op->q.taps;
+    return (op->pk = pack(e, W, op->q.N, op->q.K / taps, taps)) ? 0 : TINYSAM_E_NOMEM;
 }
 
 /* Int8 GEMM of op from the W8A8 tensors of prefix op->q.name (spec §7; file layout in
@@ -178,8 +186,15 @@ static int lin_int8(ts_tiny_vit *e, ts_tensor_map *m, lin_op *op) {
     char name[160];
     snprintf(name, sizeof name, "%s.weight", P);
     ts_tensor *t = find_tensor(m, name);
-    if (!t || t->dtype != TS_DTYPE_I8 || t->ndim != 2 || t->shape[0] != N || t->shape[1] != K)
+    const int taps = op->q.taps, ci = K / taps;
+    if (taps == 9) { /* the official [co][ci][3][3] */
+        if (!t || t->dtype != TS_DTYPE_I8 || t->ndim != 4 || t->shape[0] != N ||
+            t->shape[1] != ci || t->shape[2] != 3 || t->shape[3] != 3)
+            return ts_error(TINYSAM_E_FORMAT, "tensor %s: expected I8 [%d,%d,3,3]", name, N, ci);
+    } else if (!t || t->dtype != TS_DTYPE_I8 || t->ndim != 2 || t->shape[0] != N ||
+               t->shape[1] != K) {
         return ts_error(TINYSAM_E_FORMAT, "tensor %s: expected I8 [%d,%d]", name, N, K);
+    }
     t->used = 1;
     const float *sc, *b, *st, *zp;
     snprintf(name, sizeof name, "%s.weight_scale", P);
@@ -199,8 +214,19 @@ static int lin_int8(ts_tiny_vit *e, ts_tensor_map *m, lin_op *op) {
     for (int n = 0; n < N; n++)
         if (!(isfinite(sc[n]) && sc[n] >= 0.0f && isfinite(b[n])))
             return ts_error(TINYSAM_E_FORMAT, "%s: weight_scale or bias %d is not finite", P, n);
-    if (!(op->q8 = ts_i8pack_new(t->data, N, K, K, sc)))
-        return ts_error_prefix(TINYSAM_E_NOMEM, "%s", P);
+    const int8_t *codes = t->data;
+    int8_t *perm = NULL;
+    if (taps == 9) { /* to the GEMM's columns [ky][kx][ci] */
+        if (!(perm = malloc((size_t)N * K))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+        for (int o = 0; o < N; o++)
+            for (int i = 0; i < ci; i++)
+                for (int k = 0; k < 9; k++)
+                    perm[((size_t)o * 9 + k) * ci + i] = codes[((size_t)o * ci + i) * 9 + k];
+        codes = perm;
+    }
+    op->q8 = ts_i8pack_new(codes, N, K, K, sc);
+    free(perm);
+    if (!op->q8) return ts_error_prefix(TINYSAM_E_NOMEM, "%s", P);
     op->q.b = b;
     op->q.q = op->q8;
     op->q.in_step = st[0];
@@ -258,6 +284,26 @@ static int take_conv1x1(ts_tiny_vit *e, ts_tensor_map *m, const char *prefix, in
     int rc = take_conv_bn(e, m, prefix, co, ci, 1, out);
     out->op = op;
     return rc ? rc : lin_float(e, op, out->w, out->b);
+}
+
+/* A dense 3x3 Conv2d_BN (a quantisable layer, taps 9): "prefix.c.weight" I8 [co][ci][3][3]
+ * (W8A8 file) or float + BN. */
+static int take_conv3x3(ts_tiny_vit *e, ts_tensor_map *m, const char *prefix, int co, int ci,
+                        int stride, int post_gelu, long long rows, conv_bn *out) {
+    char P[128];
+    snprintf(P, sizeof P, "image_encoder.%s.c", prefix);
+    memset(out, 0, sizeof *out);
+    lin_op *op = new_lin_taps(e, P, co, 9 * ci, 9, stride, post_gelu, rows);
+    if (!op) return TINYSAM_E_FORMAT;
+    int rc = is_int8(m, P) ? lin_int8(e, m, op) : take_conv_bn(e, m, prefix, co, ci, 3, out);
+    if (rc) return rc;
+    if (!op->q8) {
+        op->q.w = out->w;
+        op->q.b = out->b;
+        op->pk = out->pk;
+    }
+    out->op = op;
+    return 0;
 }
 
 static const float *take_blk(ts_tensor_map *m, int s, int b, const char *part, int ndim, int a,
@@ -318,8 +364,6 @@ static int load_vit_block(ts_tiny_vit *e, ts_tensor_map *m, int s, int b, vit_bl
 static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
     int rc;
     char p[96];
-    if ((rc = take_conv_bn(e, m, "patch_embed.seq.0", 32, 3, 3, &e->pe1))) return rc;
-    if ((rc = take_conv_bn(e, m, "patch_embed.seq.2", 64, 32, 3, &e->pe2))) return rc;
     for (int b = 0; b < 2; b++) {
         const int C = DIMS[0], Hd = 4 * C;
         snprintf(p, sizeof p, "layers.0.blocks.%d.conv1", b);
@@ -358,14 +402,28 @@ static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
         !(e->neck3_b = take1(m, "image_encoder.neck.3.bias", 256)))
         return TINYSAM_E_FORMAT;
     // clang-format on
-    const float *w2 = ts_map_take(m, "image_encoder.neck.2.weight", 4, 256, 256, 3, 3);
-    if (!w2) return TINYSAM_E_FORMAT;
-    if (!(e->neck2_w = own(e, (size_t)256 * 256 * 9))) return TINYSAM_E_NOMEM;
-    for (int o = 0; o < 256; o++)
-        for (int i = 0; i < 256; i++)
-            for (int t = 0; t < 9; t++)
-                e->neck2_w[((size_t)o * 9 + t) * 256 + i] = w2[((size_t)o * 256 + i) * 9 + t];
-    if (!(e->neck2_pk = pack(e, e->neck2_w, 256, 256, 9))) return TINYSAM_E_NOMEM;
+    /* the dense 3x3 convolutions last: layers TS_TINY_VIT_N_GEMM .. (image_encoder.h) */
+    if ((rc = take_conv3x3(e, m, "patch_embed.seq.0", 32, 3, 2, 0, 1024 * 1024, &e->pe1)) ||
+        (rc = take_conv3x3(e, m, "patch_embed.seq.2", 64, 32, 2, 1, 512 * 512, &e->pe2)))
+        return rc;
+    memset(&e->neck2, 0, sizeof e->neck2);
+    lin_op *n2 = new_lin_taps(e, "image_encoder.neck.2", 256, 9 * 256, 9, 1, 0, 64 * 64);
+    if (!n2) return TINYSAM_E_FORMAT;
+    e->neck2.op = n2;
+    if (is_int8(m, "image_encoder.neck.2")) {
+        if ((rc = lin_int8(e, m, n2))) return rc;
+    } else {
+        const float *w2 = ts_map_take(m, "image_encoder.neck.2.weight", 4, 256, 256, 3, 3);
+        if (!w2) return TINYSAM_E_FORMAT;
+        float *w = e->neck2.w = own(e, (size_t)256 * 256 * 9);
+        if (!w) return TINYSAM_E_NOMEM;
+        for (int o = 0; o < 256; o++)
+            for (int i = 0; i < 256; i++)
+                for (int t = 0; t < 9; t++)
+                    w[((size_t)o * 9 + t) * 256 + i] = w2[((size_t)o * 256 + i) * 9 + t];
+        if ((rc = lin_float(e, n2, w, NULL))) return rc;
+        e->neck2.pk = n2->pk;
+    }
     if (e->n_lin != TS_TINY_VIT_N_QLAYERS)
         return ts_error(TINYSAM_E_FORMAT, "%d quantisable layers, expected %d", e->n_lin,
                         TS_TINY_VIT_N_QLAYERS);
@@ -480,6 +538,20 @@ static void lin_gemm(const lin_op *op, int M, const float *X, int ldx, float *C,
                                                       op->q8, &o);
     if (post)
         for (int r = 0; r < M; r++) ts_gelu(C + (size_t)r * ldc, (size_t)op->q.N);
+}
+
+/* A dense 3x3 convolution (pe1, pe2, neck.2) of x[H][H][Ci] into y: the float packed conv,
+ * or the int8 one (nn/conv_i8.h) with the layer's input quantiser. */
+static int conv3_run(const conv_bn *cv, const float *x, int H, int Ci, int act, float *y,
+                     const tap_t *tap) {
+    const lin_op *op = cv->op;
+    if (tap) tap->fn(tap->user, op->id, 0, x, H * H, Ci);
+    if (!op->q8) {
+        ts_conv3x3_nhwc_w(x, H, H, Ci, op->q.stride, op->pk, op->q.b, act, y);
+        return 0;
+    }
+    return ts_conv3x3_i8_nhwc(x, H, H, Ci, op->q.stride, op->q.in_step, op->q.in_zp, op->q8,
+                              op->q.b, act, y);
 }
 
 /* Per-thread scratch: every task below works in its own slot (tid) of the arena. */
@@ -848,6 +920,7 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
         }
     }
 
+    int rc = 0;
     float *x = bA; /* running activations, NHWC */
     int R = 256;   /* current side */
     // ref: PatchEmbed.forward: Conv2d_BN s2 -> GELU -> Conv2d_BN s2
@@ -857,9 +930,9 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
         tr_job tj = {input, hwc, 3, IMG * IMG};
         ts_parallel_for(IMG * IMG / 16384, chw_to_hwc_task, &tj);
         PROF(0);
-        ts_conv3x3_nhwc_w(hwc, IMG, IMG, 3, 2, enc->pe1.pk, enc->pe1.b, TS_ACT_GELU, bC);
+        if ((rc = conv3_run(&enc->pe1, hwc, IMG, 3, TS_ACT_GELU, bC, tap))) goto out;
         PROF(1);
-        ts_conv3x3_nhwc_w(bC, 512, 512, 32, 2, enc->pe2.pk, enc->pe2.b, TS_ACT_NONE, x);
+        if ((rc = conv3_run(&enc->pe2, bC, 512, 32, TS_ACT_NONE, x, tap))) goto out;
         PROF(2);
         report(&hk, "patch_embed", x, R * R, 64, 1);
     } // x: 256 x 256 x 64
@@ -935,7 +1008,7 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
         float *n1 = bB, *n2 = x == bA ? bC : bA;
         lin_gemm(enc->neck0, L, x, 320, n1, 256, 0, TS_ACT_NONE, 0, tap, 0);
         ts_layernorm(n1, L, 256, enc->neck1_w, enc->neck1_b, LN2D_EPS);
-        ts_conv3x3_nhwc_w(n1, 64, 64, 256, 1, enc->neck2_pk, NULL, TS_ACT_NONE, n2);
+        if ((rc = conv3_run(&enc->neck2, n1, 64, 256, TS_ACT_NONE, n2, tap))) goto out;
         ts_layernorm(n2, L, 256, enc->neck3_w, enc->neck3_b, LN2D_EPS);
         transpose(n2, L, 256, out); /* to NCHW */
         PROF(9);
@@ -943,6 +1016,7 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
         if (hook) hook(user, "neck", out, (long long)256 * L);
     } // out: 256 x 64 x 64
 
+out:
     ts_free_aligned(hk.tmp);
     ts_free_aligned(dump);
     pthread_mutex_lock(&mut->arena_mu);
@@ -954,5 +1028,5 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
     }
     pthread_mutex_unlock(&mut->arena_mu);
     ts_free_aligned(arena);
-    return 0;
+    return rc;
 }

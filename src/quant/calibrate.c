@@ -22,6 +22,7 @@ enum { NQ = TS_TINY_VIT_N_QLAYERS };
 
 typedef struct {
     ts_tiny_vit_qlayer q;
+    int K;      /* values per sampled row: q.K, or the input channels of a 3x3 conv */
     float *buf; /* samples, whole rows of K */
     long long *ids; /* the row number of each sampled row */
     size_t n, cap;
@@ -65,15 +66,16 @@ int ts_calib_new(const ts_tiny_vit *enc, int n_images, ts_calib **out) {
             ts_calib_free(c);
             return rc;
         }
-        long long vals = l->q.rows * l->q.K;
+        l->K = l->q.K / l->q.taps;
+        long long vals = l->q.rows * l->K;
         l->stride = TS_MAX(1, (vals + (long long)per_img - 1) / (long long)per_img);
         /* the hash keeps about rows / stride rows: room for 25% more, then stop */
         size_t rows_img = (size_t)(l->q.rows / l->stride) * 5 / 4 + 16;
-        l->img_cap = TS_MIN(rows_img * (size_t)l->q.K, per_img * 5 / 4);
-        l->img_cap = TS_MAX(1, l->img_cap / (size_t)l->q.K) * (size_t)l->q.K; /* >= 1 row */
+        l->img_cap = TS_MIN(rows_img * (size_t)l->K, per_img * 5 / 4);
+        l->img_cap = TS_MAX(1, l->img_cap / (size_t)l->K) * (size_t)l->K; /* >= 1 row */
         l->cap = l->img_cap * (size_t)n_images;
         l->buf = ts_malloc(sizeof(float) * l->cap);
-        l->ids = ts_malloc(sizeof(long long) * (l->cap / (size_t)l->q.K + 1));
+        l->ids = ts_malloc(sizeof(long long) * (l->cap / (size_t)l->K + 1));
         l->mn = INFINITY;
         l->mx = -INFINITY;
         if (!l->buf || !l->ids) {
@@ -100,7 +102,7 @@ static void tap(void *user, int layer, long long row0, const float *x, int rows,
     ts_calib *c = user;
     if (layer < 0 || layer >= NQ) return;
     col_t *l = &c->L[layer];
-    const int K = l->q.K;
+    const int K = l->K;
     float mn = INFINITY, mx = -INFINITY;
     for (int r = 0; r < rows; r++)
         for (int k = 0; k < K; k++) {
@@ -135,7 +137,7 @@ static int cmp_row(const void *a, const void *b) {
 /* Puts the rows the threads appended for this image in row order: the samples, hence the
  * searched steps, do not depend on thread timing (equal ids hold equal rows). */
 static int sort_rows(col_t *l) {
-    const size_t K = (size_t)l->q.K, r0 = l->img_row0, nr = l->n / K - r0;
+    const size_t K = (size_t)l->K, r0 = l->img_row0, nr = l->n / K - r0;
     if (nr < 2) return 0;
     row_ref *ref = ts_malloc(sizeof(row_ref) * nr);
     float *tmp = ts_malloc(sizeof(float) * nr * K);
@@ -162,7 +164,7 @@ int ts_calib_add_input(ts_calib *c, const float *input) {
     if (!emb) return TINYSAM_E_NOMEM;
     for (int i = 0; i < NQ; i++) {
         c->L[i].img_n = 0;
-        c->L[i].img_row0 = c->L[i].n / (size_t)c->L[i].q.K;
+        c->L[i].img_row0 = c->L[i].n / (size_t)c->L[i].K;
     }
     int rc = ts_tiny_vit_forward_tap(c->enc, input, emb, NULL, NULL, tap, c);
     ts_free_aligned(emb);
@@ -270,7 +272,8 @@ static void solve_task(void *ctx, int i, int tid) {
     } else {
         j->zp[i] = 128;
         j->step[i] = ts_quant_search_step_mse(l->buf, l->n, -128, 127, N_GRID, LO_RATIO, NULL);
-        if (j->method == TS_CALIB_LAYER) j->step[i] = search_layer(l, j->step[i]);
+        if (j->method == TS_CALIB_LAYER && l->q.taps == 1)
+            j->step[i] = search_layer(l, j->step[i]);
     }
 }
 
@@ -285,10 +288,26 @@ int ts_calib_solve(ts_calib *c, int method, float *step, int *zp) {
     return 0;
 }
 
+const char *ts_quant_scope_name(int scope) {
+    return scope == TS_SCOPE_GEMM ? "gemm" : scope == TS_SCOPE_ENCODER ? "encoder" : "all";
+}
+
+const char *ts_quant_method_name(int method) {
+    return method == TS_CALIB_LAYER ? "layer" : "mse";
+}
+
 int ts_quantize_model(const tinysam_model *model, const char *const *paths, int n_paths,
                       int method, const char *out_path, int verbose) {
-    if (!model || !paths || n_paths < 1 || !out_path)
+    ts_quant_opts o = {method, TS_SCOPE_ALL};
+    return ts_quantize_model_opts(model, paths, n_paths, &o, out_path, verbose);
+}
+
+int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths, int n_paths,
+                           const ts_quant_opts *opts, const char *out_path, int verbose) {
+    if (!model || !paths || n_paths < 1 || !out_path || !opts || opts->scope < TS_SCOPE_GEMM ||
+        opts->scope > TS_SCOPE_ALL)
         return ts_error(TINYSAM_E_ARG, "ts_quantize_model: bad argument");
+    const int method = opts->method;
     if (!model->encoder)
         return ts_error(TINYSAM_E_UNSUPPORTED, "quantisation supports the vit_t (TinySAM) "
                                                "encoder only, not %s", model->info.family);
@@ -309,17 +328,20 @@ int ts_quantize_model(const tinysam_model *model, const char *const *paths, int 
                              method == TS_CALIB_LAYER ? "layer" : "mse");
         rc = ts_calib_solve(c, method, step, zp);
     }
+    const int nq = opts->scope == TS_SCOPE_GEMM ? TS_TINY_VIT_N_GEMM : TS_TINY_VIT_N_QLAYERS;
     if (!rc) {
-        char calib[256];
+        char calib[320];
         snprintf(calib, sizeof calib,
-                 "{\"images\":%d,\"method\":\"%s\",\"weights\":\"per-channel symmetric int8\","
+                 "{\"images\":%d,\"method\":\"%s\",\"scope\":\"%s\",\"int8_layers\":%d,"
+                 "\"weights\":\"per-channel symmetric int8\","
                  "\"activations\":\"u8 static per layer\"}",
-                 n_paths, method == TS_CALIB_LAYER ? "layer" : "mse");
+                 n_paths, ts_quant_method_name(method), ts_quant_scope_name(opts->scope), nq);
         static const char *keys[] = {"format", "tinysam.family", "tinysam.version",
                                      "tinysam.config", "tinysam.calibration"};
         const char *values[] = {"pt", model->info.family, TINYSAM_VERSION, model->info.config,
                                 calib};
-        rc = ts_int8_model_save(out_path, model->map, model->encoder, step, zp, 5, keys, values);
+        rc = ts_int8_model_save_layers(out_path, model->map, model->encoder, step, zp, nq, 5, keys,
+                                       values);
         if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
     }
     ts_calib_free(c);

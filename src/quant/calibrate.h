@@ -48,4 +48,20 @@ float ts_calib_search_asym(const float *x, size_t n, int n_grid, float lo_ratio,
 int ts_quantize_model(const tinysam_model *model, const char *const *paths, int n_paths,
                       int method, const char *out_path, int verbose);
 
+/* What `tinysam quantize --scope` quantises: the encoder's 1x1 convolutions and linears (gemm,
+ * TS_TINY_VIT_N_GEMM layers), the whole encoder (encoder: also the dense 3x3 convolutions), or
+ * everything (all: the encoder, and the decoder where it has an int8 form; the default). */
+enum { TS_SCOPE_GEMM = 0, TS_SCOPE_ENCODER = 1, TS_SCOPE_ALL = 2 };
+
+typedef struct {
+    int method; /* TS_CALIB_MSE, TS_CALIB_LAYER */
+    int scope;  /* TS_SCOPE_* */
+} ts_quant_opts;
+
+/* ts_quantize_model with options (ts_quantize_model: method, scope all). */
+int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths, int n_paths,
+                           const ts_quant_opts *opts, const char *out_path, int verbose);
+const char *ts_quant_scope_name(int scope);
+const char *ts_quant_method_name(int method);
+
 #endif

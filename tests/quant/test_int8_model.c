@@ -101,9 +101,16 @@ static void test_round_trip(void) {
         snprintf(name, sizeof name, "%s.weight_scale", f.name);
         const ts_tensor *ts = ts_map_get(qm->map, name);
         REQUIRE(tw && ts && tw->dtype == TS_DTYPE_I8 && tw->numel == (int64_t)N * K &&
-                    ts->numel == N,
+                    ts->numel == N && tw->ndim == (f.taps == 9 ? 4 : 2),
                 "%s: tensors", f.name);
-        bad_codes += memcmp(tw->data, codes, (size_t)N * K) != 0;
+        /* a 3x3 conv's file codes are in PyTorch's [co][ci][ky][kx], the GEMM's [co][ky][kx][ci] */
+        const int8_t *fc = tw->data;
+        const int ci = K / f.taps;
+        for (int n = 0; n < N; n++)
+            for (int c = 0; c < ci; c++)
+                for (int t = 0; t < f.taps; t++)
+                    bad_codes += fc[((size_t)n * ci + c) * f.taps + t] !=
+                                 codes[((size_t)n * f.taps + t) * ci + c];
         bad_scales += memcmp(ts->data, scale, sizeof(float) * N) != 0;
         bad_scales += memcmp(ts_i8pack_scale(q.q), scale, sizeof(float) * N) != 0;
         for (int n = 0; n < N; n++) /* bias carried over */
@@ -129,7 +136,7 @@ static void test_round_trip(void) {
         free(scale);
     }
     /* weight-only int8 tensors (decoder linears, 3x3 convs) load back as scale * code */
-    const char *wo[] = {"image_encoder.neck.2.weight", "mask_decoder.output_upscaling.0.weight",
+    const char *wo[] = {"mask_decoder.output_upscaling.0.weight",
                         "mask_decoder.transformer.layers.0.self_attn.q_proj.weight"};
     for (size_t i = 0; i < sizeof wo / sizeof wo[0]; i++) {
         const ts_tensor *tf = ts_map_get(fm->map, wo[i]), *tq = ts_map_get(qm->map, wo[i]);
@@ -306,6 +313,23 @@ static void test_bad_file(void) {
     CHECK(ts_int8_model_save(tmp_path("x.safetensors"), qm->map, qm->encoder, step, zp, 0, NULL,
                              NULL) == TINYSAM_E_ARG,
           "re-quantising an int8 model accepted");
+    /* a "gemm"-scope file (what quantize wrote before the 3x3 convolutions were int8): the
+     * 3x3 convolutions weight-only, expanded to float at load; the 51 GEMMs int8 */
+    const char *gp = tmp_path("tinysam_int8_gemm.safetensors");
+    CHECK(ts_int8_model_save_layers(gp, fm->map, fm->encoder, step, zp, TS_TINY_VIT_N_GEMM, 0,
+                                    NULL, NULL) == 0,
+          "gemm scope: %s", tinysam_last_error());
+    tinysam_model *gm = NULL;
+    CHECK(tinysam_model_load(gp, &gm) == 0, "gemm-scope file: %s", tinysam_last_error());
+    if (gm) {
+        CHECK(ts_tiny_vit_n_int8(gm->encoder) == TS_TINY_VIT_N_GEMM, "gemm scope: %d int8",
+              ts_tiny_vit_n_int8(gm->encoder));
+        const ts_tensor *t = ts_map_get(gm->map, "image_encoder.neck.2.weight");
+        CHECK(t && t->dtype == TS_DTYPE_F32 && t->file_dtype == TS_DTYPE_I8,
+              "gemm scope: neck.2 not weight-only int8");
+        tinysam_model_free(gm);
+    }
+    remove(gp);
     zp[3] = 256;
     CHECK(ts_int8_model_save(tmp_path("x.safetensors"), fm->map, fm->encoder, step, zp, 0, NULL,
                              NULL) == TINYSAM_E_ARG,
