@@ -49,6 +49,21 @@ typedef struct {
     int in_zp;
 } ts_tiny_vit_qlayer;
 
+/* The window attention of TinyViT block i (0 .. TS_TINY_VIT_N_ATTN-1, stages 1..3 in order):
+ * its products q.k^T and softmax.v run in int8 (nn/attn_i8.h) when the file gives the steps
+ * "P.product_steps" F32 [4] = {q step, k step, v step, exp step} (quant/int8_model.h). The
+ * calibration tap sees its qkv output (rows of 3C, head-major [q k v] x 32 per head) as layer
+ * TS_TINY_VIT_N_QLAYERS + i. */
+#define TS_TINY_VIT_N_ATTN 10
+typedef struct {
+    char name[96];  /* P, e.g. "image_encoder.layers.1.blocks.0.attn" */
+    int C, heads, tokens; /* channels, heads, tokens per window */
+    long long rows; /* qkv rows per image (tokens) */
+    int int8;       /* products in int8 */
+    float step[4];  /* int8: q, k, v, exp(s - max) steps */
+} ts_tiny_vit_attn;
+int ts_tiny_vit_attn_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_attn *out);
+
 /* Layer i (0 .. TS_TINY_VIT_N_QLAYERS-1) into *out; E_ARG for a bad index. */
 int ts_tiny_vit_qlayer_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_qlayer *out);
 /* Number of quantised (int8) layers the encoder runs: 0 for a float model. */

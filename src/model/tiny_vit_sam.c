@@ -21,6 +21,7 @@
  * per image row. All activations live in one arena, sized on the first pass and kept. */
 #include "model/image_encoder.h"
 #include "core.h"
+#include "nn/attn_i8.h"
 #include "nn/conv_i8.h"
 #include "nn/nn.h"
 #include "threads.h"
@@ -71,6 +72,9 @@ typedef struct {
     conv_bn local;            /* depthwise 3x3 */
     const float *mlp_ln_w, *mlp_ln_b;
     lin_op *qkv, *proj, *fc1, *fc2; /* the linears, packed at load (float or int8) */
+    int id;                         /* block index 0 .. N_VIT-1 */
+    int attn_i8;                    /* the attention products in int8 (nn/attn_i8.h) */
+    float astep[4];                 /* their steps: q, k, v, exp(s - max) (image_encoder.h) */
 } vit_block;
 
 #define MAX_PACKS 64 /* 2 + 4 + 6 + 10 x 4 + 2 = 54 packed weights */
@@ -356,6 +360,18 @@ static int load_vit_block(ts_tiny_vit *e, ts_tensor_map *m, int s, int b, vit_bl
                 int dy = abs(p1 / ws - p2 / ws), dx = abs(p1 % ws - p2 % ws);
                 v->bias_tab[((size_t)j * N + p1) * N + p2] = ab[(size_t)j * N + dy * ws + dx];
             }
+    char an[128];
+    snprintf(an, sizeof an, "image_encoder.layers.%d.blocks.%d.attn.product_steps", s, b);
+    if (find_tensor(m, an)) { /* W8A8 attention products (quant/int8_model.h) */
+        const float *st = take1(m, an, 4);
+        if (!st) return TINYSAM_E_FORMAT;
+        for (int i = 0; i < 4; i++)
+            if (!(isfinite(st[i]) && st[i] > 0.0f))
+                return ts_error(TINYSAM_E_FORMAT, "%s[%d] %g is not a positive number", an, i,
+                                (double)st[i]);
+        memcpy(v->astep, st, sizeof v->astep);
+        v->attn_i8 = 1;
+    }
     char prefix[96];
     snprintf(prefix, sizeof prefix, "layers.%d.blocks.%d.local_conv", s, b);
     return take_conv_bn(e, m, prefix, C, 1, 3, &v->local);
@@ -385,7 +401,10 @@ static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
     int bi = 0;
     for (int s = 1; s < N_STAGES; s++)
         for (int b = 0; b < DEPTHS[s]; b++)
+        {
+            e->blk[bi].id = bi;
             if ((rc = load_vit_block(e, m, s, b, &e->blk[bi++]))) return rc;
+        }
     if (!(e->neck0 = new_lin(e, "image_encoder.neck.0", 256, 320, 0, 64 * 64)))
         return TINYSAM_E_FORMAT;
     if (is_int8(m, "image_encoder.neck.0")) {
@@ -434,6 +453,24 @@ int ts_tiny_vit_qlayer_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_qlayer *ou
     if (!enc || !out || i < 0 || i >= enc->n_lin)
         return ts_error(TINYSAM_E_ARG, "ts_tiny_vit_qlayer_get: bad argument");
     *out = enc->lin[i].q;
+    return 0;
+}
+
+int ts_tiny_vit_attn_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_attn *out) {
+    if (!enc || !out || i < 0 || i >= N_VIT)
+        return ts_error(TINYSAM_E_ARG, "ts_tiny_vit_attn_get: bad argument");
+    int s = 1, b = i;
+    while (b >= DEPTHS[s]) b -= DEPTHS[s++];
+    const vit_block *v = &enc->blk[i];
+    const int R = 256 >> (s < 3 ? s : 2);
+    memset(out, 0, sizeof *out);
+    snprintf(out->name, sizeof out->name, "image_encoder.layers.%d.blocks.%d.attn", s, b);
+    out->C = DIMS[s];
+    out->heads = HEADS[s];
+    out->tokens = WINDOWS[s] * WINDOWS[s];
+    out->rows = (long long)R * R;
+    out->int8 = v->attn_i8;
+    memcpy(out->step, v->astep, sizeof out->step);
     return 0;
 }
 
@@ -601,6 +638,79 @@ static void tap_windows(const tap_t *tap, int layer, const win_t *win, int gn, i
                 C);
 }
 
+/* The int8 products' scratch in a slot: codes of q (nv x 32), packed k and v^T, their sums,
+ * the probability codes (nv x Kp) and the int32 products. */
+typedef struct {
+    uint8_t *qa, *pa;
+    int8_t *kp, *vp;
+    int32_t *ksum, *vsum, *c32;
+} i8_scratch;
+
+static size_t i8_scratch_floats(int N) {
+    size_t Kp = (size_t)ts_i8pk_kp(N), Np = (size_t)ts_i8pk_np(N);
+    size_t bytes = (size_t)N * HEAD_DIM + (size_t)N * Kp + ts_i8pk_bytes(N, HEAD_DIM) +
+                   ts_i8pk_bytes(HEAD_DIM, N) + 4 * (Np + 32) + 4 * (size_t)N * Np + 6 * 64;
+    return (bytes + 3) / 4;
+}
+
+static i8_scratch i8_scratch_at(float *base, int N) {
+    uint8_t *p = (uint8_t *)base;
+    i8_scratch s;
+#define TAKE(ptr, type, bytes)                                                                  \
+    do {                                                                                       \
+        ptr = (type)(void *)p;                                                                 \
+        p += ((size_t)(bytes) + 63) / 64 * 64;                                                 \
+    } while (0)
+    TAKE(s.c32, int32_t *, 4 * (size_t)N * ts_i8pk_np(N));
+    TAKE(s.ksum, int32_t *, 4 * (size_t)ts_i8pk_np(N));
+    TAKE(s.vsum, int32_t *, 4 * 32);
+    TAKE(s.qa, uint8_t *, (size_t)N * HEAD_DIM);
+    TAKE(s.pa, uint8_t *, (size_t)N * ts_i8pk_kp(N));
+    TAKE(s.kp, int8_t *, ts_i8pk_bytes(N, HEAD_DIM));
+    TAKE(s.vp, int8_t *, ts_i8pk_bytes(HEAD_DIM, N));
+#undef TAKE
+    return s;
+}
+
+/* One head of one window with int8 products (Q-TinySAM, §7): q (u8, zp 128), k and v (int8)
+ * on the block's static steps; scores S = (q.k^T) * (q_step k_step) * ATTN_SCALE + bias,
+ * softmax in float; then each probability row is quantised on the step pmax / 255 (pmax its
+ * largest value, 1 / sum of the exponentials: the codes are those of exp(s - max) in [0, 1]
+ * on the static step 1/255, the normalisation comes after the product), one integer GEMM
+ * with v^T, out = acc * (pmax / 255) * v_step. */
+static void attn_head_i8(const vit_block *v, const float *q, const float *k, const float *vv,
+                         int C3, int nv, int N, int vw, int ws, const float *tab, float *out,
+                         int ldo, float *S, const i8_scratch *sc) {
+    const float qs = v->astep[0], ks = v->astep[1], vs = v->astep[2];
+    const int Kp = ts_i8pk_kp(N);
+    for (int i = 0; i < nv; i++)
+        ts_i8pk_quant_a(q + (size_t)i * C3, HEAD_DIM, HEAD_DIM, qs, 128, sc->qa + (size_t)i * HEAD_DIM);
+    ts_i8pk_quant_rows(k, C3, N, HEAD_DIM, ks, sc->kp, sc->ksum);
+    ts_i8pk_quant_cols(vv, C3, N, HEAD_DIM, vs, sc->vp, sc->vsum);
+    ts_i8pk_gemm(nv, N, HEAD_DIM, sc->qa, HEAD_DIM, 128, sc->kp, sc->ksum, sc->c32, N);
+    const float qk = qs * ks;
+    for (int i = 0; i < nv * N; i++) S[i] = (float)sc->c32[i] * qk;
+    for (int i = 0; i < nv; i++) {
+        int iy = i / vw, ix = i % vw;
+        ts_scale_add(S + (size_t)i * N, ATTN_SCALE, tab + (size_t)(iy * ws + ix) * N, N);
+    }
+    ts_softmax_rows_serial(S, nv, N);
+    float rstep[196];
+    for (int i = 0; i < nv; i++) {
+        const float *p = S + (size_t)i * N;
+        float mx = 0.0f;
+        for (int n = 0; n < N; n++) mx = p[n] > mx ? p[n] : mx;
+        rstep[i] = mx > 0.0f ? mx / 255.0f : 1.0f;
+        ts_i8pk_quant_a(p, N, Kp, rstep[i], 0, sc->pa + (size_t)i * Kp);
+    }
+    ts_i8pk_gemm(nv, HEAD_DIM, N, sc->pa, Kp, 0, sc->vp, sc->vsum, sc->c32, HEAD_DIM);
+    for (int i = 0; i < nv; i++) {
+        const float f = rstep[i] * vs;
+        for (int d = 0; d < HEAD_DIM; d++)
+            out[(size_t)i * ldo + d] = (float)sc->c32[(size_t)i * HEAD_DIM + d] * f;
+    }
+}
+
 static void attn_group(void *ctx, int task, int tid) {
     const attn_job *j = ctx;
     const vit_block *v = j->v;
@@ -631,6 +741,7 @@ static void attn_group(void *ctx, int task, int tid) {
     float *o = S + (size_t)N * N;           /* M x C */
     float *a = o + (size_t)Mmax * C;        /* M x C */
     float *kT = a + (size_t)Mmax * C;       /* HEAD_DIM x N, one head's keys transposed */
+    i8_scratch i8 = i8_scratch_at(kT + (size_t)HEAD_DIM * N, N); /* the int8 products' */
     for (int g = 0; g < gn; g++) {
         const win_t *wd = &win[g];
         for (int iy = 0, i = 0; iy < wd->vh; iy++)
@@ -647,6 +758,7 @@ static void attn_group(void *ctx, int task, int tid) {
     ts_layernorm_to_serial(xw, xw, M, C, v->ln_w, v->ln_b, LN_EPS);
     tap_windows(j->tap, v->qkv->id, win, gn, N, xw, C);
     lin_gemm(v->qkv, M, xw, C, qc, C3, 0, TS_ACT_NONE, 1, NULL, 0);
+    tap_windows(j->tap, TS_TINY_VIT_N_QLAYERS + v->id, win, gn, N, qc, C3);
     for (int g = 0; g < gn; g++) {
         const win_t *wd = &win[g];
         const int nv = wd->nv;
@@ -665,6 +777,11 @@ static void attn_group(void *ctx, int task, int tid) {
             const float *q = q0 + h * 3 * HEAD_DIM; /* head-major: [q k v] per head */
             const float *k = kv0 + h * 3 * HEAD_DIM + HEAD_DIM, *vv = k + HEAD_DIM;
             const float *tab = v->bias_tab + (size_t)h * N * N;
+            if (v->attn_i8) {
+                attn_head_i8(v, q, k, vv, C3, nv, N, wd->vw, ws, tab,
+                             o + (size_t)wd->off * C + h * HEAD_DIM, C, S, &i8);
+                continue;
+            }
             /* keys transposed by 8x8 register blocks: the GEMM then packs them with row
              * copies instead of a scalar gather (same products, same order) */
             ts_transpose_serial(k, C3, N, HEAD_DIM, kT, N);
@@ -709,7 +826,8 @@ static void window_order(int R, int ws, int nw, short *order) {
 /* Scratch floats one thread needs in attn_window. */
 static size_t attn_scratch_per(int C, int ws) {
     size_t N = (size_t)ws * ws, Mmax = TS_MAX(N, WIN_GROUP_ROWS);
-    return Mmax * C * 3 + Mmax * 3 * C + N * 3 * C + N * N + HEAD_DIM * N + 16;
+    return Mmax * C * 3 + Mmax * 3 * C + N * 3 * C + N * N + HEAD_DIM * N + 16 +
+           i8_scratch_floats((int)N);
 }
 
 /* pad_qkv[3C] = qkv(LN(zero token)): the keys/values of every padding token of a block. */

@@ -18,7 +18,7 @@
 #define LAYER_ROWS 128 /* rows of the layer-output-error search */
 #define LAYER_CANDS 24
 
-enum { NQ = TS_TINY_VIT_N_QLAYERS };
+enum { NQ = TS_TINY_VIT_N_QLAYERS, NA = TS_TINY_VIT_N_ATTN, NC = NQ + NA };
 
 typedef struct {
     ts_tiny_vit_qlayer q;
@@ -34,7 +34,7 @@ typedef struct {
 
 struct ts_calib {
     const ts_tiny_vit *enc;
-    col_t L[NQ];
+    col_t L[NC]; /* the layers' inputs, then the attention blocks' qkv outputs */
     pthread_mutex_t mu;
     int n_images;
 };
@@ -59,9 +59,20 @@ int ts_calib_new(const ts_tiny_vit *enc, int n_images, ts_calib **out) {
     pthread_mutex_init(&c->mu, NULL);
     size_t per_img = TS_MIN((size_t)TS_CALIB_VALUES_PER_IMAGE,
                             (size_t)TS_CALIB_VALUES_MAX / (size_t)n_images);
-    for (int i = 0; i < NQ; i++) {
+    for (int i = 0; i < NC; i++) {
         col_t *l = &c->L[i];
-        int rc = ts_tiny_vit_qlayer_get(enc, i, &l->q);
+        int rc = 0;
+        if (i < NQ) {
+            rc = ts_tiny_vit_qlayer_get(enc, i, &l->q);
+        } else { /* an attention block's qkv output, rows of 3C */
+            ts_tiny_vit_attn a;
+            if (!(rc = ts_tiny_vit_attn_get(enc, i - NQ, &a))) {
+                snprintf(l->q.name, sizeof l->q.name, "%s", a.name);
+                l->q.N = l->q.K = 3 * a.C;
+                l->q.taps = 1;
+                l->q.rows = a.rows;
+            }
+        }
         if (rc) {
             ts_calib_free(c);
             return rc;
@@ -89,7 +100,7 @@ int ts_calib_new(const ts_tiny_vit *enc, int n_images, ts_calib **out) {
 
 void ts_calib_free(ts_calib *c) {
     if (!c) return;
-    for (int i = 0; i < NQ; i++) {
+    for (int i = 0; i < NC; i++) {
         free(c->L[i].buf);
         free(c->L[i].ids);
     }
@@ -100,7 +111,7 @@ void ts_calib_free(ts_calib *c) {
 /* The tap (worker threads): range of every value, copies of the sampled rows. */
 static void tap(void *user, int layer, long long row0, const float *x, int rows, int ldx) {
     ts_calib *c = user;
-    if (layer < 0 || layer >= NQ) return;
+    if (layer < 0 || layer >= NC) return;
     col_t *l = &c->L[layer];
     const int K = l->K;
     float mn = INFINITY, mx = -INFINITY;
@@ -162,13 +173,13 @@ int ts_calib_add_input(ts_calib *c, const float *input) {
     if (!c || !input) return ts_error(TINYSAM_E_ARG, "ts_calib_add_input: NULL argument");
     float *emb = ts_malloc_aligned(sizeof(float) * 256 * 64 * 64);
     if (!emb) return TINYSAM_E_NOMEM;
-    for (int i = 0; i < NQ; i++) {
+    for (int i = 0; i < NC; i++) {
         c->L[i].img_n = 0;
         c->L[i].img_row0 = c->L[i].n / (size_t)c->L[i].K;
     }
     int rc = ts_tiny_vit_forward_tap(c->enc, input, emb, NULL, NULL, tap, c);
     ts_free_aligned(emb);
-    for (int i = 0; i < NQ && !rc; i++) rc = sort_rows(&c->L[i]);
+    for (int i = 0; i < NC && !rc; i++) rc = sort_rows(&c->L[i]);
     return rc;
 }
 
@@ -288,6 +299,29 @@ int ts_calib_solve(ts_calib *c, int method, float *step, int *zp) {
     return 0;
 }
 
+/* The attention blocks' product steps (calibrate.h). */
+int ts_calib_solve_attn(ts_calib *c, float *steps) {
+    if (!c || !steps) return ts_error(TINYSAM_E_ARG, "ts_calib_solve_attn: bad argument");
+    for (int a = 0; a < NA; a++) {
+        const col_t *l = &c->L[NQ + a];
+        const size_t rows = l->n / (size_t)l->K;
+        if (!rows) return ts_error(TINYSAM_E_ARG, "%s: no calibration samples", l->q.name);
+        float *v = ts_malloc(sizeof(float) * rows * (size_t)l->K / 3);
+        if (!v) return TINYSAM_E_NOMEM;
+        for (int part = 0; part < 3; part++) { /* q, k, v: columns h*96 + part*32 + d */
+            size_t n = 0;
+            for (size_t r = 0; r < rows; r++)
+                for (int col = part * 32; col < l->K; col += 96)
+                    for (int d = 0; d < 32; d++) v[n++] = l->buf[r * (size_t)l->K + col + d];
+            steps[4 * a + part] = ts_quant_search_step_mse(v, n, part ? -127 : -128, 127,
+                                                            N_GRID, LO_RATIO, NULL);
+        }
+        steps[4 * a + 3] = 1.0f / 255.0f; /* exp(s - max) in (0, 1] */
+        free(v);
+    }
+    return 0;
+}
+
 const char *ts_quant_scope_name(int scope) {
     return scope == TS_SCOPE_GEMM ? "gemm" : scope == TS_SCOPE_ENCODER ? "encoder" : "all";
 }
@@ -321,12 +355,13 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
         rc = ts_calib_add_image(c, &img);
         tinysam_image_free(&img);
     }
-    float step[NQ];
+    float step[NQ], attn[4 * NA];
     int zp[NQ];
     if (!rc) {
         if (verbose) fprintf(stderr, "searching %d activation steps (%s)\n", NQ,
                              method == TS_CALIB_LAYER ? "layer" : "mse");
         rc = ts_calib_solve(c, method, step, zp);
+        if (!rc) rc = ts_calib_solve_attn(c, attn);
     }
     const int nq = opts->scope == TS_SCOPE_GEMM ? TS_TINY_VIT_N_GEMM : TS_TINY_VIT_N_QLAYERS;
     if (!rc) {
@@ -340,7 +375,8 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
                                      "tinysam.config", "tinysam.calibration"};
         const char *values[] = {"pt", model->info.family, TINYSAM_VERSION, model->info.config,
                                 calib};
-        rc = ts_int8_model_save_layers(out_path, model->map, model->encoder, step, zp, nq, 5, keys,
+        rc = ts_int8_model_save_layers(out_path, model->map, model->encoder, step, zp, nq,
+                                       opts->scope == TS_SCOPE_GEMM ? NULL : attn, 5, keys,
                                        values);
         if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
     }

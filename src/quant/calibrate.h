@@ -35,6 +35,11 @@ int ts_calib_add_image(ts_calib *c, const tinysam_image *img);
 /* Chooses the quantisers: step[i], zp[i] for i < TS_TINY_VIT_N_QLAYERS. */
 int ts_calib_solve(ts_calib *c, int method, float *step, int *zp);
 
+/* The steps of the attention products of the TS_TINY_VIT_N_ATTN blocks, steps[4 i + 0..3]:
+ * q (codes [-128, 127]), k and v ([-127, 127]) by the MSE search on the qkv outputs sampled,
+ * and 1/255 for exp(s - max) (model/image_encoder.h ts_tiny_vit_attn). */
+int ts_calib_solve_attn(ts_calib *c, float *steps);
+
 /* The asymmetric MSE search: codes clamp(round(x / step) + zp, 0, 255) with the minimum of x
  * (or 0 when x >= 0) near code 0: candidates hi = r * max(x), step = (hi - lo) / 255,
  * zp = clamp(round(-lo / step), 0, 255), r on n_grid points of [lo_ratio, 1]. Returns the

@@ -80,13 +80,14 @@ static int add_layer(ts_tensor_map *m, const ts_tiny_vit_qlayer *q, qdata *d) {
 int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny_vit *enc,
                        const float *step, const int *zp, int n_meta, const char *const *keys,
                        const char *const *values) {
-    return ts_int8_model_save_layers(path, src, enc, step, zp, TS_TINY_VIT_N_QLAYERS, n_meta,
-                                     keys, values);
+    return ts_int8_model_save_layers(path, src, enc, step, zp, TS_TINY_VIT_N_QLAYERS, NULL,
+                                     n_meta, keys, values);
 }
 
 int ts_int8_model_save_layers(const char *path, const ts_tensor_map *src,
                               const ts_tiny_vit *enc, const float *step, const int *zp, int nq,
-                              int n_meta, const char *const *keys, const char *const *values) {
+                              const float *attn_steps, int n_meta, const char *const *keys,
+                              const char *const *values) {
     if (!path || !src || !enc || !step || !zp || n_meta < 0 || (n_meta && (!keys || !values)) ||
         nq < 0 || nq > TS_TINY_VIT_N_QLAYERS)
         return ts_error(TINYSAM_E_ARG, "ts_int8_model_save: bad argument");
@@ -165,6 +166,19 @@ int ts_int8_model_save_layers(const char *path, const ts_tensor_map *src,
     }
     for (int i = 0; i < nq; i++)
         if (!emitted[i] && (rc = add_layer(m, &ql[i], &qd[i]))) goto done;
+    for (int i = 0; attn_steps && i < TS_TINY_VIT_N_ATTN; i++) {
+        ts_tiny_vit_attn a;
+        if ((rc = ts_tiny_vit_attn_get(enc, i, &a))) goto done;
+        for (int k = 0; k < 4; k++)
+            if (!(attn_steps[4 * i + k] > 0.0f)) {
+                rc = ts_error(TINYSAM_E_ARG, "%s: bad product step %g", a.name,
+                              (double)attn_steps[4 * i + k]);
+                goto done;
+            }
+        rc = TINYSAM_E_NOMEM;
+        if (!add(m, a.name, "product_steps", TS_DTYPE_F32, (void *)(attn_steps + 4 * i), 4, 0))
+            goto done;
+    }
     mk[0] = "tinysam.quantization";
     mv[0] = "w8a8";
     for (int i = 0; i < n_meta; i++) {

@@ -11,7 +11,11 @@
  * patch_embed.seq.2.c, neck.2: layers with taps 9) are W8A8 layers of the same five tensors,
  * with P.weight I8 [co][ci][3][3] in PyTorch's layout (per-output-channel scales over ci x 3 x
  * 3); the encoder runs them as int8 im2col GEMMs (nn/conv_i8.h). A file written before they
- * were quantised (the "gemm" scope) stores them weight-only and still loads. ts_tiny_vit_load reads such a file directly.
+ * were quantised (the "gemm" scope) stores them weight-only and still loads.
+ * The attention products of TinyViT block P = "image_encoder.layers.S.blocks.B.attn" run in
+ * int8 when the file has "P.product_steps" F32 [4]: the steps of q (u8, zero point 128), k and
+ * v (int8 codes in [-127, 127]) and of exp(s - max) (u8 in [0, 255], 1/255: each probability
+ * row is quantised as p / max(p), then rescaled; model/tiny_vit_sam.c attn_head_i8). ts_tiny_vit_load reads such a file directly.
  *
  * Every other large weight (a float "X.weight" of >= 2 dimensions and >= TS_INT8_STORE_MIN
  * values: the mask decoder's linears and transposed convolutions, the 3x3 convolutions of the
@@ -34,10 +38,13 @@ int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny
 
 /* The same with only layers 0 .. nq-1 of the encoder's list as W8A8 layers (nq
  * TS_TINY_VIT_N_GEMM: the 1x1 convolutions and linears only, the "gemm" scope); the others
- * are stored as the float file has them (weight-only int8 when large, as below). */
+ * are stored as the float file has them (weight-only int8 when large, as below); attn_steps
+ * (4 per block, TS_TINY_VIT_N_ATTN blocks, calibrate.h ts_calib_solve_attn) or NULL (float
+ * attention products). */
 int ts_int8_model_save_layers(const char *path, const ts_tensor_map *src,
                               const ts_tiny_vit *enc, const float *step, const int *zp, int nq,
-                              int n_meta, const char *const *keys, const char *const *values);
+                              const float *attn_steps, int n_meta, const char *const *keys,
+                              const char *const *values);
 
 #define TS_INT8_STORE_MIN 4096
 

@@ -76,6 +76,12 @@ static void test_file(void) {
     CHECK(ts_tiny_vit_n_int8(qm->encoder) == TS_TINY_VIT_N_QLAYERS, "%d int8 layers",
           ts_tiny_vit_n_int8(qm->encoder));
     CHECK(ts_tiny_vit_n_int8(fm->encoder) == 0, "float model has int8 layers");
+    for (int i = 0; i < TS_TINY_VIT_N_ATTN; i++) { /* the attention products, int8 steps */
+        ts_tiny_vit_attn a;
+        REQUIRE(ts_tiny_vit_attn_get(qm->encoder, i, &a) == 0, "attn %d", i);
+        CHECK(a.int8 && a.step[0] > 0 && a.step[1] > 0 && a.step[2] > 0 &&
+                  a.step[3] == 1.0f / 255.0f, "%s: products not int8", a.name);
+    }
     CHECK(qm->map->metadata_json && strstr(qm->map->metadata_json, "\"w8a8\""),
           "metadata lacks w8a8");
 }
@@ -316,7 +322,7 @@ static void test_bad_file(void) {
     /* a "gemm"-scope file (what quantize wrote before the 3x3 convolutions were int8): the
      * 3x3 convolutions weight-only, expanded to float at load; the 51 GEMMs int8 */
     const char *gp = tmp_path("tinysam_int8_gemm.safetensors");
-    CHECK(ts_int8_model_save_layers(gp, fm->map, fm->encoder, step, zp, TS_TINY_VIT_N_GEMM, 0,
+    CHECK(ts_int8_model_save_layers(gp, fm->map, fm->encoder, step, zp, TS_TINY_VIT_N_GEMM, NULL, 0,
                                     NULL, NULL) == 0,
           "gemm scope: %s", tinysam_last_error());
     tinysam_model *gm = NULL;
