@@ -1,8 +1,9 @@
 /* test_int8_model.c - the W8A8 (Q-TinySAM) model end to end: quantise the fixture checkpoint
  * (calibrated on 2 fixture images), write it, load it back, and compare it with the float
  * model on every fixture image with reference prompt cases: embedding cosine similarity
- * >= 0.99, IoU of the best mask vs the float model's best mask, mean >= 0.95 (random weights:
- * accuracy on the trained checkpoint must be measured by the user). Also: file size <= 0.3 x
+ * >= 0.99, IoU of the best mask vs the float model's best mask, mean >= 0.95 and none below
+ * 0.85 (the whole encoder in int8: GEMMs, 3x3 convolutions, attention products; random weights:
+ * accuracy on the trained checkpoint must be measured by the user). Also: file size <= 0.27 x
  * the float safetensors, and the file's codes / scales are those of the float weights and load
  * back into the same packs. */
 #include "core.h"
@@ -33,7 +34,7 @@ static int setup(void) {
     if (setup_done) return setup_ok;
     setup_done = 1;
     if (!fixture_exists(MODEL) || !fixture_exists("images/picture3.jpg") ||
-        !fixture_exists("images/shapes_palette.png"))
+        !fixture_exists("images/shapes_grey.png"))
         return 0;
     if (tinysam_model_load(fixture(MODEL), &fm)) {
         printf("  float model: %s\n", tinysam_last_error());
@@ -44,7 +45,7 @@ static int setup(void) {
     /* calibration images other than the evaluated ones */
     char p0[512], p1[512];
     snprintf(p0, sizeof p0, "%s", fixture("images/picture3.jpg"));
-    snprintf(p1, sizeof p1, "%s", fixture("images/shapes_palette.png"));
+    snprintf(p1, sizeof p1, "%s", fixture("images/shapes_grey.png"));
     const char *paths[2] = {p0, p1};
     if (ts_quantize_model(fm, paths, 2, TS_CALIB_MSE, qpath, 1)) {
         printf("  quantize: %s\n", tinysam_last_error());
@@ -69,7 +70,7 @@ static void test_file(void) {
     long long fs = file_size(fpath), qs = file_size(qpath);
     double r = (double)qs / (double)fs;
     printf("  float safetensors %lld bytes, int8 %lld bytes: %.3f x\n", fs, qs, r);
-    CHECK(fs > 0 && qs > 0 && r <= 0.3, "int8 file is %.3f x the float one", r);
+    CHECK(fs > 0 && qs > 0 && r <= 0.27, "int8 file is %.3f x the float one", r);
     tinysam_model_info inf;
     tinysam_model_get_info(qm, &inf);
     CHECK(!strcmp(inf.source_dtype, "w8a8"), "info dtype '%s'", inf.source_dtype);
@@ -231,6 +232,7 @@ static void run_image(const char *image, const char *file) {
                               pq.masks + (size_t)pq.best * plane, plane);
         printf("  %s/%s: best %d / %d, best-mask IoU %.4f\n", image, de->d_name, pf.best,
                pq.best, iou);
+        CHECK(iou >= 0.85, "%s/%s: best-mask IoU %.4f < 0.85", image, de->d_name, iou);
         iou_sum += iou;
         n_iou++;
         cases++;
