@@ -88,9 +88,9 @@ static int quantize(const ts_tensor_map *m, const ts_tiny_vit *enc, const float 
     ts_calib_free(c);
     if (rc) return rc;
     char path[64];
-    snprintf(path, sizeof path, "/tmp/bench_encoder_int8_%d.safetensors", (int)getpid());
+    snprintf(path, sizeof path, "/tmp/bench_encoder_int8_%d_%d.safetensors", (int)getpid(), full);
     rc = ts_int8_model_save_layers(path, m, enc, step, zp,
-                                   full ? TS_TINY_VIT_N_QLAYERS : TS_TINY_VIT_N_GEMM,
+                                   full ? TS_TINY_VIT_N_ENCODER : TS_TINY_VIT_N_GEMM,
                                    full ? attn : NULL, 0, NULL, NULL);
     if (!rc) rc = ts_map_load(path, mq);
     remove(path); /* the mapping stays valid */

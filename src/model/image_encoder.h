@@ -28,9 +28,14 @@ int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
 
 /* Layers 0 .. TS_TINY_VIT_N_GEMM-1: the 1x1 convs of MBConv (4) and PatchMerging (6), 10 x
  * (qkv, proj, fc1, fc2), neck.0 (the "gemm" scope, all that files before the full encoder
- * scope quantised); then the dense 3x3 convolutions patch_embed.seq.0, patch_embed.seq.2 and
- * neck.2 (taps 9, nn/conv_i8.h). */
+ * scope quantised); then the dense 3x3 convolutions patch_embed.seq.2, neck.2 (the "encoder"
+ * scope: TS_TINY_VIT_N_ENCODER layers) and patch_embed.seq.0 (taps 9, nn/conv_i8.h). The
+ * last one, 3->32 channels (K = 27), loads and runs in int8 when a file has it, but quantize
+ * leaves it float: its int8 form measured slower (thread CPU time on Zen 4, TS_ENC_PROFILE:
+ * 25-43 ms against 14-19 ms float; quantising 3 M inputs and unfolding them to 27 bytes per
+ * pixel cost more than the GEMM saves). */
 #define TS_TINY_VIT_N_GEMM    51
+#define TS_TINY_VIT_N_ENCODER 53
 #define TS_TINY_VIT_N_QLAYERS 54
 
 /* One GEMM of the encoder that the int8 model quantises. */

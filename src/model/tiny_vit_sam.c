@@ -422,8 +422,7 @@ static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
         return TINYSAM_E_FORMAT;
     // clang-format on
     /* the dense 3x3 convolutions last: layers TS_TINY_VIT_N_GEMM .. (image_encoder.h) */
-    if ((rc = take_conv3x3(e, m, "patch_embed.seq.0", 32, 3, 2, 0, 1024 * 1024, &e->pe1)) ||
-        (rc = take_conv3x3(e, m, "patch_embed.seq.2", 64, 32, 2, 1, 512 * 512, &e->pe2)))
+    if ((rc = take_conv3x3(e, m, "patch_embed.seq.2", 64, 32, 2, 1, 512 * 512, &e->pe2)))
         return rc;
     memset(&e->neck2, 0, sizeof e->neck2);
     lin_op *n2 = new_lin_taps(e, "image_encoder.neck.2", 256, 9 * 256, 9, 1, 0, 64 * 64);
@@ -443,6 +442,9 @@ static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
         if ((rc = lin_float(e, n2, w, NULL))) return rc;
         e->neck2.pk = n2->pk;
     }
+    /* last: the 3->32 conv, whose int8 form measured slower (image_encoder.h) */
+    if ((rc = take_conv3x3(e, m, "patch_embed.seq.0", 32, 3, 2, 0, 1024 * 1024, &e->pe1)))
+        return rc;
     if (e->n_lin != TS_TINY_VIT_N_QLAYERS)
         return ts_error(TINYSAM_E_FORMAT, "%d quantisable layers, expected %d", e->n_lin,
                         TS_TINY_VIT_N_QLAYERS);
@@ -680,14 +682,14 @@ static i8_scratch i8_scratch_at(float *base, int N) {
  * with v^T, out = acc * (pmax / 255) * v_step. */
 static void attn_head_i8(const vit_block *v, const float *q, const float *k, const float *vv,
                          int C3, int nv, int N, int vw, int ws, const float *tab, float *out,
-                         int ldo, float *S, const i8_scratch *sc) {
+                         int ldo, float *S, const i8_scratch *sc, const ts_i8pk_kernels *kn) {
     const float qs = v->astep[0], ks = v->astep[1], vs = v->astep[2];
     const int Kp = ts_i8pk_kp(N);
     for (int i = 0; i < nv; i++)
-        ts_i8pk_quant_a(q + (size_t)i * C3, HEAD_DIM, HEAD_DIM, qs, 128, sc->qa + (size_t)i * HEAD_DIM);
-    ts_i8pk_quant_rows(k, C3, N, HEAD_DIM, ks, sc->kp, sc->ksum);
-    ts_i8pk_quant_cols(vv, C3, N, HEAD_DIM, vs, sc->vp, sc->vsum);
-    ts_i8pk_gemm(nv, N, HEAD_DIM, sc->qa, HEAD_DIM, 128, sc->kp, sc->ksum, sc->c32, N);
+        ts_i8pk_quant_a(kn, q + (size_t)i * C3, HEAD_DIM, HEAD_DIM, qs, 128, sc->qa + (size_t)i * HEAD_DIM);
+    ts_i8pk_quant_rows(kn, k, C3, N, HEAD_DIM, ks, sc->kp, sc->ksum);
+    ts_i8pk_quant_cols(kn, vv, C3, N, HEAD_DIM, vs, sc->vp, sc->vsum);
+    ts_i8pk_gemm(kn, nv, N, HEAD_DIM, sc->qa, HEAD_DIM, 128, sc->kp, sc->ksum, sc->c32, N);
     const float qk = qs * ks;
     for (int i = 0; i < nv * N; i++) S[i] = (float)sc->c32[i] * qk;
     for (int i = 0; i < nv; i++) {
@@ -701,9 +703,9 @@ static void attn_head_i8(const vit_block *v, const float *q, const float *k, con
         float mx = 0.0f;
         for (int n = 0; n < N; n++) mx = p[n] > mx ? p[n] : mx;
         rstep[i] = mx > 0.0f ? mx / 255.0f : 1.0f;
-        ts_i8pk_quant_a(p, N, Kp, rstep[i], 0, sc->pa + (size_t)i * Kp);
+        ts_i8pk_quant_a(kn, p, N, Kp, rstep[i], 0, sc->pa + (size_t)i * Kp);
     }
-    ts_i8pk_gemm(nv, HEAD_DIM, N, sc->pa, Kp, 0, sc->vp, sc->vsum, sc->c32, HEAD_DIM);
+    ts_i8pk_gemm(kn, nv, HEAD_DIM, N, sc->pa, Kp, 0, sc->vp, sc->vsum, sc->c32, HEAD_DIM);
     for (int i = 0; i < nv; i++) {
         const float f = rstep[i] * vs;
         for (int d = 0; d < HEAD_DIM; d++)
@@ -742,6 +744,7 @@ static void attn_group(void *ctx, int task, int tid) {
     float *a = o + (size_t)Mmax * C;        /* M x C */
     float *kT = a + (size_t)Mmax * C;       /* HEAD_DIM x N, one head's keys transposed */
     i8_scratch i8 = i8_scratch_at(kT + (size_t)HEAD_DIM * N, N); /* the int8 products' */
+    const ts_i8pk_kernels kn = ts_i8pk_get();
     for (int g = 0; g < gn; g++) {
         const win_t *wd = &win[g];
         for (int iy = 0, i = 0; iy < wd->vh; iy++)
@@ -779,7 +782,7 @@ static void attn_group(void *ctx, int task, int tid) {
             const float *tab = v->bias_tab + (size_t)h * N * N;
             if (v->attn_i8) {
                 attn_head_i8(v, q, k, vv, C3, nv, N, wd->vw, ws, tab,
-                             o + (size_t)wd->off * C + h * HEAD_DIM, C, S, &i8);
+                             o + (size_t)wd->off * C + h * HEAD_DIM, C, S, &i8, &kn);
                 continue;
             }
             /* keys transposed by 8x8 register blocks: the GEMM then packs them with row

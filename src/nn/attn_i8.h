@@ -23,18 +23,30 @@ static inline int ts_i8pk_kp(int K) { return (K + 3) / 4 * 4; }
 /* Bytes of a packed B of N x K. */
 static inline size_t ts_i8pk_bytes(int N, int K) { return (size_t)ts_i8pk_np(N) * ts_i8pk_kp(K); }
 
+/* The kernels of the ISA path that runs now, resolved once for a batch of calls (the calls
+ * are small: per-call ISA look-ups cost more than the products). Every function below takes
+ * one (NULL: resolved for that call). */
+typedef struct {
+    void (*quant_row)(const float *x, int n, float step, int zp, int lo, int hi, uint8_t *q);
+    void (*gemm)(int M, int N, int K, const uint8_t *A, int lda, int a_zp, const int8_t *Bp,
+                 const int32_t *bsum, int32_t *C, int ldc);
+    const char *name;
+} ts_i8pk_kernels;
+ts_i8pk_kernels ts_i8pk_get(void);
+
 /* B[n][k] = clamp(round(X[n][k] / step), -127, 127) (X[N][K], ldx), packed into Bp, bsum[n]. */
-void ts_i8pk_quant_rows(const float *X, int ldx, int N, int K, float step, int8_t *Bp,
+void ts_i8pk_quant_rows(const ts_i8pk_kernels *kn, const float *X, int ldx, int N, int K,
+                        float step, int8_t *Bp,
                         int32_t *bsum);
 /* B[n][k] = clamp(round(X[k][n] / step), -127, 127) (X[K][N], ldx: B = X^T), packed, bsum. */
-void ts_i8pk_quant_cols(const float *X, int ldx, int K, int N, float step, int8_t *Bp,
+void ts_i8pk_quant_cols(const ts_i8pk_kernels *kn, const float *X, int ldx, int K, int N, float step, int8_t *Bp,
                         int32_t *bsum);
 /* q[i] = clamp(round(x[i] / step) + zp, 0, 255) for i < n (quant.h ts_quant_u8_zp), then
  * zeros up to n_pad (> n: the A padding a packed K needs). */
-void ts_i8pk_quant_a(const float *x, int n, int n_pad, float step, int zp, uint8_t *q);
+void ts_i8pk_quant_a(const ts_i8pk_kernels *kn, const float *x, int n, int n_pad, float step, int zp, uint8_t *q);
 /* C[m][n] (ldc) = sum_k (A[m][k] - a_zp) * B[n][k]; A rows readable up to Kp. */
-void ts_i8pk_gemm(int M, int N, int K, const uint8_t *A, int lda, int a_zp, const int8_t *Bp,
-                  const int32_t *bsum, int32_t *C, int ldc);
+void ts_i8pk_gemm(const ts_i8pk_kernels *kn, int M, int N, int K, const uint8_t *A, int lda,
+                  int a_zp, const int8_t *Bp, const int32_t *bsum, int32_t *C, int ldc);
 /* The portable product (the reference path), whatever the ISA. */
 void ts_i8pk_gemm_scalar(int M, int N, int K, const uint8_t *A, int lda, int a_zp,
                          const int8_t *Bp, const int32_t *bsum, int32_t *C, int ldc);

@@ -363,7 +363,7 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
         rc = ts_calib_solve(c, method, step, zp);
         if (!rc) rc = ts_calib_solve_attn(c, attn);
     }
-    const int nq = opts->scope == TS_SCOPE_GEMM ? TS_TINY_VIT_N_GEMM : TS_TINY_VIT_N_QLAYERS;
+    const int nq = opts->scope == TS_SCOPE_GEMM ? TS_TINY_VIT_N_GEMM : TS_TINY_VIT_N_ENCODER;
     if (!rc) {
         char calib[320];
         snprintf(calib, sizeof calib,

@@ -80,7 +80,7 @@ static int add_layer(ts_tensor_map *m, const ts_tiny_vit_qlayer *q, qdata *d) {
 int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny_vit *enc,
                        const float *step, const int *zp, int n_meta, const char *const *keys,
                        const char *const *values) {
-    return ts_int8_model_save_layers(path, src, enc, step, zp, TS_TINY_VIT_N_QLAYERS, NULL,
+    return ts_int8_model_save_layers(path, src, enc, step, zp, TS_TINY_VIT_N_ENCODER, NULL,
                                      n_meta, keys, values);
 }
 

@@ -7,8 +7,9 @@
  *   P.input_step        F32 [1]     input quantiser: real = step * (u8 - zero_point)
  *   P.input_zero_point  F32 [1]     an integer in [0, 255]
  * (a folded Conv2d_BN "X" has P = "X.c"; its "X.bn.*" tensors are not written), and the
- * metadata "tinysam.quantization": "w8a8". The dense 3x3 convolutions (patch_embed.seq.0.c,
- * patch_embed.seq.2.c, neck.2: layers with taps 9) are W8A8 layers of the same five tensors,
+ * metadata "tinysam.quantization": "w8a8". The dense 3x3 convolutions (patch_embed.seq.2.c,
+ * neck.2, and patch_embed.seq.0.c when asked: layers with taps 9) are W8A8 layers of the same
+ * five tensors,
  * with P.weight I8 [co][ci][3][3] in PyTorch's layout (per-output-channel scales over ci x 3 x
  * 3); the encoder runs them as int8 im2col GEMMs (nn/conv_i8.h). A file written before they
  * were quantised (the "gemm" scope) stores them weight-only and still loads.
@@ -30,7 +31,8 @@
 #include "model/image_encoder.h"
 
 /* Writes the int8 model: src is the float model's map, enc its float encoder, step / zp the
- * input quantisers (TS_TINY_VIT_N_QLAYERS each). n_meta key/value pairs are added to the
+ * input quantisers (TS_TINY_VIT_N_QLAYERS each; layers 0 .. TS_TINY_VIT_N_ENCODER-1 are
+ * written as int8, float attention products). n_meta key/value pairs are added to the
  * metadata (after "tinysam.quantization"). */
 int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny_vit *enc,
                        const float *step, const int *zp, int n_meta, const char *const *keys,

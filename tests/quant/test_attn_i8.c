@@ -34,12 +34,12 @@ static int prod_case(int M, int N, int K, int zp, int cols, float scale) {
     if (!xa || !xb || !A || !Bp || !bsum || !C) return -1;
     for (int i = 0; i < M * K; i++) xa[i] = scale * frand();
     for (int i = 0; i < N * K; i++) xb[i] = scale * frand();
-    for (int m = 0; m < M; m++) ts_i8pk_quant_a(xa + (size_t)m * K, K, lda, a_step, zp, A + (size_t)m * lda);
+    for (int m = 0; m < M; m++) ts_i8pk_quant_a(NULL, xa + (size_t)m * K, K, lda, a_step, zp, A + (size_t)m * lda);
     if (cols) /* xb as X[K][N] */
-        ts_i8pk_quant_cols(xb, N, K, N, b_step, Bp, bsum);
+        ts_i8pk_quant_cols(NULL, xb, N, K, N, b_step, Bp, bsum);
     else
-        ts_i8pk_quant_rows(xb, K, N, K, b_step, Bp, bsum);
-    ts_i8pk_gemm(M, N, K, A, lda, zp, Bp, bsum, C, N);
+        ts_i8pk_quant_rows(NULL, xb, K, N, K, b_step, Bp, bsum);
+    ts_i8pk_gemm(NULL, M, N, K, A, lda, zp, Bp, bsum, C, N);
     int bad = 0;
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) {

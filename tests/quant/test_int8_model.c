@@ -74,7 +74,7 @@ static void test_file(void) {
     tinysam_model_info inf;
     tinysam_model_get_info(qm, &inf);
     CHECK(!strcmp(inf.source_dtype, "w8a8"), "info dtype '%s'", inf.source_dtype);
-    CHECK(ts_tiny_vit_n_int8(qm->encoder) == TS_TINY_VIT_N_QLAYERS, "%d int8 layers",
+    CHECK(ts_tiny_vit_n_int8(qm->encoder) == TS_TINY_VIT_N_ENCODER, "%d int8 layers",
           ts_tiny_vit_n_int8(qm->encoder));
     CHECK(ts_tiny_vit_n_int8(fm->encoder) == 0, "float model has int8 layers");
     for (int i = 0; i < TS_TINY_VIT_N_ATTN; i++) { /* the attention products, int8 steps */
@@ -92,7 +92,7 @@ static void test_file(void) {
 static void test_round_trip(void) {
     if (!setup()) SKIP("fixtures missing or setup failed");
     int bad_codes = 0, bad_scales = 0, bad_pack = 0, bad_q = 0;
-    for (int i = 0; i < TS_TINY_VIT_N_QLAYERS; i++) {
+    for (int i = 0; i < TS_TINY_VIT_N_ENCODER; i++) {
         ts_tiny_vit_qlayer f, q;
         REQUIRE(ts_tiny_vit_qlayer_get(fm->encoder, i, &f) == 0, "layer %d", i);
         REQUIRE(ts_tiny_vit_qlayer_get(qm->encoder, i, &q) == 0, "layer %d", i);
@@ -335,6 +335,26 @@ static void test_bad_file(void) {
         const ts_tensor *t = ts_map_get(gm->map, "image_encoder.neck.2.weight");
         CHECK(t && t->dtype == TS_DTYPE_F32 && t->file_dtype == TS_DTYPE_I8,
               "gemm scope: neck.2 not weight-only int8");
+        tinysam_model_free(gm);
+    }
+    /* every layer, patch_embed.seq.0 included (quantize leaves it float: slower in int8),
+     * loads and runs as int8 */
+    CHECK(ts_int8_model_save_layers(gp, fm->map, fm->encoder, step, zp, TS_TINY_VIT_N_QLAYERS,
+                                    NULL, 0, NULL, NULL) == 0,
+          "all layers: %s", tinysam_last_error());
+    gm = NULL;
+    CHECK(tinysam_model_load(gp, &gm) == 0, "all layers: %s", tinysam_last_error());
+    if (gm) {
+        CHECK(ts_tiny_vit_n_int8(gm->encoder) == TS_TINY_VIT_N_QLAYERS, "all: %d int8",
+              ts_tiny_vit_n_int8(gm->encoder));
+        tinysam_embedding *em = NULL;
+        tinysam_image im = {0};
+        uint8_t px[3 * 32 * 32];
+        for (int i = 0; i < 3 * 32 * 32; i++) px[i] = (uint8_t)(i * 7);
+        im.rgb = px;
+        im.width = im.height = 32;
+        CHECK(tinysam_encode(gm, &im, &em) == 0, "all layers encode: %s", tinysam_last_error());
+        tinysam_embedding_free(em);
         tinysam_model_free(gm);
     }
     remove(gp);
