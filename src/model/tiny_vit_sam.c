@@ -690,8 +690,7 @@ static void attn_head_i8(const vit_block *v, const float *q, const float *k, con
     ts_i8pk_quant_rows(kn, k, C3, N, HEAD_DIM, ks, sc->kp, sc->ksum);
     ts_i8pk_quant_cols(kn, vv, C3, N, HEAD_DIM, vs, sc->vp, sc->vsum);
     ts_i8pk_gemm(kn, nv, N, HEAD_DIM, sc->qa, HEAD_DIM, 128, sc->kp, sc->ksum, sc->c32, N);
-    const float qk = qs * ks;
-    for (int i = 0; i < nv * N; i++) S[i] = (float)sc->c32[i] * qk;
+    kn->to_float(sc->c32, nv * N, qs * ks, S);
     for (int i = 0; i < nv; i++) {
         int iy = i / vw, ix = i % vw;
         ts_scale_add(S + (size_t)i * N, ATTN_SCALE, tab + (size_t)(iy * ws + ix) * N, N);
@@ -700,17 +699,13 @@ static void attn_head_i8(const vit_block *v, const float *q, const float *k, con
     float rstep[196];
     for (int i = 0; i < nv; i++) {
         const float *p = S + (size_t)i * N;
-        float mx = 0.0f;
-        for (int n = 0; n < N; n++) mx = p[n] > mx ? p[n] : mx;
+        const float mx = kn->row_max(p, N);
         rstep[i] = mx > 0.0f ? mx / 255.0f : 1.0f;
         ts_i8pk_quant_a(kn, p, N, Kp, rstep[i], 0, sc->pa + (size_t)i * Kp);
     }
     ts_i8pk_gemm(kn, nv, HEAD_DIM, N, sc->pa, Kp, 0, sc->vp, sc->vsum, sc->c32, HEAD_DIM);
-    for (int i = 0; i < nv; i++) {
-        const float f = rstep[i] * vs;
-        for (int d = 0; d < HEAD_DIM; d++)
-            out[(size_t)i * ldo + d] = (float)sc->c32[(size_t)i * HEAD_DIM + d] * f;
-    }
+    for (int i = 0; i < nv; i++)
+        kn->to_float(sc->c32 + (size_t)i * HEAD_DIM, HEAD_DIM, rstep[i] * vs, out + (size_t)i * ldo);
 }
 
 static void attn_group(void *ctx, int task, int tid) {

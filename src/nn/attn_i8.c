@@ -23,6 +23,19 @@ const char *ts_i8pk_isa_name(void) {
     return use_vnni() ? "avx512vnni" : "scalar";
 }
 
+void ts_i8pk_to_float_avx512(const int32_t *c, int n, float scale, float *y);
+float ts_i8pk_row_max_avx512(const float *x, int n);
+
+static void to_float_scalar(const int32_t *c, int n, float scale, float *y) {
+    for (int i = 0; i < n; i++) y[i] = (float)c[i] * scale;
+}
+
+static float row_max_scalar(const float *x, int n) {
+    float m = x[0];
+    for (int i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
 /* The quantiser row function is the int8 GEMM's (vectorised on x86). */
 ts_i8pk_kernels ts_i8pk_get(void) {
     const char *isa = ts_nn_isa_name();
@@ -31,6 +44,8 @@ ts_i8pk_kernels ts_i8pk_get(void) {
                          : !strcmp(isa, "avx2") ? &ts_i8_isa_avx2
                                                 : &ts_i8_isa_scalar;
     ts_i8pk_kernels k = {t->quant_row, vnni ? ts_i8pk_gemm_avx512vnni : ts_i8pk_gemm_scalar,
+                         vnni ? ts_i8pk_to_float_avx512 : to_float_scalar,
+                         vnni ? ts_i8pk_row_max_avx512 : row_max_scalar,
                          vnni ? "avx512vnni" : "scalar"};
     return k;
 }
@@ -55,32 +70,34 @@ void ts_i8pk_quant_rows(const ts_i8pk_kernels *kn, const float *X, int ldx, int 
     kn = resolve(kn, &tmp);
     const int Np = ts_i8pk_np(N), Kp = ts_i8pk_kp(K);
     uint8_t row[4096];
-    memset(Bp, 0, ts_i8pk_bytes(N, K));
-    for (int n = 0; n < N; n++) {
-        for (int k0 = 0; k0 < K; k0 += 4096) { /* K is small here (32); chunks keep it general */
-            int kc = K - k0 < 4096 ? K - k0 : 4096;
-            kn->quant_row(X + (size_t)n * ldx + k0, kc, step, 128, -127, 127, row);
-            for (int k = 0; k < kc; k++) {
-                int kk = k0 + k;
-                Bp[((size_t)(kk / 4) * Np + n) * 4 + kk % 4] = (int8_t)(row[k] - 128);
-            }
-        }
+    for (int n = 0; n < Np; n++) {
         int32_t s = 0;
-        for (int g = 0; g < Kp / 4; g++)
-            for (int e = 0; e < 4; e++) s += Bp[((size_t)g * Np + n) * 4 + e];
+        for (int k0 = 0; k0 < Kp; k0 += 4096) { /* K is small here (32); chunks keep it general */
+            const int kc = Kp - k0 < 4096 ? Kp - k0 : 4096;
+            const int kr = n < N ? (K - k0 < kc ? K - k0 : kc) : 0; /* real values */
+            if (kr > 0) kn->quant_row(X + (size_t)n * ldx + k0, kr, step, 128, -127, 127, row);
+            for (int k = 0; k < kc; k++) { /* to int8, zero padded; groups of 4 to the pack */
+                int8_t v = k < kr ? (int8_t)(row[k] - 128) : 0;
+                row[k] = (uint8_t)v;
+                s += v;
+            }
+            for (int g = 0; g < kc / 4; g++)
+                memcpy(Bp + ((size_t)(k0 / 4 + g) * Np + n) * 4, row + 4 * g, 4);
+        }
         bsum[n] = s;
     }
-    for (int n = N; n < Np; n++) bsum[n] = 0;
 }
 
 void ts_i8pk_quant_cols(const ts_i8pk_kernels *kn, const float *X, int ldx, int K, int N,
                         float step, int8_t *Bp, int32_t *bsum) {
     ts_i8pk_kernels tmp;
     kn = resolve(kn, &tmp);
-    const int Np = ts_i8pk_np(N);
+    const int Np = ts_i8pk_np(N), Kp = ts_i8pk_kp(K);
     uint8_t row[4096];
-    memset(Bp, 0, ts_i8pk_bytes(N, K));
     for (int n = 0; n < Np; n++) bsum[n] = 0;
+    if (N != Np) memset(Bp, 0, ts_i8pk_bytes(N, K)); /* pad columns (rare) */
+    for (int k = K; k < Kp; k++) /* pad rows of k: zero codes */
+        for (int n = 0; n < Np; n++) Bp[((size_t)(k / 4) * Np + n) * 4 + k % 4] = 0;
     for (int k = 0; k < K; k++) {
         for (int n0 = 0; n0 < N; n0 += 4096) {
             int nn = N - n0 < 4096 ? N - n0 : 4096;

@@ -30,6 +30,10 @@ typedef struct {
     void (*quant_row)(const float *x, int n, float step, int zp, int lo, int hi, uint8_t *q);
     void (*gemm)(int M, int N, int K, const uint8_t *A, int lda, int a_zp, const int8_t *Bp,
                  const int32_t *bsum, int32_t *C, int ldc);
+    /* y[i] = (float)c[i] * scale, i < n */
+    void (*to_float)(const int32_t *c, int n, float scale, float *y);
+    /* the largest of x[0 .. n-1] (n >= 1; no NaN expected) */
+    float (*row_max)(const float *x, int n);
     const char *name;
 } ts_i8pk_kernels;
 ts_i8pk_kernels ts_i8pk_get(void);

@@ -54,3 +54,24 @@ TGT void ts_i8pk_gemm_avx512vnni(int M, int N, int K, const uint8_t *A, int lda,
         }
     }
 }
+
+void ts_i8pk_to_float_avx512(const int32_t *c, int n, float scale, float *y);
+float ts_i8pk_row_max_avx512(const float *x, int n);
+
+void ts_i8pk_to_float_avx512(const int32_t *c, int n, float scale, float *y) {
+    const __m512 s = _mm512_set1_ps(scale);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 mk = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 f = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mk, c + i));
+        _mm512_mask_storeu_ps(y + i, mk, _mm512_mul_ps(f, s));
+    }
+}
+
+float ts_i8pk_row_max_avx512(const float *x, int n) {
+    __m512 m = _mm512_set1_ps(x[0]);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 mk = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        m = _mm512_mask_max_ps(m, mk, m, _mm512_maskz_loadu_ps(mk, x + i));
+    }
+    return _mm512_reduce_max_ps(m);
+}
