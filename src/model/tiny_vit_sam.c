@@ -9,11 +9,14 @@
  * the convolution weights at load (§4.2: changes rounding only), and every GEMM weight is
  * packed for the micro-kernel once, at load (ts_wpack).
  *
- * W8A8 (Q-TinySAM, §7): the 51 GEMMs of ts_tiny_vit_qlayer (1x1 convs, qkv, proj, fc1, fc2,
- * neck.0) go through lin_op, which holds either the float pack or, when the file stores the
- * layer as int8 (quant/int8_model.h), an int8 pack and the input's static quantiser: the
- * float activations are quantised inside ts_gemm_i8_f32. Everything else stays float. A
- * calibration tap (ts_tiny_vit_forward_tap) sees each of those GEMMs' float inputs.
+ * W8A8 (Q-TinySAM, §7): the GEMMs of ts_tiny_vit_qlayer (1x1 convs, qkv, proj, fc1, fc2,
+ * neck.0) and the dense 3x3 convs (patch embed, neck.2) go through lin_op, which holds either
+ * the float pack or, when the file stores the layer as int8 (quant/int8_model.h), an int8
+ * pack and the input's static quantiser: the float activations are quantised inside
+ * ts_gemm_i8_f32 (3x3: nn/conv_i8.h). A block whose file gives "attn.product_steps" runs its
+ * attention products in int8 (attn_head_i8). Depthwise convs, norms, softmax stay float. A
+ * calibration tap (ts_tiny_vit_forward_tap) sees each quantised layer's float input and each
+ * block's qkv output.
  *
  * Threading: one ts_parallel_for per fused step, each task running single-thread kernels on
  * its own rows or window with its own scratch slot: MBConv / PatchMerging as a row pipeline
