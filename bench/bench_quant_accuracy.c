@@ -6,7 +6,9 @@
  * of picture1 and shapes: best-mask IoU against the float best mask (mean, worst) and the
  * embedding cosine (worst of the two images). The fixture checkpoint has RANDOM weights: these
  * are not the figures of the released (trained) model.
- *   build/bench/bench_quant_accuracy [--method mse|layer] [--scope gemm|encoder|all] */
+ *   build/bench/bench_quant_accuracy [--method mse|layer] [--scope gemm|encoder|all] [--gelu]
+ *     --gelu  instead: the post-GELU quantisers' MSE on the calibration samples, one
+ *             asymmetric step (what runs, one GEMM) against the twin-uniform pair (two) */
 #include "core.h"
 #include "model/sam.h"
 #include "quant/calibrate.h"
@@ -100,6 +102,37 @@ out:
     return rc;
 }
 
+/* --gelu: the post-GELU quantisers compared on the calibration samples (one asymmetric step,
+ * one GEMM, against the twin-uniform pair, two GEMMs). */
+static int gelu_table(tinysam_model *fm, const char *const *paths) {
+    ts_calib *c;
+    if (ts_calib_new(fm->encoder, 2, &c)) return 1;
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        tinysam_image img;
+        if (!(rc = tinysam_image_load(paths[i], 0, &img))) {
+            rc = ts_calib_add_image(c, &img);
+            tinysam_image_free(&img);
+        }
+    }
+    printf("post-GELU inputs: quantisation MSE, one asymmetric u8 step (1 GEMM) vs twin-uniform "
+           "(2 GEMMs)\n| layer | asym | twin | twin / asym |\n|---|---|---|---|\n");
+    double sa = 0, st = 0;
+    for (int i = 0; i < TS_TINY_VIT_N_QLAYERS && !rc; i++) {
+        ts_tiny_vit_qlayer q;
+        ts_tiny_vit_qlayer_get(fm->encoder, i, &q);
+        if (!q.post_gelu) continue;
+        double a, t;
+        if ((rc = ts_calib_gelu_compare(c, i, &a, &t))) break;
+        sa += a;
+        st += t;
+        printf("| %s | %.3g | %.3g | %.2f |\n", q.name + 14, a, t, a > 0 ? t / a : 0.0);
+    }
+    if (!rc) printf("| sum | %.3g | %.3g | %.2f |\n", sa, st, sa > 0 ? st / sa : 0.0);
+    ts_calib_free(c);
+    return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     int methods[2] = {TS_CALIB_MSE, TS_CALIB_LAYER}, scopes[3] = {TS_SCOPE_GEMM,
                                                                     TS_SCOPE_ENCODER, TS_SCOPE_ALL};
@@ -127,6 +160,12 @@ int main(int argc, char **argv) {
     snprintf(c1, sizeof c1, "%s", fx("images/shapes_grey.png"));
     const char *paths[2] = {c0, c1};
     snprintf(out, sizeof out, "/tmp/bench_quant_accuracy_%d.safetensors", (int)getpid());
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--gelu")) {
+            int st = gelu_table(fm, paths);
+            tinysam_model_free(fm);
+            return st;
+        }
     printf("Q-TinySAM accuracy vs the float model: fixture checkpoint (RANDOM weights, not the "
            "released model),\ncalibration picture3.jpg + shapes_grey.png, evaluation: every "
            "prompt case of picture1 and shapes\n");

@@ -322,6 +322,29 @@ int ts_calib_solve_attn(ts_calib *c, float *steps) {
     return 0;
 }
 
+int ts_calib_gelu_compare(ts_calib *c, int layer, double *mse_asym, double *mse_twin) {
+    if (!c || layer < 0 || layer >= NQ || !c->L[layer].q.post_gelu || !mse_asym || !mse_twin)
+        return ts_error(TINYSAM_E_ARG, "ts_calib_gelu_compare: bad argument");
+    const col_t *l = &c->L[layer];
+    int zp;
+    ts_calib_search_asym(l->buf, l->n, N_GRID, LO_RATIO, &zp, mse_asym);
+    float hi = 0.0f;
+    for (size_t i = 0; i < l->n; i++) hi = l->buf[i] > hi ? l->buf[i] : hi;
+    double best = INFINITY;
+    for (int g = 0; g < N_GRID && hi > 0.0f; g++) { /* the positive step, as the asym search */
+        float r = LO_RATIO + (1.0f - LO_RATIO) * (float)g / (float)(N_GRID - 1);
+        float step = r * hi / 127.0f;
+        double e = 0.0;
+        for (size_t i = 0; i < l->n; i++) {
+            double d = (double)ts_twin_gelu_fq(l->buf[i], step) - (double)l->buf[i];
+            e += d * d;
+        }
+        best = e < best ? e : best;
+    }
+    *mse_twin = l->n && isfinite(best) ? best / (double)l->n : 0.0;
+    return 0;
+}
+
 const char *ts_quant_scope_name(int scope) {
     return scope == TS_SCOPE_GEMM ? "gemm" : scope == TS_SCOPE_ENCODER ? "encoder" : "all";
 }

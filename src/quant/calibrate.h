@@ -40,6 +40,12 @@ int ts_calib_solve(ts_calib *c, int method, float *step, int *zp);
  * and 1/255 for exp(s - max) (model/image_encoder.h ts_tiny_vit_attn). */
 int ts_calib_solve_attn(ts_calib *c, float *steps);
 
+/* For post-GELU layer `layer` (ts_tiny_vit_qlayer post_gelu): the quantisation MSE of its
+ * sampled inputs under the one-step asymmetric u8 quantiser that the int8 encoder uses (one
+ * GEMM) and under the twin-uniform post-GELU quantiser (quant.h ts_twin_gelu_fq, two GEMMs),
+ * each with its best step on the same grid. */
+int ts_calib_gelu_compare(ts_calib *c, int layer, double *mse_asym, double *mse_twin);
+
 /* The asymmetric MSE search: codes clamp(round(x / step) + zp, 0, 255) with the minimum of x
  * (or 0 when x >= 0) near code 0: candidates hi = r * max(x), step = (hi - lo) / 255,
  * zp = clamp(round(-lo / step), 0, 255), r on n_grid points of [lo_ratio, 1]. Returns the
