@@ -9,14 +9,11 @@
 void ts_i8pk_gemm_avx512vnni(int M, int N, int K, const uint8_t *A, int lda, int a_zp,
                              const int8_t *Bp, const int32_t *bsum, int32_t *C, int ldc);
 
+/* Looked up per call (once per task of the encoder), as gemm_i8.c: no shared cache. */
 static int use_vnni(void) {
-    static int has = -1;
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512f");
-    }
-    return has && !strcmp(ts_nn_isa_name(), "avx512");
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512f") && !strcmp(ts_nn_isa_name(), "avx512");
 }
 
 const char *ts_i8pk_isa_name(void) {
