@@ -75,8 +75,9 @@ int ts_tiny_vit_qlayer_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_qlayer *ou
 int ts_tiny_vit_n_int8(const ts_tiny_vit *enc);
 
 /* Calibration tap: called with the float input X[rows][K] (ldx) of quantised layer `layer`
- * right before its GEMM runs (a 3x3 conv: its input pixels, rows of K / 9); row0 numbers the first row among the layer's input rows of this
- * pass (pixel or window-token index). Called from worker threads, concurrently. */
+ * right before its GEMM runs (a 3x3 conv: its input pixels, rows of K / 9); row0 numbers the
+ * first row among the layer's input rows of this pass (pixel or window-token index). Called
+ * from worker threads, concurrently. */
 typedef void (*ts_gemm_tap)(void *user, int layer, long long row0, const float *x, int rows,
                             int ldx);
 /* ts_tiny_vit_forward with a tap (NULL: the same as ts_tiny_vit_forward). */
