@@ -74,20 +74,24 @@ static int time_encoder(const ts_tiny_vit *enc, const char *what, const float *i
     return 0;
 }
 
-/* The W8A8 encoder of float map m / encoder enc, calibrated on one input, through a file. */
-static int quantize(const ts_tensor_map *m, const ts_tiny_vit *enc, const float *in,
+/* The W8A8 encoder of float map m / encoder enc, calibrated on one input, through a file:
+ * the whole encoder (full 1), or only the 1x1 convolutions and linears (the "gemm" scope). */
+static int quantize(const ts_tensor_map *m, const ts_tiny_vit *enc, const float *in, int full,
                     ts_tensor_map **mq, ts_tiny_vit **encq) {
-    float step[TS_TINY_VIT_N_QLAYERS];
+    float step[TS_TINY_VIT_N_QLAYERS], attn[4 * TS_TINY_VIT_N_ATTN];
     int zp[TS_TINY_VIT_N_QLAYERS];
     ts_calib *c;
     int rc = ts_calib_new(enc, 1, &c);
     if (rc) return rc;
     if (!(rc = ts_calib_add_input(c, in))) rc = ts_calib_solve(c, TS_CALIB_MSE, step, zp);
+    if (!rc) rc = ts_calib_solve_attn(c, attn);
     ts_calib_free(c);
     if (rc) return rc;
     char path[64];
-    snprintf(path, sizeof path, "/tmp/bench_encoder_int8_%d.safetensors", (int)getpid());
-    rc = ts_int8_model_save(path, m, enc, step, zp, 0, NULL, NULL);
+    snprintf(path, sizeof path, "/tmp/bench_encoder_int8_%d_%d.safetensors", (int)getpid(), full);
+    rc = ts_int8_model_save_layers(path, m, enc, step, zp,
+                                   full ? TS_TINY_VIT_N_ENCODER : TS_TINY_VIT_N_GEMM,
+                                   full ? attn : NULL, 0, NULL, NULL);
     if (!rc) rc = ts_map_load(path, mq);
     remove(path); /* the mapping stays valid */
     if (!rc) rc = ts_int8_model_expand(*mq);
@@ -134,32 +138,41 @@ int main(int argc, char **argv) {
         in[i] = (float)((s >> 8) & 0xffff) / 16384.0f - 2.0f;
     }
     if (!json) printf("encoder: isa %s, %d runs per setting\n", ts_nn_isa_name(), runs);
-    double med_t[3] = {0, 0, 0}, med_q[3] = {0, 0, 0};
+    double med_t[3] = {0, 0, 0}, med_q[3] = {0, 0, 0}, med_g[3] = {0, 0, 0};
     if (time_encoder(enc, "float", in, out, n_out, runs, only, json, t, tc, med_t)) return 1;
     double rss = bench_peak_rss_mb();
     if (float_only) return 0;
     /* the int8 encoder: calibrated on the bench input (speed does not depend on it) */
-    ts_tensor_map *mq = NULL;
-    ts_tiny_vit *encq = NULL;
-    if (quantize(m, enc, in, &mq, &encq)) {
+    ts_tensor_map *mq = NULL, *mg = NULL;
+    ts_tiny_vit *encq = NULL, *encg = NULL;
+    if (quantize(m, enc, in, 1, &mq, &encq) || quantize(m, enc, in, 0, &mg, &encg)) {
         fprintf(stderr, "bench_encoder: int8 model: %s\n", tinysam_last_error());
         return 1;
     }
-    if (!json) printf("encoder int8 (W8A8): int8 GEMM %s\n", ts_gemm_i8_isa_name());
+    if (!json)
+        printf("encoder int8 (W8A8, whole encoder: GEMMs, 3x3 convs, attention products): int8 "
+               "GEMM %s\n", ts_gemm_i8_isa_name());
     if (time_encoder(encq, "int8", in, out, n_out, runs, only, json, t, tc, med_q)) return 1;
+    if (!json) printf("encoder int8, gemm scope (1x1 convs and linears only)\n");
+    if (time_encoder(encg, "int8 gemm", in, out, n_out, runs, only, json, t, tc, med_g))
+        return 1;
     if (json) {
         printf("{\"encoder_ms_1t\": %.1f, \"encoder_ms_2t\": %.1f, \"gflops_2t\": %.1f, "
                "\"isa\": \"%s\", \"peak_rss_mb\": %.1f, \"encoder_int8_ms_1t\": %.1f, "
-               "\"encoder_int8_ms_2t\": %.1f, \"int8_isa\": \"%s\", \"runs\": %d}\n",
+               "\"encoder_int8_ms_2t\": %.1f, \"encoder_int8_gemm_ms_1t\": %.1f, "
+               "\"encoder_int8_gemm_ms_2t\": %.1f, \"int8_isa\": \"%s\", \"runs\": %d}\n",
                med_t[1] * 1e3, med_t[2] * 1e3, med_t[2] > 0 ? GFLOP_PER_IMAGE / med_t[2] : 0.0,
-               ts_nn_isa_name(), rss, med_q[1] * 1e3, med_q[2] * 1e3, ts_gemm_i8_isa_name(),
+               ts_nn_isa_name(), rss, med_q[1] * 1e3, med_q[2] * 1e3, med_g[1] * 1e3,
+               med_g[2] * 1e3, ts_gemm_i8_isa_name(),
                runs);
     } else {
         printf("  peak RSS (float pass) %.1f MB\n", rss);
         for (int nt = 1; nt <= 2; nt++)
             if (med_t[nt] > 0 && med_q[nt] > 0)
-                printf("  threads %d: float %.1f ms, int8 %.1f ms: float / int8 %.2fx\n", nt,
-                       med_t[nt] * 1e3, med_q[nt] * 1e3, med_t[nt] / med_q[nt]);
+                printf("  threads %d: float %.1f ms, int8 %.1f ms: float / int8 %.2fx "
+                       "(gemm scope %.1f ms: %.2fx)\n",
+                       nt, med_t[nt] * 1e3, med_q[nt] * 1e3, med_t[nt] / med_q[nt],
+                       med_g[nt] * 1e3, med_g[nt] > 0 ? med_t[nt] / med_g[nt] : 0.0);
     }
     free(in);
     free(out);
@@ -167,6 +180,8 @@ int main(int argc, char **argv) {
     free(tc);
     ts_tiny_vit_free(encq);
     ts_map_free(mq);
+    ts_tiny_vit_free(encg);
+    ts_map_free(mg);
     ts_tiny_vit_free(enc);
     ts_map_free(m);
     return 0;

@@ -13,15 +13,18 @@
 
 static const char *quantize_help =
     "usage: tinysam quantize --model M (--calib IMAGE... | --calib-dir DIR) [--num-images N]\n"
-    "                        [--method mse|layer] [--threads N] --out M_int8.safetensors\n"
+    "                        [--method mse|layer] [--scope gemm|encoder|all] [--threads N]\n"
+    "                        --out M_int8.safetensors\n"
     "\n"
     "Post-training W8A8 quantisation of the TinySAM (vit_t) image encoder: runs the float\n"
     "model on the calibration images (JPEG/PNG; --calib-dir takes every .jpg/.jpeg/.png in\n"
     "DIR, sorted, the first N with --num-images, default 8), chooses one static uint8 input\n"
     "quantiser per quantised GEMM (--method mse: the step minimising the input's squared\n"
     "error, the default; layer: the layer-output error), and writes a safetensors model with\n"
-    "int8 per-channel weights for the 1x1 convolutions and linears of the encoder; the rest\n"
-    "stays float32. Every command loads the file like a float one.\n";
+    "int8 per-channel weights. --scope: gemm quantises the encoder's 1x1 convolutions and\n"
+    "linears only (what older versions wrote); encoder also its dense 3x3 convolutions and\n"
+    "the attention products; all (the default) the encoder and whatever of the decoder has an\n"
+    "int8 form. The rest stays float32. Every command loads the file like a float one.\n";
 
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -68,12 +71,14 @@ int ts_cli_quantize(int argc, char **argv) {
         return 0;
     }
     const char *model = NULL, *out = NULL, *v;
-    int num = 0, method = TS_CALIB_MSE, threads = 0, cap = 0, n = 0, status = 1;
+    int num = 0, method = TS_CALIB_MSE, scope = TS_SCOPE_ALL, threads = 0, cap = 0, n = 0;
+    int status = 1;
     char **list = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--model") || !strcmp(a, "--out") || !strcmp(a, "--calib-dir") ||
-            !strcmp(a, "--num-images") || !strcmp(a, "--method") || !strcmp(a, "--threads")) {
+            !strcmp(a, "--num-images") || !strcmp(a, "--method") || !strcmp(a, "--threads") ||
+            !strcmp(a, "--scope")) {
             if (ts_arg_value(argc, argv, &i, &v)) goto fail;
             if (!strcmp(a, "--model")) model = v;
             else if (!strcmp(a, "--out")) out = v;
@@ -86,6 +91,14 @@ int ts_cli_quantize(int argc, char **argv) {
                 else if (!strcmp(v, "layer")) method = TS_CALIB_LAYER;
                 else {
                     ts_error(TINYSAM_E_ARG, "--method must be mse or layer, not '%s'", v);
+                    goto fail;
+                }
+            } else if (!strcmp(a, "--scope")) {
+                if (!strcmp(v, "gemm")) scope = TS_SCOPE_GEMM;
+                else if (!strcmp(v, "encoder")) scope = TS_SCOPE_ENCODER;
+                else if (!strcmp(v, "all")) scope = TS_SCOPE_ALL;
+                else {
+                    ts_error(TINYSAM_E_ARG, "--scope must be gemm, encoder or all, not '%s'", v);
                     goto fail;
                 }
             } else if ((n = list_dir(v, &list, n, &cap)) < 0) {
@@ -122,15 +135,16 @@ int ts_cli_quantize(int argc, char **argv) {
     tinysam_model *m;
     double t0 = ts_now_ms();
     if (tinysam_model_load(model, &m)) goto fail;
-    int rc = ts_quantize_model(m, (const char *const *)list, num, method, out, 1);
+    ts_quant_opts qo = {method, scope};
+    int rc = ts_quantize_model_opts(m, (const char *const *)list, num, &qo, out, 1);
     tinysam_model_free(m);
     if (rc) goto fail;
     printf("{\"model\": ");
     ts_json_write_string_stdout(model);
     printf(", \"out\": ");
     ts_json_write_string_stdout(out);
-    printf(", \"images\": %d, \"method\": \"%s\", \"ms\": %.1f}\n", num,
-           method == TS_CALIB_LAYER ? "layer" : "mse", ts_now_ms() - t0);
+    printf(", \"images\": %d, \"method\": \"%s\", \"scope\": \"%s\", \"ms\": %.1f}\n", num,
+           ts_quant_method_name(method), ts_quant_scope_name(scope), ts_now_ms() - t0);
     status = 0;
     goto done;
 usage: /* the message is already out: one line, as every command */

@@ -149,12 +149,15 @@ int ts_map_load(const char *path, ts_tensor_map **out) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return ts_error(TINYSAM_E_IO, "%s: cannot open: %m", path);
-    uint8_t head[8] = {0};
+    uint8_t head[9] = {0};
     size_t n = fread(head, 1, sizeof head, f);
     fclose(f);
     if (n >= 4 && !memcmp(head, "PK\x03\x04", 4)) return ts_pth_load(path, out);
+    /* safetensors: a u64 header length, then the JSON header's '{'. Checked before the raw
+     * pickle's 0x80: a header length whose low byte is 0x80 starts with that byte too. */
+    if (n == 9 && head[8] == '{') return ts_safetensors_load(path, out);
     if (n >= 2 && head[0] == 0x80) return ts_pth_load(path, out);
-    if (n == 8) return ts_safetensors_load(path, out);
+    if (n >= 8) return ts_safetensors_load(path, out);
     return ts_error(TINYSAM_E_FORMAT, "%s: too short to be a checkpoint (%zu bytes)", path, n);
 }
 

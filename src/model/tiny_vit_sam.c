@@ -9,11 +9,14 @@
  * the convolution weights at load (§4.2: changes rounding only), and every GEMM weight is
  * packed for the micro-kernel once, at load (ts_wpack).
  *
- * W8A8 (Q-TinySAM, §7): the 51 GEMMs of ts_tiny_vit_qlayer (1x1 convs, qkv, proj, fc1, fc2,
- * neck.0) go through lin_op, which holds either the float pack or, when the file stores the
- * layer as int8 (quant/int8_model.h), an int8 pack and the input's static quantiser: the
- * float activations are quantised inside ts_gemm_i8_f32. Everything else stays float. A
- * calibration tap (ts_tiny_vit_forward_tap) sees each of those GEMMs' float inputs.
+ * W8A8 (Q-TinySAM, §7): the GEMMs of ts_tiny_vit_qlayer (1x1 convs, qkv, proj, fc1, fc2,
+ * neck.0) and the dense 3x3 convs (patch embed, neck.2) go through lin_op, which holds either
+ * the float pack or, when the file stores the layer as int8 (quant/int8_model.h), an int8
+ * pack and the input's static quantiser: the float activations are quantised inside
+ * ts_gemm_i8_f32 (3x3: nn/conv_i8.h). A block whose file gives "attn.product_steps" runs its
+ * attention products in int8 (attn_head_i8). Depthwise convs, norms, softmax stay float. A
+ * calibration tap (ts_tiny_vit_forward_tap) sees each quantised layer's float input and each
+ * block's qkv output.
  *
  * Threading: one ts_parallel_for per fused step, each task running single-thread kernels on
  * its own rows or window with its own scratch slot: MBConv / PatchMerging as a row pipeline
@@ -21,6 +24,8 @@
  * per image row. All activations live in one arena, sized on the first pass and kept. */
 #include "model/image_encoder.h"
 #include "core.h"
+#include "nn/attn_i8.h"
+#include "nn/conv_i8.h"
 #include "nn/nn.h"
 #include "threads.h"
 #include "tinysam.h"
@@ -70,18 +75,20 @@ typedef struct {
     conv_bn local;            /* depthwise 3x3 */
     const float *mlp_ln_w, *mlp_ln_b;
     lin_op *qkv, *proj, *fc1, *fc2; /* the linears, packed at load (float or int8) */
+    int id;                         /* block index 0 .. N_VIT-1 */
+    int attn_i8;                    /* the attention products in int8 (nn/attn_i8.h) */
+    float astep[4];                 /* their steps: q, k, v, exp(s - max) (image_encoder.h) */
 } vit_block;
 
 #define MAX_PACKS 64 /* 2 + 4 + 6 + 10 x 4 + 2 = 54 packed weights */
 
 struct ts_tiny_vit {
-    conv_bn pe1, pe2;   /* patch embed: 3x3 s2 3->32, 3x3 s2 32->64 */
+    conv_bn pe1, pe2;   /* patch embed: 3x3 s2 3->32, 3x3 s2 32->64 (op: the W8A8 layer) */
     conv_bn mb[2][3];   /* stage 0 MBConv: 1x1 64->256, dw 256, 1x1 256->64 */
     conv_bn merge[3][3]; /* PatchMerging after stages 0..2: 1x1, dw (stride 2,2,1), 1x1 */
     vit_block blk[N_VIT];
     const float *neck1_w, *neck1_b, *neck3_w, *neck3_b; /* from the map */
-    float *neck2_w;     /* 3x3 256->256 permuted to [co][ky][kx][ci] */
-    ts_wpack *neck2_pk;
+    conv_bn neck2;      /* 3x3 256->256, no bias, [co][ky][kx][ci] */
     lin_op *neck0;      /* 1x1 320->256, no bias */
     lin_op lin[TS_TINY_VIT_N_QLAYERS]; /* the quantisable GEMMs, in load order */
     int n_lin, n_int8;
@@ -145,9 +152,9 @@ static int is_int8(ts_tensor_map *m, const char *P) {
     return t && t->dtype == TS_DTYPE_I8;
 }
 
-/* Registers the next quantisable GEMM. */
-static lin_op *new_lin(ts_tiny_vit *e, const char *P, int N, int K, int post_gelu,
-                       long long rows) {
+/* Registers the next quantisable layer (taps 9: a dense 3x3 conv, K = 9 * ci). */
+static lin_op *new_lin_taps(ts_tiny_vit *e, const char *P, int N, int K, int taps, int stride,
+                            int post_gelu, long long rows) {
     if (e->n_lin == TS_TINY_VIT_N_QLAYERS) {
         ts_error(TINYSAM_E_FORMAT, "too many quantisable layers");
         return NULL;
@@ -158,16 +165,24 @@ static lin_op *new_lin(ts_tiny_vit *e, const char *P, int N, int K, int post_gel
     snprintf(op->q.name, sizeof op->q.name, "%s", P);
     op->q.N = N;
     op->q.K = K;
+    op->q.taps = taps;
+    op->q.stride = stride;
     op->q.post_gelu = post_gelu;
     op->q.rows = rows;
     return op;
+}
+
+static lin_op *new_lin(ts_tiny_vit *e, const char *P, int N, int K, int post_gelu,
+                       long long rows) {
+    return new_lin_taps(e, P, N, K, 1, 1, post_gelu, rows);
 }
 
 /* Float GEMM of op: W [N][K] and b (may be NULL) must outlive the encoder. */
 static int lin_float(ts_tiny_vit *e, lin_op *op, const float *W, const float *b) {
     op->q.w = W;
     op->q.b = b;
-    return (op->pk = pack(e, W, op->q.N, op->q.K, 1)) ? 0 : TINYSAM_E_NOMEM;
+    const int taps = op->q.taps;
+    return (op->pk = pack(e, W, op->q.N, op->q.K / taps, taps)) ? 0 : TINYSAM_E_NOMEM;
 }
 
 /* Int8 GEMM of op from the W8A8 tensors of prefix op->q.name (spec §7; file layout in
@@ -178,8 +193,15 @@ static int lin_int8(ts_tiny_vit *e, ts_tensor_map *m, lin_op *op) {
     char name[160];
     snprintf(name, sizeof name, "%s.weight", P);
     ts_tensor *t = find_tensor(m, name);
-    if (!t || t->dtype != TS_DTYPE_I8 || t->ndim != 2 || t->shape[0] != N || t->shape[1] != K)
+    const int taps = op->q.taps, ci = K / taps;
+    if (taps == 9) { /* the official [co][ci][3][3] */
+        if (!t || t->dtype != TS_DTYPE_I8 || t->ndim != 4 || t->shape[0] != N ||
+            t->shape[1] != ci || t->shape[2] != 3 || t->shape[3] != 3)
+            return ts_error(TINYSAM_E_FORMAT, "tensor %s: expected I8 [%d,%d,3,3]", name, N, ci);
+    } else if (!t || t->dtype != TS_DTYPE_I8 || t->ndim != 2 || t->shape[0] != N ||
+               t->shape[1] != K) {
         return ts_error(TINYSAM_E_FORMAT, "tensor %s: expected I8 [%d,%d]", name, N, K);
+    }
     t->used = 1;
     const float *sc, *b, *st, *zp;
     snprintf(name, sizeof name, "%s.weight_scale", P);
@@ -199,8 +221,19 @@ static int lin_int8(ts_tiny_vit *e, ts_tensor_map *m, lin_op *op) {
     for (int n = 0; n < N; n++)
         if (!(isfinite(sc[n]) && sc[n] >= 0.0f && isfinite(b[n])))
             return ts_error(TINYSAM_E_FORMAT, "%s: weight_scale or bias %d is not finite", P, n);
-    if (!(op->q8 = ts_i8pack_new(t->data, N, K, K, sc)))
-        return ts_error_prefix(TINYSAM_E_NOMEM, "%s", P);
+    const int8_t *codes = t->data;
+    int8_t *perm = NULL;
+    if (taps == 9) { /* to the GEMM's columns [ky][kx][ci] */
+        if (!(perm = malloc((size_t)N * K))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+        for (int o = 0; o < N; o++)
+            for (int i = 0; i < ci; i++)
+                for (int k = 0; k < 9; k++)
+                    perm[((size_t)o * 9 + k) * ci + i] = codes[((size_t)o * ci + i) * 9 + k];
+        codes = perm;
+    }
+    op->q8 = ts_i8pack_new(codes, N, K, K, sc);
+    free(perm);
+    if (!op->q8) return ts_error_prefix(TINYSAM_E_NOMEM, "%s", P);
     op->q.b = b;
     op->q.q = op->q8;
     op->q.in_step = st[0];
@@ -260,6 +293,26 @@ static int take_conv1x1(ts_tiny_vit *e, ts_tensor_map *m, const char *prefix, in
     return rc ? rc : lin_float(e, op, out->w, out->b);
 }
 
+/* A dense 3x3 Conv2d_BN (a quantisable layer, taps 9): "prefix.c.weight" I8 [co][ci][3][3]
+ * (W8A8 file) or float + BN. */
+static int take_conv3x3(ts_tiny_vit *e, ts_tensor_map *m, const char *prefix, int co, int ci,
+                        int stride, int post_gelu, long long rows, conv_bn *out) {
+    char P[128];
+    snprintf(P, sizeof P, "image_encoder.%s.c", prefix);
+    memset(out, 0, sizeof *out);
+    lin_op *op = new_lin_taps(e, P, co, 9 * ci, 9, stride, post_gelu, rows);
+    if (!op) return TINYSAM_E_FORMAT;
+    int rc = is_int8(m, P) ? lin_int8(e, m, op) : take_conv_bn(e, m, prefix, co, ci, 3, out);
+    if (rc) return rc;
+    if (!op->q8) {
+        op->q.w = out->w;
+        op->q.b = out->b;
+        op->pk = out->pk;
+    }
+    out->op = op;
+    return 0;
+}
+
 static const float *take_blk(ts_tensor_map *m, int s, int b, const char *part, int ndim, int a,
                              int c) {
     char name[160];
@@ -310,6 +363,18 @@ static int load_vit_block(ts_tiny_vit *e, ts_tensor_map *m, int s, int b, vit_bl
                 int dy = abs(p1 / ws - p2 / ws), dx = abs(p1 % ws - p2 % ws);
                 v->bias_tab[((size_t)j * N + p1) * N + p2] = ab[(size_t)j * N + dy * ws + dx];
             }
+    char an[128];
+    snprintf(an, sizeof an, "image_encoder.layers.%d.blocks.%d.attn.product_steps", s, b);
+    if (find_tensor(m, an)) { /* W8A8 attention products (quant/int8_model.h) */
+        const float *st = take1(m, an, 4);
+        if (!st) return TINYSAM_E_FORMAT;
+        for (int i = 0; i < 4; i++)
+            if (!(isfinite(st[i]) && st[i] > 0.0f))
+                return ts_error(TINYSAM_E_FORMAT, "%s[%d] %g is not a positive number", an, i,
+                                (double)st[i]);
+        memcpy(v->astep, st, sizeof v->astep);
+        v->attn_i8 = 1;
+    }
     char prefix[96];
     snprintf(prefix, sizeof prefix, "layers.%d.blocks.%d.local_conv", s, b);
     return take_conv_bn(e, m, prefix, C, 1, 3, &v->local);
@@ -318,8 +383,6 @@ static int load_vit_block(ts_tiny_vit *e, ts_tensor_map *m, int s, int b, vit_bl
 static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
     int rc;
     char p[96];
-    if ((rc = take_conv_bn(e, m, "patch_embed.seq.0", 32, 3, 3, &e->pe1))) return rc;
-    if ((rc = take_conv_bn(e, m, "patch_embed.seq.2", 64, 32, 3, &e->pe2))) return rc;
     for (int b = 0; b < 2; b++) {
         const int C = DIMS[0], Hd = 4 * C;
         snprintf(p, sizeof p, "layers.0.blocks.%d.conv1", b);
@@ -341,7 +404,10 @@ static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
     int bi = 0;
     for (int s = 1; s < N_STAGES; s++)
         for (int b = 0; b < DEPTHS[s]; b++)
+        {
+            e->blk[bi].id = bi;
             if ((rc = load_vit_block(e, m, s, b, &e->blk[bi++]))) return rc;
+        }
     if (!(e->neck0 = new_lin(e, "image_encoder.neck.0", 256, 320, 0, 64 * 64)))
         return TINYSAM_E_FORMAT;
     if (is_int8(m, "image_encoder.neck.0")) {
@@ -358,14 +424,30 @@ static int load_all(ts_tiny_vit *e, ts_tensor_map *m) {
         !(e->neck3_b = take1(m, "image_encoder.neck.3.bias", 256)))
         return TINYSAM_E_FORMAT;
     // clang-format on
-    const float *w2 = ts_map_take(m, "image_encoder.neck.2.weight", 4, 256, 256, 3, 3);
-    if (!w2) return TINYSAM_E_FORMAT;
-    if (!(e->neck2_w = own(e, (size_t)256 * 256 * 9))) return TINYSAM_E_NOMEM;
-    for (int o = 0; o < 256; o++)
-        for (int i = 0; i < 256; i++)
-            for (int t = 0; t < 9; t++)
-                e->neck2_w[((size_t)o * 9 + t) * 256 + i] = w2[((size_t)o * 256 + i) * 9 + t];
-    if (!(e->neck2_pk = pack(e, e->neck2_w, 256, 256, 9))) return TINYSAM_E_NOMEM;
+    /* the dense 3x3 convolutions last: layers TS_TINY_VIT_N_GEMM .. (image_encoder.h) */
+    if ((rc = take_conv3x3(e, m, "patch_embed.seq.2", 64, 32, 2, 1, 512 * 512, &e->pe2)))
+        return rc;
+    memset(&e->neck2, 0, sizeof e->neck2);
+    lin_op *n2 = new_lin_taps(e, "image_encoder.neck.2", 256, 9 * 256, 9, 1, 0, 64 * 64);
+    if (!n2) return TINYSAM_E_FORMAT;
+    e->neck2.op = n2;
+    if (is_int8(m, "image_encoder.neck.2")) {
+        if ((rc = lin_int8(e, m, n2))) return rc;
+    } else {
+        const float *w2 = ts_map_take(m, "image_encoder.neck.2.weight", 4, 256, 256, 3, 3);
+        if (!w2) return TINYSAM_E_FORMAT;
+        float *w = e->neck2.w = own(e, (size_t)256 * 256 * 9);
+        if (!w) return TINYSAM_E_NOMEM;
+        for (int o = 0; o < 256; o++)
+            for (int i = 0; i < 256; i++)
+                for (int t = 0; t < 9; t++)
+                    w[((size_t)o * 9 + t) * 256 + i] = w2[((size_t)o * 256 + i) * 9 + t];
+        if ((rc = lin_float(e, n2, w, NULL))) return rc;
+        e->neck2.pk = n2->pk;
+    }
+    /* last: the 3->32 conv, whose int8 form measured slower (image_encoder.h) */
+    if ((rc = take_conv3x3(e, m, "patch_embed.seq.0", 32, 3, 2, 0, 1024 * 1024, &e->pe1)))
+        return rc;
     if (e->n_lin != TS_TINY_VIT_N_QLAYERS)
         return ts_error(TINYSAM_E_FORMAT, "%d quantisable layers, expected %d", e->n_lin,
                         TS_TINY_VIT_N_QLAYERS);
@@ -376,6 +458,24 @@ int ts_tiny_vit_qlayer_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_qlayer *ou
     if (!enc || !out || i < 0 || i >= enc->n_lin)
         return ts_error(TINYSAM_E_ARG, "ts_tiny_vit_qlayer_get: bad argument");
     *out = enc->lin[i].q;
+    return 0;
+}
+
+int ts_tiny_vit_attn_get(const ts_tiny_vit *enc, int i, ts_tiny_vit_attn *out) {
+    if (!enc || !out || i < 0 || i >= N_VIT)
+        return ts_error(TINYSAM_E_ARG, "ts_tiny_vit_attn_get: bad argument");
+    int s = 1, b = i;
+    while (b >= DEPTHS[s]) b -= DEPTHS[s++];
+    const vit_block *v = &enc->blk[i];
+    const int R = 256 >> (s < 3 ? s : 2);
+    memset(out, 0, sizeof *out);
+    snprintf(out->name, sizeof out->name, "image_encoder.layers.%d.blocks.%d.attn", s, b);
+    out->C = DIMS[s];
+    out->heads = HEADS[s];
+    out->tokens = WINDOWS[s] * WINDOWS[s];
+    out->rows = (long long)R * R;
+    out->int8 = v->attn_i8;
+    memcpy(out->step, v->astep, sizeof out->step);
     return 0;
 }
 
@@ -482,6 +582,20 @@ static void lin_gemm(const lin_op *op, int M, const float *X, int ldx, float *C,
         for (int r = 0; r < M; r++) ts_gelu(C + (size_t)r * ldc, (size_t)op->q.N);
 }
 
+/* A dense 3x3 convolution (pe1, pe2, neck.2) of x[H][H][Ci] into y: the float packed conv,
+ * or the int8 one (nn/conv_i8.h) with the layer's input quantiser. */
+static int conv3_run(const conv_bn *cv, const float *x, int H, int Ci, int act, float *y,
+                     const tap_t *tap) {
+    const lin_op *op = cv->op;
+    if (tap) tap->fn(tap->user, op->id, 0, x, H * H, Ci);
+    if (!op->q8) {
+        ts_conv3x3_nhwc_w(x, H, H, Ci, op->q.stride, op->pk, op->q.b, act, y);
+        return 0;
+    }
+    return ts_conv3x3_i8_nhwc(x, H, H, Ci, op->q.stride, op->q.in_step, op->q.in_zp, op->q8,
+                              op->q.b, act, y);
+}
+
 /* Per-thread scratch: every task below works in its own slot (tid) of the arena. */
 typedef struct {
     float *base;
@@ -529,6 +643,74 @@ static void tap_windows(const tap_t *tap, int layer, const win_t *win, int gn, i
                 C);
 }
 
+/* The int8 products' scratch in a slot: codes of q (nv x 32), packed k and v^T, their sums,
+ * the probability codes (nv x Kp) and the int32 products. */
+typedef struct {
+    uint8_t *qa, *pa;
+    int8_t *kp, *vp;
+    int32_t *ksum, *vsum, *c32;
+} i8_scratch;
+
+static size_t i8_scratch_floats(int N) {
+    size_t Kp = (size_t)ts_i8pk_kp(N), Np = (size_t)ts_i8pk_np(N);
+    size_t bytes = (size_t)N * HEAD_DIM + (size_t)N * Kp + ts_i8pk_bytes(N, HEAD_DIM) +
+                   ts_i8pk_bytes(HEAD_DIM, N) + 4 * (Np + 32) + 4 * (size_t)N * Np + 6 * 64;
+    return (bytes + 3) / 4;
+}
+
+static i8_scratch i8_scratch_at(float *base, int N) {
+    uint8_t *p = (uint8_t *)base;
+    i8_scratch s;
+#define TAKE(ptr, type, bytes)                                                                  \
+    do {                                                                                       \
+        ptr = (type)(void *)p;                                                                 \
+        p += ((size_t)(bytes) + 63) / 64 * 64;                                                 \
+    } while (0)
+    TAKE(s.c32, int32_t *, 4 * (size_t)N * ts_i8pk_np(N));
+    TAKE(s.ksum, int32_t *, 4 * (size_t)ts_i8pk_np(N));
+    TAKE(s.vsum, int32_t *, 4 * 32);
+    TAKE(s.qa, uint8_t *, (size_t)N * HEAD_DIM);
+    TAKE(s.pa, uint8_t *, (size_t)N * ts_i8pk_kp(N));
+    TAKE(s.kp, int8_t *, ts_i8pk_bytes(N, HEAD_DIM));
+    TAKE(s.vp, int8_t *, ts_i8pk_bytes(HEAD_DIM, N));
+#undef TAKE
+    return s;
+}
+
+/* One head of one window with int8 products (Q-TinySAM, §7): q (u8, zp 128), k and v (int8)
+ * on the block's static steps; scores S = (q.k^T) * (q_step k_step) * ATTN_SCALE + bias,
+ * softmax in float; then each probability row is quantised on the step pmax / 255 (pmax its
+ * largest value, 1 / sum of the exponentials: the codes are those of exp(s - max) in [0, 1]
+ * on the static step 1/255, the normalisation comes after the product), one integer GEMM
+ * with v^T, out = acc * (pmax / 255) * v_step. */
+static void attn_head_i8(const vit_block *v, const float *q, const float *k, const float *vv,
+                         int C3, int nv, int N, int vw, int ws, const float *tab, float *out,
+                         int ldo, float *S, const i8_scratch *sc, const ts_i8pk_kernels *kn) {
+    const float qs = v->astep[0], ks = v->astep[1], vs = v->astep[2];
+    const int Kp = ts_i8pk_kp(N);
+    for (int i = 0; i < nv; i++)
+        ts_i8pk_quant_a(kn, q + (size_t)i * C3, HEAD_DIM, HEAD_DIM, qs, 128, sc->qa + (size_t)i * HEAD_DIM);
+    ts_i8pk_quant_rows(kn, k, C3, N, HEAD_DIM, ks, sc->kp, sc->ksum);
+    ts_i8pk_quant_cols(kn, vv, C3, N, HEAD_DIM, vs, sc->vp, sc->vsum);
+    ts_i8pk_gemm(kn, nv, N, HEAD_DIM, sc->qa, HEAD_DIM, 128, sc->kp, sc->ksum, sc->c32, N);
+    kn->to_float(sc->c32, nv * N, qs * ks, S);
+    for (int i = 0; i < nv; i++) {
+        int iy = i / vw, ix = i % vw;
+        ts_scale_add(S + (size_t)i * N, ATTN_SCALE, tab + (size_t)(iy * ws + ix) * N, N);
+    }
+    ts_softmax_rows_serial(S, nv, N);
+    float rstep[196];
+    for (int i = 0; i < nv; i++) {
+        const float *p = S + (size_t)i * N;
+        const float mx = kn->row_max(p, N);
+        rstep[i] = mx > 0.0f ? mx / 255.0f : 1.0f;
+        ts_i8pk_quant_a(kn, p, N, Kp, rstep[i], 0, sc->pa + (size_t)i * Kp);
+    }
+    ts_i8pk_gemm(kn, nv, HEAD_DIM, N, sc->pa, Kp, 0, sc->vp, sc->vsum, sc->c32, HEAD_DIM);
+    for (int i = 0; i < nv; i++)
+        kn->to_float(sc->c32 + (size_t)i * HEAD_DIM, HEAD_DIM, rstep[i] * vs, out + (size_t)i * ldo);
+}
+
 static void attn_group(void *ctx, int task, int tid) {
     const attn_job *j = ctx;
     const vit_block *v = j->v;
@@ -559,6 +741,8 @@ static void attn_group(void *ctx, int task, int tid) {
     float *o = S + (size_t)N * N;           /* M x C */
     float *a = o + (size_t)Mmax * C;        /* M x C */
     float *kT = a + (size_t)Mmax * C;       /* HEAD_DIM x N, one head's keys transposed */
+    i8_scratch i8 = i8_scratch_at(kT + (size_t)HEAD_DIM * N, N); /* the int8 products' */
+    const ts_i8pk_kernels kn = ts_i8pk_get();
     for (int g = 0; g < gn; g++) {
         const win_t *wd = &win[g];
         for (int iy = 0, i = 0; iy < wd->vh; iy++)
@@ -575,6 +759,7 @@ static void attn_group(void *ctx, int task, int tid) {
     ts_layernorm_to_serial(xw, xw, M, C, v->ln_w, v->ln_b, LN_EPS);
     tap_windows(j->tap, v->qkv->id, win, gn, N, xw, C);
     lin_gemm(v->qkv, M, xw, C, qc, C3, 0, TS_ACT_NONE, 1, NULL, 0);
+    tap_windows(j->tap, TS_TINY_VIT_N_QLAYERS + v->id, win, gn, N, qc, C3);
     for (int g = 0; g < gn; g++) {
         const win_t *wd = &win[g];
         const int nv = wd->nv;
@@ -593,6 +778,11 @@ static void attn_group(void *ctx, int task, int tid) {
             const float *q = q0 + h * 3 * HEAD_DIM; /* head-major: [q k v] per head */
             const float *k = kv0 + h * 3 * HEAD_DIM + HEAD_DIM, *vv = k + HEAD_DIM;
             const float *tab = v->bias_tab + (size_t)h * N * N;
+            if (v->attn_i8) {
+                attn_head_i8(v, q, k, vv, C3, nv, N, wd->vw, ws, tab,
+                             o + (size_t)wd->off * C + h * HEAD_DIM, C, S, &i8, &kn);
+                continue;
+            }
             /* keys transposed by 8x8 register blocks: the GEMM then packs them with row
              * copies instead of a scalar gather (same products, same order) */
             ts_transpose_serial(k, C3, N, HEAD_DIM, kT, N);
@@ -637,7 +827,8 @@ static void window_order(int R, int ws, int nw, short *order) {
 /* Scratch floats one thread needs in attn_window. */
 static size_t attn_scratch_per(int C, int ws) {
     size_t N = (size_t)ws * ws, Mmax = TS_MAX(N, WIN_GROUP_ROWS);
-    return Mmax * C * 3 + Mmax * 3 * C + N * 3 * C + N * N + HEAD_DIM * N + 16;
+    return Mmax * C * 3 + Mmax * 3 * C + N * 3 * C + N * N + HEAD_DIM * N + 16 +
+           i8_scratch_floats((int)N);
 }
 
 /* pad_qkv[3C] = qkv(LN(zero token)): the keys/values of every padding token of a block. */
@@ -848,6 +1039,7 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
         }
     }
 
+    int rc = 0;
     float *x = bA; /* running activations, NHWC */
     int R = 256;   /* current side */
     // ref: PatchEmbed.forward: Conv2d_BN s2 -> GELU -> Conv2d_BN s2
@@ -857,9 +1049,9 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
         tr_job tj = {input, hwc, 3, IMG * IMG};
         ts_parallel_for(IMG * IMG / 16384, chw_to_hwc_task, &tj);
         PROF(0);
-        ts_conv3x3_nhwc_w(hwc, IMG, IMG, 3, 2, enc->pe1.pk, enc->pe1.b, TS_ACT_GELU, bC);
+        if ((rc = conv3_run(&enc->pe1, hwc, IMG, 3, TS_ACT_GELU, bC, tap))) goto out;
         PROF(1);
-        ts_conv3x3_nhwc_w(bC, 512, 512, 32, 2, enc->pe2.pk, enc->pe2.b, TS_ACT_NONE, x);
+        if ((rc = conv3_run(&enc->pe2, bC, 512, 32, TS_ACT_NONE, x, tap))) goto out;
         PROF(2);
         report(&hk, "patch_embed", x, R * R, 64, 1);
     } // x: 256 x 256 x 64
@@ -935,7 +1127,7 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
         float *n1 = bB, *n2 = x == bA ? bC : bA;
         lin_gemm(enc->neck0, L, x, 320, n1, 256, 0, TS_ACT_NONE, 0, tap, 0);
         ts_layernorm(n1, L, 256, enc->neck1_w, enc->neck1_b, LN2D_EPS);
-        ts_conv3x3_nhwc_w(n1, 64, 64, 256, 1, enc->neck2_pk, NULL, TS_ACT_NONE, n2);
+        if ((rc = conv3_run(&enc->neck2, n1, 64, 256, TS_ACT_NONE, n2, tap))) goto out;
         ts_layernorm(n2, L, 256, enc->neck3_w, enc->neck3_b, LN2D_EPS);
         transpose(n2, L, 256, out); /* to NCHW */
         PROF(9);
@@ -943,6 +1135,7 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
         if (hook) hook(user, "neck", out, (long long)256 * L);
     } // out: 256 x 64 x 64
 
+out:
     ts_free_aligned(hk.tmp);
     ts_free_aligned(dump);
     pthread_mutex_lock(&mut->arena_mu);
@@ -954,5 +1147,5 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
     }
     pthread_mutex_unlock(&mut->arena_mu);
     ts_free_aligned(arena);
-    return 0;
+    return rc;
 }

@@ -18,10 +18,11 @@
 #define LAYER_ROWS 128 /* rows of the layer-output-error search */
 #define LAYER_CANDS 24
 
-enum { NQ = TS_TINY_VIT_N_QLAYERS };
+enum { NQ = TS_TINY_VIT_N_QLAYERS, NA = TS_TINY_VIT_N_ATTN, NC = NQ + NA };
 
 typedef struct {
     ts_tiny_vit_qlayer q;
+    int K;      /* values per sampled row: q.K, or the input channels of a 3x3 conv */
     float *buf; /* samples, whole rows of K */
     long long *ids; /* the row number of each sampled row */
     size_t n, cap;
@@ -33,7 +34,7 @@ typedef struct {
 
 struct ts_calib {
     const ts_tiny_vit *enc;
-    col_t L[NQ];
+    col_t L[NC]; /* the layers' inputs, then the attention blocks' qkv outputs */
     pthread_mutex_t mu;
     int n_images;
 };
@@ -58,22 +59,34 @@ int ts_calib_new(const ts_tiny_vit *enc, int n_images, ts_calib **out) {
     pthread_mutex_init(&c->mu, NULL);
     size_t per_img = TS_MIN((size_t)TS_CALIB_VALUES_PER_IMAGE,
                             (size_t)TS_CALIB_VALUES_MAX / (size_t)n_images);
-    for (int i = 0; i < NQ; i++) {
+    for (int i = 0; i < NC; i++) {
         col_t *l = &c->L[i];
-        int rc = ts_tiny_vit_qlayer_get(enc, i, &l->q);
+        int rc = 0;
+        if (i < NQ) {
+            rc = ts_tiny_vit_qlayer_get(enc, i, &l->q);
+        } else { /* an attention block's qkv output, rows of 3C */
+            ts_tiny_vit_attn a;
+            if (!(rc = ts_tiny_vit_attn_get(enc, i - NQ, &a))) {
+                snprintf(l->q.name, sizeof l->q.name, "%s", a.name);
+                l->q.N = l->q.K = 3 * a.C;
+                l->q.taps = 1;
+                l->q.rows = a.rows;
+            }
+        }
         if (rc) {
             ts_calib_free(c);
             return rc;
         }
-        long long vals = l->q.rows * l->q.K;
+        l->K = l->q.K / l->q.taps;
+        long long vals = l->q.rows * l->K;
         l->stride = TS_MAX(1, (vals + (long long)per_img - 1) / (long long)per_img);
         /* the hash keeps about rows / stride rows: room for 25% more, then stop */
         size_t rows_img = (size_t)(l->q.rows / l->stride) * 5 / 4 + 16;
-        l->img_cap = TS_MIN(rows_img * (size_t)l->q.K, per_img * 5 / 4);
-        l->img_cap = TS_MAX(1, l->img_cap / (size_t)l->q.K) * (size_t)l->q.K; /* >= 1 row */
+        l->img_cap = TS_MIN(rows_img * (size_t)l->K, per_img * 5 / 4);
+        l->img_cap = TS_MAX(1, l->img_cap / (size_t)l->K) * (size_t)l->K; /* >= 1 row */
         l->cap = l->img_cap * (size_t)n_images;
         l->buf = ts_malloc(sizeof(float) * l->cap);
-        l->ids = ts_malloc(sizeof(long long) * (l->cap / (size_t)l->q.K + 1));
+        l->ids = ts_malloc(sizeof(long long) * (l->cap / (size_t)l->K + 1));
         l->mn = INFINITY;
         l->mx = -INFINITY;
         if (!l->buf || !l->ids) {
@@ -87,7 +100,7 @@ int ts_calib_new(const ts_tiny_vit *enc, int n_images, ts_calib **out) {
 
 void ts_calib_free(ts_calib *c) {
     if (!c) return;
-    for (int i = 0; i < NQ; i++) {
+    for (int i = 0; i < NC; i++) {
         free(c->L[i].buf);
         free(c->L[i].ids);
     }
@@ -98,9 +111,9 @@ void ts_calib_free(ts_calib *c) {
 /* The tap (worker threads): range of every value, copies of the sampled rows. */
 static void tap(void *user, int layer, long long row0, const float *x, int rows, int ldx) {
     ts_calib *c = user;
-    if (layer < 0 || layer >= NQ) return;
+    if (layer < 0 || layer >= NC) return;
     col_t *l = &c->L[layer];
-    const int K = l->q.K;
+    const int K = l->K;
     float mn = INFINITY, mx = -INFINITY;
     for (int r = 0; r < rows; r++)
         for (int k = 0; k < K; k++) {
@@ -135,7 +148,7 @@ static int cmp_row(const void *a, const void *b) {
 /* Puts the rows the threads appended for this image in row order: the samples, hence the
  * searched steps, do not depend on thread timing (equal ids hold equal rows). */
 static int sort_rows(col_t *l) {
-    const size_t K = (size_t)l->q.K, r0 = l->img_row0, nr = l->n / K - r0;
+    const size_t K = (size_t)l->K, r0 = l->img_row0, nr = l->n / K - r0;
     if (nr < 2) return 0;
     row_ref *ref = ts_malloc(sizeof(row_ref) * nr);
     float *tmp = ts_malloc(sizeof(float) * nr * K);
@@ -160,13 +173,13 @@ int ts_calib_add_input(ts_calib *c, const float *input) {
     if (!c || !input) return ts_error(TINYSAM_E_ARG, "ts_calib_add_input: NULL argument");
     float *emb = ts_malloc_aligned(sizeof(float) * 256 * 64 * 64);
     if (!emb) return TINYSAM_E_NOMEM;
-    for (int i = 0; i < NQ; i++) {
+    for (int i = 0; i < NC; i++) {
         c->L[i].img_n = 0;
-        c->L[i].img_row0 = c->L[i].n / (size_t)c->L[i].q.K;
+        c->L[i].img_row0 = c->L[i].n / (size_t)c->L[i].K;
     }
     int rc = ts_tiny_vit_forward_tap(c->enc, input, emb, NULL, NULL, tap, c);
     ts_free_aligned(emb);
-    for (int i = 0; i < NQ && !rc; i++) rc = sort_rows(&c->L[i]);
+    for (int i = 0; i < NC && !rc; i++) rc = sort_rows(&c->L[i]);
     return rc;
 }
 
@@ -270,7 +283,8 @@ static void solve_task(void *ctx, int i, int tid) {
     } else {
         j->zp[i] = 128;
         j->step[i] = ts_quant_search_step_mse(l->buf, l->n, -128, 127, N_GRID, LO_RATIO, NULL);
-        if (j->method == TS_CALIB_LAYER) j->step[i] = search_layer(l, j->step[i]);
+        if (j->method == TS_CALIB_LAYER && l->q.taps == 1)
+            j->step[i] = search_layer(l, j->step[i]);
     }
 }
 
@@ -285,10 +299,72 @@ int ts_calib_solve(ts_calib *c, int method, float *step, int *zp) {
     return 0;
 }
 
+/* The attention blocks' product steps (calibrate.h). */
+int ts_calib_solve_attn(ts_calib *c, float *steps) {
+    if (!c || !steps) return ts_error(TINYSAM_E_ARG, "ts_calib_solve_attn: bad argument");
+    for (int a = 0; a < NA; a++) {
+        const col_t *l = &c->L[NQ + a];
+        const size_t rows = l->n / (size_t)l->K;
+        if (!rows) return ts_error(TINYSAM_E_ARG, "%s: no calibration samples", l->q.name);
+        float *v = ts_malloc(sizeof(float) * rows * (size_t)l->K / 3);
+        if (!v) return TINYSAM_E_NOMEM;
+        for (int part = 0; part < 3; part++) { /* q, k, v: columns h*96 + part*32 + d */
+            size_t n = 0;
+            for (size_t r = 0; r < rows; r++)
+                for (int col = part * 32; col < l->K; col += 96)
+                    for (int d = 0; d < 32; d++) v[n++] = l->buf[r * (size_t)l->K + col + d];
+            steps[4 * a + part] = ts_quant_search_step_mse(v, n, part ? -127 : -128, 127,
+                                                            N_GRID, LO_RATIO, NULL);
+        }
+        steps[4 * a + 3] = 1.0f / 255.0f; /* exp(s - max) in (0, 1] */
+        free(v);
+    }
+    return 0;
+}
+
+int ts_calib_gelu_compare(ts_calib *c, int layer, double *mse_asym, double *mse_twin) {
+    if (!c || layer < 0 || layer >= NQ || !c->L[layer].q.post_gelu || !mse_asym || !mse_twin)
+        return ts_error(TINYSAM_E_ARG, "ts_calib_gelu_compare: bad argument");
+    const col_t *l = &c->L[layer];
+    int zp;
+    ts_calib_search_asym(l->buf, l->n, N_GRID, LO_RATIO, &zp, mse_asym);
+    float hi = 0.0f;
+    for (size_t i = 0; i < l->n; i++) hi = l->buf[i] > hi ? l->buf[i] : hi;
+    double best = INFINITY;
+    for (int g = 0; g < N_GRID && hi > 0.0f; g++) { /* the positive step, as the asym search */
+        float r = LO_RATIO + (1.0f - LO_RATIO) * (float)g / (float)(N_GRID - 1);
+        float step = r * hi / 127.0f;
+        double e = 0.0;
+        for (size_t i = 0; i < l->n; i++) {
+            double d = (double)ts_twin_gelu_fq(l->buf[i], step) - (double)l->buf[i];
+            e += d * d;
+        }
+        best = e < best ? e : best;
+    }
+    *mse_twin = l->n && isfinite(best) ? best / (double)l->n : 0.0;
+    return 0;
+}
+
+const char *ts_quant_scope_name(int scope) {
+    return scope == TS_SCOPE_GEMM ? "gemm" : scope == TS_SCOPE_ENCODER ? "encoder" : "all";
+}
+
+const char *ts_quant_method_name(int method) {
+    return method == TS_CALIB_LAYER ? "layer" : "mse";
+}
+
 int ts_quantize_model(const tinysam_model *model, const char *const *paths, int n_paths,
                       int method, const char *out_path, int verbose) {
-    if (!model || !paths || n_paths < 1 || !out_path)
+    ts_quant_opts o = {method, TS_SCOPE_ALL};
+    return ts_quantize_model_opts(model, paths, n_paths, &o, out_path, verbose);
+}
+
+int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths, int n_paths,
+                           const ts_quant_opts *opts, const char *out_path, int verbose) {
+    if (!model || !paths || n_paths < 1 || !out_path || !opts || opts->scope < TS_SCOPE_GEMM ||
+        opts->scope > TS_SCOPE_ALL)
         return ts_error(TINYSAM_E_ARG, "ts_quantize_model: bad argument");
+    const int method = opts->method;
     if (!model->encoder)
         return ts_error(TINYSAM_E_UNSUPPORTED, "quantisation supports the vit_t (TinySAM) "
                                                "encoder only, not %s", model->info.family);
@@ -302,24 +378,29 @@ int ts_quantize_model(const tinysam_model *model, const char *const *paths, int 
         rc = ts_calib_add_image(c, &img);
         tinysam_image_free(&img);
     }
-    float step[NQ];
+    float step[NQ], attn[4 * NA];
     int zp[NQ];
     if (!rc) {
         if (verbose) fprintf(stderr, "searching %d activation steps (%s)\n", NQ,
                              method == TS_CALIB_LAYER ? "layer" : "mse");
         rc = ts_calib_solve(c, method, step, zp);
+        if (!rc) rc = ts_calib_solve_attn(c, attn);
     }
+    const int nq = opts->scope == TS_SCOPE_GEMM ? TS_TINY_VIT_N_GEMM : TS_TINY_VIT_N_ENCODER;
     if (!rc) {
-        char calib[256];
+        char calib[320];
         snprintf(calib, sizeof calib,
-                 "{\"images\":%d,\"method\":\"%s\",\"weights\":\"per-channel symmetric int8\","
+                 "{\"images\":%d,\"method\":\"%s\",\"scope\":\"%s\",\"int8_layers\":%d,"
+                 "\"weights\":\"per-channel symmetric int8\","
                  "\"activations\":\"u8 static per layer\"}",
-                 n_paths, method == TS_CALIB_LAYER ? "layer" : "mse");
+                 n_paths, ts_quant_method_name(method), ts_quant_scope_name(opts->scope), nq);
         static const char *keys[] = {"format", "tinysam.family", "tinysam.version",
                                      "tinysam.config", "tinysam.calibration"};
         const char *values[] = {"pt", model->info.family, TINYSAM_VERSION, model->info.config,
                                 calib};
-        rc = ts_int8_model_save(out_path, model->map, model->encoder, step, zp, 5, keys, values);
+        rc = ts_int8_model_save_layers(out_path, model->map, model->encoder, step, zp, nq,
+                                       opts->scope == TS_SCOPE_GEMM ? NULL : attn, 5, keys,
+                                       values);
         if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
     }
     ts_calib_free(c);

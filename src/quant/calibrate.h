@@ -35,6 +35,17 @@ int ts_calib_add_image(ts_calib *c, const tinysam_image *img);
 /* Chooses the quantisers: step[i], zp[i] for i < TS_TINY_VIT_N_QLAYERS. */
 int ts_calib_solve(ts_calib *c, int method, float *step, int *zp);
 
+/* The steps of the attention products of the TS_TINY_VIT_N_ATTN blocks, steps[4 i + 0..3]:
+ * q (codes [-128, 127]), k and v ([-127, 127]) by the MSE search on the qkv outputs sampled,
+ * and 1/255 for exp(s - max) (model/image_encoder.h ts_tiny_vit_attn). */
+int ts_calib_solve_attn(ts_calib *c, float *steps);
+
+/* For post-GELU layer `layer` (ts_tiny_vit_qlayer post_gelu): the quantisation MSE of its
+ * sampled inputs under the one-step asymmetric u8 quantiser that the int8 encoder uses (one
+ * GEMM) and under the twin-uniform post-GELU quantiser (quant.h ts_twin_gelu_fq, two GEMMs),
+ * each with its best step on the same grid. */
+int ts_calib_gelu_compare(ts_calib *c, int layer, double *mse_asym, double *mse_twin);
+
 /* The asymmetric MSE search: codes clamp(round(x / step) + zp, 0, 255) with the minimum of x
  * (or 0 when x >= 0) near code 0: candidates hi = r * max(x), step = (hi - lo) / 255,
  * zp = clamp(round(-lo / step), 0, 255), r on n_grid points of [lo_ratio, 1]. Returns the
@@ -47,5 +58,21 @@ float ts_calib_search_asym(const float *x, size_t n, int n_grid, float lo_ratio,
  * out_path. */
 int ts_quantize_model(const tinysam_model *model, const char *const *paths, int n_paths,
                       int method, const char *out_path, int verbose);
+
+/* What `tinysam quantize --scope` quantises: the encoder's 1x1 convolutions and linears (gemm,
+ * TS_TINY_VIT_N_GEMM layers), the whole encoder (encoder: also the dense 3x3 convolutions), or
+ * everything (all: the encoder, and the decoder where it has an int8 form; the default). */
+enum { TS_SCOPE_GEMM = 0, TS_SCOPE_ENCODER = 1, TS_SCOPE_ALL = 2 };
+
+typedef struct {
+    int method; /* TS_CALIB_MSE, TS_CALIB_LAYER */
+    int scope;  /* TS_SCOPE_* */
+} ts_quant_opts;
+
+/* ts_quantize_model with options (ts_quantize_model: method, scope all). */
+int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths, int n_paths,
+                           const ts_quant_opts *opts, const char *out_path, int verbose);
+const char *ts_quant_scope_name(int scope);
+const char *ts_quant_method_name(int method);
 
 #endif

@@ -58,8 +58,16 @@ static ts_tensor *add(ts_tensor_map *m, const char *P, const char *suffix, ts_dt
 }
 
 static int add_layer(ts_tensor_map *m, const ts_tiny_vit_qlayer *q, qdata *d) {
+    if (q->taps == 9) { /* a 3x3 conv: the official [co][ci][3][3] */
+        ts_tensor *t = add(m, q->name, "weight", TS_DTYPE_I8, d->codes, q->N, q->K);
+        if (!t) return TINYSAM_E_NOMEM;
+        t->ndim = 4;
+        t->shape[1] = q->K / 9;
+        t->shape[2] = t->shape[3] = 3;
+    }
     // clang-format off
-    if (!add(m, q->name, "weight",           TS_DTYPE_I8,  d->codes, q->N, q->K) ||
+    if ((q->taps != 9 &&
+         !add(m, q->name, "weight",           TS_DTYPE_I8,  d->codes, q->N, q->K)) ||
         !add(m, q->name, "weight_scale",     TS_DTYPE_F32, d->scale, q->N, 0)    ||
         !add(m, q->name, "bias",             TS_DTYPE_F32, d->bias,  q->N, 0)    ||
         !add(m, q->name, "input_step",       TS_DTYPE_F32, &d->step, 1, 0)       ||
@@ -72,7 +80,16 @@ static int add_layer(ts_tensor_map *m, const ts_tiny_vit_qlayer *q, qdata *d) {
 int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny_vit *enc,
                        const float *step, const int *zp, int n_meta, const char *const *keys,
                        const char *const *values) {
-    if (!path || !src || !enc || !step || !zp || n_meta < 0 || (n_meta && (!keys || !values)))
+    return ts_int8_model_save_layers(path, src, enc, step, zp, TS_TINY_VIT_N_ENCODER, NULL,
+                                     n_meta, keys, values);
+}
+
+int ts_int8_model_save_layers(const char *path, const ts_tensor_map *src,
+                              const ts_tiny_vit *enc, const float *step, const int *zp, int nq,
+                              const float *attn_steps, int n_meta, const char *const *keys,
+                              const char *const *values) {
+    if (!path || !src || !enc || !step || !zp || n_meta < 0 || (n_meta && (!keys || !values)) ||
+        nq < 0 || nq > TS_TINY_VIT_N_QLAYERS)
         return ts_error(TINYSAM_E_ARG, "ts_int8_model_save: bad argument");
     enum { NQ = TS_TINY_VIT_N_QLAYERS };
     ts_tiny_vit_qlayer ql[NQ];
@@ -86,7 +103,7 @@ int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny
     int n_extra = 0;
     int rc = TINYSAM_E_NOMEM;
     if (!m || !mk || !mv || !emitted || !extra) goto done;
-    for (int i = 0; i < NQ; i++) {
+    for (int i = 0; i < nq; i++) {
         if ((rc = ts_tiny_vit_qlayer_get(enc, i, &ql[i]))) goto done;
         const ts_tiny_vit_qlayer *q = &ql[i];
         if (!q->w) {
@@ -104,6 +121,17 @@ int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny
         qd[i].bias = ts_calloc((size_t)q->N, sizeof(float));
         if (!qd[i].codes || !qd[i].scale || !qd[i].bias) goto done;
         ts_quant_weights(q->w, q->N, q->K, q->K, qd[i].codes, qd[i].scale);
+        if (q->taps == 9) { /* codes [co][ky][kx][ci] -> the official [co][ci][ky][kx] */
+            const int ci = q->K / 9;
+            int8_t *perm = ts_malloc((size_t)q->N * q->K);
+            if (!perm) goto done;
+            for (int o = 0; o < q->N; o++)
+                for (int c = 0; c < ci; c++)
+                    for (int k = 0; k < 9; k++)
+                        perm[((size_t)o * ci + c) * 9 + k] = qd[i].codes[((size_t)o * 9 + k) * ci + c];
+            free(qd[i].codes);
+            qd[i].codes = perm;
+        }
         if (q->b) memcpy(qd[i].bias, q->b, sizeof(float) * (size_t)q->N);
         qd[i].step = step[i];
         qd[i].zp = (float)zp[i];
@@ -111,7 +139,7 @@ int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny
     /* the float file's tensors in order, each quantised layer where its first tensor was */
     for (int i = 0; i < src->n; i++) {
         const ts_tensor *t = &src->t[i];
-        int o = owner_layer(ql, NQ, t->name);
+        int o = owner_layer(ql, nq, t->name);
         if (o >= 0) {
             if (!emitted[o] && (rc = add_layer(m, &ql[o], &qd[o]))) goto done;
             emitted[o] = 1;
@@ -136,8 +164,21 @@ int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny
             if (!add(m, sn, "weight_scale", TS_DTYPE_F32, sc, rows, 0)) goto done;
         }
     }
-    for (int i = 0; i < NQ; i++)
+    for (int i = 0; i < nq; i++)
         if (!emitted[i] && (rc = add_layer(m, &ql[i], &qd[i]))) goto done;
+    for (int i = 0; attn_steps && i < TS_TINY_VIT_N_ATTN; i++) {
+        ts_tiny_vit_attn a;
+        if ((rc = ts_tiny_vit_attn_get(enc, i, &a))) goto done;
+        for (int k = 0; k < 4; k++)
+            if (!(attn_steps[4 * i + k] > 0.0f)) {
+                rc = ts_error(TINYSAM_E_ARG, "%s: bad product step %g", a.name,
+                              (double)attn_steps[4 * i + k]);
+                goto done;
+            }
+        rc = TINYSAM_E_NOMEM;
+        if (!add(m, a.name, "product_steps", TS_DTYPE_F32, (void *)(attn_steps + 4 * i), 4, 0))
+            goto done;
+    }
     mk[0] = "tinysam.quantization";
     mv[0] = "w8a8";
     for (int i = 0; i < n_meta; i++) {

@@ -7,7 +7,16 @@
  *   P.input_step        F32 [1]     input quantiser: real = step * (u8 - zero_point)
  *   P.input_zero_point  F32 [1]     an integer in [0, 255]
  * (a folded Conv2d_BN "X" has P = "X.c"; its "X.bn.*" tensors are not written), and the
- * metadata "tinysam.quantization": "w8a8". ts_tiny_vit_load reads such a file directly.
+ * metadata "tinysam.quantization": "w8a8". The dense 3x3 convolutions (patch_embed.seq.2.c,
+ * neck.2, and patch_embed.seq.0.c when asked: layers with taps 9) are W8A8 layers of the same
+ * five tensors,
+ * with P.weight I8 [co][ci][3][3] in PyTorch's layout (per-output-channel scales over ci x 3 x
+ * 3); the encoder runs them as int8 im2col GEMMs (nn/conv_i8.h). A file written before they
+ * were quantised (the "gemm" scope) stores them weight-only and still loads.
+ * The attention products of TinyViT block P = "image_encoder.layers.S.blocks.B.attn" run in
+ * int8 when the file has "P.product_steps" F32 [4]: the steps of q (u8, zero point 128), k and
+ * v (int8 codes in [-127, 127]) and of exp(s - max) (u8 in [0, 255], 1/255: each probability
+ * row is quantised as p / max(p), then rescaled; model/tiny_vit_sam.c attn_head_i8). ts_tiny_vit_load reads such a file directly.
  *
  * Every other large weight (a float "X.weight" of >= 2 dimensions and >= TS_INT8_STORE_MIN
  * values: the mask decoder's linears and transposed convolutions, the 3x3 convolutions of the
@@ -22,11 +31,22 @@
 #include "model/image_encoder.h"
 
 /* Writes the int8 model: src is the float model's map, enc its float encoder, step / zp the
- * input quantisers (TS_TINY_VIT_N_QLAYERS each). n_meta key/value pairs are added to the
+ * input quantisers (TS_TINY_VIT_N_QLAYERS each; layers 0 .. TS_TINY_VIT_N_ENCODER-1 are
+ * written as int8, float attention products). n_meta key/value pairs are added to the
  * metadata (after "tinysam.quantization"). */
 int ts_int8_model_save(const char *path, const ts_tensor_map *src, const ts_tiny_vit *enc,
                        const float *step, const int *zp, int n_meta, const char *const *keys,
                        const char *const *values);
+
+/* The same with only layers 0 .. nq-1 of the encoder's list as W8A8 layers (nq
+ * TS_TINY_VIT_N_GEMM: the 1x1 convolutions and linears only, the "gemm" scope); the others
+ * are stored as the float file has them (weight-only int8 when large, as below); attn_steps
+ * (4 per block, TS_TINY_VIT_N_ATTN blocks, calibrate.h ts_calib_solve_attn) or NULL (float
+ * attention products). */
+int ts_int8_model_save_layers(const char *path, const ts_tensor_map *src,
+                              const ts_tiny_vit *enc, const float *step, const int *zp, int nq,
+                              const float *attn_steps, int n_meta, const char *const *keys,
+                              const char *const *values);
 
 #define TS_INT8_STORE_MIN 4096
 

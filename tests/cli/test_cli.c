@@ -56,6 +56,16 @@ static void test_bad_arguments(void) {
     }
 }
 
+/* quantize's --scope and --method values are checked before anything is loaded. */
+static void test_quantize_options(void) {
+    cli_expect_error("quantize --model m.pth --calib a.jpg --scope everything --out q.safetensors",
+                     "--scope must be gemm, encoder or all", 1);
+    cli_expect_error("quantize --model m.pth --calib a.jpg --method fast --out q.safetensors",
+                     "--method must be", 1);
+    CHECK(cli_run("quantize --help") == 0 && strstr(cli_out, "--scope gemm|encoder|all"),
+          "quantize --help lacks --scope");
+}
+
 static void test_bad_files(void) {
     if (!fixture_exists(MODEL)) SKIP("fixtures missing");
     char a[4096];
@@ -197,6 +207,7 @@ static void test_everything_oracle_cli(void) {
 int main(void) {
     RUN(test_help);
     RUN(test_bad_arguments);
+    RUN(test_quantize_options);
     RUN(test_bad_files);
     RUN(test_wrong_model);
     RUN(test_mask_input_shape);

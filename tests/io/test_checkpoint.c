@@ -741,6 +741,30 @@ static void test_safetensors_hand(void) {
     remove(p);
 }
 
+/* A safetensors file whose header length ends in the byte 0x80 (the raw pickle's first byte)
+ * is still read as safetensors: the format is told by the '{' after the length. */
+static void test_safetensors_0x80_length(void) {
+    const char *path = tmp_path("hdr80.safetensors");
+    char hdr[384];
+    memset(hdr, ' ', sizeof hdr);
+    const char *j = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+    memcpy(hdr, j, strlen(j));
+    uint8_t len[8] = {0x80, 0x01, 0, 0, 0, 0, 0, 0}; /* 384 */
+    float v = 2.5f;
+    FILE *f = fopen(path, "wb");
+    REQUIRE(f, "create %s", path);
+    fwrite(len, 1, 8, f);
+    fwrite(hdr, 1, sizeof hdr, f);
+    fwrite(&v, 4, 1, f);
+    fclose(f);
+    ts_tensor_map *m = NULL;
+    CHECK(ts_map_load(path, &m) == 0, "header length 0x180: %s", tinysam_last_error());
+    const ts_tensor *t = m ? ts_map_get(m, "a") : NULL;
+    CHECK(t && t->numel == 1 && ((const float *)t->data)[0] == 2.5f, "tensor a");
+    ts_map_free(m);
+    remove(path);
+}
+
 int main(void) {
     RUN(test_zip_fp32);
     RUN(test_legacy_fp16_identical);
@@ -755,5 +779,6 @@ int main(void) {
     RUN(test_hand_built_rejects);
     RUN(test_take_and_check_all_used);
     RUN(test_safetensors_hand);
+    RUN(test_safetensors_0x80_length);
     return test_summary();
 }

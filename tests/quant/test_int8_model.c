@@ -1,8 +1,9 @@
 /* test_int8_model.c - the W8A8 (Q-TinySAM) model end to end: quantise the fixture checkpoint
  * (calibrated on 2 fixture images), write it, load it back, and compare it with the float
  * model on every fixture image with reference prompt cases: embedding cosine similarity
- * >= 0.99, IoU of the best mask vs the float model's best mask, mean >= 0.95 (random weights:
- * accuracy on the trained checkpoint must be measured by the user). Also: file size <= 0.3 x
+ * >= 0.99, IoU of the best mask vs the float model's best mask, mean >= 0.95 and none below
+ * 0.85 (the whole encoder in int8: GEMMs, 3x3 convolutions, attention products; random weights:
+ * accuracy on the trained checkpoint must be measured by the user). Also: file size <= 0.27 x
  * the float safetensors, and the file's codes / scales are those of the float weights and load
  * back into the same packs. */
 #include "core.h"
@@ -33,7 +34,7 @@ static int setup(void) {
     if (setup_done) return setup_ok;
     setup_done = 1;
     if (!fixture_exists(MODEL) || !fixture_exists("images/picture3.jpg") ||
-        !fixture_exists("images/shapes_palette.png"))
+        !fixture_exists("images/shapes_grey.png"))
         return 0;
     if (tinysam_model_load(fixture(MODEL), &fm)) {
         printf("  float model: %s\n", tinysam_last_error());
@@ -44,7 +45,7 @@ static int setup(void) {
     /* calibration images other than the evaluated ones */
     char p0[512], p1[512];
     snprintf(p0, sizeof p0, "%s", fixture("images/picture3.jpg"));
-    snprintf(p1, sizeof p1, "%s", fixture("images/shapes_palette.png"));
+    snprintf(p1, sizeof p1, "%s", fixture("images/shapes_grey.png"));
     const char *paths[2] = {p0, p1};
     if (ts_quantize_model(fm, paths, 2, TS_CALIB_MSE, qpath, 1)) {
         printf("  quantize: %s\n", tinysam_last_error());
@@ -69,13 +70,19 @@ static void test_file(void) {
     long long fs = file_size(fpath), qs = file_size(qpath);
     double r = (double)qs / (double)fs;
     printf("  float safetensors %lld bytes, int8 %lld bytes: %.3f x\n", fs, qs, r);
-    CHECK(fs > 0 && qs > 0 && r <= 0.3, "int8 file is %.3f x the float one", r);
+    CHECK(fs > 0 && qs > 0 && r <= 0.27, "int8 file is %.3f x the float one", r);
     tinysam_model_info inf;
     tinysam_model_get_info(qm, &inf);
     CHECK(!strcmp(inf.source_dtype, "w8a8"), "info dtype '%s'", inf.source_dtype);
-    CHECK(ts_tiny_vit_n_int8(qm->encoder) == TS_TINY_VIT_N_QLAYERS, "%d int8 layers",
+    CHECK(ts_tiny_vit_n_int8(qm->encoder) == TS_TINY_VIT_N_ENCODER, "%d int8 layers",
           ts_tiny_vit_n_int8(qm->encoder));
     CHECK(ts_tiny_vit_n_int8(fm->encoder) == 0, "float model has int8 layers");
+    for (int i = 0; i < TS_TINY_VIT_N_ATTN; i++) { /* the attention products, int8 steps */
+        ts_tiny_vit_attn a;
+        REQUIRE(ts_tiny_vit_attn_get(qm->encoder, i, &a) == 0, "attn %d", i);
+        CHECK(a.int8 && a.step[0] > 0 && a.step[1] > 0 && a.step[2] > 0 &&
+                  a.step[3] == 1.0f / 255.0f, "%s: products not int8", a.name);
+    }
     CHECK(qm->map->metadata_json && strstr(qm->map->metadata_json, "\"w8a8\""),
           "metadata lacks w8a8");
 }
@@ -85,7 +92,7 @@ static void test_file(void) {
 static void test_round_trip(void) {
     if (!setup()) SKIP("fixtures missing or setup failed");
     int bad_codes = 0, bad_scales = 0, bad_pack = 0, bad_q = 0;
-    for (int i = 0; i < TS_TINY_VIT_N_QLAYERS; i++) {
+    for (int i = 0; i < TS_TINY_VIT_N_ENCODER; i++) {
         ts_tiny_vit_qlayer f, q;
         REQUIRE(ts_tiny_vit_qlayer_get(fm->encoder, i, &f) == 0, "layer %d", i);
         REQUIRE(ts_tiny_vit_qlayer_get(qm->encoder, i, &q) == 0, "layer %d", i);
@@ -101,9 +108,16 @@ static void test_round_trip(void) {
         snprintf(name, sizeof name, "%s.weight_scale", f.name);
         const ts_tensor *ts = ts_map_get(qm->map, name);
         REQUIRE(tw && ts && tw->dtype == TS_DTYPE_I8 && tw->numel == (int64_t)N * K &&
-                    ts->numel == N,
+                    ts->numel == N && tw->ndim == (f.taps == 9 ? 4 : 2),
                 "%s: tensors", f.name);
-        bad_codes += memcmp(tw->data, codes, (size_t)N * K) != 0;
+        /* a 3x3 conv's file codes are in PyTorch's [co][ci][ky][kx], the GEMM's [co][ky][kx][ci] */
+        const int8_t *fc = tw->data;
+        const int ci = K / f.taps;
+        for (int n = 0; n < N; n++)
+            for (int c = 0; c < ci; c++)
+                for (int t = 0; t < f.taps; t++)
+                    bad_codes += fc[((size_t)n * ci + c) * f.taps + t] !=
+                                 codes[((size_t)n * f.taps + t) * ci + c];
         bad_scales += memcmp(ts->data, scale, sizeof(float) * N) != 0;
         bad_scales += memcmp(ts_i8pack_scale(q.q), scale, sizeof(float) * N) != 0;
         for (int n = 0; n < N; n++) /* bias carried over */
@@ -129,7 +143,7 @@ static void test_round_trip(void) {
         free(scale);
     }
     /* weight-only int8 tensors (decoder linears, 3x3 convs) load back as scale * code */
-    const char *wo[] = {"image_encoder.neck.2.weight", "mask_decoder.output_upscaling.0.weight",
+    const char *wo[] = {"mask_decoder.output_upscaling.0.weight",
                         "mask_decoder.transformer.layers.0.self_attn.q_proj.weight"};
     for (size_t i = 0; i < sizeof wo / sizeof wo[0]; i++) {
         const ts_tensor *tf = ts_map_get(fm->map, wo[i]), *tq = ts_map_get(qm->map, wo[i]);
@@ -218,6 +232,7 @@ static void run_image(const char *image, const char *file) {
                               pq.masks + (size_t)pq.best * plane, plane);
         printf("  %s/%s: best %d / %d, best-mask IoU %.4f\n", image, de->d_name, pf.best,
                pq.best, iou);
+        CHECK(iou >= 0.85, "%s/%s: best-mask IoU %.4f < 0.85", image, de->d_name, iou);
         iou_sum += iou;
         n_iou++;
         cases++;
@@ -306,6 +321,43 @@ static void test_bad_file(void) {
     CHECK(ts_int8_model_save(tmp_path("x.safetensors"), qm->map, qm->encoder, step, zp, 0, NULL,
                              NULL) == TINYSAM_E_ARG,
           "re-quantising an int8 model accepted");
+    /* a "gemm"-scope file (what quantize wrote before the 3x3 convolutions were int8): the
+     * 3x3 convolutions weight-only, expanded to float at load; the 51 GEMMs int8 */
+    const char *gp = tmp_path("tinysam_int8_gemm.safetensors");
+    CHECK(ts_int8_model_save_layers(gp, fm->map, fm->encoder, step, zp, TS_TINY_VIT_N_GEMM, NULL, 0,
+                                    NULL, NULL) == 0,
+          "gemm scope: %s", tinysam_last_error());
+    tinysam_model *gm = NULL;
+    CHECK(tinysam_model_load(gp, &gm) == 0, "gemm-scope file: %s", tinysam_last_error());
+    if (gm) {
+        CHECK(ts_tiny_vit_n_int8(gm->encoder) == TS_TINY_VIT_N_GEMM, "gemm scope: %d int8",
+              ts_tiny_vit_n_int8(gm->encoder));
+        const ts_tensor *t = ts_map_get(gm->map, "image_encoder.neck.2.weight");
+        CHECK(t && t->dtype == TS_DTYPE_F32 && t->file_dtype == TS_DTYPE_I8,
+              "gemm scope: neck.2 not weight-only int8");
+        tinysam_model_free(gm);
+    }
+    /* every layer, patch_embed.seq.0 included (quantize leaves it float: slower in int8),
+     * loads and runs as int8 */
+    CHECK(ts_int8_model_save_layers(gp, fm->map, fm->encoder, step, zp, TS_TINY_VIT_N_QLAYERS,
+                                    NULL, 0, NULL, NULL) == 0,
+          "all layers: %s", tinysam_last_error());
+    gm = NULL;
+    CHECK(tinysam_model_load(gp, &gm) == 0, "all layers: %s", tinysam_last_error());
+    if (gm) {
+        CHECK(ts_tiny_vit_n_int8(gm->encoder) == TS_TINY_VIT_N_QLAYERS, "all: %d int8",
+              ts_tiny_vit_n_int8(gm->encoder));
+        tinysam_embedding *em = NULL;
+        tinysam_image im = {0};
+        uint8_t px[3 * 32 * 32];
+        for (int i = 0; i < 3 * 32 * 32; i++) px[i] = (uint8_t)(i * 7);
+        im.rgb = px;
+        im.width = im.height = 32;
+        CHECK(tinysam_encode(gm, &im, &em) == 0, "all layers encode: %s", tinysam_last_error());
+        tinysam_embedding_free(em);
+        tinysam_model_free(gm);
+    }
+    remove(gp);
     zp[3] = 256;
     CHECK(ts_int8_model_save(tmp_path("x.safetensors"), fm->map, fm->encoder, step, zp, 0, NULL,
                              NULL) == TINYSAM_E_ARG,

@@ -1,0 +1,197 @@
+/* bench_quant_accuracy.c - the accuracy table of Q-TinySAM on the fixtures (README,
+ * Quantisation): for each calibration method (mse, layer) and scope (gemm: the encoder's 1x1
+ * convolutions and linears; encoder: also its 3x3 convolutions and attention products; all:
+ * the encoder and the decoder's int8 layers), quantise the fixture checkpoint calibrated on
+ * picture3.jpg and shapes_grey.png, and compare it with the float model on every prompt case
+ * of picture1 and shapes: best-mask IoU against the float best mask (mean, worst) and the
+ * embedding cosine (worst of the two images). The fixture checkpoint has RANDOM weights: these
+ * are not the figures of the released (trained) model.
+ *   build/bench/bench_quant_accuracy [--method mse|layer] [--scope gemm|encoder|all] [--gelu]
+ *     --gelu  instead: the post-GELU quantisers' MSE on the calibration samples, one
+ *             asymmetric step (what runs, one GEMM) against the twin-uniform pair (two) */
+#include "core.h"
+#include "model/sam.h"
+#include "quant/calibrate.h"
+#include "prompt_case.h"
+#include "tinysam.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char g_root[512];
+
+static const char *fx(const char *rel) {
+    static char buf[4][1024];
+    static int k;
+    k = (k + 1) & 3;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", g_root, rel);
+    return buf[k];
+}
+
+static double cosine(const float *a, const float *b, size_t n) {
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < n; i++) {
+        ab += (double)a[i] * b[i];
+        aa += (double)a[i] * a[i];
+        bb += (double)b[i] * b[i];
+    }
+    return ab / sqrt(aa * bb + 1e-30);
+}
+
+typedef struct {
+    double iou_sum, iou_min, cos_min;
+    int n;
+} acc_t;
+
+/* Every prompt case of one image: float vs quantised model. */
+static int eval_image(tinysam_model *fm, tinysam_model *qm, const char *image, const char *file,
+                      acc_t *a) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "images/%s", file);
+    tinysam_image img;
+    if (tinysam_image_load(fx(rel), 0, &img)) return -1;
+    tinysam_embedding *ef = NULL, *eq = NULL;
+    int rc = -1;
+    if (tinysam_encode(fm, &img, &ef) || tinysam_encode(qm, &img, &eq)) goto out;
+    double cs = cosine(tinysam_embedding_data(ef), tinysam_embedding_data(eq), 256 * 64 * 64);
+    if (cs < a->cos_min) a->cos_min = cs;
+    snprintf(rel, sizeof rel, "reference/%s/prompts", image);
+    DIR *dir = opendir(fx(rel));
+    if (!dir) goto out;
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.') continue;
+        char base[512];
+        snprintf(base, sizeof base, "reference/%s/prompts/%s", image, de->d_name);
+        static test_prompt_case pc;
+        if (test_prompt_case_load(base, 1, &pc)) {
+            test_prompt_case_free(&pc);
+            closedir(dir);
+            goto out;
+        }
+        tinysam_prediction pf, pq;
+        if (tinysam_predict(fm, ef, &pc.prompt, TINYSAM_PREDICT_MASKS, &pf) == 0) {
+            if (tinysam_predict(qm, eq, &pc.prompt, TINYSAM_PREDICT_MASKS, &pq) == 0) {
+                size_t plane = (size_t)pf.width * pf.height, in = 0, un = 0;
+                const uint8_t *x = pf.masks + (size_t)pf.best * plane;
+                const uint8_t *y = pq.masks + (size_t)pq.best * plane;
+                for (size_t i = 0; i < plane; i++) {
+                    in += x[i] && y[i];
+                    un += x[i] || y[i];
+                }
+                double iou = un ? (double)in / (double)un : 1.0;
+                a->iou_sum += iou;
+                a->iou_min = iou < a->iou_min ? iou : a->iou_min;
+                a->n++;
+                tinysam_prediction_free(&pq);
+            }
+            tinysam_prediction_free(&pf);
+        }
+        test_prompt_case_free(&pc);
+    }
+    closedir(dir);
+    rc = 0;
+out:
+    tinysam_embedding_free(ef);
+    tinysam_embedding_free(eq);
+    tinysam_image_free(&img);
+    return rc;
+}
+
+/* --gelu: the post-GELU quantisers compared on the calibration samples (one asymmetric step,
+ * one GEMM, against the twin-uniform pair, two GEMMs). */
+static int gelu_table(tinysam_model *fm, const char *const *paths) {
+    ts_calib *c;
+    if (ts_calib_new(fm->encoder, 2, &c)) return 1;
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        tinysam_image img;
+        if (!(rc = tinysam_image_load(paths[i], 0, &img))) {
+            rc = ts_calib_add_image(c, &img);
+            tinysam_image_free(&img);
+        }
+    }
+    printf("post-GELU inputs: quantisation MSE, one asymmetric u8 step (1 GEMM) vs twin-uniform "
+           "(2 GEMMs)\n| layer | asym | twin | twin / asym |\n|---|---|---|---|\n");
+    double sa = 0, st = 0;
+    for (int i = 0; i < TS_TINY_VIT_N_QLAYERS && !rc; i++) {
+        ts_tiny_vit_qlayer q;
+        ts_tiny_vit_qlayer_get(fm->encoder, i, &q);
+        if (!q.post_gelu) continue;
+        double a, t;
+        if ((rc = ts_calib_gelu_compare(c, i, &a, &t))) break;
+        sa += a;
+        st += t;
+        printf("| %s | %.3g | %.3g | %.2f |\n", q.name + 14, a, t, a > 0 ? t / a : 0.0);
+    }
+    if (!rc) printf("| sum | %.3g | %.3g | %.2f |\n", sa, st, sa > 0 ? st / sa : 0.0);
+    ts_calib_free(c);
+    return rc ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    int methods[2] = {TS_CALIB_MSE, TS_CALIB_LAYER}, scopes[3] = {TS_SCOPE_GEMM,
+                                                                    TS_SCOPE_ENCODER, TS_SCOPE_ALL};
+    int nm = 2, ns = 3;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--method")) {
+            nm = 1;
+            methods[0] = !strcmp(argv[i + 1], "layer") ? TS_CALIB_LAYER : TS_CALIB_MSE;
+        } else if (!strcmp(argv[i], "--scope")) {
+            ns = 1;
+            scopes[0] = !strcmp(argv[i + 1], "gemm")      ? TS_SCOPE_GEMM
+                        : !strcmp(argv[i + 1], "encoder") ? TS_SCOPE_ENCODER
+                                                          : TS_SCOPE_ALL;
+        }
+    }
+    const char *r = getenv("TINYSAM_FIXTURES");
+    snprintf(g_root, sizeof g_root, "%s", r ? r : "../shared/fixtures");
+    tinysam_model *fm;
+    if (tinysam_model_load(fx("models/tinysam_vit_t_random.pth"), &fm)) {
+        fprintf(stderr, "bench_quant_accuracy: %s\n", tinysam_last_error());
+        return 1;
+    }
+    char c0[1024], c1[1024], out[64];
+    snprintf(c0, sizeof c0, "%s", fx("images/picture3.jpg"));
+    snprintf(c1, sizeof c1, "%s", fx("images/shapes_grey.png"));
+    const char *paths[2] = {c0, c1};
+    snprintf(out, sizeof out, "/tmp/bench_quant_accuracy_%d.safetensors", (int)getpid());
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--gelu")) {
+            int st = gelu_table(fm, paths);
+            tinysam_model_free(fm);
+            return st;
+        }
+    printf("Q-TinySAM accuracy vs the float model: fixture checkpoint (RANDOM weights, not the "
+           "released model),\ncalibration picture3.jpg + shapes_grey.png, evaluation: every "
+           "prompt case of picture1 and shapes\n");
+    printf("| method | scope   | mean IoU | worst IoU | min cosine | cases |\n");
+    printf("|--------|---------|----------|-----------|------------|-------|\n");
+    int status = 0;
+    for (int mi = 0; mi < nm; mi++)
+        for (int si = 0; si < ns; si++) {
+            ts_quant_opts o = {methods[mi], scopes[si]};
+            tinysam_model *qm = NULL;
+            acc_t a = {0, 1, 1, 0};
+            if (ts_quantize_model_opts(fm, paths, 2, &o, out, 0) ||
+                tinysam_model_load(out, &qm) ||
+                eval_image(fm, qm, "picture1", "picture1.jpg", &a) ||
+                eval_image(fm, qm, "shapes", "shapes.png", &a)) {
+                fprintf(stderr, "bench_quant_accuracy: %s\n", tinysam_last_error());
+                status = 1;
+            } else {
+                printf("| %-6s | %-7s | %8.4f | %9.4f | %10.5f | %5d |\n",
+                       ts_quant_method_name(o.method), ts_quant_scope_name(o.scope),
+                       a.n ? a.iou_sum / a.n : 0.0, a.iou_min, a.cos_min, a.n);
+                fflush(stdout);
+            }
+            tinysam_model_free(qm);
+            remove(out);
+        }
+    tinysam_model_free(fm);
+    return status;
+}
