@@ -5,6 +5,7 @@
 #include "model/sam.h"
 #include "model/transforms.h"
 #include "quant/int8_model.h"
+#include "quant/sim_model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +57,7 @@ static void fill_info(tinysam_model *model) {
     const char *dt = n_other || (n_f32 && n_f16) ? "mixed" : n_f16 ? "float16" : "float32";
     if (model->encoder && ts_tiny_vit_n_int8(model->encoder))
         dt = "w8a8"; /* int8 encoder GEMMs, the rest float32 (quant/int8_model.h) */
+    if (model->sim) dt = "w8a8-sim"; /* Q-TinySAM's simulated quantisation (quant/sim_model.h) */
     snprintf(inf->source_dtype, sizeof inf->source_dtype, "%s", dt);
     snprintf(inf->source_format, sizeof inf->source_format, "%s", m->format);
     if (model->encoder) {
@@ -90,6 +92,8 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     /* an int8 model file: weight-only int8 tensors back to float32 (the W8A8 encoder GEMMs
      * stay int8 and are packed by the encoder loader) */
     if ((rc = ts_int8_model_expand(model->map))) goto fail;
+    /* Q-TinySAM quantisation layers (a module-tree pickle or its conversion) */
+    if ((rc = ts_simq_model_load(model->map, &model->sim))) goto fail;
     if ((rc = detect_family(model->map, model->info.family, sizeof model->info.family))) goto fail;
     if (!strcmp(model->info.family, "vit_t")) rc = ts_tiny_vit_load(model->map, &model->encoder);
     else rc = ts_sam_vit_load(model->map, &model->vit);
@@ -112,6 +116,7 @@ void tinysam_model_free(tinysam_model *m) {
     if (m->vit) ts_sam_vit_free(m->vit);
     if (m->prompt_encoder) ts_prompt_encoder_free(m->prompt_encoder);
     if (m->mask_decoder) ts_mask_decoder_free(m->mask_decoder);
+    ts_simq_model_free(m->sim);
     if (m->map) ts_map_free(m->map);
     free(m);
 }
@@ -177,8 +182,9 @@ int ts_encode_input(tinysam_model *m, const ts_encoder_input *in, tinysam_embedd
     float *data = ts_malloc_aligned((size_t)TINYSAM_EMBED_DIM * TINYSAM_EMBED_SIDE * TINYSAM_EMBED_SIDE * sizeof(float));
     int rc = TINYSAM_E_NOMEM;
     if (e && data)
-        rc = m->encoder ? ts_tiny_vit_forward(m->encoder, in->input, data, NULL, NULL)
-                        : ts_sam_vit_forward(m->vit, in->input, data);
+        rc = m->sim       ? ts_simq_encode(m->sim, in->input, data)
+             : m->encoder ? ts_tiny_vit_forward(m->encoder, in->input, data, NULL, NULL)
+                          : ts_sam_vit_forward(m->vit, in->input, data);
     if (rc) {
         free(e);
         ts_free_aligned(data);

@@ -139,7 +139,7 @@ int ts_simq_layer_load(ts_tensor_map *m, const char *path, ts_simq_kind kind, in
     out->w = w->data;
     out->b = b ? b->data : NULL;
     int rc = 0;
-    if (!(out->w_sim = malloc((size_t)w->numel * sizeof(float) + 1)) ||
+    if ((quant && !(out->w_sim = malloc((size_t)w->numel * sizeof(float) + 1))) ||
         !(out->a_step = malloc(sizeof(float))))
         return ts_simq_layer_free(out), ts_error(TINYSAM_E_NOMEM, "out of memory");
     out->a_step[0] = 1.0f;
@@ -147,7 +147,7 @@ int ts_simq_layer_load(ts_tensor_map *m, const char *path, ts_simq_kind kind, in
     static const char *const bufs[] = {"w_interval", "a_interval", "a_neg_interval", "a_bias",
                                        "n_V", "n_H", "n_a", "crb_rows", "crb_cols", "crb_acts"};
     if (!quant) {
-        memcpy(out->w_sim, out->w, (size_t)w->numel * sizeof(float));
+        out->wk = out->w;
         for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) get(m, path, bufs[i], 0);
         return 0;
     }
@@ -227,6 +227,7 @@ int ts_simq_layer_load(ts_tensor_map *m, const char *path, ts_simq_kind kind, in
         out->a_bias = *(const float *)ab->data;
     }
     if ((rc = quant_weight(path, out->w, view, wi, out->w_sim))) return ts_simq_layer_free(out), rc;
+    out->wk = out->w_sim;
     /* int8: one step per output row and one input step */
     int rows = wi->numel == out->n_out &&
                (linear ? n_V == out->n_out && n_H == 1 && out->n_a == 1
@@ -311,7 +312,7 @@ int ts_simq_linear(const ts_simq_layer *l, const float *x, int M, float *y) {
         quant_linear_input(l, x, (size_t)M, xs);
         in = xs;
     }
-    ts_gemm_ex(M, N, K, in, K, l->w_sim, K, 1, y, N, 0.0f, l->b, TS_ACT_NONE);
+    ts_gemm_ex(M, N, K, in, K, l->wk, K, 1, y, N, 0.0f, l->b, TS_ACT_NONE);
     free(xs);
     return 0;
 }
@@ -354,7 +355,7 @@ int ts_simq_conv2d(const ts_simq_layer *l, const float *x, int H, int W, int str
     }
     if (Ci == 1 && groups > 1) { /* depthwise: direct */
         for (int c = 0; c < Co; c++) {
-            const float *wc = l->w_sim + (size_t)c * kh * kw, *xc = in + (size_t)(c / Cg) * H * W;
+            const float *wc = l->wk + (size_t)c * kh * kw, *xc = in + (size_t)(c / Cg) * H * W;
             float bias = l->b ? l->b[c] : 0.0f;
             for (int oy = 0; oy < Ho; oy++)
                 for (int ox = 0; ox < Wo; ox++) {
@@ -394,7 +395,7 @@ int ts_simq_conv2d(const ts_simq_layer *l, const float *x, int H, int W, int str
                     }
                 }
         float *yg = y + (size_t)g * Cg * P;
-        ts_gemm((int)Cg, (int)P, (int)K, l->w_sim + (size_t)g * Cg * K, (int)K, col, (int)P, 0, yg,
+        ts_gemm((int)Cg, (int)P, (int)K, l->wk + (size_t)g * Cg * K, (int)K, col, (int)P, 0, yg,
                 (int)P, 0.0f);
         if (l->b)
             for (int c = 0; c < Cg; c++)
@@ -427,7 +428,7 @@ int ts_simq_convt2d(const ts_simq_layer *l, const float *x, int H, int W, float 
         for (int dx = 0; dx < kw; dx++) {
             for (int o = 0; o < Co; o++)
                 for (int c = 0; c < Ci; c++)
-                    wt[(size_t)o * Ci + c] = l->w_sim[(((size_t)c * Co + o) * kh + dy) * kw + dx];
+                    wt[(size_t)o * Ci + c] = l->wk[(((size_t)c * Co + o) * kh + dy) * kw + dx];
             ts_gemm(Co, (int)P, Ci, wt, Ci, in, (int)P, 0, t, (int)P, 0.0f);
             for (int o = 0; o < Co; o++) {
                 float bias = l->b ? l->b[o] : 0.0f;

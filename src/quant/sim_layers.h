@@ -44,7 +44,8 @@ typedef struct {
     int kh, kw;             /* 1 for linears */
     const float *w;         /* the checkpoint's weight (the map's) */
     const float *b;         /* bias or NULL */
-    float *w_sim;           /* owned: quantised-dequantised weight (= w for raw) */
+    float *w_sim;           /* owned: quantised-dequantised weight (NULL for raw) */
+    const float *wk;        /* the weight the float kernels use: w_sim, or w for raw */
     int n_a;                /* input chunks (linears), 1 for convolutions */
     float *a_step;          /* owned: n_a input steps */
     float a_neg;            /* LinearPost: the negative part's step */
