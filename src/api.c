@@ -1,6 +1,7 @@
 /* api.c - the public model and encoding entry points of tinysam.h: load a checkpoint,
  * build the three networks from it, encode images into embeddings. */
 #include "core.h"
+#include "io/json.h"
 #include "io/tensor_map.h"
 #include "model/sam.h"
 #include "model/transforms.h"
@@ -47,7 +48,10 @@ static void fill_info(tinysam_model *model) {
         inf->n_values += t->numel;
         /* parameters, not buffers: BatchNorm statistics and the fixed PE matrix are state */
         int buffer = strstr(t->name, ".running_mean") || strstr(t->name, ".running_var") ||
-                     strstr(t->name, "positional_encoding_gaussian_matrix");
+                     strstr(t->name, "positional_encoding_gaussian_matrix") ||
+                     /* Q-TinySAM's steps and block counts (quant/sim_layers.h) */
+                     strstr(t->name, "_interval") || t->dtype == TS_DTYPE_I32 ||
+                     (strlen(t->name) > 7 && !strcmp(t->name + strlen(t->name) - 7, ".a_bias"));
         if (t->used && !buffer) inf->n_params_used += t->numel;
         if (t->dtype != TS_DTYPE_F32) continue;
         if (t->file_dtype == TS_DTYPE_F32) n_f32++;
@@ -130,9 +134,27 @@ tinysam_status tinysam_model_get_info(const tinysam_model *m, tinysam_model_info
 tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char *path) {
     if (!m || !path) return ts_error(TINYSAM_E_ARG, "tinysam_model_save_safetensors: NULL argument");
     /* The config travels in the metadata so that a reader needs no file-name convention. */
-    static const char *keys[] = {"format", "tinysam.family", "tinysam.version", "tinysam.config"};
-    const char *values[] = {"pt", m->info.family, TINYSAM_VERSION, m->info.config};
-    return ts_safetensors_save(path, m->map, 4, keys, values);
+    const char *keys[7] = {"format", "tinysam.family", "tinysam.version", "tinysam.config"};
+    const char *values[7] = {"pt", m->info.family, TINYSAM_VERSION, m->info.config};
+    int n = 4;
+    /* a module tree's classes and quantisation layers travel too (io/module_tree.h), so that
+     * the converted file runs the same layers */
+    ts_json *meta = NULL;
+    if (m->map->metadata_json &&
+        !ts_json_parse(m->map->metadata_json, strlen(m->map->metadata_json), &meta)) {
+        static const char *const carry[3] = {"tinysam.source", "tinysam.module_classes",
+                                             "tinysam.quant_layers"};
+        for (int i = 0; i < 3; i++) {
+            const ts_json *v = ts_json_get(meta, carry[i]);
+            if (v && v->type == TS_JSON_STRING) {
+                keys[n] = carry[i];
+                values[n++] = v->string;
+            }
+        }
+    }
+    int rc = ts_safetensors_save(path, m->map, n, keys, values);
+    ts_json_free(meta);
+    return rc;
 }
 
 int ts_encoder_input_make(const tinysam_image *img, ts_encoder_input *out) {

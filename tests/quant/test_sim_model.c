@@ -25,6 +25,53 @@
 static const char *const cases[] = {"point", "box", "box_point", "corner", "five_points",
                                     "fractional", "point_neg", "point_mask"};
 
+/* `tinysam convert`'s writer, then the safetensors file: the same layers on the same paths,
+ * and identical outputs (embedding and every prompt case) to the pickle's. */
+static void convert_roundtrip(tinysam_model *m, const tinysam_embedding *e) {
+    const char *path = tmp_path("qtinysam_like.safetensors");
+    REQUIRE(tinysam_model_save_safetensors(m, path) == 0, "save: %s", tinysam_last_error());
+    tinysam_model *c = NULL;
+    REQUIRE(tinysam_model_load(path, &c) == 0, "load converted: %s", tinysam_last_error());
+    REQUIRE(c->sim, "converted model lost its quantisation layers");
+    int p1[3], c1[4], p2[3], c2[4];
+    ts_simq_model_counts(m->sim, p1, c1);
+    ts_simq_model_counts(c->sim, p2, c2);
+    CHECK(!memcmp(p1, p2, sizeof p1) && !memcmp(c1, c2, sizeof c1), "layer counts differ");
+    tinysam_model_info inf;
+    tinysam_model_get_info(c, &inf);
+    CHECK(!strcmp(inf.source_dtype, "w8a8-sim") && !strcmp(inf.source_format, "safetensors"),
+          "info %s %s", inf.source_dtype, inf.source_format);
+    tinysam_image img;
+    REQUIRE(tinysam_image_load(fixture("images/picture1.jpg"), 0, &img) == 0, "image");
+    tinysam_embedding *ec = NULL;
+    REQUIRE(tinysam_encode(c, &img, &ec) == 0, "encode converted: %s", tinysam_last_error());
+    tinysam_image_free(&img);
+    CHECK(!memcmp(tinysam_embedding_data(ec), tinysam_embedding_data(e), 256 * 4096 * 4),
+          "embedding from the converted file differs");
+    int same = 0;
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        char dir[256];
+        snprintf(dir, sizeof dir, REF "/prompts/%s", cases[k]);
+        test_prompt_case pc;
+        REQUIRE(test_prompt_case_load(dir, 1, &pc) == 0, "%s", tinysam_last_error());
+        tinysam_prediction a, b;
+        REQUIRE(tinysam_predict(m, e, &pc.prompt, TINYSAM_PREDICT_MASKS, &a) == 0, "predict");
+        REQUIRE(tinysam_predict(c, ec, &pc.prompt, TINYSAM_PREDICT_MASKS, &b) == 0, "predict");
+        int eq = !memcmp(a.masks, b.masks, (size_t)3 * a.width * a.height) &&
+                 !memcmp(a.iou, b.iou, sizeof a.iou) &&
+                 !memcmp(a.low_res, b.low_res, 3 * 65536 * sizeof(float));
+        CHECK(eq, "%s: converted model's outputs differ", cases[k]);
+        same += eq;
+        tinysam_prediction_free(&a);
+        tinysam_prediction_free(&b);
+        test_prompt_case_free(&pc);
+    }
+    printf("  converted to safetensors: embedding identical, %d of %d prompt cases identical\n",
+           same, (int)(sizeof cases / sizeof *cases));
+    tinysam_embedding_free(ec);
+    tinysam_model_free(c);
+}
+
 static void run(int float_only, int n_cases) {
     if (!fixture_exists(QMODEL) || !fixture_exists(REF "/embedding.npy"))
         SKIP("whole/ fixtures missing");
@@ -103,17 +150,19 @@ static void run(int float_only, int n_cases) {
         tinysam_prediction_free(&p);
         test_prompt_case_free(&pc);
     }
+    if (!float_only) convert_roundtrip(m, e);
     tinysam_embedding_free(e);
     tinysam_model_free(m);
 }
 
 static void test_whole_quantised_int8(void) {
-    run(0, (int)(sizeof cases / sizeof *cases));
+    /* every case; under the sanitizers two (about 10x slower) */
+    run(0, test_sanitized() ? 2 : (int)(sizeof cases / sizeof *cases));
 }
 
 static void test_whole_quantised_simulated(void) {
     if (test_sanitized() || test_portable_kernels()) SKIP("one path is enough in slow builds");
-    run(1, 2); /* the embedding and two cases: the time budget of the suite */
+    run(1, 1); /* the embedding and one case: the time budget of the suite */
 }
 
 int main(void) {
