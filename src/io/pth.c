@@ -453,6 +453,20 @@ static int run_pickle(vm *m, val **result) {
             m->sp = first;
             break;
         }
+        case 0x8f: rc = push(m, vnew(m->h, V_LIST)); break; /* EMPTY_SET: kept as a list */
+        case 0x90: case 0x91: { /* ADDITEMS (into the set below the MARK), FROZENSET */
+            if ((rc = pop_mark(m, &first))) return rc;
+            if (op == 0x90 && (first < 1 || (m->n_marks && first - 1 < m->marks[m->n_marks - 1]) ||
+                               m->stack[first - 1]->kind != V_LIST))
+                FAIL("%s: bad ADDITEMS at offset %ld", m->what, off(m));
+            val *target = op == 0x90 ? m->stack[first - 1] : vnew(m->h, V_LIST);
+            if (!target) return nomem(m);
+            for (int i = first; i < m->sp && !rc; i++) rc = vappend(target, m->stack[i]);
+            if (rc) return rc;
+            m->sp = first;
+            if (op == 0x91) rc = push(m, target);
+            break;
+        }
         case 'a': /* APPEND */
             x = pop(m);
             if (!x || !m->sp || m->stack[m->sp - 1]->kind != V_LIST)
