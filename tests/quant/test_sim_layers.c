@@ -139,6 +139,77 @@ static void test_layer_io(void) {
     for (int k = 0; k < 4; k++) CHECK(kinds[k] > 0, "no case of %s", ts_simq_class_name(k));
 }
 
+/* mode "raw": the float layer, x W^T + b with the checkpoint's weight (a naive double sum as
+ * the reference), and the convolution raw path against a naive convolution. */
+static void test_raw_mode(void) {
+    if (!qmap()) SKIP("whole/qtinysam_like.pth fixture missing");
+    ts_simq_layer l;
+    const char *P = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.k_proj";
+    REQUIRE(ts_simq_layer_load(qmap(), P, TS_SIMQ_LINEAR, 0, 1, &l) == 0, "%s", tinysam_last_error());
+    CHECK(l.path == TS_SIMQ_RAW && l.wk == l.w, "raw path uses the weight as stored");
+    enum { M = 7 };
+    float x[M * 256], y[M * 128];
+    for (int i = 0; i < M * 256; i++) x[i] = sinf(0.37f * (float)i);
+    ts_simq_linear(&l, x, M, y);
+    double worst = 0;
+    for (int r = 0; r < M; r++)
+        for (int n = 0; n < 128; n++) {
+            double acc = l.b ? l.b[n] : 0;
+            for (int k = 0; k < 256; k++) acc += (double)x[r * 256 + k] * l.w[n * 256 + k];
+            worst = fmax(worst, fabs(acc - y[r * 128 + n]));
+        }
+    CHECK(worst < 1e-4, "raw linear differs by %g", worst);
+    ts_simq_layer_free(&l);
+    /* a raw 3x3 convolution (neck.2, no bias), stride 2, pad 1, on a 5x6 input */
+    REQUIRE(ts_simq_layer_load(qmap(), "image_encoder.neck.2", TS_SIMQ_CONV2D, 0, 1, &l) == 0, "neck.2");
+    int H = 5, W = 6, Ho, Wo;
+    float *cx = malloc(sizeof(float) * 256 * H * W), *cy = malloc(sizeof(float) * 256 * 3 * 3);
+    for (int i = 0; i < 256 * H * W; i++) cx[i] = cosf(0.11f * (float)i);
+    ts_simq_conv2d(&l, cx, H, W, 2, 1, 1, cy, &Ho, &Wo);
+    CHECK(Ho == 3 && Wo == 3, "output %dx%d", Ho, Wo);
+    worst = 0;
+    for (int o = 0; o < 256; o++)
+        for (int oy = 0; oy < Ho; oy++)
+            for (int ox = 0; ox < Wo; ox++) {
+                double acc = 0;
+                for (int c = 0; c < 256; c++)
+                    for (int ky = 0; ky < 3; ky++)
+                        for (int kx = 0; kx < 3; kx++) {
+                            int iy = oy * 2 - 1 + ky, ix = ox * 2 - 1 + kx;
+                            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                            acc += (double)cx[(c * H + iy) * W + ix] * l.w[((o * 256 + c) * 3 + ky) * 3 + kx];
+                        }
+                worst = fmax(worst, fabs(acc - cy[(o * Ho + oy) * Wo + ox]));
+            }
+    CHECK(worst < 1e-4, "raw conv differs by %g", worst);
+    free(cx), free(cy);
+    ts_simq_layer_free(&l);
+}
+
+/* A pointwise convolution (asymmetric input, a_bias folded into the bias) on the int8 path
+ * against the simulated path: the same codes, so the same output up to float rounding. */
+static void test_pointwise_conv_int8(void) {
+    if (!qmap()) SKIP("whole/qtinysam_like.pth fixture missing");
+    ts_simq_layer a, b;
+    REQUIRE(ts_simq_layer_load(qmap(), "image_encoder.neck.0", TS_SIMQ_CONV2D, 1, 0, &a) == 0 &&
+                ts_simq_layer_load(qmap(), "image_encoder.neck.0", TS_SIMQ_CONV2D, 1, 1, &b) == 0,
+            "neck.0: %s", tinysam_last_error());
+    CHECK(a.path == TS_SIMQ_SIM && b.path == TS_SIMQ_INT8, "paths %d %d", a.path, b.path);
+    CHECK(a.a_bias != 0.0f, "the fixture's layer has an input offset");
+    int H = 9, W = 11, Ho, Wo, C = a.n_in;
+    float *x = malloc(sizeof(float) * C * H * W), *ya = malloc(sizeof(float) * 256 * H * W),
+          *yb = malloc(sizeof(float) * 256 * H * W);
+    for (int i = 0; i < C * H * W; i++) x[i] = 3.0f * sinf(0.013f * (float)i * (float)(i % 7));
+    ts_simq_conv2d(&a, x, H, W, 1, 0, 1, ya, &Ho, &Wo);
+    ts_simq_conv2d(&b, x, H, W, 1, 0, 1, yb, &Ho, &Wo);
+    double e = rel_err(yb, ya, (size_t)256 * H * W);
+    printf("  neck.0 int8 vs simulated: %.3g of the max\n", e);
+    CHECK(e <= 1e-5, "int8 vs simulated: %.3g", e);
+    free(x), free(ya), free(yb);
+    ts_simq_layer_free(&a);
+    ts_simq_layer_free(&b);
+}
+
 /* A hand-built layer: 2 x 4 Linear, n_V = 2 row blocks, n_H = 2 column blocks, n_a = 2. */
 static void test_blocked_linear_by_hand(void) {
     ts_tensor_map *m = calloc(1, sizeof *m);
@@ -189,6 +260,8 @@ static void test_blocked_linear_by_hand(void) {
 
 int main(void) {
     RUN(test_layer_io);
+    RUN(test_raw_mode);
+    RUN(test_pointwise_conv_int8);
     RUN(test_blocked_linear_by_hand);
     ts_map_free(g_map);
     return test_summary();
