@@ -82,6 +82,12 @@ int ts_simq_model_load(ts_tensor_map *m, ts_simq_model **out) {
         ts_json_free(meta);
         return rc;
     }
+    if (!ts_map_get(m, "image_encoder.patch_embed.seq.0.c.weight")) {
+        ts_json_free(q);
+        ts_json_free(meta);
+        return ts_error(TINYSAM_E_UNSUPPORTED,
+                        "quantisation layers are run for the vit_t (TinySAM) model only");
+    }
     ts_simq_model *s = ts_calloc(1, sizeof *s);
     if (!s || !(s->layers = ts_calloc((size_t)m->n + 1, sizeof *s->layers))) {
         free(s);
