@@ -252,6 +252,12 @@ if [ -x "$B/bench/bench_quant_accuracy" ] && [ -z "${BENCH_QUICK:-}" ]; then
     "$B/bench/bench_quant_accuracy" || status=1
 fi
 
+# ---------------------------------------------------------------- Q-TinySAM module tree
+if [ -x "$B/bench/bench_qsim" ]; then
+    echo "== Q-TinySAM module-tree path (simulated quantisation) vs the float encoder"
+    "$B/bench/bench_qsim" --runs "$RUNS" || status=1
+fi
+
 # ---------------------------------------------------------------- training step
 # one distillation step, 64 prompt sets, t = 0 and 9, 1 and 2 threads (about 3.5 minutes)
 if [ -x "$B/bench/bench_train" ] && [ -z "${BENCH_QUICK:-}" ]; then

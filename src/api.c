@@ -1,10 +1,12 @@
 /* api.c - the public model and encoding entry points of tinysam.h: load a checkpoint,
  * build the three networks from it, encode images into embeddings. */
 #include "core.h"
+#include "io/json.h"
 #include "io/tensor_map.h"
 #include "model/sam.h"
 #include "model/transforms.h"
 #include "quant/int8_model.h"
+#include "quant/sim_model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +48,10 @@ static void fill_info(tinysam_model *model) {
         inf->n_values += t->numel;
         /* parameters, not buffers: BatchNorm statistics and the fixed PE matrix are state */
         int buffer = strstr(t->name, ".running_mean") || strstr(t->name, ".running_var") ||
-                     strstr(t->name, "positional_encoding_gaussian_matrix");
+                     strstr(t->name, "positional_encoding_gaussian_matrix") ||
+                     /* Q-TinySAM's steps and block counts (quant/sim_layers.h) */
+                     strstr(t->name, "_interval") || t->dtype == TS_DTYPE_I32 ||
+                     (strlen(t->name) > 7 && !strcmp(t->name + strlen(t->name) - 7, ".a_bias"));
         if (t->used && !buffer) inf->n_params_used += t->numel;
         if (t->dtype != TS_DTYPE_F32) continue;
         if (t->file_dtype == TS_DTYPE_F32) n_f32++;
@@ -56,6 +61,7 @@ static void fill_info(tinysam_model *model) {
     const char *dt = n_other || (n_f32 && n_f16) ? "mixed" : n_f16 ? "float16" : "float32";
     if (model->encoder && ts_tiny_vit_n_int8(model->encoder))
         dt = "w8a8"; /* int8 encoder GEMMs, the rest float32 (quant/int8_model.h) */
+    if (model->sim) dt = "w8a8-sim"; /* Q-TinySAM's simulated quantisation (quant/sim_model.h) */
     snprintf(inf->source_dtype, sizeof inf->source_dtype, "%s", dt);
     snprintf(inf->source_format, sizeof inf->source_format, "%s", m->format);
     if (model->encoder) {
@@ -91,6 +97,8 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     /* an int8 model file: weight-only int8 tensors back to float32 (the W8A8 encoder GEMMs
      * stay int8 and are packed by the encoder loader) */
     if ((rc = ts_int8_model_expand(model->map))) goto fail;
+    /* Q-TinySAM quantisation layers (a module-tree pickle or its conversion) */
+    if ((rc = ts_simq_model_load(model->map, &model->sim))) goto fail;
     if ((rc = detect_family(model->map, model->info.family, sizeof model->info.family))) goto fail;
     if (!strcmp(model->info.family, "vit_t")) rc = ts_tiny_vit_load(model->map, &model->encoder);
     else rc = ts_sam_vit_load(model->map, &model->vit);
@@ -113,6 +121,7 @@ void tinysam_model_free(tinysam_model *m) {
     if (m->vit) ts_sam_vit_free(m->vit);
     if (m->prompt_encoder) ts_prompt_encoder_free(m->prompt_encoder);
     if (m->mask_decoder) ts_mask_decoder_free(m->mask_decoder);
+    ts_simq_model_free(m->sim);
     if (m->map) ts_map_free(m->map);
     free(m);
 }
@@ -126,9 +135,27 @@ tinysam_status tinysam_model_get_info(const tinysam_model *m, tinysam_model_info
 tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char *path) {
     if (!m || !path) return ts_error(TINYSAM_E_ARG, "tinysam_model_save_safetensors: NULL argument");
     /* The config travels in the metadata so that a reader needs no file-name convention. */
-    static const char *keys[] = {"format", "tinysam.family", "tinysam.version", "tinysam.config"};
-    const char *values[] = {"pt", m->info.family, TINYSAM_VERSION, m->info.config};
-    return ts_safetensors_save(path, m->map, 4, keys, values);
+    const char *keys[7] = {"format", "tinysam.family", "tinysam.version", "tinysam.config"};
+    const char *values[7] = {"pt", m->info.family, TINYSAM_VERSION, m->info.config};
+    int n = 4;
+    /* a module tree's classes and quantisation layers travel too (io/module_tree.h), so that
+     * the converted file runs the same layers */
+    ts_json *meta = NULL;
+    if (m->map->metadata_json &&
+        !ts_json_parse(m->map->metadata_json, strlen(m->map->metadata_json), &meta)) {
+        static const char *const carry[3] = {"tinysam.source", "tinysam.module_classes",
+                                             "tinysam.quant_layers"};
+        for (int i = 0; i < 3; i++) {
+            const ts_json *v = ts_json_get(meta, carry[i]);
+            if (v && v->type == TS_JSON_STRING) {
+                keys[n] = carry[i];
+                values[n++] = v->string;
+            }
+        }
+    }
+    int rc = ts_safetensors_save(path, m->map, n, keys, values);
+    ts_json_free(meta);
+    return rc;
 }
 
 int ts_encoder_input_make(const tinysam_image *img, ts_encoder_input *out) {
@@ -178,8 +205,9 @@ int ts_encode_input(tinysam_model *m, const ts_encoder_input *in, tinysam_embedd
     float *data = ts_malloc_aligned((size_t)TINYSAM_EMBED_DIM * TINYSAM_EMBED_SIDE * TINYSAM_EMBED_SIDE * sizeof(float));
     int rc = TINYSAM_E_NOMEM;
     if (e && data)
-        rc = m->encoder ? ts_tiny_vit_forward(m->encoder, in->input, data, NULL, NULL)
-                        : ts_sam_vit_forward(m->vit, in->input, data);
+        rc = m->sim       ? ts_simq_encode(m->sim, in->input, data)
+             : m->encoder ? ts_tiny_vit_forward(m->encoder, in->input, data, NULL, NULL)
+                          : ts_sam_vit_forward(m->vit, in->input, data);
     if (rc) {
         free(e);
         ts_free_aligned(data);

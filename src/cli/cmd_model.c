@@ -4,9 +4,13 @@
 #include "core.h"
 #include "dist/folder_job.h"
 #include "dist/shard.h"
+#include "io/json.h"
 #include "io/npy.h"
 #include "io/tensor_map.h"
 #include "model/sam.h"
+#include "nn/gemm_i8.h"
+#include "quant/sim_layers.h"
+#include "quant/sim_model.h"
 #include "tinysam.h"
 #include "train/dataset.h"
 
@@ -51,12 +55,35 @@ int ts_cli_convert(int argc, char **argv) {
     return 0;
 }
 
+/* A module-tree pickle (or its conversion): the classes found, and for Q-TinySAM's
+ * quantisation layers how many of each class and which path runs them. */
+static void print_module_info(const tinysam_model *m) {
+    ts_json *meta = NULL;
+    if (!m->map->metadata_json ||
+        ts_json_parse(m->map->metadata_json, strlen(m->map->metadata_json), &meta))
+        return;
+    const ts_json *cls = ts_json_get(meta, "tinysam.module_classes");
+    if (cls && cls->type == TS_JSON_STRING) printf(", \"classes\": %s", cls->string);
+    ts_json_free(meta);
+    if (!m->sim) return;
+    int path[3], per[4];
+    ts_simq_model_counts(m->sim, path, per);
+    printf(", \"quant_layers\": {");
+    for (int k = 0; k < 4; k++) printf("%s\"%s\": %d", k ? ", " : "", ts_simq_class_name(k), per[k]);
+    printf("}, \"quant_path\": {\"int8\": %d, \"simulated\": %d, \"raw\": %d, "
+           "\"int8_kernel\": \"%s\"}",
+           path[TS_SIMQ_INT8], path[TS_SIMQ_SIM], path[TS_SIMQ_RAW], ts_gemm_i8_isa_name());
+}
+
 static const char *info_help =
     "usage: tinysam info MODEL\n"
     "       tinysam info --verify MODEL\n"
     "\n"
     "Prints the model family, container, storage dtype, tensor and\n"
-    "parameter counts as one JSON object.\n"
+    "parameter counts as one JSON object. A torch.save(model) pickle\n"
+    "(format \"pth-module\") also lists its module classes; one with\n"
+    "Q-TinySAM's quantisation layers (dtype \"w8a8-sim\") how many of\n"
+    "each class and how many run on the int8 GEMM or simulated.\n"
     "\n"
     "--verify checks the file's integrity without building the network: every record of a\n"
     ".pth (ZIP) against its CRC-32, a safetensors file written by tinysam against the XXH3\n"
@@ -98,9 +125,6 @@ int ts_cli_info(int argc, char **argv) {
     if (tinysam_model_load(argv[1], &m)) return ts_cli_fail();
     tinysam_model_info inf;
     tinysam_model_get_info(m, &inf);
-    char prefix[sizeof m->map->key_prefix];
-    snprintf(prefix, sizeof prefix, "%s", m->map->key_prefix);
-    tinysam_model_free(m);
     printf("{\"model\": ");
     ts_json_write_string_stdout(argv[1]);
     printf(", \"family\": \"%s\", \"format\": \"%s\", \"dtype\": \"%s\", \"tensors\": %d, "
@@ -108,9 +132,11 @@ int ts_cli_info(int argc, char **argv) {
            inf.family, inf.source_format, inf.source_dtype, inf.n_tensors, inf.n_values,
            inf.n_params_used);
     /* a DistributedDataParallel / torch.compile checkpoint: every key had this prefix */
-    if (prefix[0]) printf(", \"key_prefix_stripped\": \"%s\"", prefix);
+    if (m->map->key_prefix[0]) printf(", \"key_prefix_stripped\": \"%s\"", m->map->key_prefix);
+    print_module_info(m);
     printf(", \"config\": %s", inf.config);
     printf("}\n");
+    tinysam_model_free(m);
     return 0;
 }
 

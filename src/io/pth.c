@@ -1,11 +1,17 @@
 /* pth.c - PyTorch checkpoints (torch.save) read as data: the ZIP container and the legacy
  * stream container, and a pickle *interpreter* that understands only the opcodes and
  * globals a state_dict needs (spec TINYSAM.md section 2.2-2.3). Nothing is executed:
- * GLOBAL resolves against an allow-list, REDUCE only rebuilds tensors and dicts. */
+ * GLOBAL resolves against an allow-list, REDUCE only rebuilds tensors, dicts and sets.
+ * A GLOBAL outside the allow-list is kept as an opaque class name: it may only be
+ * instantiated without arguments (NEWOBJ / REDUCE with an empty tuple) and given a dict
+ * state by BUILD, which is how torch.save(model) pickles an nn.Module tree; such a tree
+ * is flattened to a state dict by io/module_tree.c. */
 #include "core.h"
 #include "io/tensor_map.h"
 #include "io/tensor_map_internal.h"
 #include "io/zip.h"
+#include "io/module_tree.h"
+#include "io/pickle_value.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,30 +31,6 @@
 #define PTH_EXPANSION_SLACK ((uint64_t)1 << 24)
 
 /* ------------------------------------------------------------------ values */
-
-typedef enum {
-    V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_TUPLE, V_LIST, V_DICT, V_GLOBAL, V_STORAGE, V_TENSOR
-} vkind;
-
-typedef enum { G_ORDERED_DICT, G_REBUILD_TENSOR, G_REBUILD_PARAMETER, G_STORAGE } gkind;
-
-typedef struct {
-    int64_t offset, ndim, shape[TS_MAX_DIMS], stride[TS_MAX_DIMS];
-} tgeom;
-
-typedef struct val val;
-struct val {
-    vkind kind;
-    gkind g;                /* GLOBAL */
-    ts_dtype dtype;         /* GLOBAL storage class, STORAGE, TENSOR */
-    int n, cap;             /* items in TUPLE/LIST/DICT (a DICT stores key, value alternately) */
-    int64_t i;              /* INT, BOOL; STORAGE: element count */
-    double f;               /* FLOAT; INT from LONG1: its byte length */
-    char *s;                /* STR (NUL-terminated, length in n); STORAGE: key */
-    val **items;
-    val *storage;           /* TENSOR */
-    tgeom *geo;             /* TENSOR */
-};
 
 /* All values of one load come from fixed-size chunks and are freed together. */
 #define HEAP_CHUNK 4096
@@ -216,6 +198,8 @@ static int resolve_global(vm *m, const char *mod, const char *name) {
         {"CharStorage", TS_DTYPE_I8}, {"ByteStorage", TS_DTYPE_U8}, {"BoolStorage", TS_DTYPE_U8},
     };
     if (!strcmp(mod, "collections") && !strcmp(name, "OrderedDict")) g->g = G_ORDERED_DICT;
+    else if ((!strcmp(mod, "builtins") || !strcmp(mod, "__builtin__")) && !strcmp(name, "set"))
+        g->g = G_SET; /* a module's _non_persistent_buffers_set */
     else if (!strcmp(mod, "torch._utils") && !strcmp(name, "_rebuild_tensor_v2"))
         g->g = G_REBUILD_TENSOR;
     else if (!strcmp(mod, "torch._utils") && !strcmp(name, "_rebuild_parameter"))
@@ -229,9 +213,21 @@ static int resolve_global(vm *m, const char *mod, const char *name) {
                     g->dtype = storages[i].t;
                     found = 1;
                 }
-        if (!found)
-            FAIL("%s: pickle refers to '%s.%s', which is not allowed in a weights file", m->what,
-                 mod, name);
+        if (!found) {
+            /* any other name: an opaque class (nothing is imported); the interpreter only lets
+             * it be instantiated without arguments and given a dict state */
+            size_t lm = strlen(mod), ln = strlen(name);
+            if (!lm || !ln || !(g->s = malloc(lm + ln + 2)))
+                return lm && ln ? ts_error(TINYSAM_E_NOMEM, "out of memory")
+                                : ts_error(TINYSAM_E_FORMAT, "%s: pickle GLOBAL with an empty name",
+                                           m->what);
+            memcpy(g->s, mod, lm);
+            g->s[lm] = '.';
+            memcpy(g->s + lm + 1, name, ln + 1);
+            g->n = (int)(lm + ln + 1);
+            g->i = (int64_t)lm + 1;
+            g->g = G_CLASS;
+        }
     }
     return push(m, g);
 }
@@ -256,6 +252,21 @@ static int tuple_ints(const val *t, int64_t *out, int64_t *n) {
     return 0;
 }
 
+/* cls() with no arguments: an OBJECT tagged with the class name. Anything with arguments
+ * would be a call whose meaning we cannot know (a __reduce__ payload such as os.system). */
+static int new_object(vm *m, const val *cls, const val *args) {
+    if (args->n != 0)
+        FAIL("%s: pickle calls '%s' with arguments at offset %ld (only module classes created "
+             "without arguments are read; nothing is executed)",
+             m->what, cls->s, off(m));
+    val *o = vnew(m->h, V_OBJECT);
+    if (!o) return nomem(m);
+    if (!(o->s = strdup(cls->s))) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    o->n = cls->n;
+    o->i = cls->i;
+    return push(m, o);
+}
+
 static int do_reduce(vm *m) {
     val *args = pop(m), *fn = pop(m);
     if (!args || !fn || args->kind != V_TUPLE || fn->kind != V_GLOBAL)
@@ -264,6 +275,19 @@ static int do_reduce(vm *m) {
     if (fn->g == G_ORDERED_DICT) {
         if (args->n != 0) FAIL("%s: OrderedDict with arguments", m->what);
         return push(m, vnew(m->h, V_DICT));
+    }
+    if (fn->g == G_CLASS) return new_object(m, fn, args);
+    if (fn->g == G_SET) { /* set() or set(list): kept as a list of its items */
+        val *l = vnew(m->h, V_LIST);
+        if (!l) return nomem(m);
+        if (args->n == 0) return push(m, l);
+        if (args->n != 1 || args->items[0]->kind != V_LIST)
+            FAIL("%s: set() with arguments other than one list at offset %ld", m->what, off(m));
+        for (int i = 0; i < args->items[0]->n; i++) {
+            int rc = vappend(l, args->items[0]->items[i]);
+            if (rc) return rc;
+        }
+        return push(m, l);
     }
     if (fn->g == G_REBUILD_PARAMETER) {
         if (args->n < 1 || args->items[0]->kind != V_TENSOR)
@@ -429,6 +453,20 @@ static int run_pickle(vm *m, val **result) {
             m->sp = first;
             break;
         }
+        case 0x8f: rc = push(m, vnew(m->h, V_LIST)); break; /* EMPTY_SET: kept as a list */
+        case 0x90: case 0x91: { /* ADDITEMS (into the set below the MARK), FROZENSET */
+            if ((rc = pop_mark(m, &first))) return rc;
+            if (op == 0x90 && (first < 1 || (m->n_marks && first - 1 < m->marks[m->n_marks - 1]) ||
+                               m->stack[first - 1]->kind != V_LIST))
+                FAIL("%s: bad ADDITEMS at offset %ld", m->what, off(m));
+            val *target = op == 0x90 ? m->stack[first - 1] : vnew(m->h, V_LIST);
+            if (!target) return nomem(m);
+            for (int i = first; i < m->sp && !rc; i++) rc = vappend(target, m->stack[i]);
+            if (rc) return rc;
+            m->sp = first;
+            if (op == 0x91) rc = push(m, target);
+            break;
+        }
         case 'a': /* APPEND */
             x = pop(m);
             if (!x || !m->sp || m->stack[m->sp - 1]->kind != V_LIST)
@@ -495,8 +533,37 @@ static int run_pickle(vm *m, val **result) {
         }
         case 'R': rc = do_reduce(m); break;
         case 'Q': rc = do_persid(m); break;
-        case 'b': /* BUILD: the state (module metadata) is not needed for inference */
-            if (!pop(m) || !m->sp) FAIL("%s: bad BUILD at offset %ld", m->what, off(m));
+        case 'b': /* BUILD */
+            x = pop(m);
+            if (!x || !m->sp) FAIL("%s: bad BUILD at offset %ld", m->what, off(m));
+            v = m->stack[m->sp - 1];
+            if (v->kind == V_DICT) break; /* a state_dict's _metadata: not needed */
+            if (v->kind != V_OBJECT)
+                FAIL("%s: pickle BUILD on something other than a module object at offset %ld",
+                     m->what, off(m));
+            if (x->kind != V_DICT || v->state)
+                FAIL("%s: pickle BUILD of '%s' with %s at offset %ld", m->what, v->s,
+                     v->state ? "a second state" : "a state that is not a dict", off(m));
+            v->state = x;
+            break;
+        case 0x81: /* NEWOBJ: cls, args */
+            x = pop(m);
+            v = pop(m);
+            if (!x || !v || x->kind != V_TUPLE || v->kind != V_GLOBAL || v->g != G_CLASS)
+                FAIL("%s: pickle NEWOBJ of something other than a class at offset %ld", m->what,
+                     off(m));
+            rc = new_object(m, v, x);
+            break;
+        case 0x92: /* NEWOBJ_EX: cls, args, kwargs */
+            k = pop(m);
+            x = pop(m);
+            v = pop(m);
+            if (!k || !x || !v || k->kind != V_DICT || x->kind != V_TUPLE || v->kind != V_GLOBAL ||
+                v->g != G_CLASS)
+                FAIL("%s: pickle NEWOBJ_EX of something other than a class at offset %ld", m->what,
+                     off(m));
+            if (k->n) FAIL("%s: pickle creates '%s' with keyword arguments", m->what, v->s);
+            rc = new_object(m, v, x);
             break;
         case '0': /* POP */
             if (!pop(m)) FAIL("%s: pickle stack underflow at offset %ld", m->what, off(m));
@@ -636,19 +703,54 @@ static int check_unique(const ts_tensor_map *map, const char *what) {
     return rc;
 }
 
+static int add_entry(loader *L, const char *name, const val *t) {
+    const uint8_t *data;
+    uint64_t bytes;
+    int rc = L->find(L->ctx, t->storage, &data, &bytes);
+    return rc ? rc : materialise(L, name, t, data, bytes);
+}
+
+/* The module object of a whole-model pickle: the root, or the value under "model" (some
+ * training checkpoints wrap it). */
+static const val *find_module(const val *root) {
+    if (root->kind == V_OBJECT) return root;
+    if (root->kind != V_DICT) return NULL;
+    for (int i = 0; i + 1 < root->n; i += 2)
+        if (root->items[i]->kind == V_STR && !strcmp(root->items[i]->s, "model") &&
+            root->items[i + 1]->kind == V_OBJECT)
+            return root->items[i + 1];
+    return NULL;
+}
+
+static int collect_module(loader *L, const val *obj) {
+    ts_flat f = {0};
+    int rc = ts_module_tree_flatten(obj, L->what, &f);
+    if (rc) return rc;
+    if (f.n == 0) rc = ts_error(TINYSAM_E_FORMAT, "%s: the module tree holds no tensors", L->what);
+    for (int i = 0; i < f.n && !rc; i++) rc = add_entry(L, f.e[i].name, f.e[i].tensor);
+    if (!rc) rc = check_unique(L->map, L->what);
+    if (!rc) rc = ts_module_fold_ab(L->map, L->what);
+    if (!rc) {
+        snprintf(L->map->format, sizeof L->map->format, "pth-module");
+        L->map->metadata_json = f.metadata_json;
+        f.metadata_json = NULL;
+    }
+    ts_flat_free(&f);
+    return rc;
+}
+
 static int collect(loader *L, const val *root) {
     const char *what = L->what;
+    const val *mod = find_module(root);
+    if (mod) return collect_module(L, mod);
     const val *sd = find_state_dict(root);
     if (!sd) FAIL("%s: the checkpoint does not hold a dict of tensors", what);
     for (int i = 0; i + 1 < sd->n; i += 2) {
         const val *k = sd->items[i], *t = sd->items[i + 1];
         if (k->kind != V_STR) FAIL("%s: state_dict key is not a string", what);
         if (t->kind != V_TENSOR) FAIL("%s: state_dict entry '%s' is not a tensor", what, k->s);
-        const uint8_t *data;
-        uint64_t bytes;
-        int rc = L->find(L->ctx, t->storage, &data, &bytes);
+        int rc = add_entry(L, k->s, t);
         if (rc) return rc;
-        if ((rc = materialise(L, k->s, t, data, bytes))) return rc;
     }
     if (L->map->n == 0) FAIL("%s: the checkpoint holds no tensors", what);
     return check_unique(L->map, what);

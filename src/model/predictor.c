@@ -4,6 +4,7 @@
 #include "model/sam.h"
 #include "model/sam_decoder.h"
 #include "model/transforms.h"
+#include "quant/sim_model.h"
 
 #include "threads.h"
 
@@ -120,7 +121,8 @@ tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
         for (int k = 0; k < 4; k++)
             set.box[k] = to_model(p->box[k], k % 2 ? e->input_h : e->input_w, k % 2 ? H : W);
     float iou4[4];
-    rc = ts_sam_decode(m->prompt_encoder, m->mask_decoder, e->data, 1, &set, lr4, iou4);
+    rc = m->sim ? ts_simq_decode(m->sim, m->prompt_encoder, e->data, &set, lr4, iou4)
+                : ts_sam_decode(m->prompt_encoder, m->mask_decoder, e->data, 1, &set, lr4, iou4);
     free(coords);
     if (rc) {
         free(lr4);

@@ -15,6 +15,9 @@ struct tinysam_model {
     ts_prompt_encoder *prompt_encoder;
     ts_mask_decoder *mask_decoder;
     tinysam_model_info info;
+    /* a module tree with Q-TinySAM's quantisation layers (quant/sim_model.h): encode and
+     * predict run it instead of encoder / mask_decoder; NULL otherwise */
+    struct ts_simq_model *sim;
 };
 
 struct tinysam_embedding {

@@ -261,6 +261,93 @@ put("pth", "zip_nested", pth_zip(wrap=lambda sd: {"model": sd, "epoch": 3, "lr":
                                                     "tags": ["a", ("b", None, True)]}))
 put("pth", "legacy_p2", pth_legacy())
 put("pth", "legacy_p5", pth_legacy(proto=5))
+
+
+# Whole-model pickles (torch.save(model)): stand-in module classes under the names the
+# official code pickles, instances pickled as NEWOBJ + BUILD of their __dict__.
+def module_class(modname, clsname):
+    parts = modname.split(".")
+    for i in range(1, len(parts) + 1):  # the packages too, so that pickle can import it
+        name = ".".join(parts[:i])
+        if name not in sys.modules:
+            sys.modules[name] = types.ModuleType(name)
+            sys.modules[name].__path__ = []
+            if i > 1:
+                setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], sys.modules[name])
+    mod = sys.modules[modname]
+    c = type(clsname, (), {})
+    c.__module__, c.__qualname__ = modname, clsname
+    setattr(mod, clsname, c)
+    return c
+
+
+def module(cls, params=(), buffers=(), modules=(), nonpersistent=(), **attrs):
+    o = cls()
+    o.__dict__.update({"training": False,
+                       "_parameters": collections.OrderedDict(params),
+                       "_buffers": collections.OrderedDict(buffers),
+                       "_non_persistent_buffers_set": set(nonpersistent),
+                       "_modules": collections.OrderedDict(modules)})
+    o.__dict__.update(attrs)
+    return o
+
+
+def module_tree():
+    Sam = module_class("modeling.sam", "Sam")
+    Attention = module_class("modeling.tiny_vit_sam", "Attention")
+    Linear = module_class("torch.nn.modules.linear", "Linear")
+    Wrapper = module_class("my_project.wrappers", "Wrapper")
+    QLinear = module_class("quantization_layer.layers", "InferQuantLinear")
+    QPost = module_class("quantization_layer.layers", "InferQuantLinearPost")
+    w = Storage("w", "F32", [0.5, -1, 2, 3, 4, 5, 0.25, -0.75])
+    idx = Storage("i", "I64", [0, 1, 1, 0])
+    ab = Storage("a", "F32", [0.1, 0.2, 0.2, 0.1])
+    q = Storage("q", "F32", [0.01, 0.02, 0.5])
+    n = Storage("n", "I32", [1])
+    attn = module(Attention, params=[("attention_biases", Tensor(w, 0, [1, 2], [2, 1], True))],
+                  buffers=[("attention_bias_idxs", Tensor(idx, 0, [2, 2], [2, 1])),
+                           ("ab", Tensor(ab, 0, [1, 2, 2], [4, 2, 1]))],
+                  nonpersistent=["ab", "attention_bias_idxs"], num_heads=1, scale=0.5)
+    lin = module(Linear, params=[("weight", Tensor(w, 0, [2, 3], [3, 1], True)), ("bias", None)],
+                 in_features=3, out_features=2)
+    ql = module(QLinear, params=[("weight", Tensor(w, 2, [2, 3], [3, 1], True)),
+                                 ("bias", Tensor(w, 0, [2], [1], True))],
+                buffers=[("a_interval", Tensor(q, 0, [1, 1], [1, 1])),
+                         ("w_interval", Tensor(q, 1, [2, 1, 1, 1], [1, 1, 1, 1])),
+                         ("n_V", Tensor(n, 0, [], [])), ("n_H", Tensor(n, 0, [], [])),
+                         ("n_a", Tensor(n, 0, [], []))],
+                mode="quant_forward", w_bit=8, a_bit=8, w_qmax=128, a_qmax=128)
+    qp = module(QPost, params=[("weight", Tensor(w, 0, [1, 2], [2, 1], True)), ("bias", None)],
+                buffers=[("a_neg_interval", Tensor(q, 0, [], [])),
+                         ("a_interval", Tensor(q, 2, [1, 1], [1, 1])),
+                         ("w_interval", Tensor(q, 1, [1, 1, 1, 1], [1, 1, 1, 1]))],
+                mode="raw")
+    wrap = module(Wrapper, modules=[("inner", lin), ("none", None)])
+    root = module(Sam, buffers=[("pixel_mean", Tensor(w, 0, [3, 1, 1], [1, 1, 1]))],
+                  nonpersistent=["pixel_mean"],
+                  modules=[("attn", attn), ("wrap", wrap), ("q", ql), ("qp", qp), ("shared", lin)])
+    return root, [w, idx, ab, q, n]
+
+
+def module_zip(proto):
+    root, storages = module_tree()
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("whole/data.pkl", pickled(root, proto))
+        z.writestr("whole/byteorder", "little")
+        for s in storages:
+            z.writestr("whole/data/" + s.key, s.bytes)
+        z.writestr("whole/version", "3\n")
+    return b.getvalue()
+
+
+put("pth", "module_tree_p2", module_zip(2))
+put("pth", "module_tree_p4", module_zip(4))  # sets as EMPTY_SET + ADDITEMS
+for name in ("whole_float_fp16", "qtinysam_like"):
+    p = os.path.join(FIX, "whole/%s.pth" % name)
+    if os.path.exists(p):
+        with open(p, "rb") as f:
+            put("pth", "fixture_%s_head" % name, f.read(4096))
 # The real checkpoint's container, cut: its local headers and the start of its pickle.
 b = None
 p = os.path.join(FIX, "models/tinysam_vit_t_random.pth")

@@ -8,6 +8,7 @@
 #include "io/json.h"
 #include "io/npy.h"
 #include "io/tensor_map.h"
+#include "quant/sim_model.h"
 #include "server/api.h"
 #include "core.h"
 #include "dist/shard.h"
@@ -102,11 +103,19 @@ static void map_touch(const ts_tensor_map *m) {
     if (m->metadata_json) touch(m->metadata_json, strlen(m->metadata_json) + 1);
 }
 
+/* A module tree's quantisation layers (metadata, steps, block counts) as the model loader
+ * reads them; refusing them is fine, the map's load is what the target reports. */
+static void quant_layers(ts_tensor_map *m) {
+    ts_simq_model *s = NULL;
+    if (ts_simq_model_load(m, &s) == 0) ts_simq_model_free(s);
+}
+
 int ts_fuzz_pth(const uint8_t *data, size_t size) {
     ts_tensor_map *m = NULL;
     int rc = ts_pth_load_memory(data, size, &m);
     if (rc == 0) {
         map_touch(m);
+        quant_layers(m);
         ts_map_free(m);
     }
     return rc;
@@ -117,6 +126,7 @@ int ts_fuzz_safetensors(const uint8_t *data, size_t size) {
     int rc = ts_safetensors_load_memory(data, size, &m);
     if (rc == 0) {
         map_touch(m);
+        quant_layers(m);
         ts_map_free(m);
     }
     return rc;
