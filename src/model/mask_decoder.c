@@ -8,6 +8,7 @@
 #include "core.h"
 #include "model/sam_decoder.h"
 #include "model/sam_decoder_internal.h"
+#include "nn/gemm_i8.h"
 #include "nn/nn.h"
 #include "threads.h"
 
@@ -93,6 +94,72 @@ static int pack_linears(ts_mask_decoder *d) {
     return 0;
 }
 
+ts_decoder_probe_fn ts_decoder_probe;
+void *ts_decoder_probe_ctx;
+
+/* A tensor of an int8 model file, checked and marked used: dtype dt, shape [d0] or [d0][d1]. */
+static const void *take_typed(ts_tensor_map *m, const char *P, const char *suffix, ts_dtype dt,
+                              int64_t d0, int64_t d1) {
+    char n[256];
+    snprintf(n, sizeof n, "%s.%s", P, suffix);
+    ts_tensor *t = (ts_tensor *)ts_map_get(m, n); /* m is ours to mark */
+    if (!t) {
+        ts_error(TINYSAM_E_FORMAT, "missing tensor %s", n);
+        return NULL;
+    }
+    if (t->dtype != dt || t->ndim != (d1 ? 2 : 1) || t->shape[0] != d0 ||
+        (d1 && t->shape[1] != d1)) {
+        ts_error(TINYSAM_E_FORMAT, "tensor %s: wrong dtype or shape for an int8 decoder layer", n);
+        return NULL;
+    }
+    t->used = 1;
+    return t->data;
+}
+
+/* One W8A8 layer P (int8_model.h): codes [N][K], weight_scale, bias [N], input step / zero
+ * point. The pack copies the codes; the bias stays in the map. */
+static int take_i8_layer(ts_tensor_map *m, const char *P, int N, int K, ts_i8pack **pack,
+                         const float **bias, float *step, int *zp) {
+    const int8_t *w = take_typed(m, P, "weight", TS_DTYPE_I8, N, K);
+    const float *sc = take_typed(m, P, "weight_scale", TS_DTYPE_F32, N, 0);
+    const float *st = take_typed(m, P, "input_step", TS_DTYPE_F32, 1, 0);
+    const float *z = take_typed(m, P, "input_zero_point", TS_DTYPE_F32, 1, 0);
+    if (!w || !sc || !st || !z) return TINYSAM_E_FORMAT;
+    if (!(*st > 0.0f) || !(*z >= 0.0f && *z <= 255.0f) || *z != nearbyintf(*z))
+        return ts_error(TINYSAM_E_FORMAT, "%s: bad input quantiser (step %g, zero point %g)", P,
+                        (double)*st, (double)*z);
+    *step = *st;
+    *zp = (int)*z;
+    if (bias && !(*bias = take_typed(m, P, "bias", TS_DTYPE_F32, N, 0))) return TINYSAM_E_FORMAT;
+    if (!(*pack = ts_i8pack_new(w, N, K, K, sc))) return TINYSAM_E_NOMEM;
+    return 0;
+}
+
+/* The int8 output upscaling of a W8A8 file (up0 / up3 biases are [4*out], per sub-pixel). */
+static int load_up_i8(ts_tensor_map *m, ts_mask_decoder *d) {
+    ts_up_i8 *u = d->up_i8 = ts_calloc(1, sizeof *u);
+    if (!u) return TINYSAM_E_NOMEM;
+    const float *b0, *b3, *st, *z;
+    int rc;
+    if ((rc = take_i8_layer(m, "mask_decoder.output_upscaling.0", 256, 256, &u->up0, &b0,
+                            &u->up0_step, &u->up0_zp)) ||
+        (rc = take_i8_layer(m, "mask_decoder.output_upscaling.3", 128, 64, &u->up3, &b3,
+                            &u->up3_step, &u->up3_zp)))
+        return rc;
+    if (!(st = take_typed(m, "mask_decoder.mask_product", "input_step", TS_DTYPE_F32, 1, 0)) ||
+        !(z = take_typed(m, "mask_decoder.mask_product", "input_zero_point", TS_DTYPE_F32, 1, 0)))
+        return TINYSAM_E_FORMAT;
+    if (!(*st > 0.0f) || !(*z >= 0.0f && *z <= 255.0f) || *z != nearbyintf(*z))
+        return ts_error(TINYSAM_E_FORMAT, "mask_decoder.mask_product: bad input quantiser");
+    u->mp_step = *st;
+    u->mp_zp = (int)*z;
+    memcpy(d->up0_bias, b0, sizeof d->up0_bias);
+    memcpy(d->up3_bias, b3, sizeof d->up3_bias);
+    d->up0_b = b0;
+    d->up3_b = b3;
+    return 0;
+}
+
 int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     *out = NULL;
     ts_mask_decoder *d = ts_calloc(1, sizeof *d);
@@ -132,13 +199,21 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
         !(d->iou_token = ts_map_take(m, "mask_decoder.iou_token.weight", 2, 1, 256)) ||
         !(d->mask_tokens = ts_map_take(m, "mask_decoder.mask_tokens.weight", 2, 4, 256)))
         goto fail;
-    const float *u0 = ts_map_take(m, "mask_decoder.output_upscaling.0.weight", 4, 256, 64, 2, 2);
-    const float *u3 = ts_map_take(m, "mask_decoder.output_upscaling.3.weight", 4, 64, 32, 2, 2);
-    d->up0_b = ts_map_take(m, "mask_decoder.output_upscaling.0.bias", 1, 64);
+    const float *u0 = NULL, *u3 = NULL;
+    int up_i8 = ts_map_get(m, "mask_decoder.output_upscaling.0.input_step") != NULL;
+    if (up_i8) {
+        if ((rc = load_up_i8(m, d))) goto fail;
+        rc = TINYSAM_E_FORMAT;
+    } else {
+        u0 = ts_map_take(m, "mask_decoder.output_upscaling.0.weight", 4, 256, 64, 2, 2);
+        u3 = ts_map_take(m, "mask_decoder.output_upscaling.3.weight", 4, 64, 32, 2, 2);
+        d->up0_b = ts_map_take(m, "mask_decoder.output_upscaling.0.bias", 1, 64);
+        d->up3_b = ts_map_take(m, "mask_decoder.output_upscaling.3.bias", 1, 32);
+        if (!u0 || !u3 || !d->up0_b || !d->up3_b) goto fail;
+    }
     d->upn_w = ts_map_take(m, "mask_decoder.output_upscaling.1.weight", 1, 64);
     d->upn_b = ts_map_take(m, "mask_decoder.output_upscaling.1.bias", 1, 64);
-    d->up3_b = ts_map_take(m, "mask_decoder.output_upscaling.3.bias", 1, 32);
-    if (!u0 || !u3 || !d->up0_b || !d->upn_w || !d->upn_b || !d->up3_b) goto fail;
+    if (!d->upn_w || !d->upn_b) goto fail;
     for (int t = 0; t < 4; t++)
         for (int k = 0; k < 3; k++) {
             int o = k == 2 ? 32 : 256;
@@ -158,12 +233,15 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     rc = TINYSAM_E_NOMEM;
     d->up0_src = u0;
     d->up3_src = u3;
-    if (!(d->up0_w = pack_convt(u0, 256, 64)) || !(d->up3_w = pack_convt(u3, 64, 32))) goto fail;
-    if (pack_linears(d)) goto fail;
-    for (int ab = 0; ab < 4; ab++) {
-        memcpy(d->up0_bias + ab * 64, d->up0_b, 64 * sizeof(float));
-        memcpy(d->up3_bias + ab * 32, d->up3_b, 32 * sizeof(float));
+    if (!up_i8) {
+        if (!(d->up0_w = pack_convt(u0, 256, 64)) || !(d->up3_w = pack_convt(u3, 64, 32)))
+            goto fail;
+        for (int ab = 0; ab < 4; ab++) {
+            memcpy(d->up0_bias + ab * 64, d->up0_b, 64 * sizeof(float));
+            memcpy(d->up3_bias + ab * 32, d->up3_b, 32 * sizeof(float));
+        }
     }
+    if (pack_linears(d)) goto fail;
     *out = d;
     return 0;
 fail:
@@ -193,6 +271,7 @@ void ts_mask_decoder_refresh(ts_mask_decoder *d) {
         for (int t = 0; t < 4; t++) ts_wpack_refresh(d->hyper_p[t][k]);
         ts_wpack_refresh(d->iou_p[k]);
     }
+    if (d->up_i8) return; /* int8 weights are not trained */
     pack_convt_into(d->up0_src, 256, 64, d->up0_w);
     pack_convt_into(d->up3_src, 64, 32, d->up3_w);
     for (int ab = 0; ab < 4; ab++) {
@@ -211,6 +290,7 @@ int ts_mask_decoder_fold_max = FOLD_MAX;
 /* Scratch of one upscaling chunk: UP_TOK x 256, 4*UP_TOK x 128, 4*UP_TOK x 16. */
 typedef struct {
     float *g1, *g2, *m;
+    uint8_t *q; /* int8 upscaling: 4*UP_TOK x 128 mask-product codes */
 } up_scratch;
 
 typedef struct {
@@ -407,25 +487,63 @@ static void i2t_folded(const ts_attn_w *a, const float *q_in, const float *qp, c
  * 256 x 256 output: ConvT(256->64) as a GEMM, LayerNorm2d (eps 1e-6), GELU, ConvT(64->32) as
  * a GEMM with GELU, then the 4 hypernetwork vectors at once (block-diagonal hblk, 128 x 16:
  * column sub-pixel*4 + mask token) and a scatter into lr (4 x 256 x 256). */
-static void upscale_chunk(const ts_mask_decoder *d, const float *keys, const float *hblk, int c,
-                          const up_scratch *u, float *lr) {
-    int n0 = c * UP_TOK;
-    ts_gemm_ex(UP_TOK, 256, 256, keys + (size_t)n0 * 256, 256, d->up0_w, 256, 0, u->g1, 256,
-               0.0f, d->up0_bias, TS_ACT_NONE);
-    ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
-    ts_gelu(u->g1, (size_t)UP_TOK * 256);
-    ts_gemm_ex(UP_TOK * 4, 128, 64, u->g1, 64, d->up3_w, 128, 0, u->g2, 128, 0.0f, d->up3_bias,
-               TS_ACT_GELU);
-    ts_gemm(UP_TOK * 4, 16, 128, u->g2, 128, hblk, 16, 0, u->m, 16, 0.0f);
+/* The 4 x 4 output block of every token of the chunk into lr: m is 4*UP_TOK rows of 16
+ * (sub-pixel * 4 + mask token). */
+static void scatter_masks(int n0, const float *mrow, float *lr) {
     for (int r = 0; r < UP_TOK * 4; r++) {
         int n = n0 + r / 4, ab = r % 4;
         int y1 = 2 * (n / 64) + ab / 2, x1 = 2 * (n % 64) + ab % 2;
-        const float *m = u->m + (size_t)r * 16;
+        const float *m = mrow + (size_t)r * 16;
         for (int ab2 = 0; ab2 < 4; ab2++) {
             size_t p = (size_t)(2 * y1 + ab2 / 2) * 256 + 2 * x1 + ab2 % 2;
             for (int t = 0; t < 4; t++) lr[(size_t)t * 65536 + p] = m[ab2 * 4 + t];
         }
     }
+}
+
+/* The int8 form of upscale_chunk: ConvT(256->64) from the keys quantised on the fly, LayerNorm2d
+ * and GELU in float, ConvT(64->32) + GELU requantised straight to uint8 codes (u->q) for the
+ * mask product against hp, the hypernetwork vectors quantised per prompt. Runs on the calling
+ * thread (inside a pool task). */
+static void upscale_chunk_i8(const ts_mask_decoder *d, const float *keys, const ts_i8pack *hp,
+                             int c, const up_scratch *u, float *lr) {
+    const ts_up_i8 *q = d->up_i8;
+    int n0 = c * UP_TOK;
+    ts_i8_out o0 = {.bias = d->up0_bias, .C = u->g1, .ldc = 256};
+    ts_gemm_i8_f32_serial(UP_TOK, keys + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp, q->up0,
+                          &o0);
+    ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
+    ts_gelu(u->g1, (size_t)UP_TOK * 256);
+    ts_i8_out o3 = {.bias = d->up3_bias, .act = TS_ACT_GELU, .Cq = u->q, .ldc = 128,
+                    .out_step = q->mp_step, .out_zp = q->mp_zp};
+    ts_gemm_i8_f32_serial(UP_TOK * 4, u->g1, 64, q->up3_step, q->up3_zp, q->up3, &o3);
+    ts_i8_out om = {.C = u->m, .ldc = 16};
+    ts_gemm_i8_serial(UP_TOK * 4, u->q, 128, q->mp_step, q->mp_zp, hp, &om);
+    scatter_masks(n0, u->m, lr);
+}
+
+/* The upscaling of image tokens [c*UP_TOK, (c+1)*UP_TOK) and its mask logits. Both
+ * transposed convolutions have kernel = stride, so every token owns a 4 x 4 block of the
+ * 256 x 256 output: ConvT(256->64) as a GEMM, LayerNorm2d (eps 1e-6), GELU, ConvT(64->32) as
+ * a GEMM with GELU, then the 4 hypernetwork vectors at once (block-diagonal hblk, 128 x 16:
+ * column sub-pixel*4 + mask token) and a scatter into lr (4 x 256 x 256). */
+static void upscale_chunk(const ts_mask_decoder *d, const float *keys, const float *hblk, int c,
+                          const up_scratch *u, float *lr) {
+    int n0 = c * UP_TOK;
+    const float *kin = keys + (size_t)n0 * 256;
+    if (ts_decoder_probe) ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_UP0, kin, UP_TOK, 256, n0);
+    ts_gemm_ex(UP_TOK, 256, 256, kin, 256, d->up0_w, 256, 0, u->g1, 256,
+               0.0f, d->up0_bias, TS_ACT_NONE);
+    ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
+    ts_gelu(u->g1, (size_t)UP_TOK * 256);
+    if (ts_decoder_probe)
+        ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_UP3, u->g1, UP_TOK * 4, 64, n0 * 4);
+    ts_gemm_ex(UP_TOK * 4, 128, 64, u->g1, 64, d->up3_w, 128, 0, u->g2, 128, 0.0f, d->up3_bias,
+               TS_ACT_GELU);
+    if (ts_decoder_probe)
+        ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_MASK, u->g2, UP_TOK * 4, 128, n0 * 4);
+    ts_gemm(UP_TOK * 4, 16, 128, u->g2, 128, hblk, 16, 0, u->m, 16, 0.0f);
+    scatter_masks(n0, u->m, lr);
 }
 
 /* Image-side tensors shared by the sets of one call. */
@@ -453,6 +571,7 @@ typedef struct {
     float *tokens; /* n x 5 x 256 (hs rows 0..4), or NULL */
     /* per upscaling run */
     const float *keys, *hblk;
+    const ts_i8pack *hp; /* int8 upscaling: hblk quantised */
     float *lr;
 } decode_job;
 
@@ -478,7 +597,8 @@ static void shared_task(void *ctx, int t, int tid) {
 
 static void up_task(void *ctx, int c, int tid) {
     const decode_job *j = ctx;
-    upscale_chunk(j->d, j->keys, j->hblk, c, &j->up[tid], j->lr);
+    if (j->hp) upscale_chunk_i8(j->d, j->keys, j->hp, c, &j->up[tid], j->lr);
+    else upscale_chunk(j->d, j->keys, j->hblk, c, &j->up[tid], j->lr);
 }
 
 /* ref: transformer.py (TwoWayTransformer, TwoWayAttentionBlock), mask_decoder.py
@@ -575,15 +695,30 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
     linear(w->h2, 1, d->iou_p[2], ih[5], j->iou + (size_t)s * 4);
 
     float *lr = j->low_res + (size_t)s * 4 * 65536;
+    ts_i8pack *hp = NULL;
+    if (d->up_i8) { /* the mask product's weight: hblk^T (16 x 128), per-column scales */
+        float ht[16 * 128];
+        for (int k2 = 0; k2 < 128; k2++)
+            for (int c = 0; c < 16; c++) ht[c * 128 + k2] = w->hblk[k2 * 16 + c];
+        hp = ts_i8pack_new_f32(ht, 16, 128, 128);
+        if (!hp) { /* out of memory: fail soft to zero logits rather than crash */
+            memset(lr, 0, sizeof(float) * 4 * 65536);
+            return;
+        }
+    }
     if (j->par_up) {
         decode_job uj = *j;
         uj.keys = keys;
         uj.hblk = w->hblk;
+        uj.hp = hp;
         uj.lr = lr;
         ts_parallel_for(N_CHUNK, up_task, &uj);
+    } else if (hp) {
+        for (int c = 0; c < N_CHUNK; c++) upscale_chunk_i8(d, keys, hp, c, up, lr);
     } else {
         for (int c = 0; c < N_CHUNK; c++) upscale_chunk(d, keys, w->hblk, c, up, lr);
     }
+    ts_i8pack_free(hp);
 }
 
 static void decode_task(void *ctx, int s, int tid) {
@@ -612,6 +747,7 @@ static void ctx_free(ts_decode_ctx *c) {
         ts_free_aligned(c->up[t].g1);
         ts_free_aligned(c->up[t].g2);
         ts_free_aligned(c->up[t].m);
+        ts_free_aligned(c->up[t].q);
     }
     free(c->ws);
     free(c->up);
@@ -644,6 +780,7 @@ static ts_decode_ctx *ctx_new(int nt, int n_up, int max_tokens, int direct) {
         ok &= (u->g1 = ts_malloc_aligned(sizeof(float) * UP_TOK * 256)) != NULL;
         ok &= (u->g2 = ts_malloc_aligned(sizeof(float) * UP_TOK * 4 * 128)) != NULL;
         ok &= (u->m = ts_malloc_aligned(sizeof(float) * UP_TOK * 4 * 16)) != NULL;
+        ok &= (u->q = ts_malloc_aligned((size_t)UP_TOK * 4 * 128)) != NULL;
     }
     size_t img = (size_t)N_IMG * 256, half = (size_t)N_IMG * 128;
     ok &= (c->sh.emb_tok = ts_malloc_aligned(sizeof(float) * img)) != NULL;
@@ -747,6 +884,11 @@ void ts_mask_decoder_free(ts_mask_decoder *d) {
     pthread_mutex_destroy(&d->ctx_lock);
     ts_free_aligned(d->up0_w);
     ts_free_aligned(d->up3_w);
+    if (d->up_i8) {
+        ts_i8pack_free(d->up_i8->up0);
+        ts_i8pack_free(d->up_i8->up3);
+        free(d->up_i8);
+    }
     for (int L = 0; L < 2; L++) {
         ts_twoway_layer *l = &d->layer[L];
         free_attn_packs(&l->self_attn);

@@ -1,5 +1,6 @@
 /* calibrate.c - post-training calibration of the W8A8 image encoder (calibrate.h). */
 #include "quant/calibrate.h"
+#include "quant/calibrate_decoder.h"
 #include "core.h"
 #include "model/sam.h"
 #include "model/transforms.h"
@@ -319,7 +320,14 @@ int ts_quantize_model(const tinysam_model *model, const char *const *paths, int 
                                      "tinysam.config", "tinysam.calibration"};
         const char *values[] = {"pt", model->info.family, TINYSAM_VERSION, model->info.config,
                                 calib};
-        rc = ts_int8_model_save(out_path, model->map, model->encoder, step, zp, 5, keys, values);
+        /* the decoder's int8 layers (calibrate_decoder.h) replace their float tensors */
+        ts_dec_quant dq;
+        ts_int8_decoder_view *dv = NULL;
+        if (!(rc = ts_calib_decoder((tinysam_model *)model, paths, n_paths, &dq, verbose)) &&
+            !(rc = ts_int8_decoder_view_new(model->map, &dq, &dv)))
+            rc = ts_int8_model_save(out_path, ts_int8_decoder_view_map(dv), model->encoder, step,
+                                    zp, 5, keys, values);
+        ts_int8_decoder_view_free(dv);
         if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
     }
     ts_calib_free(c);
