@@ -153,6 +153,31 @@ static int load_up_i8(ts_tensor_map *m, ts_mask_decoder *d) {
         return ts_error(TINYSAM_E_FORMAT, "mask_decoder.mask_product: bad input quantiser");
     u->mp_step = *st;
     u->mp_zp = (int)*z;
+    for (int L = 0; L < 3; L++) {
+        char P[96];
+        if (L < 2)
+            snprintf(P, sizeof P, "mask_decoder.transformer.layers.%d.keys_pe", L);
+        else
+            snprintf(P, sizeof P, "mask_decoder.transformer.final_keys_pe");
+        if (!(st = take_typed(m, P, "input_step", TS_DTYPE_F32, 1, 0)) ||
+            !(z = take_typed(m, P, "input_zero_point", TS_DTYPE_F32, 1, 0)))
+            return TINYSAM_E_FORMAT;
+        if (!(*st > 0.0f) || !(*z >= 0.0f && *z <= 255.0f) || *z != nearbyintf(*z))
+            return ts_error(TINYSAM_E_FORMAT, "%s: bad input quantiser", P);
+        u->kpe_step[L] = *st;
+        u->kpe_zp[L] = (int)*z;
+        if (L == 2) break;
+        snprintf(P, sizeof P, "mask_decoder.transformer.layers.%d.keys", L);
+        if (!(st = take_typed(m, P, "input_step", TS_DTYPE_F32, 1, 0)) ||
+            !(z = take_typed(m, P, "input_zero_point", TS_DTYPE_F32, 1, 0)))
+            return TINYSAM_E_FORMAT;
+        if (!(*st > 0.0f) || !(*z >= 0.0f && *z <= 255.0f) || *z != nearbyintf(*z))
+            return ts_error(TINYSAM_E_FORMAT, "%s: bad input quantiser", P);
+        u->keys_step[L] = *st;
+        u->keys_zp[L] = (int)*z;
+    }
+    u->keys_step[2] = u->up0_step;
+    u->keys_zp[2] = u->up0_zp;
     memcpy(d->up0_bias, b0, sizeof d->up0_bias);
     memcpy(d->up3_bias, b3, sizeof d->up3_bias);
     d->up0_b = b0;
@@ -300,6 +325,10 @@ typedef struct {
     float *f1, *f2, *sb;          /* folded operands: 8*FOLD_MAX x 256, 8*FOLD_MAX */
     float *pa, *pb, *pc, *ctx;    /* projections: FOLD_MAX x 256, or 4096 x 256 when unfolded */
     float *mask_chw, *mask_scratch; /* for a mask input */
+    uint8_t *kq;                  /* int8: the keys + PE, 4096 x 256 codes */
+    uint8_t *kTq;                 /* int8: the keys transposed, 256 x 4096 codes */
+    int8_t *pq;                   /* int8: t2i attention weights, 8*FOLD_MAX x 4096 codes */
+    float *kT;                    /* int8: the keys transposed, 256 x 4096 */
     float hblk[128 * 16], h1[256], h2[256], hyper[4 * 32];
 } workspace;
 
@@ -308,6 +337,10 @@ static void ws_free(workspace *w) {
                     w->S,  w->f1, w->f2, w->sb, w->pa,  w->pb,   w->pc,  w->ctx,
                     w->mask_chw, w->mask_scratch};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ts_free_aligned(all[i]);
+    ts_free_aligned(w->kq);
+    ts_free_aligned(w->kT);
+    ts_free_aligned(w->kTq);
+    ts_free_aligned(w->pq);
 }
 
 /* direct: room for the unfolded attentions (more than FOLD_MAX tokens) */
@@ -321,8 +354,11 @@ static int ws_alloc(workspace *w, int max_tokens, int direct) {
     A(T, t * 256) A(q, t * 256) A(t1, t * 256) A(t2, t * 256) A(mlp, t * 2048)
     A(keys, img) A(kpe, img) A(img, img) A(S, s) A(f1, f * 256) A(f2, f * 256) A(sb, f)
     A(pa, proj) A(pb, proj) A(pc, proj) A(ctx, proj)
-    A(mask_chw, img) A(mask_scratch, TS_PROMPT_DENSE_SCRATCH)
+    A(mask_chw, img) A(mask_scratch, TS_PROMPT_DENSE_SCRATCH) A(kT, img)
 #undef A
+    ok &= (w->kq = ts_malloc_aligned(img)) != NULL;
+    ok &= (w->kTq = ts_malloc_aligned(img)) != NULL;
+    ok &= (w->pq = ts_malloc_aligned((size_t)8 * FOLD_MAX * N_IMG)) != NULL;
     if (!ok) {
         ws_free(w);
         return ts_error(TINYSAM_E_NOMEM, "out of memory for the mask decoder");
@@ -487,6 +523,128 @@ static void i2t_folded(const ts_attn_w *a, const float *q_in, const float *qp, c
  * 256 x 256 output: ConvT(256->64) as a GEMM, LayerNorm2d (eps 1e-6), GELU, ConvT(64->32) as
  * a GEMM with GELU, then the 4 hypernetwork vectors at once (block-diagonal hblk, 128 x 16:
  * column sub-pixel*4 + mask token) and a scatter into lr (4 x 256 x 256). */
+/* ---- int8 cross attentions (an int8 model file: d->up_i8) ----
+ * The image-side products of t2i_folded / i2t_folded as int8 GEMMs. Static operands: the keys
+ * + PE (kq: uint8 codes with the layer's calibrated step). Dynamic operands, quantised per
+ * call with per-row symmetric scales (ts_i8pack_new_f32): the folded query rows f1, the keys
+ * transposed (per channel), the token-side values f2. Attention probabilities: i2t's rows of
+ * nk weights are codes of step 1/255 (static: a probability is in [0, 1]); t2i's rows of 4096
+ * weights are codes of the row's maximum (round(255 p / max p)) and the product is divided by
+ * the code sum, so that the quantised weights still sum to one (the folding relies on it). */
+
+/* out (rows x cols, ldo) = in^T for in (cols x rows): small operands, on this thread. */
+static void transpose_small(const float *in, int cols, int rows, float *out) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) out[(size_t)r * cols + c] = in[(size_t)c * rows + r];
+}
+
+static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
+                          const uint8_t *kq, float kstep, int kzp, const float *v_in,
+                          float vstep, int vzp, float *out, workspace *w) {
+    int D = a->dim, dh = D / 8, R = 8 * nq;
+    const float scale = sqrtf((float)dh);
+    linear(q_in, nq, a->q_p, a->q_b, w->pa);
+    for (int h = 0; h < 8; h++)
+        ts_gemm(nq, 256, dh, w->pa + h * dh, D, a->k_w + (size_t)h * dh * 256, 256, 0,
+                w->f1 + (size_t)h * nq * 256, 256, 0.0f);
+    for (size_t i = 0; i < (size_t)R * 256; i++) w->f1[i] /= scale;
+    ts_i8pack *fp = ts_i8pack_new_f32(w->f1, R, 256, 256);
+    if (!fp) { /* out of memory: the float form */
+        t2i_folded(a, q_in, nq, k_in, v_in, out, w);
+        return;
+    }
+    ts_i8_out os = {.C = w->img, .ldc = R};
+    ts_gemm_i8(N_IMG, kq, 256, kstep, kzp, fp, &os);
+    ts_i8pack_free(fp);
+    transpose(w->img, N_IMG, R, w->S);
+    ts_softmax_rows(w->S, R, N_IMG);
+    /* weights as codes of each row's maximum, round(127 p / max p) (7 bits: p >= 0), the row's
+     * scale 1 / sum(codes) so that the quantised weights sum to one */
+    float rsc[8 * FOLD_MAX];
+    for (int r = 0; r < R; r++) {
+        const float *p = w->S + (size_t)r * N_IMG;
+        int8_t *q = w->pq + (size_t)r * N_IMG;
+        float mx = 0.0f;
+        for (int n = 0; n < N_IMG; n++) mx = p[n] > mx ? p[n] : mx;
+        const float inv = mx > 0.0f ? 127.0f / mx : 0.0f, magic = 12582912.0f; /* 1.5 * 2^23 */
+        int32_t cs = 0;
+        for (int n = 0; n < N_IMG; n++) { /* round half even of p * inv in [0, 127] */
+            int v = (int)((p[n] * inv + magic) - magic);
+            q[n] = (int8_t)v;
+            cs += v;
+        }
+        rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
+    }
+    ts_i8pack *pp = ts_i8pack_new(w->pq, R, N_IMG, N_IMG, rsc);
+    if (!pp) {
+        t2i_folded(a, q_in, nq, k_in, v_in, out, w);
+        return;
+    }
+    /* f2^T (256 x R) = keys^T P^T: the keys transposed as static uint8 codes */
+    transpose(v_in, N_IMG, 256, w->kT);
+    ts_quantize_u8(w->kT, 256, N_IMG, N_IMG, vstep, vzp, w->kTq, N_IMG);
+    ts_i8_out ov = {.C = w->img, .ldc = R};
+    ts_gemm_i8(256, w->kTq, N_IMG, vstep, vzp, pp, &ov);
+    ts_i8pack_free(pp);
+    transpose_small(w->img, 256, R, w->f2);
+    for (int h = 0; h < 8; h++)
+        ts_gemm_ex(nq, dh, 256, w->f2 + (size_t)h * nq * 256, 256, a->v_w + (size_t)h * dh * 256,
+                   256, 1, w->ctx + h * dh, D, 0.0f, a->v_b + h * dh, TS_ACT_NONE);
+    linear(w->ctx, nq, a->o_p, a->o_b, out);
+}
+
+/* i2t_folded with the int8 products; out += the attention (the residual). */
+static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *kq, float kstep,
+                          int kzp, const float *qp, const float *k_in, const float *v_in, int nk,
+                          float *out, workspace *w) {
+    int D = a->dim, dh = D / 8, R = 8 * nk;
+    const float scale = sqrtf((float)dh);
+    linear(k_in, nk, a->k_p, a->k_b, w->pa);
+    linear(v_in, nk, a->v_p, a->v_b, w->pb);
+    for (int h = 0; h < 8; h++) {
+        ts_gemm(nk, 256, dh, w->pb + h * dh, D, a->o_w + h * dh, D, 1,
+                w->f2 + (size_t)h * nk * 256, 256, 0.0f);
+        if (qp) {
+            ts_gemm(N_IMG, nk, dh, qp + h * dh, D, w->pa + h * dh, D, 1, w->S + h * nk, R, 0.0f);
+            continue;
+        }
+        ts_gemm(nk, 256, dh, w->pa + h * dh, D, a->q_w + (size_t)h * dh * 256, 256, 0,
+                w->f1 + (size_t)h * nk * 256, 256, 0.0f);
+        for (int j = 0; j < nk; j++) {
+            float acc = 0.0f;
+            for (int c = 0; c < dh; c++)
+                acc += a->q_b[h * dh + c] * w->pa[(size_t)j * D + h * dh + c];
+            w->sb[h * nk + j] = acc / scale;
+        }
+    }
+    ts_i8pack *fp = NULL;
+    if (qp) {
+        for (size_t i = 0; i < (size_t)N_IMG * R; i++) w->S[i] /= scale;
+    } else {
+        for (size_t i = 0; i < (size_t)R * 256; i++) w->f1[i] /= scale;
+        fp = ts_i8pack_new_f32(w->f1, R, 256, 256);
+        if (fp) {
+            ts_i8_out os = {.bias = w->sb, .C = w->S, .ldc = R};
+            ts_gemm_i8(N_IMG, kq, 256, kstep, kzp, fp, &os);
+        } else {
+            ts_gemm_ex(N_IMG, R, 256, q_in, 256, w->f1, 256, 1, w->S, R, 0.0f, w->sb,
+                       TS_ACT_NONE);
+        }
+    }
+    ts_softmax_rows(w->S, N_IMG * 8, nk);
+    /* out += S f2 + o_b: f2 as the weight (256 x R, per output channel), S in codes of 1/255 */
+    transpose_small(w->f2, R, 256, w->f1);
+    ts_i8pack *op = ts_i8pack_new_f32(w->f1, 256, R, R);
+    if (op) {
+        ts_i8_out oo = {.bias = a->o_b, .accumulate = 1, .C = out, .ldc = 256};
+        ts_gemm_i8_f32(N_IMG, w->S, R, 1.0f / 255.0f, 0, op, &oo);
+    } else {
+        ts_gemm_ex(N_IMG, 256, R, w->S, R, w->f2, 256, 0, out, 256, 1.0f, a->o_b, TS_ACT_NONE);
+    }
+    ts_i8pack_free(fp);
+    ts_i8pack_free(op);
+}
+
 /* The 4 x 4 output block of every token of the chunk into lr: m is 4*UP_TOK rows of 16
  * (sub-pixel * 4 + mask token). */
 static void scatter_masks(int n0, const float *mrow, float *lr) {
@@ -626,9 +784,16 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         kpe = w->kpe;
     }
     float *queries = w->q, *qpe = w->t1, *tmp = w->t2;
+    const ts_up_i8 *qi = fold ? d->up_i8 : NULL; /* int8 cross attentions */
     for (int L = 0; L < 2; L++) {
         const ts_twoway_layer *l = &d->layer[L];
         int shared = L == 0 && proj0;
+        if (fold && ts_decoder_probe) {
+            ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KPE0 + L, kpe, N_IMG, 256, 0);
+            ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KEYS0 + L, keys, N_IMG, 256, 0);
+        }
+        if (qi && !shared)
+            ts_quantize_u8(kpe, N_IMG, 256, 256, qi->kpe_step[L], qi->kpe_zp[L], w->kq, 256);
         if (L == 0) { /* the first self-attention replaces the queries: no residual, no PE */
             attention(&l->self_attn, w->T, nq, w->T, w->T, nq, NULL, NULL, queries, w);
         } else {
@@ -640,6 +805,9 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         add(queries, w->T, qpe, tq);
         if (shared)
             attention(&l->t2i, qpe, nq, NULL, NULL, N_IMG, j->sh->k_t2i, j->sh->v_t2i, tmp, w);
+        else if (qi)
+            t2i_folded_i8(&l->t2i, qpe, nq, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L], keys,
+                          qi->keys_step[L], qi->keys_zp[L], tmp, w);
         else if (fold)
             t2i_folded(&l->t2i, qpe, nq, kpe, keys, tmp, w);
         else
@@ -654,8 +822,12 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         add(queries, w->T, qpe, tq); /* image -> token: the image tokens are the queries */
         if (fold) { /* keys += attention, accumulated by the output GEMM */
             if (keys != w->keys) copy(keys, w->keys, ti);
-            i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
-                       1.0f, w);
+            if (qi)
+                i2t_folded_i8(&l->i2t, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L],
+                              shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys, w);
+            else
+                i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
+                           1.0f, w);
         } else {
             attention(&l->i2t, kpe, N_IMG, qpe, queries, nq, NULL, NULL, w->img, w);
             add(keys, w->img, w->keys, ti);
@@ -666,7 +838,13 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         kpe = w->kpe;
     }
     add(queries, w->T, qpe, tq);
-    if (fold) t2i_folded(&d->final_attn, qpe, nq, kpe, keys, tmp, w);
+    if (fold && ts_decoder_probe)
+        ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KPE0 + 2, kpe, N_IMG, 256, 0);
+    if (qi) {
+        ts_quantize_u8(kpe, N_IMG, 256, 256, qi->kpe_step[2], qi->kpe_zp[2], w->kq, 256);
+        t2i_folded_i8(&d->final_attn, qpe, nq, kpe, w->kq, qi->kpe_step[2], qi->kpe_zp[2], keys,
+                      qi->keys_step[2], qi->keys_zp[2], tmp, w);
+    } else if (fold) t2i_folded(&d->final_attn, qpe, nq, kpe, keys, tmp, w);
     else attention(&d->final_attn, qpe, nq, kpe, keys, N_IMG, NULL, NULL, tmp, w);
     add(queries, tmp, queries, tq);
     ts_layernorm(queries, nq, 256, d->nf_w, d->nf_b, 1e-5f);

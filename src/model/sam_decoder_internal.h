@@ -18,12 +18,27 @@ typedef struct {
     ts_i8pack *up0, *up3;
     float up0_step, up3_step, mp_step; /* input steps: up0, up3, mask product */
     int up0_zp, up3_zp, mp_zp;
+    /* the image side of the folded cross attentions: the keys + PE entering layer 0, 1 and the
+     * final attention, quantised once per layer for the q.k products of both attentions */
+    float kpe_step[3];
+    int kpe_zp[3];
+    /* the keys (values of token-to-image attention) entering layer 0, 1 and the final attention
+     * (the last = up0's input: the same tensor) */
+    float keys_step[3];
+    int keys_zp[3];
 } ts_up_i8;
 
 /* Calibration probe (quant/calibrate_decoder.c): when set, the float upscaling hands it the
  * inputs of its three int8 sites (TS_DEC_SITE_*), rows x cols, row0 = index of the first row
  * in the image's sequence of that site. Called from pool threads: the callee locks. */
-enum { TS_DEC_SITE_UP0 = 0, TS_DEC_SITE_UP3 = 1, TS_DEC_SITE_MASK = 2, TS_DEC_N_SITES = 3 };
+enum {
+    TS_DEC_SITE_UP0 = 0,
+    TS_DEC_SITE_UP3 = 1,
+    TS_DEC_SITE_MASK = 2,
+    TS_DEC_SITE_KPE0 = 3,  /* + layer: 3, 4, 5 (5 = the final attention) */
+    TS_DEC_SITE_KEYS0 = 6, /* + layer: 6, 7 (the final attention's keys: TS_DEC_SITE_UP0) */
+    TS_DEC_N_SITES = 8
+};
 typedef void (*ts_decoder_probe_fn)(void *ctx, int site, const float *x, int rows, int cols,
                                     int row0);
 extern ts_decoder_probe_fn ts_decoder_probe;

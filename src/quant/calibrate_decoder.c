@@ -115,11 +115,16 @@ int ts_calib_decoder(tinysam_model *model, const char *const *paths, int n, ts_d
     for (int s = 0; s < TS_DEC_N_SITES && !rc; s++)
         if (!c.n[s]) rc = ts_error(TINYSAM_E_ARG, "decoder calibration: no samples");
     if (!rc) {
-        q->zp[TS_DEC_SITE_UP0] = 128;
-        q->step[TS_DEC_SITE_UP0] = ts_quant_search_step_mse(c.buf[0], c.n[0], -128, 127, N_GRID,
-                                                            LO_RATIO, NULL);
-        for (int s = 1; s < TS_DEC_N_SITES; s++)
-            q->step[s] = ts_calib_search_asym(c.buf[s], c.n[s], N_GRID, LO_RATIO, &q->zp[s], NULL);
+        for (int s = 0; s < TS_DEC_N_SITES; s++) {
+            if (s == TS_DEC_SITE_UP3 || s == TS_DEC_SITE_MASK) { /* post-GELU */
+                q->step[s] =
+                    ts_calib_search_asym(c.buf[s], c.n[s], N_GRID, LO_RATIO, &q->zp[s], NULL);
+            } else { /* LayerNorm outputs (+ PE) */
+                q->zp[s] = 128;
+                q->step[s] = ts_quant_search_step_mse(c.buf[s], c.n[s], -128, 127, N_GRID,
+                                                      LO_RATIO, NULL);
+            }
+        }
     }
     for (int s = 0; s < TS_DEC_N_SITES; s++) free(c.buf[s]);
     pthread_mutex_destroy(&c.lock);
@@ -134,7 +139,7 @@ struct ts_int8_decoder_view {
     ts_tensor_map m;  /* names ours, data src's or own[] */
     void *own[N_OWN];
     int n_own;
-    float qv[6];      /* steps and zero points, as F32 [1] tensors */
+    float qv[2 * TS_DEC_N_SITES]; /* steps and zero points, as F32 [1] tensors */
 };
 
 static void *own(ts_int8_decoder_view *v, size_t bytes) {
@@ -229,6 +234,27 @@ int ts_int8_decoder_view_new(const ts_tensor_map *src, const ts_dec_quant *q,
         !put(&v->m, "mask_decoder.mask_product", "input_zero_point", TS_DTYPE_F32, &v->qv[5], 1,
              0))
         goto fail;
+    for (int L = 0; L < 3; L++) { /* the keys + PE of the cross attentions (their k_proj input) */
+        char P[96];
+        if (L < 2)
+            snprintf(P, sizeof P, "mask_decoder.transformer.layers.%d.keys_pe", L);
+        else
+            snprintf(P, sizeof P, "mask_decoder.transformer.final_keys_pe");
+        float *qv = &v->qv[6 + 2 * L];
+        qv[0] = q->step[TS_DEC_SITE_KPE0 + L];
+        qv[1] = (float)q->zp[TS_DEC_SITE_KPE0 + L];
+        if (!put(&v->m, P, "input_step", TS_DTYPE_F32, &qv[0], 1, 0) ||
+            !put(&v->m, P, "input_zero_point", TS_DTYPE_F32, &qv[1], 1, 0))
+            goto fail;
+        if (L == 2) break; /* the final attention's keys: output_upscaling.0's input */
+        snprintf(P, sizeof P, "mask_decoder.transformer.layers.%d.keys", L);
+        qv = &v->qv[12 + 2 * L];
+        qv[0] = q->step[TS_DEC_SITE_KEYS0 + L];
+        qv[1] = (float)q->zp[TS_DEC_SITE_KEYS0 + L];
+        if (!put(&v->m, P, "input_step", TS_DTYPE_F32, &qv[0], 1, 0) ||
+            !put(&v->m, P, "input_zero_point", TS_DTYPE_F32, &qv[1], 1, 0))
+            goto fail;
+    }
     *out = v;
     return 0;
 fail:

@@ -15,8 +15,8 @@
 #include "model/sam.h"
 
 typedef struct {
-    float step[3]; /* TS_DEC_SITE_UP0, _UP3, _MASK (model/sam_decoder_internal.h) */
-    int zp[3];
+    float step[8]; /* TS_DEC_SITE_* (model/sam_decoder_internal.h) */
+    int zp[8];
 } ts_dec_quant;
 
 /* Calibrates the decoder of the float model on the images paths[0 .. n-1]. */
