@@ -6,6 +6,7 @@
 #include "dist/shard.h"
 #include "io/npy.h"
 #include "model/sam.h"
+#include "quant/int8_info.h"
 #include "tinysam.h"
 #include "train/dataset.h"
 
@@ -68,7 +69,6 @@ int ts_cli_info(int argc, char **argv) {
     if (tinysam_model_load(argv[1], &m)) return ts_cli_fail();
     tinysam_model_info inf;
     tinysam_model_get_info(m, &inf);
-    tinysam_model_free(m);
     printf("{\"model\": ");
     ts_json_write_string_stdout(argv[1]);
     printf(", \"family\": \"%s\", \"format\": \"%s\", \"dtype\": \"%s\", \"tensors\": %d, "
@@ -76,6 +76,10 @@ int ts_cli_info(int argc, char **argv) {
            inf.family, inf.source_format, inf.source_dtype, inf.n_tensors, inf.n_values,
            inf.n_params_used);
     printf(", \"config\": %s", inf.config);
+    printf(", \"quantized\": "); /* the int8 file's layers (quant/int8_info.h) */
+    fflush(stdout);
+    ts_int8_info_json(m->map, stdout);
+    tinysam_model_free(m);
     printf("}\n");
     return 0;
 }
