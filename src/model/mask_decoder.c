@@ -595,8 +595,9 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
 
 /* i2t_folded with the int8 products; out += the attention (the residual). */
 static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *kq, float kstep,
-                          int kzp, const float *qp, const float *k_in, const float *v_in, int nk,
-                          float *out, workspace *w) {
+                          int kzp, const float *qp, const uint8_t *qq, float qstep,
+                          const float *k_in, const float *v_in, int nk, float *out,
+                          workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nk;
     const float scale = sqrtf((float)dh);
     linear(k_in, nk, a->k_p, a->k_b, w->pa);
@@ -604,6 +605,7 @@ static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *
     for (int h = 0; h < 8; h++) {
         ts_gemm(nk, 256, dh, w->pb + h * dh, D, a->o_w + h * dh, D, 1,
                 w->f2 + (size_t)h * nk * 256, 256, 0.0f);
+        if (qp && qq) continue; /* below, all heads at once */
         if (qp) {
             ts_gemm(N_IMG, nk, dh, qp + h * dh, D, w->pa + h * dh, D, 1, w->S + h * nk, R, 0.0f);
             continue;
@@ -618,7 +620,26 @@ static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *
         }
     }
     ts_i8pack *fp = NULL;
-    if (qp) {
+    if (qp && qq) {
+        /* scores of all heads in one int8 GEMM against the shared q codes: the keys laid out
+         * block-diagonally, row h*nk + j = head h's slice of key j (zeros elsewhere), / scale */
+        memset(w->f1, 0, sizeof(float) * (size_t)R * D);
+        for (int h = 0; h < 8; h++)
+            for (int jj = 0; jj < nk; jj++)
+                for (int c = 0; c < dh; c++)
+                    w->f1[(size_t)(h * nk + jj) * D + h * dh + c] =
+                        w->pa[(size_t)jj * D + h * dh + c] / scale;
+        fp = ts_i8pack_new_f32(w->f1, R, D, D);
+        if (fp) {
+            ts_i8_out os = {.C = w->S, .ldc = R};
+            ts_gemm_i8(N_IMG, qq, D, qstep, 128, fp, &os);
+        } else {
+            for (int h = 0; h < 8; h++)
+                ts_gemm(N_IMG, nk, dh, qp + h * dh, D, w->pa + h * dh, D, 1, w->S + h * nk, R,
+                        0.0f);
+            for (size_t i = 0; i < (size_t)N_IMG * R; i++) w->S[i] /= scale;
+        }
+    } else if (qp) {
         for (size_t i = 0; i < (size_t)N_IMG * R; i++) w->S[i] /= scale;
     } else {
         for (size_t i = 0; i < (size_t)R * 256; i++) w->f1[i] /= scale;
@@ -709,6 +730,11 @@ typedef struct {
     float *emb_tok;       /* 4096 x 256: the embedding, token-major */
     float *src0, *kpe0;   /* + no_mask_embed, and + dense PE: layer 0 of sets without a mask */
     float *k_t2i, *v_t2i, *q_i2t; /* their layer-0 projections, when several sets share them */
+    /* int8 model: the projections as int8 operands, made once per call (shared_i8_make) */
+    ts_i8pack *k8[8], *v8[8]; /* per head: K_h (4096 x 16), V_h^T (16 x 4096), per-row scales */
+    uint8_t *qq;              /* q_i2t codes, 4096 x 128 */
+    float q_step;             /* their step (zero point 128), max |q_i2t| / 127 */
+    int has_i8;
 } shared_img;
 
 typedef struct {
@@ -751,6 +777,79 @@ static void shared_task(void *ctx, int t, int tid) {
             sh->src0[x] = sh->emb_tok[x] + j->pe->no_mask[ch];
             sh->kpe0[x] = sh->src0[x] + j->pe->dense_pe_tok[x];
         }
+}
+
+static void shared_i8_free(shared_img *sh) {
+    for (int h = 0; h < 8; h++) {
+        ts_i8pack_free(sh->k8[h]);
+        ts_i8pack_free(sh->v8[h]);
+        sh->k8[h] = sh->v8[h] = NULL;
+    }
+    sh->has_i8 = 0;
+}
+
+/* The shared layer-0 projections as int8 operands (dynamic, per call: they depend on the
+ * image): K_h and V_h^T packed per head with per-row scales, q_i2t as uint8 codes of one
+ * step. On failure (memory) has_i8 stays 0 and layer 0 runs in float. */
+static void shared_i8_make(shared_img *sh) {
+    float *vt = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
+    if (!vt) return;
+    transpose(sh->v_t2i, N_IMG, 128, vt);
+    int ok = 1;
+    for (int h = 0; h < 8; h++) {
+        ok &= (sh->k8[h] = ts_i8pack_new_f32(sh->k_t2i + h * 16, N_IMG, 16, 128)) != NULL;
+        ok &= (sh->v8[h] = ts_i8pack_new_f32(vt + (size_t)h * 16 * N_IMG, 16, N_IMG, N_IMG)) != NULL;
+    }
+    ts_free_aligned(vt);
+    float mx = 0.0f;
+    for (size_t i = 0; i < (size_t)N_IMG * 128; i++) {
+        float a = fabsf(sh->q_i2t[i]);
+        mx = a > mx ? a : mx;
+    }
+    sh->q_step = mx > 0.0f ? mx / 127.0f : 1.0f;
+    ts_quantize_u8(sh->q_i2t, N_IMG, 128, 128, sh->q_step, 128, sh->qq, 128);
+    if (!ok) shared_i8_free(sh);
+    else sh->has_i8 = 1;
+}
+
+/* Token-to-image attention of layer 0 against the shared int8 projections: per head, scores
+ * q_h K_h^T from the query rows quantised with one dynamic step, probabilities as codes of each
+ * row's maximum (round(255 p / max p)), the product rescaled by 1 / sum(codes) per row. */
+static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const shared_img *sh,
+                          float *out, workspace *w) {
+    const float scale = 4.0f; /* sqrt(16) */
+    linear(q_in, nq, a->q_p, a->q_b, w->pa);
+    float mx = 0.0f;
+    for (int i = 0; i < nq * 128; i++) mx = fabsf(w->pa[i]) > mx ? fabsf(w->pa[i]) : mx;
+    const float qs = mx > 0.0f ? mx / 127.0f : 1.0f;
+    uint8_t *aq = (uint8_t *)w->f1, *pq = (uint8_t *)w->pq;
+    ts_quantize_u8(w->pa, nq, 128, 128, qs, 128, aq, 128);
+    for (int h = 0; h < 8; h++) {
+        ts_i8_out os = {.C = w->S, .ldc = N_IMG};
+        ts_gemm_i8(nq, aq + h * 16, 128, qs, 128, sh->k8[h], &os);
+        for (size_t i = 0; i < (size_t)nq * N_IMG; i++) w->S[i] /= scale;
+        ts_softmax_rows(w->S, nq, N_IMG);
+        float rsc[8 * FOLD_MAX];
+        for (int r = 0; r < nq; r++) {
+            const float *p = w->S + (size_t)r * N_IMG;
+            uint8_t *q = pq + (size_t)r * N_IMG;
+            float pm = 0.0f;
+            for (int n = 0; n < N_IMG; n++) pm = p[n] > pm ? p[n] : pm;
+            const float inv = pm > 0.0f ? 255.0f / pm : 0.0f, magic = 12582912.0f;
+            int32_t cs = 0;
+            for (int n = 0; n < N_IMG; n++) {
+                int v = (int)((p[n] * inv + magic) - magic);
+                q[n] = (uint8_t)v;
+                cs += v;
+            }
+            rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
+        }
+        ts_i8_out ov = {.C = w->ctx + h * 16, .ldc = 128};
+        ts_gemm_i8(nq, pq, N_IMG, 1.0f, 0, sh->v8[h], &ov);
+        for (int r = 0; r < nq; r++)
+            for (int c = 0; c < 16; c++) w->ctx[(size_t)r * 128 + h * 16 + c] *= rsc[r];
+    }
+    linear(w->ctx, nq, a->o_p, a->o_b, out);
 }
 
 static void up_task(void *ctx, int c, int tid) {
@@ -803,7 +902,9 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         }
         ts_layernorm(queries, nq, 256, l->n1_w, l->n1_b, 1e-5f);
         add(queries, w->T, qpe, tq);
-        if (shared)
+        if (shared && qi && j->sh->has_i8)
+            t2i_shared_i8(&l->t2i, qpe, nq, j->sh, tmp, w);
+        else if (shared)
             attention(&l->t2i, qpe, nq, NULL, NULL, N_IMG, j->sh->k_t2i, j->sh->v_t2i, tmp, w);
         else if (qi)
             t2i_folded_i8(&l->t2i, qpe, nq, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L], keys,
@@ -824,7 +925,9 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             if (keys != w->keys) copy(keys, w->keys, ti);
             if (qi)
                 i2t_folded_i8(&l->i2t, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L],
-                              shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys, w);
+                              shared ? j->sh->q_i2t : NULL,
+                              shared && j->sh->has_i8 ? j->sh->qq : NULL, j->sh->q_step, qpe,
+                              queries, nq, w->keys, w);
             else
                 i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
                            1.0f, w);
@@ -931,6 +1034,7 @@ static void ctx_free(ts_decode_ctx *c) {
     free(c->up);
     free(c->slot_of_tid);
     float *sh[] = {c->sh.emb_tok, c->sh.src0, c->sh.kpe0, c->sh.k_t2i, c->sh.v_t2i, c->sh.q_i2t};
+    ts_free_aligned(c->sh.qq);
     for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) ts_free_aligned(sh[i]);
     free(c);
 }
@@ -967,6 +1071,7 @@ static ts_decode_ctx *ctx_new(int nt, int n_up, int max_tokens, int direct) {
     ok &= (c->sh.k_t2i = ts_malloc_aligned(sizeof(float) * half)) != NULL;
     ok &= (c->sh.v_t2i = ts_malloc_aligned(sizeof(float) * half)) != NULL;
     ok &= (c->sh.q_i2t = ts_malloc_aligned(sizeof(float) * half)) != NULL;
+    ok &= (c->sh.qq = ts_malloc_aligned(half)) != NULL;
     if (!ok) {
         ctx_free(c);
         return NULL;
@@ -1041,6 +1146,7 @@ int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
         linear(sh->kpe0, N_IMG, l0->t2i.k_p, l0->t2i.k_b, sh->k_t2i);
         linear(sh->src0, N_IMG, l0->t2i.v_p, l0->t2i.v_b, sh->v_t2i);
         linear(sh->kpe0, N_IMG, l0->i2t.q_p, l0->i2t.q_b, sh->q_i2t);
+        if (d->up_i8) shared_i8_make(sh);
     }
     atomic_int next_slot = 0;
     decode_job j = {.pe = pe, .d = d, .sets = sets, .sh = sh, .use_proj = use_proj,
@@ -1052,6 +1158,7 @@ int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
         decode_one(&j, 0, &c->ws[0], &c->up[0]);
     else
         ts_parallel_for(n, decode_task, &j);
+    shared_i8_free(sh);
     ctx_put(d, c);
     return 0;
 }

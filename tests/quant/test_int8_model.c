@@ -10,6 +10,7 @@
 #include "io/npy.h"
 #include "io/tensor_map.h"
 #include "model/sam.h"
+#include "model/sam_decoder.h"
 #include "model/sam_decoder_internal.h"
 #include "nn/gemm_i8.h"
 #include "quant/calibrate.h"
@@ -345,6 +346,60 @@ static void test_weight_only_decoder_file(void) {
     remove(path);
 }
 
+/* Everything mode's path: a batch of prompts in one ts_sam_decode call (the shared layer-0
+ * projections, int8 in the int8 model), 16 grid points on picture1 with each model's own
+ * embedding: the best low-res mask (tokens 1..3) against the float model's, IoU of logits > 0,
+ * mean >= 0.95 and none below 0.85. */
+static void test_batched_decode(void) {
+    if (!setup()) SKIP("fixtures missing or setup failed");
+    tinysam_image img;
+    REQUIRE(tinysam_image_load(fixture("images/picture1.jpg"), 0, &img) == 0, "%s",
+            tinysam_last_error());
+    tinysam_embedding *ef, *eq;
+    REQUIRE(tinysam_encode(fm, &img, &ef) == 0, "%s", tinysam_last_error());
+    REQUIRE(tinysam_encode(qm, &img, &eq) == 0, "%s", tinysam_last_error());
+    enum { B = 16 };
+    float coords[2 * B], iouf[4 * B], iouq[4 * B];
+    int lab = 1;
+    ts_prompt_set sets[B];
+    for (int i = 0; i < B; i++) {
+        coords[2 * i] = ((float)(i % 4) * 192.0f + 96.0f + 0.5f) / 1024.0f;
+        coords[2 * i + 1] = ((float)(i / 4) * 192.0f + 96.0f + 0.5f) / 1024.0f;
+        sets[i] = (ts_prompt_set){.n_points = 1, .coords = coords + 2 * i, .labels = &lab};
+    }
+    float *lf = malloc(sizeof(float) * B * 4 * 65536), *lq = malloc(sizeof(float) * B * 4 * 65536);
+    REQUIRE(lf && lq, "oom");
+    REQUIRE(ts_sam_decode(fm->prompt_encoder, fm->mask_decoder, tinysam_embedding_data(ef), B,
+                          sets, lf, iouf) == 0, "%s", tinysam_last_error());
+    REQUIRE(ts_sam_decode(qm->prompt_encoder, qm->mask_decoder, tinysam_embedding_data(eq), B,
+                          sets, lq, iouq) == 0, "%s", tinysam_last_error());
+    double sum = 0, worst = 1;
+    for (int i = 0; i < B; i++) {
+        int bf = 1, bq = 1;
+        for (int t = 2; t < 4; t++) {
+            if (iouf[4 * i + t] > iouf[4 * i + bf]) bf = t;
+            if (iouq[4 * i + t] > iouq[4 * i + bq]) bq = t;
+        }
+        const float *a = lf + ((size_t)i * 4 + bf) * 65536, *b = lq + ((size_t)i * 4 + bq) * 65536;
+        size_t in = 0, un = 0;
+        for (size_t p = 0; p < 65536; p++) {
+            in += a[p] > 0 && b[p] > 0;
+            un += a[p] > 0 || b[p] > 0;
+        }
+        double iou = un ? (double)in / (double)un : 1.0;
+        sum += iou;
+        worst = fmin(worst, iou);
+    }
+    printf("  batch of %d points: best low-res mask IoU mean %.4f, worst %.4f\n", B, sum / B,
+           worst);
+    CHECK(sum / B >= 0.95 && worst >= 0.85, "batched: mean %.4f worst %.4f", sum / B, worst);
+    free(lf);
+    free(lq);
+    tinysam_embedding_free(ef);
+    tinysam_embedding_free(eq);
+    tinysam_image_free(&img);
+}
+
 /* The asymmetric post-GELU search: the minimum maps near code 0, and on a skewed GELU-like
  * sample its error is below that of the symmetric search (half the codes unused there). */
 static void test_search_asym(void) {
@@ -421,6 +476,7 @@ int main(void) {
     RUN(test_decoder_layers);
     RUN(test_weight_only_decoder_file);
     RUN(test_accuracy);
+    RUN(test_batched_decode);
     tinysam_model_free(fm);
     tinysam_model_free(qm);
     if (qpath[0]) remove(qpath);
