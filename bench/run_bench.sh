@@ -15,10 +15,13 @@
 #                                      encoder_int8_ms_1t encoder_int8_ms_2t
 #   bench_decoder --json --runs N      decoder_ms_1t decoder_ms_2t (one prompt end to end,
 #                                      masks at 769x770) decoder_batch64_ms_per_prompt_1t/_2t
+#                                      decoder_int8_ms_1t/_2t
+#                                      decoder_int8_batch64_ms_per_prompt_1t/_2t
 #   bench_everything --json --threads T [--quick]
 #                                      threads net_hier_ms net_grid_ms oracle_hier_ms
 #                                      oracle_grid_ms net_hier_points net_grid_points
 #                                      net_12mp_hier_ms peak_rss_photo_mb peak_rss_12mp_mb
+#                                      net_grid_int8_ms
 #   bench_dataset --json [--quick]     separate_s folder_s folder_speedup separate_images_per_s
 #                                      folder_images_per_s peak_rss_1mp_mb folder_12mp_s
 #                                      peak_rss_12mp_mb
@@ -162,10 +165,20 @@ if [ "$ort_ok" = 1 ]; then
         "$(num "$od2") ms"
     row "ratio ONNX Runtime / ours (target >= 2)" "$(ratio "$od1" "$d1")" "$(ratio "$od2" "$d2")"
 fi
+qd1=$(jget decoder_int8_ms_1t "$ours_dec"); qd2=$(jget decoder_int8_ms_2t "$ours_dec")
+if [ -n "$qd1" ]; then
+    row "ours, int8 decoder (W8A8)" "$(num "$qd1") ms" "$(num "$qd2") ms"
+    row "ratio float / int8 (target >= 1.5)" "$(ratio "$d1" "$qd1")" "$(ratio "$d2" "$qd2")"
+fi
 echo "== decoder, 64 prompts, per prompt"
-row "ours, one batch of 64 (low-res masks)" \
-    "$(num "$(jget decoder_batch64_ms_per_prompt_1t "$ours_dec")") ms" \
-    "$(num "$(jget decoder_batch64_ms_per_prompt_2t "$ours_dec")") ms"
+b1=$(jget decoder_batch64_ms_per_prompt_1t "$ours_dec"); b2=$(jget decoder_batch64_ms_per_prompt_2t "$ours_dec")
+row "ours, one batch of 64 (low-res masks)" "$(num "$b1") ms" "$(num "$b2") ms"
+qb1=$(jget decoder_int8_batch64_ms_per_prompt_1t "$ours_dec")
+qb2=$(jget decoder_int8_batch64_ms_per_prompt_2t "$ours_dec")
+if [ -n "$qb1" ]; then
+    row "ours, int8 decoder, one batch of 64" "$(num "$qb1") ms" "$(num "$qb2") ms"
+    row "ratio float / int8 (target >= 2.0)" "$(ratio "$b1" "$qb1")" "$(ratio "$b2" "$qb2")"
+fi
 if [ "$ort_ok" = 1 ]; then
     row "ONNX Runtime, 64 calls (export has batch 1)" \
         "$(num "$(jget decoder_seq64_ms_per_prompt "$o1")") ms" \
@@ -205,6 +218,10 @@ if [ -x "$B/bench/bench_everything" ]; then
             "$(jget net_hier_points "$j") points"
         row "             network, picture1, grid" "$(secs "$(jget net_grid_ms "$j")")" \
             "$(jget net_grid_points "$j") points"
+        if [ -n "$(jget net_grid_int8_ms "$j")" ]; then
+            row "             the same, int8 model" "$(secs "$(jget net_grid_int8_ms "$j")")" \
+                "float / int8 $(ratio "$(jget net_grid_ms "$j")" "$(jget net_grid_int8_ms "$j")") (target >= 1.7)"
+        fi
         row "             oracle scene, hierarchical" "$(secs "$(jget oracle_hier_ms "$j")")" \
             "$(jget oracle_hier_points "$j") points"
         row "             oracle scene, grid" "$(secs "$(jget oracle_grid_ms "$j")")" \

@@ -9,6 +9,7 @@
 #include "io/tensor_map.h"
 #include "model/sam.h"
 #include "nn/gemm_i8.h"
+#include "quant/int8_info.h"
 #include "quant/sim_layers.h"
 #include "quant/sim_model.h"
 #include "tinysam.h"
@@ -135,8 +136,11 @@ int ts_cli_info(int argc, char **argv) {
     if (m->map->key_prefix[0]) printf(", \"key_prefix_stripped\": \"%s\"", m->map->key_prefix);
     print_module_info(m);
     printf(", \"config\": %s", inf.config);
-    printf("}\n");
+    printf(", \"quantized\": "); /* the int8 file's layers (quant/int8_info.h) */
+    fflush(stdout);
+    ts_int8_info_json(m->map, stdout);
     tinysam_model_free(m);
+    printf("}\n");
     return 0;
 }
 

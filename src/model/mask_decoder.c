@@ -8,6 +8,7 @@
 #include "core.h"
 #include "model/sam_decoder.h"
 #include "model/sam_decoder_internal.h"
+#include "nn/gemm_i8.h"
 #include "nn/nn.h"
 #include "threads.h"
 
@@ -93,6 +94,97 @@ static int pack_linears(ts_mask_decoder *d) {
     return 0;
 }
 
+ts_decoder_probe_fn ts_decoder_probe;
+void *ts_decoder_probe_ctx;
+
+/* A tensor of an int8 model file, checked and marked used: dtype dt, shape [d0] or [d0][d1]. */
+static const void *take_typed(ts_tensor_map *m, const char *P, const char *suffix, ts_dtype dt,
+                              int64_t d0, int64_t d1) {
+    char n[256];
+    snprintf(n, sizeof n, "%s.%s", P, suffix);
+    ts_tensor *t = (ts_tensor *)ts_map_get(m, n); /* m is ours to mark */
+    if (!t) {
+        ts_error(TINYSAM_E_FORMAT, "missing tensor %s", n);
+        return NULL;
+    }
+    if (t->dtype != dt || t->ndim != (d1 ? 2 : 1) || t->shape[0] != d0 ||
+        (d1 && t->shape[1] != d1)) {
+        ts_error(TINYSAM_E_FORMAT, "tensor %s: wrong dtype or shape for an int8 decoder layer", n);
+        return NULL;
+    }
+    t->used = 1;
+    return t->data;
+}
+
+/* One W8A8 layer P (int8_model.h): codes [N][K], weight_scale, bias [N], input step / zero
+ * point. The pack copies the codes; the bias stays in the map. */
+static int take_i8_layer(ts_tensor_map *m, const char *P, int N, int K, ts_i8pack **pack,
+                         const float **bias, float *step, int *zp) {
+    const int8_t *w = take_typed(m, P, "weight", TS_DTYPE_I8, N, K);
+    const float *sc = take_typed(m, P, "weight_scale", TS_DTYPE_F32, N, 0);
+    const float *st = take_typed(m, P, "input_step", TS_DTYPE_F32, 1, 0);
+    const float *z = take_typed(m, P, "input_zero_point", TS_DTYPE_F32, 1, 0);
+    if (!w || !sc || !st || !z) return TINYSAM_E_FORMAT;
+    if (!(*st > 0.0f) || !(*z >= 0.0f && *z <= 255.0f) || *z != nearbyintf(*z))
+        return ts_error(TINYSAM_E_FORMAT, "%s: bad input quantiser (step %g, zero point %g)", P,
+                        (double)*st, (double)*z);
+    *step = *st;
+    *zp = (int)*z;
+    if (bias && !(*bias = take_typed(m, P, "bias", TS_DTYPE_F32, N, 0))) return TINYSAM_E_FORMAT;
+    if (!(*pack = ts_i8pack_new(w, N, K, K, sc))) return TINYSAM_E_NOMEM;
+    return 0;
+}
+
+/* The int8 output upscaling of a W8A8 file (up0 / up3 biases are [4*out], per sub-pixel). */
+static int load_up_i8(ts_tensor_map *m, ts_mask_decoder *d) {
+    ts_up_i8 *u = d->up_i8 = ts_calloc(1, sizeof *u);
+    if (!u) return TINYSAM_E_NOMEM;
+    const float *b0, *b3, *st, *z;
+    int rc;
+    if ((rc = take_i8_layer(m, "mask_decoder.output_upscaling.0", 256, 256, &u->up0, &b0,
+                            &u->up0_step, &u->up0_zp)) ||
+        (rc = take_i8_layer(m, "mask_decoder.output_upscaling.3", 128, 64, &u->up3, &b3,
+                            &u->up3_step, &u->up3_zp)))
+        return rc;
+    if (!(st = take_typed(m, "mask_decoder.mask_product", "input_step", TS_DTYPE_F32, 1, 0)) ||
+        !(z = take_typed(m, "mask_decoder.mask_product", "input_zero_point", TS_DTYPE_F32, 1, 0)))
+        return TINYSAM_E_FORMAT;
+    if (!(*st > 0.0f) || !(*z >= 0.0f && *z <= 255.0f) || *z != nearbyintf(*z))
+        return ts_error(TINYSAM_E_FORMAT, "mask_decoder.mask_product: bad input quantiser");
+    u->mp_step = *st;
+    u->mp_zp = (int)*z;
+    for (int L = 0; L < 3; L++) {
+        char P[96];
+        if (L < 2)
+            snprintf(P, sizeof P, "mask_decoder.transformer.layers.%d.keys_pe", L);
+        else
+            snprintf(P, sizeof P, "mask_decoder.transformer.final_keys_pe");
+        if (!(st = take_typed(m, P, "input_step", TS_DTYPE_F32, 1, 0)) ||
+            !(z = take_typed(m, P, "input_zero_point", TS_DTYPE_F32, 1, 0)))
+            return TINYSAM_E_FORMAT;
+        if (!(*st > 0.0f) || !(*z >= 0.0f && *z <= 255.0f) || *z != nearbyintf(*z))
+            return ts_error(TINYSAM_E_FORMAT, "%s: bad input quantiser", P);
+        u->kpe_step[L] = *st;
+        u->kpe_zp[L] = (int)*z;
+        if (L == 2) break;
+        snprintf(P, sizeof P, "mask_decoder.transformer.layers.%d.keys", L);
+        if (!(st = take_typed(m, P, "input_step", TS_DTYPE_F32, 1, 0)) ||
+            !(z = take_typed(m, P, "input_zero_point", TS_DTYPE_F32, 1, 0)))
+            return TINYSAM_E_FORMAT;
+        if (!(*st > 0.0f) || !(*z >= 0.0f && *z <= 255.0f) || *z != nearbyintf(*z))
+            return ts_error(TINYSAM_E_FORMAT, "%s: bad input quantiser", P);
+        u->keys_step[L] = *st;
+        u->keys_zp[L] = (int)*z;
+    }
+    u->keys_step[2] = u->up0_step;
+    u->keys_zp[2] = u->up0_zp;
+    memcpy(d->up0_bias, b0, sizeof d->up0_bias);
+    memcpy(d->up3_bias, b3, sizeof d->up3_bias);
+    d->up0_b = b0;
+    d->up3_b = b3;
+    return 0;
+}
+
 int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     *out = NULL;
     ts_mask_decoder *d = ts_calloc(1, sizeof *d);
@@ -132,13 +224,21 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
         !(d->iou_token = ts_map_take(m, "mask_decoder.iou_token.weight", 2, 1, 256)) ||
         !(d->mask_tokens = ts_map_take(m, "mask_decoder.mask_tokens.weight", 2, 4, 256)))
         goto fail;
-    const float *u0 = ts_map_take(m, "mask_decoder.output_upscaling.0.weight", 4, 256, 64, 2, 2);
-    const float *u3 = ts_map_take(m, "mask_decoder.output_upscaling.3.weight", 4, 64, 32, 2, 2);
-    d->up0_b = ts_map_take(m, "mask_decoder.output_upscaling.0.bias", 1, 64);
+    const float *u0 = NULL, *u3 = NULL;
+    int up_i8 = ts_map_get(m, "mask_decoder.output_upscaling.0.input_step") != NULL;
+    if (up_i8) {
+        if ((rc = load_up_i8(m, d))) goto fail;
+        rc = TINYSAM_E_FORMAT;
+    } else {
+        u0 = ts_map_take(m, "mask_decoder.output_upscaling.0.weight", 4, 256, 64, 2, 2);
+        u3 = ts_map_take(m, "mask_decoder.output_upscaling.3.weight", 4, 64, 32, 2, 2);
+        d->up0_b = ts_map_take(m, "mask_decoder.output_upscaling.0.bias", 1, 64);
+        d->up3_b = ts_map_take(m, "mask_decoder.output_upscaling.3.bias", 1, 32);
+        if (!u0 || !u3 || !d->up0_b || !d->up3_b) goto fail;
+    }
     d->upn_w = ts_map_take(m, "mask_decoder.output_upscaling.1.weight", 1, 64);
     d->upn_b = ts_map_take(m, "mask_decoder.output_upscaling.1.bias", 1, 64);
-    d->up3_b = ts_map_take(m, "mask_decoder.output_upscaling.3.bias", 1, 32);
-    if (!u0 || !u3 || !d->up0_b || !d->upn_w || !d->upn_b || !d->up3_b) goto fail;
+    if (!d->upn_w || !d->upn_b) goto fail;
     for (int t = 0; t < 4; t++)
         for (int k = 0; k < 3; k++) {
             int o = k == 2 ? 32 : 256;
@@ -158,12 +258,15 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     rc = TINYSAM_E_NOMEM;
     d->up0_src = u0;
     d->up3_src = u3;
-    if (!(d->up0_w = pack_convt(u0, 256, 64)) || !(d->up3_w = pack_convt(u3, 64, 32))) goto fail;
-    if (pack_linears(d)) goto fail;
-    for (int ab = 0; ab < 4; ab++) {
-        memcpy(d->up0_bias + ab * 64, d->up0_b, 64 * sizeof(float));
-        memcpy(d->up3_bias + ab * 32, d->up3_b, 32 * sizeof(float));
+    if (!up_i8) {
+        if (!(d->up0_w = pack_convt(u0, 256, 64)) || !(d->up3_w = pack_convt(u3, 64, 32)))
+            goto fail;
+        for (int ab = 0; ab < 4; ab++) {
+            memcpy(d->up0_bias + ab * 64, d->up0_b, 64 * sizeof(float));
+            memcpy(d->up3_bias + ab * 32, d->up3_b, 32 * sizeof(float));
+        }
     }
+    if (pack_linears(d)) goto fail;
     *out = d;
     return 0;
 fail:
@@ -193,6 +296,7 @@ void ts_mask_decoder_refresh(ts_mask_decoder *d) {
         for (int t = 0; t < 4; t++) ts_wpack_refresh(d->hyper_p[t][k]);
         ts_wpack_refresh(d->iou_p[k]);
     }
+    if (d->up_i8) return; /* int8 weights are not trained */
     pack_convt_into(d->up0_src, 256, 64, d->up0_w);
     pack_convt_into(d->up3_src, 64, 32, d->up3_w);
     for (int ab = 0; ab < 4; ab++) {
@@ -211,6 +315,7 @@ int ts_mask_decoder_fold_max = FOLD_MAX;
 /* Scratch of one upscaling chunk: UP_TOK x 256, 4*UP_TOK x 128, 4*UP_TOK x 16. */
 typedef struct {
     float *g1, *g2, *m;
+    uint8_t *q; /* int8 upscaling: 4*UP_TOK x 128 mask-product codes */
 } up_scratch;
 
 typedef struct {
@@ -220,6 +325,10 @@ typedef struct {
     float *f1, *f2, *sb;          /* folded operands: 8*FOLD_MAX x 256, 8*FOLD_MAX */
     float *pa, *pb, *pc, *ctx;    /* projections: FOLD_MAX x 256, or 4096 x 256 when unfolded */
     float *mask_chw, *mask_scratch; /* for a mask input */
+    uint8_t *kq;                  /* int8: the keys + PE, 4096 x 256 codes */
+    uint8_t *kTq;                 /* int8: the keys transposed, 256 x 4096 codes */
+    int8_t *pq;                   /* int8: t2i attention weights, 8*FOLD_MAX x 4096 codes */
+    float *kT;                    /* int8: the keys transposed, 256 x 4096 */
     float hblk[128 * 16], h1[256], h2[256], hyper[4 * 32];
 } workspace;
 
@@ -228,6 +337,10 @@ static void ws_free(workspace *w) {
                     w->S,  w->f1, w->f2, w->sb, w->pa,  w->pb,   w->pc,  w->ctx,
                     w->mask_chw, w->mask_scratch};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ts_free_aligned(all[i]);
+    ts_free_aligned(w->kq);
+    ts_free_aligned(w->kT);
+    ts_free_aligned(w->kTq);
+    ts_free_aligned(w->pq);
 }
 
 /* direct: room for the unfolded attentions (more than FOLD_MAX tokens) */
@@ -241,8 +354,11 @@ static int ws_alloc(workspace *w, int max_tokens, int direct) {
     A(T, t * 256) A(q, t * 256) A(t1, t * 256) A(t2, t * 256) A(mlp, t * 2048)
     A(keys, img) A(kpe, img) A(img, img) A(S, s) A(f1, f * 256) A(f2, f * 256) A(sb, f)
     A(pa, proj) A(pb, proj) A(pc, proj) A(ctx, proj)
-    A(mask_chw, img) A(mask_scratch, TS_PROMPT_DENSE_SCRATCH)
+    A(mask_chw, img) A(mask_scratch, TS_PROMPT_DENSE_SCRATCH) A(kT, img)
 #undef A
+    ok &= (w->kq = ts_malloc_aligned(img)) != NULL;
+    ok &= (w->kTq = ts_malloc_aligned(img)) != NULL;
+    ok &= (w->pq = ts_malloc_aligned((size_t)8 * FOLD_MAX * N_IMG)) != NULL;
     if (!ok) {
         ws_free(w);
         return ts_error(TINYSAM_E_NOMEM, "out of memory for the mask decoder");
@@ -407,20 +523,156 @@ static void i2t_folded(const ts_attn_w *a, const float *q_in, const float *qp, c
  * 256 x 256 output: ConvT(256->64) as a GEMM, LayerNorm2d (eps 1e-6), GELU, ConvT(64->32) as
  * a GEMM with GELU, then the 4 hypernetwork vectors at once (block-diagonal hblk, 128 x 16:
  * column sub-pixel*4 + mask token) and a scatter into lr (4 x 256 x 256). */
-static void upscale_chunk(const ts_mask_decoder *d, const float *keys, const float *hblk, int c,
-                          const up_scratch *u, float *lr) {
-    int n0 = c * UP_TOK;
-    ts_gemm_ex(UP_TOK, 256, 256, keys + (size_t)n0 * 256, 256, d->up0_w, 256, 0, u->g1, 256,
-               0.0f, d->up0_bias, TS_ACT_NONE);
-    ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
-    ts_gelu(u->g1, (size_t)UP_TOK * 256);
-    ts_gemm_ex(UP_TOK * 4, 128, 64, u->g1, 64, d->up3_w, 128, 0, u->g2, 128, 0.0f, d->up3_bias,
-               TS_ACT_GELU);
-    ts_gemm(UP_TOK * 4, 16, 128, u->g2, 128, hblk, 16, 0, u->m, 16, 0.0f);
+/* ---- int8 cross attentions (an int8 model file: d->up_i8) ----
+ * The image-side products of t2i_folded / i2t_folded as int8 GEMMs. Static operands: the keys
+ * + PE (kq: uint8 codes with the layer's calibrated step). Dynamic operands, quantised per
+ * call with per-row symmetric scales (ts_i8pack_new_f32): the folded query rows f1, the keys
+ * transposed (per channel), the token-side values f2. Attention probabilities: i2t's rows of
+ * nk weights are codes of step 1/255 (static: a probability is in [0, 1]); t2i's rows of 4096
+ * weights are codes of the row's maximum (round(255 p / max p)) and the product is divided by
+ * the code sum, so that the quantised weights still sum to one (the folding relies on it). */
+
+/* out (rows x cols, ldo) = in^T for in (cols x rows): small operands, on this thread. */
+static void transpose_small(const float *in, int cols, int rows, float *out) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) out[(size_t)r * cols + c] = in[(size_t)c * rows + r];
+}
+
+static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
+                          const uint8_t *kq, float kstep, int kzp, const float *v_in,
+                          float vstep, int vzp, float *out, workspace *w) {
+    int D = a->dim, dh = D / 8, R = 8 * nq;
+    const float scale = sqrtf((float)dh);
+    linear(q_in, nq, a->q_p, a->q_b, w->pa);
+    for (int h = 0; h < 8; h++)
+        ts_gemm(nq, 256, dh, w->pa + h * dh, D, a->k_w + (size_t)h * dh * 256, 256, 0,
+                w->f1 + (size_t)h * nq * 256, 256, 0.0f);
+    for (size_t i = 0; i < (size_t)R * 256; i++) w->f1[i] /= scale;
+    ts_i8pack *fp = ts_i8pack_new_f32(w->f1, R, 256, 256);
+    if (!fp) { /* out of memory: the float form */
+        t2i_folded(a, q_in, nq, k_in, v_in, out, w);
+        return;
+    }
+    ts_i8_out os = {.C = w->img, .ldc = R};
+    ts_gemm_i8(N_IMG, kq, 256, kstep, kzp, fp, &os);
+    ts_i8pack_free(fp);
+    transpose(w->img, N_IMG, R, w->S);
+    ts_softmax_rows(w->S, R, N_IMG);
+    /* weights as codes of each row's maximum, round(127 p / max p) (7 bits: p >= 0), the row's
+     * scale 1 / sum(codes) so that the quantised weights sum to one */
+    float rsc[8 * FOLD_MAX];
+    for (int r = 0; r < R; r++) {
+        const float *p = w->S + (size_t)r * N_IMG;
+        int8_t *q = w->pq + (size_t)r * N_IMG;
+        float mx = 0.0f;
+        for (int n = 0; n < N_IMG; n++) mx = p[n] > mx ? p[n] : mx;
+        const float inv = mx > 0.0f ? 127.0f / mx : 0.0f, magic = 12582912.0f; /* 1.5 * 2^23 */
+        int32_t cs = 0;
+        for (int n = 0; n < N_IMG; n++) { /* round half even of p * inv in [0, 127] */
+            int v = (int)((p[n] * inv + magic) - magic);
+            q[n] = (int8_t)v;
+            cs += v;
+        }
+        rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
+    }
+    ts_i8pack *pp = ts_i8pack_new(w->pq, R, N_IMG, N_IMG, rsc);
+    if (!pp) {
+        t2i_folded(a, q_in, nq, k_in, v_in, out, w);
+        return;
+    }
+    /* f2^T (256 x R) = keys^T P^T: the keys transposed as static uint8 codes */
+    transpose(v_in, N_IMG, 256, w->kT);
+    ts_quantize_u8(w->kT, 256, N_IMG, N_IMG, vstep, vzp, w->kTq, N_IMG);
+    ts_i8_out ov = {.C = w->img, .ldc = R};
+    ts_gemm_i8(256, w->kTq, N_IMG, vstep, vzp, pp, &ov);
+    ts_i8pack_free(pp);
+    transpose_small(w->img, 256, R, w->f2);
+    for (int h = 0; h < 8; h++)
+        ts_gemm_ex(nq, dh, 256, w->f2 + (size_t)h * nq * 256, 256, a->v_w + (size_t)h * dh * 256,
+                   256, 1, w->ctx + h * dh, D, 0.0f, a->v_b + h * dh, TS_ACT_NONE);
+    linear(w->ctx, nq, a->o_p, a->o_b, out);
+}
+
+/* i2t_folded with the int8 products; out += the attention (the residual). */
+static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *kq, float kstep,
+                          int kzp, const float *qp, const uint8_t *qq, float qstep,
+                          const float *k_in, const float *v_in, int nk, float *out,
+                          workspace *w) {
+    int D = a->dim, dh = D / 8, R = 8 * nk;
+    const float scale = sqrtf((float)dh);
+    linear(k_in, nk, a->k_p, a->k_b, w->pa);
+    linear(v_in, nk, a->v_p, a->v_b, w->pb);
+    for (int h = 0; h < 8; h++) {
+        ts_gemm(nk, 256, dh, w->pb + h * dh, D, a->o_w + h * dh, D, 1,
+                w->f2 + (size_t)h * nk * 256, 256, 0.0f);
+        if (qp && qq) continue; /* below, all heads at once */
+        if (qp) {
+            ts_gemm(N_IMG, nk, dh, qp + h * dh, D, w->pa + h * dh, D, 1, w->S + h * nk, R, 0.0f);
+            continue;
+        }
+        ts_gemm(nk, 256, dh, w->pa + h * dh, D, a->q_w + (size_t)h * dh * 256, 256, 0,
+                w->f1 + (size_t)h * nk * 256, 256, 0.0f);
+        for (int j = 0; j < nk; j++) {
+            float acc = 0.0f;
+            for (int c = 0; c < dh; c++)
+                acc += a->q_b[h * dh + c] * w->pa[(size_t)j * D + h * dh + c];
+            w->sb[h * nk + j] = acc / scale;
+        }
+    }
+    ts_i8pack *fp = NULL;
+    if (qp && qq) {
+        /* scores of all heads in one int8 GEMM against the shared q codes: the keys laid out
+         * block-diagonally, row h*nk + j = head h's slice of key j (zeros elsewhere), / scale */
+        memset(w->f1, 0, sizeof(float) * (size_t)R * D);
+        for (int h = 0; h < 8; h++)
+            for (int jj = 0; jj < nk; jj++)
+                for (int c = 0; c < dh; c++)
+                    w->f1[(size_t)(h * nk + jj) * D + h * dh + c] =
+                        w->pa[(size_t)jj * D + h * dh + c] / scale;
+        fp = ts_i8pack_new_f32(w->f1, R, D, D);
+        if (fp) {
+            ts_i8_out os = {.C = w->S, .ldc = R};
+            ts_gemm_i8(N_IMG, qq, D, qstep, 128, fp, &os);
+        } else {
+            for (int h = 0; h < 8; h++)
+                ts_gemm(N_IMG, nk, dh, qp + h * dh, D, w->pa + h * dh, D, 1, w->S + h * nk, R,
+                        0.0f);
+            for (size_t i = 0; i < (size_t)N_IMG * R; i++) w->S[i] /= scale;
+        }
+    } else if (qp) {
+        for (size_t i = 0; i < (size_t)N_IMG * R; i++) w->S[i] /= scale;
+    } else {
+        for (size_t i = 0; i < (size_t)R * 256; i++) w->f1[i] /= scale;
+        fp = ts_i8pack_new_f32(w->f1, R, 256, 256);
+        if (fp) {
+            ts_i8_out os = {.bias = w->sb, .C = w->S, .ldc = R};
+            ts_gemm_i8(N_IMG, kq, 256, kstep, kzp, fp, &os);
+        } else {
+            ts_gemm_ex(N_IMG, R, 256, q_in, 256, w->f1, 256, 1, w->S, R, 0.0f, w->sb,
+                       TS_ACT_NONE);
+        }
+    }
+    ts_softmax_rows(w->S, N_IMG * 8, nk);
+    /* out += S f2 + o_b: f2 as the weight (256 x R, per output channel), S in codes of 1/255 */
+    transpose_small(w->f2, R, 256, w->f1);
+    ts_i8pack *op = ts_i8pack_new_f32(w->f1, 256, R, R);
+    if (op) {
+        ts_i8_out oo = {.bias = a->o_b, .accumulate = 1, .C = out, .ldc = 256};
+        ts_gemm_i8_f32(N_IMG, w->S, R, 1.0f / 255.0f, 0, op, &oo);
+    } else {
+        ts_gemm_ex(N_IMG, 256, R, w->S, R, w->f2, 256, 0, out, 256, 1.0f, a->o_b, TS_ACT_NONE);
+    }
+    ts_i8pack_free(fp);
+    ts_i8pack_free(op);
+}
+
+/* The 4 x 4 output block of every token of the chunk into lr: m is 4*UP_TOK rows of 16
+ * (sub-pixel * 4 + mask token). */
+static void scatter_masks(int n0, const float *mrow, float *lr) {
     for (int r = 0; r < UP_TOK * 4; r++) {
         int n = n0 + r / 4, ab = r % 4;
         int y1 = 2 * (n / 64) + ab / 2, x1 = 2 * (n % 64) + ab % 2;
-        const float *m = u->m + (size_t)r * 16;
+        const float *m = mrow + (size_t)r * 16;
         for (int ab2 = 0; ab2 < 4; ab2++) {
             size_t p = (size_t)(2 * y1 + ab2 / 2) * 256 + 2 * x1 + ab2 % 2;
             for (int t = 0; t < 4; t++) lr[(size_t)t * 65536 + p] = m[ab2 * 4 + t];
@@ -428,11 +680,61 @@ static void upscale_chunk(const ts_mask_decoder *d, const float *keys, const flo
     }
 }
 
+/* The int8 form of upscale_chunk: ConvT(256->64) from the keys quantised on the fly, LayerNorm2d
+ * and GELU in float, ConvT(64->32) + GELU requantised straight to uint8 codes (u->q) for the
+ * mask product against hp, the hypernetwork vectors quantised per prompt. Runs on the calling
+ * thread (inside a pool task). */
+static void upscale_chunk_i8(const ts_mask_decoder *d, const float *keys, const ts_i8pack *hp,
+                             int c, const up_scratch *u, float *lr) {
+    const ts_up_i8 *q = d->up_i8;
+    int n0 = c * UP_TOK;
+    ts_i8_out o0 = {.bias = d->up0_bias, .C = u->g1, .ldc = 256};
+    ts_gemm_i8_f32_serial(UP_TOK, keys + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp, q->up0,
+                          &o0);
+    ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
+    ts_gelu(u->g1, (size_t)UP_TOK * 256);
+    ts_i8_out o3 = {.bias = d->up3_bias, .act = TS_ACT_GELU, .Cq = u->q, .ldc = 128,
+                    .out_step = q->mp_step, .out_zp = q->mp_zp};
+    ts_gemm_i8_f32_serial(UP_TOK * 4, u->g1, 64, q->up3_step, q->up3_zp, q->up3, &o3);
+    ts_i8_out om = {.C = u->m, .ldc = 16};
+    ts_gemm_i8_serial(UP_TOK * 4, u->q, 128, q->mp_step, q->mp_zp, hp, &om);
+    scatter_masks(n0, u->m, lr);
+}
+
+/* The upscaling of image tokens [c*UP_TOK, (c+1)*UP_TOK) and its mask logits. Both
+ * transposed convolutions have kernel = stride, so every token owns a 4 x 4 block of the
+ * 256 x 256 output: ConvT(256->64) as a GEMM, LayerNorm2d (eps 1e-6), GELU, ConvT(64->32) as
+ * a GEMM with GELU, then the 4 hypernetwork vectors at once (block-diagonal hblk, 128 x 16:
+ * column sub-pixel*4 + mask token) and a scatter into lr (4 x 256 x 256). */
+static void upscale_chunk(const ts_mask_decoder *d, const float *keys, const float *hblk, int c,
+                          const up_scratch *u, float *lr) {
+    int n0 = c * UP_TOK;
+    const float *kin = keys + (size_t)n0 * 256;
+    if (ts_decoder_probe) ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_UP0, kin, UP_TOK, 256, n0);
+    ts_gemm_ex(UP_TOK, 256, 256, kin, 256, d->up0_w, 256, 0, u->g1, 256,
+               0.0f, d->up0_bias, TS_ACT_NONE);
+    ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
+    ts_gelu(u->g1, (size_t)UP_TOK * 256);
+    if (ts_decoder_probe)
+        ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_UP3, u->g1, UP_TOK * 4, 64, n0 * 4);
+    ts_gemm_ex(UP_TOK * 4, 128, 64, u->g1, 64, d->up3_w, 128, 0, u->g2, 128, 0.0f, d->up3_bias,
+               TS_ACT_GELU);
+    if (ts_decoder_probe)
+        ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_MASK, u->g2, UP_TOK * 4, 128, n0 * 4);
+    ts_gemm(UP_TOK * 4, 16, 128, u->g2, 128, hblk, 16, 0, u->m, 16, 0.0f);
+    scatter_masks(n0, u->m, lr);
+}
+
 /* Image-side tensors shared by the sets of one call. */
 typedef struct {
     float *emb_tok;       /* 4096 x 256: the embedding, token-major */
     float *src0, *kpe0;   /* + no_mask_embed, and + dense PE: layer 0 of sets without a mask */
     float *k_t2i, *v_t2i, *q_i2t; /* their layer-0 projections, when several sets share them */
+    /* int8 model: the projections as int8 operands, made once per call (shared_i8_make) */
+    ts_i8pack *k8[8], *v8[8]; /* per head: K_h (4096 x 16), V_h^T (16 x 4096), per-row scales */
+    uint8_t *qq;              /* q_i2t codes, 4096 x 128 */
+    float q_step;             /* their step (zero point 128), max |q_i2t| / 127 */
+    int has_i8;
 } shared_img;
 
 typedef struct {
@@ -453,6 +755,7 @@ typedef struct {
     float *tokens; /* n x 5 x 256 (hs rows 0..4), or NULL */
     /* per upscaling run */
     const float *keys, *hblk;
+    const ts_i8pack *hp; /* int8 upscaling: hblk quantised */
     float *lr;
 } decode_job;
 
@@ -476,9 +779,83 @@ static void shared_task(void *ctx, int t, int tid) {
         }
 }
 
+static void shared_i8_free(shared_img *sh) {
+    for (int h = 0; h < 8; h++) {
+        ts_i8pack_free(sh->k8[h]);
+        ts_i8pack_free(sh->v8[h]);
+        sh->k8[h] = sh->v8[h] = NULL;
+    }
+    sh->has_i8 = 0;
+}
+
+/* The shared layer-0 projections as int8 operands (dynamic, per call: they depend on the
+ * image): K_h and V_h^T packed per head with per-row scales, q_i2t as uint8 codes of one
+ * step. On failure (memory) has_i8 stays 0 and layer 0 runs in float. */
+static void shared_i8_make(shared_img *sh) {
+    float *vt = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
+    if (!vt) return;
+    transpose(sh->v_t2i, N_IMG, 128, vt);
+    int ok = 1;
+    for (int h = 0; h < 8; h++) {
+        ok &= (sh->k8[h] = ts_i8pack_new_f32(sh->k_t2i + h * 16, N_IMG, 16, 128)) != NULL;
+        ok &= (sh->v8[h] = ts_i8pack_new_f32(vt + (size_t)h * 16 * N_IMG, 16, N_IMG, N_IMG)) != NULL;
+    }
+    ts_free_aligned(vt);
+    float mx = 0.0f;
+    for (size_t i = 0; i < (size_t)N_IMG * 128; i++) {
+        float a = fabsf(sh->q_i2t[i]);
+        mx = a > mx ? a : mx;
+    }
+    sh->q_step = mx > 0.0f ? mx / 127.0f : 1.0f;
+    ts_quantize_u8(sh->q_i2t, N_IMG, 128, 128, sh->q_step, 128, sh->qq, 128);
+    if (!ok) shared_i8_free(sh);
+    else sh->has_i8 = 1;
+}
+
+/* Token-to-image attention of layer 0 against the shared int8 projections: per head, scores
+ * q_h K_h^T from the query rows quantised with one dynamic step, probabilities as codes of each
+ * row's maximum (round(255 p / max p)), the product rescaled by 1 / sum(codes) per row. */
+static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const shared_img *sh,
+                          float *out, workspace *w) {
+    const float scale = 4.0f; /* sqrt(16) */
+    linear(q_in, nq, a->q_p, a->q_b, w->pa);
+    float mx = 0.0f;
+    for (int i = 0; i < nq * 128; i++) mx = fabsf(w->pa[i]) > mx ? fabsf(w->pa[i]) : mx;
+    const float qs = mx > 0.0f ? mx / 127.0f : 1.0f;
+    uint8_t *aq = (uint8_t *)w->f1, *pq = (uint8_t *)w->pq;
+    ts_quantize_u8(w->pa, nq, 128, 128, qs, 128, aq, 128);
+    for (int h = 0; h < 8; h++) {
+        ts_i8_out os = {.C = w->S, .ldc = N_IMG};
+        ts_gemm_i8(nq, aq + h * 16, 128, qs, 128, sh->k8[h], &os);
+        for (size_t i = 0; i < (size_t)nq * N_IMG; i++) w->S[i] /= scale;
+        ts_softmax_rows(w->S, nq, N_IMG);
+        float rsc[8 * FOLD_MAX];
+        for (int r = 0; r < nq; r++) {
+            const float *p = w->S + (size_t)r * N_IMG;
+            uint8_t *q = pq + (size_t)r * N_IMG;
+            float pm = 0.0f;
+            for (int n = 0; n < N_IMG; n++) pm = p[n] > pm ? p[n] : pm;
+            const float inv = pm > 0.0f ? 255.0f / pm : 0.0f, magic = 12582912.0f;
+            int32_t cs = 0;
+            for (int n = 0; n < N_IMG; n++) {
+                int v = (int)((p[n] * inv + magic) - magic);
+                q[n] = (uint8_t)v;
+                cs += v;
+            }
+            rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
+        }
+        ts_i8_out ov = {.C = w->ctx + h * 16, .ldc = 128};
+        ts_gemm_i8(nq, pq, N_IMG, 1.0f, 0, sh->v8[h], &ov);
+        for (int r = 0; r < nq; r++)
+            for (int c = 0; c < 16; c++) w->ctx[(size_t)r * 128 + h * 16 + c] *= rsc[r];
+    }
+    linear(w->ctx, nq, a->o_p, a->o_b, out);
+}
+
 static void up_task(void *ctx, int c, int tid) {
     const decode_job *j = ctx;
-    upscale_chunk(j->d, j->keys, j->hblk, c, &j->up[tid], j->lr);
+    if (j->hp) upscale_chunk_i8(j->d, j->keys, j->hp, c, &j->up[tid], j->lr);
+    else upscale_chunk(j->d, j->keys, j->hblk, c, &j->up[tid], j->lr);
 }
 
 /* ref: transformer.py (TwoWayTransformer, TwoWayAttentionBlock), mask_decoder.py
@@ -506,9 +883,16 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         kpe = w->kpe;
     }
     float *queries = w->q, *qpe = w->t1, *tmp = w->t2;
+    const ts_up_i8 *qi = fold ? d->up_i8 : NULL; /* int8 cross attentions */
     for (int L = 0; L < 2; L++) {
         const ts_twoway_layer *l = &d->layer[L];
         int shared = L == 0 && proj0;
+        if (fold && ts_decoder_probe) {
+            ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KPE0 + L, kpe, N_IMG, 256, 0);
+            ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KEYS0 + L, keys, N_IMG, 256, 0);
+        }
+        if (qi && !shared)
+            ts_quantize_u8(kpe, N_IMG, 256, 256, qi->kpe_step[L], qi->kpe_zp[L], w->kq, 256);
         if (L == 0) { /* the first self-attention replaces the queries: no residual, no PE */
             attention(&l->self_attn, w->T, nq, w->T, w->T, nq, NULL, NULL, queries, w);
         } else {
@@ -518,8 +902,13 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         }
         ts_layernorm(queries, nq, 256, l->n1_w, l->n1_b, 1e-5f);
         add(queries, w->T, qpe, tq);
-        if (shared)
+        if (shared && qi && j->sh->has_i8)
+            t2i_shared_i8(&l->t2i, qpe, nq, j->sh, tmp, w);
+        else if (shared)
             attention(&l->t2i, qpe, nq, NULL, NULL, N_IMG, j->sh->k_t2i, j->sh->v_t2i, tmp, w);
+        else if (qi)
+            t2i_folded_i8(&l->t2i, qpe, nq, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L], keys,
+                          qi->keys_step[L], qi->keys_zp[L], tmp, w);
         else if (fold)
             t2i_folded(&l->t2i, qpe, nq, kpe, keys, tmp, w);
         else
@@ -534,8 +923,14 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         add(queries, w->T, qpe, tq); /* image -> token: the image tokens are the queries */
         if (fold) { /* keys += attention, accumulated by the output GEMM */
             if (keys != w->keys) copy(keys, w->keys, ti);
-            i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
-                       1.0f, w);
+            if (qi)
+                i2t_folded_i8(&l->i2t, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L],
+                              shared ? j->sh->q_i2t : NULL,
+                              shared && j->sh->has_i8 ? j->sh->qq : NULL, j->sh->q_step, qpe,
+                              queries, nq, w->keys, w);
+            else
+                i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
+                           1.0f, w);
         } else {
             attention(&l->i2t, kpe, N_IMG, qpe, queries, nq, NULL, NULL, w->img, w);
             add(keys, w->img, w->keys, ti);
@@ -546,7 +941,13 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         kpe = w->kpe;
     }
     add(queries, w->T, qpe, tq);
-    if (fold) t2i_folded(&d->final_attn, qpe, nq, kpe, keys, tmp, w);
+    if (fold && ts_decoder_probe)
+        ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KPE0 + 2, kpe, N_IMG, 256, 0);
+    if (qi) {
+        ts_quantize_u8(kpe, N_IMG, 256, 256, qi->kpe_step[2], qi->kpe_zp[2], w->kq, 256);
+        t2i_folded_i8(&d->final_attn, qpe, nq, kpe, w->kq, qi->kpe_step[2], qi->kpe_zp[2], keys,
+                      qi->keys_step[2], qi->keys_zp[2], tmp, w);
+    } else if (fold) t2i_folded(&d->final_attn, qpe, nq, kpe, keys, tmp, w);
     else attention(&d->final_attn, qpe, nq, kpe, keys, N_IMG, NULL, NULL, tmp, w);
     add(queries, tmp, queries, tq);
     ts_layernorm(queries, nq, 256, d->nf_w, d->nf_b, 1e-5f);
@@ -575,15 +976,30 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
     linear(w->h2, 1, d->iou_p[2], ih[5], j->iou + (size_t)s * 4);
 
     float *lr = j->low_res + (size_t)s * 4 * 65536;
+    ts_i8pack *hp = NULL;
+    if (d->up_i8) { /* the mask product's weight: hblk^T (16 x 128), per-column scales */
+        float ht[16 * 128];
+        for (int k2 = 0; k2 < 128; k2++)
+            for (int c = 0; c < 16; c++) ht[c * 128 + k2] = w->hblk[k2 * 16 + c];
+        hp = ts_i8pack_new_f32(ht, 16, 128, 128);
+        if (!hp) { /* out of memory: fail soft to zero logits rather than crash */
+            memset(lr, 0, sizeof(float) * 4 * 65536);
+            return;
+        }
+    }
     if (j->par_up) {
         decode_job uj = *j;
         uj.keys = keys;
         uj.hblk = w->hblk;
+        uj.hp = hp;
         uj.lr = lr;
         ts_parallel_for(N_CHUNK, up_task, &uj);
+    } else if (hp) {
+        for (int c = 0; c < N_CHUNK; c++) upscale_chunk_i8(d, keys, hp, c, up, lr);
     } else {
         for (int c = 0; c < N_CHUNK; c++) upscale_chunk(d, keys, w->hblk, c, up, lr);
     }
+    ts_i8pack_free(hp);
 }
 
 static void decode_task(void *ctx, int s, int tid) {
@@ -612,11 +1028,13 @@ static void ctx_free(ts_decode_ctx *c) {
         ts_free_aligned(c->up[t].g1);
         ts_free_aligned(c->up[t].g2);
         ts_free_aligned(c->up[t].m);
+        ts_free_aligned(c->up[t].q);
     }
     free(c->ws);
     free(c->up);
     free(c->slot_of_tid);
     float *sh[] = {c->sh.emb_tok, c->sh.src0, c->sh.kpe0, c->sh.k_t2i, c->sh.v_t2i, c->sh.q_i2t};
+    ts_free_aligned(c->sh.qq);
     for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) ts_free_aligned(sh[i]);
     free(c);
 }
@@ -644,6 +1062,7 @@ static ts_decode_ctx *ctx_new(int nt, int n_up, int max_tokens, int direct) {
         ok &= (u->g1 = ts_malloc_aligned(sizeof(float) * UP_TOK * 256)) != NULL;
         ok &= (u->g2 = ts_malloc_aligned(sizeof(float) * UP_TOK * 4 * 128)) != NULL;
         ok &= (u->m = ts_malloc_aligned(sizeof(float) * UP_TOK * 4 * 16)) != NULL;
+        ok &= (u->q = ts_malloc_aligned((size_t)UP_TOK * 4 * 128)) != NULL;
     }
     size_t img = (size_t)N_IMG * 256, half = (size_t)N_IMG * 128;
     ok &= (c->sh.emb_tok = ts_malloc_aligned(sizeof(float) * img)) != NULL;
@@ -652,6 +1071,7 @@ static ts_decode_ctx *ctx_new(int nt, int n_up, int max_tokens, int direct) {
     ok &= (c->sh.k_t2i = ts_malloc_aligned(sizeof(float) * half)) != NULL;
     ok &= (c->sh.v_t2i = ts_malloc_aligned(sizeof(float) * half)) != NULL;
     ok &= (c->sh.q_i2t = ts_malloc_aligned(sizeof(float) * half)) != NULL;
+    ok &= (c->sh.qq = ts_malloc_aligned(half)) != NULL;
     if (!ok) {
         ctx_free(c);
         return NULL;
@@ -726,6 +1146,7 @@ int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
         linear(sh->kpe0, N_IMG, l0->t2i.k_p, l0->t2i.k_b, sh->k_t2i);
         linear(sh->src0, N_IMG, l0->t2i.v_p, l0->t2i.v_b, sh->v_t2i);
         linear(sh->kpe0, N_IMG, l0->i2t.q_p, l0->i2t.q_b, sh->q_i2t);
+        if (d->up_i8) shared_i8_make(sh);
     }
     atomic_int next_slot = 0;
     decode_job j = {.pe = pe, .d = d, .sets = sets, .sh = sh, .use_proj = use_proj,
@@ -737,6 +1158,7 @@ int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
         decode_one(&j, 0, &c->ws[0], &c->up[0]);
     else
         ts_parallel_for(n, decode_task, &j);
+    shared_i8_free(sh);
     ctx_put(d, c);
     return 0;
 }
@@ -747,6 +1169,11 @@ void ts_mask_decoder_free(ts_mask_decoder *d) {
     pthread_mutex_destroy(&d->ctx_lock);
     ts_free_aligned(d->up0_w);
     ts_free_aligned(d->up3_w);
+    if (d->up_i8) {
+        ts_i8pack_free(d->up_i8->up0);
+        ts_i8pack_free(d->up_i8->up3);
+        free(d->up_i8);
+    }
     for (int L = 0; L < 2; L++) {
         ts_twoway_layer *l = &d->layer[L];
         free_attn_packs(&l->self_attn);

@@ -8,6 +8,41 @@
 #include <pthread.h>
 
 typedef struct ts_decode_ctx ts_decode_ctx; /* per-call scratch (mask_decoder.c) */
+typedef struct ts_i8pack ts_i8pack;         /* nn/gemm_i8.h */
+
+/* The W8A8 output upscaling of an int8 model file (quant/int8_model.h, "decoder layers"):
+ * ConvT(256->64) and ConvT(64->32) as int8 GEMMs (one output column per (sub-pixel, channel),
+ * per-column weight scales) with static uint8 input quantisers, and the mask product (GELU
+ * output x hypernetwork vectors) in int8 with the hypernetwork vectors quantised per prompt. */
+typedef struct {
+    ts_i8pack *up0, *up3;
+    float up0_step, up3_step, mp_step; /* input steps: up0, up3, mask product */
+    int up0_zp, up3_zp, mp_zp;
+    /* the image side of the folded cross attentions: the keys + PE entering layer 0, 1 and the
+     * final attention, quantised once per layer for the q.k products of both attentions */
+    float kpe_step[3];
+    int kpe_zp[3];
+    /* the keys (values of token-to-image attention) entering layer 0, 1 and the final attention
+     * (the last = up0's input: the same tensor) */
+    float keys_step[3];
+    int keys_zp[3];
+} ts_up_i8;
+
+/* Calibration probe (quant/calibrate_decoder.c): when set, the float upscaling hands it the
+ * inputs of its three int8 sites (TS_DEC_SITE_*), rows x cols, row0 = index of the first row
+ * in the image's sequence of that site. Called from pool threads: the callee locks. */
+enum {
+    TS_DEC_SITE_UP0 = 0,
+    TS_DEC_SITE_UP3 = 1,
+    TS_DEC_SITE_MASK = 2,
+    TS_DEC_SITE_KPE0 = 3,  /* + layer: 3, 4, 5 (5 = the final attention) */
+    TS_DEC_SITE_KEYS0 = 6, /* + layer: 6, 7 (the final attention's keys: TS_DEC_SITE_UP0) */
+    TS_DEC_N_SITES = 8
+};
+typedef void (*ts_decoder_probe_fn)(void *ctx, int site, const float *x, int rows, int cols,
+                                    int row0);
+extern ts_decoder_probe_fn ts_decoder_probe;
+extern void *ts_decoder_probe_ctx;
 
 struct ts_prompt_encoder {
     const float *gauss;        /* 2 x 128 */
@@ -45,6 +80,7 @@ struct ts_mask_decoder {
     const float *hyper[4][6];             /* w0 b0 w1 b1 w2 b2 */
     const float *iou_head[6];
     ts_wpack *hyper_p[4][3], *iou_p[3]; /* packed w0 w1 w2 */
+    ts_up_i8 *up_i8;                    /* int8 upscaling, or NULL (float) */
     pthread_mutex_t ctx_lock;
     ts_decode_ctx *ctx_cache; /* scratch of the last call, reused by the next */
 };

@@ -1,5 +1,6 @@
 /* calibrate.c - post-training calibration of the W8A8 image encoder (calibrate.h). */
 #include "quant/calibrate.h"
+#include "quant/calibrate_decoder.h"
 #include "core.h"
 #include "model/sam.h"
 #include "model/transforms.h"
@@ -398,9 +399,20 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
                                      "tinysam.config", "tinysam.calibration"};
         const char *values[] = {"pt", model->info.family, TINYSAM_VERSION, model->info.config,
                                 calib};
-        rc = ts_int8_model_save_layers(out_path, model->map, model->encoder, step, zp, nq,
-                                       opts->scope == TS_SCOPE_GEMM ? NULL : attn, 5, keys,
-                                       values);
+        /* scope all: the decoder's int8 layers (calibrate_decoder.h) replace their float
+         * tensors in a view of the map; the encoder scopes keep the decoder weight-only */
+        ts_dec_quant dq;
+        ts_int8_decoder_view *dv = NULL;
+        const ts_tensor_map *src = model->map;
+        if (opts->scope == TS_SCOPE_ALL &&
+            !(rc = ts_calib_decoder((tinysam_model *)model, paths, n_paths, &dq, verbose)) &&
+            !(rc = ts_int8_decoder_view_new(model->map, &dq, &dv)))
+            src = ts_int8_decoder_view_map(dv);
+        if (!rc)
+            rc = ts_int8_model_save_layers(out_path, src, model->encoder, step, zp, nq,
+                                           opts->scope == TS_SCOPE_GEMM ? NULL : attn, 5, keys,
+                                           values);
+        ts_int8_decoder_view_free(dv);
         if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
     }
     ts_calib_free(c);

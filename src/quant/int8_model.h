@@ -55,4 +55,14 @@ int ts_int8_model_save_layers(const char *path, const ts_tensor_map *src,
  * marked used). A map without such tensors is left as it is. */
 int ts_int8_model_expand(ts_tensor_map *m);
 
+/* The mask decoder's W8A8 layers (written since the int8 decoder; calibrate_decoder.h): the
+ * output upscaling's ConvTranspose2d P = "mask_decoder.output_upscaling.0" / ".3" as the W8A8
+ * layers above with P.weight I8 [4*out][in] (row (a*2+b)*out + o: output channel o of the
+ * sub-pixel (a, b)), P.weight_scale / P.bias [4*out] (the bias repeated per sub-pixel); and
+ * activation-only quantisers (P.input_step, P.input_zero_point, no P.weight) for
+ * "mask_decoder.mask_product" (the upscaled GELU output), "mask_decoder.transformer.layers.L.keys"
+ * and ".keys_pe" (L = 0, 1) and "mask_decoder.transformer.final_keys_pe" (the image-side operands
+ * of the cross attentions). A file without them (the earlier weight-only decoder) loads with the
+ * float decoder. */
+
 #endif

@@ -1,0 +1,35 @@
+/* calibrate_decoder.h - post-training calibration of the mask decoder's int8 layers (the
+ * output upscaling's two transposed convolutions and the mask product, quant/int8_model.h
+ * "decoder layers"), and the tensors that store them in the int8 model file.
+ *
+ * Prompts (issue 17): per calibration image, a regular 4 x 4 grid of single foreground points
+ * (cell centres) and, for each, the box of the float model's best mask for that point. The
+ * embeddings are the float model's. Input quantisers: the keys entering ConvT(256->64) are
+ * LayerNorm outputs (symmetric, zero point 128, MSE step over codes [-128, 127]); the inputs of
+ * ConvT(64->32) and of the mask product follow a GELU (asymmetric: the MSE search of
+ * ts_calib_search_asym). */
+#ifndef TS_CALIBRATE_DECODER_H
+#define TS_CALIBRATE_DECODER_H
+
+#include "io/tensor_map.h"
+#include "model/sam.h"
+
+typedef struct {
+    float step[8]; /* TS_DEC_SITE_* (model/sam_decoder_internal.h) */
+    int zp[8];
+} ts_dec_quant;
+
+/* Calibrates the decoder of the float model on the images paths[0 .. n-1]. */
+int ts_calib_decoder(tinysam_model *model, const char *const *paths, int n, ts_dec_quant *q,
+                     int verbose);
+
+/* A view of src in which the decoder's int8 layers replace their float tensors, for
+ * ts_int8_model_save (which copies I8 tensors as they are): tensor data is src's or owned by
+ * the view. Free with ts_int8_decoder_view_free. */
+typedef struct ts_int8_decoder_view ts_int8_decoder_view;
+int ts_int8_decoder_view_new(const ts_tensor_map *src, const ts_dec_quant *q,
+                             ts_int8_decoder_view **out);
+const ts_tensor_map *ts_int8_decoder_view_map(const ts_int8_decoder_view *v);
+void ts_int8_decoder_view_free(ts_int8_decoder_view *v);
+
+#endif
