@@ -1,0 +1,356 @@
+/* mask_post.c - one candidate mask's stability counts, box and RLE at full resolution, by
+ * spans along the output columns (the RLE's order) or densely (the reference). See
+ * mask_post.h. Built with -ffp-contract=off: every a*b+c below is written as fmaf or not. */
+#include "everything/mask_post.h"
+#include "core.h"
+#include "model/transforms.h"
+#include "tinysam.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LOW TINYSAM_LOWRES
+#define CODE_UNSURE 8 /* a span whose side of some threshold needs the exact values */
+
+static int dense_reference;
+void ts_everything_set_dense(int on) { dense_reference = on != 0; }
+int ts_everything_dense(void) { return dense_reference; }
+
+/* ------------------------------------------------------------------ geometry */
+
+void ts_mask_geom_free(ts_mask_geom *g) {
+    free(g->mem);
+    memset(g, 0, sizeof *g);
+}
+
+/* Runs of outputs whose low-res window [lo, hi] is the same: stage 2 output o reads stage-2
+ * inputs b0[o], b1[o], which read low-res a0[b0[o]] .. a1[b1[o]]. Returns the run count. */
+static int windows(int n, const int *b0, const int *b1, const int *a0, const int *a1, int *start,
+                   int *lo, int *hi) {
+    int k = 0;
+    for (int o = 0; o < n; o++) {
+        int l = a0[b0[o]], h = a1[b1[o]];
+        if (k == 0 || l != lo[k - 1] || h != hi[k - 1]) {
+            start[k] = o;
+            lo[k] = l;
+            hi[k] = h;
+            k++;
+        }
+    }
+    start[k] = n;
+    return k;
+}
+
+int ts_mask_geom_init(ts_mask_geom *g, int newh, int neww, int h, int w) {
+    memset(g, 0, sizeof *g);
+    if (newh <= 0 || neww <= 0 || newh > TINYSAM_INPUT_SIDE || neww > TINYSAM_INPUT_SIDE || h <= 0 ||
+        w <= 0)
+        return ts_error(TINYSAM_E_ARG, "mask geometry: bad sizes %dx%d -> %dx%d", neww, newh, w, h);
+    size_t n = (size_t)newh + neww + h + w;
+    size_t words = 4 * n + 3 * ((size_t)h + 1) + 3 * ((size_t)w + 1);
+    g->mem = malloc(words * 4);
+    if (!g->mem) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    int *p = g->mem;
+    g->ay0 = p, p += newh, g->ay1 = p, p += newh, g->ax0 = p, p += neww, g->ax1 = p, p += neww;
+    g->by0 = p, p += h, g->by1 = p, p += h, g->bx0 = p, p += w, g->bx1 = p, p += w;
+    float *q = (float *)p;
+    g->ayl0 = q, q += newh, g->ayl1 = q, q += newh, g->axl0 = q, q += neww, g->axl1 = q, q += neww;
+    g->byl0 = q, q += h, g->byl1 = q, q += h, g->bxl0 = q, q += w, g->bxl1 = q, q += w;
+    p = (int *)q;
+    g->rwin_start = p, p += h + 1, g->rwin_lo = p, p += h + 1, g->rwin_hi = p, p += h + 1;
+    g->cwin_start = p, p += w + 1, g->cwin_lo = p, p += w + 1, g->cwin_hi = p;
+    g->newh = newh, g->neww = neww, g->h = h, g->w = w;
+    ts_upsample_taps(LOW, TINYSAM_INPUT_SIDE, newh, g->ay0, g->ay1, g->ayl0, g->ayl1);
+    ts_upsample_taps(LOW, TINYSAM_INPUT_SIDE, neww, g->ax0, g->ax1, g->axl0, g->axl1);
+    ts_upsample_taps(newh, h, h, g->by0, g->by1, g->byl0, g->byl1);
+    ts_upsample_taps(neww, w, w, g->bx0, g->bx1, g->bxl0, g->bxl1);
+    g->n_rwin = windows(h, g->by0, g->by1, g->ay0, g->ay1, g->rwin_start, g->rwin_lo, g->rwin_hi);
+    g->n_cwin = windows(w, g->bx0, g->bx1, g->ax0, g->ax1, g->cwin_start, g->cwin_lo, g->cwin_hi);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ exact pixels */
+
+/* The four passes of ts_postprocess_mask, one value at a time, same operations. */
+static inline float stage1_row(const ts_mask_geom *g, const float *low, int r, int c) {
+    const float *row = low + (size_t)r * LOW;
+    return fmaf(row[g->ax0[c]], g->axl0[c], row[g->ax1[c]] * g->axl1[c]);
+}
+
+static inline float stage1(const ts_mask_geom *g, const float *low, int R, int c) {
+    return fmaf(stage1_row(g, low, g->ay0[R], c), g->ayl0[R],
+                stage1_row(g, low, g->ay1[R], c) * g->ayl1[R]);
+}
+
+static inline float stage2_row(const ts_mask_geom *g, const float *low, int R, int x) {
+    return fmaf(stage1(g, low, R, g->bx0[x]), g->bxl0[x], stage1(g, low, R, g->bx1[x]) * g->bxl1[x]);
+}
+
+float ts_mask_pixel(const ts_mask_geom *g, const float *low, int y, int x) {
+    return fmaf(stage2_row(g, low, g->by0[y], x), g->byl0[y],
+                stage2_row(g, low, g->by1[y], x) * g->byl1[y]);
+}
+
+/* ------------------------------------------------------------------ dense reference */
+
+void ts_mask_scratch_free(ts_mask_scratch *s) {
+    free(s->logits);
+    free(s->tmp);
+    free(s->bin);
+    free(s->cmin);
+    free(s->cmax);
+    free(s->rowmax);
+    free(s->colmax);
+    free(s->seg);
+    free(s->seg_off);
+    memset(s, 0, sizeof *s);
+}
+
+int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
+                            ts_mask_scratch *s, ts_mask_summary *out) {
+    size_t npx = (size_t)g->w * g->h;
+    if (s->dense_px < npx) {
+        free(s->logits);
+        free(s->tmp);
+        free(s->bin);
+        long long tn = ts_postprocess_scratch_size(g->newh, g->neww, g->h, g->w);
+        s->logits = malloc(sizeof(float) * npx);
+        s->tmp = malloc(sizeof(float) * (size_t)tn);
+        s->bin = malloc(npx);
+        s->dense_px = s->logits && s->tmp && s->bin ? npx : 0;
+        if (!s->dense_px) return ts_error(TINYSAM_E_NOMEM, "out of memory for a full-size mask");
+    }
+    int rc = ts_postprocess_mask(low, g->newh, g->neww, g->h, g->w, s->logits, s->tmp);
+    if (rc) return rc;
+    long long inter = 0, uni = 0;
+    const float *lg = s->logits;
+    uint8_t *b = s->bin;
+    for (size_t k = 0; k < npx; k++) {
+        float v = lg[k];
+        inter += v > f->hi;
+        uni += v > f->lo;
+        b[k] = v > 0.0f;
+    }
+    out->n_hi = inter;
+    out->n_lo = uni;
+    out->dense = 1;
+    ts_mask_box(b, g->w, g->h, out->box);
+    return ts_rle_encode(b, g->w, g->h, f->x0, f->y0, f->W, f->H, &out->rle);
+}
+
+/* ------------------------------------------------------------------ spans */
+
+/* The summary being built, column by column in RLE order. */
+typedef struct {
+    ts_rle *rle;
+    uint32_t run;
+    int cur, err;
+    long long n_lo, n_hi;
+    int first, last; /* this column's first and last row with logit > 0 */
+    int x0, y0, x1, y1;
+} acc;
+
+static inline void acc_run(acc *a, int v, uint32_t len) {
+    if (len == 0) return; /* the encoder pushes runs only at value changes */
+    if (v != a->cur) {
+        a->err |= ts_rle_push(a->rle, a->run);
+        a->run = 0;
+        a->cur = v;
+    }
+    a->run += len;
+}
+
+/* A certain span: code bit k = above threshold k (lo, 0, hi). */
+static inline void acc_span(acc *a, int code, int y, int len) {
+    if (code & 1) a->n_lo += len;
+    if (code & 4) a->n_hi += len;
+    if (code & 2) {
+        if (a->first < 0) a->first = y;
+        a->last = y + len - 1;
+    }
+    acc_run(a, (code >> 1) & 1, (uint32_t)len);
+}
+
+static inline void acc_pixel(acc *a, const ts_mask_frame *f, float v, int y) {
+    a->n_lo += v > f->lo;
+    a->n_hi += v > f->hi;
+    int b = v > 0.0f;
+    if (b) {
+        if (a->first < 0) a->first = y;
+        a->last = y;
+    }
+    if (b != a->cur) {
+        a->err |= ts_rle_push(a->rle, a->run);
+        a->run = 0;
+        a->cur = b;
+    }
+    a->run++;
+}
+
+/* Bound on how far float rounding can move a full-resolution logit outside the range of the
+ * low-res logits it blends: four passes, each fmaf(a, l0, fl(b * l1)) with l0, l1 >= 0 and
+ * l0 + l1 within 2^-24 of 1, so each adds at most 3 * 2^-24 of the largest magnitude (plus
+ * subnormal rounding); 2^-19 is a margin of more than 2x over the 4 passes. */
+static inline double round_bound(double mabs) { return mabs * 0x1p-19 + 0x1p-120; }
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t nc = *cap ? *cap : 1024;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*p, nc * elem);
+    if (!q) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    *p = q;
+    *cap = nc;
+    return 0;
+}
+
+int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
+                      ts_mask_scratch *s, ts_mask_summary *out) {
+    if (!s->cmin) {
+        s->cmin = malloc(sizeof(float) * LOW);
+        s->cmax = malloc(sizeof(float) * LOW);
+        s->rowmax = malloc(sizeof(float) * LOW);
+        s->colmax = malloc(sizeof(float) * LOW);
+        if (!s->cmin || !s->cmax || !s->rowmax || !s->colmax)
+            return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    }
+    /* Rows and columns of the low-res map that only reach the output's rows / columns... */
+    int rows = g->ay1[g->newh - 1] + 1, cols = g->ax1[g->neww - 1] + 1;
+    float gabs = 0.0f;
+    for (int c = 0; c < cols; c++) s->colmax[c] = -INFINITY;
+    for (int r = 0; r < rows; r++) {
+        const float *row = low + (size_t)r * LOW;
+        float rm = -INFINITY;
+        for (int c = 0; c < cols; c++) {
+            float v = row[c];
+            if (!isfinite(v)) return ts_mask_summarize_dense(g, low, f, s, out);
+            rm = v > rm ? v : rm;
+            s->colmax[c] = v > s->colmax[c] ? v : s->colmax[c];
+            float a = fabsf(v);
+            gabs = a > gabs ? a : gabs;
+        }
+        s->rowmax[r] = rm;
+    }
+    /* ...and those whose every value is certainly below the lowest threshold. */
+    double dead = (double)f->lo - round_bound(gabs);
+    int ra = 0, rb = rows - 1;
+    while (ra < rows && s->rowmax[ra] < dead) ra++;
+    while (rb >= ra && s->rowmax[rb] < dead) rb--;
+    double t[3] = {f->lo, 0.0, f->hi};
+
+    /* Pass 1: each column window's spans as (end row, code) pairs; count the unsure pixels. */
+    if (s->seg_off_cap < g->n_cwin + 1) {
+        free(s->seg_off);
+        s->seg_off = malloc(sizeof(int) * ((size_t)g->n_cwin + 1));
+        s->seg_off_cap = s->seg_off ? g->n_cwin + 1 : 0;
+        if (!s->seg_off) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    }
+    size_t nseg = 0;
+    long long unsure = 0;
+    for (int j = 0; j < g->n_cwin; j++) {
+        s->seg_off[j] = (int)nseg;
+        int clo = g->cwin_lo[j], chi = g->cwin_hi[j];
+        float cm = s->colmax[clo];
+        for (int c = clo + 1; c <= chi; c++) cm = s->colmax[c] > cm ? s->colmax[c] : cm;
+        if (grow((void **)&s->seg, &s->seg_cap, 2 * (nseg + (size_t)g->n_rwin + 1), sizeof(int)))
+            return TINYSAM_E_NOMEM;
+        int *sg = s->seg + 2 * nseg;
+        int k = 0;
+        if (cm < dead || ra > rb) {
+            sg[0] = g->h, sg[1] = 0;
+            nseg += 1;
+            continue;
+        }
+        for (int r = ra; r <= rb; r++) {
+            const float *row = low + (size_t)r * LOW;
+            float mn = row[clo], mx = row[clo];
+            for (int c = clo + 1; c <= chi; c++) {
+                mn = row[c] < mn ? row[c] : mn;
+                mx = row[c] > mx ? row[c] : mx;
+            }
+            s->cmin[r] = mn;
+            s->cmax[r] = mx;
+        }
+        for (int q = 0; q < g->n_rwin; q++) {
+            int lo = g->rwin_lo[q], hi = g->rwin_hi[q], code = 0;
+            if (hi >= ra && lo <= rb) {
+                int a = lo < ra ? ra : lo, b = hi > rb ? rb : hi;
+                float mn = s->cmin[a], mx = s->cmax[a];
+                for (int r = a + 1; r <= b; r++) {
+                    mn = s->cmin[r] < mn ? s->cmin[r] : mn;
+                    mx = s->cmax[r] > mx ? s->cmax[r] : mx;
+                }
+                if (a != lo || b != hi) mn = -INFINITY; /* dead rows below every threshold */
+                double e = round_bound(fmax(fabs((double)mn), fabs((double)mx)));
+                if (isinf(mn)) e = round_bound(fabs((double)mx) > gabs ? fabs((double)mx) : gabs);
+                for (int i = 0; i < 3 && code != CODE_UNSURE; i++) {
+                    if ((double)mn > t[i] + e) code |= 1 << i;
+                    else if (!((double)mx < t[i] - e)) code = CODE_UNSURE;
+                }
+            }
+            int end = g->rwin_start[q + 1];
+            if (k > 0 && sg[2 * (k - 1) + 1] == code) sg[2 * (k - 1)] = end;
+            else sg[2 * k] = end, sg[2 * k + 1] = code, k++;
+        }
+        int width = g->cwin_start[j + 1] - g->cwin_start[j];
+        for (int i = 0, y = 0; i < k; y = sg[2 * i], i++)
+            if (sg[2 * i + 1] == CODE_UNSURE) unsure += (long long)width * (sg[2 * i] - y);
+        nseg += (size_t)k;
+    }
+    s->seg_off[g->n_cwin] = (int)nseg;
+    /* Mostly boundary (e.g. random weights' lattices): the dense pass is as fast. */
+    if (!s->spans_only && unsure * 4 > (long long)g->w * g->h) return ts_mask_summarize_dense(g, low, f, s, out);
+
+    /* Pass 2: the columns in RLE order. */
+    acc a = {.rle = &out->rle, .x0 = g->w, .y0 = g->h, .x1 = -1, .y1 = -1};
+    out->rle.n = 0;
+    out->dense = 0;
+    acc_run(&a, 0, (uint32_t)f->H * (uint32_t)f->x0);
+    for (int j = 0; j < g->n_cwin; j++) {
+        const int *sg = s->seg + 2 * (size_t)s->seg_off[j];
+        int k = s->seg_off[j + 1] - s->seg_off[j];
+        for (int x = g->cwin_start[j]; x < g->cwin_start[j + 1]; x++) {
+            acc_run(&a, 0, (uint32_t)f->y0);
+            a.first = -1;
+            int mr[2] = {-1, -1}; /* stage-2 row cache: rows and values */
+            float mv[2] = {0, 0};
+            for (int i = 0, y = 0; i < k; y = sg[2 * i], i++) {
+                int end = sg[2 * i], code = sg[2 * i + 1];
+                if (code != CODE_UNSURE) {
+                    acc_span(&a, code, y, end - y);
+                    continue;
+                }
+                for (int yy = y; yy < end; yy++) {
+                    float v2[2];
+                    int R[2] = {g->by0[yy], g->by1[yy]};
+                    for (int u = 0; u < 2; u++) {
+                        if (mr[0] == R[u]) v2[u] = mv[0];
+                        else if (mr[1] == R[u]) v2[u] = mv[1];
+                        else { /* rows only grow: replace the older (smaller) one */
+                            int slot = mr[0] < mr[1] ? 0 : 1;
+                            mr[slot] = R[u];
+                            v2[u] = mv[slot] = stage2_row(g, low, R[u], x);
+                        }
+                    }
+                    acc_pixel(&a, f, fmaf(v2[0], g->byl0[yy], v2[1] * g->byl1[yy]), yy);
+                }
+            }
+            if (a.first >= 0) {
+                if (x < a.x0) a.x0 = x;
+                a.x1 = x;
+                if (a.first < a.y0) a.y0 = a.first;
+                if (a.last > a.y1) a.y1 = a.last;
+            }
+            acc_run(&a, 0, (uint32_t)(f->H - f->y0 - g->h));
+        }
+    }
+    acc_run(&a, 0, (uint32_t)f->H * (uint32_t)(f->W - f->x0 - g->w));
+    a.err |= ts_rle_push(a.rle, a.run);
+    if (a.err) return TINYSAM_E_NOMEM;
+    out->n_lo = a.n_lo;
+    out->n_hi = a.n_hi;
+    if (a.x1 < 0) out->box[0] = out->box[1] = out->box[2] = out->box[3] = 0;
+    else out->box[0] = a.x0, out->box[1] = a.y0, out->box[2] = a.x1, out->box[3] = a.y1;
+    return 0;
+}
