@@ -83,7 +83,7 @@ static inline float stage1(const ts_mask_geom *g, const float *low, int R, int c
                 stage1_row(g, low, g->ay1[R], c) * g->ayl1[R]);
 }
 
-static inline float stage2_row(const ts_mask_geom *g, const float *low, int R, int x) {
+static float stage2_row(const ts_mask_geom *g, const float *low, int R, int x) {
     return fmaf(stage1(g, low, R, g->bx0[x]), g->bxl0[x], stage1(g, low, R, g->bx1[x]) * g->bxl1[x]);
 }
 
@@ -104,6 +104,8 @@ void ts_mask_scratch_free(ts_mask_scratch *s) {
     free(s->colmax);
     free(s->seg);
     free(s->seg_off);
+    free(s->blk);
+    free(s->m2);
     memset(s, 0, sizeof *s);
 }
 
@@ -281,13 +283,17 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
                     mn = s->cmin[r] < mn ? s->cmin[r] : mn;
                     mx = s->cmax[r] > mx ? s->cmax[r] : mx;
                 }
+                double mabs = gabs;
                 if (a != lo || b != hi) mn = -INFINITY; /* dead rows below every threshold */
-                double e = round_bound(fmax(fabs((double)mn), fabs((double)mx)));
-                if (isinf(mn)) e = round_bound(fabs((double)mx) > gabs ? fabs((double)mx) : gabs);
-                for (int i = 0; i < 3 && code != CODE_UNSURE; i++) {
-                    if ((double)mn > t[i] + e) code |= 1 << i;
-                    else if (!((double)mx < t[i] - e)) code = CODE_UNSURE;
-                }
+                else mabs = fabsf(mn) > fabsf(mx) ? fabsf(mn) : fabsf(mx);
+                double e = round_bound(mabs);
+                if ((double)mn > t[2] + e) code = 7; /* inside: the common cases first */
+                else if ((double)mx < t[0] - e) code = 0;
+                else
+                    for (int i = 0; i < 3 && code != CODE_UNSURE; i++) {
+                        if ((double)mn > t[i] + e) code |= 1 << i;
+                        else if (!((double)mx < t[i] - e)) code = CODE_UNSURE;
+                    }
             }
             int end = g->rwin_start[q + 1];
             if (k > 0 && sg[2 * (k - 1) + 1] == code) sg[2 * (k - 1)] = end;
@@ -302,38 +308,72 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
     /* Mostly boundary (e.g. random weights' lattices): the dense pass is as fast. */
     if (!s->spans_only && unsure * 4 > (long long)g->w * g->h) return ts_mask_summarize_dense(g, low, f, s, out);
 
-    /* Pass 2: the columns in RLE order. */
+    /* Pass 2: the columns in RLE order. In a column window's unsure spans, the stage-1
+     * values (low-res rows, then 1024-frame rows, at the window's 1024-frame columns) are
+     * computed once for all its output columns; per column, the stage-2 rows; per group of
+     * output rows between the same two stage-2 rows, their range decides the group's side
+     * unless it is within the last blend's rounding of a threshold: only then each pixel. */
     acc a = {.rle = &out->rle, .x0 = g->w, .y0 = g->h, .x1 = -1, .y1 = -1};
     out->rle.n = 0;
     out->dense = 0;
     acc_run(&a, 0, (uint32_t)f->H * (uint32_t)f->x0);
+    if (grow((void **)&s->m2, &s->m2_cap, (size_t)g->newh, sizeof(float))) return TINYSAM_E_NOMEM;
     for (int j = 0; j < g->n_cwin; j++) {
         const int *sg = s->seg + 2 * (size_t)s->seg_off[j];
         int k = s->seg_off[j + 1] - s->seg_off[j];
-        for (int x = g->cwin_start[j]; x < g->cwin_start[j + 1]; x++) {
+        int xs = g->cwin_start[j], xe = g->cwin_start[j + 1];
+        int cA = g->bx0[xs], nc = g->bx1[xe - 1] - cA + 1;
+        float *l1 = NULL, *mid = NULL, *m2 = s->m2;
+        for (int i = 0, y = 0; i < k; y = sg[2 * i], i++) {
+            if (sg[2 * i + 1] != CODE_UNSURE) continue;
+            if (!l1) {
+                if (grow((void **)&s->blk, &s->blk_cap, (size_t)(LOW + g->newh) * nc,
+                         sizeof(float)))
+                    return TINYSAM_E_NOMEM;
+                l1 = s->blk;
+                mid = l1 + (size_t)LOW * nc;
+            }
+            int Ra = g->by0[y], Rb = g->by1[sg[2 * i] - 1];
+            for (int r = g->ay0[Ra]; r <= g->ay1[Rb]; r++)
+                for (int c = 0; c < nc; c++) l1[r * nc + c] = stage1_row(g, low, r, cA + c);
+            for (int R = Ra; R <= Rb; R++) {
+                const float *p0 = l1 + g->ay0[R] * nc, *p1 = l1 + g->ay1[R] * nc;
+                for (int c = 0; c < nc; c++)
+                    mid[R * nc + c] = fmaf(p0[c], g->ayl0[R], p1[c] * g->ayl1[R]);
+            }
+        }
+        for (int x = xs; x < xe; x++) {
             acc_run(&a, 0, (uint32_t)f->y0);
             a.first = -1;
-            int mr[2] = {-1, -1}; /* stage-2 row cache: rows and values */
-            float mv[2] = {0, 0};
+            int c0 = g->bx0[x] - cA, c1 = g->bx1[x] - cA;
+            float w0 = g->bxl0[x], w1 = g->bxl1[x];
             for (int i = 0, y = 0; i < k; y = sg[2 * i], i++) {
                 int end = sg[2 * i], code = sg[2 * i + 1];
                 if (code != CODE_UNSURE) {
                     acc_span(&a, code, y, end - y);
                     continue;
                 }
-                for (int yy = y; yy < end; yy++) {
-                    float v2[2];
-                    int R[2] = {g->by0[yy], g->by1[yy]};
-                    for (int u = 0; u < 2; u++) {
-                        if (mr[0] == R[u]) v2[u] = mv[0];
-                        else if (mr[1] == R[u]) v2[u] = mv[1];
-                        else { /* rows only grow: replace the older (smaller) one */
-                            int slot = mr[0] < mr[1] ? 0 : 1;
-                            mr[slot] = R[u];
-                            v2[u] = mv[slot] = stage2_row(g, low, R[u], x);
-                        }
+                int Ra = g->by0[y], Rb = g->by1[end - 1];
+                for (int R = Ra; R <= Rb; R++)
+                    m2[R] = fmaf(mid[R * nc + c0], w0, mid[R * nc + c1] * w1);
+                for (int yy = y; yy < end;) {
+                    int R0 = g->by0[yy], R1 = g->by1[yy], ye = yy + 1;
+                    while (ye < end && g->by0[ye] == R0 && g->by1[ye] == R1) ye++;
+                    float A = m2[R0], B = m2[R1];
+                    float mn = A < B ? A : B, mx = A < B ? B : A;
+                    /* one blend: within 3 * 2^-24 of the larger magnitude of its range */
+                    double e = (double)(fabsf(mn) > fabsf(mx) ? fabsf(mn) : fabsf(mx)) * 0x1p-21 +
+                               0x1p-120;
+                    int gc = 0;
+                    for (int q = 0; q < 3 && gc != CODE_UNSURE; q++) {
+                        if ((double)mn > t[q] + e) gc |= 1 << q;
+                        else if (!((double)mx < t[q] - e)) gc = CODE_UNSURE;
                     }
-                    acc_pixel(&a, f, fmaf(v2[0], g->byl0[yy], v2[1] * g->byl1[yy]), yy);
+                    if (gc != CODE_UNSURE) acc_span(&a, gc, yy, ye - yy);
+                    else
+                        for (int u = yy; u < ye; u++)
+                            acc_pixel(&a, f, fmaf(A, g->byl0[u], B * g->byl1[u]), u);
+                    yy = ye;
                 }
             }
             if (a.first >= 0) {

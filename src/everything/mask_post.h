@@ -58,6 +58,8 @@ typedef struct {
     size_t seg_cap;
     int *seg_off;
     int seg_off_cap;
+    float *blk, *m2; /* spans: stage-1 values of a column window, stage-2 rows of a column */
+    size_t blk_cap, m2_cap;
     int spans_only; /* tests: never fall back to the dense path (finite logits) */
 } ts_mask_scratch;
 void ts_mask_scratch_free(ts_mask_scratch *s);
