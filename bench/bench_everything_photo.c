@@ -4,8 +4,9 @@
  * code before issue 19) in the same run; the 12-MP time against the fixture's 1200x900; where
  * the time goes (the oracle's "decoder" vs post-processing); the peak RSS of the spans runs
  * (measured before any dense run). Both paths' records are compared, bit for bit.
- * Usage: bench_everything_photo [--json] [--runs N] (N timed runs per setting, default 3;
- * the dense 12-MP grid run, ~20 s, once per run too). */
+ * Usage: bench_everything_photo [--json] [--runs N] [--dense-runs D] (medians of N timed runs
+ * per spans setting, default 3, and of D per dense setting, default 1: the dense 12-MP grid
+ * run alone takes 20 s or more). */
 #include "core.h"
 #include "everything/mask_post.h"
 #include "tinysam.h"
@@ -39,6 +40,9 @@ static int run(const char *scene, int mode, int dense, int runs, timing *t) {
             return 1;
         }
         ms[r] = t->keep.ms_total;
+        fprintf(stderr, "  [%s, %s, %s: %.0f ms]\n", strstr(scene, "_12mp_") ? "12 MP" : "1200x900",
+                mode == TINYSAM_EVERYTHING_GRID ? "grid" : "hierarchical", dense ? "dense" : "spans",
+                ms[r]);
         dec[r] = t->keep.ms_decode + t->keep.ms_encode;
     }
     ts_everything_set_dense(0);
@@ -62,12 +66,14 @@ static int same(const tinysam_everything_result *a, const tinysam_everything_res
 }
 
 int main(int argc, char **argv) {
-    int json = 0, runs = 3;
+    int json = 0, runs = 3, dense_runs = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json = 1;
         if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--dense-runs") && i + 1 < argc) dense_runs = atoi(argv[++i]);
     }
     if (runs < 1) runs = 1;
+    if (dense_runs < 1) dense_runs = 1;
     const char *root = getenv("TINYSAM_FIXTURES");
     if (!root) root = "../shared/fixtures";
     char sp[512], big[512];
@@ -83,13 +89,13 @@ int main(int argc, char **argv) {
              run(big, TINYSAM_EVERYTHING_HIERARCHICAL, 0, runs, &ph) ||
              run(big, TINYSAM_EVERYTHING_GRID, 0, runs, &pg);
     double rss = bench_peak_rss_mb(); /* spans runs only */
-    rc = rc || run(big, TINYSAM_EVERYTHING_HIERARCHICAL, 1, runs, &dh) ||
-         run(big, TINYSAM_EVERYTHING_GRID, 1, runs, &dg);
+    rc = rc || run(big, TINYSAM_EVERYTHING_HIERARCHICAL, 1, dense_runs, &dh) ||
+         run(big, TINYSAM_EVERYTHING_GRID, 1, dense_runs, &dg);
     remove(big);
     if (rc) return 1;
     int ident = same(&ph.keep, &dh.keep) && same(&pg.keep, &dg.keep);
     if (json) {
-        printf("{\"threads\": %d, \"runs\": %d, \"scene_hier_ms\": %.1f, \"scene_grid_ms\": %.1f, "
+        printf("{\"threads\": %d, \"runs\": %d, \"dense_runs\": %d, \"scene_hier_ms\": %.1f, \"scene_grid_ms\": %.1f, "
                "\"photo_hier_ms\": %.1f, \"photo_grid_ms\": %.1f, \"photo_hier_dense_ms\": %.1f, "
                "\"photo_grid_dense_ms\": %.1f, \"photo_hier_decode_ms\": %.1f, "
                "\"photo_grid_decode_ms\": %.1f, \"photo_hier_dense_decode_ms\": %.1f, "
@@ -97,13 +103,13 @@ int main(int argc, char **argv) {
                "\"hier_speedup\": %.2f, \"photo_vs_scene_hier\": %.2f, "
                "\"photo_vs_scene_grid\": %.2f, \"peak_rss_photo_mb\": %.0f, "
                "\"identical\": %s}\n",
-               tinysam_get_num_threads(), runs, sh.ms, sg.ms, ph.ms, pg.ms, dh.ms, dg.ms,
+               tinysam_get_num_threads(), runs, dense_runs, sh.ms, sg.ms, ph.ms, pg.ms, dh.ms, dg.ms,
                ph.ms_decode, pg.ms_decode, dh.ms_decode, dg.ms_decode, dg.ms / pg.ms,
                dh.ms / ph.ms, ph.ms / sh.ms, pg.ms / sg.ms, rss, ident ? "true" : "false");
     } else {
         printf("everything mode at photo size (scene_a x 10/3, 4000x3000), %d threads, median "
-               "of %d\n",
-               tinysam_get_num_threads(), runs);
+               "of %d (spans) and %d (dense) runs\n",
+               tinysam_get_num_threads(), runs, dense_runs);
         printf("  grid:         spans %8.0f ms (oracle %5.0f ms) | dense %8.0f ms (oracle %5.0f "
                "ms) | %.2fx\n",
                pg.ms, pg.ms_decode, dg.ms, dg.ms_decode, dg.ms / pg.ms);

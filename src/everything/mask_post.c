@@ -67,6 +67,15 @@ int ts_mask_geom_init(ts_mask_geom *g, int newh, int neww, int h, int w) {
     ts_upsample_taps(neww, w, w, g->bx0, g->bx1, g->bxl0, g->bxl1);
     g->n_rwin = windows(h, g->by0, g->by1, g->ay0, g->ay1, g->rwin_start, g->rwin_lo, g->rwin_hi);
     g->n_cwin = windows(w, g->bx0, g->bx1, g->ax0, g->ax1, g->cwin_start, g->cwin_lo, g->cwin_hi);
+    /* windows are monotone: those within low-res rows r1..r2 are qlo_ge[r1] .. qhi_le[r2] */
+    for (int r = 0, qq = 0; r <= LOW; r++) {
+        while (qq < g->n_rwin && g->rwin_lo[qq] < r) qq++;
+        g->qlo_ge[r] = qq;
+    }
+    for (int r = 0, qq = -1; r < LOW; r++) {
+        while (qq + 1 < g->n_rwin && g->rwin_hi[qq + 1] <= r) qq++;
+        g->qhi_le[r] = qq;
+    }
     return 0;
 }
 
@@ -207,6 +216,55 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem) {
     return 0;
 }
 
+/* The first row at or after r whose bit differs from want (rows when none). */
+static int next_change(const uint64_t *m, int r, int want, int rows) {
+    while (r < rows) {
+        int w = r >> 6, b = r & 63;
+        uint64_t x = (want ? ~m[w] : m[w]) >> b;
+        if (x) {
+            r += __builtin_ctzll(x);
+            return r < rows ? r : rows;
+        }
+        r = (w + 1) << 6;
+    }
+    return rows;
+}
+
+/* Appends a span ending at end (merging it with the last one of the same code). */
+static inline int seg_add(int *sg, int k, int end, int code) {
+    if (k > 0 && sg[2 * (k - 1) + 1] == code) sg[2 * (k - 1)] = end;
+    else sg[2 * k] = end, sg[2 * k + 1] = code, k++;
+    return k;
+}
+
+/* The code of output rows with low-res window rows lo..hi, columns clo..chi: bit i set when
+ * certainly above threshold t[i], CODE_UNSURE when some threshold is within the rounding
+ * bound of the window's range. Rows outside ra..rb are below every threshold (dead). */
+static int classify_window(const float *low, int lo, int hi, int clo, int chi, int ra, int rb,
+                           float gabs, const double *t) {
+    if (hi < ra || lo > rb) return 0;
+    int a = lo < ra ? ra : lo, b = hi > rb ? rb : hi;
+    float mn = low[(size_t)a * LOW + clo], mx = mn;
+    for (int r = a; r <= b; r++)
+        for (int c = clo; c <= chi; c++) {
+            float v = low[(size_t)r * LOW + c];
+            mn = v < mn ? v : mn;
+            mx = v > mx ? v : mx;
+        }
+    double mabs = gabs;
+    if (a != lo || b != hi) mn = -INFINITY; /* dead rows below every threshold */
+    else mabs = fabsf(mn) > fabsf(mx) ? fabsf(mn) : fabsf(mx);
+    double e = round_bound(mabs);
+    if ((double)mn > t[2] + e) return 7;
+    if ((double)mx < t[0] - e) return 0;
+    int code = 0;
+    for (int i = 0; i < 3; i++) {
+        if ((double)mn > t[i] + e) code |= 1 << i;
+        else if (!((double)mx < t[i] - e)) return CODE_UNSURE;
+    }
+    return code;
+}
+
 int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
                       ts_mask_scratch *s, ts_mask_summary *out) {
     if (!s->cmin) {
@@ -241,64 +299,69 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
     while (rb >= ra && s->rowmax[rb] < dead) rb--;
     double t[3] = {f->lo, 0.0, f->hi};
 
-    /* Pass 1: each column window's spans as (end row, code) pairs; count the unsure pixels. */
+    /* Pass 1: each column window's spans as (end row, code) pairs; count the unsure pixels.
+     * Low-res rows whose window columns are all clearly above the highest threshold (A) or
+     * below the lowest (B), by the whole map's rounding bound, are found with bit masks;
+     * output rows whose windows lie in one such run are decided at once, the rest one
+     * window at a time. */
     if (s->seg_off_cap < g->n_cwin + 1) {
         free(s->seg_off);
         s->seg_off = malloc(sizeof(int) * ((size_t)g->n_cwin + 1));
         s->seg_off_cap = s->seg_off ? g->n_cwin + 1 : 0;
         if (!s->seg_off) return ts_error(TINYSAM_E_NOMEM, "out of memory");
     }
+    double thr_a = (double)f->hi + round_bound(gabs), thr_b = dead;
+    uint64_t (*am)[4] = s->amask, (*bm)[4] = s->bmask;
+    memset(am, 0, sizeof s->amask);
+    memset(bm, 0, sizeof s->bmask);
+    for (int r = 0; r < rows; r++) {
+        const float *row = low + (size_t)r * LOW;
+        uint64_t bit = 1ULL << (r & 63);
+        for (int c = 0; c < cols; c++) {
+            double v = row[c];
+            if (v > thr_a) am[c][r >> 6] |= bit;
+            if (v < thr_b) bm[c][r >> 6] |= bit;
+        }
+    }
     size_t nseg = 0;
     long long unsure = 0;
     for (int j = 0; j < g->n_cwin; j++) {
         s->seg_off[j] = (int)nseg;
         int clo = g->cwin_lo[j], chi = g->cwin_hi[j];
-        float cm = s->colmax[clo];
-        for (int c = clo + 1; c <= chi; c++) cm = s->colmax[c] > cm ? s->colmax[c] : cm;
         if (grow((void **)&s->seg, &s->seg_cap, 2 * (nseg + (size_t)g->n_rwin + 1), sizeof(int)))
             return TINYSAM_E_NOMEM;
         int *sg = s->seg + 2 * nseg;
         int k = 0;
-        if (cm < dead || ra > rb) {
-            sg[0] = g->h, sg[1] = 0;
-            nseg += 1;
-            continue;
+        uint64_t ar[4], br[4], ab[4];
+        for (int w = 0; w < 4; w++) {
+            ar[w] = am[clo][w];
+            br[w] = bm[clo][w];
+            for (int c = clo + 1; c <= chi; c++) ar[w] &= am[c][w], br[w] &= bm[c][w];
+            ab[w] = ar[w] | br[w];
         }
-        for (int r = ra; r <= rb; r++) {
-            const float *row = low + (size_t)r * LOW;
-            float mn = row[clo], mx = row[clo];
-            for (int c = clo + 1; c <= chi; c++) {
-                mn = row[c] < mn ? row[c] : mn;
-                mx = row[c] > mx ? row[c] : mx;
-            }
-            s->cmin[r] = mn;
-            s->cmax[r] = mx;
-        }
-        for (int q = 0; q < g->n_rwin; q++) {
-            int lo = g->rwin_lo[q], hi = g->rwin_hi[q], code = 0;
-            if (hi >= ra && lo <= rb) {
-                int a = lo < ra ? ra : lo, b = hi > rb ? rb : hi;
-                float mn = s->cmin[a], mx = s->cmax[a];
-                for (int r = a + 1; r <= b; r++) {
-                    mn = s->cmin[r] < mn ? s->cmin[r] : mn;
-                    mx = s->cmax[r] > mx ? s->cmax[r] : mx;
+        int q = 0;
+        for (int r = 0; r < rows;) {
+            int st = (ar[r >> 6] >> (r & 63)) & 1 ? 7 : (br[r >> 6] >> (r & 63)) & 1 ? 0 : -1;
+            int r2 = st == 7 ? next_change(ar, r, 1, rows)
+                   : st == 0 ? next_change(br, r, 1, rows)
+                             : next_change(ab, r, 0, rows);
+            if (st >= 0) {
+                int qa = g->qlo_ge[r], qb = g->qhi_le[r2 - 1];
+                if (qa <= qb) {
+                    for (; q < qa; q++)
+                        k = seg_add(sg, k, g->rwin_start[q + 1],
+                                    classify_window(low, g->rwin_lo[q], g->rwin_hi[q], clo, chi, ra,
+                                                    rb, gabs, t));
+                    k = seg_add(sg, k, g->rwin_start[qb + 1], st);
+                    q = qb + 1;
                 }
-                double mabs = gabs;
-                if (a != lo || b != hi) mn = -INFINITY; /* dead rows below every threshold */
-                else mabs = fabsf(mn) > fabsf(mx) ? fabsf(mn) : fabsf(mx);
-                double e = round_bound(mabs);
-                if ((double)mn > t[2] + e) code = 7; /* inside: the common cases first */
-                else if ((double)mx < t[0] - e) code = 0;
-                else
-                    for (int i = 0; i < 3 && code != CODE_UNSURE; i++) {
-                        if ((double)mn > t[i] + e) code |= 1 << i;
-                        else if (!((double)mx < t[i] - e)) code = CODE_UNSURE;
-                    }
             }
-            int end = g->rwin_start[q + 1];
-            if (k > 0 && sg[2 * (k - 1) + 1] == code) sg[2 * (k - 1)] = end;
-            else sg[2 * k] = end, sg[2 * k + 1] = code, k++;
+            r = r2;
         }
+        for (; q < g->n_rwin; q++)
+            k = seg_add(sg, k, g->rwin_start[q + 1],
+                        classify_window(low, g->rwin_lo[q], g->rwin_hi[q], clo, chi, ra, rb, gabs,
+                                        t));
         int width = g->cwin_start[j + 1] - g->cwin_start[j];
         for (int i = 0, y = 0; i < k; y = sg[2 * i], i++)
             if (sg[2 * i + 1] == CODE_UNSURE) unsure += (long long)width * (sg[2 * i] - y);

@@ -29,6 +29,7 @@ typedef struct {
     int n_rwin, n_cwin;
     int *rwin_start, *rwin_lo, *rwin_hi; /* n_rwin + 1 starts (the last is h) */
     int *cwin_start, *cwin_lo, *cwin_hi; /* n_cwin + 1 starts (the last is w) */
+    int qlo_ge[257], qhi_le[256]; /* first window with lo >= r, last with hi <= r */
     void *mem;
 } ts_mask_geom;
 
@@ -54,6 +55,7 @@ typedef struct {
     uint8_t *bin;
     size_t dense_px;
     float *cmin, *cmax, *rowmax, *colmax;
+    uint64_t amask[256][4], bmask[256][4]; /* spans: low-res rows clearly above / below */
     int *seg; /* spans: (end row, code) pairs of every column window */
     size_t seg_cap;
     int *seg_off;
