@@ -428,10 +428,12 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
                     double e = (double)(fabsf(mn) > fabsf(mx) ? fabsf(mn) : fabsf(mx)) * 0x1p-21 +
                                0x1p-120;
                     int gc = 0;
-                    for (int q = 0; q < 3 && gc != CODE_UNSURE; q++) {
-                        if ((double)mn > t[q] + e) gc |= 1 << q;
-                        else if (!((double)mx < t[q] - e)) gc = CODE_UNSURE;
-                    }
+                    if ((double)mn > t[2] + e) gc = 7; /* the common cases first */
+                    else if (!((double)mx < t[0] - e))
+                        for (int q = 0; q < 3 && gc != CODE_UNSURE; q++) {
+                            if ((double)mn > t[q] + e) gc |= 1 << q;
+                            else if (!((double)mx < t[q] - e)) gc = CODE_UNSURE;
+                        }
                     if (gc != CODE_UNSURE) acc_span(&a, gc, yy, ye - yy);
                     else
                         for (int u = yy; u < ye; u++)
