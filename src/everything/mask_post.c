@@ -323,6 +323,26 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
             if (v < thr_b) bm[c][r >> 6] |= bit;
         }
     }
+    /* Boundary nearly everywhere (random weights' lattices): when more than a quarter of
+     * the low-res 2 x 2 blocks are neither wholly above nor wholly below, the dense pass is
+     * as fast as the spans would be, and cheaper than deciding every window first. */
+    if (!s->spans_only && rows > 1 && cols > 1) {
+        long long mixed = 0;
+        for (int c = 0; c + 1 < cols; c++) {
+            uint64_t a[5] = {0}, b[5] = {0};
+            for (int w = 0; w < 4; w++)
+                a[w] = am[c][w] & am[c + 1][w], b[w] = bm[c][w] & bm[c + 1][w];
+            for (int w = 0; w < 4 && (w << 6) < rows - 1; w++) {
+                uint64_t as = a[w] >> 1 | a[w + 1] << 63, bs = b[w] >> 1 | b[w + 1] << 63;
+                uint64_t uni = (a[w] & as) | (b[w] & bs);
+                int nb = rows - 1 - (w << 6); /* blocks starting in this word */
+                uint64_t valid = nb >= 64 ? ~0ULL : (1ULL << nb) - 1;
+                mixed += __builtin_popcountll(~uni & valid);
+            }
+        }
+        if (mixed * 4 > (long long)(rows - 1) * (cols - 1))
+            return ts_mask_summarize_dense(g, low, f, s, out);
+    }
     size_t nseg = 0;
     long long unsure = 0;
     for (int j = 0; j < g->n_cwin; j++) {
@@ -366,10 +386,12 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
         for (int i = 0, y = 0; i < k; y = sg[2 * i], i++)
             if (sg[2 * i + 1] == CODE_UNSURE) unsure += (long long)width * (sg[2 * i] - y);
         nseg += (size_t)k;
+        if (!s->spans_only && unsure * 4 > (long long)g->w * g->h) break; /* see below */
     }
     s->seg_off[g->n_cwin] = (int)nseg;
     /* Mostly boundary (e.g. random weights' lattices): the dense pass is as fast. */
-    if (!s->spans_only && unsure * 4 > (long long)g->w * g->h) return ts_mask_summarize_dense(g, low, f, s, out);
+    if (!s->spans_only && unsure * 4 > (long long)g->w * g->h)
+        return ts_mask_summarize_dense(g, low, f, s, out);
 
     /* Pass 2: the columns in RLE order. In a column window's unsure spans, the stage-1
      * values (low-res rows, then 1024-frame rows, at the window's 1024-frame columns) are
