@@ -170,7 +170,7 @@ static void mask_task_spans(region_ctx *c, int i, int tid, float iou) {
     const tinysam_everything_options *o = c->o;
     const float *low = c->low_res + (size_t)i * 65536;
     ts_mask_frame fr = {0.0f - o->stability_score_offset, 0.0f + o->stability_score_offset,
-                        c->x0, c->y0, c->W, c->H};
+                        c->x0, c->y0, c->W, c->H, o->stability_score_thresh};
     ts_mask_summary sm = {0};
     if (ts_mask_summarize(&c->geom, low, &fr, &c->scratch[tid], &sm)) {
         ts_rle_free(&sm.rle);
@@ -178,7 +178,7 @@ static void mask_task_spans(region_ctx *c, int i, int tid, float iou) {
         return;
     }
     float stab = (float)sm.n_hi / (float)sm.n_lo;
-    if (o->stability_score_thresh > 0.0f && !(stab >= o->stability_score_thresh)) {
+    if (sm.rejected || (o->stability_score_thresh > 0.0f && !(stab >= o->stability_score_thresh))) {
         ts_rle_free(&sm.rle);
         return;
     }

@@ -146,6 +146,11 @@ int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_ma
     out->n_hi = inter;
     out->n_lo = uni;
     out->dense = 1;
+    float stab = (float)inter / (float)uni;
+    if (f->stab_thresh > 0.0f && !(stab >= f->stab_thresh)) { /* as the generator decides */
+        out->rejected = 1;
+        return 0;
+    }
     ts_mask_box(b, g->w, g->h, out->box);
     return ts_rle_encode(b, g->w, g->h, f->x0, f->y0, f->W, f->H, &out->rle);
 }

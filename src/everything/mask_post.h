@@ -40,6 +40,8 @@ void ts_mask_geom_free(ts_mask_geom *g);
 typedef struct {
     float lo, hi;
     int x0, y0, W, H; /* the region's place in the full image (RLE frame) */
+    float stab_thresh; /* > 0: the dense path skips box and RLE of a mask whose stability
+                        * score n_hi / n_lo fails it (out->rejected) */
 } ts_mask_frame;
 
 typedef struct {
@@ -47,6 +49,7 @@ typedef struct {
     int box[4];           /* inclusive xyxy of logit > 0 in the region; zeros when empty */
     ts_rle rle;           /* logit > 0, column-major over the W x H image */
     int dense;            /* 1 when the dense path produced it */
+    int rejected;         /* 1: failed stab_thresh; box and rle not filled */
 } ts_mask_summary;
 
 /* Per-thread scratch, grown on demand; zero-initialise, release with ts_mask_scratch_free. */

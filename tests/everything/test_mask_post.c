@@ -78,7 +78,7 @@ static void check_geometry(int h, int w, int x0, int y0, int W, int H, int n_mas
         int kind = m % N_KINDS;
         float off = (m / N_KINDS) % 3 == 2 ? 0.0f : 1.0f;
         make_logits(kind, low, off);
-        ts_mask_frame f = {0.0f - off, 0.0f + off, x0, y0, W, H};
+        ts_mask_frame f = {0.0f - off, 0.0f + off, x0, y0, W, H, 0.0f};
         ts_mask_summary a = {0}, b = {0}, c = {0};
         REQUIRE(ts_mask_summarize_dense(&g, low, &f, &sd, &b) == 0, "dense");
         REQUIRE(ts_mask_summarize(&g, low, &f, kind == NONFINITE ? &sf : &sp, &a) == 0, "spans");
