@@ -3,6 +3,7 @@
  * times, their ratios and peak RSS; grid mode on the photo again with the int8 model (encoder
  * GEMMs and decoder int8, quantised here on picture3). Usage: bench_everything [--json] [--quick] */
 #include "core.h"
+#include "everything/mask_post.h"
 #include "quant/calibrate.h"
 #include "tinysam.h"
 
@@ -55,7 +56,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_everything: %s\n", tinysam_last_error());
         return 1;
     }
-    run_result oh, og, nh, ng, big = {0};
+    run_result oh, og, nh, ng, big = {0}, big_dense = {0};
     if (run(NULL, NULL, sp, TINYSAM_EVERYTHING_HIERARCHICAL, &oh) ||
         run(NULL, NULL, sp, TINYSAM_EVERYTHING_GRID, &og))
         return 1;
@@ -93,6 +94,12 @@ int main(int argc, char **argv) {
                 memcpy(b.rgb + ((size_t)y * 4000 + x) * 3,
                        img.rgb + ((size_t)(y % img.height) * img.width + x % img.width) * 3, 3);
         if (run(m, &b, NULL, TINYSAM_EVERYTHING_HIERARCHICAL, &big)) return 1;
+        /* the same with the dense post-processing (before issue 19): random weights' masks
+         * are fine lattices, the spans path's worst case */
+        ts_everything_set_dense(1);
+        int rc = run(m, &b, NULL, TINYSAM_EVERYTHING_HIERARCHICAL, &big_dense);
+        ts_everything_set_dense(0);
+        if (rc) return 1;
         free(b.rgb);
     }
     double rss = bench_peak_rss_mb();
@@ -100,11 +107,12 @@ int main(int argc, char **argv) {
         printf("{\"threads\": %d, \"oracle_hier_ms\": %.0f, \"oracle_grid_ms\": %.0f, "
                "\"oracle_hier_points\": %d, \"oracle_grid_points\": %d, \"net_hier_ms\": %.0f, "
                "\"net_grid_ms\": %.0f, \"net_hier_points\": %d, \"net_grid_points\": %d, "
-               "\"net_12mp_hier_ms\": %.0f, \"peak_rss_photo_mb\": %.0f, "
-               "\"peak_rss_12mp_mb\": %.0f, \"net_grid_int8_ms\": %.0f, \"net_grid_int8_masks\": %d, "
-               "\"net_grid_masks\": %d}\n",
+               "\"net_12mp_hier_ms\": %.0f, \"net_12mp_hier_dense_ms\": %.0f, "
+               "\"peak_rss_photo_mb\": %.0f, \"peak_rss_12mp_mb\": %.0f, "
+               "\"net_grid_int8_ms\": %.0f, \"net_grid_int8_masks\": %d, \"net_grid_masks\": %d}\n",
                tinysam_get_num_threads(), oh.ms, og.ms, oh.points, og.points, nh.ms, ng.ms,
-               nh.points, ng.points, big.ms, rss_photo, rss, qg.ms, qg.masks, ng.masks);
+               nh.points, ng.points, big.ms, big_dense.ms, rss_photo, rss, qg.ms, qg.masks,
+               ng.masks);
     } else {
         printf("everything mode, %d threads\n", tinysam_get_num_threads());
         printf("  oracle scene 1200x900:  hierarchical %6.0f ms, %4d points, %2d masks | "
@@ -123,8 +131,8 @@ int main(int argc, char **argv) {
         printf("  peak RSS after the photo runs: %.0f MB\n", rss_photo);
         if (!quick)
             printf("  network, 4000x3000 (12 MP) hierarchical: %.0f ms, %d points; "
-                   "peak RSS %.0f MB\n",
-                   big.ms, big.points, rss);
+                   "peak RSS %.0f MB; dense post-processing %.0f ms (%.3fx)\n",
+                   big.ms, big.points, rss, big_dense.ms, big.ms / big_dense.ms);
     }
     tinysam_image_free(&img);
     tinysam_model_free(m);

@@ -230,8 +230,31 @@ if [ -x "$B/bench/bench_everything" ]; then
         if [ -z "${BENCH_QUICK:-}" ]; then
             row "             12 MP photo, hierarchical" "$(secs "$(jget net_12mp_hier_ms "$j")")" \
                 "peak RSS $(num "$(jget peak_rss_12mp_mb "$j")" 0) MB"
+            row "             12 MP, dense post-processing" \
+                "$(secs "$(jget net_12mp_hier_dense_ms "$j")")" "(before issue 19)"
         fi
     done
+    echo
+fi
+
+# ---------------------------------------------------------------- everything at photo size
+# issue 19: scene_a x 10/3 (12 MP), spans post-processing vs the dense reference, same run
+if [ -x "$B/bench/bench_everything_photo" ] && [ -z "${BENCH_QUICK:-}" ]; then
+    echo "== everything mode at photo size (oracle scene_a x 10/3, 4000x3000)"
+    out=$("$B/bench/bench_everything_photo" --json --runs 3 2>/dev/null) || status=1
+    j=$(jlast "$out")
+    if [ -z "$j" ]; then printf '%s\n' "$out"; else
+        row "grid, spans / dense" "$(secs "$(jget photo_grid_ms "$j")")" \
+            "$(secs "$(jget photo_grid_dense_ms "$j")")" "$(jget grid_speedup "$j")x (goal >= 6x)"
+        row "hierarchical, spans / dense" "$(secs "$(jget photo_hier_ms "$j")")" \
+            "$(secs "$(jget photo_hier_dense_ms "$j")")" "$(jget hier_speedup "$j")x (goal >= 4x)"
+        row "oracle (decoder) share, grid / hierarchical" \
+            "$(secs "$(jget photo_grid_decode_ms "$j")")" "$(secs "$(jget photo_hier_decode_ms "$j")")"
+        row "12 MP / 1200x900, grid / hierarchical" "$(jget photo_vs_scene_grid "$j")x" \
+            "$(jget photo_vs_scene_hier "$j")x"
+        row "peak RSS (spans runs)" "$(num "$(jget peak_rss_photo_mb "$j")" 0) MB" "(bound 250)" \
+            "records identical: $(jget identical "$j")"
+    fi
     echo
 fi
 

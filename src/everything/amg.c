@@ -247,9 +247,11 @@ void ts_mask_box(const uint8_t *mask, int W, int H, int box[4]) {
     box[3] = y1;
 }
 
-int ts_hierarchical_points(const double *g1, int n1, int W, int H, int points_per_side,
-                           const uint8_t *cover, double *out) {
-    int hs = H / points_per_side, ws = W / points_per_side, n = 0;
+/* The walk of ts_hierarchical_points; with cells, also lists the (row, col) pixels whose
+ * cover it reads (cover NULL then: every candidate). */
+static int hierarchical_walk(const double *g1, int n1, int W, int H, int points_per_side,
+                             const uint8_t *cover, double *out, int *cells, int *n_cells) {
+    int hs = H / points_per_side, ws = W / points_per_side, n = 0, nc_out = 0;
     for (int k = 0; k < n1 * n1; k++) {
         double X = g1[2 * k] * W, Y = g1[2 * k + 1] * H;
         /* the 8 neighbours (a outer), then the "+2" column, row and corner when inside */
@@ -276,14 +278,35 @@ int ts_hierarchical_points(const double *g1, int n1, int W, int H, int points_pe
         for (int q = 0; q < nc; q++) {
             double x = X + cand[q][0] * ws, y = Y + cand[q][1] * hs;
             int row = (int)y, col = (int)x;
-            if (cover && row >= 0 && row < H && col >= 0 && col < W && cover[(size_t)row * W + col])
+            int inside = row >= 0 && row < H && col >= 0 && col < W;
+            if (cells && inside) {
+                cells[2 * nc_out] = row;
+                cells[2 * nc_out + 1] = col;
+                nc_out++;
+            }
+            if (cover && inside && cover[(size_t)row * W + col])
                 continue; /* covered by a confident mask */
             /* stored normalised, scaled back later, as the official code does */
-            out[2 * n] = x / W * W;
-            out[2 * n + 1] = y / H * H;
+            if (out) {
+                out[2 * n] = x / W * W;
+                out[2 * n + 1] = y / H * H;
+            }
             n++;
         }
     }
+    if (n_cells) *n_cells = nc_out;
+    return n;
+}
+
+int ts_hierarchical_points(const double *g1, int n1, int W, int H, int points_per_side,
+                           const uint8_t *cover, double *out) {
+    return hierarchical_walk(g1, n1, W, H, points_per_side, cover, out, NULL, NULL);
+}
+
+int ts_hierarchical_cells(const double *g1, int n1, int W, int H, int points_per_side,
+                          int *cells) {
+    int n;
+    hierarchical_walk(g1, n1, W, H, points_per_side, NULL, NULL, cells, &n);
     return n;
 }
 

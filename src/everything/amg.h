@@ -52,6 +52,11 @@ int ts_remove_small_regions(uint8_t *mask, int W, int H, int min_area, int islan
 int ts_hierarchical_points(const double *g1, int n1, int W, int H, int points_per_side,
                            const uint8_t *cover, double *out);
 
+/* The pixels (row, col pairs, up to 15 * n1 * n1) whose cover ts_hierarchical_points reads:
+ * only these of the round-1 high-confidence marks matter. Returns their count. */
+int ts_hierarchical_cells(const double *g1, int n1, int W, int H, int points_per_side,
+                          int *cells);
+
 /* Inclusive bounding box of a W x H mask; (0,0,0,0) when empty. */
 void ts_mask_box(const uint8_t *mask, int W, int H, int box[4]);
 

@@ -1,8 +1,10 @@
 /* generator.c - segment-everything: SAM's automatic mask generator (grid, with crops) and
  * TinySAM's hierarchical generator, over any provider (spec TINYSAM.md sections 6.1, 6.2).
- * Full-resolution logits exist for one mask per worker at a time; kept masks are RLE. */
+ * Each candidate mask is summarised by spans along its boundaries (mask_post.c), never
+ * up-sampled to full resolution as a whole; kept masks are RLE. */
 #include "core.h"
 #include "everything/amg.h"
+#include "everything/mask_post.h"
 #include "everything/provider.h"
 #include "model/transforms.h"
 #include "threads.h"
@@ -154,7 +156,68 @@ typedef struct {
     float **tmp;
     uint8_t **bin;
     uint8_t **cover;          /* per-thread coverage (hierarchical round 1) */
+    /* spans path (the default; the fields above serve the dense reference) */
+    int dense;
+    ts_mask_geom geom;
+    ts_mask_scratch *scratch;
+    const int *cells;         /* hierarchical round 1: the pixels whose cover is read */
+    int n_cells;
+    uint8_t **hits;           /* per thread: cells marked high-confidence */
 } region_ctx;
+
+/* The spans path: the same filters and record as mask_task_dense, from the summary. */
+static void mask_task_spans(region_ctx *c, int i, int tid, float iou) {
+    const tinysam_everything_options *o = c->o;
+    const float *low = c->low_res + (size_t)i * 65536;
+    ts_mask_frame fr = {0.0f - o->stability_score_offset, 0.0f + o->stability_score_offset,
+                        c->x0, c->y0, c->W, c->H, o->stability_score_thresh};
+    ts_mask_summary sm = {0};
+    if (ts_mask_summarize(&c->geom, low, &fr, &c->scratch[tid], &sm)) {
+        ts_rle_free(&sm.rle);
+        c->res_ok[i] = -1;
+        return;
+    }
+    float stab = (float)sm.n_hi / (float)sm.n_lo;
+    if (sm.rejected || (o->stability_score_thresh > 0.0f && !(stab >= o->stability_score_thresh))) {
+        ts_rle_free(&sm.rle);
+        return;
+    }
+    if (c->need_high) {
+        uint8_t *h = c->hits[tid];
+        for (int k = 0; k < c->n_cells; k++)
+            if (!h[k])
+                h[k] = ts_mask_pixel(&c->geom, low, c->cells[2 * k] - c->y0,
+                                     c->cells[2 * k + 1] - c->x0) > o->high_score_thresh;
+    }
+    const int *box = sm.box;
+    if (c->rw != c->W || c->rh != c->H) {
+        int cb[4] = {c->x0, c->y0, c->x0 + c->rw, c->y0 + c->rh}, ib[4] = {0, 0, c->W, c->H};
+        int ub[4] = {box[0] + c->x0, box[1] + c->y0, box[2] + c->x0, box[3] + c->y0};
+        for (int k = 0; k < 4; k++)
+            if (abs(ub[k] - cb[k]) <= 20 && !(abs(ub[k] - ib[k]) <= 20)) {
+                ts_rle_free(&sm.rle);
+                return;
+            }
+    }
+    int pt = i / 3;
+    tinysam_mask_record *r = &c->res[i];
+    memset(r, 0, sizeof *r);
+    r->height = c->H;
+    r->width = c->W;
+    r->counts = sm.rle.counts;
+    r->n_counts = sm.rle.n;
+    r->area = ts_rle_area(sm.rle.counts, sm.rle.n);
+    r->predicted_iou = iou;
+    r->stability_score = stab;
+    r->point[0] = c->pts[2 * pt] + c->x0;
+    r->point[1] = c->pts[2 * pt + 1] + c->y0;
+    r->crop_box[0] = c->x0;
+    r->crop_box[1] = c->y0;
+    r->crop_box[2] = c->rw;
+    r->crop_box[3] = c->rh;
+    for (int k = 0; k < 4; k++) c->res_box[i][k] = box[k] + (k % 2 ? c->y0 : c->x0);
+    c->res_ok[i] = 1;
+}
 
 static void mask_task(void *vctx, int i, int tid) {
     region_ctx *c = vctx;
@@ -163,6 +226,11 @@ static void mask_task(void *vctx, int i, int tid) {
     float iou = c->iou[i];
     c->res_ok[i] = 0;
     if (o->pred_iou_thresh > 0.0f && !(iou > o->pred_iou_thresh)) return;
+    if (!c->dense) {
+        mask_task_spans(c, i, tid, iou);
+        return;
+    }
+    /* the dense reference (ts_everything_set_dense): every pixel up-sampled */
     float *lg = c->logits[tid];
     if (ts_postprocess_mask(c->low_res + (size_t)i * 65536, c->newh, c->neww, c->rh, c->rw, lg,
                             c->tmp[tid])) {
@@ -229,14 +297,16 @@ typedef struct {
  * the high-confidence pixels into cover (W x H). */
 static int run_points(const tinysam_everything_options *o, ts_provider *prov, int W, int H,
                       const ts_crop_box *cb, const double *pts, int n, int need_high,
-                      uint8_t *cover, rec_list *out, run_stats *st, int done0, int total) {
+                      uint8_t *cover, const int *cells, int n_cells, rec_list *out,
+                      run_stats *st, int done0, int total) {
     region_ctx c = {.o = o, .prov = prov, .W = W, .H = H, .x0 = cb->x0, .y0 = cb->y0,
-                    .rw = cb->x1 - cb->x0, .rh = cb->y1 - cb->y0, .need_high = need_high};
+                    .rw = cb->x1 - cb->x0, .rh = cb->y1 - cb->y0, .need_high = need_high,
+                    .dense = ts_everything_dense(), .cells = cells, .n_cells = n_cells};
     ts_preprocess_shape(c.rh, c.rw, 1024, &c.newh, &c.neww);
     int bs = o->points_per_batch, rc = 0;
     c.n_threads = ts_num_threads();
-    size_t npx = (size_t)c.rw * c.rh;
-    long long tmpn = ts_postprocess_scratch_size(c.newh, c.neww, c.rh, c.rw);
+    size_t npx = c.dense ? (size_t)c.rw * c.rh : 1; /* full-size buffers: dense only */
+    long long tmpn = c.dense ? ts_postprocess_scratch_size(c.newh, c.neww, c.rh, c.rw) : 1;
     double *p1024 = malloc(sizeof(double) * 2 * (size_t)bs);
     c.low_res = malloc(sizeof(float) * 3 * 65536 * (size_t)bs);
     c.iou = malloc(sizeof(float) * 3 * (size_t)bs);
@@ -247,16 +317,20 @@ static int run_points(const tinysam_everything_options *o, ts_provider *prov, in
     c.tmp = calloc((size_t)c.n_threads, sizeof *c.tmp);
     c.bin = calloc((size_t)c.n_threads, sizeof *c.bin);
     c.cover = calloc((size_t)c.n_threads, sizeof *c.cover);
+    c.scratch = calloc((size_t)c.n_threads, sizeof *c.scratch);
+    c.hits = calloc((size_t)c.n_threads, sizeof *c.hits);
     int ok = p1024 && c.low_res && c.iou && c.res && c.res_box && c.res_ok && c.logits && c.tmp &&
-             c.bin && c.cover;
+             c.bin && c.cover && c.scratch && c.hits;
     for (int t = 0; ok && t < c.n_threads; t++) {
         c.logits[t] = malloc(sizeof(float) * npx);
         c.tmp[t] = malloc(sizeof(float) * (size_t)(tmpn > 0 ? tmpn : 1));
         c.bin[t] = malloc(npx);
-        if (need_high) c.cover[t] = calloc(npx, 1);
-        ok = c.logits[t] && c.tmp[t] && c.bin[t] && (!need_high || c.cover[t]);
+        if (need_high && c.dense) c.cover[t] = calloc(npx, 1);
+        if (need_high && !c.dense) c.hits[t] = calloc((size_t)n_cells + 1, 1);
+        ok = c.logits[t] && c.tmp[t] && c.bin[t] && (!need_high || c.cover[t] || c.hits[t]);
     }
     if (!ok) rc = ts_error(TINYSAM_E_NOMEM, "out of memory for everything-mode buffers");
+    if (!rc && !c.dense) rc = ts_mask_geom_init(&c.geom, c.newh, c.neww, c.rh, c.rw);
     for (int s = 0; !rc && s < n; s += bs) {
         int m = TS_MIN(bs, n - s);
         for (int k = 0; k < m; k++) {
@@ -279,7 +353,12 @@ static int run_points(const tinysam_everything_options *o, ts_provider *prov, in
         }
         if (o->progress) o->progress(o->progress_user, st->pass, done0 + s + m, total);
     }
-    if (need_high && cover && !rc)
+    if (need_high && cover && !rc && !c.dense)
+        for (int t = 0; t < c.n_threads; t++)
+            for (int k = 0; k < n_cells; k++)
+                if (c.hits[t][k])
+                    cover[(size_t)(cells[2 * k]) * W + cells[2 * k + 1]] = 1;
+    if (need_high && cover && !rc && c.dense)
         for (int t = 0; t < c.n_threads; t++)
             for (int y = 0; y < c.rh; y++)
                 for (int x = 0; x < c.rw; x++)
@@ -289,7 +368,12 @@ static int run_points(const tinysam_everything_options *o, ts_provider *prov, in
         if (c.tmp) free(c.tmp[t]);
         if (c.bin) free(c.bin[t]);
         if (c.cover) free(c.cover[t]);
+        if (c.hits) free(c.hits[t]);
+        if (c.scratch) ts_mask_scratch_free(&c.scratch[t]);
     }
+    free(c.hits);
+    free(c.scratch);
+    ts_mask_geom_free(&c.geom);
     free(c.logits);
     free(c.tmp);
     free(c.bin);
@@ -401,7 +485,8 @@ static int generate_grid(const tinysam_everything_options *o, ts_provider *prov,
         rc = prov->begin_region(prov, cb->x0, cb->y0, cb->x1, cb->y1);
         st->ms_encode += ts_now_ms() - t0;
         rec_list crop = {0};
-        if (!rc) rc = run_points(o, prov, W, H, cb, pts, np * np, 0, NULL, &crop, st, done, total);
+        if (!rc) rc = run_points(o, prov, W, H, cb, pts, np * np, 0, NULL, NULL, 0, &crop, st, done,
+                                 total);
         done += np * np;
         free(pts);
         if (!rc) {
@@ -444,11 +529,13 @@ static int generate_hierarchical(const tinysam_everything_options *o, ts_provide
     double *g1 = malloc(sizeof(double) * 2 * (size_t)n1 * n1);
     double *p1 = malloc(sizeof(double) * 2 * (size_t)n1 * n1);
     double *p2 = malloc(sizeof(double) * 2 * 16 * (size_t)n1 * n1);
-    uint8_t *cover = calloc((size_t)W * H, 1);
+    uint8_t *cover = calloc((size_t)W * H, 1); /* only the cells are written (spans path) */
+    int *cells = malloc(sizeof(int) * 2 * 16 * (size_t)n1 * n1), n_cells = 0;
     rec_list r1 = {0}, r2 = {0};
-    int rc = g1 && p1 && p2 && cover ? 0 : ts_error(TINYSAM_E_NOMEM, "out of memory");
+    int rc = g1 && p1 && p2 && cover && cells ? 0 : ts_error(TINYSAM_E_NOMEM, "out of memory");
     if (!rc) {
         ts_point_grid(n1, g1);
+        n_cells = ts_hierarchical_cells(g1, n1, W, H, o->points_per_side, cells);
         for (int k = 0; k < n1 * n1; k++) {
             p1[2 * k] = g1[2 * k] * W;
             p1[2 * k + 1] = g1[2 * k + 1] * H;
@@ -458,13 +545,15 @@ static int generate_hierarchical(const tinysam_everything_options *o, ts_provide
         st->ms_encode += ts_now_ms() - t0;
     }
     st->pass = 1;
-    if (!rc) rc = run_points(o, prov, W, H, &whole, p1, n1 * n1, 1, cover, &r1, st, 0, n1 * n1);
+    if (!rc)
+        rc = run_points(o, prov, W, H, &whole, p1, n1 * n1, 1, cover, cells, n_cells, &r1, st, 0,
+                        n1 * n1);
     int n2 = 0;
     if (!rc) {
         n2 = ts_hierarchical_points(g1, n1, W, H, o->points_per_side, cover, p2);
     }
     st->pass = 2;
-    if (!rc && n2 > 0) rc = run_points(o, prov, W, H, &whole, p2, n2, 0, NULL, &r2, st, 0, n2);
+    if (!rc && n2 > 0) rc = run_points(o, prov, W, H, &whole, p2, n2, 0, NULL, NULL, 0, &r2, st, 0, n2);
     out->n_passes = 2;
     out->points_per_pass[0] = n1 * n1;
     out->points_per_pass[1] = n2;
@@ -489,6 +578,7 @@ static int generate_hierarchical(const tinysam_everything_options *o, ts_provide
     free(p1);
     free(p2);
     free(cover);
+    free(cells);
     return rc;
 }
 

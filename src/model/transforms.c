@@ -234,6 +234,16 @@ static void lin_taps(int in, int out, int n, lin_tap *t) {
     for (int o = 0; o < n; o++) t[o] = lin_tap_at(in, out, o);
 }
 
+void ts_upsample_taps(int in, int out, int n, int *i0, int *i1, float *l0, float *l1) {
+    for (int o = 0; o < n; o++) {
+        lin_tap t = lin_tap_at(in, out, o);
+        i0[o] = t.i0;
+        i1[o] = t.i1;
+        l0[o] = t.l0;
+        l1[o] = t.l1;
+    }
+}
+
 /* The taps of the horizontal passes as separate arrays, so that SIMD code loads 8 or 16 of
  * each at once. */
 typedef struct {

@@ -33,4 +33,10 @@ int ts_postprocess_mask(const float *low_res, int newh, int neww, int h, int w, 
 int ts_postprocess_mask_rows(const float *low_res, int newh, int neww, int h, int w, float *out,
                              int y0, int y1, float *tmp);
 
+/* The taps of one axis of torch's bilinear up-sampling (align_corners=False) used by
+ * ts_postprocess_mask, for outputs 0..n-1 of an in -> out axis: each pass computes
+ * fmaf(src[i0[o]], l0[o], src[i1[o]] * l1[o]). For code that evaluates chosen pixels of
+ * ts_postprocess_mask's output with the same operations (everything/mask_post.c). */
+void ts_upsample_taps(int in, int out, int n, int *i0, int *i1, float *l0, float *l1);
+
 #endif
