@@ -96,7 +96,7 @@ $(BUILD)/tests/%: tests/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	$(CC) $(CFLAGS) -Itests -Itests/common -MMD -MP -o $@ $< $(TEST_LIB_OBJ) $(TEST_EXTRA) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
 
 # The corpus replay drives the server's request handling too (no sockets, no libmicrohttpd).
-SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o) \
+SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o gate.o) \
                    $(BUILD)/obj/gen/web_assets.o
 $(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ)
 $(BUILD)/tests/fuzz/test_corpus_replay: $(SERVER_CORE_OBJ)
