@@ -29,6 +29,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 /* Per-connection (socket) state for the header watchdog. */
 typedef struct watch {
@@ -67,9 +70,18 @@ typedef struct {
 
 static void *watchdog(void *arg) {
     struct ts_net *n = arg;
+    double trimmed = ts_now_ms();
     pthread_mutex_lock(&n->mu);
     while (!n->stop) {
         double now = ts_now_ms();
+#ifdef __GLIBC__
+        /* request bodies and images come and go in many threads' malloc arenas, which keep
+         * what was freed: hand it back now and then, so that RSS follows the load */
+        if (now - trimmed > 5000) {
+            malloc_trim(0);
+            trimmed = now;
+        }
+#endif
         for (watch *w = n->head; w; w = w->next)
             if (w->deadline > 0 && now > w->deadline) {
                 /* the connection's thread sees end of input and closes it; the fd stays
