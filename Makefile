@@ -64,7 +64,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_LIB_OBJ := $(TEST_LIB:%.c=$(BUILD)/obj/%.o)
 BENCH_BIN:= $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test bench clean format tests converge
+.PHONY: all test bench clean format tests converge soak
 all: $(BUILD)/libtinysam.a $(BUILD)/libtinysam.so $(BUILD)/tinysam
 
 $(BUILD)/obj/%.o: %.c
@@ -130,6 +130,10 @@ tests: $(TEST_BIN) $(TOOLS_BIN) $(BUILD)/tinysam $(BUILD)/libtinysam.so
 
 test: tests
 	@BUILD=$(BUILD) PYTHON_TESTS=$(if $(SAN),,1) sh tests/run.sh $(TEST_BIN)
+
+# issue 21: `tinysam serve` under mixed traffic for 10 minutes (make test runs 60 s of it)
+soak: $(BUILD)/tests/server/test_serve_soak $(BUILD)/tinysam
+	@BUILD=$(BUILD) TINYSAM_SOAK_S=$${TINYSAM_SOAK_S:-600} $(BUILD)/tests/server/test_serve_soak
 
 bench: $(BENCH_BIN) $(BUILD)/tinysam
 	@if [ ! -d bench/onnx/node_modules/onnxruntime-node ] && command -v npm >/dev/null; then \

@@ -5,6 +5,7 @@
 #include "server/server.h"
 #include "tinysam.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,6 +162,11 @@ int ts_cli_serve(int argc, char **argv) {
         fprintf(stderr, "serve: note: --max-inflight-mb is below --max-upload-mb: the largest "
                         "uploads will always get 503\n");
     tinysam_set_num_threads(threads);
+    /* A long-running server with one thread per connection: large blocks (request bodies,
+     * images, embeddings) from their own mappings, returned to the system when freed,
+     * rather than from per-thread malloc arenas that fragment and keep them (glibc raises
+     * its mmap threshold on its own after the first large free otherwise). */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
     /* Block the stop signals in every thread (the server's inherit this mask) and take
      * them synchronously below: no handler runs inside a request. */

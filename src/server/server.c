@@ -76,8 +76,8 @@ static void *watchdog(void *arg) {
         double now = ts_now_ms();
 #ifdef __GLIBC__
         /* request bodies and images come and go in many threads' malloc arenas, which keep
-         * what was freed: hand it back now and then, so that RSS follows the load */
-        if (now - trimmed > 5000) {
+         * what was freed: hand it back every 2 s, so that RSS follows the load */
+        if (now - trimmed > 2000) {
             malloc_trim(0);
             trimmed = now;
         }
