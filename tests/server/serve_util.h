@@ -98,11 +98,15 @@ static inline int su_start(srv *s, const char *const *extra, const char *env_tok
     return 0;
 }
 
-/* SIGTERM; the exit status, or -1 if it did not stop within 20 s. */
+/* How long a client waits for an answer, and SIGTERM for the exit: the sanitizers make an
+ * encode 10-30x slower. */
+static inline int su_slow(void) { return test_sanitized() ? 10 : 1; }
+
+/* SIGTERM; the exit status, or -1 if it did not stop within 20 s (200 s sanitized). */
 static inline int su_stop(srv *s) {
     if (s->pid <= 0) return -1;
     kill(s->pid, SIGTERM);
-    for (int i = 0; i < 200; i++) {
+    for (int i = 0; i < 200 * su_slow(); i++) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             s->pid = 0;
@@ -221,7 +225,7 @@ static inline int su_request(int port, const char *src, const char *method, cons
     hn += snprintf(head + hn, sizeof head - (size_t)hn, "\r\n");
     su_send_all(fd, head, (size_t)hn);
     if (body && len) su_send_all(fd, body, len); /* may fail after an early answer */
-    int rc = su_read(fd, r, 60000);
+    int rc = su_read(fd, r, 60000 * su_slow());
     close(fd);
     return rc;
 }

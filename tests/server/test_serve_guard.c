@@ -304,9 +304,9 @@ static int closed_within(int fd, int ms) {
     for (;;) {
         int left = (int)(t_end - su_now_ms());
         struct pollfd p = {fd, POLLIN, 0};
-        if (left <= 0 || poll(&p, 1, left) <= 0) return 0;
+        if (poll(&p, 1, left > 0 ? left : 0) <= 0) return 0; /* nothing pending, time up */
         ssize_t got = recv(fd, buf, sizeof buf, 0);
-        if (got <= 0) return 1; /* a 408 answer may come first: read on */
+        if (got <= 0) return 1; /* an answer may come first: read on */
     }
 }
 
