@@ -216,6 +216,7 @@ static void *malformed_worker(void *arg) {
                 close(fd);
                 if (!rc) note(3, "not HTTP", 0, r.status, r.status >= 400 && r.status < 500);
                 else note(3, "not HTTP", 0, 400, 1);
+                if (!rc) su_free(&r);
             }
             memset(&r, 0, sizeof r);
             break;
@@ -305,7 +306,7 @@ static void test_soak(void) {
     pthread_t th[7];
     void *(*fn[7])(void *) = {seg_worker,    seg_worker,       upload_worker, upload_worker,
                               everything_worker, malformed_worker, slow_worker};
-    const char *mask_env = getenv("TS_SOAK_MASK");
+    const char *mask_env = getenv("TS_SOAK_MASK"); /* debugging: which workers run (bits) */
     int mask = mask_env ? atoi(mask_env) : 127, n_workers = 0;
     for (int i = 0; i < 7; i++)
         if (mask >> i & 1) {
