@@ -80,7 +80,7 @@ BASHCOMPDIR ?= $(DATAROOTDIR)/bash-completion/completions
 PKGCONFIGDIR?= $(LIBDIR)/pkgconfig
 INSTALL     ?= install
 
-.PHONY: all test bench clean format tests converge install uninstall test-install test-deb
+.PHONY: all test bench clean format tests converge soak install uninstall test-install test-deb
 all: $(BUILD)/libtinysam.a $(BUILD)/libtinysam.so $(BUILD)/tinysam $(BUILD)/tinysam.1 \
      $(BUILD)/tinysam.bash $(BUILD)/tinysam.pc $(BUILD)/examples/segment_point
 
@@ -163,7 +163,7 @@ $(BUILD)/tests/%: tests/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	$(CC) $(CFLAGS) -Itests -Itests/common -MMD -MP -o $@ $< $(TEST_LIB_OBJ) $(TEST_EXTRA) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
 
 # The corpus replay drives the server's request handling too (no sockets, no libmicrohttpd).
-SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o) \
+SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o gate.o) \
                    $(BUILD)/obj/gen/web_assets.o
 $(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ)
 $(BUILD)/tests/fuzz/test_corpus_replay: $(SERVER_CORE_OBJ)
@@ -197,6 +197,10 @@ tests: $(TEST_BIN) $(TOOLS_BIN) $(BUILD)/tinysam $(BUILD)/libtinysam.so
 
 test: tests
 	@BUILD=$(BUILD) PYTHON_TESTS=$(if $(SAN),,1) sh tests/run.sh $(TEST_BIN)
+
+# issue 21: `tinysam serve` under mixed traffic for 10 minutes (make test runs 60 s of it)
+soak: $(BUILD)/tests/server/test_serve_soak $(BUILD)/tinysam
+	@BUILD=$(BUILD) TINYSAM_SOAK_S=$${TINYSAM_SOAK_S:-600} $(BUILD)/tests/server/test_serve_soak
 
 bench: $(BENCH_BIN) $(BUILD)/tinysam
 	@if [ ! -d bench/onnx/node_modules/onnxruntime-node ] && command -v npm >/dev/null; then \

@@ -6,6 +6,7 @@
 #include "core.h"
 #include "everything/amg.h"
 #include "io/json.h"
+#include "server/gate.h"
 #include "server/web_assets.h"
 
 #include <math.h>
@@ -22,6 +23,7 @@ enum {
     HTTP_METHOD_NOT_ALLOWED = 405,
     HTTP_GONE = 410,
     HTTP_TOO_LARGE = 413,
+    HTTP_UNSUPPORTED_MEDIA_TYPE = 415,
     HTTP_INTERNAL_SERVER_ERROR = 500,
     HTTP_SERVICE_UNAVAILABLE = 503,
 };
@@ -30,18 +32,23 @@ enum {
 typedef struct {
     const uint8_t *body;
     size_t len;
+    int authorized; /* carried the token (or none is configured) */
 } request;
 
 void ts_server_defaults(ts_server_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cfg->host = "127.0.0.1";
     cfg->port = 8080;
-    cfg->max_connections = 64;
+    cfg->max_connections = 512; /* above what 16 per address from a few addresses can fill */
     cfg->max_heavy = 2;
     cfg->max_upload = (size_t)32 << 20;
     cfg->max_json = (size_t)64 << 10;
     cfg->max_pixels = 50000000LL;
     cfg->cache_bytes = (size_t)512 << 20;
+    cfg->request_timeout = 10;
+    cfg->max_per_ip = 16;
+    cfg->max_inflight = (size_t)256 << 20;
+    cfg->max_queue = 16;
 }
 
 /* ---------------------------------------------------------------- responses */
@@ -112,6 +119,40 @@ static unsigned http_status(int rc) {
     }
 }
 
+int ts_server_error(ts_http_reply *out, unsigned code, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    memset(out, 0, sizeof *out);
+    return send_error(out, code, "%s", msg);
+}
+
+int ts_server_busy(ts_http_reply *out, const char *what) {
+    int rc = ts_server_error(out, HTTP_SERVICE_UNAVAILABLE, "server busy (%s): retry later", what);
+    out->retry_after = 2;
+    return rc;
+}
+
+/* Takes a place in the bounded queue of encodes / everything runs and waits for a worker;
+ * 0, or -1 when the queue is full (503 queued in *c). */
+static int heavy_enter(ts_server *s, ts_http_reply *c) {
+    int was = atomic_fetch_add(&s->heavy_queued, 1);
+    if (was >= s->cfg.max_heavy + s->cfg.max_queue) {
+        atomic_fetch_sub(&s->heavy_queued, 1);
+        if (ts_server_busy(c, "encode queue full")) return -2;
+        return -1;
+    }
+    sem_wait(&s->heavy);
+    return 0;
+}
+
+static void heavy_leave(ts_server *s) {
+    sem_post(&s->heavy);
+    atomic_fetch_sub(&s->heavy_queued, 1);
+}
+
 static int send_status(ts_http_reply *c, int rc) {
     return send_error(c, http_status(rc), "%s", tinysam_last_error());
 }
@@ -150,18 +191,30 @@ static int serve_asset(ts_server *s, ts_http_reply *c, const char *url) {
 
 /* ---------------------------------------------------------------- API */
 
-static int api_health(ts_server *s, ts_http_reply *c) {
-    int n;
-    size_t bytes;
-    ts_cache_stats(&s->cache, &n, &bytes);
+/* Open to all (load balancers): status and version only, unless the token came with it. */
+static int api_health(ts_server *s, ts_http_reply *c, int authorized) {
     jbuf j;
     if (jb_open(&j)) return -1;
-    fprintf(j.f,
-            "{\"status\": \"ok\", \"version\": \"%s\", \"model\": \"%s\", \"threads\": %d, "
-            "\"images_cached\": %d, \"cache_bytes\": %zu, \"cache_limit_bytes\": %zu, "
-            "\"max_upload_bytes\": %zu, \"max_pixels\": %lld}\n",
-            TINYSAM_VERSION, s->family, tinysam_get_num_threads(), n, bytes, s->cfg.cache_bytes,
-            s->cfg.max_upload, s->cfg.max_pixels);
+    fprintf(j.f, "{\"status\": \"ok\", \"version\": \"%s\"", TINYSAM_VERSION);
+    if (authorized) {
+        int n;
+        size_t bytes;
+        ts_cache_stats(&s->cache, &n, &bytes);
+        int queued = atomic_load(&s->heavy_queued);
+        fprintf(j.f,
+                ", \"model\": \"%s\", \"threads\": %d, \"images_cached\": %d, "
+                "\"cache_bytes\": %zu, \"cache_limit_bytes\": %zu, \"max_upload_bytes\": %zu, "
+                "\"max_pixels\": %lld, \"queue\": {\"running\": %d, \"waiting\": %d, "
+                "\"workers\": %d, \"limit\": %d}, \"inflight_bytes\": %zu, "
+                "\"inflight_limit_bytes\": %zu, \"limits\": {\"request_timeout_s\": %d, "
+                "\"max_connections\": %d, \"max_connections_per_ip\": %d}, \"auth\": %s",
+                s->family, tinysam_get_num_threads(), n, bytes, s->cfg.cache_bytes,
+                s->cfg.max_upload, s->cfg.max_pixels, TS_MIN(queued, s->cfg.max_heavy),
+                TS_MAX(queued - s->cfg.max_heavy, 0), s->cfg.max_heavy, s->cfg.max_queue,
+                atomic_load(&s->inflight), s->cfg.max_inflight, s->cfg.request_timeout,
+                s->cfg.max_connections, s->cfg.max_per_ip, s->cfg.token ? "true" : "false");
+    }
+    fputs("}\n", j.f);
     return jb_send(c, HTTP_OK, &j);
 }
 
@@ -179,9 +232,10 @@ static int api_upload(ts_server *s, ts_http_reply *c, const request *r) {
     if (r->len == 0) return send_error(c, HTTP_BAD_REQUEST, "empty body: send the JPEG or PNG bytes");
     ts_cache_entry *e;
     int cached;
-    sem_wait(&s->heavy);
+    int q = heavy_enter(s, c);
+    if (q) return q == -1 ? 0 : -1;
     int rc = ts_cache_add(&s->cache, s->model, r->body, r->len, s->cfg.max_pixels, &e, &cached);
-    sem_post(&s->heavy);
+    heavy_leave(s);
     if (rc) return send_status(c, rc);
     ts_cache_view v = ts_cache_get(e);
     int ret = image_answer(c, &v, cached, cached ? HTTP_OK : HTTP_CREATED);
@@ -435,9 +489,10 @@ static int api_everything(ts_server *s, ts_http_reply *c, const request *r,
     if (!s->model) return send_error(c, HTTP_SERVICE_UNAVAILABLE, "no model loaded");
     ts_cache_view v = ts_cache_get(e);
     tinysam_everything_result res = {0};
-    sem_wait(&s->heavy);
+    int q = heavy_enter(s, c);
+    if (q) return q == -1 ? 0 : -1;
     rc = tinysam_everything(s->model, v.img, v.emb, &o, &res);
-    sem_post(&s->heavy);
+    heavy_leave(s);
     if (rc) {
         tinysam_everything_free(&res);
         return send_status(c, rc);
@@ -497,7 +552,7 @@ static int dispatch(ts_server *s, ts_http_reply *c, const char *url, const char 
     case R_ASSET:
         return get ? serve_asset(s, c, url) : send_error(c, HTTP_METHOD_NOT_ALLOWED, "use GET");
     case R_HEALTH:
-        return get ? api_health(s, c) : send_error(c, HTTP_METHOD_NOT_ALLOWED, "use GET");
+        return get ? api_health(s, c, r->authorized) : send_error(c, HTTP_METHOD_NOT_ALLOWED, "use GET");
     case R_UPLOAD:
         return post ? api_upload(s, c, r)
                     : send_error(c, HTTP_METHOD_NOT_ALLOWED, "use POST with the image bytes");
@@ -526,20 +581,30 @@ static int dispatch(ts_server *s, ts_http_reply *c, const char *url, const char 
     }
 }
 
-size_t ts_server_body_limit(const ts_server *s, const char *url, const char *method) {
+int ts_server_body_kind(const char *url, const char *method) {
     char id[65];
-    if (strcmp(method, "POST")) return 0;
+    if (strcmp(method, "POST")) return TS_BODY_NONE;
     int kind = route(url, id);
-    if (kind == R_UPLOAD) return s->cfg.max_upload;
-    if (kind == R_SEGMENT || kind == R_EVERYTHING) return s->cfg.max_json;
-    return 0;
+    if (kind == R_UPLOAD) return TS_BODY_IMAGE;
+    if (kind == R_SEGMENT || kind == R_EVERYTHING) return TS_BODY_JSON;
+    return TS_BODY_NONE;
+}
+
+size_t ts_server_body_limit(const ts_server *s, const char *url, const char *method) {
+    int kind = ts_server_body_kind(url, method);
+    return kind == TS_BODY_IMAGE ? s->cfg.max_upload : kind == TS_BODY_JSON ? s->cfg.max_json : 0;
+}
+
+int ts_server_handle_as(ts_server *s, int authorized, const char *method, const char *url,
+                        const uint8_t *body, size_t len, ts_http_reply *out) {
+    memset(out, 0, sizeof *out);
+    request r = {body, len, authorized};
+    return dispatch(s, out, url, method, &r);
 }
 
 int ts_server_handle(ts_server *s, const char *method, const char *url, const uint8_t *body,
                      size_t len, ts_http_reply *out) {
-    memset(out, 0, sizeof *out);
-    request r = {body, len};
-    return dispatch(s, out, url, method, &r);
+    return ts_server_handle_as(s, 1, method, url, body, len, out);
 }
 
 int ts_server_too_large(ts_http_reply *out, size_t limit) {
@@ -548,11 +613,16 @@ int ts_server_too_large(ts_http_reply *out, size_t limit) {
                       limit);
 }
 
-int ts_server_handle_body(ts_server *s, const char *method, const char *url,
-                          const uint8_t *body, size_t len, ts_http_reply *out) {
+int ts_server_handle_body_as(ts_server *s, int authorized, const char *method, const char *url,
+                             const uint8_t *body, size_t len, ts_http_reply *out) {
     size_t limit = ts_server_body_limit(s, url, method);
     if (limit && len > limit) return ts_server_too_large(out, limit);
-    return ts_server_handle(s, method, url, body, limit ? len : 0, out);
+    return ts_server_handle_as(s, authorized, method, url, body, limit ? len : 0, out);
+}
+
+int ts_server_handle_body(ts_server *s, const char *method, const char *url,
+                          const uint8_t *body, size_t len, ts_http_reply *out) {
+    return ts_server_handle_body_as(s, 1, method, url, body, len, out);
 }
 
 void ts_http_reply_free(ts_http_reply *r) {
@@ -582,7 +652,10 @@ size_t ts_url_unescape(char *s) {
 int ts_server_create(tinysam_model *m, const ts_server_config *cfg, ts_server **out) {
     *out = NULL;
     if (cfg->max_connections < 1 || cfg->max_heavy < 1 || cfg->max_upload < 1 ||
-        cfg->max_json < 2 || cfg->port < 0 || cfg->port > 65535)
+        cfg->max_json < 2 || cfg->port < 0 || cfg->port > 65535 || cfg->max_queue < 0 ||
+        cfg->max_per_ip < 0 || cfg->request_timeout < 0 ||
+        cfg->n_allowed_hosts < 0 || cfg->n_allowed_hosts > TS_SERVER_MAX_ALLOWED ||
+        cfg->n_allowed_origins < 0 || cfg->n_allowed_origins > TS_SERVER_MAX_ALLOWED)
         return ts_error(TINYSAM_E_ARG, "serve: invalid limits");
     ts_server *s = calloc(1, sizeof *s);
     if (!s) return ts_error(TINYSAM_E_NOMEM, "out of memory");

@@ -7,6 +7,7 @@
 #include "server/server.h"
 
 #include <semaphore.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,18 +17,30 @@ struct ts_server {
     struct MHD_Daemon *daemon;
     ts_cache cache;
     sem_t heavy; /* encodes and everything runs in flight */
+    atomic_int heavy_queued; /* encodes and everything runs running or waiting for `heavy` */
+    atomic_size_t inflight;  /* request body bytes held (reserved) by all connections */
+    struct ts_net *net; /* server.c: the header watchdog and its connections */
     int port;
     char family[16];
 };
 
 /* One answer: status, content type and body (static, or malloc'd when owned). */
-typedef struct {
+typedef struct ts_http_reply {
     unsigned status;
     const char *type;
     void *body;
     size_t len;
     int owned;
+    unsigned retry_after; /* seconds, for a 503 of a full queue or memory budget */
 } ts_http_reply;
+
+/* What a route reads as its body (the gate checks its Content-Type). */
+enum { TS_BODY_NONE, TS_BODY_IMAGE, TS_BODY_JSON };
+int ts_server_body_kind(const char *url, const char *method);
+
+/* A JSON error answer {"error": "..."} (memsets *out first); 0, or -1 out of memory. */
+int ts_server_error(ts_http_reply *out, unsigned code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Creates the server state without listening (ts_server_start adds the socket). */
 int ts_server_create(tinysam_model *m, const ts_server_config *cfg, ts_server **out);
@@ -39,6 +52,10 @@ void ts_server_destroy(ts_server *s);
  * memory). */
 int ts_server_handle(ts_server *s, const char *method, const char *url, const uint8_t *body,
                      size_t len, ts_http_reply *out);
+/* The same for a request that passed the gate; authorized: it carried the token (the
+ * health answer says more then). */
+int ts_server_handle_as(ts_server *s, int authorized, const char *method, const char *url,
+                        const uint8_t *body, size_t len, ts_http_reply *out);
 void ts_http_reply_free(ts_http_reply *r);
 
 /* The largest body the route accepts (0: it takes none). */
@@ -57,5 +74,10 @@ int ts_server_too_large(ts_http_reply *out, size_t limit);
  * a body over the route's limit gets 413. */
 int ts_server_handle_body(ts_server *s, const char *method, const char *url,
                           const uint8_t *body, size_t len, ts_http_reply *out);
+int ts_server_handle_body_as(ts_server *s, int authorized, const char *method, const char *url,
+                             const uint8_t *body, size_t len, ts_http_reply *out);
+
+/* The 503 answer for a body that does not fit --max-inflight-mb now (with Retry-After). */
+int ts_server_busy(ts_http_reply *out, const char *what);
 
 #endif

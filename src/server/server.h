@@ -18,6 +18,8 @@
 
 #include <stddef.h>
 
+#define TS_SERVER_MAX_ALLOWED 16
+
 typedef struct {
     const char *host;        /* numeric IPv4 or IPv6 address to bind (default 127.0.0.1) */
     int port;                /* 0 = any free port (see ts_server_port) */
@@ -29,6 +31,18 @@ typedef struct {
     size_t cache_bytes;      /* memory bound of the embedding cache */
     const char *web_dir;     /* serve the page from here instead of the embedded copy */
     int log;                 /* one line per request on stderr */
+    /* access (gate.c) */
+    const char *token;       /* required on every request but /api/health; NULL: none */
+    int no_auth;             /* allow a non-loopback bind without a token */
+    const char *allowed_hosts[TS_SERVER_MAX_ALLOWED];   /* names answered besides localhost */
+    int n_allowed_hosts;
+    const char *allowed_origins[TS_SERVER_MAX_ALLOWED]; /* foreign origins (CORS) allowed */
+    int n_allowed_origins;
+    /* slow and greedy clients */
+    int request_timeout;     /* seconds to receive the request header, and each body chunk */
+    int max_per_ip;          /* concurrent connections from one client address */
+    size_t max_inflight;     /* request body bytes held in memory at once, all clients */
+    int max_queue;           /* encodes / everything runs waiting beyond max_heavy */
 } ts_server_config;
 
 typedef struct ts_server ts_server;

@@ -10,6 +10,7 @@
 #include "io/tensor_map.h"
 #include "quant/sim_model.h"
 #include "server/api.h"
+#include "server/gate.h"
 #include "core.h"
 #include "dist/shard.h"
 #include "tinysam.h"
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -283,6 +285,34 @@ static ts_server *http_server;
 
 static void http_server_free(void) { ts_server_destroy(http_server); }
 
+#define HTTP_FUZZ_TOKEN "fuzz-token-0123456789"
+
+/* The header lines of an input ("Name: value\n"... up to an empty line) into q. */
+static void http_headers(char *h, ts_http_request *q) {
+    for (char *line = h; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        char *colon = strchr(line, ':');
+        if (colon) {
+            *colon = 0;
+            char *v = colon + 1;
+            while (*v == ' ') v++;
+            if (!strcasecmp(line, "Host")) q->host = v;
+            else if (!strcasecmp(line, "Origin")) q->origin = v;
+            else if (!strcasecmp(line, "Content-Type")) q->content_type = v;
+            else if (!strcasecmp(line, "Authorization")) q->authorization = v;
+            else if (!strcasecmp(line, "Token")) q->token_header = v;
+            else if (!strcasecmp(line, "Cookie")) q->cookie = v;
+            else if (!strcasecmp(line, "?token")) q->query_token = v;
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+}
+
+/* Input: a method byte (low bits pick the method; 0x80 set: header lines follow the URL),
+ * the URL up to '\n', [header lines, an empty line,] the body. Without header lines the
+ * request carries what a well-behaved client sends (Host, the token, the route's
+ * Content-Type), so that the seeds reach the routes behind the gate. */
 int ts_fuzz_http(const uint8_t *data, size_t size) {
     static const char *methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS"};
     if (!http_server) {
@@ -292,6 +322,9 @@ int ts_fuzz_http(const uint8_t *data, size_t size) {
         cfg.max_json = 16 << 10;
         cfg.max_pixels = TS_FUZZ_MAX_PIXELS;
         cfg.cache_bytes = 8 << 20; /* small, so that uploads exercise eviction */
+        cfg.token = HTTP_FUZZ_TOKEN;
+        cfg.allowed_hosts[cfg.n_allowed_hosts++] = "labels.lab";
+        cfg.allowed_origins[cfg.n_allowed_origins++] = "http://labels.lab:8080";
         if (ts_server_create(NULL, &cfg, &http_server)) return TINYSAM_E_NOMEM;
         atexit(http_server_free);
     }
@@ -300,18 +333,46 @@ int ts_fuzz_http(const uint8_t *data, size_t size) {
         return TINYSAM_E_NOMEM;
     ts_http_reply_free(&rep);
     if (size < 1) return TINYSAM_E_ARG;
-    const char *method = methods[data[0] % 6];
-    const uint8_t *nl = memchr(data + 1, '\n', size - 1);
-    size_t url_len = nl ? (size_t)(nl - data - 1) : size - 1;
-    char *url = malloc(url_len + 1);
-    if (!url) return TINYSAM_E_NOMEM;
-    memcpy(url, data + 1, url_len);
-    url[url_len] = 0; /* a NUL inside ends the path early, as in a C string from the server */
+    const char *method = methods[(data[0] & 0x7f) % 6];
+    int with_headers = data[0] & 0x80;
+    char *copy = malloc(size); /* URL and headers as C strings: a NUL inside ends them early */
+    if (!copy) return TINYSAM_E_NOMEM;
+    memcpy(copy, data + 1, size - 1);
+    copy[size - 1] = 0;
+    char *nl = memchr(copy, '\n', size - 1);
+    size_t body_at = nl ? (size_t)(nl - copy) + 1 : size - 1;
+    if (nl) *nl = 0;
+    char *url = copy;
     ts_url_unescape(url);
-    const uint8_t *body = nl ? nl + 1 : data + size;
-    size_t body_len = (size_t)(data + size - body);
-    int rc = ts_server_handle_body(http_server, method, url, body, body_len, &rep);
-    free(url);
+    ts_http_request q = {.method = method, .url = url};
+    if (with_headers && nl) {
+        char *h = copy + body_at, *end = NULL;
+        for (char *p = h; p < copy + size - 1; p++)
+            if (*p == '\n' && (p == h || p[-1] == '\n')) {
+                end = p;
+                break;
+            }
+        body_at = end ? (size_t)(end - copy) + 1 : size - 1;
+        if (end) *end = 0;
+        http_headers(h, &q);
+    } else {
+        q.host = "127.0.0.1:8080";
+        q.authorization = "Bearer " HTTP_FUZZ_TOKEN;
+        q.content_type = strcmp(url, "/api/images") ? "application/json" : "image/png";
+    }
+    const uint8_t *body = data + 1 + body_at;
+    size_t body_len = size - 1 - TS_MIN(body_at, size - 1);
+    ts_gate g;
+    int gate = ts_gate_check(http_server, &q, &g, &rep);
+    int rc = gate < 0 ? -1 : 0;
+    if (gate == 0) {
+        /* what passed the gate: the token when the route needs it, an allowed foreign origin */
+        if (!g.authorized && strcmp(url, "/api/health")) abort();
+        if (g.cors_origin[0] && strcmp(g.cors_origin, "http://labels.lab:8080")) abort();
+        rc = ts_server_handle_body_as(http_server, g.authorized, method, url, body, body_len,
+                                      &rep);
+    }
+    free(copy);
     if (rc) return TINYSAM_E_NOMEM;
     int status = (int)rep.status;
     unsigned t = touch(rep.body, rep.len);

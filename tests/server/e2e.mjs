@@ -97,14 +97,19 @@ function agreement(a, b) {
 
 function startServer() {
   return new Promise((resolve, reject) => {
-    const proc = spawn(bin, ['serve', '--model', model, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // with a token, as on a shared machine: the page is opened by the printed URL (its
+    // ?token= sets the cookie that the page's own requests then carry)
+    const proc = spawn(bin, ['serve', '--model', model, '--port', '0', '--token', 'auto'],
+      { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     proc.on('error', reject);
     proc.on('exit', (code) => reject(new Error(`tinysam serve exited early (${code})`)));
     proc.stdout.on('data', (d) => {
       out += d;
-      const m = out.match(/"port": (\d+)/);
-      if (m) resolve({ proc, url: `http://127.0.0.1:${m[1]}/` });
+      const nl = out.indexOf('\n');
+      if (nl < 0) return;
+      const info = JSON.parse(out.slice(0, nl));
+      resolve({ proc, url: info.url, base: `http://127.0.0.1:${info.port}/` });
     });
   });
 }
@@ -152,7 +157,18 @@ async function main() {
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     page.on('pageerror', (e) => check('no page errors', false, e.message));
-    await page.goto(server.url);
+    // without the token the server refuses the page; a foreign page's request is refused
+    const bare = await page.goto(server.base);
+    check('page without the token refused', bare.status() === 401, `status ${bare.status()}`);
+    const foreign = await page.evaluate(async (base) => {
+      try {
+        const r = await fetch(base + 'api/images', { method: 'POST', body: 'x', headers: { 'Content-Type': 'text/plain' } });
+        return r.status;
+      } catch (e) { return 'blocked'; }
+    }, server.base);
+    check('a request without the token refused', foreign === 401 || foreign === 'blocked', String(foreign));
+    const opened = await page.goto(server.url);
+    check('page opened by the printed URL', opened.status() === 200, `status ${opened.status()}`);
     check('page title', (await page.title()).includes('tinysam'));
 
     // upload: shown at once, encoded, then ready

@@ -170,12 +170,16 @@ static int http_raw(int port, const char *method, const char *path, const char *
     }
     char head[1024];
     int hn;
+    /* the body's type as the server requires it (the gate answers 415 otherwise) */
+    const char *type = strcmp(method, "POST") ? ""
+                       : !strcmp(path, "/api/images") ? "Content-Type: application/octet-stream\r\n"
+                                                      : "Content-Type: application/json\r\n";
     if (head_extra)
-        hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s\r\n",
-                      method, path, head_extra);
+        hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s\r\n",
+                      method, path, type, head_extra);
     else
         hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                      "Content-Length: %zu\r\n\r\n", method, path, len);
+                      "%sContent-Length: %zu\r\n\r\n", method, path, type, len);
     send_all(fd, head, (size_t)hn);
     if (len) send_all(fd, body, len); /* may fail after an early answer: read it anyway */
     size_t cap = 1 << 16, n = 0;
