@@ -22,6 +22,8 @@
 #   bench_dataset --json [--quick]     separate_s folder_s folder_speedup separate_images_per_s
 #                                      folder_images_per_s peak_rss_1mp_mb folder_12mp_s
 #                                      peak_rss_12mp_mb
+#   bench_boxes [--runs N] [--json]    one_box_ms batch100_best_ms_per_box ratio_best (shown
+#                                      as its own table)
 #   bench_peak --json                  peak_gflops_1t peak_gflops_2t clock_ghz flop_per_cycle
 #   bench/onnx/bench_onnx.js --json --threads T --runs N --image-size 769x770
 #                                      encoder_ms decoder_ms decoder_seq64_ms_per_prompt
@@ -232,6 +234,14 @@ if [ -x "$B/bench/bench_dataset" ]; then
                 "peak RSS $(num "$(jget peak_rss_12mp_mb "$j")" 0) MB (bound 600)"
         fi
     fi
+    echo
+fi
+
+# ---------------------------------------------------------------- many boxes per call
+# tinysam segment --boxes / predict_torch: 100 boxes decoded together against one-box calls
+if [ -x "$B/bench/bench_boxes" ]; then
+    echo "== many boxes per call (100 boxes on picture1, embedding cached, masks at 769x770)"
+    "$B/bench/bench_boxes" --runs 3 || status=1
     echo
 fi
 
