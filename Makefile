@@ -101,6 +101,10 @@ SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o) \
 $(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ)
 $(BUILD)/tests/fuzz/test_corpus_replay: $(SERVER_CORE_OBJ)
 
+# Label Studio / X-AnyLabeling protocol code (issue 22): CLI-side objects the tests link.
+$(BUILD)/tests/server/test_ls_rle: TEST_EXTRA = $(BUILD)/obj/src/server/ls_rle.o
+$(BUILD)/tests/server/test_ls_rle: $(BUILD)/obj/src/server/ls_rle.o
+
 $(BUILD)/bench/%: bench/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -Itests/common -o $@ $< $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
