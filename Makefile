@@ -80,7 +80,7 @@ $(BUILD)/libtinysam.so: $(LIB_OBJ)
 	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tinysam: $(CLI_OBJ) $(BUILD)/libtinysam.a
-	$(CC) $(LDFLAGS) -pthread -o $@ $(CLI_OBJ) $(BUILD)/libtinysam.a $(LDLIBS) -lmicrohttpd
+	$(CC) $(LDFLAGS) -pthread -o $@ $(CLI_OBJ) $(BUILD)/libtinysam.a $(LDLIBS) -lmicrohttpd -lcurl
 
 # The page of `tinysam serve`, embedded in the binary (od + sed, no xxd).
 $(BUILD)/gen/web_assets.c: src/server/embed_web.sh $(WEB_FILES)
@@ -96,14 +96,16 @@ $(BUILD)/tests/%: tests/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	$(CC) $(CFLAGS) -Itests -Itests/common -MMD -MP -o $@ $< $(TEST_LIB_OBJ) $(TEST_EXTRA) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
 
 # The corpus replay drives the server's request handling too (no sockets, no libmicrohttpd).
-SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o) \
-                   $(BUILD)/obj/gen/web_assets.o
-$(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ)
+SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o ls_backend.o ls_rle.o \
+                     fetch.o) $(BUILD)/obj/gen/web_assets.o
+$(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ) -lcurl
 $(BUILD)/tests/fuzz/test_corpus_replay: $(SERVER_CORE_OBJ)
 
 # Label Studio / X-AnyLabeling protocol code (issue 22): CLI-side objects the tests link.
 $(BUILD)/tests/server/test_ls_rle: TEST_EXTRA = $(BUILD)/obj/src/server/ls_rle.o
 $(BUILD)/tests/server/test_ls_rle: $(BUILD)/obj/src/server/ls_rle.o
+$(BUILD)/tests/server/test_labelling: TEST_EXTRA = $(SERVER_CORE_OBJ) -lcurl
+$(BUILD)/tests/server/test_labelling: $(SERVER_CORE_OBJ)
 
 $(BUILD)/bench/%: bench/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)

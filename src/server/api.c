@@ -6,6 +6,7 @@
 #include "core.h"
 #include "everything/amg.h"
 #include "io/json.h"
+#include "server/labelling.h"
 #include "server/web_assets.h"
 
 #include <math.h>
@@ -491,6 +492,8 @@ static int route(const char *url, char id[65]) {
 static int dispatch(ts_server *s, ts_http_reply *c, const char *url, const char *method,
                     const request *r) {
     char id[65];
+    int lret; /* the labelling tools' routes (Label Studio's ML backend: labelling.h) */
+    if (ts_labelling_handle(s, method, url, r->body, r->len, c, &lret)) return lret;
     int kind = route(url, id), get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     int post = !strcmp(method, "POST");
     switch (kind) {
@@ -532,7 +535,7 @@ size_t ts_server_body_limit(const ts_server *s, const char *url, const char *met
     int kind = route(url, id);
     if (kind == R_UPLOAD) return s->cfg.max_upload;
     if (kind == R_SEGMENT || kind == R_EVERYTHING) return s->cfg.max_json;
-    return 0;
+    return ts_labelling_body_limit(s, url, method);
 }
 
 int ts_server_handle(ts_server *s, const char *method, const char *url, const uint8_t *body,
