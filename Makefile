@@ -97,7 +97,7 @@ $(BUILD)/tests/%: tests/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 
 # The corpus replay drives the server's request handling too (no sockets, no libmicrohttpd).
 SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o ls_backend.o ls_rle.o \
-                     fetch.o) $(BUILD)/obj/gen/web_assets.o
+                     fetch.o xany_backend.o) $(BUILD)/obj/gen/web_assets.o
 $(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ) -lcurl
 $(BUILD)/tests/fuzz/test_corpus_replay: $(SERVER_CORE_OBJ)
 

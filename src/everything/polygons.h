@@ -10,13 +10,13 @@
 
 /* A closed polygon of n integer pixel vertices (x, y), xy holds 2n values. */
 typedef struct {
-  int n;
-  int *xy;
+    int n;
+    int *xy;
 } ts_polygon;
 
 typedef struct {
-  int n;
-  ts_polygon *p;
+    int n;
+    ts_polygon *p;
 } ts_polygon_set;
 
 /* The outer border of every outermost 8-connected component of a W x H mask
@@ -37,8 +37,8 @@ int ts_polygon_simplify(const ts_polygon *in, double epsilon, ts_polygon *out);
  * (X-AnyLabeling's rule); epsilon_factor <= 0 keeps every border pixel.
  * Polygons of fewer than 3 vertices (single pixels, lines) are kept only when
  * keep_degenerate is set. */
-int ts_mask_polygons(const uint8_t *mask, int W, int H, double epsilon_factor,
-                     int keep_degenerate, ts_polygon_set *out);
+int ts_mask_polygons(const uint8_t *mask, int W, int H, double epsilon_factor, int keep_degenerate,
+                     ts_polygon_set *out);
 
 void ts_polygon_set_free(ts_polygon_set *s);
 
@@ -46,14 +46,13 @@ void ts_polygon_set_free(ts_polygon_set *s);
 void ts_polygons_write_coco(FILE *f, const ts_polygon_set *s);
 /* YOLO segmentation labels: "class x1 y1 x2 y2 ..." normalised by W and H, one
  * line each. */
-void ts_polygons_write_yolo(FILE *f, const ts_polygon_set *s, int cls, int W,
-                            int H);
+void ts_polygons_write_yolo(FILE *f, const ts_polygon_set *s, int cls, int W, int H);
 
 /* Everything-mode records with polygons (records_polygons.c): a JSON list of
  * SAM's records with "segmentation" as COCO polygons (and "size": [H, W]), or
  * with yolo set, YOLO lines (class 0) of every record. */
 #include "tinysam.h"
-int ts_everything_write_polygons(FILE *f, const tinysam_everything_result *r,
-                                 double eps_factor, int yolo);
+int ts_everything_write_polygons(FILE *f, const tinysam_everything_result *r, double eps_factor,
+                                 int yolo);
 
 #endif

@@ -10,8 +10,7 @@
  * token, when not NULL, goes as "Authorization: Token <token>". Fails with a
  * clear message on an unreachable host, an HTTP status other than 200, or a
  * body over max_bytes. */
-int ts_fetch_url(const char *url, const char *token, size_t max_bytes,
-                 uint8_t **data, size_t *len);
+int ts_fetch_url(const char *url, const char *token, size_t max_bytes, uint8_t **data, size_t *len);
 
 /* 1 when a and b have the same scheme, host and port (default ports filled in),
  * so that a Label Studio API key is only ever sent to Label Studio. */

@@ -17,11 +17,9 @@
 #include <stdint.h>
 
 /* Encodes values[0..n) (n < 2^32); *out is malloc'd, *out_len bytes. */
-int ts_ls_rle_encode(const uint8_t *values, size_t n, uint8_t **out,
-                     size_t *out_len);
+int ts_ls_rle_encode(const uint8_t *values, size_t n, uint8_t **out, size_t *out_len);
 /* A W x H 0/1 mask as Label Studio's brush wants it: 0/255, each pixel repeated
  * 4 times (RGBA), row-major. */
-int ts_ls_mask_rle(const uint8_t *mask, int W, int H, uint8_t **out,
-                   size_t *out_len);
+int ts_ls_mask_rle(const uint8_t *mask, int W, int H, uint8_t **out, size_t *out_len);
 
 #endif
