@@ -535,7 +535,84 @@ static void test_xanylabeling_exchange(void) {
     tinysam_model_free(m);
 }
 
+/* ---- the JSON API's boxes and polygons ---------------------------------------------------- */
+
+static void test_api_boxes_polygons(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    tinysam_model *m = NULL;
+    REQUIRE(tinysam_model_load(fixture(MODEL), &m) == 0, "model");
+    ts_server_config cfg;
+    ts_server_defaults(&cfg);
+    ts_server *s = NULL;
+    REQUIRE(ts_server_create(m, &cfg, &s) == 0, "server");
+    uint8_t *png = NULL;
+    size_t png_len = 0;
+    REQUIRE(ts_read_file(fixture("images/shapes.png"), 1 << 24, &png, &png_len) == 0, "png");
+    ts_http_reply r;
+    REQUIRE(ts_server_handle_body(s, "POST", "/api/images", png, png_len, &r) == 0, "upload");
+    free(png);
+    ts_json *j = NULL;
+    REQUIRE(r.status == 201 && ts_json_parse(r.body, r.len, &j) == 0, "upload answer");
+    char url[200];
+    snprintf(url, sizeof url, "/api/images/%s/segment", ts_json_get(j, "id")->string);
+    ts_json_free(j);
+    ts_http_reply_free(&r);
+    const char *req = "{\"boxes\": [[64, 96, 352, 336], [400, 200, 500, 300], [0, 0, 639, 479]], "
+                      "\"polygons\": true, \"epsilon_factor\": 0.002}";
+    REQUIRE(ts_server_handle_body(s, "POST", url, (const uint8_t *)req, strlen(req), &r) == 0,
+            "boxes");
+    CHECK(r.status == 200, "boxes: %d %.300s", r.status, (char *)r.body);
+    REQUIRE(ts_json_parse(r.body, r.len, &j) == 0, "JSON");
+    const ts_json *res = ts_json_get(j, "results");
+    CHECK(res && res->n == 3, "3 results");
+    tinysam_image img = {0};
+    tinysam_embedding *e = NULL;
+    REQUIRE(tinysam_image_load(fixture("images/shapes.png"), 0, &img) == 0 &&
+                tinysam_encode(m, &img, &e) == 0,
+            "encode");
+    static const float bx[3][4] = {{64, 96, 352, 336}, {400, 200, 500, 300}, {0, 0, 639, 479}};
+    size_t plane = 640 * 480;
+    uint8_t *mk = malloc(plane);
+    for (int i = 0; res && mk && i < res->n && i < 3; i++) {
+        const ts_json *it = &res->items[i], *mask = ts_json_get(it, "mask");
+        tinysam_prompt p = {.has_box = 1, .box = {bx[i][0], bx[i][1], bx[i][2], bx[i][3]}};
+        tinysam_prediction one = {0};
+        REQUIRE(tinysam_predict(m, e, &p, TINYSAM_PREDICT_MASKS, &one) == 0, "predict");
+        ts_rle rle = {0};
+        const ts_json *counts = mask ? ts_json_get(mask, "counts") : NULL;
+        CHECK(counts && ts_rle_from_string(counts->string, &rle) == 0 &&
+                  ts_rle_decode(rle.counts, rle.n, 640, 480, mk) == 0,
+              "result %d: RLE", i);
+        CHECK((int)ts_json_num(it, "best", -1) == one.best, "result %d: best", i);
+        CHECK(differing(mk, one.masks + (size_t)one.best * plane, plane) <= 3,
+              "result %d: mask differs from one-box predict", i);
+        const ts_json *pg = mask ? ts_json_get(mask, "polygons") : NULL;
+        CHECK(pg && pg->type == TS_JSON_ARRAY && pg->n >= 1 && pg->items[0].n >= 6,
+              "result %d: polygons", i);
+        ts_rle_free(&rle);
+        tinysam_prediction_free(&one);
+    }
+    free(mk);
+    ts_json_free(j);
+    ts_http_reply_free(&r);
+    const char *bad = "{\"boxes\": [[1, 2, 3]]}";
+    REQUIRE(ts_server_handle_body(s, "POST", url, (const uint8_t *)bad, strlen(bad), &r) == 0,
+            "bad");
+    CHECK(r.status == 400 && strstr(r.body, "boxes[0]"), "bad boxes: %d", r.status);
+    ts_http_reply_free(&r);
+    const char *single = "{\"points\": [[320, 240]], \"labels\": [1], \"polygons\": true}";
+    REQUIRE(ts_server_handle_body(s, "POST", url, (const uint8_t *)single, strlen(single), &r) == 0,
+            "single");
+    CHECK(r.status == 200 && strstr(r.body, "\"polygons\": [["), "single with polygons");
+    ts_http_reply_free(&r);
+    tinysam_embedding_free(e);
+    tinysam_image_free(&img);
+    ts_server_destroy(s);
+    tinysam_model_free(m);
+}
+
 int main(void) {
+    RUN(test_api_boxes_polygons);
     RUN(test_label_studio_exchange);
     RUN(test_xanylabeling_exchange);
     return test_summary();
