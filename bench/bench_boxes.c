@@ -1,11 +1,11 @@
-/* bench_boxes.c - many boxes per call (tinysam segment --boxes,
- * SamPredictor.predict_torch): 100 boxes on one image through
- * tinysam_predict_batch against one-box tinysam_predict calls, the embedding
- * computed once (decoder side only, full-resolution masks included). The batch
- * returns each box's best mask (what a record holds); the one-box call its
- * three, as tinysam segment --box does; the batch with all three masks is shown
- * too. bench_boxes [--runs N] [--json]   (picture1, 769x770, the random-weight
- * vit_t fixture) */
+/* bench_boxes.c - many boxes per call (tinysam segment --boxes, SamPredictor.predict_torch):
+ * 100 boxes on one image through tinysam_predict_batch against one-box tinysam_predict calls,
+ * the embedding computed once (decoder side only, full-resolution masks included). The batch
+ * returns each box's best mask (what a record holds), the one-box call its three (as tinysam
+ * segment --box does); the batch with all three masks is shown too.
+ *   bench_boxes [--runs N] [--threads T] [--json]
+ * (picture1, 769x770, the random-weight vit_t fixture; T = 1 gives the work ratio, the least
+ * disturbed by a busy machine) */
 #include "bench_util.h"
 #include "test.h"
 #include "tinysam.h"
@@ -23,6 +23,8 @@ int main(int argc, char **argv) {
             runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json"))
             json = 1;
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            tinysam_set_num_threads(atoi(argv[++i]));
     }
     if (runs < 1) runs = 1;
     tinysam_model *m = NULL;
