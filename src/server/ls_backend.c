@@ -320,6 +320,8 @@ static int ls_predict(ts_server *s, const uint8_t *body, size_t len, ts_http_rep
     if (!rc && result && result->type == TS_JSON_ARRAY) rc = parse_context(result, q, &W, &H);
     uint8_t *img_bytes = NULL;
     size_t img_len = 0;
+    /* the fuzz harness's server has no model: parse everything, fetch nothing */
+    if (!rc && !s->model) rc = ts_error(TINYSAM_E_NOMEM, "no model loaded");
     if (!rc) rc = fetch_image(data->items[0].string, s, &img_bytes, &img_len);
     ts_json_free(j);
     if (rc) {
