@@ -102,7 +102,7 @@ $(BUILD)/libtinysam.so: $(BUILD)/$(SO_REAL)
 	ln -sf $(SO_REAL) $@
 
 $(BUILD)/tinysam: $(CLI_OBJ) $(BUILD)/libtinysam.a
-	$(CC) $(LDFLAGS) -pthread -o $@ $(CLI_OBJ) $(BUILD)/libtinysam.a $(LDLIBS) -lmicrohttpd
+	$(CC) $(LDFLAGS) -pthread -o $@ $(CLI_OBJ) $(BUILD)/libtinysam.a $(LDLIBS) -lmicrohttpd -lcurl
 
 # The man page and the bash completion, both made from the built CLI's --help texts.
 $(BUILD)/tinysam.1: $(BUILD)/tinysam tools/gen_manpage.sh
@@ -163,10 +163,16 @@ $(BUILD)/tests/%: tests/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	$(CC) $(CFLAGS) -Itests -Itests/common -MMD -MP -o $@ $< $(TEST_LIB_OBJ) $(TEST_EXTRA) $(BUILD)/libtinysam.a $(LDFLAGS) $(LDLIBS)
 
 # The corpus replay drives the server's request handling too (no sockets, no libmicrohttpd).
-SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o gate.o) \
-                   $(BUILD)/obj/gen/web_assets.o
-$(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ)
+SERVER_CORE_OBJ := $(addprefix $(BUILD)/obj/src/server/,api.o cache.o gate.o ls_backend.o \
+                     ls_rle.o fetch.o xany_backend.o) $(BUILD)/obj/gen/web_assets.o
+$(BUILD)/tests/fuzz/test_corpus_replay: TEST_EXTRA = $(SERVER_CORE_OBJ) -lcurl
 $(BUILD)/tests/fuzz/test_corpus_replay: $(SERVER_CORE_OBJ)
+
+# Label Studio / X-AnyLabeling protocol code (issue 22): CLI-side objects the tests link.
+$(BUILD)/tests/server/test_ls_rle: TEST_EXTRA = $(BUILD)/obj/src/server/ls_rle.o
+$(BUILD)/tests/server/test_ls_rle: $(BUILD)/obj/src/server/ls_rle.o
+$(BUILD)/tests/server/test_labelling: TEST_EXTRA = $(SERVER_CORE_OBJ) -lcurl
+$(BUILD)/tests/server/test_labelling: $(SERVER_CORE_OBJ)
 
 $(BUILD)/bench/%: bench/%.c $(TEST_LIB_OBJ) $(BUILD)/libtinysam.a
 	@mkdir -p $(dir $@)

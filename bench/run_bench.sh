@@ -25,6 +25,8 @@
 #   bench_dataset --json [--quick]     separate_s folder_s folder_speedup separate_images_per_s
 #                                      folder_images_per_s peak_rss_1mp_mb folder_12mp_s
 #                                      peak_rss_12mp_mb
+#   bench_boxes [--runs N] [--threads T] [--json]  one_box_ms batch100_best_ms_per_box ratio_best (shown
+#                                      as its own table)
 #   bench_peak --json                  peak_gflops_1t peak_gflops_2t clock_ghz flop_per_cycle
 #   bench/onnx/bench_onnx.js --json --threads T --runs N --image-size 769x770
 #                                      encoder_ms decoder_ms decoder_seq64_ms_per_prompt
@@ -275,6 +277,17 @@ if [ -x "$B/bench/bench_dataset" ]; then
                 "peak RSS $(num "$(jget peak_rss_12mp_mb "$j")" 0) MB (bound 600)"
         fi
     fi
+    echo
+fi
+
+# ---------------------------------------------------------------- many boxes per call
+# tinysam segment --boxes / predict_torch: 100 boxes decoded together against one-box calls
+if [ -x "$B/bench/bench_boxes" ]; then
+    echo "== many boxes per call (100 boxes on picture1, embedding cached, masks at 769x770)"
+    for t in 1 2; do
+        echo "-- $t thread(s)"
+        "$B/bench/bench_boxes" --runs 3 --threads "$t" || status=1
+    done
     echo
 fi
 

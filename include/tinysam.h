@@ -134,6 +134,8 @@ enum {
     TINYSAM_PREDICT_MASKS = 1,  /* fill masks (3 x H x W, 0/1) */
     TINYSAM_PREDICT_LOGITS = 2, /* fill logits (3 x H x W float) */
     TINYSAM_PREDICT_SINGLE = 4, /* SAM's multimask_output=False: mask token 0 only */
+    TINYSAM_PREDICT_BEST = 8,   /* tinysam_predict_batch: masks/logits of the best mask only
+                                   (1 x H x W), low_res and iou still all n_masks */
 };
 
 typedef struct {
@@ -149,6 +151,11 @@ typedef struct {
 tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
                                const tinysam_prompt *p, int flags, tinysam_prediction *out);
 void tinysam_prediction_free(tinysam_prediction *p);
+/* n prompt sets against one embedding, decoded together (SamPredictor.predict_torch's
+ * batch): out[i] is what tinysam_predict gives for p[i], bit for bit. On failure every
+ * out[i] is empty. */
+tinysam_status tinysam_predict_batch(tinysam_model *m, const tinysam_embedding *e, int n,
+                                     const tinysam_prompt *p, int flags, tinysam_prediction *out);
 
 /* ---------------------------------------------------------------- everything */
 

@@ -108,6 +108,8 @@ tinysam_embedding_size = _sig("tinysam_embedding_size", None, c_void_p, POINTER(
 tinysam_predict = _sig("tinysam_predict", c_int, c_void_p, c_void_p, POINTER(Prompt), c_int,
                        POINTER(Prediction))
 tinysam_prediction_free = _sig("tinysam_prediction_free", None, POINTER(Prediction))
+tinysam_predict_batch = _sig("tinysam_predict_batch", c_int, c_void_p, c_void_p, c_int,
+                             POINTER(Prompt), c_int, POINTER(Prediction))
 tinysam_everything_defaults = _sig("tinysam_everything_defaults", None,
                                    POINTER(EverythingOptions))
 tinysam_everything_check = _sig("tinysam_everything_check", c_int, POINTER(EverythingOptions))

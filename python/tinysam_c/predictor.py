@@ -4,6 +4,28 @@ import ctypes
 import numpy as np
 
 from . import _lib
+from .transforms import ResizeLongestSide
+
+
+class _Array(np.ndarray):
+    """A numpy array that also answers the tensor calls batched scripts make on results
+    (.cpu(), .numpy(), .to(device), .detach()), so that they run unchanged."""
+
+    def cpu(self):
+        return self
+
+    def detach(self):
+        return self
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def numpy(self):
+        return np.asarray(self)
+
+
+def _result(a):
+    return np.asarray(a).view(_Array)
 
 
 def _as_image(image, image_format="RGB"):
@@ -23,6 +45,8 @@ def _as_image(image, image_format="RGB"):
 class SamPredictor:
     def __init__(self, sam_model):
         self.model = sam_model
+        self.transform = ResizeLongestSide(1024)
+        self.device = "cpu"
         self._emb = None
         self.reset_image()
 
@@ -110,3 +134,84 @@ class SamPredictor:
         finally:
             _lib.tinysam_prediction_free(ctypes.byref(out))
         return masks, iou, low
+
+    def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None,
+                      multimask_output=True, return_logits=False):
+        """segment-anything's batched predict with numpy arrays: point_coords BxNx2 and
+        point_labels BxN (or None), boxes Bx4 (or None), mask_input Bx1x256x256 (or None), all
+        already in the model frame (transform.apply_coords_torch / apply_boxes_torch). Returns
+        masks BxCxHxW (bool, or logits), iou_predictions BxC, low_res_masks BxCx256x256; the
+        B prompt sets are decoded together (tinysam_predict_batch)."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        oh, ow = self.original_size
+        ih, iw = self.input_size
+        sizes = []
+        pts = labs = bxs = mks = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be supplied if point_coords is supplied.")
+            pts = np.asarray(point_coords, dtype=np.float64)
+            labs = np.asarray(point_labels)
+            if pts.ndim != 3 or pts.shape[2] != 2 or labs.shape != pts.shape[:2]:
+                raise ValueError(f"point_coords must be BxNx2 and point_labels BxN, got "
+                                 f"{pts.shape} and {labs.shape}")
+            sizes.append(pts.shape[0])
+            # back to original pixels: the engine applies apply_coords itself
+            pts = pts * np.array([ow / iw, oh / ih])
+            labs = np.ascontiguousarray(labs.astype(np.int32))
+        if boxes is not None:
+            bxs = np.asarray(boxes, dtype=np.float64)
+            if bxs.ndim != 2 or bxs.shape[1] != 4:
+                raise ValueError(f"boxes must be Bx4, got {bxs.shape}")
+            sizes.append(bxs.shape[0])
+            bxs = bxs * np.array([ow / iw, oh / ih, ow / iw, oh / ih])
+        if mask_input is not None:
+            mks = np.ascontiguousarray(np.asarray(mask_input, dtype=np.float32))
+            if mks.ndim != 4 or mks.shape[1:] != (1, 256, 256):
+                raise ValueError(f"mask_input must be Bx1x256x256, got {mks.shape}")
+            sizes.append(mks.shape[0])
+        if not sizes:
+            raise ValueError("predict_torch needs point_coords, boxes or mask_input")
+        if len(set(sizes)) != 1:
+            raise ValueError(f"the prompts' batch sizes differ: {sizes}")
+        b = sizes[0]
+        prompts = (_lib.Prompt * b)()
+        keep = []
+        for i in range(b):
+            pr = prompts[i]
+            if pts is not None:
+                p = np.ascontiguousarray(pts[i].astype(np.float32))
+                keep.append(p)
+                pr.n_points = p.shape[0]
+                pr.points = p.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+                pr.labels = labs[i].ctypes.data_as(ctypes.POINTER(ctypes.c_int))
+            if bxs is not None:
+                pr.has_box = 1
+                pr.box[:] = [float(v) for v in bxs[i].astype(np.float32)]
+            if mks is not None:
+                pr.mask_input = mks[i].ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        flags = _lib.PREDICT_LOGITS if return_logits else _lib.PREDICT_MASKS
+        if not multimask_output:
+            flags |= _lib.PREDICT_SINGLE
+        outs = (_lib.Prediction * b)()
+        _lib.check(_lib.tinysam_predict_batch(self.model._handle, self._emb, b, prompts, flags,
+                                              outs))
+        try:
+            c, h, w = outs[0].n_masks, outs[0].height, outs[0].width
+            masks = np.empty((b, c, h, w), dtype=np.float32 if return_logits else bool)
+            iou = np.empty((b, c), dtype=np.float32)
+            low = np.empty((b, c, 256, 256), dtype=np.float32)
+            for i in range(b):
+                o = outs[i]
+                low[i] = np.ctypeslib.as_array(o.low_res, shape=(c, 256, 256))
+                iou[i] = o.iou[:c]
+                if return_logits:
+                    masks[i] = np.ctypeslib.as_array(o.logits, shape=(c, h, w))
+                else:
+                    masks[i] = np.ctypeslib.as_array(o.masks, shape=(c, h, w)).astype(bool)
+        finally:
+            for i in range(b):
+                _lib.tinysam_prediction_free(ctypes.byref(outs[i]))
+        del keep
+        return _result(masks), _result(iou), _result(low)

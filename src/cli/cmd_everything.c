@@ -6,6 +6,7 @@
 #include "dist/folder_job.h"
 #include "dist/shard.h"
 #include "everything/amg.h"
+#include "everything/polygons.h"
 #include "io/image.h"
 #include "model/sam.h"
 #include "tinysam.h"
@@ -63,6 +64,12 @@ static const char *help =
     "  --overlay out.png                  every mask in a distinct colour over the image\n"
     "  --format png-dir DIR               also one PNG per mask (DIR/mask_0000.png, ...;\n"
     "                                     folder mode: DIR/<stem>/mask_0000.png, ...)\n"
+    "  --format polygons                  --out gets the records with \"segmentation\" as COCO\n"
+    "                                     polygons [[x1, y1, ...], ...] (outer contours,\n"
+    "                                     Douglas-Peucker) and \"size\": [H, W]\n"
+    "  --format yolo                      --out gets YOLO segmentation labels: \"0 x1 y1 ...\"\n"
+    "                                     normalised to [0, 1], one line per polygon\n"
+    "  --epsilon-factor F                 polygon simplification, eps = F x perimeter (0.001)\n"
     "  --threads N  --max-pixels P  --quiet (no progress on stderr)\n"
     "  --oracle-scene SCENE.json          testing aid: the scene oracle (spec ORACLE.md) in\n"
     "                                     place of the network; no model needed, the image\n"
@@ -272,7 +279,8 @@ int ts_cli_everything(int argc, char **argv) {
     const char *model = NULL, *image = NULL, *out = NULL, *overlay = NULL, *png_dir = NULL,
                *scene = NULL, *images = NULL, *out_dir = NULL, *shard_arg = NULL,
                *manifest = NULL, *scenes = NULL, *v;
-    int threads = 0, quiet = 0, shard_count = 0;
+    int threads = 0, quiet = 0, shard_count = 0, poly_format = 0; /* 1 polygons, 2 yolo */
+    double eps_factor = 0.001;
     long long max_pixels = TINYSAM_DEFAULT_MAX_PIXELS;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -304,12 +312,16 @@ int ts_cli_everything(int argc, char **argv) {
         else if (!strcmp(a, "--overlay")) overlay = v;
         else if (!strcmp(a, "--oracle-scene")) scene = v;
         else if (!strcmp(a, "--format")) {
-            if (strcmp(v, "png-dir") || i + 1 >= argc) {
-                ts_error(TINYSAM_E_ARG, "--format: only 'png-dir DIR' is supported");
+            if (!strcmp(v, "polygons") || !strcmp(v, "yolo")) {
+                poly_format = !strcmp(v, "yolo") ? 2 : 1;
+            } else if (strcmp(v, "png-dir") || i + 1 >= argc) {
+                ts_error(TINYSAM_E_ARG, "--format: 'png-dir DIR', 'polygons' or 'yolo'");
                 return ts_cli_fail();
+            } else {
+                png_dir = argv[++i];
             }
-            png_dir = argv[++i];
-        } else if (!strcmp(a, "--mode")) {
+        } else if (!strcmp(a, "--epsilon-factor"))
+            rc = ts_arg_double_range(a, v, 0, 1, &eps_factor); else if (!strcmp(a, "--mode")) {
             if (!strcmp(v, "hierarchical")) o.mode = TINYSAM_EVERYTHING_HIERARCHICAL;
             else if (!strcmp(v, "grid")) o.mode = TINYSAM_EVERYTHING_GRID;
             else rc = ts_error(TINYSAM_E_ARG, "--mode: '%s' is not hierarchical or grid", v);
@@ -355,6 +367,7 @@ int ts_cli_everything(int argc, char **argv) {
     else if (images && !out_dir) usage_err = "--images needs --out-dir";
     else if (images && out) usage_err = "--out goes with --image; use --out-dir with --images";
     else if (images && overlay) usage_err = "--overlay goes with --image, not --images";
+    else if (images && poly_format) usage_err = "--format polygons|yolo goes with --image";
     else if (images && !model && !scenes) usage_err = "--model is required";
     else if (!images && (out_dir || shard_arg || shard_count || manifest))
         usage_err = "--out-dir, --shard, --shard-count and --manifest go with --images";
@@ -407,7 +420,8 @@ int ts_cli_everything(int argc, char **argv) {
         FILE *f = fopen(out, "w");
         if (!f) rc = ts_error(TINYSAM_E_IO, "%s: cannot write", out);
         else {
-            rc = ts_everything_write_json(f, &res);
+            rc = poly_format ? ts_everything_write_polygons(f, &res, eps_factor, poly_format == 2)
+                             : ts_everything_write_json(f, &res);
             if (fclose(f) != 0 && !rc) rc = ts_error(TINYSAM_E_IO, "%s: write failed", out);
         }
     }

@@ -1,6 +1,7 @@
 /* cmd_model.c - `tinysam convert`, `tinysam info` and `tinysam embed`. */
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/embedding_file.h"
 #include "core.h"
 #include "dist/folder_job.h"
 #include "dist/shard.h"
@@ -152,7 +153,8 @@ static const char *embed_help =
     "                     [--manifest FILE] [--quiet]\n"
     "\n"
     "Runs the image encoder and writes the 1x256x64x64 image embedding as .npy (float32, or\n"
-    "float16 rounded to nearest even with --fp16).\n"
+    "float16 rounded to nearest even with --fp16), and beside it E.npy.json (the original\n"
+    "image size and the model's SHA-256 fingerprint) for tinysam segment --embedding.\n"
     "\n"
     "With --images, embeds every .jpg/.jpeg/.png in DIR (sorted by name, hidden files skipped)\n"
     "into E/<stem>.npy (E is created if missing), e.g. teacher embeddings for distillation.\n"
@@ -312,6 +314,7 @@ int ts_cli_embed(int argc, char **argv) {
     if (!rc) rc = tinysam_encode(m, &img, &e);
     t2 = ts_now_ms();
     if (!rc) rc = embed_write(out, e, fp16);
+    if (!rc) rc = ts_embedding_sidecar_write(out, e, m); /* for segment --embedding */
     if (!rc) {
         printf("{\"embedding\": ");
         ts_json_write_string_stdout(out);

@@ -2,6 +2,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core.h"
+#include "server/labelling.h"
 #include "server/server.h"
 #include "tinysam.h"
 
@@ -21,7 +22,8 @@ static const char *help =
     "                     [--token TOKEN|auto] [--no-auth] [--allowed-host NAME]...\n"
     "                     [--allowed-origin ORIGIN]... [--request-timeout 10]\n"
     "                     [--max-connections-per-ip 16] [--max-inflight-mb 256]\n"
-    "                     [--max-queue 16]\n"
+    "                     [--max-queue 16] [--label-studio-url URL]\n"
+    "                     [--label-studio-api-key KEY] [--everything-option NAME=VALUE]...\n"
     "\n"
     "Serves the interactive segmentation page at http://HOST:PORT/ and its JSON API:\n"
     "  POST /api/images                  raw JPEG/PNG body -> id, width, height, encode_ms\n"
@@ -55,6 +57,12 @@ static const char *help =
     "  --max-inflight-mb N  request bodies held in memory at once, all clients (256): beyond\n"
     "                       it uploads get 503 with Retry-After\n"
     "  --max-queue N        encodes waiting for a worker (16): beyond it 503\n"
+    "  --label-studio-url URL       Label Studio's address: its /data/... image paths are\n"
+    "                       fetched from there (env LABEL_STUDIO_URL)\n"
+    "  --label-studio-api-key KEY   sent as 'Authorization: Token KEY' to that address only\n"
+    "                       (env LABEL_STUDIO_API_KEY)\n"
+    "  --everything-option NAME=VALUE   generator option (SAM's names) for Label Studio's\n"
+    "                       pre-annotation calls, e.g. pred_iou_thresh=0.8 (repeatable)\n"
     "Stops cleanly on SIGINT or SIGTERM (requests in flight finish).\n";
 
 /* A token for --token auto: 24 random bytes, hex. */
@@ -87,6 +95,8 @@ int ts_cli_serve(int argc, char **argv) {
     if (cfg.token && !cfg.token[0]) cfg.token = NULL;
     const char *model = NULL, *v;
     int threads = 0, mb;
+    ts_labelling_config lc; /* Label Studio / X-AnyLabeling (labelling.h) */
+    ts_labelling_defaults(&lc);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -111,6 +121,9 @@ int ts_cli_serve(int argc, char **argv) {
         else if (!strcmp(a, "--host")) cfg.host = v;
         else if (!strcmp(a, "--web-dir")) cfg.web_dir = v;
         else if (!strcmp(a, "--token")) cfg.token = v;
+        else if (!strcmp(a, "--label-studio-url")) lc.label_studio_url = v;
+        else if (!strcmp(a, "--label-studio-api-key")) lc.label_studio_api_key = v;
+        else if (!strcmp(a, "--everything-option")) rc = ts_labelling_everything_option(&lc, v);
         else if (!strcmp(a, "--allowed-host") || !strcmp(a, "--allowed-origin")) {
             int host = a[10] == 'h';
             int *n = host ? &cfg.n_allowed_hosts : &cfg.n_allowed_origins;
@@ -179,6 +192,9 @@ int ts_cli_serve(int argc, char **argv) {
 
     tinysam_model *m = NULL;
     if (tinysam_model_load(model, &m)) return ts_cli_fail();
+    const char *slash = strrchr(model, '/');
+    lc.checkpoint_name = slash ? slash + 1 : model; /* X-AnyLabeling's display name */
+    ts_labelling_configure(&lc);
     ts_server *s;
     if (ts_server_start(m, &cfg, &s)) {
         tinysam_model_free(m);

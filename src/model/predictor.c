@@ -58,7 +58,7 @@ static void pp_task(void *ctx, int t, int tid) {
     free(tmp);
 }
 
-static int check_prompt(const tinysam_embedding *e, const tinysam_prompt *p) {
+int ts_check_prompt(const tinysam_embedding *e, const tinysam_prompt *p) {
     int W = e->orig_w, H = e->orig_h;
     if (p->n_points < 0 || p->n_points > TINYSAM_MAX_POINTS)
         return ts_error(TINYSAM_E_ARG, "%d points (at most %d)", p->n_points, TINYSAM_MAX_POINTS);
@@ -101,7 +101,7 @@ tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
         return ts_error(TINYSAM_E_ARG, "tinysam_predict: NULL argument");
     if (!m->prompt_encoder || !m->mask_decoder)
         return ts_error(TINYSAM_E_ARG, "tinysam_predict: the model has no mask decoder");
-    int rc = check_prompt(e, p);
+    int rc = ts_check_prompt(e, p);
     if (rc) return rc;
     int n = p->n_points, W = e->orig_w, H = e->orig_h;
     float *coords = ts_malloc(sizeof(float) * 2 * (size_t)(n + 1));

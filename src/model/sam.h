@@ -39,6 +39,9 @@ void ts_encoder_input_free(ts_encoder_input *in);
 /* The same as a heap object, with the folder job's preprocess/aux_free signatures. */
 int ts_encoder_input_new(const tinysam_image *img, void **out);
 void ts_encoder_input_delete(void *in);
+/* tinysam_predict's checks of one prompt set against the embedding's image (clear message). */
+int ts_check_prompt(const tinysam_embedding *e, const tinysam_prompt *p);
+
 /* tinysam_encode from a prepared input (bit-identical). */
 int ts_encode_input(tinysam_model *m, const ts_encoder_input *in, tinysam_embedding **out);
 

@@ -5,8 +5,10 @@
 
 #include "core.h"
 #include "everything/amg.h"
+#include "everything/polygons.h"
 #include "io/json.h"
 #include "server/gate.h"
+#include "server/labelling.h"
 #include "server/web_assets.h"
 
 #include <math.h>
@@ -272,6 +274,8 @@ static int int_num(const ts_json *v, const char *what, long lo, long hi, int *ou
     return 0;
 }
 
+#define TS_API_MAX_BOXES 256
+
 typedef struct {
     int n_points;
     float points[TINYSAM_MAX_POINTS * 2];
@@ -280,16 +284,55 @@ typedef struct {
     float box[4];
     int prev_handle, prev_index;
     int single;
+    int n_boxes; /* "boxes": one prediction per box, decoded together */
+    float boxes[TS_API_MAX_BOXES * 4];
+    int polygons; /* "polygons": true adds each mask's outer contours */
+    double epsilon_factor;
 } segment_request;
+
+/* "boxes": [[x0, y0, x1, y1], ...], "polygons": true|false, "epsilon_factor": F */
+static int parse_labelling_fields(const ts_json *j, segment_request *q) {
+    const ts_json *bs = ts_json_get(j, "boxes"), *pg = ts_json_get(j, "polygons");
+    const ts_json *ef = ts_json_get(j, "epsilon_factor");
+    q->epsilon_factor = 0.001;
+    if (bs && bs->type != TS_JSON_NULL) {
+        if (bs->type != TS_JSON_ARRAY || bs->n < 1 || bs->n > TS_API_MAX_BOXES)
+            return ts_error(TINYSAM_E_ARG, "boxes must be a list of 1 to %d boxes",
+                            TS_API_MAX_BOXES);
+        for (int i = 0; i < bs->n; i++) {
+            const ts_json *b = ts_json_at(bs, i);
+            float *o = q->boxes + 4 * i;
+            if (b->type != TS_JSON_ARRAY || b->n != 4)
+                return ts_error(TINYSAM_E_ARG, "boxes[%d] must be [x0, y0, x1, y1]", i);
+            for (int k = 0; k < 4; k++)
+                if (finite_num(ts_json_at(b, k), "a box coordinate", &o[k])) return TINYSAM_E_ARG;
+            if (o[2] < o[0] || o[3] < o[1])
+                return ts_error(TINYSAM_E_ARG, "boxes[%d]: x1 < x0 or y1 < y0", i);
+        }
+        q->n_boxes = bs->n;
+    }
+    if (pg && pg->type != TS_JSON_NULL) {
+        if (pg->type != TS_JSON_BOOL) return ts_error(TINYSAM_E_ARG, "polygons must be true or false");
+        q->polygons = pg->number != 0;
+    }
+    if (ef && ef->type != TS_JSON_NULL) {
+        if (ef->type != TS_JSON_NUMBER || !(ef->number >= 0 && ef->number < 1))
+            return ts_error(TINYSAM_E_ARG, "epsilon_factor must be a number in [0, 1)");
+        q->epsilon_factor = ef->number;
+    }
+    return 0;
+}
 
 static int parse_segment(const ts_json *j, segment_request *q) {
     for (int i = 0; i < j->n; i++) {
         const char *k = j->keys[i];
         if (strcmp(k, "points") && strcmp(k, "labels") && strcmp(k, "box") &&
-            strcmp(k, "previous") && strcmp(k, "multimask"))
-            return ts_error(TINYSAM_E_ARG, "unknown field '%s' (points, labels, box, previous, "
-                                           "multimask)", k);
+            strcmp(k, "previous") && strcmp(k, "multimask") && strcmp(k, "boxes") &&
+            strcmp(k, "polygons") && strcmp(k, "epsilon_factor"))
+            return ts_error(TINYSAM_E_ARG, "unknown field '%s' (points, labels, box, boxes, "
+                                           "previous, multimask, polygons, epsilon_factor)", k);
     }
+    if (parse_labelling_fields(j, q)) return TINYSAM_E_ARG;
     const ts_json *pts = ts_json_get(j, "points"), *labels = ts_json_get(j, "labels");
     if (pts && pts->type != TS_JSON_NULL) {
         if (pts->type != TS_JSON_ARRAY) return ts_error(TINYSAM_E_ARG, "points must be an array");
@@ -335,13 +378,17 @@ static int parse_segment(const ts_json *j, segment_request *q) {
         if (mm->type != TS_JSON_BOOL) return ts_error(TINYSAM_E_ARG, "multimask must be true or false");
         q->single = mm->number == 0;
     }
-    if (!q->n_points && !q->has_box && !q->prev_handle)
+    if (q->n_boxes && (q->has_box || q->prev_handle))
+        return ts_error(TINYSAM_E_ARG, "boxes goes without box and previous");
+    if (!q->n_points && !q->has_box && !q->prev_handle && !q->n_boxes)
         return ts_error(TINYSAM_E_ARG, "no prompt: give points (with labels), a box or previous");
     return 0;
 }
 
-/* Writes {"size": [H, W], "counts": "...", "area": A} of a row-major 0/1 mask. */
-static int write_rle(FILE *f, const uint8_t *mask, int W, int H) {
+/* Writes {"size": [H, W], "counts": "...", "area": A} of a row-major 0/1 mask, with
+ * "polygons": [[x1, y1, ...], ...] (outer contours, Douglas-Peucker at eps_factor x perimeter)
+ * when eps_factor >= 0. */
+static int write_rle(FILE *f, const uint8_t *mask, int W, int H, double eps_factor) {
     ts_rle r = {0};
     if (ts_rle_encode(mask, W, H, 0, 0, W, H, &r)) return TINYSAM_E_NOMEM;
     char *s = ts_rle_to_string(r.counts, r.n);
@@ -350,9 +397,68 @@ static int write_rle(FILE *f, const uint8_t *mask, int W, int H) {
     if (!s) return ts_error(TINYSAM_E_NOMEM, "out of memory");
     fprintf(f, "{\"size\": [%d, %d], \"counts\": ", H, W);
     ts_json_write_string(f, s);
-    fprintf(f, ", \"area\": %lld}", area);
+    fprintf(f, ", \"area\": %lld", area);
     free(s);
+    if (eps_factor >= 0) {
+        ts_polygon_set ps;
+        if (ts_mask_polygons(mask, W, H, eps_factor, 0, &ps)) return TINYSAM_E_NOMEM;
+        fputs(", \"polygons\": ", f);
+        ts_polygons_write_coco(f, &ps);
+        ts_polygon_set_free(&ps);
+    }
+    fputc('}', f);
     return 0;
+}
+
+/* "boxes": one prediction per box, decoded together; the best mask of each. */
+static int api_segment_boxes(ts_server *s, ts_http_reply *c, const segment_request *q,
+                             const ts_cache_view *v) {
+    tinysam_prompt *pr = calloc((size_t)q->n_boxes, sizeof *pr);
+    tinysam_prediction *pred = calloc((size_t)q->n_boxes, sizeof *pred);
+    if (!pr || !pred) {
+        free(pr);
+        free(pred);
+        return send_error(c, HTTP_SERVICE_UNAVAILABLE, "out of memory");
+    }
+    for (int i = 0; i < q->n_boxes; i++) {
+        pr[i] = (tinysam_prompt){.n_points = q->n_points, .points = q->points,
+                                 .labels = q->labels, .has_box = 1};
+        memcpy(pr[i].box, q->boxes + 4 * i, sizeof pr[i].box);
+    }
+    double t0 = ts_now_ms();
+    int rc = tinysam_predict_batch(s->model, v->emb, q->n_boxes, pr,
+                                   TINYSAM_PREDICT_MASKS | TINYSAM_PREDICT_BEST |
+                                       (q->single ? TINYSAM_PREDICT_SINGLE : 0),
+                                   pred);
+    double t1 = ts_now_ms();
+    free(pr);
+    jbuf out;
+    if (!rc && jb_open(&out)) rc = TINYSAM_E_NOMEM;
+    if (rc) {
+        free(pred);
+        return send_status(c, rc);
+    }
+    fprintf(out.f, "{\"id\": \"%s\", \"width\": %d, \"height\": %d, \"results\": [", v->id,
+            v->img->width, v->img->height);
+    for (int i = 0; i < q->n_boxes; i++) {
+        const tinysam_prediction *p = &pred[i];
+        const float *b = q->boxes + 4 * i;
+        fprintf(out.f, "%s{\"box\": [%.9g, %.9g, %.9g, %.9g], \"iou\": [", i ? ", " : "",
+                (double)b[0], (double)b[1], (double)b[2], (double)b[3]);
+        for (int k = 0; k < p->n_masks; k++)
+            fprintf(out.f, "%s%.6f", k ? ", " : "", (double)p->iou[k]);
+        fprintf(out.f, "], \"best\": %d, \"mask\": ", p->best);
+        if (!rc) rc = write_rle(out.f, p->masks, p->width, p->height, q->polygons ? q->epsilon_factor : -1);
+        fputc('}', out.f);
+    }
+    fprintf(out.f, "], \"decode_ms\": %.1f}\n", t1 - t0);
+    for (int i = 0; i < q->n_boxes; i++) tinysam_prediction_free(&pred[i]);
+    free(pred);
+    if (rc) {
+        jb_discard(&out);
+        return send_status(c, rc);
+    }
+    return jb_send(c, HTTP_OK, &out);
 }
 
 static int api_segment(ts_server *s, ts_http_reply *c, const request *r,
@@ -372,6 +478,11 @@ static int api_segment(ts_server *s, ts_http_reply *c, const request *r,
         return send_status(c, rc);
     }
     ts_cache_view v = ts_cache_get(e);
+    if (q->n_boxes && s->model) {
+        rc = api_segment_boxes(s, c, q, &v);
+        free(q);
+        return rc;
+    }
     float *mask_in = NULL;
     if (q->prev_handle) {
         mask_in = malloc(TINYSAM_LOWRES * TINYSAM_LOWRES * sizeof(float));
@@ -393,6 +504,8 @@ static int api_segment(ts_server *s, ts_http_reply *c, const request *r,
         free(q);
         return send_error(c, HTTP_SERVICE_UNAVAILABLE, "no model loaded");
     }
+    int q_polygons = q->polygons;
+    double q_eps = q->epsilon_factor;
     tinysam_prompt p = {.n_points = q->n_points, .points = q->points, .labels = q->labels,
                         .has_box = q->has_box, .mask_input = mask_in};
     memcpy(p.box, q->box, sizeof p.box);
@@ -417,7 +530,8 @@ static int api_segment(ts_server *s, ts_http_reply *c, const request *r,
     size_t plane = (size_t)pred.width * pred.height;
     for (int k = 0; k < pred.n_masks && !rc; k++) {
         if (k) fputs(", ", out.f);
-        rc = write_rle(out.f, pred.masks + k * plane, pred.width, pred.height);
+        rc = write_rle(out.f, pred.masks + k * plane, pred.width, pred.height,
+                       q_polygons ? q_eps : -1);
     }
     fprintf(out.f, "], \"decode_ms\": %.1f}\n", t1 - t0);
     tinysam_prediction_free(&pred);
@@ -546,6 +660,8 @@ static int route(const char *url, char id[65]) {
 static int dispatch(ts_server *s, ts_http_reply *c, const char *url, const char *method,
                     const request *r) {
     char id[65];
+    int lret; /* the labelling tools' routes (Label Studio's ML backend: labelling.h) */
+    if (ts_labelling_handle(s, method, url, r->body, r->len, c, &lret)) return lret;
     int kind = route(url, id), get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     int post = !strcmp(method, "POST");
     switch (kind) {
@@ -587,10 +703,14 @@ int ts_server_body_kind(const char *url, const char *method) {
     int kind = route(url, id);
     if (kind == R_UPLOAD) return TS_BODY_IMAGE;
     if (kind == R_SEGMENT || kind == R_EVERYTHING) return TS_BODY_JSON;
+    /* the labelling tools' POST routes take JSON (Label Studio, X-AnyLabeling) */
+    if (ts_labelling_body_limit(NULL, url, method)) return TS_BODY_JSON;
     return TS_BODY_NONE;
 }
 
 size_t ts_server_body_limit(const ts_server *s, const char *url, const char *method) {
+    size_t l = ts_labelling_body_limit(s, url, method);
+    if (l) return l;
     int kind = ts_server_body_kind(url, method);
     return kind == TS_BODY_IMAGE ? s->cfg.max_upload : kind == TS_BODY_JSON ? s->cfg.max_json : 0;
 }

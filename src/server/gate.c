@@ -4,6 +4,7 @@
  * token is needed), then Origin (a foreign page gets 403 before anything runs), then the
  * token, then the body's type. /api/health passes without the token, and answers less. */
 #include "server/gate.h"
+#include "server/labelling.h"
 
 #include "core.h"
 #include "server/api.h"
@@ -189,6 +190,8 @@ int ts_gate_check(ts_server *s, const ts_http_request *q, ts_gate *g, ts_http_re
     int by_query = 0;
     g->authorized = !s->cfg.token || token_given(s->cfg.token, q, &by_query);
     g->set_cookie = g->authorized && by_query && s->cfg.token;
+    if (!g->authorized && !strncmp(q->url, "/v1/", 4)) /* X-AnyLabeling's error shape */
+        return ts_xany_unauthorized(rep, !q->token_header && !q->authorization) ? -1 : 1;
     if (!g->authorized && strcmp(q->url, "/api/health"))
         return ts_server_error(rep, 401,
                                "authentication required: send the token as 'Authorization: "
