@@ -66,21 +66,14 @@ static int send_buf(ts_http_reply *c, unsigned code, const char *type, void *bod
     return 0;
 }
 
-/* A JSON document under construction (open_memstream). */
-typedef struct {
-    FILE *f;
-    char *buf;
-    size_t len;
-} jbuf;
-
-static int jb_open(jbuf *j) {
+int ts_jbuf_open(ts_jbuf *j) {
     j->buf = NULL;
     j->len = 0;
     j->f = open_memstream(&j->buf, &j->len);
     return j->f ? 0 : ts_error(TINYSAM_E_NOMEM, "out of memory");
 }
 
-static int jb_send(ts_http_reply *c, unsigned code, jbuf *j) {
+int ts_jbuf_send(ts_http_reply *c, unsigned code, ts_jbuf *j) {
     if (fclose(j->f) != 0 || !j->buf) {
         free(j->buf);
         return -1;
@@ -88,7 +81,7 @@ static int jb_send(ts_http_reply *c, unsigned code, jbuf *j) {
     return send_buf(c, code, "application/json", j->buf, j->len, 1);
 }
 
-static void jb_discard(jbuf *j) {
+static void jb_discard(ts_jbuf *j) {
     fclose(j->f);
     free(j->buf);
 }
@@ -101,12 +94,12 @@ static int send_error(ts_http_reply *c, unsigned code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    jbuf j;
-    if (jb_open(&j)) return -1;
+    ts_jbuf j;
+    if (ts_jbuf_open(&j)) return -1;
     fputs("{\"error\": ", j.f);
     ts_json_write_string(j.f, msg);
     fputs("}\n", j.f);
-    return jb_send(c, code, &j);
+    return ts_jbuf_send(c, code, &j);
 }
 
 /* HTTP status of a library failure. */
@@ -195,8 +188,8 @@ static int serve_asset(ts_server *s, ts_http_reply *c, const char *url) {
 
 /* Open to all (load balancers): status and version only, unless the token came with it. */
 static int api_health(ts_server *s, ts_http_reply *c, int authorized) {
-    jbuf j;
-    if (jb_open(&j)) return -1;
+    ts_jbuf j;
+    if (ts_jbuf_open(&j)) return -1;
     fprintf(j.f, "{\"status\": \"ok\", \"version\": \"%s\"", TINYSAM_VERSION);
     if (authorized) {
         int n;
@@ -217,17 +210,17 @@ static int api_health(ts_server *s, ts_http_reply *c, int authorized) {
                 s->cfg.max_connections, s->cfg.max_per_ip, s->cfg.token ? "true" : "false");
     }
     fputs("}\n", j.f);
-    return jb_send(c, HTTP_OK, &j);
+    return ts_jbuf_send(c, HTTP_OK, &j);
 }
 
 static int image_answer(ts_http_reply *c, const ts_cache_view *v,
                                     int cached, unsigned code) {
-    jbuf j;
-    if (jb_open(&j)) return -1;
+    ts_jbuf j;
+    if (ts_jbuf_open(&j)) return -1;
     fprintf(j.f, "{\"id\": \"%s\", \"width\": %d, \"height\": %d, \"encode_ms\": %.1f, "
                  "\"cached\": %s}\n",
             v->id, v->img->width, v->img->height, v->encode_ms, cached ? "true" : "false");
-    return jb_send(c, code, &j);
+    return ts_jbuf_send(c, code, &j);
 }
 
 static int api_upload(ts_server *s, ts_http_reply *c, const request *r) {
@@ -432,8 +425,8 @@ static int api_segment_boxes(ts_server *s, ts_http_reply *c, const segment_reque
                                    pred);
     double t1 = ts_now_ms();
     free(pr);
-    jbuf out;
-    if (!rc && jb_open(&out)) rc = TINYSAM_E_NOMEM;
+    ts_jbuf out;
+    if (!rc && ts_jbuf_open(&out)) rc = TINYSAM_E_NOMEM;
     if (rc) {
         free(pred);
         return send_status(c, rc);
@@ -458,7 +451,7 @@ static int api_segment_boxes(ts_server *s, ts_http_reply *c, const segment_reque
         jb_discard(&out);
         return send_status(c, rc);
     }
-    return jb_send(c, HTTP_OK, &out);
+    return ts_jbuf_send(c, HTTP_OK, &out);
 }
 
 static int api_segment(ts_server *s, ts_http_reply *c, const request *r,
@@ -518,8 +511,8 @@ static int api_segment(ts_server *s, ts_http_reply *c, const request *r,
     free(q);
     if (rc) return send_status(c, rc);
     int handle = ts_cache_put_lowres(&s->cache, e, pred.low_res, pred.n_masks);
-    jbuf out;
-    if (handle < 0 || jb_open(&out)) {
+    ts_jbuf out;
+    if (handle < 0 || ts_jbuf_open(&out)) {
         tinysam_prediction_free(&pred);
         return send_error(c, HTTP_SERVICE_UNAVAILABLE, "out of memory");
     }
@@ -539,12 +532,14 @@ static int api_segment(ts_server *s, ts_http_reply *c, const request *r,
         jb_discard(&out);
         return send_status(c, rc);
     }
-    return jb_send(c, HTTP_OK, &out);
+    return ts_jbuf_send(c, HTTP_OK, &out);
 }
 
 /* The generator options by their SAM names; the server bounds the costly ones lower than
- * the library does, since a request should not occupy a worker for hours. */
-static int parse_everything(const ts_json *j, tinysam_everything_options *o) {
+ * the library does, since a request should not occupy a worker for hours. One table for the
+ * JSON API and for `serve --everything-option` (ls_backend.c). */
+int ts_server_everything_option(tinysam_everything_options *o, const char *name, size_t len,
+                                double v, const char *what) {
 #define OPT(f) offsetof(tinysam_everything_options, f)
     static const struct {
         const char *name;
@@ -566,6 +561,19 @@ static int parse_everything(const ts_json *j, tinysam_everything_options *o) {
         {"min_mask_region_area", 1, 0, 1 << 30, OPT(min_mask_region_area)},
     };
 #undef OPT
+    for (size_t m = 0; m < sizeof opts / sizeof opts[0]; m++) {
+        if (strlen(opts[m].name) != len || strncmp(name, opts[m].name, len)) continue;
+        if (!isfinite(v) || v < opts[m].lo || v > opts[m].hi || (opts[m].is_int && v != floor(v)))
+            return ts_error(TINYSAM_E_ARG, "%s%s must be %s in [%g, %g]", what, opts[m].name,
+                            opts[m].is_int ? "an integer" : "a number", opts[m].lo, opts[m].hi);
+        if (opts[m].is_int) *(int *)((char *)o + opts[m].off) = (int)v;
+        else *(float *)((char *)o + opts[m].off) = (float)v;
+        return 0;
+    }
+    return 1;
+}
+
+static int parse_everything(const ts_json *j, tinysam_everything_options *o) {
     tinysam_everything_defaults(o);
     for (int i = 0; j && i < j->n; i++) {
         const char *k = j->keys[i];
@@ -578,15 +586,10 @@ static int parse_everything(const ts_json *j, tinysam_everything_options *o) {
             else return ts_error(TINYSAM_E_ARG, "mode must be \"hierarchical\" or \"grid\"");
             continue;
         }
-        size_t n = sizeof opts / sizeof opts[0], m = 0;
-        while (m < n && strcmp(k, opts[m].name)) m++;
-        if (m == n) return ts_error(TINYSAM_E_ARG, "unknown generator option '%s'", k);
-        if (v->type != TS_JSON_NUMBER || !isfinite(v->number) || v->number < opts[m].lo ||
-            v->number > opts[m].hi || (opts[m].is_int && v->number != floor(v->number)))
-            return ts_error(TINYSAM_E_ARG, "%s must be %s in [%g, %g]", k,
-                            opts[m].is_int ? "an integer" : "a number", opts[m].lo, opts[m].hi);
-        if (opts[m].is_int) *(int *)((char *)o + opts[m].off) = (int)v->number;
-        else *(float *)((char *)o + opts[m].off) = (float)v->number;
+        int rc = ts_server_everything_option(o, k, strlen(k),
+                                             v->type == TS_JSON_NUMBER ? v->number : NAN, "");
+        if (rc > 0) return ts_error(TINYSAM_E_ARG, "unknown generator option '%s'", k);
+        if (rc) return rc;
     }
     return tinysam_everything_check(o);
 }
@@ -611,8 +614,8 @@ static int api_everything(ts_server *s, ts_http_reply *c, const request *r,
         tinysam_everything_free(&res);
         return send_status(c, rc);
     }
-    jbuf out;
-    if (jb_open(&out)) {
+    ts_jbuf out;
+    if (ts_jbuf_open(&out)) {
         tinysam_everything_free(&res);
         return -1;
     }
@@ -629,7 +632,7 @@ static int api_everything(ts_server *s, ts_http_reply *c, const request *r,
         jb_discard(&out);
         return send_status(c, rc);
     }
-    return jb_send(c, HTTP_OK, &out);
+    return ts_jbuf_send(c, HTTP_OK, &out);
 }
 
 /* ---------------------------------------------------------------- routing */

@@ -9,6 +9,7 @@
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 struct ts_server {
@@ -79,5 +80,22 @@ int ts_server_handle_body_as(ts_server *s, int authorized, const char *method, c
 
 /* The 503 answer for a body that does not fit --max-inflight-mb now (with Retry-After). */
 int ts_server_busy(ts_http_reply *out, const char *what);
+
+/* A JSON document under construction (open_memstream), then the reply's body: open (0, or
+ * TINYSAM_E_NOMEM), write to f, send (application/json, the reply owns the buffer; -1 when
+ * the stream failed). */
+typedef struct {
+    FILE *f;
+    char *buf;
+    size_t len;
+} ts_jbuf;
+int ts_jbuf_open(ts_jbuf *j);
+int ts_jbuf_send(ts_http_reply *c, unsigned code, ts_jbuf *j);
+
+/* Sets the generator option NAME (SAM's name, len bytes; not "mode") of o to v after the
+ * server's range check: 0 done; 1 NAME is not an option; TINYSAM_E_ARG (message prefixed by
+ * what) when v is out of range, not finite, or not an integer where one is needed. */
+int ts_server_everything_option(tinysam_everything_options *o, const char *name, size_t len,
+                                double v, const char *what);
 
 #endif

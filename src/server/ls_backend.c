@@ -46,27 +46,6 @@ const ts_labelling_config *ts_labelling_config_get(void) {
 }
 
 int ts_labelling_everything_option(ts_labelling_config *c, const char *nv) {
-#define OPT(f) offsetof(tinysam_everything_options, f)
-    static const struct {
-        const char *name;
-        int is_int;
-        double lo, hi;
-        size_t off;
-    } opts[] = {
-        {"points_per_side", 1, 1, 64, OPT(points_per_side)},
-        {"points_per_batch", 1, 1, 256, OPT(points_per_batch)},
-        {"pred_iou_thresh", 0, -10, 10, OPT(pred_iou_thresh)},
-        {"stability_score_thresh", 0, 0, 1, OPT(stability_score_thresh)},
-        {"stability_score_offset", 0, 0, 1000, OPT(stability_score_offset)},
-        {"high_score_thresh", 0, -1000, 1000, OPT(high_score_thresh)},
-        {"box_nms_thresh", 0, 0, 1, OPT(box_nms_thresh)},
-        {"crop_n_layers", 1, 0, 2, OPT(crop_n_layers)},
-        {"crop_nms_thresh", 0, 0, 1, OPT(crop_nms_thresh)},
-        {"crop_overlap_ratio", 0, 0, 0.99, OPT(crop_overlap_ratio)},
-        {"crop_n_points_downscale_factor", 1, 1, 64, OPT(crop_n_points_downscale_factor)},
-        {"min_mask_region_area", 1, 0, 1 << 30, OPT(min_mask_region_area)},
-    };
-#undef OPT
     const char *eq = strchr(nv, '=');
     if (!eq) return ts_error(TINYSAM_E_ARG, "--everything-option wants NAME=VALUE, got '%s'", nv);
     size_t nl = (size_t)(eq - nv);
@@ -79,63 +58,33 @@ int ts_labelling_everything_option(ts_labelling_config *c, const char *nv) {
             return ts_error(TINYSAM_E_ARG, "--everything-option mode=grid|hierarchical");
         return 0;
     }
-    for (size_t m = 0; m < sizeof opts / sizeof opts[0]; m++) {
-        if (strlen(opts[m].name) != nl || strncmp(nv, opts[m].name, nl)) continue;
-        char *end;
-        double v = strtod(eq + 1, &end);
-        if (end == eq + 1 || *end || !isfinite(v) || v < opts[m].lo || v > opts[m].hi ||
-            (opts[m].is_int && v != floor(v)))
-            return ts_error(TINYSAM_E_ARG, "--everything-option %s must be %s in [%g, %g]",
-                            opts[m].name, opts[m].is_int ? "an integer" : "a number", opts[m].lo,
-                            opts[m].hi);
-        if (opts[m].is_int)
-            *(int *)((char *)&c->everything + opts[m].off) = (int)v;
-        else
-            *(float *)((char *)&c->everything + opts[m].off) = (float)v;
-        return 0;
-    }
-    return ts_error(TINYSAM_E_ARG, "--everything-option: unknown generator option '%.*s'", (int)nl,
-                    nv);
+    char *end;
+    double v = strtod(eq + 1, &end);
+    if (end == eq + 1 || *end) v = NAN; /* not a number: the range error names the option */
+    int rc = ts_server_everything_option(&c->everything, nv, nl, v, "--everything-option ");
+    if (rc > 0)
+        return ts_error(TINYSAM_E_ARG, "--everything-option: unknown generator option '%.*s'",
+                        (int)nl, nv);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- replies */
 
-typedef struct {
-    FILE *f;
-    char *buf;
-    size_t len;
-} jbuf;
-
-static int reply(ts_http_reply *c, unsigned code, jbuf *j) {
-    if (fclose(j->f) != 0 || !j->buf) {
-        free(j->buf);
-        return -1;
-    }
-    c->status = code;
-    c->type = "application/json";
-    c->body = j->buf;
-    c->len = j->len;
-    c->owned = 1;
-    return 0;
-}
-
 static int reply_text(ts_http_reply *c, unsigned code, const char *json) {
-    jbuf j = {0};
-    j.f = open_memstream(&j.buf, &j.len);
-    if (!j.f) return -1;
+    ts_jbuf j;
+    if (ts_jbuf_open(&j)) return -1;
     fputs(json, j.f);
-    return reply(c, code, &j);
+    return ts_jbuf_send(c, code, &j);
 }
 
 /* Label Studio shows the message of a failed /predict to the annotator. */
 static int reply_error(ts_http_reply *c, unsigned code, const char *msg) {
-    jbuf j = {0};
-    j.f = open_memstream(&j.buf, &j.len);
-    if (!j.f) return -1;
+    ts_jbuf j;
+    if (ts_jbuf_open(&j)) return -1;
     fputs("{\"error\": ", j.f);
     ts_json_write_string(j.f, msg);
     fputs("}\n", j.f);
-    return reply(c, code, &j);
+    return ts_jbuf_send(c, code, &j);
 }
 
 static unsigned status_of(int rc) {
@@ -348,9 +297,8 @@ static int ls_predict(ts_server *s, const uint8_t *body, size_t len, ts_http_rep
     }
     ts_cache_view v = ts_cache_get(e);
     int iw = v.img->width, ih = v.img->height;
-    jbuf out = {0};
-    out.f = open_memstream(&out.buf, &out.len);
-    if (!out.f) rc = TINYSAM_E_NOMEM;
+    ts_jbuf out = {0};
+    if (!rc) rc = ts_jbuf_open(&out);
     double score = 0;
     if (!rc && (q->n_points || q->has_box)) {
         tinysam_prompt p = {.n_points = q->n_points,
@@ -394,7 +342,7 @@ static int ls_predict(ts_server *s, const uint8_t *body, size_t len, ts_http_rep
     }
     fprintf(out.f, "], \"model_version\": \"%s\", \"score\": %.6f}]}\n", model_version(s), score);
     free(q);
-    return reply(c, 200, &out);
+    return ts_jbuf_send(c, 200, &out);
 }
 
 /* ---------------------------------------------------------------- routes */

@@ -14,39 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    FILE *f;
-    char *buf;
-    size_t len;
-} jbuf;
-
-static int jb_open(jbuf *j) {
-    j->buf = NULL;
-    j->len = 0;
-    j->f = open_memstream(&j->buf, &j->len);
-    return j->f ? 0 : -1;
-}
-
-static int jb_reply(ts_http_reply *c, unsigned code, jbuf *j) {
-    if (fclose(j->f) != 0 || !j->buf) {
-        free(j->buf);
-        return -1;
-    }
-    c->status = code;
-    c->type = "application/json";
-    c->body = j->buf;
-    c->len = j->len;
-    c->owned = 1;
-    return 0;
-}
-
 static int fail(ts_http_reply *c, unsigned http, const char *code, const char *msg) {
-    jbuf j;
-    if (jb_open(&j)) return -1;
+    ts_jbuf j;
+    if (ts_jbuf_open(&j)) return -1;
     fprintf(j.f, "{\"success\": false, \"error\": {\"code\": \"%s\", \"message\": ", code);
     ts_json_write_string(j.f, msg);
     fputs("}}\n", j.f);
-    return jb_reply(c, http, &j);
+    return ts_jbuf_send(c, http, &j);
 }
 
 /* base64 (standard alphabet, padding optional, whitespace skipped) */
@@ -97,8 +71,8 @@ static const char *display_name(const ts_server *s) {
 static int models(ts_server *s, ts_http_reply *c) {
     static const char *widgets[] = {"button_add_point", "button_remove_point", "button_add_rect",
                                     "button_clear", "button_finish_object"};
-    jbuf j;
-    if (jb_open(&j)) return -1;
+    ts_jbuf j;
+    if (ts_jbuf_open(&j)) return -1;
     fputs("{\"success\": true, \"data\": {\"tinysam\": {\"display_name\": ", j.f);
     char name[600];
     snprintf(name, sizeof name, "TinySAM (%s)", display_name(s));
@@ -107,7 +81,7 @@ static int models(ts_server *s, ts_http_reply *c) {
     for (int i = 0; i < 5; i++)
         fprintf(j.f, "%s{\"name\": \"%s\", \"value\": null}", i ? ", " : "", widgets[i]);
     fputs("], \"params\": {\"epsilon_factor\": 0.001}, \"batch_processing_mode\": null}}}\n", j.f);
-    return jb_reply(c, 200, &j);
+    return ts_jbuf_send(c, 200, &j);
 }
 
 /* marks: points {"type": "point", "data": [x, y], "label": 1|0} and rectangles {"type":
@@ -199,7 +173,7 @@ static int predict(ts_server *s, const uint8_t *body, size_t len, ts_http_reply 
     free(bytes);
     if (rc) return fail(c, 200, "INVALID_IMAGE", tinysam_last_error());
     ts_cache_view v = ts_cache_get(e);
-    jbuf out;
+    ts_jbuf out;
     tinysam_prediction pred = {0};
     ts_polygon_set ps = {0};
     if (!p.n_points && !p.has_box)
@@ -209,7 +183,7 @@ static int predict(ts_server *s, const uint8_t *body, size_t len, ts_http_reply 
         rc = ts_mask_polygons(pred.masks + (size_t)pred.best * pred.width * pred.height, pred.width,
                               pred.height, eps, 0, &ps);
     ts_cache_release(&s->cache, e);
-    if (rc || jb_open(&out)) {
+    if (rc || ts_jbuf_open(&out)) {
         tinysam_prediction_free(&pred);
         ts_polygon_set_free(&ps);
         return fail(c, 200, "INFERENCE_ERROR", rc ? tinysam_last_error() : "out of memory");
@@ -229,7 +203,7 @@ static int predict(ts_server *s, const uint8_t *body, size_t len, ts_http_reply 
     fputs("], \"description\": \"\", \"replace\": false}}\n", out.f);
     tinysam_prediction_free(&pred);
     ts_polygon_set_free(&ps);
-    return jb_reply(c, 200, &out);
+    return ts_jbuf_send(c, 200, &out);
 }
 
 int ts_xany_handle(ts_server *s, const char *method, const char *url, const char *token_header,
