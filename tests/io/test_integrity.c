@@ -23,14 +23,7 @@ typedef struct {
 
 static file_t read_all(const char *path) {
     file_t f = {0};
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return f;
-    fseek(fp, 0, SEEK_END);
-    f.n = (size_t)ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    f.b = malloc(f.n ? f.n : 1);
-    if (f.b && fread(f.b, 1, f.n, fp) != f.n) free(f.b), f.b = NULL;
-    fclose(fp);
+    if (ts_read_file(path, (size_t)1 << 30, &f.b, &f.n) != 0) f.b = NULL;
     return f;
 }
 
