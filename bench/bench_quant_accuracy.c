@@ -6,12 +6,13 @@
  * of picture1 and shapes: best-mask IoU against the float best mask (mean, worst) and the
  * embedding cosine (worst of the two images). The fixture checkpoint has RANDOM weights: these
  * are not the figures of the released (trained) model.
- *   build/bench/bench_quant_accuracy [--method mse|layer] [--scope gemm|encoder|all] [--gelu]
+ *   build/bench/bench_quant_accuracy [--method mse|layer|hessian] [--scope gemm|encoder|all] [--gelu]
  *     --gelu  instead: the post-GELU quantisers' MSE on the calibration samples, one
  *             asymmetric step (what runs, one GEMM) against the twin-uniform pair (two) */
 #include "core.h"
 #include "model/sam.h"
 #include "quant/calibrate.h"
+#include "quant/hessian.h"
 #include "prompt_case.h"
 #include "tinysam.h"
 
@@ -134,13 +135,15 @@ static int gelu_table(tinysam_model *fm, const char *const *paths) {
 }
 
 int main(int argc, char **argv) {
-    int methods[2] = {TS_CALIB_MSE, TS_CALIB_LAYER}, scopes[3] = {TS_SCOPE_GEMM,
-                                                                    TS_SCOPE_ENCODER, TS_SCOPE_ALL};
-    int nm = 2, ns = 3;
+    int methods[3] = {TS_CALIB_MSE, TS_CALIB_LAYER, TS_CALIB_HESSIAN},
+        scopes[3] = {TS_SCOPE_GEMM, TS_SCOPE_ENCODER, TS_SCOPE_ALL};
+    int nm = 3, ns = 3;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--method")) {
             nm = 1;
-            methods[0] = !strcmp(argv[i + 1], "layer") ? TS_CALIB_LAYER : TS_CALIB_MSE;
+            methods[0] = !strcmp(argv[i + 1], "layer")     ? TS_CALIB_LAYER
+                         : !strcmp(argv[i + 1], "hessian") ? TS_CALIB_HESSIAN
+                                                           : TS_CALIB_MSE;
         } else if (!strcmp(argv[i], "--scope")) {
             ns = 1;
             scopes[0] = !strcmp(argv[i + 1], "gemm")      ? TS_SCOPE_GEMM
@@ -172,9 +175,22 @@ int main(int argc, char **argv) {
     printf("| method | scope   | mean IoU | worst IoU | min cosine | cases |\n");
     printf("|--------|---------|----------|-----------|------------|-------|\n");
     int status = 0;
+    ts_hessian grads; /* the Hessian method's gradients: collected once for every scope */
+    int have_grads = 0;
     for (int mi = 0; mi < nm; mi++)
         for (int si = 0; si < ns; si++) {
-            ts_quant_opts o = {methods[mi], scopes[si]};
+            ts_quant_opts o = {methods[mi], scopes[si], NULL};
+            if (o.method == TS_CALIB_HESSIAN && !have_grads) {
+                if (ts_hessian_init(&grads, fm->encoder) ||
+                    ts_hessian_collect(fm, paths, 2, &grads, 0)) {
+                    fprintf(stderr, "bench_quant_accuracy: %s\n", tinysam_last_error());
+                    status = 1;
+                    ts_hessian_free(&grads);
+                    continue;
+                }
+                have_grads = 1;
+            }
+            if (o.method == TS_CALIB_HESSIAN) o.grads = &grads;
             tinysam_model *qm = NULL;
             acc_t a = {0, 1, 1, 0};
             if (ts_quantize_model_opts(fm, paths, 2, &o, out, 0) ||
@@ -192,6 +208,7 @@ int main(int argc, char **argv) {
             tinysam_model_free(qm);
             remove(out);
         }
+    if (have_grads) ts_hessian_free(&grads);
     tinysam_model_free(fm);
     return status;
 }

@@ -13,15 +13,17 @@
 
 static const char *quantize_help =
     "usage: tinysam quantize --model M (--calib IMAGE... | --calib-dir DIR) [--num-images N]\n"
-    "                        [--method mse|layer] [--scope gemm|encoder|all] [--threads N]\n"
+    "                        [--method mse|layer|hessian] [--scope gemm|encoder|all] [--threads N]\n"
     "                        --out M_int8.safetensors\n"
     "\n"
     "Post-training W8A8 quantisation of the TinySAM (vit_t) image encoder: runs the float\n"
     "model on the calibration images (JPEG/PNG; --calib-dir takes every .jpg/.jpeg/.png in\n"
     "DIR, sorted, the first N with --num-images, default 8), chooses one static uint8 input\n"
     "quantiser per quantised GEMM (--method mse: the step minimising the input's squared\n"
-    "error, the default; layer: the layer-output error), and writes a safetensors model with\n"
-    "int8 per-channel weights. --scope: gemm quantises the encoder's 1x1 convolutions and\n"
+    "error, the default; layer: the layer-output error; hessian: the layer-output error\n"
+    "weighted by the squared gradient of the float model's mask loss, weight and input steps\n"
+    "searched alternately, slower: a backward pass per image), and writes a safetensors model\n"
+    "with int8 per-channel weights. --scope: gemm quantises the encoder's 1x1 convolutions and\n"
     "linears only (what older versions wrote); encoder also its dense 3x3 convolutions and\n"
     "the attention products; all (the default) the encoder and whatever of the decoder has an\n"
     "int8 form. The rest stays float32. Every command loads the file like a float one.\n";
@@ -89,8 +91,10 @@ int ts_cli_quantize(int argc, char **argv) {
             } else if (!strcmp(a, "--method")) {
                 if (!strcmp(v, "mse")) method = TS_CALIB_MSE;
                 else if (!strcmp(v, "layer")) method = TS_CALIB_LAYER;
+                else if (!strcmp(v, "hessian")) method = TS_CALIB_HESSIAN;
                 else {
-                    ts_error(TINYSAM_E_ARG, "--method must be mse or layer, not '%s'", v);
+                    ts_error(TINYSAM_E_ARG, "--method must be mse, layer or hessian, not '%s'",
+                             v);
                     goto fail;
                 }
             } else if (!strcmp(a, "--scope")) {
@@ -135,7 +139,7 @@ int ts_cli_quantize(int argc, char **argv) {
     tinysam_model *m;
     double t0 = ts_now_ms();
     if (tinysam_model_load(model, &m)) goto fail;
-    ts_quant_opts qo = {method, scope};
+    ts_quant_opts qo = {method, scope, NULL};
     int rc = ts_quantize_model_opts(m, (const char *const *)list, num, &qo, out, 1);
     tinysam_model_free(m);
     if (rc) goto fail;

@@ -1,6 +1,7 @@
 /* calibrate.c - post-training calibration of the W8A8 image encoder (calibrate.h). */
 #include "quant/calibrate.h"
 #include "quant/calibrate_decoder.h"
+#include "quant/hessian.h"
 #include "core.h"
 #include "model/sam.h"
 #include "model/transforms.h"
@@ -18,6 +19,7 @@
 #define LO_RATIO 0.25f /* smallest clip, as a fraction of the observed range */
 #define LAYER_ROWS 128 /* rows of the layer-output-error search */
 #define LAYER_CANDS 24
+#define HESS_ROWS 128 /* rows of the Hessian-guided search */
 
 enum { NQ = TS_TINY_VIT_N_QLAYERS, NA = TS_TINY_VIT_N_ATTN, NC = NQ + NA };
 
@@ -273,11 +275,31 @@ typedef struct {
     int method;
     float *step;
     int *zp;
+    const ts_hessian *h; /* TS_CALIB_HESSIAN */
+    float **w_scale;
+    int rc;
 } solve_job;
+
+/* The Hessian-guided search (hessian.h) of a GEMM layer on HESS_ROWS of its sampled rows,
+ * starting from the MSE step in step / zp; the per-channel weight scales into ws. */
+static int search_hessian(const col_t *l, const double *G, float *step, int *zp, float *ws) {
+    const int K = l->q.K;
+    int n = (int)TS_MIN((size_t)HESS_ROWS, l->n / (size_t)K);
+    if (n < 1) return 0;
+    float *X = ts_malloc(sizeof(float) * (size_t)n * K);
+    if (!X) return TINYSAM_E_NOMEM;
+    size_t every = l->n / (size_t)K / (size_t)n; /* rows spread over the sample */
+    for (int r = 0; r < n; r++)
+        memcpy(X + (size_t)r * K, l->buf + (size_t)r * every * K, sizeof(float) * K);
+    int rc = ts_hessian_search_layer(X, n, K, l->q.w, l->q.N, G, l->q.post_gelu, l->mn, l->mx,
+                                     NULL, step, zp, ws, NULL);
+    free(X);
+    return rc;
+}
 
 static void solve_task(void *ctx, int i, int tid) {
     (void)tid;
-    const solve_job *j = ctx;
+    solve_job *j = ctx;
     const col_t *l = &j->c->L[i];
     if (l->q.post_gelu) {
         j->step[i] = ts_calib_search_asym(l->buf, l->n, N_GRID, LO_RATIO, &j->zp[i], NULL);
@@ -287,17 +309,33 @@ static void solve_task(void *ctx, int i, int tid) {
         if (j->method == TS_CALIB_LAYER && l->q.taps == 1)
             j->step[i] = search_layer(l, j->step[i]);
     }
+    /* Hessian: GEMM layers (a 3x3 convolution's samples are pixels, not its patches: it keeps
+     * the MSE step and abs-max weight scales) */
+    if (j->method == TS_CALIB_HESSIAN && l->q.taps == 1 && j->w_scale[i]) {
+        int rc = search_hessian(l, j->h->g2[i], &j->step[i], &j->zp[i], j->w_scale[i]);
+        if (rc) j->rc = rc;
+    }
 }
 
 int ts_calib_solve(ts_calib *c, int method, float *step, int *zp) {
-    if (!c || !step || !zp || (method != TS_CALIB_MSE && method != TS_CALIB_LAYER))
+    if (method == TS_CALIB_HESSIAN)
+        return ts_error(TINYSAM_E_ARG, "ts_calib_solve: the Hessian method needs "
+                                       "ts_calib_solve_hessian");
+    return ts_calib_solve_hessian(c, method, NULL, step, zp, NULL);
+}
+
+int ts_calib_solve_hessian(ts_calib *c, int method, const ts_hessian *h, float *step, int *zp,
+                           float **w_scale) {
+    if (!c || !step || !zp ||
+        (method != TS_CALIB_MSE && method != TS_CALIB_LAYER && method != TS_CALIB_HESSIAN) ||
+        (method == TS_CALIB_HESSIAN && (!h || !w_scale)))
         return ts_error(TINYSAM_E_ARG, "ts_calib_solve: bad argument");
     for (int i = 0; i < NQ; i++)
         if (!c->L[i].n)
             return ts_error(TINYSAM_E_ARG, "%s: no calibration samples", c->L[i].q.name);
-    solve_job j = {c, method, step, zp};
+    solve_job j = {c, method, step, zp, h, w_scale, 0};
     ts_parallel_for(NQ, solve_task, &j);
-    return 0;
+    return j.rc;
 }
 
 /* The attention blocks' product steps (calibrate.h). */
@@ -351,12 +389,12 @@ const char *ts_quant_scope_name(int scope) {
 }
 
 const char *ts_quant_method_name(int method) {
-    return method == TS_CALIB_LAYER ? "layer" : "mse";
+    return method == TS_CALIB_LAYER ? "layer" : method == TS_CALIB_HESSIAN ? "hessian" : "mse";
 }
 
 int ts_quantize_model(const tinysam_model *model, const char *const *paths, int n_paths,
                       int method, const char *out_path, int verbose) {
-    ts_quant_opts o = {method, TS_SCOPE_ALL};
+    ts_quant_opts o = {method, TS_SCOPE_ALL, NULL};
     return ts_quantize_model_opts(model, paths, n_paths, &o, out_path, verbose);
 }
 
@@ -381,12 +419,23 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
     }
     float step[NQ], attn[4 * NA];
     int zp[NQ];
+    float *w_scale[NQ] = {0}; /* the Hessian method's searched weight scales */
+    ts_hessian h;
+    memset(&h, 0, sizeof h);
+    const ts_hessian *hg = opts->grads ? opts->grads : &h;
+    if (!rc && method == TS_CALIB_HESSIAN) {
+        if (!opts->grads && !(rc = ts_hessian_init(&h, model->encoder)))
+            rc = ts_hessian_collect(model, paths, n_paths, &h, verbose);
+        for (int i = 0; i < NQ && !rc; i++)
+            if (!(w_scale[i] = ts_malloc(sizeof(float) * (size_t)hg->n[i]))) rc = TINYSAM_E_NOMEM;
+    }
     if (!rc) {
         if (verbose) fprintf(stderr, "searching %d activation steps (%s)\n", NQ,
-                             method == TS_CALIB_LAYER ? "layer" : "mse");
-        rc = ts_calib_solve(c, method, step, zp);
+                             ts_quant_method_name(method));
+        rc = ts_calib_solve_hessian(c, method, hg, step, zp, w_scale);
         if (!rc) rc = ts_calib_solve_attn(c, attn);
     }
+    ts_hessian_free(&h);
     const int nq = opts->scope == TS_SCOPE_GEMM ? TS_TINY_VIT_N_GEMM : TS_TINY_VIT_N_ENCODER;
     if (!rc) {
         char calib[320];
@@ -409,12 +458,16 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
             !(rc = ts_int8_decoder_view_new(model->map, &dq, &dv)))
             src = ts_int8_decoder_view_map(dv);
         if (!rc)
-            rc = ts_int8_model_save_layers(out_path, src, model->encoder, step, zp, nq,
-                                           opts->scope == TS_SCOPE_GEMM ? NULL : attn, 5, keys,
-                                           values);
+            rc = ts_int8_model_save_layers_ws(out_path, src, model->encoder, step, zp,
+                                              method == TS_CALIB_HESSIAN
+                                                  ? (const float *const *)w_scale
+                                                  : NULL,
+                                              nq, opts->scope == TS_SCOPE_GEMM ? NULL : attn, 5,
+                                              keys, values);
         ts_int8_decoder_view_free(dv);
         if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
     }
+    for (int i = 0; i < NQ; i++) free(w_scale[i]);
     ts_calib_free(c);
     return rc;
 }

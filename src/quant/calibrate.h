@@ -15,7 +15,7 @@
 #include "model/image_encoder.h"
 #include "tinysam.h"
 
-enum { TS_CALIB_MSE = 0, TS_CALIB_LAYER = 1 };
+enum { TS_CALIB_MSE = 0, TS_CALIB_LAYER = 1, TS_CALIB_HESSIAN = 2 };
 
 /* Samples kept per layer and image (at most; whole rows, spread by a hash of the row). */
 #define TS_CALIB_VALUES_PER_IMAGE (256 * 1024)
@@ -23,6 +23,7 @@ enum { TS_CALIB_MSE = 0, TS_CALIB_LAYER = 1 };
 #define TS_CALIB_VALUES_MAX (1024 * 1024)
 
 typedef struct ts_calib ts_calib;
+struct ts_hessian; /* quant/hessian.h */
 
 /* A collector for the float encoder enc (which must outlive it), for n_images images. */
 int ts_calib_new(const ts_tiny_vit *enc, int n_images, ts_calib **out);
@@ -34,6 +35,14 @@ int ts_calib_add_input(ts_calib *c, const float *input);
 int ts_calib_add_image(ts_calib *c, const tinysam_image *img);
 /* Chooses the quantisers: step[i], zp[i] for i < TS_TINY_VIT_N_QLAYERS. */
 int ts_calib_solve(ts_calib *c, int method, float *step, int *zp);
+
+/* ts_calib_solve for any method; TS_CALIB_HESSIAN (quant/hessian.h) needs h (the task-loss
+ * gradients, ts_hessian_collect) and w_scale[i] (N floats per layer i < TS_TINY_VIT_N_QLAYERS):
+ * the GEMM layers (taps 1) get their input step and per-channel weight scales from the
+ * Hessian-guided search started at the MSE step; the 3x3 convolutions keep the MSE step and
+ * the abs-max scales (w_scale[i] left as it is). */
+int ts_calib_solve_hessian(ts_calib *c, int method, const struct ts_hessian *h, float *step,
+                           int *zp, float **w_scale);
 
 /* The steps of the attention products of the TS_TINY_VIT_N_ATTN blocks, steps[4 i + 0..3]:
  * q (codes [-128, 127]), k and v ([-127, 127]) by the MSE search on the qkv outputs sampled,
@@ -65,8 +74,11 @@ int ts_quantize_model(const tinysam_model *model, const char *const *paths, int 
 enum { TS_SCOPE_GEMM = 0, TS_SCOPE_ENCODER = 1, TS_SCOPE_ALL = 2 };
 
 typedef struct {
-    int method; /* TS_CALIB_MSE, TS_CALIB_LAYER */
+    int method; /* TS_CALIB_MSE, TS_CALIB_LAYER, TS_CALIB_HESSIAN */
     int scope;  /* TS_SCOPE_* */
+    /* TS_CALIB_HESSIAN: task-loss gradients already collected on the same images
+     * (quant/hessian.h ts_hessian_collect), e.g. shared by several scopes; NULL: collected */
+    const struct ts_hessian *grads;
 } ts_quant_opts;
 
 /* ts_quantize_model with options (ts_quantize_model: method, scope all). */

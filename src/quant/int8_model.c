@@ -88,6 +88,15 @@ int ts_int8_model_save_layers(const char *path, const ts_tensor_map *src,
                               const ts_tiny_vit *enc, const float *step, const int *zp, int nq,
                               const float *attn_steps, int n_meta, const char *const *keys,
                               const char *const *values) {
+    return ts_int8_model_save_layers_ws(path, src, enc, step, zp, NULL, nq, attn_steps, n_meta,
+                                        keys, values);
+}
+
+int ts_int8_model_save_layers_ws(const char *path, const ts_tensor_map *src,
+                                 const ts_tiny_vit *enc, const float *step, const int *zp,
+                                 const float *const *w_scale, int nq, const float *attn_steps,
+                                 int n_meta, const char *const *keys,
+                                 const char *const *values) {
     if (!path || !src || !enc || !step || !zp || n_meta < 0 || (n_meta && (!keys || !values)) ||
         nq < 0 || nq > TS_TINY_VIT_N_QLAYERS)
         return ts_error(TINYSAM_E_ARG, "ts_int8_model_save: bad argument");
@@ -120,7 +129,12 @@ int ts_int8_model_save_layers(const char *path, const ts_tensor_map *src,
         qd[i].scale = ts_malloc(sizeof(float) * (size_t)q->N);
         qd[i].bias = ts_calloc((size_t)q->N, sizeof(float));
         if (!qd[i].codes || !qd[i].scale || !qd[i].bias) goto done;
-        ts_quant_weights(q->w, q->N, q->K, q->K, qd[i].codes, qd[i].scale);
+        if (w_scale && w_scale[i]) { /* searched scales (the Hessian method) */
+            memcpy(qd[i].scale, w_scale[i], sizeof(float) * (size_t)q->N);
+            ts_quant_weights_scaled(q->w, q->N, q->K, q->K, qd[i].scale, qd[i].codes);
+        } else {
+            ts_quant_weights(q->w, q->N, q->K, q->K, qd[i].codes, qd[i].scale);
+        }
         if (q->taps == 9) { /* codes [co][ky][kx][ci] -> the official [co][ci][ky][kx] */
             const int ci = q->K / 9;
             int8_t *perm = ts_malloc((size_t)q->N * q->K);

@@ -48,6 +48,14 @@ int ts_int8_model_save_layers(const char *path, const ts_tensor_map *src,
                               const float *attn_steps, int n_meta, const char *const *keys,
                               const char *const *values);
 
+/* The same with searched per-channel weight scales: w_scale[i] (N floats, may be NULL as
+ * w_scale itself: the abs-max scales of ts_quant_weights) for layer i < nq. */
+int ts_int8_model_save_layers_ws(const char *path, const ts_tensor_map *src,
+                                 const ts_tiny_vit *enc, const float *step, const int *zp,
+                                 const float *const *w_scale, int nq, const float *attn_steps,
+                                 int n_meta, const char *const *keys,
+                                 const char *const *values);
+
 #define TS_INT8_STORE_MIN 4096
 
 /* Replaces every weight-only int8 tensor of m (an I8 "X.weight" with "X.weight_scale" and no

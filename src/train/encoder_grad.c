@@ -244,6 +244,9 @@ typedef struct {
 
 struct ts_egf {
     const ts_eg_layout *L;
+    const float *params; /* the bound parameters (names of hooked layers by offset) */
+    ts_egf_grad_hook hook; /* output-gradient callback of the backward, or NULL */
+    void *hook_ctx;
     net p;
     mod m[MAX_MODS];
     int nm;
@@ -308,6 +311,7 @@ int ts_egf_create(const ts_eg_layout *L, const float *params, ts_egf **out) {
     ts_egf *e = calloc(1, sizeof *e);
     if (!e) return ts_error(TINYSAM_E_NOMEM, "out of memory");
     e->L = L;
+    e->params = params;
     bind(L, (float *)params, &e->p);
     const ts_eg_config *c = &L->c;
     /* the module list and the sizes of everything */
@@ -828,10 +832,41 @@ static void col2im_task(void *ctx, int i, int tid) {
 
 /* Convolution backward from dr[Ho][Wo][co]: dx (H x W x ci; NULL = not wanted) is overwritten,
  * or accumulated into when acc; gw (checkpoint layout) accumulates. */
+/* Hands the gradient dr of a layer's raw output (rows x cols, row-major) to the hook with the
+ * layer's name: the weight tensor's name less ".weight" (".c.weight" of a conv with a BatchNorm
+ * gives the conv-BN prefix "....c" the inference names its folded layer by). With a BatchNorm
+ * c->g, the folded layer's output is BN(r) = alpha r + shift, so its gradient is dr / alpha:
+ * alpha goes along as the per-column scale. */
+static void hook_out(ts_egf *e, const float *w, const cbn_p *c, const float *dr, size_t rows,
+                     int cols) {
+    if (!e->hook) return;
+    const ts_eg_tensor *t = NULL;
+    for (int i = 0; i < e->L->n && !t; i++)
+        if (e->params + e->L->t[i].off == w) t = &e->L->t[i];
+    if (!t) return;
+    char name[TS_EG_NAME];
+    snprintf(name, sizeof name, "%s", t->name);
+    char *dot = strrchr(name, '.');
+    if (dot) *dot = 0;
+    float *al = NULL;
+    if (c && c->g) {
+        bn_coef(e, c, cols);
+        al = e->alpha;
+    }
+    e->hook(e->hook_ctx, name, dr, rows, cols, al);
+}
+
+void ts_egf_set_grad_hook(ts_egf *e, ts_egf_grad_hook fn, void *ctx) {
+    if (!e) return;
+    e->hook = fn;
+    e->hook_ctx = ctx;
+}
+
 static void conv_bwd(ts_egf *e, const cbn_p *c, cgeo g, const float *x, int H, int W,
                      const float *dr, float *dx, int acc, float *gw) {
     const int Ho = (H - 1) / g.stride + 1, Wo = (W - 1) / g.stride + 1;
     const size_t P = SZ(H) * W, Po = SZ(Ho) * Wo;
+    if (!g.dw) hook_out(e, c->w, c, dr, Po, g.co);
     if (g.k == 1) {
         /* weight gradient first: dx may overwrite x (the callers reuse scratch) */
         wgrad(e, dr, g.co, P, g.co, x, g.ci, g.ci, gw, g.ci);
@@ -1208,10 +1243,12 @@ static void vb_bwd(ts_egf *e, mod *q, vb_p *gv, const float *dy, float *dx) {
     ts_layernorm_to(t2, ln, (int)P, C, v->mlnw, v->mlnb, LN_EPS);
     memcpy(g, q->f1, sizeof(float) * P * Hd);
     ts_gelu(g, P * Hd);
+    hook_out(e, v->f2w, NULL, dy, P, C);
     wgrad(e, dy, C, P, C, g, Hd, Hd, gv->f2w, Hd);
     colsum(e, dy, P, C, gv->f2b);
     ts_gemm((int)P, Hd, C, dy, C, v->f2w, Hd, 0, dg, Hd, 0.0f);
     gelu_bwd(e, q->f1, P * Hd, dg);
+    hook_out(e, v->f1w, NULL, dg, P, Hd);
     wgrad(e, dg, Hd, P, Hd, ln, C, C, gv->f1w, C);
     colsum(e, dg, P, Hd, gv->f1b);
     float *dln = sc, *dt2 = sb;
@@ -1225,6 +1262,7 @@ static void vb_bwd(ts_egf *e, mod *q, vb_p *gv, const float *dy, float *dx) {
     /* attention: t1 = x + scatter(proj(O)) */
     float *dyw = sb, *dO = sc, *dqkv = sd;
     win_gather(q, dt1, dyw);
+    hook_out(e, v->pw, NULL, dyw, SZ(Np), C);
     ts_gemm(Np, C, C, dyw, C, v->pw, C, 0, dO, C, 0.0f);
     wgrad(e, dyw, C, SZ(Np), C, q->O, C, C, gv->pw, C);
     colsum(e, dyw, SZ(Np), C, gv->pb);
@@ -1240,6 +1278,7 @@ static void vb_bwd(ts_egf *e, mod *q, vb_p *gv, const float *dy, float *dx) {
     float *xw = sb, *xn = sc;
     win_gather(q, q->x, xw);
     ts_layernorm_to(xw, xn, Np, C, v->lnw, v->lnb, LN_EPS);
+    hook_out(e, v->qkvw, NULL, dqkv, SZ(Np), 3 * C);
     wgrad(e, dqkv, 3 * C, SZ(Np), 3 * C, xn, C, C, gv->qkvw, C);
     colsum(e, dqkv, SZ(Np), 3 * C, gv->qkvb);
     float *dxn = sc;

@@ -86,4 +86,20 @@ int ts_egf_forward(ts_egf *e, const float *img, float *emb);
  * negative status. */
 int ts_egf_backward(ts_egf *e, const float *demb, float *grads);
 
+/* Output-gradient hook of the backward (quantisation: the Hessian-guided scale search,
+ * quant/hessian.h): during ts_egf_backward, for every linear and dense (not depthwise)
+ * convolution, fn(ctx, name, dr, rows, cols, scale) with the gradient of the loss with respect
+ * to the layer's output, rows x cols (channels last; rows in the backward's own order: pixels,
+ * or window tokens with padding for the attention's linears). name is the layer's prefix as
+ * the inference encoder names its quantised layers (model/image_encoder.h ts_tiny_vit_qlayer),
+ * e.g. "image_encoder.layers.1.blocks.0.mlp.fc1" or "image_encoder.layers.0.blocks.0.conv1.c".
+ * For a convolution followed by a BatchNorm (folded into one layer at inference, output
+ * BN(r) = scale * r + shift) dr is the gradient of the raw convolution output r and scale[cols]
+ * is given: the folded layer's output gradient is dr[i][c] / scale[c]; else scale is NULL and
+ * dr is the output gradient. Called on the calling thread; dr is only valid during the call.
+ * fn NULL removes the hook. */
+typedef void (*ts_egf_grad_hook)(void *ctx, const char *name, const float *dr, size_t rows,
+                                 int cols, const float *scale);
+void ts_egf_set_grad_hook(ts_egf *e, ts_egf_grad_hook fn, void *ctx);
+
 #endif
