@@ -163,20 +163,23 @@ static int grad_image(gctx *g, tinysam_model *m, const tinysam_image *img, ts_he
     }
     ts_normalize_pad(resized, newh, neww, g->input);
     free(resized);
+    /* the float embedding (the tape's forward: the decoder backward and the prompts use it) */
+    if ((rc = ts_egf_forward(g->enc, g->input, g->emb))) return rc;
+    tm[1] = ts_now_ms();
     /* the prompts, as calibrate_decoder.c: grid points, then the box of each best mask */
     float coords[2 * GRID * GRID];
     int labels[GRID * GRID];
     ts_prompt_set sets[MAX_SETS];
     int ns = 0;
-    tinysam_embedding *e = NULL;
-    if ((rc = tinysam_encode(m, img, &e))) return rc;
+    tinysam_embedding e = {.data = g->emb, .orig_w = img->width, .orig_h = img->height,
+                           .input_w = neww, .input_h = newh};
     for (int k = 0; k < GRID * GRID && !rc; k++) {
         float pt[2] = {((float)(k % GRID) + 0.5f) * (float)img->width / GRID,
                        ((float)(k / GRID) + 0.5f) * (float)img->height / GRID};
         int lab = 1, has = 0;
         tinysam_prompt p = {.n_points = 1, .points = pt, .labels = &lab};
         float box[4];
-        if ((rc = best_box(m, e, &p, box, &has))) break;
+        if ((rc = best_box(m, &e, &p, box, &has))) break;
         coords[2 * k] = to_model(pt[0], neww, img->width);
         coords[2 * k + 1] = to_model(pt[1], newh, img->height);
         labels[k] = 1;
@@ -189,10 +192,7 @@ static int grad_image(gctx *g, tinysam_model *m, const tinysam_image *img, ts_he
             sets[ns++] = b;
         }
     }
-    tinysam_embedding_free(e);
     if (rc) return rc;
-    tm[1] = ts_now_ms();
-    if ((rc = ts_egf_forward(g->enc, g->input, g->emb))) return rc;
     tm[2] = ts_now_ms();
     if ((rc = ts_dgf_forward(g->dec, g->emb, ns, sets, g->z, NULL, NULL))) return rc;
     /* mean BCE over the multimask tokens 1..3 of every set: d/dz = (sigmoid(z) - [z > 0]) / n */
@@ -215,7 +215,7 @@ static int grad_image(gctx *g, tinysam_model *m, const tinysam_image *img, ts_he
     ts_egf_set_grad_hook(g->enc, NULL, NULL);
     tm[4] = ts_now_ms();
     if (verbose)
-        fprintf(stderr, "  %d prompts; ms: prompts %.0f, encoder forward %.0f, decoder forward + "
+        fprintf(stderr, "  %d prompts; ms: encoder forward %.0f, prompts %.0f, decoder forward + "
                         "backward %.0f, encoder backward %.0f\n",
                 ns, tm[1] - tm[0], tm[2] - tm[1], tm[3] - tm[2], tm[4] - tm[3]);
     h->prompts += ns;
@@ -332,10 +332,11 @@ int ts_hessian_search_layer(const float *X, int n, int K, const float *W, int N,
         for (int c = 0; c < N; c++) best_c[c] = INFINITY;
         float *cand_s = ts_malloc(sizeof(float) * N);
         if (!cand_s) goto done;
-        for (int j = 0; j < grid->n_cand; j++) {
-            const float r = ratio(grid, j);
+        /* candidate -1: the scales that stand (a round never makes a channel worse) */
+        for (int j = -1; j < grid->n_cand; j++) {
+            const float r = j < 0 ? 0.0f : ratio(grid, j);
             for (int c = 0; c < N; c++) {
-                float s = amaxw[c] > 0.0f ? r * amaxw[c] / 127.0f : 1.0f;
+                float s = j < 0 ? w_scale[c] : amaxw[c] > 0.0f ? r * amaxw[c] / 127.0f : 1.0f;
                 cand_s[c] = s;
                 fq_row(W + (size_t)c * K, K, s, Wq + (size_t)c * K);
             }
@@ -351,10 +352,10 @@ int ts_hessian_search_layer(const float *X, int n, int K, const float *W, int N,
         double best = INFINITY;
         float bstep = *step;
         int bzp = *zp;
-        for (int j = 0; j < grid->n_cand; j++) {
-            float s;
-            int z;
-            in_cand(asym, ratio(grid, j), amax, lo, hi, &s, &z);
+        for (int j = -1; j < grid->n_cand; j++) { /* -1: the step that stands */
+            float s = *step;
+            int z = *zp;
+            if (j >= 0) in_cand(asym, ratio(grid, j), amax, lo, hi, &s, &z);
             if (!(s > 0.0f)) continue;
             fq_in(X, nk, s, z, Xq);
             ts_gemm(n, N, K, Xq, K, Wq, K, 1, Oq, N, 0.0f);

@@ -56,7 +56,8 @@ int ts_hessian_collect(const tinysam_model *model, const char *const *paths, int
  * clamp(round(w / s), -127, 127). Candidates r: n_cand points of [lo_r, hi_r]. Starting from
  * *step / *zp (e.g. the MSE step) and the abs-max weight scales, `rounds` rounds of: the weight
  * scales given the quantised input (per channel: the objective separates), then the input step
- * given the quantised weights. Writes *step, *zp, w_scale[N]; the objective of the result in
+ * given the quantised weights; each search also keeps what stands as a candidate (the objective
+ * never rises), and the rounds stop early when one changed nothing. Writes *step, *zp, w_scale[N]; the objective of the result in
  * *err when not NULL. Returns 0 or a status. */
 typedef struct {
     int n_cand;     /* 100 */

@@ -1,0 +1,397 @@
+/* test_hessian.c - the Hessian-guided scale search (quant/hessian.h, `quantize --method
+ * hessian`):
+ *   - the encoder backward's output-gradient hook (train/encoder_grad.h ts_egf_set_grad_hook)
+ *     against central finite differences of the loss on a tiny random encoder: for every hooked
+ *     layer, the sum over rows of its output gradient in channel c equals dL/d(bias of channel
+ *     c) (a linear's bias, or a conv's BatchNorm beta, which adds to the folded output);
+ *   - the search on hand-built cases whose optimum is known (the channel weights G pick which
+ *     channel's exact step wins), and its input step against a brute-force scan of the
+ *     candidates;
+ *   - the whole method on the fixture checkpoint: a hessian-quantised model (calibrated on
+ *     picture3.jpg and shapes_grey.png) against the float model on every prompt case of
+ *     picture1 and shapes: best-mask IoU mean >= 0.95, none below 0.85, embedding cosine >=
+ *     0.99 (random weights: not the figures of the released model). */
+#include "core.h"
+#include "model/sam.h"
+#include "prompt_case.h"
+#include "quant/calibrate.h"
+#include "quant/hessian.h"
+#include "test.h"
+#include "train/encoder_grad.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static unsigned long long g_rng = 0x9e3779b97f4a7c15ULL;
+static double urand(void) { /* [-1, 1) */
+    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+    return (double)(g_rng >> 11) / 4503599627370496.0 - 1.0;
+}
+
+/* ---- the hook against finite differences ------------------------------------------------- */
+
+#define MAXL 64
+typedef struct {
+    int n;
+    char name[MAXL][TS_EG_NAME];
+    int cols[MAXL];
+    double *gsum[MAXL]; /* per channel: sum over rows of the output gradient */
+} hook_rec;
+
+static void rec_hook(void *ctx, const char *name, const float *dr, size_t rows, int cols,
+                     const float *scale) {
+    hook_rec *h = ctx;
+    int l = -1;
+    for (int i = 0; i < h->n; i++)
+        if (!strcmp(h->name[i], name)) l = i;
+    if (l < 0) {
+        if (h->n == MAXL) return;
+        l = h->n++;
+        snprintf(h->name[l], sizeof h->name[l], "%s", name);
+        h->cols[l] = cols;
+        h->gsum[l] = calloc((size_t)cols, sizeof(double));
+    }
+    for (size_t r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            h->gsum[l][c] += dr[r * (size_t)cols + c] / (scale ? (double)scale[c] : 1.0);
+}
+
+/* L = sum_i w_i emb_i */
+static double loss(ts_egf *e, const float *img, const float *w, float *emb, int n) {
+    if (ts_egf_forward(e, img, emb)) return NAN;
+    double s = 0;
+    for (int i = 0; i < n; i++) s += (double)w[i] * emb[i];
+    return s;
+}
+
+static void test_hook_finite_differences(void) {
+    /* the tiny encoder of test_encoder_grad.c: every module kind, windows with padding */
+    ts_eg_config c = {.img = 48, .dims = {8, 16, 24, 32}, .depths = {1, 1, 2, 1},
+                      .heads = {1, 2, 3, 4}, .windows = {1, 4, 2, 3}, .merge_stride = {2, 2, 1},
+                      .mb_ratio = 4, .mlp_ratio = 4, .neck = 16};
+    static ts_eg_layout L;
+    REQUIRE(ts_eg_layout_init(&L, &c) == 0, "layout: %s", tinysam_last_error());
+    const int S = c.img, NO = c.neck * L.out_side * L.out_side;
+    float *p = malloc(sizeof(float) * L.total), *g = calloc(L.total, sizeof(float));
+    float *img = malloc(sizeof(float) * 3 * S * S), *w = malloc(sizeof(float) * NO);
+    float *emb = malloc(sizeof(float) * NO);
+    REQUIRE(p && g && img && w && emb, "out of memory");
+    for (int i = 0; i < L.n; i++) {
+        const ts_eg_tensor *t = &L.t[i];
+        const char *nm = t->name;
+        int is_w1 = t->ndim == 1 && (strstr(nm, "norm.weight") || strstr(nm, "bn.weight") ||
+                                     strstr(nm, "neck.1.weight") || strstr(nm, "neck.3.weight"));
+        double fan = t->ndim >= 2 ? (double)(t->numel / (size_t)t->shape[0]) : 1;
+        for (size_t k = 0; k < t->numel; k++) {
+            double v;
+            if (strstr(nm, "running_var")) v = 1.0 + 0.5 * urand();
+            else if (strstr(nm, "running_mean")) v = 0.1 * urand();
+            else if (is_w1) v = 1.0 + 0.4 * urand(); /* BN scales far from 1 */
+            else if (strstr(nm, "attention_biases")) v = 0.5 * urand();
+            else if (t->ndim >= 2) v = 1.5 / sqrt(fan) * urand();
+            else v = 0.1 * urand();
+            p[t->off + k] = (float)v;
+        }
+    }
+    for (int i = 0; i < 3 * S * S; i++) img[i] = (float)urand();
+    for (int i = 0; i < NO; i++) w[i] = (float)urand();
+    ts_egf *e = NULL;
+    REQUIRE(ts_egf_create(&L, p, &e) == 0, "create: %s", tinysam_last_error());
+    static hook_rec h;
+    memset(&h, 0, sizeof h);
+    REQUIRE(ts_egf_forward(e, img, emb) == 0, "forward");
+    ts_egf_set_grad_hook(e, rec_hook, &h);
+    REQUIRE(ts_egf_backward(e, w, g) == 0, "backward");
+    ts_egf_set_grad_hook(e, NULL, NULL);
+    /* every linear and dense convolution of the layout is hooked: the MBConv / PatchMerging
+     * 1x1 pairs, qkv / proj / fc1 / fc2 per TinyViT block, patch_embed's two convs, neck.0/2 */
+    int want = 2 + 2 * c.depths[0] + 2 * 3 + 4 * (c.depths[1] + c.depths[2] + c.depths[3]) + 2;
+    printf("  %d layers hooked (want %d)\n", h.n, want);
+    CHECK(h.n == want, "%d layers hooked, want %d", h.n, want);
+    int checked = 0, bad = 0;
+    double worst = 0;
+    for (int l = 0; l < h.n; l++) {
+        char bn[TS_EG_NAME + 8];
+        size_t len = strlen(h.name[l]);
+        if (len > 2 && !strcmp(h.name[l] + len - 2, ".c")) /* conv + BN: beta */
+            snprintf(bn, sizeof bn, "%.*s.bn.bias", (int)(len - 2), h.name[l]);
+        else
+            snprintf(bn, sizeof bn, "%s.bias", h.name[l]);
+        int ti = ts_eg_find(&L, bn);
+        if (ti < 0) continue; /* the neck's convolutions have no bias */
+        const ts_eg_tensor *t = &L.t[ti];
+        CHECK((int)t->numel == h.cols[l], "%s: %d channels, bias %zu", h.name[l], h.cols[l],
+              t->numel);
+        for (int k = 0; k < 1; k++) { /* one channel per layer: two forwards each */
+            int ch = (int)((unsigned)(k * 7 + l * 5) % (unsigned)h.cols[l]);
+            float *b = p + t->off + ch, b0 = *b;
+            const float eps = 1e-2f;
+            *b = b0 + eps;
+            double lp = loss(e, img, w, emb, NO);
+            *b = b0 - eps;
+            double lm = loss(e, img, w, emb, NO);
+            *b = b0;
+            double fd = (lp - lm) / (2.0 * eps), an = h.gsum[l][ch];
+            double err = fabs(fd - an) / fmax(0.05, fabs(fd));
+            worst = fmax(worst, err);
+            if (err > 2e-2) {
+                bad++;
+                printf("  %s channel %d: hook %.6g, finite difference %.6g\n", h.name[l], ch, an,
+                       fd);
+            }
+            checked++;
+        }
+    }
+    printf("  %d channels of %d layers: worst relative difference %.3g\n", checked, h.n, worst);
+    CHECK(checked >= want - 2, "only %d channels checked", checked);
+    CHECK(bad == 0, "%d output gradients differ from the finite differences", bad);
+    for (int l = 0; l < h.n; l++) free(h.gsum[l]);
+    ts_egf_free(e);
+    free(p);
+    free(g);
+    free(img);
+    free(w);
+    free(emb);
+}
+
+/* ---- the search on hand-built cases ------------------------------------------------------ */
+
+/* E[sum_c G[c] (Ô - O)^2] of a step and weight scales, directly (the test's own loops). */
+static double objective(const float *X, int n, int K, const float *W, int N, const double *G,
+                        float step, int zp, const float *ws) {
+    double e = 0;
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < N; c++) {
+            double o = 0, oq = 0;
+            for (int k = 0; k < K; k++) {
+                float x = X[r * K + k];
+                float q = nearbyintf(x / step) + (float)zp;
+                q = q < 0 ? 0 : q > 255 ? 255 : q;
+                float xq = (q - (float)zp) * step;
+                float wc = nearbyintf(W[c * K + k] / ws[c]);
+                wc = wc < -127 ? -127 : wc > 127 ? 127 : wc;
+                o += (double)x * W[c * K + k];
+                oq += (double)xq * (wc * ws[c]);
+            }
+            e += (G ? G[c] : 1.0) * (oq - o) * (oq - o);
+        }
+    return e;
+}
+
+static void test_search_known_optimum(void) {
+    /* channel 0 reads feature 0: multiples of 0.05 up to +-3 (exact with step 0.05, which
+     * clips feature 1); channel 1 reads feature 1: multiples of 0.1 up to +-12.7 (exact with
+     * step 0.1, no clipping, but feature 0's odd multiples of 0.05 round off). Candidates
+     * r = 0.5, 0.6, .. 1.2 of amax 12.7 / 127 = 0.1: r 0.5 is step 0.05, r 1.0 step 0.1. */
+    enum { n = 64, K = 2, N = 2 };
+    float X[n * K], W[N * K] = {1, 0, 0, 1};
+    for (int r = 0; r < n; r++) {
+        X[r * K] = 0.05f * (float)((r * 37) % 121 - 60);
+        X[r * K + 1] = 0.1f * (float)((r * 53) % 255 - 127);
+    }
+    X[K + 1] = 12.7f; /* the range is reached */
+    float mn = 0, mx = 0;
+    for (int i = 0; i < n * K; i++) mn = fminf(mn, X[i]), mx = fmaxf(mx, X[i]);
+    ts_hessian_grid grid = {.n_cand = 8, .lo_r = 0.5f, .hi_r = 1.2f, .rounds = 3};
+    const double G0[N] = {1, 0}, G1[N] = {0, 1};
+    float ws[N], step;
+    int zp;
+    double err;
+    step = 0.08f, zp = 128;
+    REQUIRE(ts_hessian_search_layer(X, n, K, W, N, G0, 0, mn, mx, &grid, &step, &zp, ws, &err) ==
+                0, "search: %s", tinysam_last_error());
+    printf("  G = (1, 0): step %.5f, weight scale %.6f, objective %.3g\n", step, ws[0], err);
+    CHECK(fabsf(step - 0.05f) < 1e-6f && zp == 128, "G (1, 0): step %g, want 0.05", step);
+    CHECK(fabsf(ws[0] * 127 - 1) < 1e-6f, "G (1, 0): channel 0 weight scale %g", ws[0]);
+    CHECK(err < 1e-9, "G (1, 0): objective %g at the exact step", err);
+    step = 0.08f, zp = 128;
+    REQUIRE(ts_hessian_search_layer(X, n, K, W, N, G1, 0, mn, mx, &grid, &step, &zp, ws, &err) ==
+                0, "search: %s", tinysam_last_error());
+    printf("  G = (0, 1): step %.5f, weight scale %.6f, objective %.3g\n", step, ws[1], err);
+    CHECK(fabsf(step - 0.1f) < 1e-6f, "G (0, 1): step %g, want 0.1", step);
+    CHECK(fabsf(ws[1] * 127 - 1) < 1e-6f, "G (0, 1): channel 1 weight scale %g", ws[1]);
+    CHECK(err < 1e-9, "G (0, 1): objective %g at the exact step", err);
+
+    /* random layer, default grid: the returned step is the best candidate of a brute-force
+     * scan given the returned weight scales, and the objective is what the test computes */
+    enum { n2 = 48, K2 = 24, N2 = 16 };
+    static float X2[n2 * K2], W2[N2 * K2];
+    double G2[N2];
+    for (int i = 0; i < n2 * K2; i++) X2[i] = (float)(urand() * (i % 5 == 0 ? 4 : 1));
+    for (int i = 0; i < N2 * K2; i++) W2[i] = (float)urand();
+    for (int c = 0; c < N2; c++) G2[c] = 0.1 + (c % 4) * (c % 4);
+    for (int asym = 0; asym <= 1; asym++) {
+        float Xa[n2 * K2];
+        for (int i = 0; i < n2 * K2; i++) /* asym: a GELU-like input */
+            Xa[i] = asym ? (X2[i] > 0 ? X2[i] : -0.17f * fabsf(X2[i]) / 4) : X2[i];
+        mn = mx = 0;
+        for (int i = 0; i < n2 * K2; i++) mn = fminf(mn, Xa[i]), mx = fmaxf(mx, Xa[i]);
+        float ws2[N2], st = asym ? (mx - mn) / 255 : fmaxf(-mn, mx) / 127;
+        int z = asym ? (int)nearbyintf(-mn / st) : 128;
+        ts_hessian_grid dg;
+        ts_hessian_grid_default(&dg);
+        REQUIRE(ts_hessian_search_layer(Xa, n2, K2, W2, N2, G2, asym, mn, mx, NULL, &st, &z, ws2,
+                                        &err) == 0, "search");
+        double mine = objective(Xa, n2, K2, W2, N2, G2, st, z, ws2), best = INFINITY;
+        float amax = fmaxf(-mn, mx);
+        for (int j = 0; j < dg.n_cand; j++) {
+            float r = dg.lo_r + (dg.hi_r - dg.lo_r) * (float)j / (float)(dg.n_cand - 1), s;
+            int zz = 128;
+            if (!asym) {
+                s = r * amax / 127;
+            } else {
+                s = (fmaxf(r * mx, 0) - mn) / 255;
+                zz = (int)fminf(255, fmaxf(0, nearbyintf(-mn / s)));
+            }
+            best = fmin(best, objective(Xa, n2, K2, W2, N2, G2, s, zz, ws2));
+        }
+        printf("  random layer (%s input): objective %.6g, test's %.6g, best scanned %.6g\n",
+               asym ? "post-GELU" : "symmetric", err, mine, best);
+        CHECK(fabs(mine - err) <= 1e-4 * mine + 1e-12, "objective %g vs the test's %g", err,
+              mine);
+        CHECK(mine <= best * (1 + 1e-6) + 1e-12, "step not the best candidate: %g > %g", mine,
+              best);
+    }
+}
+
+/* ---- the whole method on the fixture checkpoint ------------------------------------------ */
+
+#define MODEL "models/tinysam_vit_t_random.pth"
+
+static double cosine(const float *a, const float *b, size_t n) {
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < n; i++) {
+        ab += (double)a[i] * b[i];
+        aa += (double)a[i] * a[i];
+        bb += (double)b[i] * b[i];
+    }
+    return ab / sqrt(aa * bb + 1e-30);
+}
+
+typedef struct {
+    double sum, min, cos_min;
+    int n;
+} acc_t;
+
+static void eval_image(tinysam_model *fm, tinysam_model *qm, const char *image, const char *file,
+                       acc_t *a) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "images/%s", file);
+    tinysam_image img;
+    REQUIRE(tinysam_image_load(fixture(rel), 0, &img) == 0, "%s", tinysam_last_error());
+    tinysam_embedding *ef = NULL, *eq = NULL;
+    if (tinysam_encode(fm, &img, &ef) || tinysam_encode(qm, &img, &eq)) {
+        CHECK(0, "encode: %s", tinysam_last_error());
+        goto out;
+    }
+    double cs = cosine(tinysam_embedding_data(ef), tinysam_embedding_data(eq), 256 * 64 * 64);
+    printf("  %s: embedding cosine %.5f\n", image, cs);
+    a->cos_min = fmin(a->cos_min, cs);
+    snprintf(rel, sizeof rel, "reference/%s/prompts", image);
+    DIR *dir = opendir(fixture(rel));
+    if (!dir) {
+        CHECK(0, "%s: no prompt cases", image);
+        goto out;
+    }
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.') continue;
+        char base[512];
+        snprintf(base, sizeof base, "reference/%s/prompts/%s", image, de->d_name);
+        static test_prompt_case pc;
+        if (test_prompt_case_load(base, 1, &pc)) {
+            test_prompt_case_free(&pc);
+            continue;
+        }
+        tinysam_prediction pf, pq;
+        if (tinysam_predict(fm, ef, &pc.prompt, TINYSAM_PREDICT_MASKS, &pf) == 0) {
+            if (tinysam_predict(qm, eq, &pc.prompt, TINYSAM_PREDICT_MASKS, &pq) == 0) {
+                size_t plane = (size_t)pf.width * pf.height, in = 0, un = 0;
+                const uint8_t *x = pf.masks + (size_t)pf.best * plane;
+                const uint8_t *y = pq.masks + (size_t)pq.best * plane;
+                for (size_t i = 0; i < plane; i++) in += x[i] && y[i], un += x[i] || y[i];
+                double iou = un ? (double)in / (double)un : 1.0;
+                printf("  %s/%s: best-mask IoU %.4f\n", image, de->d_name, iou);
+                a->sum += iou;
+                a->min = a->n ? fmin(a->min, iou) : iou;
+                a->n++;
+                tinysam_prediction_free(&pq);
+            }
+            tinysam_prediction_free(&pf);
+        }
+        test_prompt_case_free(&pc);
+    }
+    closedir(dir);
+out:
+    tinysam_embedding_free(ef);
+    tinysam_embedding_free(eq);
+    tinysam_image_free(&img);
+}
+
+static void test_fixture_accuracy(void) {
+    if (!fixture_exists(MODEL) || !fixture_exists("images/picture3.jpg") ||
+        !fixture_exists("images/shapes_grey.png"))
+        SKIP("fixtures missing");
+    tinysam_model *fm = NULL, *qm = NULL;
+    REQUIRE(tinysam_model_load(fixture(MODEL), &fm) == 0, "%s", tinysam_last_error());
+    char p0[512], p1[512], out[512];
+    snprintf(p0, sizeof p0, "%s", fixture("images/picture3.jpg"));
+    snprintf(p1, sizeof p1, "%s", fixture("images/shapes_grey.png"));
+    snprintf(out, sizeof out, "%s", tmp_path("tinysam_hessian.safetensors"));
+    const char *paths[2] = {p0, p1};
+    ts_hessian h;
+    REQUIRE(ts_hessian_init(&h, fm->encoder) == 0, "%s", tinysam_last_error());
+    double t0 = ts_now_ms();
+    int rc = ts_hessian_collect(fm, paths, 2, &h, 1);
+    printf("  gradients: %.1f s\n", (ts_now_ms() - t0) / 1000);
+    if (rc) {
+        CHECK(0, "gradients: %s", tinysam_last_error());
+        goto out;
+    }
+    /* every quantised layer received a gradient */
+    int empty = 0;
+    for (int i = 0; i < TS_TINY_VIT_N_QLAYERS; i++) {
+        double s = 0;
+        for (int c = 0; c < h.n[i]; c++) s += h.g2[i][c];
+        if (!(s > 0) || !isfinite(s)) {
+            empty++;
+            printf("  %s: no gradient\n", h.name[i]);
+        }
+    }
+    CHECK(empty == 0, "%d quantised layers without a gradient", empty);
+    CHECK(h.images == 2 && h.prompts >= 2 * 16, "%d images, %d prompts", h.images, h.prompts);
+    t0 = ts_now_ms();
+    ts_quant_opts o = {TS_CALIB_HESSIAN, TS_SCOPE_ALL, &h};
+    rc = ts_quantize_model_opts(fm, paths, 2, &o, out, 1);
+    printf("  quantize (gradients given): %.1f s\n", (ts_now_ms() - t0) / 1000);
+    if (rc || tinysam_model_load(out, &qm)) {
+        CHECK(0, "quantize: %s", tinysam_last_error());
+        goto out;
+    }
+    CHECK(qm->map->metadata_json && strstr(qm->map->metadata_json, "hessian"),
+          "metadata does not name the method: %s",
+          qm->map->metadata_json ? qm->map->metadata_json : "(none)");
+    acc_t a = {0, 1, 1, 0};
+    eval_image(fm, qm, "picture1", "picture1.jpg", &a);
+    eval_image(fm, qm, "shapes", "shapes.png", &a);
+    double mean = a.n ? a.sum / a.n : 0;
+    printf("  hessian: mean best-mask IoU over %d cases %.4f, worst %.4f, min cosine %.5f\n", a.n,
+           mean, a.min, a.cos_min);
+    CHECK(a.n > 0 && mean >= 0.95, "mean IoU %.4f", mean);
+    CHECK(a.n > 0 && a.min >= 0.85, "worst IoU %.4f", a.min);
+    CHECK(a.cos_min >= 0.99, "cosine %.5f", a.cos_min);
+out:
+    ts_hessian_free(&h);
+    tinysam_model_free(qm);
+    tinysam_model_free(fm);
+    remove(out);
+}
+
+int main(void) {
+    RUN(test_hook_finite_differences);
+    RUN(test_search_known_optimum);
+    RUN(test_fixture_accuracy);
+    return test_summary();
+}
