@@ -27,7 +27,7 @@ cat <<'EOF'
         --mode)
             COMPREPLY=($(compgen -W "hierarchical grid" -- "$cur")); return ;;
         --method)
-            COMPREPLY=($(compgen -W "mse layer" -- "$cur")); return ;;
+            COMPREPLY=($(compgen -W "mse layer hessian" -- "$cur")); return ;;
         --images|--out-dir|--calib-dir|--embeddings|--masks|--web-dir|--oracle-scenes)
             COMPREPLY=($(compgen -d -- "$cur")); return ;;
     esac
