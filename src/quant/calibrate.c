@@ -314,6 +314,12 @@ static void solve_task(void *ctx, int i, int tid) {
     if (j->method == TS_CALIB_HESSIAN && l->q.taps == 1 && j->w_scale[i]) {
         int rc = search_hessian(l, j->h->g2[i], &j->step[i], &j->zp[i], j->w_scale[i]);
         if (rc) j->rc = rc;
+    } else if (j->method == TS_CALIB_HESSIAN && j->w_scale[i]) { /* abs-max, as ts_quant_weights */
+        for (int o = 0; o < l->q.N; o++) {
+            float m = 0.0f;
+            for (int k = 0; k < l->q.K; k++) m = fmaxf(m, fabsf(l->q.w[(size_t)o * l->q.K + k]));
+            j->w_scale[i][o] = m > 0.0f ? m / 127.0f : 1.0f;
+        }
     }
 }
 

@@ -40,7 +40,7 @@ int ts_calib_solve(ts_calib *c, int method, float *step, int *zp);
  * gradients, ts_hessian_collect) and w_scale[i] (N floats per layer i < TS_TINY_VIT_N_QLAYERS):
  * the GEMM layers (taps 1) get their input step and per-channel weight scales from the
  * Hessian-guided search started at the MSE step; the 3x3 convolutions keep the MSE step and
- * the abs-max scales (w_scale[i] left as it is). */
+ * get the abs-max scales of ts_quant_weights in w_scale[i]. */
 int ts_calib_solve_hessian(ts_calib *c, int method, const struct ts_hessian *h, float *step,
                            int *zp, float **w_scale);
 
