@@ -8,7 +8,9 @@
  *     observed minimum maps near code 0 and the upper clip is searched by MSE (one GEMM per
  *     layer; the twin-uniform quantiser of quant.h would need two).
  * With TS_CALIB_LAYER the symmetric steps come from the layer-output-error search
- * (ts_quant_search_step_layer) on a subsample of rows instead. */
+ * (ts_quant_search_step_layer) on a subsample of rows instead; with TS_CALIB_HESSIAN the GEMM
+ * layers' input steps and per-channel weight scales come from the Hessian-guided search
+ * (quant/hessian.h). */
 #ifndef TS_CALIBRATE_H
 #define TS_CALIBRATE_H
 
