@@ -19,11 +19,11 @@ static const char *quantize_help =
     "Post-training W8A8 quantisation of the TinySAM (vit_t) image encoder: runs the float\n"
     "model on the calibration images (JPEG/PNG; --calib-dir takes every .jpg/.jpeg/.png in\n"
     "DIR, sorted, the first N with --num-images, default 8), chooses one static uint8 input\n"
-    "quantiser per quantised GEMM (--method mse: the step minimising the input's squared\n"
-    "error, the default; layer: the layer-output error; hessian: the layer-output error\n"
+    "quantiser per quantised GEMM (--method hessian, the default: the layer-output error\n"
     "weighted by the squared gradient of the float model's mask loss, weight and input steps\n"
-    "searched alternately, slower: a backward pass per image), and writes a safetensors model\n"
-    "with int8 per-channel weights. --scope: gemm quantises the encoder's 1x1 convolutions and\n"
+    "searched alternately; slower, a backward pass per image and about 2 GB more memory;\n"
+    "mse: the step minimising the input's squared error; layer: the layer-output error), and\n"
+    "writes a safetensors model with int8 per-channel weights. --scope: gemm quantises the encoder's 1x1 convolutions and\n"
     "linears only (what older versions wrote); encoder also its dense 3x3 convolutions and\n"
     "the attention products; all (the default) the encoder and whatever of the decoder has an\n"
     "int8 form. The rest stays float32. Every command loads the file like a float one.\n";
@@ -73,7 +73,7 @@ int ts_cli_quantize(int argc, char **argv) {
         return 0;
     }
     const char *model = NULL, *out = NULL, *v;
-    int num = 0, method = TS_CALIB_MSE, scope = TS_SCOPE_ALL, threads = 0, cap = 0, n = 0;
+    int num = 0, method = TS_CALIB_HESSIAN, scope = TS_SCOPE_ALL, threads = 0, cap = 0, n = 0;
     int status = 1;
     char **list = NULL;
     for (int i = 1; i < argc; i++) {
