@@ -17,9 +17,13 @@ void ts_error_clear(void);
 /* Allocation that reports TINYSAM_E_NOMEM through ts_error on failure (returns NULL). */
 void *ts_malloc(size_t n);
 void *ts_calloc(size_t n, size_t size);
-/* 64-byte aligned, free with ts_free_aligned. */
+/* 64-byte aligned (2 MB aligned with transparent huge pages from 4 MB), free with
+ * ts_free_aligned. */
 void *ts_malloc_aligned(size_t n);
 void ts_free_aligned(void *p);
+/* Faults in [p, p + n) for writing without changing its contents (MADV_POPULATE_WRITE, or a
+ * touch per page), so that a later first use does not pay the page faults. */
+void ts_prefault(void *p, size_t n);
 
 /* Overflow-checked a*b (and a*b+c); return 0 on overflow. */
 int ts_mul_size(size_t a, size_t b, size_t *out);
