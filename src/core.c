@@ -2,6 +2,7 @@
 #include "core.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,15 +94,41 @@ void *ts_malloc_aligned(size_t n) {
     return p;
 }
 
-void ts_prefault(void *p, size_t n) {
-    if (!p || !n) return;
+typedef struct {
+    int count;
+    void *p[];
+} prefault_list; /* count (pointer, byte count as a pointer-sized integer) pairs */
+
+static void *prefault_async_main(void *arg) {
+    prefault_list *l = arg;
 #ifdef MADV_POPULATE_WRITE
-    if (madvise(p, n, MADV_POPULATE_WRITE) == 0) return;
+    for (int i = 0; i < l->count; i++)
+        (void)madvise(l->p[2 * i], (size_t)(uintptr_t)l->p[2 * i + 1], MADV_POPULATE_WRITE);
 #endif
-    /* older kernels: touch one byte per page, keeping what is there */
-    volatile char *c = p;
-    for (size_t i = 0; i < n; i += 4096) c[i] = c[i];
-    c[n - 1] = c[n - 1];
+    free(l);
+    return NULL;
+}
+
+void ts_prefault_async(void *const *p, const size_t *n, int count) {
+#ifdef MADV_POPULATE_WRITE
+    prefault_list *l = malloc(sizeof *l + sizeof(void *) * 2 * (size_t)count);
+    if (!l) return;
+    l->count = count;
+    for (int i = 0; i < count; i++) {
+        l->p[2 * i] = p[i];
+        l->p[2 * i + 1] = (void *)(uintptr_t)n[i];
+    }
+    pthread_t th;
+    pthread_attr_t at;
+    int ok = pthread_attr_init(&at) == 0;
+    if (ok && pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED) == 0 &&
+        pthread_create(&th, &at, prefault_async_main, l) == 0)
+        l = NULL;
+    if (ok) pthread_attr_destroy(&at);
+    free(l);
+#else
+    (void)p, (void)n, (void)count;
+#endif
 }
 
 void ts_free_aligned(void *p) {

@@ -501,16 +501,19 @@ static void *prefault_main(void *arg) {
     return NULL;
 }
 
-/* The activation arena, sized at load (huge pages) and faulted in by a helper thread while
- * the load goes on, so that the first forward pass runs at the speed of the next ones. */
+/* The activation arena, sized at load (huge pages), faulted in by ts_tiny_vit_warm. */
 static int arena_at_load(ts_tiny_vit *e) {
     e->arena_n = arena_floats(ts_num_threads());
     e->arena = ts_malloc_aligned(e->arena_n * sizeof(float));
     if (!e->arena) return TINYSAM_E_NOMEM;
     e->prefault_p = e->arena;
     e->prefault_bytes = e->arena_n * sizeof(float);
-    e->prefault_on = pthread_create(&e->prefault_th, NULL, prefault_main, e) == 0;
     return 0;
+}
+
+void ts_tiny_vit_warm(ts_tiny_vit *e) {
+    if (e && !e->prefault_on && e->prefault_p)
+        e->prefault_on = pthread_create(&e->prefault_th, NULL, prefault_main, e) == 0;
 }
 
 int ts_tiny_vit_load(ts_tensor_map *m, ts_tiny_vit **out) {
