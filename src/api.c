@@ -107,7 +107,7 @@ static double prof_clock(clockid_t c) {
 #define PROF(s) ((void)0)
 #endif
 
-static int model_load(const char *path, int warm_decoder, tinysam_model **out) {
+tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     if (!path || !out) return ts_error(TINYSAM_E_ARG, "tinysam_model_load: NULL argument");
     *out = NULL;
     ts_error_clear();
@@ -141,9 +141,7 @@ static int model_load(const char *path, int warm_decoder, tinysam_model **out) {
     PROF("pack");
     if (rc) goto fail;
     ts_map_release_pages(model->map);
-    /* the first encode and decode at warm speed: their scratch faulted in meanwhile */
-    ts_tiny_vit_warm(model->encoder);
-    if (warm_decoder) ts_mask_decoder_warm(model->mask_decoder);
+    ts_mask_decoder_prepare(model->mask_decoder); /* its first call's scratch, now */
     if ((rc = ts_map_check_all_used(model->map, ignored_tensor))) goto fail;
     fill_info(model);
     *out = model;
@@ -153,14 +151,6 @@ fail:
     ts_error_prefix(rc, "%s", path);
     tinysam_model_free(model);
     return rc;
-}
-
-tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
-    return model_load(path, 1, out);
-}
-
-int ts_model_load_encode_only(const char *path, tinysam_model **out) {
-    return model_load(path, 0, out);
 }
 
 void tinysam_model_free(tinysam_model *m) {

@@ -2,7 +2,6 @@
 #include "core.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,43 +91,6 @@ void *ts_malloc_aligned(size_t n) {
     if (huge) (void)madvise(p, n, MADV_HUGEPAGE); /* advice only: fine if refused */
 #endif
     return p;
-}
-
-typedef struct {
-    int count;
-    void *p[];
-} prefault_list; /* count (pointer, byte count as a pointer-sized integer) pairs */
-
-static void *prefault_async_main(void *arg) {
-    prefault_list *l = arg;
-#ifdef MADV_POPULATE_WRITE
-    for (int i = 0; i < l->count; i++)
-        (void)madvise(l->p[2 * i], (size_t)(uintptr_t)l->p[2 * i + 1], MADV_POPULATE_WRITE);
-#endif
-    free(l);
-    return NULL;
-}
-
-void ts_prefault_async(void *const *p, const size_t *n, int count) {
-#ifdef MADV_POPULATE_WRITE
-    prefault_list *l = malloc(sizeof *l + sizeof(void *) * 2 * (size_t)count);
-    if (!l) return;
-    l->count = count;
-    for (int i = 0; i < count; i++) {
-        l->p[2 * i] = p[i];
-        l->p[2 * i + 1] = (void *)(uintptr_t)n[i];
-    }
-    pthread_t th;
-    pthread_attr_t at;
-    int ok = pthread_attr_init(&at) == 0;
-    if (ok && pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED) == 0 &&
-        pthread_create(&th, &at, prefault_async_main, l) == 0)
-        l = NULL;
-    if (ok) pthread_attr_destroy(&at);
-    free(l);
-#else
-    (void)p, (void)n, (void)count;
-#endif
 }
 
 void ts_free_aligned(void *p) {

@@ -21,11 +21,6 @@ void *ts_calloc(size_t n, size_t size);
  * ts_free_aligned. */
 void *ts_malloc_aligned(size_t n);
 void ts_free_aligned(void *p);
-/* Faults in count buffers [p[i], p[i] + n[i]) for writing on a detached helper thread
- * (MADV_POPULATE_WRITE; nothing on kernels without it), so that their first use does not pay
- * the page faults. Safe even if a buffer is in use, or freed, meanwhile: populating never
- * changes memory contents. */
-void ts_prefault_async(void *const *p, const size_t *n, int count);
 
 /* Overflow-checked a*b (and a*b+c); return 0 on overflow. */
 int ts_mul_size(size_t a, size_t b, size_t *out);

@@ -205,7 +205,7 @@ typedef struct {
 
 static int embed_prepare(void *user) {
     embed_ctx *c = user;
-    return ts_model_load_encode_only(c->model_path, &c->m);
+    return tinysam_model_load(c->model_path, &c->m);
 }
 
 static int embed_complete(void *user, const char *path) {
@@ -308,7 +308,7 @@ int ts_cli_embed(int argc, char **argv) {
     tinysam_image img = {0};
     tinysam_embedding *e = NULL;
     double t0 = ts_now_ms(), t1, t2;
-    int rc = ts_model_load_encode_only(model, &m);
+    int rc = tinysam_model_load(model, &m);
     if (!rc) rc = tinysam_image_load(image, max_pixels, &img);
     t1 = ts_now_ms();
     if (!rc) rc = tinysam_encode(m, &img, &e);

@@ -18,9 +18,6 @@ typedef void (*ts_stage_hook)(void *user, const char *name, const float *data, l
  * "P.weight_scale", "P.bias", "P.input_step", "P.input_zero_point". */
 int ts_tiny_vit_load(ts_tensor_map *m, ts_tiny_vit **out);
 void ts_tiny_vit_free(ts_tiny_vit *enc);
-/* Faults the activation arena (sized at load) in on a helper thread, so that the first
- * forward pass runs at the speed of the next ones (the model load calls it last). */
-void ts_tiny_vit_warm(ts_tiny_vit *enc);
 /* input: 3 x 1024 x 1024 normalised, padded; out: 256 x 64 x 64. hook may be NULL. */
 int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
                         ts_stage_hook hook, void *user);

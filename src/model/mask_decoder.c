@@ -1079,31 +1079,12 @@ static ts_decode_ctx *ctx_new(int nt, int n_up, int max_tokens, int direct) {
     return c;
 }
 
-/* The context of a one-prompt call made at load, the buffers that such a call touches
- * faulted in on a helper thread. */
-void ts_mask_decoder_warm(ts_mask_decoder *d) {
-    if (!d || d->ctx_cache) return;
-    int threads = ts_num_threads();
-    ts_decode_ctx *c = ctx_new(1, threads, 8, 8 > ts_mask_decoder_fold_max);
-    if (!c) return; /* made by the first call instead */
-    d->ctx_cache = c;
-    size_t img = sizeof(float) * N_IMG * 256, n[64];
-    void *p[64];
-    int k = 0;
-#define PF(ptr, bytes) (p[k] = (ptr), n[k++] = (bytes))
-    const workspace *w = &c->ws[0];
-    PF(w->keys, img), PF(w->kpe, img), PF(w->img, img), PF(w->S, sizeof(float) * 8 * 8 * N_IMG);
-    PF(w->mlp, sizeof(float) * 8 * 2048);
-    PF(c->sh.emb_tok, img), PF(c->sh.src0, img), PF(c->sh.kpe0, img);
-    if (d->up_i8) PF(w->kq, img / 4), PF(w->kTq, img / 4), PF(w->kT, img);
-    for (int t = 0; t < c->n_up && k + 4 <= 64; t++) {
-        PF(c->up[t].g1, sizeof(float) * UP_TOK * 256);
-        PF(c->up[t].g2, sizeof(float) * UP_TOK * 4 * 128);
-        PF(c->up[t].m, sizeof(float) * UP_TOK * 4 * 16);
-        if (d->up_i8) PF(c->up[t].q, (size_t)UP_TOK * 4 * 128);
-    }
-#undef PF
-    ts_prefault_async(p, n, k);
+/* The context of a one-prompt call, made at load. Not faulted in ahead: a helper thread
+ * doing it collided with the encoder's page faults on a busy VM and cost more than it saved;
+ * untouched, it costs no memory in a process that never decodes. */
+void ts_mask_decoder_prepare(ts_mask_decoder *d) {
+    if (d && !d->ctx_cache)
+        d->ctx_cache = ctx_new(1, ts_num_threads(), 8, 8 > ts_mask_decoder_fold_max);
 }
 
 /* Takes the cached context when it is big enough, else makes one. */

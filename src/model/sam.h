@@ -20,10 +20,6 @@ struct tinysam_model {
     struct ts_simq_model *sim;
 };
 
-/* tinysam_model_load for a command that only encodes (embed): the decoder's first-call
- * scratch is not made and faulted in at load (it can still decode, at first-call speed). */
-int ts_model_load_encode_only(const char *path, tinysam_model **out);
-
 struct tinysam_embedding {
     float *data;             /* 256 x 64 x 64 */
     int orig_w, orig_h;      /* original image size */
