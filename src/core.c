@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 
 static _Thread_local char g_error[1024];
@@ -71,25 +70,17 @@ void *ts_calloc(size_t n, size_t size) {
     return p;
 }
 
-/* Buffers of several MB (activation arenas, the dense positional encoding, the encoder's
- * input) are 2 MB aligned and asked for transparent huge pages: their first touch then costs
- * one fault per 2 MB instead of one per 4 KB, which on a VM is most of a first call's extra
- * time. The size is rounded up to whole huge pages so that no partly used one is shared. */
-#define HUGE_MIN ((size_t)4 << 20)
-#define HUGE_PAGE ((size_t)2 << 20)
-
+/* Transparent huge pages (madvise(MADV_HUGEPAGE) on 2 MB aligned buffers) were tried for the
+ * large buffers (issue 20): on the 2-core development VM a fresh process's first 64 MB of huge
+ * pages cost 7-215 ms of system time (median ~100: the host backs each new 2 MB region)
+ * against a steady ~33 ms with 4 KB pages, so plain pages it is. */
 void *ts_malloc_aligned(size_t n) {
     void *p = NULL;
-    int huge = n >= HUGE_MIN && n <= SIZE_MAX - HUGE_PAGE;
-    size_t align = huge ? HUGE_PAGE : 64;
-    n = (n + align - 1) & ~(align - 1);
-    if (posix_memalign(&p, align, n ? n : 64) != 0) {
+    n = (n + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0) {
         ts_error(TINYSAM_E_NOMEM, "out of memory (%zu bytes)", n);
         return NULL;
     }
-#ifdef MADV_HUGEPAGE
-    if (huge) (void)madvise(p, n, MADV_HUGEPAGE); /* advice only: fine if refused */
-#endif
     return p;
 }
 

@@ -17,8 +17,7 @@ void ts_error_clear(void);
 /* Allocation that reports TINYSAM_E_NOMEM through ts_error on failure (returns NULL). */
 void *ts_malloc(size_t n);
 void *ts_calloc(size_t n, size_t size);
-/* 64-byte aligned (2 MB aligned with transparent huge pages from 4 MB), free with
- * ts_free_aligned. */
+/* 64-byte aligned, free with ts_free_aligned. */
 void *ts_malloc_aligned(size_t n);
 void ts_free_aligned(void *p);
 
