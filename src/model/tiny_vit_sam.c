@@ -485,11 +485,10 @@ int ts_tiny_vit_n_int8(const ts_tiny_vit *enc) {
 
 static size_t arena_floats(int nthreads);
 
-/* The activation arena, sized at load: 2 MB aligned with transparent huge pages
- * (ts_malloc_aligned), so that the first forward pass faults it in at about 6 ms per 64 MB
- * instead of 25-100 ms with 4 KB pages. Faulting it in ahead on a helper thread was tried:
- * on a busy 2-core VM its page-table work collides with the load's and the encoder's own
- * allocations and costs more system time than it saves. */
+/* The activation arena, sized at load (the first forward pass does not allocate it; it
+ * still faults its pages in). Faulting it in ahead on a helper thread, and transparent huge
+ * pages, were tried: on the busy 2-core VM both cost more system time than they saved
+ * (README, Start-up). */
 static int arena_at_load(ts_tiny_vit *e) {
     e->arena_n = arena_floats(ts_num_threads());
     e->arena = ts_malloc_aligned(e->arena_n * sizeof(float));

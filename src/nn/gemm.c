@@ -60,8 +60,8 @@ struct ts_wpack {
     struct wpack_store *store; /* data lies in a batch's shared block (else owned) */
 };
 
-/* A model load's packs in one block (ts_wpack_batch_begin/end): one huge-page allocation
- * instead of hundreds of page-faulting ones, filled in parallel; freed with its last pack. */
+/* A model load's packs in one block (ts_wpack_batch_begin/end): one allocation instead of
+ * hundreds, filled in parallel; freed with its last pack. */
 typedef struct wpack_store {
     atomic_int refs;
     void *mem;
