@@ -5,6 +5,7 @@
 #include "io/tensor_map.h"
 #include "model/sam.h"
 #include "model/transforms.h"
+#include "nn/nn.h"
 #include "quant/int8_model.h"
 #include "quant/sim_model.h"
 
@@ -85,13 +86,37 @@ static void fill_info(tinysam_model *model) {
     }
 }
 
+/* Build with -DTS_LOAD_PROFILE for the load's parts on stderr: wall / process CPU ms. */
+#ifdef TS_LOAD_PROFILE
+#include <time.h>
+static double prof_clock(clockid_t c) {
+    struct timespec t;
+    clock_gettime(c, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+#define PROF0 double pw_ = prof_clock(CLOCK_MONOTONIC), pc_ = prof_clock(CLOCK_PROCESS_CPUTIME_ID)
+#define PROF(s)                                                                                \
+    do {                                                                                       \
+        double w_ = prof_clock(CLOCK_MONOTONIC), c_ = prof_clock(CLOCK_PROCESS_CPUTIME_ID);    \
+        fprintf(stderr, "load %-8s %6.1f / %6.1f ms\n", s, w_ - pw_, c_ - pc_);               \
+        pw_ = w_;                                                                              \
+        pc_ = c_;                                                                              \
+    } while (0)
+#else
+#define PROF0   ((void)0)
+#define PROF(s) ((void)0)
+#endif
+
 tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     if (!path || !out) return ts_error(TINYSAM_E_ARG, "tinysam_model_load: NULL argument");
     *out = NULL;
     ts_error_clear();
     tinysam_model *model = ts_calloc(1, sizeof *model);
     if (!model) return TINYSAM_E_NOMEM;
+    PROF0;
+    ts_wpack_batch *batch = NULL;
     int rc = ts_map_load(path, &model->map);
+    PROF("map_load");
     if (rc) goto fail;
     ts_map_strip_wrapper_prefix(model->map); /* DistributedDataParallel, torch.compile */
     /* an int8 model file: weight-only int8 tensors back to float32 (the W8A8 encoder GEMMs
@@ -99,17 +124,30 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     if ((rc = ts_int8_model_expand(model->map))) goto fail;
     /* Q-TinySAM quantisation layers (a module-tree pickle or its conversion) */
     if ((rc = ts_simq_model_load(model->map, &model->sim))) goto fail;
+    PROF("expand");
     if ((rc = detect_family(model->map, model->info.family, sizeof model->info.family))) goto fail;
+    /* every GEMM weight of the three networks packed at the end, together, in parallel */
+    batch = ts_wpack_batch_begin();
     if (!strcmp(model->info.family, "vit_t")) rc = ts_tiny_vit_load(model->map, &model->encoder);
     else rc = ts_sam_vit_load(model->map, &model->vit);
+    PROF("encoder");
     if (rc) goto fail;
     if ((rc = ts_prompt_encoder_load(model->map, &model->prompt_encoder))) goto fail;
+    PROF("prompt");
     if ((rc = ts_mask_decoder_load(model->map, &model->mask_decoder))) goto fail;
+    PROF("decoder");
+    rc = ts_wpack_batch_end(batch, 1);
+    batch = NULL;
+    PROF("pack");
+    if (rc) goto fail;
+    ts_map_release_pages(model->map);
+    ts_mask_decoder_prepare(model->mask_decoder); /* its first call's scratch, now */
     if ((rc = ts_map_check_all_used(model->map, ignored_tensor))) goto fail;
     fill_info(model);
     *out = model;
     return TINYSAM_OK;
 fail:
+    if (batch) ts_wpack_batch_end(batch, 0);
     ts_error_prefix(rc, "%s", path);
     tinysam_model_free(model);
     return rc;

@@ -98,6 +98,23 @@ int ts_num_threads(void) {
     return n;
 }
 
+/* Under mu: workers up to nt - 1 alive. */
+static void start_workers(int nt) {
+    while (g_pool.n_started < nt - 1) {
+        int tid = g_pool.n_started + 1;
+        if (pthread_create(&g_pool.th[tid], NULL, worker_main, (void *)(long)tid) != 0) break;
+        pthread_detach(g_pool.th[tid]);
+        g_pool.n_started++;
+    }
+}
+
+void ts_threads_start(void) {
+    int nt = ts_num_threads();
+    pthread_mutex_lock(&g_pool.mu);
+    start_workers(nt);
+    pthread_mutex_unlock(&g_pool.mu);
+}
+
 void ts_parallel_for(int n, ts_task_fn fn, void *ctx) {
     if (n <= 0) return;
     int nt = ts_num_threads();
@@ -106,12 +123,7 @@ void ts_parallel_for(int n, ts_task_fn fn, void *ctx) {
         return;
     }
     pthread_mutex_lock(&g_pool.mu);
-    while (g_pool.n_started < nt - 1) {
-        int tid = g_pool.n_started + 1;
-        if (pthread_create(&g_pool.th[tid], NULL, worker_main, (void *)(long)tid) != 0) break;
-        pthread_detach(g_pool.th[tid]);
-        g_pool.n_started++;
-    }
+    start_workers(nt);
     int workers = (nt - 1 < g_pool.n_started ? nt - 1 : g_pool.n_started);
     g_pool.fn = fn;
     g_pool.ctx = ctx;

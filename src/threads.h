@@ -11,5 +11,7 @@ typedef void (*ts_task_fn)(void *ctx, int i, int tid);
 
 void ts_parallel_for(int n, ts_task_fn fn, void *ctx);
 int ts_num_threads(void);
+/* Starts the pool's workers now (model load) rather than in the first ts_parallel_for. */
+void ts_threads_start(void);
 
 #endif

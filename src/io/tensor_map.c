@@ -125,6 +125,11 @@ int ts_file_map(const char *path, uint8_t **base, size_t *size) {
     return 0;
 }
 
+void ts_map_release_pages(ts_tensor_map *m) {
+    /* read-only private mapping, never written: nothing is lost */
+    if (m && m->map_base && !m->borrowed) (void)madvise(m->map_base, m->map_size, MADV_DONTNEED);
+}
+
 void ts_file_unmap(uint8_t *base, size_t size) {
     if (base) munmap(base, size);
 }

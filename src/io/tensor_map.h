@@ -73,6 +73,10 @@ int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map *
 int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
                         const char *const *meta_keys, const char *const *meta_values);
 void ts_map_free(ts_tensor_map *m);
+/* Lets the kernel drop the mapped file's pages from this process (they stay in the page
+ * cache): once the networks hold their packed / folded copies, most of the file is no longer
+ * read, and a later read faults its page back in. Keeps the peak memory of a run down. */
+void ts_map_release_pages(ts_tensor_map *m);
 
 const ts_tensor *ts_map_get(const ts_tensor_map *m, const char *name);
 /* Finds a float32 tensor by name, checks its exact shape (ndim values follow), marks it

@@ -1079,6 +1079,14 @@ static ts_decode_ctx *ctx_new(int nt, int n_up, int max_tokens, int direct) {
     return c;
 }
 
+/* The context of a one-prompt call, made at load. Not faulted in ahead: a helper thread
+ * doing it collided with the encoder's page faults on a busy VM and cost more than it saved;
+ * untouched, it costs no memory in a process that never decodes. */
+void ts_mask_decoder_prepare(ts_mask_decoder *d) {
+    if (d && !d->ctx_cache)
+        d->ctx_cache = ctx_new(1, ts_num_threads(), 8, 8 > ts_mask_decoder_fold_max);
+}
+
 /* Takes the cached context when it is big enough, else makes one. */
 static int ctx_smaller(const ts_decode_ctx *c, int nt, int n_up, int max_tokens, int direct) {
     return c->nt < nt || c->n_up < n_up || c->max_tokens < max_tokens || c->direct < direct;

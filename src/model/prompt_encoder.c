@@ -4,6 +4,7 @@
 #include "model/sam_decoder.h"
 #include "model/sam_decoder_internal.h"
 #include "nn/nn.h"
+#include "threads.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -19,6 +20,21 @@ static void pe_encode(const float *G, float x, float y, float *out) {
         float f = (u * G[k] + v * G[128 + k]) * TWO_PI_F;
         out[k] = sinf(f);
         out[128 + k] = cosf(f);
+    }
+}
+
+/* get_dense_pe's row i (of 64): cell (i, j) at ((j + 0.5) / 64, (i + 0.5) / 64), in token
+ * layout, then the row's 64 x 256 block transposed into the channel-major copy while it is
+ * in cache. Rows are independent: the load spreads them over the pool. */
+static void dense_pe_row(void *ctx, int i, int tid) {
+    (void)tid;
+    ts_prompt_encoder *pe = ctx;
+    float *row = pe->dense_pe_tok + (size_t)i * 64 * 256;
+    for (int j = 0; j < 64; j++)
+        pe_encode(pe->gauss, (j + 0.5f) / 64.0f, (i + 0.5f) / 64.0f, row + (size_t)j * 256);
+    for (int c = 0; c < 256; c++) {
+        float *d = pe->dense_pe_chw + (size_t)c * 4096 + i * 64;
+        for (int j = 0; j < 64; j++) d[j] = row[(size_t)j * 256 + c];
     }
 }
 
@@ -56,19 +72,14 @@ int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
             free(pe);
             return TINYSAM_E_FORMAT;
         }
-    /* get_dense_pe, once: cell (i, j) at ((j + 0.5) / 64, (i + 0.5) / 64); token layout */
+    /* get_dense_pe, once */
     pe->dense_pe_tok = ts_malloc_aligned(sizeof(float) * 4096 * 256);
     pe->dense_pe_chw = ts_malloc_aligned(sizeof(float) * 4096 * 256);
     if (!pe->dense_pe_tok || !pe->dense_pe_chw) {
         ts_prompt_encoder_free(pe);
         return TINYSAM_E_NOMEM;
     }
-    for (int i = 0; i < 64; i++)
-        for (int j = 0; j < 64; j++) {
-            float *t = pe->dense_pe_tok + (size_t)(i * 64 + j) * 256;
-            pe_encode(pe->gauss, (j + 0.5f) / 64.0f, (i + 0.5f) / 64.0f, t);
-            for (int c = 0; c < 256; c++) pe->dense_pe_chw[(size_t)c * 4096 + i * 64 + j] = t[c];
-        }
+    ts_parallel_for(64, dense_pe_row, pe);
     *out = pe;
     return 0;
 }

@@ -24,6 +24,9 @@ int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out);
 void ts_prompt_encoder_free(ts_prompt_encoder *pe);
 int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out);
 void ts_mask_decoder_free(ts_mask_decoder *d);
+/* Makes a one-prompt call's scratch now (the model load calls it last), so that the first
+ * call does not allocate it (its pages are still faulted in by first use). */
+void ts_mask_decoder_prepare(ts_mask_decoder *d);
 /* After the weights the decoder was loaded from changed in place (a training step): packs its
  * copies again. Not concurrently with a decode. */
 void ts_mask_decoder_refresh(ts_mask_decoder *d);

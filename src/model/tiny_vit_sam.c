@@ -483,13 +483,27 @@ int ts_tiny_vit_n_int8(const ts_tiny_vit *enc) {
     return enc ? enc->n_int8 : 0;
 }
 
+static size_t arena_floats(int nthreads);
+
+/* The activation arena, sized at load (the first forward pass does not allocate it; it
+ * still faults its pages in). Faulting it in ahead on a helper thread, and transparent huge
+ * pages, were tried: on the busy 2-core VM both cost more system time than they saved
+ * (README, Start-up). */
+static int arena_at_load(ts_tiny_vit *e) {
+    e->arena_n = arena_floats(ts_num_threads());
+    e->arena = ts_malloc_aligned(e->arena_n * sizeof(float));
+    return e->arena ? 0 : TINYSAM_E_NOMEM;
+}
+
 int ts_tiny_vit_load(ts_tensor_map *m, ts_tiny_vit **out) {
     if (!m || !out) return ts_error(TINYSAM_E_ARG, "ts_tiny_vit_load: NULL argument");
     *out = NULL;
     ts_tiny_vit *e = ts_calloc(1, sizeof(*e));
     if (!e) return TINYSAM_E_NOMEM;
     pthread_mutex_init(&e->arena_mu, NULL);
-    int rc = load_all(e, m);
+    ts_threads_start(); /* the pool's threads now, not in the first forward pass */
+    int rc = arena_at_load(e);
+    if (!rc) rc = load_all(e, m);
     if (rc) {
         ts_tiny_vit_free(e);
         return ts_error_prefix(rc, "image encoder");
@@ -998,6 +1012,10 @@ static size_t slot_floats(void) {
     return (per + 15) / 16 * 16;
 }
 
+static size_t arena_floats(int nthreads) {
+    return SZ_A + SZ_B + SZ_C + slot_floats() * (size_t)nthreads;
+}
+
 int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
                         ts_stage_hook hook, void *user) {
     return ts_tiny_vit_forward_tap(enc, input, out, hook, user, NULL, NULL);
@@ -1010,7 +1028,7 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
     const tap_t tap_s = {tap_fn, tap_user}, *tap = tap_fn ? &tap_s : NULL;
     const int nthreads = ts_num_threads();
     const size_t per = slot_floats();
-    size_t total = SZ_A + SZ_B + SZ_C + per * (size_t)nthreads;
+    size_t total = arena_floats(nthreads);
     ts_tiny_vit *mut = (ts_tiny_vit *)enc; /* only the arena cache changes */
     float *arena = NULL;
     size_t arena_n = total; /* floats in the arena this pass holds */

@@ -16,6 +16,7 @@
 
 #include <stdlib.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #define KC_MAX      256            /* K block: B sliver kc x 32 floats = 32 KiB */
@@ -56,7 +57,23 @@ struct ts_wpack {
     const float *W;
     int ldw, N, K, kcb, nkb, ncp;
     float *data; /* per K block p0: slivers j at data + p0*ncp + j*nr*kc */
+    struct wpack_store *store; /* data lies in a batch's shared block (else owned) */
 };
+
+/* A model load's packs in one block (ts_wpack_batch_begin/end): one allocation instead of
+ * hundreds, filled in parallel; freed with its last pack. */
+typedef struct wpack_store {
+    atomic_int refs;
+    void *mem;
+} wpack_store;
+
+struct ts_wpack_batch {
+    ts_wpack **p;
+    int n, cap, failed;
+    struct ts_wpack_batch *outer;
+};
+
+static _Thread_local ts_wpack_batch *g_batch; /* the open batch of this thread, if any */
 
 /* K blocks of at most KC_MAX, as even as possible (the pack layout depends only on K, and on
  * Ci for a 3x3 convolution: there a block stays inside one kernel row ky, 3*Ci long, or one
@@ -158,14 +175,14 @@ static void pack_b_blocks(const gemm_job *g, const float *B, int ldb, int b_tran
                     memcpy(dk, src, sizeof(float) * nv);
                     for (int r = nv; r < nr; r++) dk[r] = 0.0f;
                 }
-            } else {
-                for (int r = 0; r < nr; r++) {
-                    if (r < nv) {
-                        const float *src = B + (size_t)(n0 + r) * ldb + p0;
-                        for (int k = 0; k < kc; k++) d[(size_t)k * nr + r] = src[k];
-                    } else {
-                        for (int k = 0; k < kc; k++) d[(size_t)k * nr + r] = 0.0f;
-                    }
+            } else { /* k outer: contiguous writes, nv row streams read in step */
+                const float *rows[TS_GEMM_NR_MAX];
+                for (int r = 0; r < nv; r++) rows[r] = B + (size_t)(n0 + r) * ldb + p0;
+                for (int k = 0; k < kc; k++) {
+                    float *dk = d + (size_t)k * nr;
+                    int r = 0;
+                    for (; r < nv; r++) dk[r] = rows[r][k];
+                    for (; r < nr; r++) dk[r] = 0.0f;
                 }
             }
         }
@@ -409,15 +426,71 @@ static ts_wpack *wpack_new(const float *W, int N, int K, int ldw, int conv_ci) {
     *p = (ts_wpack){.isa = isa, .W = W, .ldw = ldw, .N = N, .K = K};
     k_blocks(K, conv_ci, &p->kcb, &p->nkb);
     p->ncp = (N + nr - 1) / nr * nr;
+    ts_wpack_batch *b = g_batch;
+    if (b) { /* packed by ts_wpack_batch_end */
+        if (b->n == b->cap) {
+            int cap = b->cap ? 2 * b->cap : 256;
+            ts_wpack **q = realloc(b->p, sizeof(*q) * (size_t)cap);
+            if (!q) {
+                free(p);
+                ts_error(TINYSAM_E_NOMEM, "out of memory");
+                return NULL;
+            }
+            b->p = q;
+            b->cap = cap;
+        }
+        b->p[b->n++] = p;
+        return p;
+    }
     p->data = ts_malloc_aligned(sizeof(float) * (size_t)K * p->ncp);
     if (!p->data) {
         free(p);
         return NULL;
     }
-    gemm_job g = {.isa = isa, .N = N, .K = K, .kcb = p->kcb, .nkb = p->nkb, .jc = 0, .nc = N,
-                  .ncp = p->ncp};
-    pack_b(&g, W, ldw, 1, p->data);
+    ts_wpack_refresh(p);
     return p;
+}
+
+ts_wpack_batch *ts_wpack_batch_begin(void) {
+    ts_wpack_batch *b = ts_calloc(1, sizeof(*b));
+    if (!b) return NULL;
+    b->outer = g_batch;
+    g_batch = b;
+    return b;
+}
+
+static void batch_pack_task(void *ctx, int i, int tid) {
+    (void)tid;
+    ts_wpack_refresh(((ts_wpack_batch *)ctx)->p[i]);
+}
+
+int ts_wpack_batch_end(ts_wpack_batch *b, int pack) {
+    if (!b) return 0; /* ts_wpack_batch_begin failed: the packs were made one by one */
+    g_batch = b->outer;
+    int rc = 0;
+    if (pack && b->n) { /* (a failed load may have freed its packs already) */
+        size_t total = 0;
+        for (int i = 0; i < b->n; i++)
+            total += ((size_t)b->p[i]->K * b->p[i]->ncp + 15) / 16 * 16;
+        wpack_store *st = ts_calloc(1, sizeof(*st));
+        float *mem = st ? ts_malloc_aligned(sizeof(float) * total) : NULL;
+        if (!mem) {
+            free(st);
+            rc = TINYSAM_E_NOMEM;
+        } else {
+            st->mem = mem;
+            atomic_init(&st->refs, b->n);
+            for (int i = 0; i < b->n; i++) { /* 64-byte aligned slices (ncp is a multiple of nr) */
+                b->p[i]->data = mem;
+                b->p[i]->store = st;
+                mem += ((size_t)b->p[i]->K * b->p[i]->ncp + 15) / 16 * 16;
+            }
+            ts_parallel_for(b->n, batch_pack_task, b);
+        }
+    }
+    free(b->p);
+    free(b);
+    return rc;
 }
 
 ts_wpack *ts_wpack_new(const float *W, int N, int K, int ldw) {
@@ -439,7 +512,11 @@ int ts_wpack_k(const ts_wpack *p) { return p->K; }
 
 void ts_wpack_free(ts_wpack *p) {
     if (!p) return;
-    ts_free_aligned(p->data);
+    if (!p->store) ts_free_aligned(p->data);
+    else if (atomic_fetch_sub(&p->store->refs, 1) == 1) {
+        ts_free_aligned(p->store->mem);
+        free(p->store);
+    }
     free(p);
 }
 

@@ -122,22 +122,27 @@ static size_t packed_bytes(const ts_i8_isa *isa, int N, int Kp) {
     return ncp * (size_t)Kp * (size_t)isa->bsize;
 }
 
+/* Per nr-column sliver j and k group g: nr columns of kg consecutive k each (zero padded),
+ * int8 or int16 per the ISA's bsize. One row run per column and group, no test per byte. */
 static void pack_b(const ts_i8_isa *isa, const int8_t *Wq, int N, int K, int Kp, void *out) {
-    const int nr = isa->nr, kg = isa->kg;
+    const int nr = isa->nr, kg = isa->kg, ng = Kp / kg;
+    TS_ASSERT(kg <= 4);
     int8_t *d8 = out;
     int16_t *d16 = out;
     size_t o = 0;
     for (int j = 0; j * nr < N; j++)
-        for (int g = 0; g < Kp / kg; g++)
-            for (int c = 0; c < nr; c++)
-                for (int e = 0; e < kg; e++, o++) {
-                    int n = j * nr + c, k = g * kg + e;
-                    int8_t v = n < N && k < K ? Wq[(size_t)n * K + k] : 0;
-                    if (isa->bsize == 1)
-                        d8[o] = v;
-                    else
-                        d16[o] = v;
-                }
+        for (int g = 0; g < ng; g++) {
+            const int k0 = g * kg, kv = TS_MAX(0, TS_MIN(kg, K - k0));
+            for (int c = 0; c < nr; c++, o += (size_t)kg) {
+                const int n = j * nr + c;
+                int8_t v[4] = {0, 0, 0, 0}; /* kg <= 4 */
+                if (n < N) memcpy(v, Wq + (size_t)n * K + k0, (size_t)kv);
+                if (isa->bsize == 1)
+                    memcpy(d8 + o, v, (size_t)kg);
+                else
+                    for (int e = 0; e < kg; e++) d16[o + (size_t)e] = v[e];
+            }
+        }
 }
 
 ts_i8pack *ts_i8pack_new(const int8_t *Wq, int N, int K, int ldw, const float *w_scale) {

@@ -35,6 +35,15 @@ void ts_gemm_serial(int M, int N, int K, const float *A, int lda, const float *B
 typedef struct ts_wpack ts_wpack;
 ts_wpack *ts_wpack_new(const float *W, int N, int K, int ldw);
 void ts_wpack_free(ts_wpack *p);
+/* A model load's packs, made together: between ts_wpack_batch_begin and ts_wpack_batch_end
+ * (same thread), ts_wpack_new* only record the shape and return a pack without data (it must
+ * not be used yet); ts_wpack_batch_end(b, 1) then places them all in one block and
+ * packs them in parallel (returns TINYSAM_E_NOMEM, the packs then still empty, when out of
+ * memory); ts_wpack_batch_end(b, 0) closes a failed load's batch. The packs are freed one by
+ * one as usual. Batches nest. */
+typedef struct ts_wpack_batch ts_wpack_batch;
+ts_wpack_batch *ts_wpack_batch_begin(void);
+int ts_wpack_batch_end(ts_wpack_batch *b, int pack);
 /* Packs again from the weights W it was made from, after they changed in place (training). */
 void ts_wpack_refresh(ts_wpack *p);
 int ts_wpack_n(const ts_wpack *p); /* N (output columns) */
