@@ -77,6 +77,15 @@ int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_ma
 /* The exact full-resolution logit at region pixel (y, x): ts_postprocess_mask's value. */
 float ts_mask_pixel(const ts_mask_geom *g, const float *low, int y, int x);
 
+/* remove_small_regions of segment_anything/utils/amg.py (holes filled, then islands dropped,
+ * below min_area pixels, 8-connectivity) on a W x H mask given by its column-major RLE,
+ * computed on the mask's column runs: the same result as ts_rle_decode,
+ * ts_remove_small_regions (holes, then islands), ts_mask_box and, when changed,
+ * ts_rle_encode of the whole mask, bit for bit, without a full-size mask. *changed is 1 when
+ * either step found a small region; out (emptied first, caller frees) is filled only then. */
+int ts_rle_remove_small_regions(const uint32_t *counts, int n_counts, int W, int H, int min_area,
+                                int *changed, int box[4], ts_rle *out);
+
 /* Everything mode's choice of path (generator.c): 0 spans (default), 1 the dense reference
  * (today's code, kept for tests and `make bench`). Not thread-safe; set it before a run. */
 void ts_everything_set_dense(int on);
