@@ -146,6 +146,7 @@ int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_ma
     out->n_hi = inter;
     out->n_lo = uni;
     out->dense = 1;
+    out->switched = 0;
     float stab = (float)inter / (float)uni;
     if (f->stab_thresh > 0.0f && !(stab >= f->stab_thresh)) { /* as the generator decides */
         out->rejected = 1;
@@ -329,24 +330,33 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
         }
     }
     /* Boundary nearly everywhere (random weights' lattices): when more than a quarter of
-     * the low-res 2 x 2 blocks are neither wholly above nor wholly below, the dense pass is
-     * as fast as the spans would be, and cheaper than deciding every window first. */
+     * the low-res 2 x 2 blocks straddle some threshold (their range is within the rounding
+     * bound of it), most output pixels would be evaluated one by one, which costs more than
+     * the dense pass; decide that here, before any window, from the low-res map alone. A
+     * block wholly between two thresholds is certain and does not count. */
     if (!s->spans_only && rows > 1 && cols > 1) {
+        double e = round_bound(gabs);
+        double t0 = t[0] - e, t2 = t[2] + e;
         long long mixed = 0;
-        for (int c = 0; c + 1 < cols; c++) {
-            uint64_t a[5] = {0}, b[5] = {0};
-            for (int w = 0; w < 4; w++)
-                a[w] = am[c][w] & am[c + 1][w], b[w] = bm[c][w] & bm[c + 1][w];
-            for (int w = 0; w < 4 && (w << 6) < rows - 1; w++) {
-                uint64_t as = a[w] >> 1 | a[w + 1] << 63, bs = b[w] >> 1 | b[w + 1] << 63;
-                uint64_t uni = (a[w] & as) | (b[w] & bs);
-                int nb = rows - 1 - (w << 6); /* blocks starting in this word */
-                uint64_t valid = nb >= 64 ? ~0ULL : (1ULL << nb) - 1;
-                mixed += __builtin_popcountll(~uni & valid);
+        for (int r = 0; r + 1 < rows; r++) {
+            const float *p = low + (size_t)r * LOW, *q = p + LOW;
+            for (int c = 0; c + 1 < cols; c++) {
+                float u = p[c] < p[c + 1] ? p[c] : p[c + 1], v = q[c] < q[c + 1] ? q[c] : q[c + 1];
+                float U = p[c] < p[c + 1] ? p[c + 1] : p[c], V = q[c] < q[c + 1] ? q[c + 1] : q[c];
+                double mn = u < v ? u : v, mx = U < V ? V : U;
+                if (mn > t2 || mx < t0) continue;
+                for (int i = 0; i < 3; i++)
+                    if (!(mn > t[i] + e || mx < t[i] - e)) {
+                        mixed++;
+                        break;
+                    }
             }
         }
-        if (mixed * 4 > (long long)(rows - 1) * (cols - 1))
-            return ts_mask_summarize_dense(g, low, f, s, out);
+        if (mixed * 4 > (long long)(rows - 1) * (cols - 1)) {
+            int rc = ts_mask_summarize_dense(g, low, f, s, out);
+            out->switched = 1;
+            return rc;
+        }
     }
     size_t nseg = 0;
     long long unsure = 0;
@@ -395,8 +405,11 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
     }
     s->seg_off[g->n_cwin] = (int)nseg;
     /* Mostly boundary (e.g. random weights' lattices): the dense pass is as fast. */
-    if (!s->spans_only && unsure * 4 > (long long)g->w * g->h)
-        return ts_mask_summarize_dense(g, low, f, s, out);
+    if (!s->spans_only && unsure * 4 > (long long)g->w * g->h) {
+        int rc = ts_mask_summarize_dense(g, low, f, s, out);
+        out->switched = 2;
+        return rc;
+    }
 
     /* Pass 2: the columns in RLE order. In a column window's unsure spans, the stage-1
      * values (low-res rows, then 1024-frame rows, at the window's 1024-frame columns) are
@@ -406,6 +419,7 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
     acc a = {.rle = &out->rle, .x0 = g->w, .y0 = g->h, .x1 = -1, .y1 = -1};
     out->rle.n = 0;
     out->dense = 0;
+    out->switched = 0;
     acc_run(&a, 0, (uint32_t)f->H * (uint32_t)f->x0);
     if (grow((void **)&s->m2, &s->m2_cap, (size_t)g->newh, sizeof(float))) return TINYSAM_E_NOMEM;
     for (int j = 0; j < g->n_cwin; j++) {

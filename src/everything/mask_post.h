@@ -8,8 +8,11 @@
  *   two-stage bilinear blend of at most 3 x 3 of them, so it lies in their range, widened by
  *   a bound on the float rounding); only the uncertain band is evaluated, pixel by pixel,
  *   with the same operations in the same order as ts_postprocess_mask. Time grows with the
- *   masks' boundaries, not the image's area. Falls back to the dense path when most of the
- *   mask is uncertain (a boundary everywhere, as with random weights).
+ *   masks' boundaries, not the image's area. Switches a mask to the dense path when spans
+ *   would not pay (an uncertain pixel costs about 3-4 dense ones): when over a quarter of the
+ *   low-res 2 x 2 blocks straddle a threshold (a boundary everywhere, as with random
+ *   weights), decided before any window, or when the unsure pixels found so far exceed a
+ *   quarter of the mask. Either way the output is the same, bit for bit.
  * - ts_mask_summarize_dense: the reference, today's generator code: ts_postprocess_mask to
  *   an H x W float buffer, then every pixel thresholded, boxed and encoded. */
 #ifndef TS_MASK_POST_H
@@ -49,6 +52,9 @@ typedef struct {
     int box[4];           /* inclusive xyxy of logit > 0 in the region; zeros when empty */
     ts_rle rle;           /* logit > 0, column-major over the W x H image */
     int dense;            /* 1 when the dense path produced it */
+    int switched;         /* ts_mask_summarize went dense: 1 from the low-res map's share of
+                           * blocks straddling a threshold, 2 from the share of unsure pixels
+                           * in the first column windows (0: it did not) */
     int rejected;         /* 1: failed stab_thresh; box and rle not filled */
 } ts_mask_summary;
 

@@ -1,9 +1,12 @@
 /* test_mask_post.c - the spans path of everything mode (mask_post.c) against the dense
  * reference (today's code: every pixel up-sampled, thresholded, boxed, run-length encoded):
  * identical summaries, bit for bit, on random low-res logits near the thresholds (smooth,
- * noisy, thin lines, huge and subnormal magnitudes, non-finite), and identical records of the
+ * noisy, thin lines, huge and subnormal magnitudes, non-finite, lattices that switch to the
+ * dense computation at once or after the first columns), and identical records of the
  * whole generator on oracle scenes: scene_a x 10/3 (12 MP), holes, thin objects of 1-3 px,
- * objects cut by the border, in grid, hierarchical and crop modes. */
+ * objects cut by the border, in grid, hierarchical and crop modes, with and without
+ * --min-mask-region-area (computed on the masks' runs; also against the pixel version on
+ * random masks). */
 #include "core.h"
 #include "everything/mask_post.h"
 #include "everything/provider.h"
@@ -24,7 +27,10 @@ static uint32_t rnd(void) {
 }
 static double rnd01(void) { return rnd() / 4294967296.0; }
 
-enum { SMOOTH, NOISY, LINES, HUGE_TINY, NONFINITE, N_KINDS };
+/* LATTICE: random weights' masks (signs alternate cell by cell: a boundary everywhere);
+ * BAND: such a lattice over the top tenth, smooth below; DOTS: single cells on the
+ * thresholds every 4 cells in a background clearly below them. */
+enum { SMOOTH, NOISY, LINES, HUGE_TINY, NONFINITE, LATTICE, BAND, DOTS, N_KINDS };
 
 /* Low-res logits of one kind; lo/hi are the thresholds the values crowd around. */
 static void make_logits(int kind, float *low, float off) {
@@ -52,6 +58,14 @@ static void make_logits(int kind, float *low, float off) {
                 break;
             case NONFINITE:
                 if (rnd() % 5000 == 0) v = (rnd() % 2) ? NAN : INFINITY;
+                break;
+            case LATTICE:
+            case BAND:
+                if (kind == LATTICE || i < 26)
+                    v = (float)(((i + j) & 1) ? 1 : -1) * (float)(0.2 + 6 * rnd01());
+                break;
+            case DOTS:
+                v = (i % 4 == 2 && j % 4 == 2 && j >= 8) ? near[rnd() % 9] : -5.0f;
                 break;
             default:
                 break;
@@ -89,6 +103,13 @@ static void check_geometry(int h, int w, int x0, int y0, int W, int H, int n_mas
               a.box[3], a.rle.n, b.n_hi, b.n_lo, b.box[0], b.box[1], b.box[2], b.box[3], b.rle.n);
         CHECK(same_summary(&c, &b), "%dx%d kind %d: default path differs", w, h, kind);
         CHECK(kind == NONFINITE || !a.dense, "spans_only took the dense path");
+        /* the switch to the dense computation, where spans would not pay: at once for a
+         * lattice, after the first column windows for the dots, never for a band */
+        if (w == 1200 && h == 900 && kind >= LATTICE) {
+            int want = kind == LATTICE ? 1 : kind == DOTS ? 2 : 0;
+            CHECK(c.switched == want && c.dense == (want != 0), "kind %d: switched %d (dense %d), want %d",
+                  kind, c.switched, c.dense, want);
+        }
         /* single pixels, as the hierarchical mode's cover reads them */
         REQUIRE(ts_postprocess_mask(low, newh, neww, h, w, dense, NULL) == 0, "postprocess");
         int bad = 0;
