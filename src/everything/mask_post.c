@@ -118,8 +118,7 @@ void ts_mask_scratch_free(ts_mask_scratch *s) {
     memset(s, 0, sizeof *s);
 }
 
-int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
-                            ts_mask_scratch *s, ts_mask_summary *out) {
+static int dense_buffers(const ts_mask_geom *g, ts_mask_scratch *s) {
     size_t npx = (size_t)g->w * g->h;
     if (s->dense_px < npx) {
         free(s->logits);
@@ -132,7 +131,14 @@ int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_ma
         s->dense_px = s->logits && s->tmp && s->bin ? npx : 0;
         if (!s->dense_px) return ts_error(TINYSAM_E_NOMEM, "out of memory for a full-size mask");
     }
-    int rc = ts_postprocess_mask(low, g->newh, g->neww, g->h, g->w, s->logits, s->tmp);
+    return 0;
+}
+
+int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
+                            ts_mask_scratch *s, ts_mask_summary *out) {
+    size_t npx = (size_t)g->w * g->h;
+    int rc = dense_buffers(g, s);
+    if (!rc) rc = ts_postprocess_mask(low, g->newh, g->neww, g->h, g->w, s->logits, s->tmp);
     if (rc) return rc;
     long long inter = 0, uni = 0;
     const float *lg = s->logits;
@@ -152,6 +158,49 @@ int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_ma
         out->rejected = 1;
         return 0;
     }
+    ts_mask_box(b, g->w, g->h, out->box);
+    return ts_rle_encode(b, g->w, g->h, f->x0, f->y0, f->W, f->H, &out->rle);
+}
+
+/* The dense computation that ts_mask_summarize switches to, same values and results as
+ * ts_mask_summarize_dense: the counts first, in blocks of a fixed length (which the compiler
+ * vectorises), and the byte mask, box and RLE only for a mask the stability filter keeps, so
+ * that a rejected one (most lattices) costs the up-sampling and one read. */
+#define COUNT_BLOCK 1024
+static int summarize_switched(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
+                              ts_mask_scratch *s, ts_mask_summary *out, int why) {
+    size_t npx = (size_t)g->w * g->h, k0 = 0;
+    int rc = dense_buffers(g, s);
+    if (!rc) rc = ts_postprocess_mask(low, g->newh, g->neww, g->h, g->w, s->logits, s->tmp);
+    if (rc) return rc;
+    const float *lg = s->logits;
+    const float lo = f->lo, hi = f->hi;
+    long long inter = 0, uni = 0;
+    for (; k0 + COUNT_BLOCK <= npx; k0 += COUNT_BLOCK) {
+        const float *p = lg + k0;
+        int ci = 0, cu = 0;
+        for (int k = 0; k < COUNT_BLOCK; k++) {
+            ci += p[k] > hi;
+            cu += p[k] > lo;
+        }
+        inter += ci;
+        uni += cu;
+    }
+    for (; k0 < npx; k0++) {
+        inter += lg[k0] > hi;
+        uni += lg[k0] > lo;
+    }
+    out->n_hi = inter;
+    out->n_lo = uni;
+    out->dense = 1;
+    out->switched = why;
+    float stab = (float)inter / (float)uni;
+    if (f->stab_thresh > 0.0f && !(stab >= f->stab_thresh)) { /* as the generator decides */
+        out->rejected = 1;
+        return 0;
+    }
+    uint8_t *b = s->bin;
+    for (size_t k = 0; k < npx; k++) b[k] = lg[k] > 0.0f;
     ts_mask_box(b, g->w, g->h, out->box);
     return ts_rle_encode(b, g->w, g->h, f->x0, f->y0, f->W, f->H, &out->rle);
 }
@@ -352,11 +401,8 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
                     }
             }
         }
-        if (mixed * 4 > (long long)(rows - 1) * (cols - 1)) {
-            int rc = ts_mask_summarize_dense(g, low, f, s, out);
-            out->switched = 1;
-            return rc;
-        }
+        if (mixed * 4 > (long long)(rows - 1) * (cols - 1))
+            return summarize_switched(g, low, f, s, out, 1);
     }
     size_t nseg = 0;
     long long unsure = 0;
@@ -405,11 +451,8 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
     }
     s->seg_off[g->n_cwin] = (int)nseg;
     /* Mostly boundary (e.g. random weights' lattices): the dense pass is as fast. */
-    if (!s->spans_only && unsure * 4 > (long long)g->w * g->h) {
-        int rc = ts_mask_summarize_dense(g, low, f, s, out);
-        out->switched = 2;
-        return rc;
-    }
+    if (!s->spans_only && unsure * 4 > (long long)g->w * g->h)
+        return summarize_switched(g, low, f, s, out, 2);
 
     /* Pass 2: the columns in RLE order. In a column window's unsure spans, the stage-1
      * values (low-res rows, then 1024-frame rows, at the window's 1024-frame columns) are
