@@ -239,6 +239,14 @@ if [ -x "$B/bench/bench_everything" ]; then
     echo
 fi
 
+# ---------------------------------------------------------------- prompted byte masks by spans
+# issue 19: ts_mask_fill (spans) vs ts_postprocess_mask + threshold, one low-res mask, 1 thread
+if [ -x "$B/bench/bench_mask_fill" ]; then
+    echo "== prompted byte mask: spans vs dense up-sampling (1 thread, best of 15)"
+    "$B/bench/bench_mask_fill" || status=1
+    echo
+fi
+
 # ---------------------------------------------------------------- everything at photo size
 # issue 19: scene_a x 10/3 (12 MP), spans post-processing vs the dense reference, same run;
 # then the network at 12 MP (random weights), spans and dense runs alternating

@@ -174,6 +174,13 @@ static int summarize_switched(const ts_mask_geom *g, const float *low, const ts_
     if (!rc) rc = ts_postprocess_mask(low, g->newh, g->neww, g->h, g->w, s->logits, s->tmp);
     if (rc) return rc;
     const float *lg = s->logits;
+    out->dense = 1;
+    out->switched = why;
+    if (s->bytes_only) { /* ts_mask_fill: the byte mask is the answer, no counts */
+        uint8_t *b = s->bin;
+        for (size_t k = 0; k < npx; k++) b[k] = lg[k] > 0.0f;
+        return 0;
+    }
     const float lo = f->lo, hi = f->hi;
     long long inter = 0, uni = 0;
     for (; k0 + COUNT_BLOCK <= npx; k0 += COUNT_BLOCK) {
@@ -192,8 +199,6 @@ static int summarize_switched(const ts_mask_geom *g, const float *low, const ts_
     }
     out->n_hi = inter;
     out->n_lo = uni;
-    out->dense = 1;
-    out->switched = why;
     float stab = (float)inter / (float)uni;
     if (f->stab_thresh > 0.0f && !(stab >= f->stab_thresh)) { /* as the generator decides */
         out->rejected = 1;
@@ -542,4 +547,34 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
     if (a.x1 < 0) out->box[0] = out->box[1] = out->box[2] = out->box[3] = 0;
     else out->box[0] = a.x0, out->box[1] = a.y0, out->box[2] = a.x1, out->box[3] = a.y1;
     return 0;
+}
+
+/* ------------------------------------------------------------------ byte masks */
+
+int ts_mask_fill(const ts_mask_geom *g, const float *low, ts_mask_scratch *s, uint8_t *mask) {
+    ts_mask_frame f = {-1.0f, 1.0f, 0, 0, g->w, g->h, 0.0f}; /* only the 0 threshold is used */
+    ts_mask_summary sm = {0};
+    s->bytes_only = 1;
+    int rc = ts_mask_summarize(g, low, &f, s, &sm);
+    s->bytes_only = 0;
+    size_t npx = (size_t)g->w * g->h, pos = 0, H = (size_t)g->h, W = (size_t)g->w;
+    if (!rc && sm.dense) memcpy(mask, s->bin, npx); /* the switch made the byte mask */
+    else if (!rc) {
+        /* the RLE's runs of ones, column by column: neighbouring columns write the same
+         * rows' cache lines, which stay cached while a run is written */
+        memset(mask, 0, npx);
+        for (int i = 0; i < sm.rle.n; i++) {
+            size_t end = pos + sm.rle.counts[i];
+            if (i & 1)
+                while (pos < end) {
+                    size_t x = pos / H, y = pos % H, ye = H - y < end - pos ? H : y + (end - pos);
+                    uint8_t *p = mask + y * W + x;
+                    for (size_t k = y; k < ye; k++, p += W) *p = 1;
+                    pos += ye - y;
+                }
+            pos = end;
+        }
+    }
+    ts_rle_free(&sm.rle);
+    return rc;
 }

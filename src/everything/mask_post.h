@@ -72,6 +72,7 @@ typedef struct {
     float *blk, *m2; /* spans: stage-1 values of a column window, stage-2 rows of a column */
     size_t blk_cap, m2_cap;
     int spans_only; /* tests: never fall back to the dense path (finite logits) */
+    int bytes_only; /* set by ts_mask_fill: a switched mask makes only its byte mask */
 } ts_mask_scratch;
 void ts_mask_scratch_free(ts_mask_scratch *s);
 
@@ -79,6 +80,12 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
                       ts_mask_scratch *s, ts_mask_summary *out);
 int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
                             ts_mask_scratch *s, ts_mask_summary *out);
+
+/* The full-resolution byte mask of one low-res mask: mask[y * w + x] = logit > 0, the same
+ * bytes as thresholding ts_postprocess_mask's h x w output, from the spans (certain runs
+ * written without their logits, only the band evaluated; lattices switch to the dense
+ * computation as above). For the prompted masks when their logits are not returned. */
+int ts_mask_fill(const ts_mask_geom *g, const float *low, ts_mask_scratch *s, uint8_t *mask);
 
 /* The exact full-resolution logit at region pixel (y, x): ts_postprocess_mask's value. */
 float ts_mask_pixel(const ts_mask_geom *g, const float *low, int y, int x);

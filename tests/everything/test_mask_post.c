@@ -87,6 +87,7 @@ static void check_geometry(int h, int w, int x0, int y0, int W, int H, int n_mas
     REQUIRE(ts_mask_geom_init(&g, newh, neww, h, w) == 0, "geometry");
     float *low = malloc(sizeof(float) * 65536);
     float *dense = malloc(sizeof(float) * (size_t)h * w);
+    uint8_t *bytes = malloc((size_t)h * w);
     ts_mask_scratch sp = {.spans_only = 1}, sd = {0}, sf = {0};
     for (int m = 0; m < n_masks; m++) {
         int kind = m % N_KINDS;
@@ -119,6 +120,11 @@ static void check_geometry(int h, int w, int x0, int y0, int W, int H, int n_mas
             bad += memcmp(&p, &q, sizeof p) != 0;
         }
         CHECK(bad == 0, "%dx%d kind %d: %d single pixels differ", w, h, kind, bad);
+        /* the byte mask of the prompted path, by spans */
+        REQUIRE(ts_mask_fill(&g, low, &sf, bytes) == 0, "fill");
+        size_t wrong = 0;
+        for (size_t k = 0; k < (size_t)h * w; k++) wrong += bytes[k] != (dense[k] > 0.0f);
+        CHECK(wrong == 0, "%dx%d kind %d: %zu bytes of the filled mask differ", w, h, kind, wrong);
         ts_rle_free(&a.rle);
         ts_rle_free(&b.rle);
         ts_rle_free(&c.rle);
@@ -129,6 +135,7 @@ static void check_geometry(int h, int w, int x0, int y0, int W, int H, int n_mas
     ts_mask_geom_free(&g);
     free(low);
     free(dense);
+    free(bytes);
 }
 
 static void test_random_logits(void) {
