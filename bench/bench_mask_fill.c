@@ -29,7 +29,8 @@ static int one(int w, int h, int lattice, int runs, double *t_dense, double *t_f
         for (int j = 0; j < 256; j++) {
             double dx = (j - 100) / 60.0, dy = (i - 90) / 50.0;
             r = r * 1664525u + 1013904223u;
-            low[i * 256 + j] = lattice ? (float)(((i + j) & 1) ? 1 : -1) * (0.2f + 6.0f * (float)(r >> 8) / 16777216.0f)
+            float mag = 0.2f + 6.0f * (float)(r >> 8) / 16777216.0f;
+            low[i * 256 + j] = lattice ? (((i + j) & 1) ? mag : -mag)
                                        : (float)(6 * (1 - dx * dx - dy * dy));
         }
     ts_mask_scratch s = {0};
@@ -65,7 +66,10 @@ int main(int argc, char **argv) {
     static const int sz[3][2] = {{1200, 900}, {2000, 1500}, {4000, 3000}};
     int all_same = 1;
     if (json) printf("{\"runs\": %d", runs);
-    else printf("prompted byte mask, spans (ts_mask_fill) vs dense up-sampling, 1 thread, best of %d\n", runs);
+    else
+        printf("prompted byte mask, spans (ts_mask_fill) vs dense up-sampling, 1 thread, "
+               "best of %d\n",
+               runs);
     for (int lat = 0; lat < 2; lat++)
         for (int k = 0; k < 3; k++) {
             double td, tf;

@@ -55,7 +55,8 @@ static int runs_from_rle(const uint32_t *counts, int nc, int W, int H, col_runs 
     int x = 0;
     r->off[0] = 0;
     for (int i = 0; i < nc; i++) {
-        if (counts[i] > total - pos) return ts_error(TINYSAM_E_FORMAT, "rle: counts exceed the mask size");
+        if (counts[i] > total - pos)
+            return ts_error(TINYSAM_E_FORMAT, "rle: counts exceed the mask size");
         size_t end = pos + counts[i];
         if (i & 1)
             while (pos < end) {
@@ -68,7 +69,8 @@ static int runs_from_rle(const uint32_t *counts, int nc, int W, int H, col_runs 
             }
         pos = end;
     }
-    if (pos != total) return ts_error(TINYSAM_E_FORMAT, "rle: counts cover %zu of %zu pixels", pos, total);
+    if (pos != total)
+        return ts_error(TINYSAM_E_FORMAT, "rle: counts cover %zu of %zu pixels", pos, total);
     while (x < W) r->off[++x] = (int)r->n;
     return 0;
 }
