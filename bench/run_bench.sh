@@ -239,8 +239,17 @@ if [ -x "$B/bench/bench_everything" ]; then
     echo
 fi
 
+# ---------------------------------------------------------------- prompted byte masks by spans
+# issue 19: ts_mask_fill (spans) vs ts_postprocess_mask + threshold, one low-res mask, 1 thread
+if [ -x "$B/bench/bench_mask_fill" ]; then
+    echo "== prompted byte mask: spans vs dense up-sampling (1 thread, best of 15)"
+    "$B/bench/bench_mask_fill" || status=1
+    echo
+fi
+
 # ---------------------------------------------------------------- everything at photo size
-# issue 19: scene_a x 10/3 (12 MP), spans post-processing vs the dense reference, same run
+# issue 19: scene_a x 10/3 (12 MP), spans post-processing vs the dense reference, same run;
+# then the network at 12 MP (random weights), spans and dense runs alternating
 if [ -x "$B/bench/bench_everything_photo" ] && [ -z "${BENCH_QUICK:-}" ]; then
     echo "== everything mode at photo size (oracle scene_a x 10/3, 4000x3000)"
     out=$("$B/bench/bench_everything_photo" --json --runs 3 2>/dev/null) || status=1
@@ -256,6 +265,15 @@ if [ -x "$B/bench/bench_everything_photo" ] && [ -z "${BENCH_QUICK:-}" ]; then
             "$(jget photo_vs_scene_hier "$j")x"
         row "peak RSS (spans runs)" "$(num "$(jget peak_rss_photo_mb "$j")" 0) MB" "(bound 250)" \
             "records identical: $(jget identical "$j")"
+        if [ -n "$(jget net_12mp_spans_ms "$j")" ]; then
+            row "network 12 MP (random weights: lattices), spans / dense" \
+                "$(secs "$(jget net_12mp_spans_ms "$j")")" "$(secs "$(jget net_12mp_dense_ms "$j")")" \
+                "$(jget net_12mp_spans_vs_dense "$j")x (goal <= 1.05)"
+            row "  its post-processing, spans / dense" \
+                "$(secs "$(jget net_12mp_spans_post_ms "$j")")" \
+                "$(secs "$(jget net_12mp_dense_post_ms "$j")")" \
+                "records identical: $(jget net_identical "$j")"
+        fi
     fi
     echo
 fi

@@ -391,13 +391,21 @@ static int run_points(const tinysam_everything_options *o, ts_provider *prov, in
 
 static int small_regions(rec_list *l, int W, int H, int min_area, double thresh) {
     if (l->n == 0) return 0;
-    size_t npx = (size_t)W * H;
+    int dense = ts_everything_dense();
+    size_t npx = dense ? (size_t)W * H : 1;
     uint8_t *mask = malloc(npx);
     float *scores = malloc(sizeof(float) * (size_t)l->n);
     ts_rle *newr = calloc((size_t)l->n, sizeof *newr);
     int (*nbox)[4] = calloc((size_t)l->n, sizeof *nbox);
     int rc = mask && scores && newr && nbox ? 0 : ts_error(TINYSAM_E_NOMEM, "out of memory");
-    for (int i = 0; !rc && i < l->n; i++) {
+    for (int i = 0; !rc && i < l->n && !dense; i++) { /* on the masks' column runs */
+        int ch;
+        rc = ts_rle_remove_small_regions(l->r[i].counts, l->r[i].n_counts, W, H, min_area, &ch,
+                                         nbox[i], &newr[i]);
+        scores[i] = ch ? 0.0f : 1.0f;
+        for (int k = 0; k < 4; k++) l->box[i][k] = (float)nbox[i][k];
+    }
+    for (int i = 0; !rc && i < l->n && dense; i++) { /* the reference: full-size masks */
         int ch1, ch2;
         if ((rc = ts_rle_decode(l->r[i].counts, l->r[i].n_counts, W, H, mask))) break;
         if ((rc = ts_remove_small_regions(mask, W, H, min_area, 0, &ch1))) break;

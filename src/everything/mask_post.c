@@ -118,8 +118,7 @@ void ts_mask_scratch_free(ts_mask_scratch *s) {
     memset(s, 0, sizeof *s);
 }
 
-int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
-                            ts_mask_scratch *s, ts_mask_summary *out) {
+static int dense_buffers(const ts_mask_geom *g, ts_mask_scratch *s) {
     size_t npx = (size_t)g->w * g->h;
     if (s->dense_px < npx) {
         free(s->logits);
@@ -132,7 +131,14 @@ int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_ma
         s->dense_px = s->logits && s->tmp && s->bin ? npx : 0;
         if (!s->dense_px) return ts_error(TINYSAM_E_NOMEM, "out of memory for a full-size mask");
     }
-    int rc = ts_postprocess_mask(low, g->newh, g->neww, g->h, g->w, s->logits, s->tmp);
+    return 0;
+}
+
+int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
+                            ts_mask_scratch *s, ts_mask_summary *out) {
+    size_t npx = (size_t)g->w * g->h;
+    int rc = dense_buffers(g, s);
+    if (!rc) rc = ts_postprocess_mask(low, g->newh, g->neww, g->h, g->w, s->logits, s->tmp);
     if (rc) return rc;
     long long inter = 0, uni = 0;
     const float *lg = s->logits;
@@ -146,11 +152,60 @@ int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_ma
     out->n_hi = inter;
     out->n_lo = uni;
     out->dense = 1;
+    out->switched = 0;
     float stab = (float)inter / (float)uni;
     if (f->stab_thresh > 0.0f && !(stab >= f->stab_thresh)) { /* as the generator decides */
         out->rejected = 1;
         return 0;
     }
+    ts_mask_box(b, g->w, g->h, out->box);
+    return ts_rle_encode(b, g->w, g->h, f->x0, f->y0, f->W, f->H, &out->rle);
+}
+
+/* The dense computation that ts_mask_summarize switches to, same values and results as
+ * ts_mask_summarize_dense: the counts first, in blocks of a fixed length (which the compiler
+ * vectorises), and the byte mask, box and RLE only for a mask the stability filter keeps, so
+ * that a rejected one (most lattices) costs the up-sampling and one read. */
+#define COUNT_BLOCK 1024
+static int summarize_switched(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
+                              ts_mask_scratch *s, ts_mask_summary *out, int why) {
+    size_t npx = (size_t)g->w * g->h, k0 = 0;
+    int rc = dense_buffers(g, s);
+    if (!rc) rc = ts_postprocess_mask(low, g->newh, g->neww, g->h, g->w, s->logits, s->tmp);
+    if (rc) return rc;
+    const float *lg = s->logits;
+    out->dense = 1;
+    out->switched = why;
+    if (s->bytes_only) { /* ts_mask_fill: the byte mask is the answer, no counts */
+        uint8_t *b = s->bin;
+        for (size_t k = 0; k < npx; k++) b[k] = lg[k] > 0.0f;
+        return 0;
+    }
+    const float lo = f->lo, hi = f->hi;
+    long long inter = 0, uni = 0;
+    for (; k0 + COUNT_BLOCK <= npx; k0 += COUNT_BLOCK) {
+        const float *p = lg + k0;
+        int ci = 0, cu = 0;
+        for (int k = 0; k < COUNT_BLOCK; k++) {
+            ci += p[k] > hi;
+            cu += p[k] > lo;
+        }
+        inter += ci;
+        uni += cu;
+    }
+    for (; k0 < npx; k0++) {
+        inter += lg[k0] > hi;
+        uni += lg[k0] > lo;
+    }
+    out->n_hi = inter;
+    out->n_lo = uni;
+    float stab = (float)inter / (float)uni;
+    if (f->stab_thresh > 0.0f && !(stab >= f->stab_thresh)) { /* as the generator decides */
+        out->rejected = 1;
+        return 0;
+    }
+    uint8_t *b = s->bin;
+    for (size_t k = 0; k < npx; k++) b[k] = lg[k] > 0.0f;
     ts_mask_box(b, g->w, g->h, out->box);
     return ts_rle_encode(b, g->w, g->h, f->x0, f->y0, f->W, f->H, &out->rle);
 }
@@ -329,24 +384,30 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
         }
     }
     /* Boundary nearly everywhere (random weights' lattices): when more than a quarter of
-     * the low-res 2 x 2 blocks are neither wholly above nor wholly below, the dense pass is
-     * as fast as the spans would be, and cheaper than deciding every window first. */
+     * the low-res 2 x 2 blocks straddle some threshold (their range is within the rounding
+     * bound of it), most output pixels would be evaluated one by one, which costs more than
+     * the dense pass; decide that here, before any window, from the low-res map alone. A
+     * block wholly between two thresholds is certain and does not count. */
     if (!s->spans_only && rows > 1 && cols > 1) {
+        double e = round_bound(gabs);
+        double t0 = t[0] - e, t2 = t[2] + e;
         long long mixed = 0;
-        for (int c = 0; c + 1 < cols; c++) {
-            uint64_t a[5] = {0}, b[5] = {0};
-            for (int w = 0; w < 4; w++)
-                a[w] = am[c][w] & am[c + 1][w], b[w] = bm[c][w] & bm[c + 1][w];
-            for (int w = 0; w < 4 && (w << 6) < rows - 1; w++) {
-                uint64_t as = a[w] >> 1 | a[w + 1] << 63, bs = b[w] >> 1 | b[w + 1] << 63;
-                uint64_t uni = (a[w] & as) | (b[w] & bs);
-                int nb = rows - 1 - (w << 6); /* blocks starting in this word */
-                uint64_t valid = nb >= 64 ? ~0ULL : (1ULL << nb) - 1;
-                mixed += __builtin_popcountll(~uni & valid);
+        for (int r = 0; r + 1 < rows; r++) {
+            const float *p = low + (size_t)r * LOW, *q = p + LOW;
+            for (int c = 0; c + 1 < cols; c++) {
+                float u = p[c] < p[c + 1] ? p[c] : p[c + 1], v = q[c] < q[c + 1] ? q[c] : q[c + 1];
+                float U = p[c] < p[c + 1] ? p[c + 1] : p[c], V = q[c] < q[c + 1] ? q[c + 1] : q[c];
+                double mn = u < v ? u : v, mx = U < V ? V : U;
+                if (mn > t2 || mx < t0) continue;
+                for (int i = 0; i < 3; i++)
+                    if (!(mn > t[i] + e || mx < t[i] - e)) {
+                        mixed++;
+                        break;
+                    }
             }
         }
         if (mixed * 4 > (long long)(rows - 1) * (cols - 1))
-            return ts_mask_summarize_dense(g, low, f, s, out);
+            return summarize_switched(g, low, f, s, out, 1);
     }
     size_t nseg = 0;
     long long unsure = 0;
@@ -396,7 +457,7 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
     s->seg_off[g->n_cwin] = (int)nseg;
     /* Mostly boundary (e.g. random weights' lattices): the dense pass is as fast. */
     if (!s->spans_only && unsure * 4 > (long long)g->w * g->h)
-        return ts_mask_summarize_dense(g, low, f, s, out);
+        return summarize_switched(g, low, f, s, out, 2);
 
     /* Pass 2: the columns in RLE order. In a column window's unsure spans, the stage-1
      * values (low-res rows, then 1024-frame rows, at the window's 1024-frame columns) are
@@ -406,6 +467,7 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
     acc a = {.rle = &out->rle, .x0 = g->w, .y0 = g->h, .x1 = -1, .y1 = -1};
     out->rle.n = 0;
     out->dense = 0;
+    out->switched = 0;
     acc_run(&a, 0, (uint32_t)f->H * (uint32_t)f->x0);
     if (grow((void **)&s->m2, &s->m2_cap, (size_t)g->newh, sizeof(float))) return TINYSAM_E_NOMEM;
     for (int j = 0; j < g->n_cwin; j++) {
@@ -485,4 +547,34 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
     if (a.x1 < 0) out->box[0] = out->box[1] = out->box[2] = out->box[3] = 0;
     else out->box[0] = a.x0, out->box[1] = a.y0, out->box[2] = a.x1, out->box[3] = a.y1;
     return 0;
+}
+
+/* ------------------------------------------------------------------ byte masks */
+
+int ts_mask_fill(const ts_mask_geom *g, const float *low, ts_mask_scratch *s, uint8_t *mask) {
+    ts_mask_frame f = {-1.0f, 1.0f, 0, 0, g->w, g->h, 0.0f}; /* only the 0 threshold is used */
+    ts_mask_summary sm = {0};
+    s->bytes_only = 1;
+    int rc = ts_mask_summarize(g, low, &f, s, &sm);
+    s->bytes_only = 0;
+    size_t npx = (size_t)g->w * g->h, pos = 0, H = (size_t)g->h, W = (size_t)g->w;
+    if (!rc && sm.dense) memcpy(mask, s->bin, npx); /* the switch made the byte mask */
+    else if (!rc) {
+        /* the RLE's runs of ones, column by column: neighbouring columns write the same
+         * rows' cache lines, which stay cached while a run is written */
+        memset(mask, 0, npx);
+        for (int i = 0; i < sm.rle.n; i++) {
+            size_t end = pos + sm.rle.counts[i];
+            if (i & 1)
+                while (pos < end) {
+                    size_t x = pos / H, y = pos % H, ye = H - y < end - pos ? H : y + (end - pos);
+                    uint8_t *p = mask + y * W + x;
+                    for (size_t k = y; k < ye; k++, p += W) *p = 1;
+                    pos += ye - y;
+                }
+            pos = end;
+        }
+    }
+    ts_rle_free(&sm.rle);
+    return rc;
 }

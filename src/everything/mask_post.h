@@ -8,8 +8,11 @@
  *   two-stage bilinear blend of at most 3 x 3 of them, so it lies in their range, widened by
  *   a bound on the float rounding); only the uncertain band is evaluated, pixel by pixel,
  *   with the same operations in the same order as ts_postprocess_mask. Time grows with the
- *   masks' boundaries, not the image's area. Falls back to the dense path when most of the
- *   mask is uncertain (a boundary everywhere, as with random weights).
+ *   masks' boundaries, not the image's area. Switches a mask to the dense path when spans
+ *   would not pay (an uncertain pixel costs about 3-4 dense ones): when over a quarter of the
+ *   low-res 2 x 2 blocks straddle a threshold (a boundary everywhere, as with random
+ *   weights), decided before any window, or when the unsure pixels found so far exceed a
+ *   quarter of the mask. Either way the output is the same, bit for bit.
  * - ts_mask_summarize_dense: the reference, today's generator code: ts_postprocess_mask to
  *   an H x W float buffer, then every pixel thresholded, boxed and encoded. */
 #ifndef TS_MASK_POST_H
@@ -49,6 +52,9 @@ typedef struct {
     int box[4];           /* inclusive xyxy of logit > 0 in the region; zeros when empty */
     ts_rle rle;           /* logit > 0, column-major over the W x H image */
     int dense;            /* 1 when the dense path produced it */
+    int switched;         /* ts_mask_summarize went dense: 1 from the low-res map's share of
+                           * blocks straddling a threshold, 2 from the share of unsure pixels
+                           * in the first column windows (0: it did not) */
     int rejected;         /* 1: failed stab_thresh; box and rle not filled */
 } ts_mask_summary;
 
@@ -66,6 +72,7 @@ typedef struct {
     float *blk, *m2; /* spans: stage-1 values of a column window, stage-2 rows of a column */
     size_t blk_cap, m2_cap;
     int spans_only; /* tests: never fall back to the dense path (finite logits) */
+    int bytes_only; /* set by ts_mask_fill: a switched mask makes only its byte mask */
 } ts_mask_scratch;
 void ts_mask_scratch_free(ts_mask_scratch *s);
 
@@ -74,8 +81,23 @@ int ts_mask_summarize(const ts_mask_geom *g, const float *low, const ts_mask_fra
 int ts_mask_summarize_dense(const ts_mask_geom *g, const float *low, const ts_mask_frame *f,
                             ts_mask_scratch *s, ts_mask_summary *out);
 
+/* The full-resolution byte mask of one low-res mask: mask[y * w + x] = logit > 0, the same
+ * bytes as thresholding ts_postprocess_mask's h x w output, from the spans (certain runs
+ * written without their logits, only the band evaluated; lattices switch to the dense
+ * computation as above). For the prompted masks when their logits are not returned. */
+int ts_mask_fill(const ts_mask_geom *g, const float *low, ts_mask_scratch *s, uint8_t *mask);
+
 /* The exact full-resolution logit at region pixel (y, x): ts_postprocess_mask's value. */
 float ts_mask_pixel(const ts_mask_geom *g, const float *low, int y, int x);
+
+/* remove_small_regions of segment_anything/utils/amg.py (holes filled, then islands dropped,
+ * below min_area pixels, 8-connectivity) on a W x H mask given by its column-major RLE,
+ * computed on the mask's column runs: the same result as ts_rle_decode,
+ * ts_remove_small_regions (holes, then islands), ts_mask_box and, when changed,
+ * ts_rle_encode of the whole mask, bit for bit, without a full-size mask. *changed is 1 when
+ * either step found a small region; out (emptied first, caller frees) is filled only then. */
+int ts_rle_remove_small_regions(const uint32_t *counts, int n_counts, int W, int H, int min_area,
+                                int *changed, int box[4], ts_rle *out);
 
 /* Everything mode's choice of path (generator.c): 0 spans (default), 1 the dense reference
  * (today's code, kept for tests and `make bench`). Not thread-safe; set it before a run. */
