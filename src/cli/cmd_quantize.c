@@ -2,7 +2,9 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core.h"
+#include "model/sam.h"
 #include "quant/calibrate.h"
+#include "quant/calibrate_vit.h"
 #include "tinysam.h"
 
 #include <dirent.h>
@@ -16,7 +18,8 @@ static const char *quantize_help =
     "                        [--method mse|layer] [--scope gemm|encoder|all] [--threads N]\n"
     "                        --out M_int8.safetensors\n"
     "\n"
-    "Post-training W8A8 quantisation of the TinySAM (vit_t) image encoder: runs the float\n"
+    "Post-training W8A8 quantisation of the TinySAM (vit_t) or SAM ViT (B/L/H: its linear\n"
+    "layers, --method mse or layer) image encoder: runs the float\n"
     "model on the calibration images (JPEG/PNG; --calib-dir takes every .jpg/.jpeg/.png in\n"
     "DIR, sorted, the first N with --num-images, default 8), chooses one static uint8 input\n"
     "quantiser per quantised GEMM (--method mse: the step minimising the input's squared\n"
@@ -136,7 +139,8 @@ int ts_cli_quantize(int argc, char **argv) {
     double t0 = ts_now_ms();
     if (tinysam_model_load(model, &m)) goto fail;
     ts_quant_opts qo = {method, scope};
-    int rc = ts_quantize_model_opts(m, (const char *const *)list, num, &qo, out, 1);
+    int rc = m->vit ? ts_quantize_vit_model(m, (const char *const *)list, num, &qo, out, 1)
+                    : ts_quantize_model_opts(m, (const char *const *)list, num, &qo, out, 1);
     tinysam_model_free(m);
     if (rc) goto fail;
     printf("{\"model\": ");
