@@ -578,9 +578,15 @@ int ts_sam_vit_forward_tap(const ts_sam_vit *e, const float *input, float *out,
             const int nr = TS_MIN(MLP_CHUNK, NTOK - r0);
             float *xr = x + (size_t)r0 * C;
             ts_layernorm_to(xr, t, nr, C, v->n2_w, v->n2_b, LN_EPS);
-            linear(e, &fc, 4 * b + TS_VIT_L_FC1, r0, nr, 4 * C, C, t, C, v->fc1_w, v->fc1_b, scr,
-                   4 * C, 0.0f, TS_ACT_GELU);
-            linear(e, &fc, 4 * b + TS_VIT_L_FC2, r0, nr, C, 4 * C, scr, 4 * C, v->fc2_w, v->fc2_b,
+            const int f1 = 4 * b + TS_VIT_L_FC1, f2 = 4 * b + TS_VIT_L_FC2;
+            if (!tap && ts_vit_i8_has(e->i8, f1) && ts_vit_i8_has(e->i8, f2)) {
+                /* int8 MLP: the hidden layer as u8 codes in scr (quant/int8_vit.h) */
+                ts_vit_i8_mlp(e->i8, f1, f2, nr, t, C, (uint8_t *)scr, xr, C);
+                continue;
+            }
+            linear(e, &fc, f1, r0, nr, 4 * C, C, t, C, v->fc1_w, v->fc1_b, scr, 4 * C, 0.0f,
+                   TS_ACT_GELU);
+            linear(e, &fc, f2, r0, nr, C, 4 * C, scr, 4 * C, v->fc2_w, v->fc2_b,
                    xr, C, 1.0f, TS_ACT_NONE);
         }
     }

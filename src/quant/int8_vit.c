@@ -154,6 +154,17 @@ void ts_vit_i8_linear(const ts_vit_i8 *q, int id, int M, const float *X, int ldx
     ts_gemm_i8_f32(M, X, ldx, l->step, l->zp, l->pk, &o);
 }
 
+void ts_vit_i8_mlp(const ts_vit_i8 *q, int id1, int id2, int M, const float *X, int ldx,
+                   uint8_t *H, float *Y, int ldy) {
+    const i8_layer *l1 = &q->L[id1], *l2 = &q->L[id2];
+    const int N1 = ts_i8pack_n(l1->pk);
+    ts_i8_out o1 = {.bias = l1->bias, .act = TS_ACT_GELU, .Cq = H, .ldc = N1,
+                    .out_step = l2->step, .out_zp = l2->zp};
+    ts_gemm_i8_f32(M, X, ldx, l1->step, l1->zp, l1->pk, &o1);
+    ts_i8_out o2 = {.bias = l2->bias, .accumulate = 1, .C = Y, .ldc = ldy};
+    ts_gemm_i8(M, H, N1, l2->step, l2->zp, l2->pk, &o2);
+}
+
 /* ---- the model file --------------------------------------------------------------------- */
 
 /* The float weights stored weight-only int8 (as quant/int8_model.c does). */

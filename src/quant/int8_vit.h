@@ -25,6 +25,8 @@
 
 #include "io/tensor_map.h"
 
+#include <stdint.h>
+
 enum { TS_VIT_L_QKV = 0, TS_VIT_L_PROJ = 1, TS_VIT_L_FC1 = 2, TS_VIT_L_FC2 = 3 };
 #define TS_VIT_L_PATCH(depth)  (4 * (depth))
 #define TS_VIT_L_NECK0(depth)  (4 * (depth) + 1)
@@ -54,6 +56,12 @@ int ts_vit_i8_count(const ts_vit_i8 *q);
  * on the fly with the layer's input quantiser. act: TS_ACT_NONE or TS_ACT_GELU (nn/nn.h). */
 void ts_vit_i8_linear(const ts_vit_i8 *q, int id, int M, const float *X, int ldx, float *Y,
                       int ldy, int accumulate, int act);
+
+/* The MLP when both of its linears are int8: lin1's GELU output is requantised in its GEMM's
+ * epilogue straight into lin2's u8 input codes H [M][N1] (never written as floats), then
+ * Y += lin2(H). The same codes as ts_vit_i8_linear twice, up to ties of the rounding. */
+void ts_vit_i8_mlp(const ts_vit_i8 *q, int id1, int id2, int M, const float *X, int ldx,
+                   uint8_t *H, float *Y, int ldy);
 
 /* Writes the W8A8 file: src (the float model's map, or a view of it with the decoder's int8
  * layers), the encoder's depth and width, step / zp[TS_VIT_N_LAYERS(depth)] (a step <= 0

@@ -199,6 +199,39 @@ static void test_linear_reference(void) {
     }
 }
 
+/* The fused int8 MLP (lin1's GELU output requantised in its epilogue) against the two linears
+ * run one after the other, on the fixture's block 1. */
+static void test_mlp_fused(void) {
+    if (!setup()) SKIP("fixtures missing or setup failed");
+    ts_vit_i8 *q;
+    REQUIRE(ts_vit_i8_load(qm->map, DEPTH, WIDTH, &q) == 0 && q, "%s", tinysam_last_error());
+    const int M = 45, C = WIDTH, H = 4 * WIDTH, f1 = 4 + TS_VIT_L_FC1, f2 = 4 + TS_VIT_L_FC2;
+    float *X = malloc(sizeof(float) * M * C), *hid = malloc(sizeof(float) * M * H);
+    float *A = malloc(sizeof(float) * M * C), *B = malloc(sizeof(float) * M * C);
+    uint8_t *codes = malloc((size_t)M * H);
+    REQUIRE(X && hid && A && B && codes, "alloc");
+    for (int i = 0; i < M * C; i++) {
+        X[i] = 3.0f * sinf(0.37f * (float)i); /* LayerNorm-like range */
+        A[i] = B[i] = 0.1f * (float)(i % 5);
+    }
+    ts_vit_i8_linear(q, f1, M, X, C, hid, H, 0, TS_ACT_GELU);
+    ts_vit_i8_linear(q, f2, M, hid, H, A, C, 1, TS_ACT_NONE);
+    ts_vit_i8_mlp(q, f1, f2, M, X, C, codes, B, C);
+    double worst = 0, scale = 0;
+    for (int i = 0; i < M * C; i++) {
+        worst = fmax(worst, fabs(A[i] - B[i]));
+        scale = fmax(scale, fabs(A[i]));
+    }
+    printf("  fused MLP vs two linears: max abs difference %.2e of %.2e\n", worst, scale);
+    CHECK(worst <= 1e-3 * scale, "fused MLP differs by %g of %g", worst, scale);
+    free(X);
+    free(hid);
+    free(A);
+    free(B);
+    free(codes);
+    ts_vit_i8_free(q);
+}
+
 static double cosine(const float *a, const float *b, size_t n) {
     double ab = 0, aa = 0, bb = 0;
     for (size_t i = 0; i < n; i++) {
@@ -368,6 +401,7 @@ static void test_layer_method(void) {
 int main(void) {
     RUN(test_file);
     RUN(test_linear_reference);
+    RUN(test_mlp_fused);
     RUN(test_accuracy);
     RUN(test_bad_and_partial);
     RUN(test_layer_method);
