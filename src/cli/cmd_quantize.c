@@ -18,8 +18,7 @@ static const char *quantize_help =
     "                        [--method mse|layer] [--scope gemm|encoder|all] [--threads N]\n"
     "                        --out M_int8.safetensors\n"
     "\n"
-    "Post-training W8A8 quantisation of the TinySAM (vit_t) or SAM ViT (B/L/H: its linear\n"
-    "layers, --method mse or layer) image encoder: runs the float\n"
+    "Post-training W8A8 quantisation of the TinySAM (vit_t) image encoder: runs the float\n"
     "model on the calibration images (JPEG/PNG; --calib-dir takes every .jpg/.jpeg/.png in\n"
     "DIR, sorted, the first N with --num-images, default 8), chooses one static uint8 input\n"
     "quantiser per quantised GEMM (--method mse: the step minimising the input's squared\n"
@@ -27,7 +26,9 @@ static const char *quantize_help =
     "int8 per-channel weights. --scope: gemm quantises the encoder's 1x1 convolutions and\n"
     "linears only (what older versions wrote); encoder also its dense 3x3 convolutions and\n"
     "the attention products; all (the default) the encoder and whatever of the decoder has an\n"
-    "int8 form. The rest stays float32. Every command loads the file like a float one.\n";
+    "int8 form. The rest stays float32. Every command loads the file like a float one.\n"
+    "SAM ViT (B/L/H) checkpoints: the encoder's linear layers (gemm and encoder scopes),\n"
+    "plus the decoder with all; --method mse or layer.\n";
 
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
