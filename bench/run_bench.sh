@@ -314,6 +314,10 @@ if [ -x "$B/bench/bench_sam_vit" ]; then
     echo "== SAM ViT-B encoder (random weights of the real shapes, generated here)"
     "$B/bench/bench_sam_vit" 3 B || status=1
 fi
+if [ -x "$B/bench/bench_sam_vit_i8" ]; then
+    echo "== SAM ViT-B encoder, int8 (W8A8 linears) against float in one run (random weights)"
+    "$B/bench/bench_sam_vit_i8" 3 B || status=1
+fi
 
 # ---------------------------------------------------------------- Q-TinySAM accuracy
 # method x scope on the fixtures (random weights), about 1.5 minutes of CPU

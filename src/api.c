@@ -62,6 +62,8 @@ static void fill_info(tinysam_model *model) {
     const char *dt = n_other || (n_f32 && n_f16) ? "mixed" : n_f16 ? "float16" : "float32";
     if (model->encoder && ts_tiny_vit_n_int8(model->encoder))
         dt = "w8a8"; /* int8 encoder GEMMs, the rest float32 (quant/int8_model.h) */
+    if (model->vit && ts_sam_vit_n_int8(model->vit))
+        dt = "w8a8"; /* int8 ViT linears (quant/int8_vit.h) */
     if (model->sim) dt = "w8a8-sim"; /* Q-TinySAM's simulated quantisation (quant/sim_model.h) */
     snprintf(inf->source_dtype, sizeof inf->source_dtype, "%s", dt);
     snprintf(inf->source_format, sizeof inf->source_format, "%s", m->format);

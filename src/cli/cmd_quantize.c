@@ -2,7 +2,9 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core.h"
+#include "model/sam.h"
 #include "quant/calibrate.h"
+#include "quant/calibrate_vit.h"
 #include "tinysam.h"
 
 #include <dirent.h>
@@ -26,7 +28,9 @@ static const char *quantize_help =
     "writes a safetensors model with int8 per-channel weights. --scope: gemm quantises the encoder's 1x1 convolutions and\n"
     "linears only (what older versions wrote); encoder also its dense 3x3 convolutions and\n"
     "the attention products; all (the default) the encoder and whatever of the decoder has an\n"
-    "int8 form. The rest stays float32. Every command loads the file like a float one.\n";
+    "int8 form. The rest stays float32. Every command loads the file like a float one.\n"
+    "SAM ViT (B/L/H) checkpoints: the encoder's linear layers (gemm and encoder scopes),\n"
+    "plus the decoder with all; --method mse (their default) or layer.\n";
 
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -73,6 +77,7 @@ int ts_cli_quantize(int argc, char **argv) {
         return 0;
     }
     const char *model = NULL, *out = NULL, *v;
+    int method_given = 0;
     int num = 0, method = TS_CALIB_HESSIAN, scope = TS_SCOPE_ALL, threads = 0, cap = 0, n = 0;
     int status = 1;
     char **list = NULL;
@@ -89,6 +94,7 @@ int ts_cli_quantize(int argc, char **argv) {
             } else if (!strcmp(a, "--threads")) {
                 if (ts_arg_int(a, v, 1, 1024, &threads)) goto fail;
             } else if (!strcmp(a, "--method")) {
+                method_given = 1;
                 if (!strcmp(v, "mse")) method = TS_CALIB_MSE;
                 else if (!strcmp(v, "layer")) method = TS_CALIB_LAYER;
                 else if (!strcmp(v, "hessian")) method = TS_CALIB_HESSIAN;
@@ -139,8 +145,11 @@ int ts_cli_quantize(int argc, char **argv) {
     tinysam_model *m;
     double t0 = ts_now_ms();
     if (tinysam_model_load(model, &m)) goto fail;
+    /* the hessian default needs the trainer's backward, which SAM ViT lacks: mse there */
+    if (m->vit && !method_given) method = TS_CALIB_MSE;
     ts_quant_opts qo = {method, scope, NULL};
-    int rc = ts_quantize_model_opts(m, (const char *const *)list, num, &qo, out, 1);
+    int rc = m->vit ? ts_quantize_vit_model(m, (const char *const *)list, num, &qo, out, 1)
+                    : ts_quantize_model_opts(m, (const char *const *)list, num, &qo, out, 1);
     tinysam_model_free(m);
     if (rc) goto fail;
     printf("{\"model\": ");

@@ -17,6 +17,7 @@
 #include "model/image_encoder_vit.h"
 #include "core.h"
 #include "nn/nn.h"
+#include "quant/int8_vit.h"
 #include "threads.h"
 #include "tinysam.h"
 
@@ -52,6 +53,7 @@ struct ts_sam_vit {
     float *neck2_w;              /* [256][3][3][256]: the one repacked weight (2.4 MB) */
     float *owned[2 * MAX_DEPTH]; /* resampled relative-position tables */
     int n_owned;
+    ts_vit_i8 *i8; /* the W8A8 linear layers of an int8 file (quant/int8_vit.h), or NULL */
     /* The activation arena of the last forward pass, kept for the next one (page faults on
      * ~100-200 MB per image otherwise); a concurrent second forward allocates its own. */
     pthread_mutex_t arena_mu;
@@ -61,15 +63,16 @@ struct ts_sam_vit {
 
 /* ---- detection ------------------------------------------------------------------------------ */
 
-static const ts_tensor *get_f32(const ts_tensor_map *m, const char *name, int ndim) {
+/* i8: an int8 weight (a W8A8 file's linear layer, quant/int8_vit.h) is accepted too. */
+static const ts_tensor *get_tensor(const ts_tensor_map *m, const char *name, int ndim, int i8) {
     const ts_tensor *t = ts_map_get(m, name);
     if (!t) {
         ts_error(TINYSAM_E_FORMAT, "missing tensor %s", name);
         return NULL;
     }
-    if (t->dtype != TS_DTYPE_F32 || t->ndim != ndim) {
-        ts_error(TINYSAM_E_FORMAT, "tensor %s: expected a %d-d float tensor, found %d-d", name,
-                 ndim, t->ndim);
+    if (!(t->dtype == TS_DTYPE_F32 || (i8 && t->dtype == TS_DTYPE_I8)) || t->ndim != ndim) {
+        ts_error(TINYSAM_E_FORMAT, "tensor %s: expected a %d-d float tensor, found %d-d%s", name,
+                 ndim, t->ndim, t->dtype == TS_DTYPE_F32 ? "" : " non-float");
         return NULL;
     }
     for (int i = 0; i < ndim; i++)
@@ -79,6 +82,10 @@ static const ts_tensor *get_f32(const ts_tensor_map *m, const char *name, int nd
             return NULL;
         }
     return t;
+}
+
+static const ts_tensor *get_f32(const ts_tensor_map *m, const char *name, int ndim) {
+    return get_tensor(m, name, ndim, 0);
 }
 
 /* Parses "image_encoder.blocks.<i>." and returns i, or -1. */
@@ -97,7 +104,7 @@ int ts_sam_vit_detect(const ts_tensor_map *m, ts_sam_vit_config *cfg) {
     if (!m || !cfg) return ts_error(TINYSAM_E_ARG, "ts_sam_vit_detect: NULL argument");
     memset(cfg, 0, sizeof(*cfg));
     char name[160];
-    const ts_tensor *t = get_f32(m, "image_encoder.patch_embed.proj.weight", 4);
+    const ts_tensor *t = get_tensor(m, "image_encoder.patch_embed.proj.weight", 4, 1);
     if (!t) return TINYSAM_E_FORMAT;
     const int C = (int)t->shape[0];
     if (t->shape[1] != 3 || t->shape[2] != PATCH || t->shape[3] != PATCH)
@@ -163,7 +170,7 @@ int ts_sam_vit_detect(const ts_tensor_map *m, ts_sam_vit_config *cfg) {
     cfg->num_heads = C / hd;
     cfg->window_size = win_len ? (win_len + 1) / 2 : 0;
 
-    if (!(t = get_f32(m, "image_encoder.neck.0.weight", 4))) return TINYSAM_E_FORMAT;
+    if (!(t = get_tensor(m, "image_encoder.neck.0.weight", 4, 1))) return TINYSAM_E_FORMAT;
     cfg->out_chans = (int)t->shape[0];
     if (t->shape[0] != OUT_CHANS || t->shape[1] != C || t->shape[2] != 1 || t->shape[3] != 1)
         return ts_error(TINYSAM_E_FORMAT,
@@ -213,6 +220,15 @@ static int is_global(const ts_sam_vit_config *c, int b) {
     return 0;
 }
 
+/* A linear layer's float weight [N][K] and bias: not taken when the layer is int8. */
+static int take_lin(const ts_sam_vit *e, ts_tensor_map *m, int id, const char *wn, const char *bn,
+                    int N, int K, const float **w, const float **bias) {
+    if (ts_vit_i8_has(e->i8, id)) return 0;
+    if (!(*w = ts_map_take(m, wn, 2, N, K)) || !(*bias = ts_map_take(m, bn, 1, N)))
+        return TINYSAM_E_FORMAT;
+    return 0;
+}
+
 static int load_block(ts_sam_vit *e, ts_tensor_map *m, int b, vit_block *v) {
     const int C = e->cfg.embed_dim, H = 4 * C;
     char n[24][128];
@@ -225,18 +241,20 @@ static int load_block(ts_sam_vit *e, ts_tensor_map *m, int b, vit_block *v) {
     // clang-format off
     if (!(v->n1_w   = ts_map_take(m, n[0], 1, C))        ||
         !(v->n1_b   = ts_map_take(m, n[1], 1, C))        ||
-        !(v->qkv_w  = ts_map_take(m, n[2], 2, 3 * C, C)) ||
-        !(v->qkv_b  = ts_map_take(m, n[3], 1, 3 * C))    ||
-        !(v->proj_w = ts_map_take(m, n[4], 2, C, C))     ||
-        !(v->proj_b = ts_map_take(m, n[5], 1, C))        ||
+        take_lin(e, m, 4 * b + TS_VIT_L_QKV, n[2], n[3], 3 * C, C, &v->qkv_w, &v->qkv_b) ||
+        take_lin(e, m, 4 * b + TS_VIT_L_PROJ, n[4], n[5], C, C, &v->proj_w, &v->proj_b) ||
         !(v->n2_w   = ts_map_take(m, n[6], 1, C))        ||
         !(v->n2_b   = ts_map_take(m, n[7], 1, C))        ||
-        !(v->fc1_w  = ts_map_take(m, n[8], 2, H, C))     ||
-        !(v->fc1_b  = ts_map_take(m, n[9], 1, H))        ||
-        !(v->fc2_w  = ts_map_take(m, n[10], 2, C, H))    ||
-        !(v->fc2_b  = ts_map_take(m, n[11], 1, C)))
+        take_lin(e, m, 4 * b + TS_VIT_L_FC1, n[8], n[9], H, C, &v->fc1_w, &v->fc1_b) ||
+        take_lin(e, m, 4 * b + TS_VIT_L_FC2, n[10], n[11], C, H, &v->fc2_w, &v->fc2_b))
         return TINYSAM_E_FORMAT;
     // clang-format on
+    if (!v->qkv_b) { /* int8 qkv: padded window tokens still need the bias */
+        const ts_tensor *t = ts_map_get(m, n[3]);
+        if (!t || t->dtype != TS_DTYPE_F32 || t->numel != 3 * C)
+            return ts_error(TINYSAM_E_FORMAT, "tensor %s: expected float32 [%d]", n[3], 3 * C);
+        v->qkv_b = t->data;
+    }
     v->side = is_global(&e->cfg, b) ? GRID : e->cfg.window_size;
     snprintf(n[12], sizeof n[12], "image_encoder.blocks.%d.attn.rel_pos_h", b);
     snprintf(n[13], sizeof n[13], "image_encoder.blocks.%d.attn.rel_pos_w", b);
@@ -249,10 +267,12 @@ static int load_block(ts_sam_vit *e, ts_tensor_map *m, int b, vit_block *v) {
 static int load_all(ts_sam_vit *e, ts_tensor_map *m) {
     int rc = ts_sam_vit_detect(m, &e->cfg);
     if (rc) return rc;
-    const int C = e->cfg.embed_dim, P = PATCH;
+    const int C = e->cfg.embed_dim, P = PATCH, D = e->cfg.depth;
+    if ((rc = ts_vit_i8_load(m, D, C, &e->i8))) return rc;
     // clang-format off
-    if (!(e->pe_w = ts_map_take(m, "image_encoder.patch_embed.proj.weight", 4, C, 3, P, P)) ||
-        !(e->pe_b = ts_map_take(m, "image_encoder.patch_embed.proj.bias", 1, C))            ||
+    if ((!ts_vit_i8_has(e->i8, TS_VIT_L_PATCH(D)) &&
+         (!(e->pe_w = ts_map_take(m, "image_encoder.patch_embed.proj.weight", 4, C, 3, P, P)) ||
+          !(e->pe_b = ts_map_take(m, "image_encoder.patch_embed.proj.bias", 1, C))))       ||
         !(e->pos  = ts_map_take(m, "image_encoder.pos_embed", 4, 1, GRID, GRID, C)))
         return TINYSAM_E_FORMAT;
     // clang-format on
@@ -261,7 +281,8 @@ static int load_all(ts_sam_vit *e, ts_tensor_map *m) {
     for (int b = 0; b < e->cfg.depth; b++)
         if ((rc = load_block(e, m, b, &e->blk[b]))) return rc;
     // clang-format off
-    if (!(e->neck0_w = ts_map_take(m, "image_encoder.neck.0.weight", 4, OUT_CHANS, C, 1, 1)) ||
+    if ((!ts_vit_i8_has(e->i8, TS_VIT_L_NECK0(D)) &&
+         !(e->neck0_w = ts_map_take(m, "image_encoder.neck.0.weight", 4, OUT_CHANS, C, 1, 1))) ||
         !(e->neck1_w = ts_map_take(m, "image_encoder.neck.1.weight", 1, OUT_CHANS))          ||
         !(e->neck1_b = ts_map_take(m, "image_encoder.neck.1.bias", 1, OUT_CHANS))            ||
         !(e->neck3_w = ts_map_take(m, "image_encoder.neck.3.weight", 1, OUT_CHANS))          ||
@@ -301,6 +322,7 @@ void ts_sam_vit_free(ts_sam_vit *e) {
         ts_free_aligned(e->owned[i]);
     ts_free_aligned(e->neck2_w);
     ts_free_aligned(e->arena);
+    ts_vit_i8_free(e->i8);
     pthread_mutex_destroy(&e->arena_mu);
     free(e->blk);
     free(e);
@@ -308,6 +330,10 @@ void ts_sam_vit_free(ts_sam_vit *e) {
 
 const ts_sam_vit_config *ts_sam_vit_get_config(const ts_sam_vit *e) {
     return e ? &e->cfg : NULL;
+}
+
+int ts_sam_vit_n_int8(const ts_sam_vit *e) {
+    return e ? ts_vit_i8_count(e->i8) : 0;
 }
 
 /* ---- forward helpers ------------------------------------------------------------------------ */
@@ -460,8 +486,30 @@ static void transpose_k_task(void *ctx, int i, int tid) {
 
 /* ---- forward -------------------------------------------------------------------------------- */
 
+/* One linear layer (id: quant/int8_vit.h) over M token rows: Y (ldy) = X W^T + b, plus Y when
+ * beta = 1; the int8 GEMM when the layer is int8; the tap sees its input first. */
+typedef struct {
+    ts_sam_vit_tap tap;
+    void *user;
+} fwd_ctx;
+
+static void linear(const ts_sam_vit *e, const fwd_ctx *f, int id, long long row0, int M, int N,
+                   int K, const float *X, int ldx, const float *W, const float *b, float *Y,
+                   int ldy, float beta, int act) {
+    if (f->tap) f->tap(f->user, id, row0, X, M, ldx);
+    if (ts_vit_i8_has(e->i8, id)) ts_vit_i8_linear(e->i8, id, M, X, ldx, Y, ldy, beta != 0.0f, act);
+    else ts_gemm_ex(M, N, K, X, ldx, W, K, 1, Y, ldy, beta, b, act);
+}
+
 int ts_sam_vit_forward(const ts_sam_vit *e, const float *input, float *out) {
+    return ts_sam_vit_forward_tap(e, input, out, NULL, NULL);
+}
+
+int ts_sam_vit_forward_tap(const ts_sam_vit *e, const float *input, float *out,
+                           ts_sam_vit_tap tap, void *user) {
     if (!e || !input || !out) return ts_error(TINYSAM_E_ARG, "ts_sam_vit_forward: NULL argument");
+    const fwd_ctx fc = {tap, user};
+    const int D = e->cfg.depth;
     const ts_sam_vit_config *cf = &e->cfg;
     const int C = cf->embed_dim, hd = cf->head_dim, heads = cf->num_heads;
     const int nthreads = ts_num_threads();
@@ -496,7 +544,8 @@ int ts_sam_vit_forward(const ts_sam_vit *e, const float *input, float *out) {
         const int K = 3 * PATCH * PATCH;
         im2col_job ij = {input, qkv};
         ts_parallel_for(GRID, im2col_task, &ij);
-        ts_gemm_ex(NTOK, C, K, qkv, K, e->pe_w, K, 1, x, C, 0.0f, e->pe_b, TS_ACT_NONE);
+        linear(e, &fc, TS_VIT_L_PATCH(D), 0, NTOK, C, K, qkv, K, e->pe_w, e->pe_b, x, C, 0.0f,
+               TS_ACT_NONE);
         for (size_t i = 0; i < sz_x; i++)
             x[i] += e->pos[i];
     }
@@ -506,7 +555,8 @@ int ts_sam_vit_forward(const ts_sam_vit *e, const float *input, float *out) {
         const int s = v->side, nw = (GRID + s - 1) / s, N = s * s;
         // ref: Block.forward: x = x + unpartition(attn(partition(norm1(x))))
         ts_layernorm_to(x, t, NTOK, C, v->n1_w, v->n1_b, LN_EPS);
-        ts_gemm_ex(NTOK, 3 * C, C, t, C, v->qkv_w, C, 1, qkv, 3 * C, 0.0f, v->qkv_b, TS_ACT_NONE);
+        linear(e, &fc, 4 * b + TS_VIT_L_QKV, 0, NTOK, 3 * C, C, t, C, v->qkv_w, v->qkv_b, qkv,
+               3 * C, 0.0f, TS_ACT_NONE);
         if (s == GRID) { /* t (dead until norm2) holds the transposed keys */
             kt_job kj = {qkv, t, C};
             ts_parallel_for(NTOK / 64, transpose_k_task, &kj);
@@ -521,23 +571,31 @@ int ts_sam_vit_forward(const ts_sam_vit *e, const float *input, float *out) {
         // clang-format on
         ts_parallel_for(nw * nw * heads * nrb, attn_task, &aj);
         /* proj per token (row-wise, so after the unpartition), the residual add as beta = 1 */
-        ts_gemm_ex(NTOK, C, C, o, C, v->proj_w, C, 1, x, C, 1.0f, v->proj_b, TS_ACT_NONE);
+        linear(e, &fc, 4 * b + TS_VIT_L_PROJ, 0, NTOK, C, C, o, C, v->proj_w, v->proj_b, x, C,
+               1.0f, TS_ACT_NONE);
         // ref: x = x + mlp(norm2(x)), MLPBlock lin1 -> GELU -> lin2, in row chunks
         for (int r0 = 0; r0 < NTOK; r0 += MLP_CHUNK) {
             const int nr = TS_MIN(MLP_CHUNK, NTOK - r0);
             float *xr = x + (size_t)r0 * C;
             ts_layernorm_to(xr, t, nr, C, v->n2_w, v->n2_b, LN_EPS);
-            ts_gemm_ex(nr, 4 * C, C, t, C, v->fc1_w, C, 1, scr, 4 * C, 0.0f, v->fc1_b, TS_ACT_GELU);
-            ts_gemm_ex(nr, C, 4 * C, scr, 4 * C, v->fc2_w, 4 * C, 1, xr, C, 1.0f, v->fc2_b,
-                       TS_ACT_NONE);
+            const int f1 = 4 * b + TS_VIT_L_FC1, f2 = 4 * b + TS_VIT_L_FC2;
+            if (!tap && ts_vit_i8_has(e->i8, f1) && ts_vit_i8_has(e->i8, f2)) {
+                /* int8 MLP: the hidden layer as u8 codes in scr (quant/int8_vit.h) */
+                ts_vit_i8_mlp(e->i8, f1, f2, nr, t, C, (uint8_t *)scr, xr, C);
+                continue;
+            }
+            linear(e, &fc, f1, r0, nr, 4 * C, C, t, C, v->fc1_w, v->fc1_b, scr, 4 * C, 0.0f,
+                   TS_ACT_GELU);
+            linear(e, &fc, f2, r0, nr, C, 4 * C, scr, 4 * C, v->fc2_w, v->fc2_b,
+                   xr, C, 1.0f, TS_ACT_NONE);
         }
     }
 
     // ref: neck: conv1x1 (no bias) -> LayerNorm2d -> conv3x3 pad 1 (no bias) -> LayerNorm2d
     {
         float *n1 = qkv, *n2 = qkv + (size_t)NTOK * OUT_CHANS;
-        ts_gemm_ex(NTOK, OUT_CHANS, C, x, C, e->neck0_w, C, 1, n1, OUT_CHANS, 0.0f, NULL,
-                   TS_ACT_NONE);
+        linear(e, &fc, TS_VIT_L_NECK0(D), 0, NTOK, OUT_CHANS, C, x, C, e->neck0_w, NULL, n1,
+               OUT_CHANS, 0.0f, TS_ACT_NONE);
         ts_layernorm(n1, NTOK, OUT_CHANS, e->neck1_w, e->neck1_b, LN2D_EPS);
         ts_conv3x3_nhwc(n1, GRID, GRID, OUT_CHANS, 1, e->neck2_w, NULL, OUT_CHANS, TS_ACT_NONE, n2);
         ts_layernorm(n2, NTOK, OUT_CHANS, e->neck3_w, e->neck3_b, LN2D_EPS);

@@ -34,4 +34,14 @@ const ts_sam_vit_config *ts_sam_vit_get_config(const ts_sam_vit *e);
  * concurrent calls on one encoder (activations are per call). */
 int ts_sam_vit_forward(const ts_sam_vit *e, const float *input, float *out);
 
+/* Calibration's view of the forward pass: tap(user, layer, row0, x, rows, ldx) receives the
+ * input of every linear layer (layer ids of quant/int8_vit.h; rows row0 .. row0+rows-1 of its
+ * 4096 token rows) before the layer runs, on the calling thread. */
+typedef void (*ts_sam_vit_tap)(void *user, int layer, long long row0, const float *x, int rows,
+                               int ldx);
+int ts_sam_vit_forward_tap(const ts_sam_vit *e, const float *input, float *out,
+                           ts_sam_vit_tap tap, void *user);
+/* Number of linear layers that run in int8 (a W8A8 file, quant/int8_vit.h); 0 for a float one. */
+int ts_sam_vit_n_int8(const ts_sam_vit *e);
+
 #endif
