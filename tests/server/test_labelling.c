@@ -8,6 +8,7 @@
  * URLs, 404s and non-images give clear errors. */
 #include "core.h"
 #include "everything/amg.h"
+#include "everything/polygons.h"
 #include "io/json.h"
 #include "server/api.h"
 #include "server/labelling.h"
@@ -537,6 +538,13 @@ static void test_xanylabeling_exchange(void) {
 
 /* ---- the JSON API's boxes and polygons ---------------------------------------------------- */
 
+static int post(ts_server *s, const char *url, const char *body, ts_http_reply *r) {
+    return ts_server_handle_body(s, "POST", url, (const uint8_t *)body, strlen(body), r);
+}
+
+static void check_everything_polygons(ts_server *s, const char *id);
+
+
 static void test_api_boxes_polygons(void) {
     if (!fixture_exists(MODEL)) SKIP("fixtures missing");
     tinysam_model *m = NULL;
@@ -553,8 +561,9 @@ static void test_api_boxes_polygons(void) {
     free(png);
     ts_json *j = NULL;
     REQUIRE(r.status == 201 && ts_json_parse(r.body, r.len, &j) == 0, "upload answer");
-    char url[200];
-    snprintf(url, sizeof url, "/api/images/%s/segment", ts_json_get(j, "id")->string);
+    char url[200], id[80];
+    snprintf(id, sizeof id, "%s", ts_json_get(j, "id")->string);
+    snprintf(url, sizeof url, "/api/images/%s/segment", id);
     ts_json_free(j);
     ts_http_reply_free(&r);
     const char *req = "{\"boxes\": [[64, 96, 352, 336], [400, 200, 500, 300], [0, 0, 639, 479]], "
@@ -605,10 +614,77 @@ static void test_api_boxes_polygons(void) {
             "single");
     CHECK(r.status == 200 && strstr(r.body, "\"polygons\": [["), "single with polygons");
     ts_http_reply_free(&r);
+    check_everything_polygons(s, id);
     tinysam_embedding_free(e);
     tinysam_image_free(&img);
     ts_server_destroy(s);
     tinysam_model_free(m);
+}
+
+/* The everything endpoint's "polygons" (issue 22): one list per record, in record order,
+ * equal to our polygon function's output on each record's mask; records unchanged; absent
+ * unless asked; bad values refused. */
+static void check_everything_polygons(ts_server *s, const char *id) {
+    ts_http_reply r;
+    ts_json *j = NULL, *plain = NULL;
+    char url[200];
+    snprintf(url, sizeof url, "/api/images/%s/everything", id);
+#define OPTS "\"mode\": \"grid\", \"points_per_side\": 4, \"pred_iou_thresh\": -10, " \
+             "\"stability_score_thresh\": 0, \"box_nms_thresh\": 1"
+    REQUIRE(post(s, url, "{" OPTS "}", &r) == 0 && r.status == 200, "everything: %d", r.status);
+    REQUIRE(ts_json_parse(r.body, r.len, &plain) == 0, "JSON");
+    CHECK(!ts_json_get(plain, "polygons"), "polygons without asking");
+    ts_http_reply_free(&r);
+    REQUIRE(post(s, url, "{" OPTS ", \"polygons\": true, \"epsilon_factor\": 0.002}", &r) == 0 &&
+                r.status == 200,
+            "everything with polygons: %d %.300s", r.status, (char *)r.body);
+    REQUIRE(ts_json_parse(r.body, r.len, &j) == 0, "JSON");
+    ts_http_reply_free(&r);
+    const ts_json *rec = ts_json_get(j, "records"), *pg = ts_json_get(j, "polygons");
+    const ts_json *rec0 = ts_json_get(plain, "records");
+    REQUIRE(rec && rec0 && rec->n == rec0->n && rec->n > 0, "records");
+    REQUIRE(pg && pg->type == TS_JSON_ARRAY && pg->n == rec->n, "%d polygon lists for %d records",
+            pg ? pg->n : -1, rec->n);
+    int checked = 0;
+    for (int i = 0; i < rec->n; i++) {
+        const ts_json *seg = ts_json_get(&rec->items[i], "segmentation");
+        const ts_json *seg0 = ts_json_get(&rec0->items[i], "segmentation");
+        const ts_json *counts = ts_json_get(seg, "counts"), *size = ts_json_get(seg, "size");
+        CHECK(!strcmp(counts->string, ts_json_get(seg0, "counts")->string), "record %d changed", i);
+        int H = (int)ts_json_at(size, 0)->number, W = (int)ts_json_at(size, 1)->number;
+        uint8_t *mk = malloc((size_t)W * H);
+        ts_rle rle = {0};
+        ts_polygon_set ps = {0};
+        REQUIRE(mk && ts_rle_from_string(counts->string, &rle) == 0 &&
+                    ts_rle_decode(rle.counts, rle.n, W, H, mk) == 0 &&
+                    ts_mask_polygons(mk, W, H, 0.002, 0, &ps) == 0,
+                "record %d: mask", i);
+        const ts_json *mine = ts_json_at(pg, i);
+        int same = mine->type == TS_JSON_ARRAY && mine->n == ps.n;
+        for (int k = 0; same && k < ps.n; k++) {
+            const ts_json *poly = ts_json_at(mine, k);
+            same = poly->type == TS_JSON_ARRAY && poly->n == 2 * ps.p[k].n;
+            for (int v = 0; same && v < 2 * ps.p[k].n; v++)
+                same = ts_json_at(poly, v)->number == ps.p[k].xy[v];
+        }
+        CHECK(same, "record %d: polygons differ from ts_mask_polygons'", i);
+        checked += ps.n;
+        ts_polygon_set_free(&ps);
+        ts_rle_free(&rle);
+        free(mk);
+    }
+    CHECK(checked > 0, "no polygon at all");
+    printf("  %d records, %d polygons, equal to ts_mask_polygons'\n", rec->n, checked);
+    ts_json_free(j);
+    ts_json_free(plain);
+    static const char *bad[] = {"{\"polygons\": 1}", "{\"polygons\": true, \"epsilon_factor\": 2}",
+                                "{\"boxes\": [[1, 2, 3, 4]]}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        REQUIRE(post(s, url, bad[i], &r) == 0, "bad");
+        CHECK(r.status == 400, "'%s' accepted (%d)", bad[i], r.status);
+        ts_http_reply_free(&r);
+    }
+#undef OPTS
 }
 
 int main(void) {
