@@ -33,7 +33,7 @@ typedef struct {
         int y0, y1;
         uint8_t *out;
         size_t len;
-        uLong adler;
+        uLong adler, crc; /* of the slice's filtered rows / of its deflate output */
         int rc;
     } s[MAX_SLICES];
 } png_job;
@@ -90,6 +90,7 @@ static void slice_task(void *ctx, int i, int tid) {
         int zr = deflate(&z, last ? Z_FINISH : Z_SYNC_FLUSH);
         if ((last && zr == Z_STREAM_END) || (!last && zr == Z_OK && z.avail_in == 0)) {
             j->s[i].len = cap - z.avail_out;
+            j->s[i].crc = crc32_z(crc32(0L, Z_NULL, 0), j->s[i].out, j->s[i].len);
             j->s[i].rc = 0;
         }
     }
@@ -104,12 +105,18 @@ static uint8_t *put32(uint8_t *p, uint32_t v) {
     return p + 4;
 }
 
-/* One chunk at p: length, type, data (already at p + 8), CRC-32 of type and data. */
-static uint8_t *finish_chunk(uint8_t *p, const char *type, size_t len) {
+/* One chunk at p: length, type, data (already at p + 8), CRC-32 of type and data (computed
+ * here unless the caller gives it: crc_known). */
+static uint8_t *finish_chunk_crc(uint8_t *p, const char *type, size_t len, int crc_known,
+                                 uLong crc) {
     put32(p, (uint32_t)len);
     memcpy(p + 4, type, 4);
-    uLong crc = crc32_z(crc32(0L, Z_NULL, 0), p + 4, len + 4);
+    if (!crc_known) crc = crc32_z(crc32(0L, Z_NULL, 0), p + 4, len + 4);
     return put32(p + 8 + len, (uint32_t)crc);
+}
+
+static uint8_t *finish_chunk(uint8_t *p, const char *type, size_t len) {
+    return finish_chunk_crc(p, type, len, 0, 0);
 }
 
 static int encode(png_job *j, uint8_t **out, size_t *out_size) {
@@ -157,21 +164,25 @@ static int encode(png_job *j, uint8_t **out, size_t *out_size) {
         d[1] = j->channels == 3 ? 2 : 0; /* colour type: RGB or grey */
         d[2] = d[3] = d[4] = 0;          /* deflate, adaptive filtering, no interlace */
         p = finish_chunk(p, "IHDR", 13);
-        d = p + 8; /* IDAT: one zlib stream */
+        d = p + 8; /* IDAT: one zlib stream; its CRC-32 combined from the slices' */
+        memcpy(p + 4, "IDAT", 4);
         d[0] = 0x78;
         d[1] = 0x01; /* 32K window, "fastest" level hint, FCHECK: 0x7801 % 31 == 0 */
+        uLong crc = crc32_z(crc32(0L, Z_NULL, 0), p + 4, 6);
         d += 2;
         uLong adler = j->s[0].adler;
         for (int i = 0; i < ns; i++) {
             memcpy(d, j->s[i].out, j->s[i].len);
             d += j->s[i].len;
+            crc = crc32_combine(crc, j->s[i].crc, (z_off_t)j->s[i].len);
             if (i) {
                 size_t n = (size_t)(j->s[i].y1 - j->s[i].y0) * (j->rowbytes + 1);
                 adler = adler32_combine(adler, j->s[i].adler, (z_off_t)n);
             }
         }
         put32(d, (uint32_t)adler);
-        p = finish_chunk(p, "IDAT", zlen);
+        crc = crc32_z(crc, d, 4);
+        p = finish_chunk_crc(p, "IDAT", zlen, 1, crc);
         p = finish_chunk(p, "IEND", 0);
         *out = buf;
         *out_size = (size_t)(p - buf);
