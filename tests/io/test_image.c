@@ -693,6 +693,8 @@ static void test_png_fast_writer(void) {
             rgb[3 * i + 1] = (uint8_t)(y * 5);
             rgb[3 * i + 2] = (uint8_t)(r >> 16);
         }
+        uint8_t *first = NULL; /* the RGB file on 1 thread: the same bytes on 2 and 3 */
+        size_t first_len = 0;
         for (int t = 1; t <= 3; t++) {
             tinysam_set_num_threads(t);
             uint8_t *buf;
@@ -705,12 +707,20 @@ static void test_png_fast_writer(void) {
             REQUIRE(ts_png_encode(rgb, W, H, 3, &buf, &len) == 0, "%s", tinysam_last_error());
             CHECK(png_reads_back(buf, len, W, H, NULL, rgb), "%dx%d RGB, %d threads: pixels differ",
                   W, H, t);
-            free(buf);
+            if (!first) {
+                first = buf;
+                first_len = len;
+            } else {
+                CHECK(len == first_len && !memcmp(buf, first, len),
+                      "%dx%d RGB: %d threads write other bytes than 1", W, H, t);
+                free(buf);
+            }
             REQUIRE(ts_png_encode(rgb, W, H, 1, &buf, &len) == 0, "%s", tinysam_last_error());
             CHECK(png_reads_back(buf, len, W, H, rgb, NULL), "%dx%d grey, %d threads: pixels differ",
                   W, H, t);
             free(buf);
         }
+        free(first);
         free(mask);
         free(grey);
         free(rgb);
