@@ -3,7 +3,8 @@
 # side, with the ratios. Builds nothing (make does) and fetches nothing: ONNX Runtime is used
 # when bench/onnx/node_modules holds it (`cd bench/onnx && npm ci --ignore-scripts`).
 #
-# Environment: BUILD (default build), RUNS (timed runs per setting, default 7), BENCH_QUICK
+# Environment: BUILD (default build), RUNS (timed runs per setting, default 7), COLD_RUNS
+# (fresh processes per cold-start figure, default 5), BENCH_QUICK
 # (set: skip the 12-megapixel everything run and the training step), PEAK_GHZ and
 # PEAK_FLOP_PER_CYCLE (override the machine's nominal FP32 peak used for the encoder's share
 # of it).
@@ -27,6 +28,7 @@
 #                                      peak_rss_12mp_mb
 #   bench_boxes [--runs N] [--threads T] [--json]  one_box_ms batch100_best_ms_per_box ratio_best (shown
 #                                      as its own table)
+#   bench_coldstart [--runs N] [--threads T] [--json]   cold start (issue 20), its own table
 #   bench_peak --json                  peak_gflops_1t peak_gflops_2t clock_ghz flop_per_cycle
 #   bench/onnx/bench_onnx.js --json --threads T --runs N --image-size 769x770
 #                                      encoder_ms decoder_ms decoder_seq64_ms_per_prompt
@@ -295,6 +297,15 @@ if [ -x "$B/bench/bench_dataset" ]; then
                 "peak RSS $(num "$(jget peak_rss_12mp_mb "$j")" 0) MB (bound 600)"
         fi
     fi
+    echo
+fi
+
+# ---------------------------------------------------------------- cold start (issue 20)
+# fresh processes: load, first vs warm encode/decode, one-shot embed and segment, the
+# outputs (PNGs, .npy); its own table, each figure against the issue's goal
+if [ -x "$B/bench/bench_coldstart" ]; then
+    echo "== cold start: fresh processes, picture1, 2 threads (bench_coldstart)"
+    BUILD="$B" "$B/bench/bench_coldstart" --runs "${COLD_RUNS:-5}" --threads 2 || status=1
     echo
 fi
 

@@ -96,10 +96,9 @@ static int write_pngs(const char *dir, const tinysam_everything_result *r) {
         uint8_t *mask = malloc((size_t)m->width * m->height);
         if (!mask) return ts_error(TINYSAM_E_NOMEM, "out of memory");
         rc = ts_rle_decode(m->counts, m->n_counts, m->width, m->height, mask);
-        for (size_t k = 0; !rc && k < (size_t)m->width * m->height; k++) mask[k] *= 255;
         char path[4200];
         snprintf(path, sizeof path, "%s/mask_%04d.png", dir, i);
-        if (!rc) rc = ts_png_write(path, mask, m->width, m->height, 1);
+        if (!rc) rc = ts_png_write_mask(path, mask, m->width, m->height);
         free(mask);
     }
     return rc;

@@ -258,14 +258,10 @@ static int write_outputs(const options *o, const tinysam_image *img, const tinys
     int rc = ts_mkdirs(o->out_dir);
     if (rc) return rc;
     size_t plane = (size_t)p->width * p->height;
-    uint8_t *grey = ts_malloc(plane);
-    if (!grey) return TINYSAM_E_NOMEM;
-    for (int k = 0; k < p->n_masks && !rc; k++) {
-        for (size_t i = 0; i < plane; i++) grey[i] = p->masks[k * plane + i] ? 255 : 0;
+    for (int k = 0; k < p->n_masks && !rc; k++) { /* 1-bit PNGs, straight from the 0/1 masks */
         snprintf(paths[k], 4096, "%s/mask_%d.png", o->out_dir, k);
-        rc = ts_png_write(paths[k], grey, p->width, p->height, 1);
+        rc = ts_png_write_mask(paths[k], p->masks + k * plane, p->width, p->height);
     }
-    free(grey);
     if (rc) return rc;
     uint8_t *ov = ts_malloc(plane * 3);
     if (!ov) return TINYSAM_E_NOMEM;
@@ -326,11 +322,7 @@ static int segment_boxes(const options *o, tinysam_model *m, const tinysam_embed
         char path[4200] = "";
         if (o->out_dir_given) {
             snprintf(path, sizeof path, "%s/box_%04d.png", o->out_dir, i);
-            uint8_t *grey = ts_malloc((size_t)W * H);
-            if (!grey) rc = TINYSAM_E_NOMEM;
-            for (size_t k = 0; grey && k < (size_t)W * H; k++) grey[k] = p->masks[k] ? 255 : 0;
-            if (!rc) rc = ts_png_write(path, grey, W, H, 1);
-            free(grey);
+            rc = ts_png_write_mask(path, p->masks, W, H);
             if (rc) break;
         }
         if (o->format == FORMAT_YOLO) {

@@ -54,5 +54,9 @@ void ts_polygons_write_yolo(FILE *f, const ts_polygon_set *s, int cls, int W, in
 #include "tinysam.h"
 int ts_everything_write_polygons(FILE *f, const tinysam_everything_result *r, double eps_factor,
                                  int yolo);
+/* The records' polygons alone, in record order: [[[x1, y1, ...], ...], ...] (the JSON API's
+ * everything answer). */
+int ts_everything_write_polygon_lists(FILE *f, const tinysam_everything_result *r,
+                                      double eps_factor);
 
 #endif

@@ -46,3 +46,18 @@ int ts_everything_write_polygons(FILE *f, const tinysam_everything_result *r, do
     if (!yolo) fputs(r->n ? "\n]\n" : "]\n", f);
     return ferror(f) ? ts_error(TINYSAM_E_IO, "write failed") : 0;
 }
+
+int ts_everything_write_polygon_lists(FILE *f, const tinysam_everything_result *r,
+                                      double eps_factor) {
+    fputc('[', f);
+    for (int i = 0; i < r->n; i++) {
+        ts_polygon_set ps;
+        int rc = record_polygons(&r->records[i], eps_factor, &ps);
+        if (rc) return rc;
+        if (i) fputs(", ", f);
+        ts_polygons_write_coco(f, &ps);
+        ts_polygon_set_free(&ps);
+    }
+    fputc(']', f);
+    return ferror(f) ? ts_error(TINYSAM_E_IO, "write failed") : 0;
+}

@@ -1,5 +1,5 @@
 /* image.h - image decoding (JPEG via libjpeg-turbo with EXIF orientation, PNG via
- * libpng) to 8-bit RGB, and PNG encoding for mask/overlay output.
+ * libpng) to 8-bit RGB, and PNG encoding for mask/overlay output (png_write.c).
  * tinysam_image_load / tinysam_image_decode / tinysam_image_free (tinysam.h) are
  * implemented in image.c on top of these. */
 #ifndef TS_IMAGE_H
@@ -29,10 +29,15 @@ int ts_exif_orientation(const uint8_t *app1, size_t len);
  * RGB; dst must hold w*h*3 bytes and gets (o >= 5 ? h x w : w x h). */
 void ts_image_orient(const uint8_t *src, int w, int h, int o, uint8_t *dst);
 
-/* Writes an 8-bit grey (channels 1) or RGB (channels 3) PNG. */
+/* png_write.c. Writes an 8-bit grey (channels 1) or RGB (channels 3) PNG. */
 int ts_png_write(const char *path, const uint8_t *pix, int width, int height, int channels);
 /* Encodes the same into a malloc'd buffer (for the server). */
 int ts_png_encode(const uint8_t *pix, int width, int height, int channels, uint8_t **out,
                   size_t *out_size);
+/* A W x H mask (one byte per pixel, nonzero = set) as a 1-bit greyscale PNG (set = white);
+ * readers that expand it to 8 bits (libpng, OpenCV, PIL's convert("L")) see 0 and 255. */
+int ts_png_write_mask(const char *path, const uint8_t *mask, int width, int height);
+int ts_png_encode_mask(const uint8_t *mask, int width, int height, uint8_t **out,
+                       size_t *out_size);
 
 #endif

@@ -573,11 +573,21 @@ int ts_server_everything_option(tinysam_everything_options *o, const char *name,
     return 1;
 }
 
-static int parse_everything(const ts_json *j, tinysam_everything_options *o) {
+/* The generator options plus "polygons": true|false and "epsilon_factor" (as segment's);
+ * *eps_factor < 0 when no polygons are asked for. */
+static int parse_everything(const ts_json *j, tinysam_everything_options *o, double *eps_factor) {
     tinysam_everything_defaults(o);
+    *eps_factor = -1;
+    segment_request *q = calloc(1, sizeof *q); /* large: holds the boxes */
+    if (!q) return ts_error(TINYSAM_E_NOMEM, "out of memory");
+    int rc = j ? parse_labelling_fields(j, q) : 0; /* a "boxes" field fails below, unknown */
+    if (!rc && q->polygons) *eps_factor = q->epsilon_factor;
+    free(q);
+    if (rc) return rc;
     for (int i = 0; j && i < j->n; i++) {
         const char *k = j->keys[i];
         const ts_json *v = &j->items[i];
+        if (!strcmp(k, "polygons") || !strcmp(k, "epsilon_factor")) continue;
         if (!strcmp(k, "mode")) {
             if (v->type == TS_JSON_STRING && !strcmp(v->string, "hierarchical"))
                 o->mode = TINYSAM_EVERYTHING_HIERARCHICAL;
@@ -586,8 +596,8 @@ static int parse_everything(const ts_json *j, tinysam_everything_options *o) {
             else return ts_error(TINYSAM_E_ARG, "mode must be \"hierarchical\" or \"grid\"");
             continue;
         }
-        int rc = ts_server_everything_option(o, k, strlen(k),
-                                             v->type == TS_JSON_NUMBER ? v->number : NAN, "");
+        rc = ts_server_everything_option(o, k, strlen(k),
+                                         v->type == TS_JSON_NUMBER ? v->number : NAN, "");
         if (rc > 0) return ts_error(TINYSAM_E_ARG, "unknown generator option '%s'", k);
         if (rc) return rc;
     }
@@ -600,7 +610,8 @@ static int api_everything(ts_server *s, ts_http_reply *c, const request *r,
     int rc = parse_body(r, 1, &j);
     if (rc) return send_status(c, rc);
     tinysam_everything_options o;
-    rc = parse_everything(j, &o);
+    double eps_factor;
+    rc = parse_everything(j, &o, &eps_factor);
     ts_json_free(j);
     if (rc) return send_status(c, rc);
     if (!s->model) return send_error(c, HTTP_SERVICE_UNAVAILABLE, "no model loaded");
@@ -626,6 +637,10 @@ static int api_everything(ts_server *s, ts_http_reply *c, const request *r,
     fprintf(out.f, "], \"total\": %d}, \"timings_ms\": {\"decode\": %.1f, \"total\": %.1f}, "
                    "\"records\": ", res.points_total, res.ms_decode, res.ms_total);
     rc = ts_everything_write_json(out.f, &res); /* the CLI's --out file, byte for byte */
+    if (!rc && eps_factor >= 0) { /* each record's outer contours, in record order */
+        fputs(", \"polygons\": ", out.f);
+        rc = ts_everything_write_polygon_lists(out.f, &res, eps_factor);
+    }
     fputs("}\n", out.f);
     tinysam_everything_free(&res);
     if (rc) {

@@ -658,6 +658,89 @@ static void test_png_roundtrip(void) {
     CHECK(ts_png_write("/nonexistent/dir/x.png", grey, W, H, 1) == TINYSAM_E_IO, "bad path");
 }
 
+/* Reads a PNG back through libpng (tinysam_image_load) and says whether its pixels are the
+ * expected grey levels (grey != NULL) or RGB bytes. */
+static int png_reads_back(const uint8_t *png, size_t len, int W, int H, const uint8_t *grey,
+                          const uint8_t *rgb) {
+    tinysam_image img;
+    if (tinysam_image_decode(png, len, 0, &img) != 0) return 0;
+    int ok = img.width == W && img.height == H;
+    for (size_t i = 0; ok && i < (size_t)W * H; i++)
+        for (int c = 0; c < 3; c++) ok &= img.rgb[3 * i + c] == (grey ? grey[i] : rgb[3 * i + c]);
+    tinysam_image_free(&img);
+    return ok;
+}
+
+/* Issue 20: masks as 1-bit greyscale PNGs (odd widths, one pixel, any nonzero value set),
+ * and large images deflated in row slices on 1 to 3 threads: libpng reads back exactly the
+ * pixels written. */
+static void test_png_fast_writer(void) {
+    static const int sizes[][2] = {{1, 1}, {7, 3}, {8, 2}, {37, 23}, {769, 770}, {1201, 901}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        int W = sizes[s][0], H = sizes[s][1];
+        size_t n = (size_t)W * H;
+        uint8_t *mask = malloc(n), *grey = malloc(n), *rgb = malloc(3 * n);
+        REQUIRE(mask && grey && rgb, "oom");
+        uint32_t r = 12345u + (uint32_t)s;
+        for (size_t i = 0; i < n; i++) {
+            r = r * 1664525u + 1013904223u;
+            int x = (int)(i % (size_t)W), y = (int)(i / (size_t)W);
+            /* a disc plus noise; set pixels carry values other than 1 too */
+            int in = (x - W / 2) * (x - W / 2) + (y - H / 3) * (y - H / 3) < W * H / 6;
+            mask[i] = (uint8_t)(in || (r >> 28) == 0 ? 1 + (r >> 24) % 200 : 0);
+            grey[i] = mask[i] ? 255 : 0;
+            rgb[3 * i] = (uint8_t)(x * 3 + (r >> 30));
+            rgb[3 * i + 1] = (uint8_t)(y * 5);
+            rgb[3 * i + 2] = (uint8_t)(r >> 16);
+        }
+        uint8_t *first = NULL; /* the RGB file on 1 thread: the same bytes on 2 and 3 */
+        size_t first_len = 0;
+        for (int t = 1; t <= 3; t++) {
+            tinysam_set_num_threads(t);
+            uint8_t *buf;
+            size_t len;
+            REQUIRE(ts_png_encode_mask(mask, W, H, &buf, &len) == 0, "%s", tinysam_last_error());
+            CHECK(len > 26 && buf[24] == 1 && buf[25] == 0, "%dx%d mask: not 1-bit grey", W, H);
+            CHECK(png_reads_back(buf, len, W, H, grey, NULL), "%dx%d mask, %d threads: pixels differ",
+                  W, H, t);
+            free(buf);
+            REQUIRE(ts_png_encode(rgb, W, H, 3, &buf, &len) == 0, "%s", tinysam_last_error());
+            CHECK(png_reads_back(buf, len, W, H, NULL, rgb), "%dx%d RGB, %d threads: pixels differ",
+                  W, H, t);
+            if (!first) {
+                first = buf;
+                first_len = len;
+            } else {
+                CHECK(len == first_len && !memcmp(buf, first, len),
+                      "%dx%d RGB: %d threads write other bytes than 1", W, H, t);
+                free(buf);
+            }
+            REQUIRE(ts_png_encode(rgb, W, H, 1, &buf, &len) == 0, "%s", tinysam_last_error());
+            CHECK(png_reads_back(buf, len, W, H, rgb, NULL), "%dx%d grey, %d threads: pixels differ",
+                  W, H, t);
+            free(buf);
+        }
+        free(first);
+        free(mask);
+        free(grey);
+        free(rgb);
+    }
+    tinysam_set_num_threads(0);
+    const char *path = tmp_path("test_image_mask.png");
+    uint8_t m[6] = {0, 1, 1, 0, 9, 0};
+    REQUIRE(ts_png_write_mask(path, m, 3, 2) == 0, "%s", tinysam_last_error());
+    tinysam_image img;
+    REQUIRE(tinysam_image_load(path, 0, &img) == 0, "%s", tinysam_last_error());
+    CHECK(img.width == 3 && img.height == 2 && img.rgb[0] == 0 && img.rgb[3] == 255 &&
+              img.rgb[12] == 255 && img.rgb[15] == 0, "written mask reads back wrong");
+    tinysam_image_free(&img);
+    uint8_t *buf;
+    size_t len;
+    CHECK(ts_png_encode_mask(m, 0, 2, &buf, &len) == TINYSAM_E_ARG, "width 0 accepted");
+    CHECK(ts_png_encode_mask(NULL, 3, 2, &buf, &len) == TINYSAM_E_ARG, "no mask accepted");
+    CHECK(ts_png_write_mask("/nonexistent/dir/x.png", m, 3, 2) == TINYSAM_E_IO, "bad path");
+}
+
 int main(void) {
     RUN(test_sha256_known);
     RUN(test_decode_sha256);
@@ -671,5 +754,6 @@ int main(void) {
     RUN(test_zero_size_png);
     RUN(test_png_variants);
     RUN(test_png_roundtrip);
+    RUN(test_png_fast_writer);
     return test_summary();
 }

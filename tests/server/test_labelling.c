@@ -8,6 +8,7 @@
  * URLs, 404s and non-images give clear errors. */
 #include "core.h"
 #include "everything/amg.h"
+#include "everything/polygons.h"
 #include "io/json.h"
 #include "server/api.h"
 #include "server/labelling.h"
@@ -470,6 +471,8 @@ static void test_xanylabeling_exchange(void) {
               strstr(r.body, "\"shape_type\": \"polygon\"") &&
               strstr(r.body, "\"kie_linking\": []") && strstr(r.body, "\"replace\": false"),
           "predict: %.300s", (char *)r.body);
+    ts_json *shapes_doc = NULL;
+    CHECK(ts_json_parse(r.body, r.len, &shapes_doc) == 0, "predict answer is not JSON");
     char answer[1024], mdir[1024], cmd[4096], a[4096];
     snprintf(answer, sizeof answer, "%s", tmp_path("xany_answer.json"));
     snprintf(mdir, sizeof mdir, "%s", tmp_path("xany_cli"));
@@ -488,6 +491,38 @@ static void test_xanylabeling_exchange(void) {
     REQUIRE(ts_json_parse(cli_out, strlen(cli_out), &j) == 0, "segment JSON");
     int best = (int)ts_json_num(j, "best", 0);
     ts_json_free(j);
+    /* the answer's polygons are our polygon function's on the CLI's mask (the 1-bit PNG read
+     * back by libpng), vertex for vertex */
+    {
+        char mp[1100];
+        snprintf(mp, sizeof mp, "%s/mask_%d.png", mdir, best);
+        tinysam_image mi;
+        REQUIRE(tinysam_image_load(mp, 0, &mi) == 0, "%s", tinysam_last_error());
+        size_t np = (size_t)mi.width * mi.height;
+        uint8_t *mk = malloc(np);
+        REQUIRE(mk, "alloc");
+        for (size_t i = 0; i < np; i++) mk[i] = mi.rgb[3 * i] > 127;
+        ts_polygon_set ps = {0};
+        REQUIRE(ts_mask_polygons(mk, mi.width, mi.height, 0.001, 0, &ps) == 0, "polygons");
+        const ts_json *sh = ts_json_get(ts_json_get(shapes_doc, "data"), "shapes");
+        int same = sh && sh->type == TS_JSON_ARRAY && sh->n == ps.n;
+        for (int k = 0; same && k < ps.n; k++) {
+            const ts_json *pts = ts_json_get(ts_json_at(sh, k), "points");
+            same = pts && pts->type == TS_JSON_ARRAY && pts->n == ps.p[k].n;
+            for (int v = 0; same && v < ps.p[k].n; v++) {
+                const ts_json *xy = ts_json_at(pts, v);
+                same = xy->type == TS_JSON_ARRAY && xy->n == 2 &&
+                       ts_json_at(xy, 0)->number == ps.p[k].xy[2 * v] &&
+                       ts_json_at(xy, 1)->number == ps.p[k].xy[2 * v + 1];
+            }
+        }
+        CHECK(same, "X-AnyLabeling polygons (%d) differ from ts_mask_polygons' on the CLI's mask "
+                    "(%d)", sh ? sh->n : -1, ps.n);
+        ts_polygon_set_free(&ps);
+        free(mk);
+        tinysam_image_free(&mi);
+        ts_json_free(shapes_doc);
+    }
     snprintf(cmd, sizeof cmd,
              "/usr/bin/python3 tests/labelling/xany_iou.py %s/mask_%d.png %s 0.001", mdir, best,
              answer);
@@ -500,7 +535,8 @@ static void test_xanylabeling_exchange(void) {
     printf("  X-AnyLabeling polygons (%d) filled by cv2.fillPoly: IoU %.4f with the CLI's "
            "hole-filled mask (cv2.approxPolyDP's own: %.4f)\n",
            n, iou, cv_iou);
-    /* 0.97 where the mask allows it; a jagged random-weight mask caps even OpenCV lower */
+    /* 0.97 where the mask allows it; a jagged random-weight mask caps even OpenCV lower (the
+     * bound itself is checked on smooth masks, the scene oracle's, in test_polygons.c) */
     CHECK(iou >= 0.97 || (cv_iou < 0.97 && iou >= cv_iou - 0.005), "IoU %.4f (OpenCV %.4f)", iou,
           cv_iou);
     /* errors: 200 with success false */
@@ -537,6 +573,13 @@ static void test_xanylabeling_exchange(void) {
 
 /* ---- the JSON API's boxes and polygons ---------------------------------------------------- */
 
+static int post(ts_server *s, const char *url, const char *body, ts_http_reply *r) {
+    return ts_server_handle_body(s, "POST", url, (const uint8_t *)body, strlen(body), r);
+}
+
+static void check_everything_polygons(ts_server *s, const char *id);
+
+
 static void test_api_boxes_polygons(void) {
     if (!fixture_exists(MODEL)) SKIP("fixtures missing");
     tinysam_model *m = NULL;
@@ -553,8 +596,9 @@ static void test_api_boxes_polygons(void) {
     free(png);
     ts_json *j = NULL;
     REQUIRE(r.status == 201 && ts_json_parse(r.body, r.len, &j) == 0, "upload answer");
-    char url[200];
-    snprintf(url, sizeof url, "/api/images/%s/segment", ts_json_get(j, "id")->string);
+    char url[200], id[80];
+    snprintf(id, sizeof id, "%s", ts_json_get(j, "id")->string);
+    snprintf(url, sizeof url, "/api/images/%s/segment", id);
     ts_json_free(j);
     ts_http_reply_free(&r);
     const char *req = "{\"boxes\": [[64, 96, 352, 336], [400, 200, 500, 300], [0, 0, 639, 479]], "
@@ -605,10 +649,77 @@ static void test_api_boxes_polygons(void) {
             "single");
     CHECK(r.status == 200 && strstr(r.body, "\"polygons\": [["), "single with polygons");
     ts_http_reply_free(&r);
+    check_everything_polygons(s, id);
     tinysam_embedding_free(e);
     tinysam_image_free(&img);
     ts_server_destroy(s);
     tinysam_model_free(m);
+}
+
+/* The everything endpoint's "polygons" (issue 22): one list per record, in record order,
+ * equal to our polygon function's output on each record's mask; records unchanged; absent
+ * unless asked; bad values refused. */
+static void check_everything_polygons(ts_server *s, const char *id) {
+    ts_http_reply r;
+    ts_json *j = NULL, *plain = NULL;
+    char url[200];
+    snprintf(url, sizeof url, "/api/images/%s/everything", id);
+#define OPTS "\"mode\": \"grid\", \"points_per_side\": 4, \"pred_iou_thresh\": -10, " \
+             "\"stability_score_thresh\": 0, \"box_nms_thresh\": 1"
+    REQUIRE(post(s, url, "{" OPTS "}", &r) == 0 && r.status == 200, "everything: %d", r.status);
+    REQUIRE(ts_json_parse(r.body, r.len, &plain) == 0, "JSON");
+    CHECK(!ts_json_get(plain, "polygons"), "polygons without asking");
+    ts_http_reply_free(&r);
+    REQUIRE(post(s, url, "{" OPTS ", \"polygons\": true, \"epsilon_factor\": 0.002}", &r) == 0 &&
+                r.status == 200,
+            "everything with polygons: %d %.300s", r.status, (char *)r.body);
+    REQUIRE(ts_json_parse(r.body, r.len, &j) == 0, "JSON");
+    ts_http_reply_free(&r);
+    const ts_json *rec = ts_json_get(j, "records"), *pg = ts_json_get(j, "polygons");
+    const ts_json *rec0 = ts_json_get(plain, "records");
+    REQUIRE(rec && rec0 && rec->n == rec0->n && rec->n > 0, "records");
+    REQUIRE(pg && pg->type == TS_JSON_ARRAY && pg->n == rec->n, "%d polygon lists for %d records",
+            pg ? pg->n : -1, rec->n);
+    int checked = 0;
+    for (int i = 0; i < rec->n; i++) {
+        const ts_json *seg = ts_json_get(&rec->items[i], "segmentation");
+        const ts_json *seg0 = ts_json_get(&rec0->items[i], "segmentation");
+        const ts_json *counts = ts_json_get(seg, "counts"), *size = ts_json_get(seg, "size");
+        CHECK(!strcmp(counts->string, ts_json_get(seg0, "counts")->string), "record %d changed", i);
+        int H = (int)ts_json_at(size, 0)->number, W = (int)ts_json_at(size, 1)->number;
+        uint8_t *mk = malloc((size_t)W * H);
+        ts_rle rle = {0};
+        ts_polygon_set ps = {0};
+        REQUIRE(mk && ts_rle_from_string(counts->string, &rle) == 0 &&
+                    ts_rle_decode(rle.counts, rle.n, W, H, mk) == 0 &&
+                    ts_mask_polygons(mk, W, H, 0.002, 0, &ps) == 0,
+                "record %d: mask", i);
+        const ts_json *mine = ts_json_at(pg, i);
+        int same = mine->type == TS_JSON_ARRAY && mine->n == ps.n;
+        for (int k = 0; same && k < ps.n; k++) {
+            const ts_json *poly = ts_json_at(mine, k);
+            same = poly->type == TS_JSON_ARRAY && poly->n == 2 * ps.p[k].n;
+            for (int v = 0; same && v < 2 * ps.p[k].n; v++)
+                same = ts_json_at(poly, v)->number == ps.p[k].xy[v];
+        }
+        CHECK(same, "record %d: polygons differ from ts_mask_polygons'", i);
+        checked += ps.n;
+        ts_polygon_set_free(&ps);
+        ts_rle_free(&rle);
+        free(mk);
+    }
+    CHECK(checked > 0, "no polygon at all");
+    printf("  %d records, %d polygons, equal to ts_mask_polygons'\n", rec->n, checked);
+    ts_json_free(j);
+    ts_json_free(plain);
+    static const char *bad[] = {"{\"polygons\": 1}", "{\"polygons\": true, \"epsilon_factor\": 2}",
+                                "{\"boxes\": [[1, 2, 3, 4]]}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        REQUIRE(post(s, url, bad[i], &r) == 0, "bad");
+        CHECK(r.status == 400, "'%s' accepted (%d)", bad[i], r.status);
+        ts_http_reply_free(&r);
+    }
+#undef OPTS
 }
 
 int main(void) {
