@@ -742,6 +742,7 @@ typedef struct {
     int img_valid, proj_valid;
     const ts_prompt_encoder *pe;
     unsigned gen;
+    const char *isa, *isa_i8; /* the kernels that made them (tests switch ISA at run time) */
     float no_mask[256];
 } shared_img;
 
@@ -818,7 +819,8 @@ static void same_task(void *ctx, int t, int tid) {
  * decoder weights: then a call skips the transpose and the layer-0 projections. */
 static int shared_is_current(const shared_img *sh, const ts_prompt_encoder *pe,
                              const ts_mask_decoder *d, const float *embedding) {
-    if (!sh->img_valid || sh->pe != pe || sh->gen != d->gen ||
+    if (!sh->img_valid || sh->pe != pe || sh->gen != d->gen || sh->isa != ts_nn_isa_name() ||
+        sh->isa_i8 != ts_gemm_i8_isa_name() ||
         memcmp(sh->no_mask, pe->no_mask, sizeof sh->no_mask))
         return 0;
     same_job j = {.emb = embedding, .emb_tok = sh->emb_tok};
@@ -1193,6 +1195,8 @@ int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
         ts_parallel_for(PAR_TASKS, shared_task, &sj);
         sh->pe = pe;
         sh->gen = d->gen;
+        sh->isa = ts_nn_isa_name();
+        sh->isa_i8 = ts_gemm_i8_isa_name();
         memcpy(sh->no_mask, pe->no_mask, sizeof sh->no_mask);
         sh->img_valid = 1;
     }
