@@ -283,6 +283,7 @@ static void refresh_attn(ts_attn_w *a) {
 }
 
 void ts_mask_decoder_refresh(ts_mask_decoder *d) {
+    d->gen++; /* the cached layer-0 projections are stale */
     for (int L = 0; L < 2; L++) {
         ts_twoway_layer *l = &d->layer[L];
         refresh_attn(&l->self_attn);
@@ -735,6 +736,14 @@ typedef struct {
     uint8_t *qq;              /* q_i2t codes, 4096 x 128 */
     float q_step;             /* their step (zero point 128), max |q_i2t| / 127 */
     int has_i8;
+    /* Kept between calls on the same embedding (a cached embedding prompted again): emb_tok,
+     * src0 and kpe0 hold this embedding for this prompt encoder, no_mask and decoder
+     * generation (img_valid); the projections above are made (proj_valid). */
+    int img_valid, proj_valid;
+    const ts_prompt_encoder *pe;
+    unsigned gen;
+    const char *isa, *isa_i8; /* the kernels that made them (tests switch ISA at run time) */
+    float no_mask[256];
 } shared_img;
 
 typedef struct {
@@ -777,6 +786,47 @@ static void shared_task(void *ctx, int t, int tid) {
             sh->src0[x] = sh->emb_tok[x] + j->pe->no_mask[ch];
             sh->kpe0[x] = sh->src0[x] + j->pe->dense_pe_tok[x];
         }
+}
+
+typedef struct {
+    const float *emb;     /* 256 x 4096 (channel-major, as the caller gives it) */
+    const float *emb_tok; /* 4096 x 256 */
+    atomic_int differs;
+} same_job;
+
+/* Image tokens [t*256, (t+1)*256) compared bit for bit, 16 tokens at a time so that both
+ * layouts are read in whole cache lines. */
+static void same_task(void *ctx, int t, int tid) {
+    (void)tid;
+    same_job *j = ctx;
+    int per = N_IMG / PAR_TASKS;
+    for (int i0 = t * per; i0 < (t + 1) * per; i0 += 16) {
+        if (atomic_load_explicit(&j->differs, memory_order_relaxed)) return;
+        for (int ch = 0; ch < 256; ch++)
+            for (int i = i0; i < i0 + 16; i++) {
+                uint32_t a, b;
+                memcpy(&a, j->emb + (size_t)ch * N_IMG + i, 4);
+                memcpy(&b, j->emb_tok + (size_t)i * 256 + ch, 4);
+                if (a != b) {
+                    atomic_store(&j->differs, 1);
+                    return;
+                }
+            }
+    }
+}
+
+/* Whether sh still holds the image side of this embedding for this prompt encoder and these
+ * decoder weights: then a call skips the transpose and the layer-0 projections. */
+static int shared_is_current(const shared_img *sh, const ts_prompt_encoder *pe,
+                             const ts_mask_decoder *d, const float *embedding) {
+    if (!sh->img_valid || sh->pe != pe || sh->gen != d->gen || sh->isa != ts_nn_isa_name() ||
+        sh->isa_i8 != ts_gemm_i8_isa_name() ||
+        memcmp(sh->no_mask, pe->no_mask, sizeof sh->no_mask))
+        return 0;
+    same_job j = {.emb = embedding, .emb_tok = sh->emb_tok};
+    atomic_init(&j.differs, 0);
+    ts_parallel_for(PAR_TASKS, same_task, &j);
+    return !atomic_load(&j.differs);
 }
 
 static void shared_i8_free(shared_img *sh) {
@@ -1033,6 +1083,7 @@ static void ctx_free(ts_decode_ctx *c) {
     free(c->ws);
     free(c->up);
     free(c->slot_of_tid);
+    shared_i8_free(&c->sh);
     float *sh[] = {c->sh.emb_tok, c->sh.src0, c->sh.kpe0, c->sh.k_t2i, c->sh.v_t2i, c->sh.q_i2t};
     ts_free_aligned(c->sh.qq);
     for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) ts_free_aligned(sh[i]);
@@ -1144,17 +1195,30 @@ int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
     ts_decode_ctx *c = ctx_get(d, nt, n_up, max_tokens, max_tokens > fold_max);
     if (!c) return ts_error(TINYSAM_E_NOMEM, "out of memory in the mask decoder");
     shared_img *sh = &c->sh;
-    transpose(embedding, 256, N_IMG, sh->emb_tok);
-    shared_job sj = {pe, sh};
-    ts_parallel_for(PAR_TASKS, shared_task, &sj);
-    /* Its projections cost about two folded sets' worth of work: worth it from two sets. */
-    int use_proj = n_plain >= 2;
-    if (use_proj) {
+    if (!shared_is_current(sh, pe, d, embedding)) {
+        sh->img_valid = sh->proj_valid = 0;
+        shared_i8_free(sh);
+        transpose(embedding, 256, N_IMG, sh->emb_tok);
+        shared_job sj = {pe, sh};
+        ts_parallel_for(PAR_TASKS, shared_task, &sj);
+        sh->pe = pe;
+        sh->gen = d->gen;
+        sh->isa = ts_nn_isa_name();
+        sh->isa_i8 = ts_gemm_i8_isa_name();
+        memcpy(sh->no_mask, pe->no_mask, sizeof sh->no_mask);
+        sh->img_valid = 1;
+    }
+    /* Every set that can (no mask input, folded) takes layer 0 from the shared projections,
+     * a lone set too: a set's values then do not depend on the sets beside it (a batch
+     * equals separate calls bit for bit), and a cached embedding prompted again reuses them. */
+    int use_proj = n_plain >= 1;
+    if (use_proj && !sh->proj_valid) {
         const ts_twoway_layer *l0 = &d->layer[0];
         linear(sh->kpe0, N_IMG, l0->t2i.k_p, l0->t2i.k_b, sh->k_t2i);
         linear(sh->src0, N_IMG, l0->t2i.v_p, l0->t2i.v_b, sh->v_t2i);
         linear(sh->kpe0, N_IMG, l0->i2t.q_p, l0->i2t.q_b, sh->q_i2t);
         if (d->up_i8) shared_i8_make(sh);
+        sh->proj_valid = 1;
     }
     atomic_int next_slot = 0;
     decode_job j = {.pe = pe, .d = d, .sets = sets, .sh = sh, .use_proj = use_proj,
@@ -1166,7 +1230,6 @@ int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
         decode_one(&j, 0, &c->ws[0], &c->up[0]);
     else
         ts_parallel_for(n, decode_task, &j);
-    shared_i8_free(sh);
     ctx_put(d, c);
     return 0;
 }

@@ -28,12 +28,13 @@ typedef struct {
     const tinysam_embedding *e;
     tinysam_prediction *out;
     int n_sets, per_set, best_only;
+    float *scratch; /* per pool thread: stride floats (post-processing scratch + a band) */
+    size_t stride;
     atomic_int rc;
 } pp_job;
 
 /* Task (set, mask, band): rows of one mask at the original size. */
 static void pp_task(void *ctx, int t, int tid) {
-    (void)tid;
     pp_job *j = ctx;
     int b = t % PP_BANDS, km = (t / PP_BANDS) % j->per_set, i = t / PP_BANDS / j->per_set;
     tinysam_prediction *o = &j->out[i];
@@ -42,12 +43,7 @@ static void pp_task(void *ctx, int t, int tid) {
     if (y0 == y1) return;
     size_t plane = (size_t)W * H;
     long long nscratch = ts_postprocess_scratch_size(j->e->input_h, j->e->input_w, H, W);
-    size_t band = o->logits ? 0 : (size_t)(y1 - y0) * W;
-    float *tmp = ts_malloc(sizeof(float) * ((size_t)nscratch + band));
-    if (!tmp) {
-        atomic_store(&j->rc, TINYSAM_E_NOMEM);
-        return;
-    }
+    float *tmp = j->scratch + j->stride * (size_t)tid; /* no allocation per band */
     size_t first = (size_t)km * plane + (size_t)y0 * W, n = (size_t)(y1 - y0) * W;
     float *dst = o->logits ? o->logits + first : tmp + nscratch;
     int rc = ts_postprocess_mask_rows(o->low_res + (size_t)src * 65536, j->e->input_h,
@@ -57,20 +53,21 @@ static void pp_task(void *ctx, int t, int tid) {
     else if (o->masks)
         for (size_t q = 0; q < n; q++)
             o->masks[first + q] = dst[q] > 0.0f;
-    free(tmp);
 }
 
 /* Decodes sets [i0, i1) into out[i0..i1). */
+/* lr4 (BATCH_CHUNK x 4 x 65536) and pp_scratch (ts_num_threads() x pp_stride) are the
+ * call's, reused by every chunk. */
 static int decode_chunk(tinysam_model *m, const tinysam_embedding *e, int i0, int i1,
-                        const tinysam_prompt *p, int flags, tinysam_prediction *out) {
+                        const tinysam_prompt *p, int flags, tinysam_prediction *out, float *lr4,
+                        float *pp_scratch, size_t pp_stride) {
     int n = i1 - i0, W = e->orig_w, H = e->orig_h, rc = 0, total_pts = 0;
     for (int i = i0; i < i1; i++)
         total_pts += p[i].n_points;
     ts_prompt_set *sets = ts_calloc((size_t)n, sizeof *sets);
     float *coords = ts_malloc(sizeof(float) * 2 * (size_t)(total_pts + 1));
-    float *lr4 = ts_malloc(sizeof(float) * 4 * 65536 * (size_t)n);
     float *iou4 = ts_malloc(sizeof(float) * 4 * (size_t)n);
-    if (!sets || !coords || !lr4 || !iou4) {
+    if (!sets || !coords || !iou4) {
         rc = ts_error(TINYSAM_E_NOMEM, "out of memory for %d prompt sets", n);
         goto done;
     }
@@ -122,7 +119,9 @@ static int decode_chunk(tinysam_model *m, const tinysam_embedding *e, int i0, in
                      .out = out + i0,
                      .n_sets = n,
                      .per_set = per_set,
-                     .best_only = (flags & TINYSAM_PREDICT_BEST) != 0};
+                     .best_only = (flags & TINYSAM_PREDICT_BEST) != 0,
+                     .scratch = pp_scratch,
+                     .stride = pp_stride};
         atomic_init(&pj.rc, 0);
         ts_parallel_for(n * per_set * PP_BANDS, pp_task, &pj);
         if ((rc = atomic_load(&pj.rc))) rc = ts_error(rc, "out of memory for %dx%d masks", W, H);
@@ -130,7 +129,6 @@ static int decode_chunk(tinysam_model *m, const tinysam_embedding *e, int i0, in
 done:
     free(sets);
     free(coords);
-    free(lr4);
     free(iou4);
     return rc;
 }
@@ -148,9 +146,23 @@ tinysam_status tinysam_predict_batch(tinysam_model *m, const tinysam_embedding *
         int rc = ts_check_prompt(e, &p[i]);
         if (rc) return ts_error_prefix(rc, "prompt set %d", i);
     }
+    if (!n) return 0;
     int rc = 0;
+    /* post-processing scratch per pool thread: the taps and rows, plus one band of float
+     * logits when only masks are asked for */
+    int H = e->orig_h, W = e->orig_w, threads = ts_num_threads();
+    size_t band = ((size_t)H + PP_BANDS - 1) / PP_BANDS + 1;
+    size_t stride = (size_t)ts_postprocess_scratch_size(e->input_h, e->input_w, H, W) +
+                    band * (size_t)W;
+    stride = (stride + 15) / 16 * 16;
+    float *lr4 = ts_malloc(sizeof(float) * 4 * 65536 * (size_t)TS_MIN(n, BATCH_CHUNK));
+    float *pp = ts_malloc(sizeof(float) * stride * (size_t)threads);
+    if (!lr4 || !pp)
+        rc = ts_error(TINYSAM_E_NOMEM, "out of memory for %d prompt sets", n);
     for (int i0 = 0; i0 < n && !rc; i0 += BATCH_CHUNK)
-        rc = decode_chunk(m, e, i0, TS_MIN(n, i0 + BATCH_CHUNK), p, flags, out);
+        rc = decode_chunk(m, e, i0, TS_MIN(n, i0 + BATCH_CHUNK), p, flags, out, lr4, pp, stride);
+    free(lr4);
+    free(pp);
     if (rc)
         for (int i = 0; i < n; i++)
             tinysam_prediction_free(&out[i]);

@@ -46,7 +46,10 @@ const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe);
  * (256 x 64 x 64). Writes all 4 mask tokens: low_res n x 4 x 256 x 256 and iou n x 4.
  * Callers pick tokens 1..3 (TinySAM) or 0 (SAM single-mask). Safe to call concurrently on
  * one decoder; the decoder keeps the last call's scratch (about 20 MB per worker plus 18 MB)
- * for the next call, freed with the decoder. */
+ * for the next call, freed with the decoder, with the image side of the last embedding (its
+ * layer-0 projections): a call on the same embedding values skips them. A set's results do
+ * not depend on the other sets of the call: n sets give what n calls of one set give, bit
+ * for bit. */
 int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *d, const float *embedding,
                   int n, const ts_prompt_set *sets, float *low_res, float *iou);
 /* The same, also writing the transformer's output tokens after norm_final_attn, rows 0..4

@@ -83,6 +83,7 @@ struct ts_mask_decoder {
     ts_up_i8 *up_i8;                    /* int8 upscaling, or NULL (float) */
     pthread_mutex_t ctx_lock;
     ts_decode_ctx *ctx_cache; /* scratch of the last call, reused by the next */
+    unsigned gen;             /* bumped by ts_mask_decoder_refresh (weights changed) */
 };
 
 /* Prompt sets of up to this many tokens (5 + sparse) take the folded cross attentions;

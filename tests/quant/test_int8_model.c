@@ -417,6 +417,57 @@ static void test_batched_decode(void) {
     tinysam_image_free(&img);
 }
 
+/* The int8 decoder's batch path: boxes (and a box with points, a lone point) through
+ * tinysam_predict_batch give the IoUs, low-res logits and masks of separate tinysam_predict
+ * calls bit for bit. */
+static void test_batch_equals_single_i8(void) {
+    if (!setup()) SKIP("fixtures missing or setup failed");
+    tinysam_image img;
+    REQUIRE(tinysam_image_load(fixture("images/picture1.jpg"), 0, &img) == 0, "%s",
+            tinysam_last_error());
+    tinysam_embedding *e;
+    REQUIRE(tinysam_encode(qm, &img, &e) == 0, "%s", tinysam_last_error());
+    enum { NMAX = 10 };
+    const int n = test_sanitized() || test_portable_kernels() ? 4 : NMAX;
+    tinysam_prompt pr[NMAX];
+    tinysam_prediction b[NMAX];
+    float pts[4] = {300, 320, 520, 410};
+    int labels[2] = {1, 0};
+    memset(pr, 0, sizeof pr);
+    for (int i = 0; i < n; i++) {
+        float x0 = (float)(37 * i % 400), y0 = (float)(53 * i % 380);
+        pr[i].has_box = i != 1;
+        pr[i].box[0] = x0;
+        pr[i].box[1] = y0;
+        pr[i].box[2] = x0 + 120 + 11 * i;
+        pr[i].box[3] = y0 + 90 + 13 * i;
+        if (i % 4 == 1) {
+            pr[i].n_points = 1 + (i > 1);
+            pr[i].points = pts;
+            pr[i].labels = labels;
+        }
+    }
+    REQUIRE(tinysam_predict_batch(qm, e, n, pr, TINYSAM_PREDICT_MASKS, b) == 0, "%s",
+            tinysam_last_error());
+    int same = 0;
+    for (int i = 0; i < n; i++) {
+        tinysam_prediction s;
+        REQUIRE(tinysam_predict(qm, e, &pr[i], TINYSAM_PREDICT_MASKS, &s) == 0, "%s",
+                tinysam_last_error());
+        size_t plane = (size_t)s.width * s.height;
+        int ok = b[i].best == s.best && !memcmp(b[i].iou, s.iou, sizeof s.iou) &&
+                 !memcmp(b[i].low_res, s.low_res, sizeof(float) * 3 * 65536) &&
+                 !memcmp(b[i].masks, s.masks, 3 * plane);
+        CHECK(ok, "int8 set %d: the batch differs from a separate call", i);
+        same += ok;
+        tinysam_prediction_free(&s);
+        tinysam_prediction_free(&b[i]);
+    }
+    printf("  int8: %d of %d batched sets equal separate calls bit for bit\n", same, n);
+    tinysam_embedding_free(e);
+    tinysam_image_free(&img);
+}
+
 /* The asymmetric post-GELU search: the minimum maps near code 0, and on a skewed GELU-like
  * sample its error is below that of the symmetric search (half the codes unused there). */
 static void test_search_asym(void) {
@@ -531,6 +582,7 @@ int main(void) {
     RUN(test_weight_only_decoder_file);
     RUN(test_accuracy);
     RUN(test_batched_decode);
+    RUN(test_batch_equals_single_i8);
     tinysam_model_free(fm);
     tinysam_model_free(qm);
     if (qpath[0]) remove(qpath);
