@@ -367,7 +367,7 @@ static void test_bad_and_partial(void) {
                          NULL) == TINYSAM_E_ARG,
           "zero point 256 accepted");
     const char *paths[1] = {p1};
-    ts_quant_opts o = {2 /* not mse or layer: e.g. hessian */, TS_SCOPE_ENCODER};
+    ts_quant_opts o = {TS_CALIB_HESSIAN /* not mse or layer */, TS_SCOPE_ENCODER, NULL};
     CHECK(ts_quantize_vit_model(fm, paths, 1, &o, tmp_path("x.safetensors"), 0) ==
               TINYSAM_E_UNSUPPORTED,
           "method 2 accepted for SAM ViT");
