@@ -33,12 +33,12 @@ function check(name, ok, detail) {
 
 // ---------------------------------------------------------------- a minimal PNG reader
 
-// Decodes the 8-bit grey or RGB(A) non-interlaced PNGs the CLI writes; returns
-// {width, height, channels, data}.
+// Decodes the non-interlaced PNGs the CLI writes (8-bit grey or RGB(A), and 1-bit grey for
+// masks, unpacked to 0/255); returns {width, height, channels, data}.
 function readPng(file) {
   const buf = fs.readFileSync(file);
   if (buf.readUInt32BE(0) !== 0x89504e47) throw new Error(`${file}: not a PNG`);
-  let pos = 8, width = 0, height = 0, channels = 0;
+  let pos = 8, width = 0, height = 0, channels = 0, depth = 8;
   const idat = [];
   while (pos < buf.length) {
     const len = buf.readUInt32BE(pos), type = buf.toString('latin1', pos + 4, pos + 8);
@@ -46,16 +46,20 @@ function readPng(file) {
     if (type === 'IHDR') {
       width = body.readUInt32BE(0);
       height = body.readUInt32BE(4);
-      const depth = body[8], color = body[9], interlace = body[12];
+      const color = body[9], interlace = body[12];
+      depth = body[8];
       channels = { 0: 1, 2: 3, 4: 2, 6: 4 }[color];
-      if (depth !== 8 || !channels || interlace) throw new Error(`${file}: unsupported PNG layout`);
+      if (!(depth === 8 || (depth === 1 && color === 0)) || !channels || interlace)
+        throw new Error(`${file}: unsupported PNG layout`);
     } else if (type === 'IDAT') {
       idat.push(body);
     }
     pos += 12 + len;
   }
   const raw = zlib.inflateSync(Buffer.concat(idat));
-  const stride = width * channels, out = Buffer.alloc(stride * height);
+  // filters work on bytes; a 1-bit row is ceil(width / 8) bytes, its "pixel" one byte
+  const stride = depth === 1 ? (width + 7) >> 3 : width * channels;
+  const out = Buffer.alloc(stride * height);
   for (let y = 0; y < height; y++) {
     const f = raw[y * (stride + 1)], src = raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1));
     for (let x = 0; x < stride; x++) {
@@ -72,6 +76,13 @@ function readPng(file) {
       }
       out[y * stride + x] = (src[x] + pred) & 255;
     }
+  }
+  if (depth === 1) { // most significant bit first
+    const px = Buffer.alloc(width * height);
+    for (let y = 0; y < height; y++)
+      for (let x = 0; x < width; x++)
+        px[y * width + x] = (out[y * stride + (x >> 3)] >> (7 - (x & 7))) & 1 ? 255 : 0;
+    return { width, height, channels, data: px };
   }
   return { width, height, channels, data: out };
 }
