@@ -46,8 +46,17 @@ static void block(uint32_t h[8], const uint8_t *p) {
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_SHANI_PATH 1
+
+/* cpuid, not __builtin_cpu_supports: clang 14 does not know the "sha" feature name */
+static int cpu_has_shani(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 19))) return 0; /* SSE4.1 */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b >> 29) & 1; /* SHA */
+}
 
 /* The x86 SHA extensions (Zen, Ice Lake and later): ~5x the portable code, which matters for
  * the model fingerprint (tens of MB) of every `tinysam embed`. The state is kept as ABEF and
@@ -115,7 +124,7 @@ void ts_sha256_hex_portable(const void *data, size_t n, char hex[65]) {
 
 void ts_sha256_hex(const void *data, size_t n, char hex[65]) {
 #ifdef HAVE_SHANI_PATH
-    if (__builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1")) {
+    if (cpu_has_shani()) {
         sha256_hex(data, n, hex, blocks_shani);
         return;
     }
