@@ -212,15 +212,7 @@ static int lin_int8(ts_tiny_vit *e, ts_tensor_map *m, lin_op *op) {
     if (!(st = take1(m, name, 1))) return TINYSAM_E_FORMAT;
     snprintf(name, sizeof name, "%s.input_zero_point", P);
     if (!(zp = take1(m, name, 1))) return TINYSAM_E_FORMAT;
-    if (!(isfinite(st[0]) && st[0] > 0.0f))
-        return ts_error(TINYSAM_E_FORMAT, "%s.input_step %g is not a positive number", P,
-                        (double)st[0]);
-    if (!(zp[0] >= 0.0f && zp[0] <= 255.0f && zp[0] == floorf(zp[0])))
-        return ts_error(TINYSAM_E_FORMAT, "%s.input_zero_point %g is not an integer in [0, 255]",
-                        P, (double)zp[0]);
-    for (int n = 0; n < N; n++)
-        if (!(isfinite(sc[n]) && sc[n] >= 0.0f && isfinite(b[n])))
-            return ts_error(TINYSAM_E_FORMAT, "%s: weight_scale or bias %d is not finite", P, n);
+    if (ts_i8_check_layer_steps(P, st[0], zp[0], sc, b, N)) return TINYSAM_E_FORMAT;
     const int8_t *codes = t->data;
     int8_t *perm = NULL;
     if (taps == 9) { /* to the GEMM's columns [ky][kx][ci] */

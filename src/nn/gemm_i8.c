@@ -15,6 +15,7 @@
 #include "core.h"
 #include "threads.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -415,4 +416,18 @@ void ts_quantize_u8_range(const float *x, int M, int K, int ldx, float step, int
 void ts_quantize_u8(const float *x, int M, int K, int ldx, float step, int zp, uint8_t *q,
                     int ldq) {
     ts_quantize_u8_range(x, M, K, ldx, step, zp, -zp, 255 - zp, q, ldq);
+}
+
+int ts_i8_check_layer_steps(const char *P, float step, float zero_point, const float *scale,
+                            const float *bias, int N) {
+    if (!(isfinite(step) && step > 0.0f))
+        return ts_error(TINYSAM_E_FORMAT, "%s.input_step %g is not a positive number", P,
+                        (double)step);
+    if (!(zero_point >= 0.0f && zero_point <= 255.0f && zero_point == floorf(zero_point)))
+        return ts_error(TINYSAM_E_FORMAT, "%s.input_zero_point %g is not an integer in [0, 255]",
+                        P, (double)zero_point);
+    for (int n = 0; n < N; n++)
+        if (!(isfinite(scale[n]) && scale[n] >= 0.0f && (!bias || isfinite(bias[n]))))
+            return ts_error(TINYSAM_E_FORMAT, "%s: weight_scale or bias %d is not finite", P, n);
+    return 0;
 }

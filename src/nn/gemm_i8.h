@@ -81,6 +81,12 @@ void ts_gemm_i8_f32_serial(int M, const float *X, int ldx, float a_step, int a_z
 void ts_gemm_i8_s32(int M, const uint8_t *A, int lda, int a_zp, const ts_i8pack *W,
                     int32_t *C32, int ldc);
 
+/* Checks a stored W8A8 layer's quantisers, read from a file: input step > 0, zero point an
+ * integer in [0, 255], the N weight scales >= 0 and the biases (NULL: none) finite.
+ * TINYSAM_E_FORMAT naming layer P, or 0. */
+int ts_i8_check_layer_steps(const char *P, float step, float zero_point, const float *scale,
+                            const float *bias, int N);
+
 /* Name of the int8 kernel path that runs now: "avx512vnni", "avx2" or "scalar". */
 const char *ts_gemm_i8_isa_name(void);
 

@@ -84,15 +84,7 @@ static int load_layer(ts_tensor_map *m, const ts_vit_layer_desc *d, i8_layer *l)
     if (!(st = take_vec(m, name, 1))) return TINYSAM_E_FORMAT;
     snprintf(name, sizeof name, "%s.input_zero_point", P);
     if (!(zp = take_vec(m, name, 1))) return TINYSAM_E_FORMAT;
-    if (!(isfinite(st[0]) && st[0] > 0.0f))
-        return ts_error(TINYSAM_E_FORMAT, "%s.input_step %g is not a positive number", P,
-                        (double)st[0]);
-    if (!(zp[0] >= 0.0f && zp[0] <= 255.0f && zp[0] == floorf(zp[0])))
-        return ts_error(TINYSAM_E_FORMAT, "%s.input_zero_point %g is not an integer in [0, 255]",
-                        P, (double)zp[0]);
-    for (int n = 0; n < N; n++)
-        if (!(isfinite(sc[n]) && sc[n] >= 0.0f && (!l->bias || isfinite(l->bias[n]))))
-            return ts_error(TINYSAM_E_FORMAT, "%s: weight_scale or bias %d is not finite", P, n);
+    if (ts_i8_check_layer_steps(P, st[0], zp[0], sc, l->bias, N)) return TINYSAM_E_FORMAT;
     /* Linear [N][K], Conv2d [N][3][16][16] (column = c*256 + ky*16 + kx, the order of the
      * encoder's patch columns) and [N][C][1][1] are all [N][K] row-major */
     if (!(l->pk = ts_i8pack_new(t->data, N, K, K, sc))) return ts_error_prefix(TINYSAM_E_NOMEM, "%s", P);
