@@ -41,8 +41,8 @@ typedef struct {
     float *scale, *bias, step, zp;
 } qdata;
 
-static ts_tensor *add(ts_tensor_map *m, const char *P, const char *suffix, ts_dtype dt,
-                      void *data, int64_t d0, int64_t d1) {
+ts_tensor *ts_int8_map_add(ts_tensor_map *m, const char *P, const char *suffix, ts_dtype dt,
+                           void *data, int64_t d0, int64_t d1) {
     char name[256];
     snprintf(name, sizeof name, "%.160s.%.32s", P, suffix);
     ts_tensor *t = ts_map_add(m, name);
@@ -57,9 +57,32 @@ static ts_tensor *add(ts_tensor_map *m, const char *P, const char *suffix, ts_dt
     return t;
 }
 
+int ts_int8_map_copy(ts_tensor_map *m, const ts_tensor *t, void **block) {
+    *block = NULL;
+    ts_tensor *c = ts_map_add(m, t->name);
+    if (!c) return TINYSAM_E_NOMEM;
+    char *name = c->name;
+    *c = *t;
+    c->name = name;
+    if (!store_int8(t)) return 0;
+    /* weight-only: codes + one scale per index of dim 0 */
+    int64_t rows = t->shape[0], cols = t->numel / rows;
+    uint8_t *buf = ts_malloc((size_t)t->numel + sizeof(float) * (size_t)rows + 4);
+    if (!buf) return TINYSAM_E_NOMEM;
+    *block = buf;
+    float *sc = (float *)(buf + ((size_t)t->numel + 3) / 4 * 4);
+    ts_quant_weights(t->data, (int)rows, (int)cols, (int)cols, (int8_t *)buf, sc);
+    c->dtype = c->file_dtype = TS_DTYPE_I8;
+    c->data = buf;
+    char sn[160];
+    snprintf(sn, sizeof sn, "%.*s", (int)(strlen(t->name) - 7), t->name);
+    return ts_int8_map_add(m, sn, "weight_scale", TS_DTYPE_F32, sc, rows, 0) ? 0
+                                                                             : TINYSAM_E_NOMEM;
+}
+
 static int add_layer(ts_tensor_map *m, const ts_tiny_vit_qlayer *q, qdata *d) {
     if (q->taps == 9) { /* a 3x3 conv: the official [co][ci][3][3] */
-        ts_tensor *t = add(m, q->name, "weight", TS_DTYPE_I8, d->codes, q->N, q->K);
+        ts_tensor *t = ts_int8_map_add(m, q->name, "weight", TS_DTYPE_I8, d->codes, q->N, q->K);
         if (!t) return TINYSAM_E_NOMEM;
         t->ndim = 4;
         t->shape[1] = q->K / 9;
@@ -67,11 +90,11 @@ static int add_layer(ts_tensor_map *m, const ts_tiny_vit_qlayer *q, qdata *d) {
     }
     // clang-format off
     if ((q->taps != 9 &&
-         !add(m, q->name, "weight",           TS_DTYPE_I8,  d->codes, q->N, q->K)) ||
-        !add(m, q->name, "weight_scale",     TS_DTYPE_F32, d->scale, q->N, 0)    ||
-        !add(m, q->name, "bias",             TS_DTYPE_F32, d->bias,  q->N, 0)    ||
-        !add(m, q->name, "input_step",       TS_DTYPE_F32, &d->step, 1, 0)       ||
-        !add(m, q->name, "input_zero_point", TS_DTYPE_F32, &d->zp,   1, 0))
+         !ts_int8_map_add(m, q->name, "weight",           TS_DTYPE_I8,  d->codes, q->N, q->K)) ||
+        !ts_int8_map_add(m, q->name, "weight_scale",     TS_DTYPE_F32, d->scale, q->N, 0)    ||
+        !ts_int8_map_add(m, q->name, "bias",             TS_DTYPE_F32, d->bias,  q->N, 0)    ||
+        !ts_int8_map_add(m, q->name, "input_step",       TS_DTYPE_F32, &d->step, 1, 0)       ||
+        !ts_int8_map_add(m, q->name, "input_zero_point", TS_DTYPE_F32, &d->zp,   1, 0))
         return TINYSAM_E_NOMEM;
     // clang-format on
     return 0;
@@ -159,24 +182,10 @@ int ts_int8_model_save_layers_ws(const char *path, const ts_tensor_map *src,
             emitted[o] = 1;
             continue;
         }
-        ts_tensor *c = ts_map_add(m, t->name);
-        if (!c) goto done;
-        char *name = c->name;
-        *c = *t;
-        c->name = name;
-        if (store_int8(t)) { /* weight-only: codes + one scale per index of dim 0 */
-            int64_t rows = t->shape[0], cols = t->numel / rows;
-            uint8_t *buf = ts_malloc((size_t)t->numel + sizeof(float) * (size_t)rows + 4);
-            if (!buf) goto done;
-            extra[n_extra++] = buf;
-            float *sc = (float *)(buf + ((size_t)t->numel + 3) / 4 * 4);
-            ts_quant_weights(t->data, (int)rows, (int)cols, (int)cols, (int8_t *)buf, sc);
-            c->dtype = c->file_dtype = TS_DTYPE_I8;
-            c->data = buf;
-            char sn[160];
-            snprintf(sn, sizeof sn, "%.*s", (int)(strlen(t->name) - 7), t->name);
-            if (!add(m, sn, "weight_scale", TS_DTYPE_F32, sc, rows, 0)) goto done;
-        }
+        void *block = NULL;
+        int bad = ts_int8_map_copy(m, t, &block);
+        if (block) extra[n_extra++] = block;
+        if (bad) goto done;
     }
     for (int i = 0; i < nq; i++)
         if (!emitted[i] && (rc = add_layer(m, &ql[i], &qd[i]))) goto done;
@@ -190,7 +199,7 @@ int ts_int8_model_save_layers_ws(const char *path, const ts_tensor_map *src,
                 goto done;
             }
         rc = TINYSAM_E_NOMEM;
-        if (!add(m, a.name, "product_steps", TS_DTYPE_F32, (void *)(attn_steps + 4 * i), 4, 0))
+        if (!ts_int8_map_add(m, a.name, "product_steps", TS_DTYPE_F32, (void *)(attn_steps + 4 * i), 4, 0))
             goto done;
     }
     mk[0] = "tinysam.quantization";

@@ -63,6 +63,15 @@ int ts_int8_model_save_layers_ws(const char *path, const ts_tensor_map *src,
  * marked used). A map without such tensors is left as it is. */
 int ts_int8_model_expand(ts_tensor_map *m);
 
+/* Writing an int8 file (shared by the TinyViT and SAM ViT writers): adds the tensor "P.suffix"
+ * of shape [d0] (d1 = 0) or [d0][d1] over data to m; NULL when out of memory. */
+ts_tensor *ts_int8_map_add(ts_tensor_map *m, const char *P, const char *suffix, ts_dtype dt,
+                           void *data, int64_t d0, int64_t d1);
+/* Copies the float file's tensor t into m, a large float weight as weight-only int8 (codes and
+ * "P.weight_scale") in a block returned in *block (NULL when none) for the caller to free after
+ * the save. 0, or nonzero when out of memory. */
+int ts_int8_map_copy(ts_tensor_map *m, const ts_tensor *t, void **block);
+
 /* The mask decoder's W8A8 layers (written since the int8 decoder; calibrate_decoder.h): the
  * output upscaling's ConvTranspose2d P = "mask_decoder.output_upscaling.0" / ".3" as the W8A8
  * layers above with P.weight I8 [4*out][in] (row (a*2+b)*out + o: output channel o of the

@@ -159,28 +159,6 @@ void ts_vit_i8_mlp(const ts_vit_i8 *q, int id1, int id2, int M, const float *X, 
 
 /* ---- the model file --------------------------------------------------------------------- */
 
-/* The float weights stored weight-only int8 (as quant/int8_model.c does). */
-static int store_int8(const ts_tensor *t) {
-    size_t l = strlen(t->name);
-    return t->dtype == TS_DTYPE_F32 && t->ndim >= 2 && t->numel >= TS_INT8_STORE_MIN && l > 7 &&
-           !strcmp(t->name + l - 7, ".weight");
-}
-
-static ts_tensor *add(ts_tensor_map *m, const char *P, const char *suffix, ts_dtype dt, void *data,
-                      int64_t d0) {
-    char name[256];
-    snprintf(name, sizeof name, "%.160s.%.32s", P, suffix);
-    ts_tensor *t = ts_map_add(m, name);
-    if (!t) return NULL;
-    t->dtype = t->file_dtype = dt;
-    t->ndim = 1;
-    t->shape[0] = d0;
-    t->numel = d0;
-    t->data = data;
-    t->used = 1;
-    return t;
-}
-
 /* The layer (index into d) a tensor name belongs to: "P.weight" or "P.bias", else -1. */
 static int owner(const ts_vit_layer_desc *d, const float *step, int n, const char *name) {
     for (int i = 0; i < n; i++) {
@@ -270,32 +248,18 @@ int ts_vit_i8_save(const char *path, const ts_tensor_map *src, int depth, int C,
             c->data = qb[o].codes;
             c->used = 1;
             // clang-format off
-            if (!add(m, d[o].name, "weight_scale", TS_DTYPE_F32, qb[o].scale, d[o].N) ||
-                (qb[o].bias && !add(m, d[o].name, "bias", TS_DTYPE_F32, qb[o].bias, d[o].N)) ||
-                !add(m, d[o].name, "input_step", TS_DTYPE_F32, &qb[o].step, 1) ||
-                !add(m, d[o].name, "input_zero_point", TS_DTYPE_F32, &qb[o].zp, 1))
+            if (!ts_int8_map_add(m, d[o].name, "weight_scale", TS_DTYPE_F32, qb[o].scale, d[o].N, 0) ||
+                (qb[o].bias && !ts_int8_map_add(m, d[o].name, "bias", TS_DTYPE_F32, qb[o].bias, d[o].N, 0)) ||
+                !ts_int8_map_add(m, d[o].name, "input_step", TS_DTYPE_F32, &qb[o].step, 1, 0) ||
+                !ts_int8_map_add(m, d[o].name, "input_zero_point", TS_DTYPE_F32, &qb[o].zp, 1, 0))
                 goto done;
             // clang-format on
             continue;
         }
-        ts_tensor *c = ts_map_add(m, t->name);
-        if (!c) goto done;
-        char *keep = c->name;
-        *c = *t;
-        c->name = keep;
-        if (store_int8(t)) { /* weight-only: codes + one scale per index of dim 0 */
-            int64_t rows = t->shape[0], cols = t->numel / rows;
-            uint8_t *buf = ts_malloc((size_t)t->numel + sizeof(float) * (size_t)rows + 4);
-            if (!buf) goto done;
-            extra[n_extra++] = buf;
-            float *sc = (float *)(buf + ((size_t)t->numel + 3) / 4 * 4);
-            ts_quant_weights(t->data, (int)rows, (int)cols, (int)cols, (int8_t *)buf, sc);
-            c->dtype = c->file_dtype = TS_DTYPE_I8;
-            c->data = buf;
-            char sn[160];
-            snprintf(sn, sizeof sn, "%.*s", (int)(strlen(t->name) - 7), t->name);
-            if (!add(m, sn, "weight_scale", TS_DTYPE_F32, sc, rows)) goto done;
-        }
+        void *block = NULL;
+        int bad = ts_int8_map_copy(m, t, &block);
+        if (block) extra[n_extra++] = block;
+        if (bad) goto done;
     }
     for (int i = 0; i < n; i++)
         if (step[i] > 0.0f && !emitted[i]) {
