@@ -22,7 +22,7 @@
 static tinysam_model *int8_decoder_model(const tinysam_model *m) {
     ts_dec_quant q = {{0.03f, 0.012f, 0.01f, 0.03f, 0.03f, 0.03f, 0.03f, 0.03f},
                       {128, 14, 14, 128, 128, 128, 128, 128}};
-    for (int i = 0; i < TS_DEC_N_TOK; i++) { /* the token-side Linears */
+    for (int i = 0; i < TS_DEC_TOK_IOU0; i++) { /* the token-side Linears (IoU head float) */
         char P[128];
         int N, K, relu;
         ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu);

@@ -39,6 +39,10 @@ enum {
     TS_DEC_SITE_KEYS0 = 6, /* + layer: 6, 7 (the final attention's keys: TS_DEC_SITE_UP0) */
     TS_DEC_SITE_TOK0 = 8,  /* + i: the input of token-side Linear i (ts_dec_tok_layer) */
     TS_DEC_N_TOK = 37,
+    /* The IoU head (token Linears 34-36) is calibrated but left float by ts_calib_decoder: in
+     * int8 its three M = 1 layers (0.1% of the time) flipped the best-mask choice of a fixture
+     * case (random weights: the four IoU predictions lie close together). */
+    TS_DEC_TOK_IOU0 = 34,
     TS_DEC_N_SITES = TS_DEC_SITE_TOK0 + TS_DEC_N_TOK
 };
 
