@@ -22,10 +22,11 @@
 static tinysam_model *int8_decoder_model(const tinysam_model *m) {
     ts_dec_quant q = {{0.03f, 0.012f, 0.01f, 0.03f, 0.03f, 0.03f, 0.03f, 0.03f},
                       {128, 14, 14, 128, 128, 128, 128, 128}};
-    for (int i = 0; i < TS_DEC_TOK_IOU0; i++) { /* the token-side Linears (IoU head float) */
+    for (int i = 0; i < TS_DEC_N_TOK; i++) { /* the token-side Linears quantize makes int8 */
         char P[128];
         int N, K, relu;
         ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu);
+        if (ts_dec_tok_kept_float(i)) continue;
         q.step[TS_DEC_SITE_TOK0 + i] = relu ? 0.02f : 0.03f;
         q.zp[TS_DEC_SITE_TOK0 + i] = relu ? 0 : 128;
     }

@@ -39,10 +39,7 @@ enum {
     TS_DEC_SITE_KEYS0 = 6, /* + layer: 6, 7 (the final attention's keys: TS_DEC_SITE_UP0) */
     TS_DEC_SITE_TOK0 = 8,  /* + i: the input of token-side Linear i (ts_dec_tok_layer) */
     TS_DEC_N_TOK = 37,
-    /* The IoU head (token Linears 34-36) is calibrated but left float by ts_calib_decoder: in
-     * int8 its three M = 1 layers (0.1% of the time) flipped the best-mask choice of a fixture
-     * case (random weights: the four IoU predictions lie close together). */
-    TS_DEC_TOK_IOU0 = 34,
+    TS_DEC_TOK_IOU0 = 34, /* the IoU head's first Linear */
     TS_DEC_N_SITES = TS_DEC_SITE_TOK0 + TS_DEC_N_TOK
 };
 
@@ -55,6 +52,14 @@ enum {
  * shape N x K; *relu_in when its input follows a ReLU (asymmetric quantiser, zero point 0).
  * Returns -1 when i is out of range. */
 int ts_dec_tok_layer(int i, char *P, size_t n, int *N, int *K, int *relu_in);
+
+/* Token-side Linears that ts_calib_decoder leaves float (weight-only in the file): layer 0's
+ * self-attention q/k/v, whose input is the raw prompt tokens (label embeddings + PE: a
+ * negative point's, never in the calibration prompts, lies outside the calibrated range; in
+ * int8 they flipped the best-mask choice of the fixture case picture1/point_neg under the
+ * hessian encoder), and the IoU head (three M = 1 layers that pick the best mask; 0.1% of the
+ * time). The loader still takes any of them W8A8 when a file has its input step. */
+static inline int ts_dec_tok_kept_float(int i) { return i <= 2 || i >= TS_DEC_TOK_IOU0; }
 
 /* A token-side Linear in int8 (p NULL: it runs in float). */
 typedef struct {

@@ -120,7 +120,7 @@ int ts_calib_decoder(tinysam_model *model, const char *const *paths, int n, ts_d
             int N, K, relu = 0;
             if (s >= TS_DEC_SITE_TOK0)
                 ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, P, sizeof P, &N, &K, &relu);
-            if (s >= TS_DEC_SITE_TOK0 + TS_DEC_TOK_IOU0) { /* the IoU head stays float */
+            if (s >= TS_DEC_SITE_TOK0 && ts_dec_tok_kept_float(s - TS_DEC_SITE_TOK0)) {
                 q->step[s] = 0.0f;
                 q->zp[s] = 0;
             } else if (s == TS_DEC_SITE_UP3 || s == TS_DEC_SITE_MASK || relu) { /* post-GELU / ReLU */

@@ -324,7 +324,7 @@ static void test_decoder_layers(void) {
         char P[128];
         int N, K, relu;
         REQUIRE(ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu) == 0, "layer %d", i);
-        if (i >= TS_DEC_TOK_IOU0) { /* the IoU head: float (weight-only in the file) */
+        if (ts_dec_tok_kept_float(i)) { /* left float (weight-only in the file) */
             snprintf(n, sizeof n, "%s.input_step", P);
             bad_tok += ts_map_get(qm->map, n) != NULL;
             continue;
@@ -359,9 +359,10 @@ static void test_decoder_layers(void) {
         free(sc);
     }
     CHECK(bad_tok == 0, "%d token-side Linears differ", bad_tok);
-    CHECK(qm->mask_decoder->n_tok_i8 == TS_DEC_TOK_IOU0,
-          "%d of %d token-side Linears loaded as int8", qm->mask_decoder->n_tok_i8,
-          TS_DEC_TOK_IOU0);
+    int n_i8 = 0;
+    for (int i = 0; i < TS_DEC_N_TOK; i++) n_i8 += !ts_dec_tok_kept_float(i);
+    CHECK(qm->mask_decoder->n_tok_i8 == n_i8, "%d of %d token-side Linears loaded as int8",
+          qm->mask_decoder->n_tok_i8, n_i8);
     CHECK(fm->mask_decoder->n_tok_i8 == 0, "the float model has int8 token-side Linears");
 }
 
