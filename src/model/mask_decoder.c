@@ -8,6 +8,7 @@
 #include "core.h"
 #include "model/sam_decoder.h"
 #include "model/sam_decoder_internal.h"
+#include "nn/attn_i8.h"
 #include "nn/gemm_i8.h"
 #include "nn/nn.h"
 #include "threads.h"
@@ -631,6 +632,22 @@ static void transpose_small(const float *in, int cols, int rows, float *out) {
         for (int c = 0; c < cols; c++) out[(size_t)r * cols + c] = in[(size_t)c * rows + r];
 }
 
+/* A row of n attention probabilities (>= 0) as codes round(p / (max p / qmax)) in [0, qmax]
+ * with the ISA's vectorised quantiser (a true division, as ts_quant_u8_range); returns their
+ * sum (the row's rescale is 1 / sum, so that the quantised weights sum to one). */
+static int32_t prob_codes(const ts_i8pk_kernels *kn, const float *p, int n, int qmax,
+                          uint8_t *q) {
+    const float mx = kn->row_max(p, n);
+    if (!(mx > 0.0f)) {
+        memset(q, 0, (size_t)n);
+        return 0;
+    }
+    kn->quant_row(p, n, mx / (float)qmax, 0, 0, qmax, q);
+    int32_t cs = 0;
+    for (int i = 0; i < n; i++) cs += q[i];
+    return cs;
+}
+
 static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
                           const uint8_t *kq, float kstep, int kzp, const float *v_in,
                           float vstep, int vzp, float *out, workspace *w) {
@@ -654,18 +671,10 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     /* weights as codes of each row's maximum, round(127 p / max p) (7 bits: p >= 0), the row's
      * scale 1 / sum(codes) so that the quantised weights sum to one */
     float rsc[8 * FOLD_MAX];
+    const ts_i8pk_kernels kn = ts_i8pk_get();
     for (int r = 0; r < R; r++) {
-        const float *p = w->S + (size_t)r * N_IMG;
-        int8_t *q = w->pq + (size_t)r * N_IMG;
-        float mx = 0.0f;
-        for (int n = 0; n < N_IMG; n++) mx = p[n] > mx ? p[n] : mx;
-        const float inv = mx > 0.0f ? 127.0f / mx : 0.0f, magic = 12582912.0f; /* 1.5 * 2^23 */
-        int32_t cs = 0;
-        for (int n = 0; n < N_IMG; n++) { /* round half even of p * inv in [0, 127] */
-            int v = (int)((p[n] * inv + magic) - magic);
-            q[n] = (int8_t)v;
-            cs += v;
-        }
+        int32_t cs = prob_codes(&kn, w->S + (size_t)r * N_IMG, N_IMG, 127,
+                                (uint8_t *)w->pq + (size_t)r * N_IMG);
         rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
     }
     ts_i8pack *pp = ts_i8pack_new(w->pq, R, N_IMG, N_IMG, rsc);
@@ -965,6 +974,7 @@ static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const s
     for (int i = 0; i < nq * 128; i++) mx = fabsf(w->pa[i]) > mx ? fabsf(w->pa[i]) : mx;
     const float qs = mx > 0.0f ? mx / 127.0f : 1.0f;
     uint8_t *aq = (uint8_t *)w->f1, *pq = (uint8_t *)w->pq;
+    const ts_i8pk_kernels kn = ts_i8pk_get();
     ts_quantize_u8(w->pa, nq, 128, 128, qs, 128, aq, 128);
     for (int h = 0; h < 8; h++) {
         ts_i8_out os = {.C = w->S, .ldc = N_IMG};
@@ -973,17 +983,8 @@ static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const s
         ts_softmax_rows(w->S, nq, N_IMG);
         float rsc[8 * FOLD_MAX];
         for (int r = 0; r < nq; r++) {
-            const float *p = w->S + (size_t)r * N_IMG;
-            uint8_t *q = pq + (size_t)r * N_IMG;
-            float pm = 0.0f;
-            for (int n = 0; n < N_IMG; n++) pm = p[n] > pm ? p[n] : pm;
-            const float inv = pm > 0.0f ? 255.0f / pm : 0.0f, magic = 12582912.0f;
-            int32_t cs = 0;
-            for (int n = 0; n < N_IMG; n++) {
-                int v = (int)((p[n] * inv + magic) - magic);
-                q[n] = (uint8_t)v;
-                cs += v;
-            }
+            int32_t cs = prob_codes(&kn, w->S + (size_t)r * N_IMG, N_IMG, 255,
+                                    pq + (size_t)r * N_IMG);
             rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
         }
         ts_i8_out ov = {.C = w->ctx + h * 16, .ldc = 128};
