@@ -1,8 +1,9 @@
 /* bench_decoder.c - prompt encoder + mask decoder timing: one prompt end to end (as the ONNX
  * decoder does it: prompt encoding, decoder, masks upsampled to the original size) and
  * batches of 64 single-point prompts (the everything-mode path), at 1 and 2 threads.
- * The same for the int8 decoder (quant/calibrate_decoder.h layers, fixed input steps: the
- * speed does not depend on them), interleaved with the float runs, and the ratios.
+ * The same for the int8 decoder (quant/calibrate_decoder.h layers, the token-side Linears
+ * included, fixed input steps: the speed does not depend on them), interleaved with the float
+ * runs, and the ratios.
  * Usage: bench_decoder [--json] [--runs N]   (reads the fixture checkpoint and embedding) */
 #include "core.h"
 #include "io/npy.h"
@@ -21,6 +22,14 @@
 static tinysam_model *int8_decoder_model(const tinysam_model *m) {
     ts_dec_quant q = {{0.03f, 0.012f, 0.01f, 0.03f, 0.03f, 0.03f, 0.03f, 0.03f},
                       {128, 14, 14, 128, 128, 128, 128, 128}};
+    for (int i = 0; i < TS_DEC_N_TOK; i++) { /* the token-side Linears quantize makes int8 */
+        char P[128];
+        int N, K, relu;
+        ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu);
+        if (ts_dec_tok_kept_float(i)) continue;
+        q.step[TS_DEC_SITE_TOK0 + i] = relu ? 0.02f : 0.03f;
+        q.zp[TS_DEC_SITE_TOK0 + i] = relu ? 0 : 128;
+    }
     ts_int8_decoder_view *v;
     char path[128];
     snprintf(path, sizeof path, "/tmp/bench_decoder_int8_%d.safetensors", (int)getpid());

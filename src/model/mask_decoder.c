@@ -8,6 +8,7 @@
 #include "core.h"
 #include "model/sam_decoder.h"
 #include "model/sam_decoder_internal.h"
+#include "nn/attn_i8.h"
 #include "nn/gemm_i8.h"
 #include "nn/nn.h"
 #include "threads.h"
@@ -26,13 +27,15 @@
 static int take_attn(ts_tensor_map *m, const char *p, int dim, ts_attn_w *a) {
     char n[256];
     a->dim = dim;
-#define T(field, suffix, ...)                                                                      \
+    /* a W8A8 projection (lin->p, taken by load_tok_i8) has no float weight or bias here */
+#define T(field, lin, suffix, ...)                                                                 \
     snprintf(n, sizeof n, "%s.%s", p, suffix);                                                  \
-    if (!(a->field = ts_map_take(m, n, __VA_ARGS__))) return TINYSAM_E_FORMAT;
-    T(q_w, "q_proj.weight", 2, dim, 256) T(q_b, "q_proj.bias", 1, dim)
-    T(k_w, "k_proj.weight", 2, dim, 256) T(k_b, "k_proj.bias", 1, dim)
-    T(v_w, "v_proj.weight", 2, dim, 256) T(v_b, "v_proj.bias", 1, dim)
-    T(o_w, "out_proj.weight", 2, 256, dim) T(o_b, "out_proj.bias", 1, 256)
+    if (a->lin.p) a->field = NULL;                                                              \
+    else if (!(a->field = ts_map_take(m, n, __VA_ARGS__))) return TINYSAM_E_FORMAT;
+    T(q_w, q8, "q_proj.weight", 2, dim, 256) T(q_b, q8, "q_proj.bias", 1, dim)
+    T(k_w, k8, "k_proj.weight", 2, dim, 256) T(k_b, k8, "k_proj.bias", 1, dim)
+    T(v_w, v8, "v_proj.weight", 2, dim, 256) T(v_b, v8, "v_proj.bias", 1, dim)
+    T(o_w, o8, "out_proj.weight", 2, 256, dim) T(o_b, o8, "out_proj.bias", 1, 256)
 #undef T
     return 0;
 }
@@ -59,10 +62,17 @@ static float *pack_convt(const float *w, int in, int out) {
 
 static int pack_attn(ts_attn_w *a) {
     int D = a->dim;
-    return !(a->q_p = ts_wpack_new(a->q_w, D, 256, 256)) ||
-           !(a->k_p = ts_wpack_new(a->k_w, D, 256, 256)) ||
-           !(a->v_p = ts_wpack_new(a->v_w, D, 256, 256)) ||
-           !(a->o_p = ts_wpack_new(a->o_w, 256, D, D));
+    return (!a->q8.p && !(a->q_p = ts_wpack_new(a->q_w, D, 256, 256))) ||
+           (!a->k8.p && !(a->k_p = ts_wpack_new(a->k_w, D, 256, 256))) ||
+           (!a->v8.p && !(a->v_p = ts_wpack_new(a->v_w, D, 256, 256))) ||
+           (!a->o8.p && !(a->o_p = ts_wpack_new(a->o_w, 256, D, D)));
+}
+
+static void free_attn_i8(ts_attn_w *a) {
+    ts_i8pack_free(a->q8.p);
+    ts_i8pack_free(a->k8.p);
+    ts_i8pack_free(a->v8.p);
+    ts_i8pack_free(a->o8.p);
 }
 
 static void free_attn_packs(ts_attn_w *a) {
@@ -78,17 +88,19 @@ static int pack_linears(ts_mask_decoder *d) {
     for (int L = 0; L < 2; L++) {
         ts_twoway_layer *l = &d->layer[L];
         if (pack_attn(&l->self_attn) || pack_attn(&l->t2i) || pack_attn(&l->i2t) ||
-            !(l->l1_p = ts_wpack_new(l->l1_w, 2048, 256, 256)) ||
-            !(l->l2_p = ts_wpack_new(l->l2_w, 256, 2048, 2048)))
+            (!l->l1_8.p && !(l->l1_p = ts_wpack_new(l->l1_w, 2048, 256, 256))) ||
+            (!l->l2_8.p && !(l->l2_p = ts_wpack_new(l->l2_w, 256, 2048, 2048))))
             return TINYSAM_E_NOMEM;
     }
     if (pack_attn(&d->final_attn)) return TINYSAM_E_NOMEM;
     for (int k = 0; k < 3; k++) {
         int o = k == 2 ? 32 : 256;
         for (int t = 0; t < 4; t++)
-            if (!(d->hyper_p[t][k] = ts_wpack_new(d->hyper[t][2 * k], o, 256, 256)))
+            if (!d->hyper_8[t][k].p &&
+                !(d->hyper_p[t][k] = ts_wpack_new(d->hyper[t][2 * k], o, 256, 256)))
                 return TINYSAM_E_NOMEM;
-        if (!(d->iou_p[k] = ts_wpack_new(d->iou_head[2 * k], k == 2 ? 4 : 256, 256, 256)))
+        if (!d->iou_8[k].p &&
+            !(d->iou_p[k] = ts_wpack_new(d->iou_head[2 * k], k == 2 ? 4 : 256, 256, 256)))
             return TINYSAM_E_NOMEM;
     }
     return 0;
@@ -185,13 +197,72 @@ static int load_up_i8(ts_tensor_map *m, ts_mask_decoder *d) {
     return 0;
 }
 
+int ts_dec_tok_layer(int i, char *P, size_t n, int *N, int *K, int *relu_in) {
+    static const char *const part[10] = {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+        "cross_attn_token_to_image.q_proj", "cross_attn_token_to_image.out_proj",
+        "cross_attn_image_to_token.k_proj", "cross_attn_image_to_token.v_proj", "mlp.lin1",
+        "mlp.lin2"};
+    static const int pn[10] = {256, 256, 256, 256, 128, 256, 128, 128, 2048, 256};
+    static const int pk[10] = {256, 256, 256, 256, 256, 128, 256, 256, 256, 2048};
+    if (i < 0 || i >= TS_DEC_N_TOK) return -1;
+    *relu_in = 0;
+    if (i < 20) {
+        snprintf(P, n, "mask_decoder.transformer.layers.%d.%s", i / 10, part[i % 10]);
+        *N = pn[i % 10], *K = pk[i % 10], *relu_in = i % 10 == 9;
+    } else if (i < 22) {
+        snprintf(P, n, "mask_decoder.transformer.final_attn_token_to_image.%s",
+                 i == 20 ? "q_proj" : "out_proj");
+        *N = i == 20 ? 128 : 256, *K = i == 20 ? 256 : 128;
+    } else if (i < 34) {
+        int t = (i - 22) / 3, k = (i - 22) % 3;
+        snprintf(P, n, "mask_decoder.output_hypernetworks_mlps.%d.layers.%d", t, k);
+        *N = k == 2 ? 32 : 256, *K = 256, *relu_in = k > 0;
+    } else {
+        int k = i - 34;
+        snprintf(P, n, "mask_decoder.iou_prediction_head.layers.%d", k);
+        *N = k == 2 ? 4 : 256, *K = 256, *relu_in = k > 0;
+    }
+    return 0;
+}
+
+static ts_lin_i8 *tok_slot(ts_mask_decoder *d, int i) {
+    if (i >= 22) return i < 34 ? &d->hyper_8[(i - 22) / 3][(i - 22) % 3] : &d->iou_8[i - 34];
+    if (i >= 20) return i == 20 ? &d->final_attn.q8 : &d->final_attn.o8;
+    ts_twoway_layer *l = &d->layer[i / 10];
+    ts_lin_i8 *s[10] = {&l->self_attn.q8, &l->self_attn.k8, &l->self_attn.v8, &l->self_attn.o8,
+                        &l->t2i.q8,       &l->t2i.o8,       &l->i2t.k8,       &l->i2t.v8,
+                        &l->l1_8,         &l->l2_8};
+    return s[i % 10];
+}
+
+/* The token-side Linears stored W8A8 (those with an input step; a file without one keeps them
+ * float, as written by earlier versions), and every one's probe site. */
+static int load_tok_i8(ts_tensor_map *m, ts_mask_decoder *d) {
+    for (int i = 0; i < TS_DEC_N_TOK; i++) {
+        char P[128], n[160];
+        int N, K, relu;
+        ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu);
+        ts_lin_i8 *s = tok_slot(d, i);
+        s->site = TS_DEC_SITE_TOK0 + i;
+        snprintf(n, sizeof n, "%s.input_step", P);
+        if (!ts_map_get(m, n)) continue;
+        int rc = take_i8_layer(m, P, N, K, &s->p, &s->bias, &s->step, &s->zp);
+        if (rc) return rc;
+        d->n_tok_i8++;
+    }
+    return 0;
+}
+
 int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     *out = NULL;
     ts_mask_decoder *d = ts_calloc(1, sizeof *d);
     if (!d) return TINYSAM_E_NOMEM;
     pthread_mutex_init(&d->ctx_lock, NULL);
     char p[64], n[256];
-    int rc = TINYSAM_E_FORMAT;
+    int rc = load_tok_i8(m, d);
+    if (rc) goto fail;
+    rc = TINYSAM_E_FORMAT;
     for (int L = 0; L < 2; L++) {
         ts_twoway_layer *l = &d->layer[L];
         snprintf(p, sizeof p, "mask_decoder.transformer.layers.%d", L);
@@ -209,13 +280,13 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
             if (!(*norms[k] = take_ln(m, q, k % 2 ? "bias" : "weight", 256))) goto fail;
         }
         snprintf(n, sizeof n, "%s.mlp.lin1.weight", p);
-        if (!(l->l1_w = ts_map_take(m, n, 2, 2048, 256))) goto fail;
+        if (!l->l1_8.p && !(l->l1_w = ts_map_take(m, n, 2, 2048, 256))) goto fail;
         snprintf(n, sizeof n, "%s.mlp.lin1.bias", p);
-        if (!(l->l1_b = ts_map_take(m, n, 1, 2048))) goto fail;
+        if (!l->l1_8.p && !(l->l1_b = ts_map_take(m, n, 1, 2048))) goto fail;
         snprintf(n, sizeof n, "%s.mlp.lin2.weight", p);
-        if (!(l->l2_w = ts_map_take(m, n, 2, 256, 2048))) goto fail;
+        if (!l->l2_8.p && !(l->l2_w = ts_map_take(m, n, 2, 256, 2048))) goto fail;
         snprintf(n, sizeof n, "%s.mlp.lin2.bias", p);
-        if (!(l->l2_b = ts_map_take(m, n, 1, 256))) goto fail;
+        if (!l->l2_8.p && !(l->l2_b = ts_map_take(m, n, 1, 256))) goto fail;
     }
     if (take_attn(m, "mask_decoder.transformer.final_attn_token_to_image", 128, &d->final_attn))
         goto fail;
@@ -242,6 +313,7 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
     for (int t = 0; t < 4; t++)
         for (int k = 0; k < 3; k++) {
             int o = k == 2 ? 32 : 256;
+            if (d->hyper_8[t][k].p) continue; /* W8A8: taken by load_tok_i8 */
             snprintf(n, sizeof n, "mask_decoder.output_hypernetworks_mlps.%d.layers.%d.weight", t,
                      k);
             if (!(d->hyper[t][2 * k] = ts_map_take(m, n, 2, o, 256))) goto fail;
@@ -250,6 +322,7 @@ int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out) {
         }
     for (int k = 0; k < 3; k++) {
         int o = k == 2 ? 4 : 256;
+        if (d->iou_8[k].p) continue;
         snprintf(n, sizeof n, "mask_decoder.iou_prediction_head.layers.%d.weight", k);
         if (!(d->iou_head[2 * k] = ts_map_take(m, n, 2, o, 256))) goto fail;
         snprintf(n, sizeof n, "mask_decoder.iou_prediction_head.layers.%d.bias", k);
@@ -275,11 +348,16 @@ fail:
 }
 
 
+/* W8A8 layers have no float pack (their weights are not trained). */
+static void wref(ts_wpack *p) {
+    if (p) ts_wpack_refresh(p);
+}
+
 static void refresh_attn(ts_attn_w *a) {
-    ts_wpack_refresh(a->q_p);
-    ts_wpack_refresh(a->k_p);
-    ts_wpack_refresh(a->v_p);
-    ts_wpack_refresh(a->o_p);
+    wref(a->q_p);
+    wref(a->k_p);
+    wref(a->v_p);
+    wref(a->o_p);
 }
 
 void ts_mask_decoder_refresh(ts_mask_decoder *d) {
@@ -289,13 +367,13 @@ void ts_mask_decoder_refresh(ts_mask_decoder *d) {
         refresh_attn(&l->self_attn);
         refresh_attn(&l->t2i);
         refresh_attn(&l->i2t);
-        ts_wpack_refresh(l->l1_p);
-        ts_wpack_refresh(l->l2_p);
+        wref(l->l1_p);
+        wref(l->l2_p);
     }
     refresh_attn(&d->final_attn);
     for (int k = 0; k < 3; k++) {
-        for (int t = 0; t < 4; t++) ts_wpack_refresh(d->hyper_p[t][k]);
-        ts_wpack_refresh(d->iou_p[k]);
+        for (int t = 0; t < 4; t++) wref(d->hyper_p[t][k]);
+        wref(d->iou_p[k]);
     }
     if (d->up_i8) return; /* int8 weights are not trained */
     pack_convt_into(d->up0_src, 256, 64, d->up0_w);
@@ -372,6 +450,21 @@ static void linear(const float *x, int M, const ts_wpack *W, const float *b, flo
     ts_gemm_w(M, x, ts_wpack_k(W), W, y, ts_wpack_n(W), 0.0f, b, TS_ACT_NONE);
 }
 
+/* A token-side Linear: W8A8 when the file has it (q->p: the input quantised with its static
+ * step inside the GEMM; each row is computed alone, so a batch of prompts equals separate
+ * calls), else the float pack W. The float form feeds the calibration probe. */
+static void lin(const ts_lin_i8 *q, const ts_wpack *W, const float *b, const float *x, int M,
+                float *y) {
+    if (q->p) {
+        ts_i8_out o = {.bias = q->bias, .C = y, .ldc = ts_i8pack_n(q->p)};
+        ts_gemm_i8_f32(M, x, ts_i8pack_k(q->p), q->step, q->zp, q->p, &o);
+        return;
+    }
+    if (ts_decoder_probe && q->site >= TS_DEC_SITE_TOK0)
+        ts_decoder_probe(ts_decoder_probe_ctx, q->site, x, M, ts_wpack_k(W), 0);
+    linear(x, M, W, b, y);
+}
+
 /* Image-sized element-wise passes (4096 x 256) are spread over the pool: with one prompt
  * set they would otherwise leave the other cores idle between the GEMMs. Inside a task of
  * an outer ts_parallel_for (several sets) the pool runs them serially. */
@@ -442,9 +535,9 @@ static void attention(const ts_attn_w *a, const float *q_in, int nq, const float
                       workspace *w) {
     int D = a->dim, dh = D / 8;
     const float *K = kp ? kp : w->pb, *V = vp ? vp : w->pc;
-    linear(q_in, nq, a->q_p, a->q_b, w->pa);
-    if (!kp) linear(k_in, nk, a->k_p, a->k_b, w->pb);
-    if (!vp) linear(v_in, nk, a->v_p, a->v_b, w->pc);
+    lin(&a->q8, a->q_p, a->q_b, q_in, nq, w->pa);
+    if (!kp) lin(&a->k8, a->k_p, a->k_b, k_in, nk, w->pb);
+    if (!vp) lin(&a->v8, a->v_p, a->v_b, v_in, nk, w->pc);
     const float scale = sqrtf((float)dh); /* true division, as attn / math.sqrt(c_per_head) */
     for (int h = 0; h < 8; h++) {
         ts_gemm(nq, nk, dh, w->pa + h * dh, D, K + h * dh, D, 1, w->S, nk, 0.0f);
@@ -453,7 +546,7 @@ static void attention(const ts_attn_w *a, const float *q_in, int nq, const float
         ts_softmax_rows(w->S, nq, nk);
         ts_gemm(nq, dh, nk, w->S, nk, V + h * dh, D, 0, w->ctx + h * dh, D, 0.0f);
     }
-    linear(w->ctx, nq, a->o_p, a->o_b, out);
+    lin(&a->o8, a->o_p, a->o_b, w->ctx, nq, out);
 }
 
 /* Token-to-image attention for few tokens, without the 4096 x 128 image projections. Per
@@ -465,7 +558,7 @@ static void t2i_folded(const ts_attn_w *a, const float *q_in, int nq, const floa
                        const float *v_in, float *out, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nq;
     const float scale = sqrtf((float)dh);
-    linear(q_in, nq, a->q_p, a->q_b, w->pa);
+    lin(&a->q8, a->q_p, a->q_b, q_in, nq, w->pa);
     for (int h = 0; h < 8; h++)
         ts_gemm(nq, 256, dh, w->pa + h * dh, D, a->k_w + (size_t)h * dh * 256, 256, 0,
                 w->f1 + (size_t)h * nq * 256, 256, 0.0f);
@@ -478,7 +571,7 @@ static void t2i_folded(const ts_attn_w *a, const float *q_in, int nq, const floa
     for (int h = 0; h < 8; h++)
         ts_gemm_ex(nq, dh, 256, w->f2 + (size_t)h * nq * 256, 256, a->v_w + (size_t)h * dh * 256,
                    256, 1, w->ctx + h * dh, D, 0.0f, a->v_b + h * dh, TS_ACT_NONE);
-    linear(w->ctx, nq, a->o_p, a->o_b, out);
+    lin(&a->o8, a->o_p, a->o_b, w->ctx, nq, out);
 }
 
 /* Image-to-token attention (the 4096 image tokens query nk tokens) for few tokens. Scores
@@ -491,8 +584,8 @@ static void i2t_folded(const ts_attn_w *a, const float *q_in, const float *qp, c
                        const float *v_in, int nk, float *out, float beta, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nk;
     const float scale = sqrtf((float)dh);
-    linear(k_in, nk, a->k_p, a->k_b, w->pa);
-    linear(v_in, nk, a->v_p, a->v_b, w->pb);
+    lin(&a->k8, a->k_p, a->k_b, k_in, nk, w->pa);
+    lin(&a->v8, a->v_p, a->v_b, v_in, nk, w->pb);
     for (int h = 0; h < 8; h++) {
         ts_gemm(nk, 256, dh, w->pb + h * dh, D, a->o_w + h * dh, D, 1,
                 w->f2 + (size_t)h * nk * 256, 256, 0.0f);
@@ -539,12 +632,28 @@ static void transpose_small(const float *in, int cols, int rows, float *out) {
         for (int c = 0; c < cols; c++) out[(size_t)r * cols + c] = in[(size_t)c * rows + r];
 }
 
+/* A row of n attention probabilities (>= 0) as codes round(p / (max p / qmax)) in [0, qmax]
+ * with the ISA's vectorised quantiser (a true division, as ts_quant_u8_range); returns their
+ * sum (the row's rescale is 1 / sum, so that the quantised weights sum to one). */
+static int32_t prob_codes(const ts_i8pk_kernels *kn, const float *p, int n, int qmax,
+                          uint8_t *q) {
+    const float mx = kn->row_max(p, n);
+    if (!(mx > 0.0f)) {
+        memset(q, 0, (size_t)n);
+        return 0;
+    }
+    kn->quant_row(p, n, mx / (float)qmax, 0, 0, qmax, q);
+    int32_t cs = 0;
+    for (int i = 0; i < n; i++) cs += q[i];
+    return cs;
+}
+
 static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
                           const uint8_t *kq, float kstep, int kzp, const float *v_in,
                           float vstep, int vzp, float *out, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nq;
     const float scale = sqrtf((float)dh);
-    linear(q_in, nq, a->q_p, a->q_b, w->pa);
+    lin(&a->q8, a->q_p, a->q_b, q_in, nq, w->pa);
     for (int h = 0; h < 8; h++)
         ts_gemm(nq, 256, dh, w->pa + h * dh, D, a->k_w + (size_t)h * dh * 256, 256, 0,
                 w->f1 + (size_t)h * nq * 256, 256, 0.0f);
@@ -562,18 +671,10 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     /* weights as codes of each row's maximum, round(127 p / max p) (7 bits: p >= 0), the row's
      * scale 1 / sum(codes) so that the quantised weights sum to one */
     float rsc[8 * FOLD_MAX];
+    const ts_i8pk_kernels kn = ts_i8pk_get();
     for (int r = 0; r < R; r++) {
-        const float *p = w->S + (size_t)r * N_IMG;
-        int8_t *q = w->pq + (size_t)r * N_IMG;
-        float mx = 0.0f;
-        for (int n = 0; n < N_IMG; n++) mx = p[n] > mx ? p[n] : mx;
-        const float inv = mx > 0.0f ? 127.0f / mx : 0.0f, magic = 12582912.0f; /* 1.5 * 2^23 */
-        int32_t cs = 0;
-        for (int n = 0; n < N_IMG; n++) { /* round half even of p * inv in [0, 127] */
-            int v = (int)((p[n] * inv + magic) - magic);
-            q[n] = (int8_t)v;
-            cs += v;
-        }
+        int32_t cs = prob_codes(&kn, w->S + (size_t)r * N_IMG, N_IMG, 127,
+                                (uint8_t *)w->pq + (size_t)r * N_IMG);
         rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
     }
     ts_i8pack *pp = ts_i8pack_new(w->pq, R, N_IMG, N_IMG, rsc);
@@ -591,7 +692,7 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     for (int h = 0; h < 8; h++)
         ts_gemm_ex(nq, dh, 256, w->f2 + (size_t)h * nq * 256, 256, a->v_w + (size_t)h * dh * 256,
                    256, 1, w->ctx + h * dh, D, 0.0f, a->v_b + h * dh, TS_ACT_NONE);
-    linear(w->ctx, nq, a->o_p, a->o_b, out);
+    lin(&a->o8, a->o_p, a->o_b, w->ctx, nq, out);
 }
 
 /* i2t_folded with the int8 products; out += the attention (the residual). */
@@ -601,8 +702,8 @@ static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *
                           workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nk;
     const float scale = sqrtf((float)dh);
-    linear(k_in, nk, a->k_p, a->k_b, w->pa);
-    linear(v_in, nk, a->v_p, a->v_b, w->pb);
+    lin(&a->k8, a->k_p, a->k_b, k_in, nk, w->pa);
+    lin(&a->v8, a->v_p, a->v_b, v_in, nk, w->pb);
     for (int h = 0; h < 8; h++) {
         ts_gemm(nk, 256, dh, w->pb + h * dh, D, a->o_w + h * dh, D, 1,
                 w->f2 + (size_t)h * nk * 256, 256, 0.0f);
@@ -868,11 +969,12 @@ static void shared_i8_make(shared_img *sh) {
 static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const shared_img *sh,
                           float *out, workspace *w) {
     const float scale = 4.0f; /* sqrt(16) */
-    linear(q_in, nq, a->q_p, a->q_b, w->pa);
+    lin(&a->q8, a->q_p, a->q_b, q_in, nq, w->pa);
     float mx = 0.0f;
     for (int i = 0; i < nq * 128; i++) mx = fabsf(w->pa[i]) > mx ? fabsf(w->pa[i]) : mx;
     const float qs = mx > 0.0f ? mx / 127.0f : 1.0f;
     uint8_t *aq = (uint8_t *)w->f1, *pq = (uint8_t *)w->pq;
+    const ts_i8pk_kernels kn = ts_i8pk_get();
     ts_quantize_u8(w->pa, nq, 128, 128, qs, 128, aq, 128);
     for (int h = 0; h < 8; h++) {
         ts_i8_out os = {.C = w->S, .ldc = N_IMG};
@@ -881,17 +983,8 @@ static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const s
         ts_softmax_rows(w->S, nq, N_IMG);
         float rsc[8 * FOLD_MAX];
         for (int r = 0; r < nq; r++) {
-            const float *p = w->S + (size_t)r * N_IMG;
-            uint8_t *q = pq + (size_t)r * N_IMG;
-            float pm = 0.0f;
-            for (int n = 0; n < N_IMG; n++) pm = p[n] > pm ? p[n] : pm;
-            const float inv = pm > 0.0f ? 255.0f / pm : 0.0f, magic = 12582912.0f;
-            int32_t cs = 0;
-            for (int n = 0; n < N_IMG; n++) {
-                int v = (int)((p[n] * inv + magic) - magic);
-                q[n] = (uint8_t)v;
-                cs += v;
-            }
+            int32_t cs = prob_codes(&kn, w->S + (size_t)r * N_IMG, N_IMG, 255,
+                                    pq + (size_t)r * N_IMG);
             rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
         }
         ts_i8_out ov = {.C = w->ctx + h * 16, .ldc = 128};
@@ -899,7 +992,7 @@ static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const s
         for (int r = 0; r < nq; r++)
             for (int c = 0; c < 16; c++) w->ctx[(size_t)r * 128 + h * 16 + c] *= rsc[r];
     }
-    linear(w->ctx, nq, a->o_p, a->o_b, out);
+    lin(&a->o8, a->o_p, a->o_b, w->ctx, nq, out);
 }
 
 static void up_task(void *ctx, int c, int tid) {
@@ -965,9 +1058,9 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             attention(&l->t2i, qpe, nq, kpe, keys, N_IMG, NULL, NULL, tmp, w);
         add(queries, tmp, queries, tq);
         ts_layernorm(queries, nq, 256, l->n2_w, l->n2_b, 1e-5f);
-        linear(queries, nq, l->l1_p, l->l1_b, w->mlp); /* MLP with ReLU */
+        lin(&l->l1_8, l->l1_p, l->l1_b, queries, nq, w->mlp); /* MLP with ReLU */
         ts_relu(w->mlp, (size_t)nq * 2048);
-        linear(w->mlp, nq, l->l2_p, l->l2_b, tmp);
+        lin(&l->l2_8, l->l2_p, l->l2_b, w->mlp, nq, tmp);
         add(queries, tmp, queries, tq);
         ts_layernorm(queries, nq, 256, l->n3_w, l->n3_b, 1e-5f);
         add(queries, w->T, qpe, tq); /* image -> token: the image tokens are the queries */
@@ -1006,11 +1099,11 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
     /* hypernetworks: one 32-vector per mask token, laid out block-diagonally */
     for (int t = 0; t < 4; t++) {
         const float *const *h = d->hyper[t];
-        linear(queries + (size_t)(1 + t) * 256, 1, d->hyper_p[t][0], h[1], w->h1);
+        lin(&d->hyper_8[t][0], d->hyper_p[t][0], h[1], queries + (size_t)(1 + t) * 256, 1, w->h1);
         ts_relu(w->h1, 256);
-        linear(w->h1, 1, d->hyper_p[t][1], h[3], w->h2);
+        lin(&d->hyper_8[t][1], d->hyper_p[t][1], h[3], w->h1, 1, w->h2);
         ts_relu(w->h2, 256);
-        linear(w->h2, 1, d->hyper_p[t][2], h[5], w->hyper + t * 32);
+        lin(&d->hyper_8[t][2], d->hyper_p[t][2], h[5], w->h2, 1, w->hyper + t * 32);
     }
     memset(w->hblk, 0, sizeof w->hblk);
     for (int ab = 0; ab < 4; ab++)
@@ -1019,11 +1112,11 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
                 w->hblk[(ab * 32 + o) * 16 + ab * 4 + t] = w->hyper[t * 32 + o];
     /* IoU head on the IoU token (raw outputs, no sigmoid) */
     const float *const *ih = d->iou_head;
-    linear(queries, 1, d->iou_p[0], ih[1], w->h1);
+    lin(&d->iou_8[0], d->iou_p[0], ih[1], queries, 1, w->h1);
     ts_relu(w->h1, 256);
-    linear(w->h1, 1, d->iou_p[1], ih[3], w->h2);
+    lin(&d->iou_8[1], d->iou_p[1], ih[3], w->h1, 1, w->h2);
     ts_relu(w->h2, 256);
-    linear(w->h2, 1, d->iou_p[2], ih[5], j->iou + (size_t)s * 4);
+    lin(&d->iou_8[2], d->iou_p[2], ih[5], w->h2, 1, j->iou + (size_t)s * 4);
 
     float *lr = j->low_res + (size_t)s * 4 * 65536;
     ts_i8pack *hp = NULL;
@@ -1250,10 +1343,20 @@ void ts_mask_decoder_free(ts_mask_decoder *d) {
         free_attn_packs(&l->self_attn);
         free_attn_packs(&l->t2i);
         free_attn_packs(&l->i2t);
+        free_attn_i8(&l->self_attn);
+        free_attn_i8(&l->t2i);
+        free_attn_i8(&l->i2t);
         ts_wpack_free(l->l1_p);
         ts_wpack_free(l->l2_p);
+        ts_i8pack_free(l->l1_8.p);
+        ts_i8pack_free(l->l2_8.p);
     }
     free_attn_packs(&d->final_attn);
+    free_attn_i8(&d->final_attn);
+    for (int k = 0; k < 3; k++) {
+        for (int t = 0; t < 4; t++) ts_i8pack_free(d->hyper_8[t][k].p);
+        ts_i8pack_free(d->iou_8[k].p);
+    }
     for (int k = 0; k < 3; k++) {
         for (int t = 0; t < 4; t++) ts_wpack_free(d->hyper_p[t][k]);
         ts_wpack_free(d->iou_p[k]);

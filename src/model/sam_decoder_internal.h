@@ -37,8 +37,38 @@ enum {
     TS_DEC_SITE_MASK = 2,
     TS_DEC_SITE_KPE0 = 3,  /* + layer: 3, 4, 5 (5 = the final attention) */
     TS_DEC_SITE_KEYS0 = 6, /* + layer: 6, 7 (the final attention's keys: TS_DEC_SITE_UP0) */
-    TS_DEC_N_SITES = 8
+    TS_DEC_SITE_TOK0 = 8,  /* + i: the input of token-side Linear i (ts_dec_tok_layer) */
+    TS_DEC_N_TOK = 37,
+    TS_DEC_TOK_IOU0 = 34, /* the IoU head's first Linear */
+    TS_DEC_N_SITES = TS_DEC_SITE_TOK0 + TS_DEC_N_TOK
 };
+
+/* The token-side Linears of the decoder that can be W8A8 (int8_model.h layers: codes,
+ * weight_scale, bias, input_step, input_zero_point): per two-way layer L (10 each, i = 10 L +)
+ * self_attn q/k/v/out (0-3), cross_attn_token_to_image q/out (4, 5), cross_attn_image_to_token
+ * k/v (6, 7: their token side), mlp lin1/lin2 (8, 9); then the final attention's q/out (20, 21),
+ * the hypernetwork MLPs (22 + 3 t + k) and the IoU head (34 + k). The image-side and folded
+ * weights (t2i k/v, i2t q/out) stay float. Writes layer i's name prefix into P (n bytes) and its
+ * shape N x K; *relu_in when its input follows a ReLU (asymmetric quantiser, zero point 0).
+ * Returns -1 when i is out of range. */
+int ts_dec_tok_layer(int i, char *P, size_t n, int *N, int *K, int *relu_in);
+
+/* Token-side Linears that ts_calib_decoder leaves float (weight-only in the file): layer 0's
+ * self-attention q/k/v, whose input is the raw prompt tokens (label embeddings + PE: a
+ * negative point's, never in the calibration prompts, lies outside the calibrated range; in
+ * int8 they flipped the best-mask choice of the fixture case picture1/point_neg under the
+ * hessian encoder), and the IoU head (three M = 1 layers that pick the best mask; 0.1% of the
+ * time). The loader still takes any of them W8A8 when a file has its input step. */
+static inline int ts_dec_tok_kept_float(int i) { return i <= 2 || i >= TS_DEC_TOK_IOU0; }
+
+/* A token-side Linear in int8 (p NULL: it runs in float). */
+typedef struct {
+    ts_i8pack *p;
+    float step;
+    int zp;
+    const float *bias;
+    int site; /* its calibration probe site (TS_DEC_SITE_TOK0 + i), 0 for none */
+} ts_lin_i8;
 typedef void (*ts_decoder_probe_fn)(void *ctx, int site, const float *x, int rows, int cols,
                                     int row0);
 extern ts_decoder_probe_fn ts_decoder_probe;
@@ -57,6 +87,7 @@ typedef struct {
     const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b, *o_w, *o_b;
     int dim; /* internal dim: 256 (self) or 128 (cross) */
     ts_wpack *q_p, *k_p, *v_p, *o_p; /* the projections packed at load for the GEMM kernel */
+    ts_lin_i8 q8, k8, v8, o8;        /* W8A8 forms (token side only), else p == NULL */
 } ts_attn_w;
 
 typedef struct {
@@ -64,6 +95,7 @@ typedef struct {
     const float *n1_w, *n1_b, *n2_w, *n2_b, *n3_w, *n3_b, *n4_w, *n4_b;
     const float *l1_w, *l1_b, *l2_w, *l2_b; /* MLP 256 -> 2048 -> 256 */
     ts_wpack *l1_p, *l2_p;
+    ts_lin_i8 l1_8, l2_8;
 } ts_twoway_layer;
 
 struct ts_mask_decoder {
@@ -80,6 +112,8 @@ struct ts_mask_decoder {
     const float *hyper[4][6];             /* w0 b0 w1 b1 w2 b2 */
     const float *iou_head[6];
     ts_wpack *hyper_p[4][3], *iou_p[3]; /* packed w0 w1 w2 */
+    ts_lin_i8 hyper_8[4][3], iou_8[3];  /* their W8A8 forms, when the file has them */
+    int n_tok_i8;                       /* token-side Linears in int8 */
     ts_up_i8 *up_i8;                    /* int8 upscaling, or NULL (float) */
     pthread_mutex_t ctx_lock;
     ts_decode_ctx *ctx_cache; /* scratch of the last call, reused by the next */

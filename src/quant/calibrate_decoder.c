@@ -32,7 +32,7 @@ static void probe(void *ctx, int site, const float *x, int rows, int cols, int r
     pthread_mutex_lock(&c->lock);
     for (int r = 0; r < rows && !c->failed; r++) {
         unsigned h = ((unsigned)(row0 + r) * 2654435761u) >> 16;
-        if (h % ROW_EVERY != c->call % ROW_EVERY) continue;
+        if (site < TS_DEC_SITE_TOK0 && h % ROW_EVERY != c->call % ROW_EVERY) continue;
         if (c->n[site] + (size_t)cols > c->cap[site]) {
             size_t nc = c->cap[site] ? 2 * c->cap[site] : (size_t)1 << 20;
             float *b = realloc(c->buf[site], sizeof(float) * nc);
@@ -116,7 +116,14 @@ int ts_calib_decoder(tinysam_model *model, const char *const *paths, int n, ts_d
         if (!c.n[s]) rc = ts_error(TINYSAM_E_ARG, "decoder calibration: no samples");
     if (!rc) {
         for (int s = 0; s < TS_DEC_N_SITES; s++) {
-            if (s == TS_DEC_SITE_UP3 || s == TS_DEC_SITE_MASK) { /* post-GELU */
+            char P[128];
+            int N, K, relu = 0;
+            if (s >= TS_DEC_SITE_TOK0)
+                ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, P, sizeof P, &N, &K, &relu);
+            if (s >= TS_DEC_SITE_TOK0 && ts_dec_tok_kept_float(s - TS_DEC_SITE_TOK0)) {
+                q->step[s] = 0.0f;
+                q->zp[s] = 0;
+            } else if (s == TS_DEC_SITE_UP3 || s == TS_DEC_SITE_MASK || relu) { /* post-GELU / ReLU */
                 q->step[s] =
                     ts_calib_search_asym(c.buf[s], c.n[s], N_GRID, LO_RATIO, &q->zp[s], NULL);
             } else { /* LayerNorm outputs (+ PE) */
@@ -133,7 +140,7 @@ int ts_calib_decoder(tinysam_model *model, const char *const *paths, int n, ts_d
 
 /* ------------------------------------------------------------------ file tensors */
 
-enum { N_OWN = 16 };
+enum { N_OWN = 16 + 2 * TS_DEC_N_TOK };
 
 struct ts_int8_decoder_view {
     ts_tensor_map m;  /* names ours, data src's or own[] */
@@ -205,12 +212,43 @@ static int put_convt(ts_int8_decoder_view *v, const ts_tensor_map *src, const ch
     return 0;
 }
 
+/* Token-side Linear i (ts_dec_tok_layer) as a W8A8 layer: the float weight [N][K] quantised
+ * per output channel; its float bias stays as it is. */
+static int put_linear(ts_int8_decoder_view *v, const ts_tensor_map *src, int i, float step,
+                      int zp, float *qv) {
+    char P[128], n[160];
+    int N, K, relu;
+    ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu);
+    snprintf(n, sizeof n, "%s.weight", P);
+    const ts_tensor *w = ts_map_get(src, n);
+    snprintf(n, sizeof n, "%s.bias", P);
+    const ts_tensor *b = ts_map_get(src, n);
+    if (!w || !b || w->dtype != TS_DTYPE_F32 || b->dtype != TS_DTYPE_F32 || w->ndim != 2 ||
+        w->shape[0] != N || w->shape[1] != K || b->numel != N)
+        return ts_error(TINYSAM_E_FORMAT, "%s: not a float Linear(%d, %d)", P, K, N);
+    int8_t *codes = own(v, (size_t)N * K);
+    float *sc = own(v, sizeof(float) * N);
+    if (!codes || !sc) return TINYSAM_E_NOMEM;
+    ts_quant_weights(w->data, N, K, K, codes, sc);
+    qv[0] = step;
+    qv[1] = (float)zp;
+    if (!put(&v->m, P, "weight", TS_DTYPE_I8, codes, N, K) ||
+        !put(&v->m, P, "weight_scale", TS_DTYPE_F32, sc, N, 0) ||
+        !put(&v->m, P, "input_step", TS_DTYPE_F32, &qv[0], 1, 0) ||
+        !put(&v->m, P, "input_zero_point", TS_DTYPE_F32, &qv[1], 1, 0))
+        return TINYSAM_E_NOMEM;
+    return 0;
+}
+
 int ts_int8_decoder_view_new(const ts_tensor_map *src, const ts_dec_quant *q,
                              ts_int8_decoder_view **out) {
     if (!src || !q || !out) return ts_error(TINYSAM_E_ARG, "ts_int8_decoder_view_new: bad argument");
     *out = NULL;
     for (int s = 0; s < TS_DEC_N_SITES; s++)
-        if (!(q->step[s] > 0.0f) || q->zp[s] < 0 || q->zp[s] > 255)
+        if ((s >= TS_DEC_SITE_TOK0 && q->step[s] == 0.0f) || /* a float token-side Linear */
+            (q->step[s] > 0.0f && q->zp[s] >= 0 && q->zp[s] <= 255))
+            continue;
+        else
             return ts_error(TINYSAM_E_ARG, "decoder site %d: bad input quantiser", s);
     ts_int8_decoder_view *v = ts_calloc(1, sizeof *v);
     if (!v) return TINYSAM_E_NOMEM;
@@ -253,6 +291,12 @@ int ts_int8_decoder_view_new(const ts_tensor_map *src, const ts_dec_quant *q,
         qv[1] = (float)q->zp[TS_DEC_SITE_KEYS0 + L];
         if (!put(&v->m, P, "input_step", TS_DTYPE_F32, &qv[0], 1, 0) ||
             !put(&v->m, P, "input_zero_point", TS_DTYPE_F32, &qv[1], 1, 0))
+            goto fail;
+    }
+    for (int i = 0; i < TS_DEC_N_TOK; i++) {
+        int st = TS_DEC_SITE_TOK0 + i;
+        if (q->step[st] > 0.0f &&
+            (rc = put_linear(v, src, i, q->step[st], q->zp[st], &v->qv[2 * st])))
             goto fail;
     }
     *out = v;

@@ -13,10 +13,15 @@
 
 #include "io/tensor_map.h"
 #include "model/sam.h"
+#include "model/sam_decoder_internal.h"
 
+/* Token-side Linears (TS_DEC_SITE_TOK0 + i, ts_dec_tok_layer): inputs after a ReLU take the
+ * asymmetric search (zero point 0 in practice), the others (LayerNorm outputs + PE, attention
+ * contexts) the symmetric one, zero point 128. Their samples are every row of every calibration
+ * prompt (a few hundred rows); a step of 0 in ts_int8_decoder_view_new leaves a layer float. */
 typedef struct {
-    float step[8]; /* TS_DEC_SITE_* (model/sam_decoder_internal.h) */
-    int zp[8];
+    float step[TS_DEC_N_SITES]; /* TS_DEC_SITE_* (model/sam_decoder_internal.h) */
+    int zp[TS_DEC_N_SITES];
 } ts_dec_quant;
 
 /* Calibrates the decoder of the float model on the images paths[0 .. n-1]. */

@@ -80,6 +80,13 @@ int ts_int8_map_copy(ts_tensor_map *m, const ts_tensor *t, void **block);
  * "mask_decoder.mask_product" (the upscaled GELU output), "mask_decoder.transformer.layers.L.keys"
  * and ".keys_pe" (L = 0, 1) and "mask_decoder.transformer.final_keys_pe" (the image-side operands
  * of the cross attentions). A file without them (the earlier weight-only decoder) loads with the
- * float decoder. */
+ * float decoder. The token-side Linears (model/sam_decoder_internal.h ts_dec_tok_layer: the
+ * two-way layers' self-attention q/k/v/out, token->image q/out, image->token k/v, MLP lin1/lin2,
+ * the final attention's q/out, the hypernetwork MLPs; layer 0's self-attention q/k/v and the
+ * IoU head only when a file has their steps: quantize leaves them weight-only, see
+ * ts_dec_tok_kept_float) are W8A8 layers under
+ * their PyTorch names (weight I8 [out][in], weight_scale, bias, input_step, input_zero_point)
+ * since the token-side int8 decoder; a file written before has them weight-only and they run in
+ * float on the dequantised weights, layer by layer (a layer without an input step stays float). */
 
 #endif

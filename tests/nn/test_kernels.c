@@ -246,7 +246,8 @@ static void test_scale_add(void) {
 }
 
 static void test_layernorm_softmax(void) {
-    static const int cfg[][2] = {{1, 1}, {3, 7}, {50, 49}, {300, 160}, {1000, 320}, {9, 196}};
+    static const int cfg[][2] = {{1, 1}, {3, 7}, {50, 49}, {300, 160}, {1000, 320}, {9, 196},
+                                 {4096, 9}, {33, 15}};
     for (int i = 0; i < N_ISAS; i++) {
         if (!ts_nn_isa_available(ISAS[i])) continue;
         ts_nn_set_isa(ISAS[i]);

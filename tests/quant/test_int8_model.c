@@ -15,6 +15,7 @@
 #include "model/sam_decoder_internal.h"
 #include "nn/gemm_i8.h"
 #include "quant/calibrate.h"
+#include "quant/calibrate_decoder.h"
 #include "quant/int8_model.h"
 #include "quant/quant.h"
 #include "prompt_case.h"
@@ -144,9 +145,10 @@ static void test_round_trip(void) {
         free(codes);
         free(scale);
     }
-    /* weight-only int8 tensors (decoder linears, 3x3 convs) load back as scale * code */
-    const char *wo[] = {"mask_decoder.transformer.layers.0.mlp.lin1.weight",
-                        "mask_decoder.transformer.layers.0.self_attn.q_proj.weight"};
+    /* weight-only int8 tensors (the decoder's folded cross-attention weights) load back as
+     * scale * code */
+    const char *wo[] = {"mask_decoder.transformer.layers.0.cross_attn_token_to_image.k_proj.weight",
+                        "mask_decoder.transformer.layers.1.cross_attn_image_to_token.out_proj.weight"};
     for (size_t i = 0; i < sizeof wo / sizeof wo[0]; i++) {
         const ts_tensor *tf = ts_map_get(fm->map, wo[i]), *tq = ts_map_get(qm->map, wo[i]);
         REQUIRE(tf && tq && tq->dtype == TS_DTYPE_F32 && tq->file_dtype == TS_DTYPE_I8 &&
@@ -315,6 +317,53 @@ static void test_decoder_layers(void) {
     }
     const ts_tensor *ms = ts_map_get(qm->map, "mask_decoder.mask_product.input_step");
     CHECK(ms && ms->dtype == TS_DTYPE_F32 && *(const float *)ms->data > 0, "mask product step");
+    /* the token-side Linears: W8A8 in the file (codes of the float weight per output channel,
+     * the float bias, a calibrated input quantiser) and loaded as int8 */
+    int bad_tok = 0;
+    for (int i = 0; i < TS_DEC_N_TOK; i++) {
+        char P[128];
+        int N, K, relu;
+        REQUIRE(ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu) == 0, "layer %d", i);
+        if (ts_dec_tok_kept_float(i)) { /* left float (weight-only in the file) */
+            snprintf(n, sizeof n, "%s.input_step", P);
+            bad_tok += ts_map_get(qm->map, n) != NULL;
+            continue;
+        }
+        snprintf(n, sizeof n, "%s.weight", P);
+        const ts_tensor *wf = ts_map_get(fm->map, n), *wq = ts_map_get(qm->map, n);
+        snprintf(n, sizeof n, "%s.weight_scale", P);
+        const ts_tensor *sq = ts_map_get(qm->map, n);
+        snprintf(n, sizeof n, "%s.bias", P);
+        const ts_tensor *bf = ts_map_get(fm->map, n), *bq = ts_map_get(qm->map, n);
+        snprintf(n, sizeof n, "%s.input_step", P);
+        const ts_tensor *st = ts_map_get(qm->map, n);
+        snprintf(n, sizeof n, "%s.input_zero_point", P);
+        const ts_tensor *zp = ts_map_get(qm->map, n);
+        REQUIRE(wf && wq && sq && bf && bq && st && zp, "%s: tensors missing", P);
+        REQUIRE(wq->dtype == TS_DTYPE_I8 && wq->ndim == 2 && wq->shape[0] == N &&
+                    wq->shape[1] == K && sq->numel == N && bq->numel == N,
+                "%s: shapes", P);
+        int8_t *codes = malloc((size_t)N * K);
+        float *sc = malloc(sizeof(float) * N);
+        REQUIRE(codes && sc, "oom");
+        ts_quant_weights(wf->data, N, K, K, codes, sc);
+        float s0 = *(const float *)st->data, z0 = *(const float *)zp->data;
+        int bad = memcmp(codes, wq->data, (size_t)N * K) != 0;
+        bad += memcmp(sc, sq->data, sizeof(float) * N) != 0;
+        bad += memcmp(bf->data, bq->data, sizeof(float) * N) != 0;
+        bad += !(s0 > 0) || z0 < 0 || z0 > 255 || (!relu && z0 != 128);
+        if (bad) printf("  %s: %d mismatches (step %g, zero point %g)\n", P, bad, (double)s0,
+                        (double)z0);
+        bad_tok += bad != 0;
+        free(codes);
+        free(sc);
+    }
+    CHECK(bad_tok == 0, "%d token-side Linears differ", bad_tok);
+    int n_i8 = 0;
+    for (int i = 0; i < TS_DEC_N_TOK; i++) n_i8 += !ts_dec_tok_kept_float(i);
+    CHECK(qm->mask_decoder->n_tok_i8 == n_i8, "%d of %d token-side Linears loaded as int8",
+          qm->mask_decoder->n_tok_i8, n_i8);
+    CHECK(fm->mask_decoder->n_tok_i8 == 0, "the float model has int8 token-side Linears");
 }
 
 /* A file of the earlier format (decoder weight-only, expanded at load) still loads and runs:
@@ -353,6 +402,67 @@ static void test_weight_only_decoder_file(void) {
     double iou = mask_iou(a.masks + (size_t)a.best * plane, b.masks + (size_t)b.best * plane, plane);
     printf("  weight-only decoder file: best-mask IoU %.4f vs float\n", iou);
     CHECK(iou >= 0.95, "weight-only decoder: IoU %.4f", iou);
+    tinysam_prediction_free(&a);
+    tinysam_prediction_free(&b);
+    tinysam_embedding_free(e);
+    tinysam_image_free(&img);
+    tinysam_model_free(om);
+    remove(path);
+}
+
+/* A file of the previous int8 format (upscaling and cross-attention products int8, the
+ * token-side Linears weight-only: no input steps) still loads: those Linears run in float on
+ * the dequantised weights, the rest in int8, and the masks agree with the float model's. */
+static void test_float_token_linears_file(void) {
+    if (!setup()) SKIP("fixtures missing or setup failed");
+    enum { NQ = TS_TINY_VIT_N_QLAYERS };
+    float step[NQ];
+    int zp[NQ];
+    for (int i = 0; i < NQ; i++) {
+        ts_tiny_vit_qlayer q;
+        REQUIRE(ts_tiny_vit_qlayer_get(qm->encoder, i, &q) == 0, "layer %d", i);
+        step[i] = q.in_step;
+        zp[i] = q.in_zp;
+    }
+    const ts_up_i8 *u = qm->mask_decoder->up_i8;
+    REQUIRE(u, "no int8 upscaling");
+    ts_dec_quant dq;
+    memset(&dq, 0, sizeof dq); /* token-side steps 0: left float */
+    dq.step[TS_DEC_SITE_UP0] = u->up0_step, dq.zp[TS_DEC_SITE_UP0] = u->up0_zp;
+    dq.step[TS_DEC_SITE_UP3] = u->up3_step, dq.zp[TS_DEC_SITE_UP3] = u->up3_zp;
+    dq.step[TS_DEC_SITE_MASK] = u->mp_step, dq.zp[TS_DEC_SITE_MASK] = u->mp_zp;
+    for (int L = 0; L < 3; L++)
+        dq.step[TS_DEC_SITE_KPE0 + L] = u->kpe_step[L], dq.zp[TS_DEC_SITE_KPE0 + L] = u->kpe_zp[L];
+    for (int L = 0; L < 2; L++)
+        dq.step[TS_DEC_SITE_KEYS0 + L] = u->keys_step[L],
+        dq.zp[TS_DEC_SITE_KEYS0 + L] = u->keys_zp[L];
+    ts_int8_decoder_view *v;
+    REQUIRE(ts_int8_decoder_view_new(fm->map, &dq, &v) == 0, "%s", tinysam_last_error());
+    char path[512];
+    snprintf(path, sizeof path, "%s", tmp_path("tinysam_int8_ftok.safetensors"));
+    int rc = ts_int8_model_save(path, ts_int8_decoder_view_map(v), fm->encoder, step, zp, 0, NULL,
+                                NULL);
+    ts_int8_decoder_view_free(v);
+    REQUIRE(rc == 0, "%s", tinysam_last_error());
+    tinysam_model *om;
+    REQUIRE(tinysam_model_load(path, &om) == 0, "%s", tinysam_last_error());
+    CHECK(om->mask_decoder->up_i8 != NULL, "the upscaling is not int8");
+    CHECK(om->mask_decoder->n_tok_i8 == 0, "%d token-side Linears int8", om->mask_decoder->n_tok_i8);
+    tinysam_image img;
+    REQUIRE(tinysam_image_load(fixture("images/shapes.png"), 0, &img) == 0, "%s",
+            tinysam_last_error());
+    tinysam_embedding *e;
+    REQUIRE(tinysam_encode(fm, &img, &e) == 0, "%s", tinysam_last_error());
+    float pt[2] = {(float)img.width / 3, (float)img.height / 2};
+    int lab = 1;
+    tinysam_prompt p = {.n_points = 1, .points = pt, .labels = &lab};
+    tinysam_prediction a, b;
+    REQUIRE(tinysam_predict(fm, e, &p, TINYSAM_PREDICT_MASKS, &a) == 0, "%s", tinysam_last_error());
+    REQUIRE(tinysam_predict(om, e, &p, TINYSAM_PREDICT_MASKS, &b) == 0, "%s", tinysam_last_error());
+    size_t plane = (size_t)a.width * a.height;
+    double iou = mask_iou(a.masks + (size_t)a.best * plane, b.masks + (size_t)b.best * plane, plane);
+    printf("  float token-side Linears file: best-mask IoU %.4f vs float\n", iou);
+    CHECK(iou >= 0.95, "float token-side Linears file: IoU %.4f", iou);
     tinysam_prediction_free(&a);
     tinysam_prediction_free(&b);
     tinysam_embedding_free(e);
@@ -580,6 +690,7 @@ int main(void) {
     RUN(test_round_trip);
     RUN(test_decoder_layers);
     RUN(test_weight_only_decoder_file);
+    RUN(test_float_token_linears_file);
     RUN(test_accuracy);
     RUN(test_batched_decode);
     RUN(test_batch_equals_single_i8);

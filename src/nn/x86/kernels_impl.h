@@ -294,7 +294,28 @@ static void SUFFIX(layernorm)(const float *x, float *y, int M, int C, const floa
     }
 }
 
+/* Rows shorter than a vector (the decoder's image->token weights: 7-10 per row, 32768 rows
+ * per layer) in one padded vector each: the scalar expf tail would cost more than the rest. */
+static void SUFFIX(softmax_short)(float *x, int M, int N) {
+    float t[VL];
+    for (int m = 0; m < M; m++) {
+        float *r = x + (size_t)m * N;
+        float mx = r[0];
+        for (int i = 1; i < N; i++) mx = r[i] > mx ? r[i] : mx;
+        for (int i = 0; i < VL; i++) t[i] = i < N ? r[i] : mx; /* padding: dropped below */
+        V_STORE(t, SUFFIX(v_exp)(V_SUB(V_LOAD(t), V_SET1(mx))));
+        float s = 0.0f;
+        for (int i = 0; i < N; i++) s += t[i];
+        float inv = 1.0f / s;
+        for (int i = 0; i < N; i++) r[i] = t[i] * inv;
+    }
+}
+
 static void SUFFIX(softmax)(float *x, int M, int N) {
+    if (N < VL) {
+        SUFFIX(softmax_short)(x, M, N);
+        return;
+    }
     for (int m = 0; m < M; m++) {
         float *r = x + (size_t)m * N;
         int i = 0;
