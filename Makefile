@@ -209,7 +209,8 @@ soak: $(BUILD)/tests/server/test_serve_soak $(BUILD)/tinysam
 	@BUILD=$(BUILD) TINYSAM_SOAK_S=$${TINYSAM_SOAK_S:-600} $(BUILD)/tests/server/test_serve_soak
 
 # issue 22: README screenshots of the Label Studio answers, drawn by Label Studio's own front end
-# (npm, served on loopback) in Debian's chromium; writes docs/label_studio_*.png. Not in test/CI.
+# (npm, served on loopback) in Debian's chromium, and /v1/predict's polygons drawn by a page of
+# ours; writes docs/label_studio_*.png, docs/xanylabeling_polygons.png. Not in test/CI.
 screenshots: $(BUILD)/tinysam
 	@cd tools/labelling_screenshots && \
 	    if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/@heartexlabs/label-studio ]; then \

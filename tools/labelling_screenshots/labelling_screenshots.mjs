@@ -4,7 +4,11 @@
 // Label Studio's front end (LSF, @heartexlabs/label-studio from npm, served from
 // node_modules on loopback: no internet) renders the task with our brush results in Debian's
 // chromium. Each brush LSF decoded (its own bundled @thi.ng/rle-pack) is read back from the
-// page, drawn at the image's natural size, and its pixel count must equal our mask's.
+// page, drawn at the image's natural size, and must equal our mask pixel for pixel, which
+// must equal `tinysam segment`'s best mask for the same prompt. X-AnyLabeling (a desktop Qt
+// application) cannot run here: the polygons of POST /v1/predict for a rectangle mark are
+// drawn as SVG by a page of ours instead (docs/xanylabeling_polygons.png), checked against
+// `tinysam segment --format polygons`.
 //
 //   make screenshots      (= cd tools/labelling_screenshots && npm ci --ignore-scripts &&
 //                            node labelling_screenshots.mjs [--out-dir ../../docs])
@@ -318,6 +322,53 @@ try {
     shrink(file);
     console.log(`screenshot: ${path.relative(root, file)} (${fs.statSync(file).size} bytes)`);
   }
+
+  // X-AnyLabeling cannot run here (a desktop Qt application): its protocol's answer, the
+  // polygons of POST /v1/predict for a rectangle mark, drawn as SVG by a page of ours
+  const box = [px(rectangle.value.x, W), px(rectangle.value.y, H),
+    px(rectangle.value.x + rectangle.value.width, W), px(rectangle.value.y + rectangle.value.height, H)];
+  const xr = await fetch(`${ts.base}/v1/predict`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Token: ts.token }, // as its client sends
+    body: JSON.stringify({
+      model: 'tinysam', image: 'data:image/jpeg;base64,' + fs.readFileSync(imageFile).toString('base64'),
+      params: { marks: [{ type: 'rectangle', data: box }], epsilon_factor: 0.001,
+        conf_threshold: 0, iou_threshold: 0 },
+    }),
+  });
+  const xa = await xr.json();
+  const shapes = xa?.data?.shapes ?? [];
+  check('X-AnyLabeling /v1/predict answers polygons', xr.status === 200 && xa.success === true &&
+    shapes.length > 0 && shapes.every((sh) => sh.shape_type === 'polygon'),
+    `HTTP ${xr.status}, ${shapes.length} shapes`);
+  // the same polygons as `tinysam segment --format polygons` for that box, vertex for vertex
+  const polyDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tinysam-shots-'));
+  const cliPoly = JSON.parse(execFileSync(bin, ['segment', '--model', model, '--image', imageFile,
+    '--box', box.join(','), '--format', 'polygons', '--out-dir', polyDir],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })).segmentation;
+  fs.rmSync(polyDir, { recursive: true, force: true });
+  const flat = shapes.map((sh) => sh.points.flat().join(','));
+  check('its polygons = `tinysam segment --format polygons`\'s', flat.length === cliPoly.length &&
+    flat.every((f, i) => f === cliPoly[i].join(',')), `${flat.length} and ${cliPoly.length} polygons`);
+  const nVert = shapes.reduce((a, sh) => a + sh.points.length, 0);
+  pages.set('xany', `<!doctype html><html><head><meta charset="utf-8"><style>
+body { margin: 0; font: 14px sans-serif; } p { margin: 6px 10px; }
+polygon { fill: rgba(255, 214, 0, 0.35); stroke: #ffd600; stroke-width: 1; }
+rect { fill: none; stroke: #00e5ff; stroke-width: 2; }</style></head><body>
+<p>POST /v1/predict (X-AnyLabeling's remote-server protocol), a rectangle mark: ${shapes.length}
+polygons, ${nVert} vertices, epsilon_factor 0.001. Drawn as SVG by a page of ours, not by
+X-AnyLabeling; random-weight test model.</p>
+<svg width="${W}" height="${H}" viewBox="0 0 ${W} ${H}"><image href="${lsUrl}/img/picture1.jpg" width="${W}" height="${H}"/>
+${shapes.map((sh) => `<polygon points="${sh.points.map((q) => q.join(',')).join(' ')}"/>`).join('\n')}
+<rect x="${box[0]}" y="${box[1]}" width="${box[2] - box[0]}" height="${box[3] - box[1]}"/></svg></body></html>`);
+  await page.setViewportSize({ width: W, height: H + 60 });
+  await page.goto(`${lsUrl}/?shot=xany`);
+  await page.waitForFunction(() => document.querySelector('svg image')?.getBBox().width > 0);
+  await page.waitForTimeout(300);
+  const xfile = path.join(outDir, 'xanylabeling_polygons.png');
+  await page.screenshot({ path: xfile, fullPage: true });
+  shrink(xfile);
+  console.log(`screenshot: ${path.relative(root, xfile)} (${fs.statSync(xfile).size} bytes)`);
   check('no page errors', errors.length === 0, errors.join(' | '));
 } finally {
   await browser.close();
