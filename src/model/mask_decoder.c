@@ -406,8 +406,8 @@ typedef struct {
     float *mask_chw, *mask_scratch; /* for a mask input */
     uint8_t *kq;                  /* int8: the keys + PE, 4096 x 256 codes */
     uint8_t *kTq;                 /* int8: the keys transposed, 256 x 4096 codes */
+    uint8_t *kc;                  /* int8: the keys, 4096 x 256 codes (the upscaling's input) */
     int8_t *pq;                   /* int8: t2i attention weights, 8*FOLD_MAX x 4096 codes */
-    float *kT;                    /* int8: the keys transposed, 256 x 4096 */
     float hblk[128 * 16], h1[256], h2[256], hyper[4 * 32];
 } workspace;
 
@@ -417,8 +417,8 @@ static void ws_free(workspace *w) {
                     w->mask_chw, w->mask_scratch};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ts_free_aligned(all[i]);
     ts_free_aligned(w->kq);
-    ts_free_aligned(w->kT);
     ts_free_aligned(w->kTq);
+    ts_free_aligned(w->kc);
     ts_free_aligned(w->pq);
 }
 
@@ -433,10 +433,11 @@ static int ws_alloc(workspace *w, int max_tokens, int direct) {
     A(T, t * 256) A(q, t * 256) A(t1, t * 256) A(t2, t * 256) A(mlp, t * 2048)
     A(keys, img) A(kpe, img) A(img, img) A(S, s) A(f1, f * 256) A(f2, f * 256) A(sb, f)
     A(pa, proj) A(pb, proj) A(pc, proj) A(ctx, proj)
-    A(mask_chw, img) A(mask_scratch, TS_PROMPT_DENSE_SCRATCH) A(kT, img)
+    A(mask_chw, img) A(mask_scratch, TS_PROMPT_DENSE_SCRATCH)
 #undef A
     ok &= (w->kq = ts_malloc_aligned(img)) != NULL;
     ok &= (w->kTq = ts_malloc_aligned(img)) != NULL;
+    ok &= (w->kc = ts_malloc_aligned(img)) != NULL;
     ok &= (w->pq = ts_malloc_aligned((size_t)8 * FOLD_MAX * N_IMG)) != NULL;
     if (!ok) {
         ws_free(w);
@@ -528,6 +529,66 @@ static void transpose(const float *src, int rows, int cols, float *dst) {
     transpose_job j = {src, dst, rows, cols};
     if ((size_t)rows * cols < PAR_MIN) transpose_rows(&j, 0, rows);
     else ts_parallel_for(PAR_TASKS, transpose_task, &j);
+}
+
+/* dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block of bytes: the three masked swaps of
+ * a recursive transpose on the rows as little-endian 64-bit words (byte j of row i = (i, j)). */
+static void transpose8_u8(const uint8_t *src, size_t lds, uint8_t *dst, size_t ldd) {
+    uint64_t x[8], t;
+    for (int i = 0; i < 8; i++) memcpy(&x[i], src + i * lds, 8);
+    for (int i = 0; i < 8; i += 2) { /* 1-byte elements of 2 x 2 blocks */
+        t = ((x[i] >> 8) ^ x[i + 1]) & 0x00FF00FF00FF00FFull;
+        x[i + 1] ^= t;
+        x[i] ^= t << 8;
+    }
+    for (int i = 0; i < 8; i += (i & 1) ? 3 : 1) { /* 2-byte elements: rows (0,2) (1,3) (4,6) (5,7) */
+        t = ((x[i] >> 16) ^ x[i + 2]) & 0x0000FFFF0000FFFFull;
+        x[i + 2] ^= t;
+        x[i] ^= t << 16;
+    }
+    for (int i = 0; i < 4; i++) { /* 4-byte elements: rows (i, i + 4) */
+        t = ((x[i] >> 32) ^ x[i + 4]) & 0x00000000FFFFFFFFull;
+        x[i + 4] ^= t;
+        x[i] ^= t << 32;
+    }
+    for (int i = 0; i < 8; i++) memcpy(dst + i * ldd, &x[i], 8);
+}
+
+/* The image side of an int8 layer, rows [r0, r1) (multiples of 8) of the 4096 x 256 keys:
+ * optionally LayerNorm in place (ln_w), then kpe = keys + PE, kq = codes of kpe, kc = codes of
+ * the keys and kTq = kc transposed (256 x 4096): one pass while a block of rows is in cache,
+ * the same values as ts_layernorm, add, ts_quantize_u8 and a transpose one after another. */
+typedef struct {
+    float *keys, *kpe;
+    const float *pos, *ln_w, *ln_b;
+    uint8_t *kq, *kc, *kTq; /* kq NULL: no kpe nor its codes */
+    float kq_step, kc_step;
+    int kq_zp, kc_zp;
+} img_codes_job;
+
+static void img_codes_rows(const img_codes_job *j, int r0, int r1) {
+    for (int r = r0; r < r1; r += 8) {
+        float *x = j->keys + (size_t)r * 256;
+        size_t o = (size_t)r * 256, n8 = 8 * 256;
+        if (j->ln_w) ts_layernorm_to_serial(x, x, 8, 256, j->ln_w, j->ln_b, 1e-5f);
+        if (j->kq) {
+            add_range(j->keys, j->pos, j->kpe, o, o + n8);
+            ts_quantize_u8(j->kpe + o, 8, 256, 256, j->kq_step, j->kq_zp, j->kq + o, 256);
+        }
+        ts_quantize_u8(x, 8, 256, 256, j->kc_step, j->kc_zp, j->kc + o, 256);
+        for (int c = 0; c < 256; c += 8)
+            transpose8_u8(j->kc + o + c, 256, j->kTq + (size_t)c * N_IMG + r, N_IMG);
+    }
+}
+
+static void img_codes_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const int per = N_IMG / PAR_TASKS;
+    img_codes_rows(ctx, t * per, (t + 1) * per);
+}
+
+static void img_codes(const img_codes_job *j) {
+    ts_parallel_for(PAR_TASKS, img_codes_task, (void *)j);
 }
 
 static void attention(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
@@ -650,7 +711,7 @@ static int32_t prob_codes(const ts_i8pk_kernels *kn, const float *p, int n, int 
 
 static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
                           const uint8_t *kq, float kstep, int kzp, const float *v_in,
-                          float vstep, int vzp, float *out, workspace *w) {
+                          float vstep, int vzp, int vt_ready, float *out, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nq;
     const float scale = sqrtf((float)dh);
     lin(&a->q8, a->q_p, a->q_b, q_in, nq, w->pa);
@@ -682,9 +743,13 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
         t2i_folded(a, q_in, nq, k_in, v_in, out, w);
         return;
     }
-    /* f2^T (256 x R) = keys^T P^T: the keys transposed as static uint8 codes */
-    transpose(v_in, N_IMG, 256, w->kT);
-    ts_quantize_u8(w->kT, 256, N_IMG, N_IMG, vstep, vzp, w->kTq, N_IMG);
+    /* f2^T (256 x R) = keys^T P^T: the keys transposed as static uint8 codes (w->kTq, made
+     * with the keys' LayerNorm unless vt_ready is 0) */
+    if (!vt_ready) {
+        img_codes_job cj = {.keys = (float *)v_in, .kc = w->kc, .kTq = w->kTq, .kc_step = vstep,
+                            .kc_zp = vzp};
+        img_codes(&cj);
+    }
     ts_i8_out ov = {.C = w->img, .ldc = R};
     ts_gemm_i8(256, w->kTq, N_IMG, vstep, vzp, pp, &ov);
     ts_i8pack_free(pp);
@@ -786,13 +851,17 @@ static void scatter_masks(int n0, const float *mrow, float *lr) {
  * and GELU in float, ConvT(64->32) + GELU requantised straight to uint8 codes (u->q) for the
  * mask product against hp, the hypernetwork vectors quantised per prompt. Runs on the calling
  * thread (inside a pool task). */
-static void upscale_chunk_i8(const ts_mask_decoder *d, const float *keys, const ts_i8pack *hp,
-                             int c, const up_scratch *u, float *lr) {
+static void upscale_chunk_i8(const ts_mask_decoder *d, const float *keys, const uint8_t *kc,
+                             const ts_i8pack *hp, int c, const up_scratch *u, float *lr) {
     const ts_up_i8 *q = d->up_i8;
     int n0 = c * UP_TOK;
     ts_i8_out o0 = {.bias = d->up0_bias, .C = u->g1, .ldc = 256};
-    ts_gemm_i8_f32_serial(UP_TOK, keys + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp, q->up0,
+    if (kc) /* the keys' codes with up0's step, made for the final attention */
+        ts_gemm_i8_serial(UP_TOK, kc + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp, q->up0,
                           &o0);
+    else
+        ts_gemm_i8_f32_serial(UP_TOK, keys + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp,
+                              q->up0, &o0);
     ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
     ts_gelu(u->g1, (size_t)UP_TOK * 256);
     ts_i8_out o3 = {.bias = d->up3_bias, .act = TS_ACT_GELU, .Cq = u->q, .ldc = 128,
@@ -866,6 +935,7 @@ typedef struct {
     /* per upscaling run */
     const float *keys, *hblk;
     const ts_i8pack *hp; /* int8 upscaling: hblk quantised */
+    const uint8_t *kc;   /* the keys' codes with up0's step, or NULL */
     float *lr;
 } decode_job;
 
@@ -997,7 +1067,7 @@ static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const s
 
 static void up_task(void *ctx, int c, int tid) {
     const decode_job *j = ctx;
-    if (j->hp) upscale_chunk_i8(j->d, j->keys, j->hp, c, &j->up[tid], j->lr);
+    if (j->hp) upscale_chunk_i8(j->d, j->keys, j->kc, j->hp, c, &j->up[tid], j->lr);
     else upscale_chunk(j->d, j->keys, j->hblk, c, &j->up[tid], j->lr);
 }
 
@@ -1027,6 +1097,7 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
     }
     float *queries = w->q, *qpe = w->t1, *tmp = w->t2;
     const ts_up_i8 *qi = fold ? d->up_i8 : NULL; /* int8 cross attentions */
+    int codes_ready = 0; /* w->kq, kc, kTq hold the codes of this layer's kpe and keys */
     for (int L = 0; L < 2; L++) {
         const ts_twoway_layer *l = &d->layer[L];
         int shared = L == 0 && proj0;
@@ -1034,7 +1105,7 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KPE0 + L, kpe, N_IMG, 256, 0);
             ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KEYS0 + L, keys, N_IMG, 256, 0);
         }
-        if (qi && !shared)
+        if (qi && !shared && !codes_ready)
             ts_quantize_u8(kpe, N_IMG, 256, 256, qi->kpe_step[L], qi->kpe_zp[L], w->kq, 256);
         if (L == 0) { /* the first self-attention replaces the queries: no residual, no PE */
             attention(&l->self_attn, w->T, nq, w->T, w->T, nq, NULL, NULL, queries, w);
@@ -1051,7 +1122,7 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             attention(&l->t2i, qpe, nq, NULL, NULL, N_IMG, j->sh->k_t2i, j->sh->v_t2i, tmp, w);
         else if (qi)
             t2i_folded_i8(&l->t2i, qpe, nq, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L], keys,
-                          qi->keys_step[L], qi->keys_zp[L], tmp, w);
+                          qi->keys_step[L], qi->keys_zp[L], codes_ready, tmp, w);
         else if (fold)
             t2i_folded(&l->t2i, qpe, nq, kpe, keys, tmp, w);
         else
@@ -1078,18 +1149,26 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             attention(&l->i2t, kpe, N_IMG, qpe, queries, nq, NULL, NULL, w->img, w);
             add(keys, w->img, w->keys, ti);
         }
-        ts_layernorm(w->keys, N_IMG, 256, l->n4_w, l->n4_b, 1e-5f);
-        add(w->keys, pos, w->kpe, ti);
+        if (qi && fold) { /* LayerNorm, + PE and the next layer's codes in one pass */
+            img_codes_job cj = {.keys = w->keys, .kpe = w->kpe, .pos = pos, .ln_w = l->n4_w,
+                                .ln_b = l->n4_b, .kq = w->kq, .kc = w->kc, .kTq = w->kTq,
+                                .kq_step = qi->kpe_step[L + 1], .kq_zp = qi->kpe_zp[L + 1],
+                                .kc_step = qi->keys_step[L + 1], .kc_zp = qi->keys_zp[L + 1]};
+            img_codes(&cj);
+            codes_ready = 1;
+        } else {
+            ts_layernorm(w->keys, N_IMG, 256, l->n4_w, l->n4_b, 1e-5f);
+            add(w->keys, pos, w->kpe, ti);
+        }
         keys = w->keys;
         kpe = w->kpe;
     }
     add(queries, w->T, qpe, tq);
     if (fold && ts_decoder_probe)
         ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KPE0 + 2, kpe, N_IMG, 256, 0);
-    if (qi) {
-        ts_quantize_u8(kpe, N_IMG, 256, 256, qi->kpe_step[2], qi->kpe_zp[2], w->kq, 256);
+    if (qi) { /* kq, kc, kTq: made with the last LayerNorm */
         t2i_folded_i8(&d->final_attn, qpe, nq, kpe, w->kq, qi->kpe_step[2], qi->kpe_zp[2], keys,
-                      qi->keys_step[2], qi->keys_zp[2], tmp, w);
+                      qi->keys_step[2], qi->keys_zp[2], 1, tmp, w);
     } else if (fold) t2i_folded(&d->final_attn, qpe, nq, kpe, keys, tmp, w);
     else attention(&d->final_attn, qpe, nq, kpe, keys, N_IMG, NULL, NULL, tmp, w);
     add(queries, tmp, queries, tq);
@@ -1135,10 +1214,11 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         uj.keys = keys;
         uj.hblk = w->hblk;
         uj.hp = hp;
+        uj.kc = qi ? w->kc : NULL;
         uj.lr = lr;
         ts_parallel_for(N_CHUNK, up_task, &uj);
     } else if (hp) {
-        for (int c = 0; c < N_CHUNK; c++) upscale_chunk_i8(d, keys, hp, c, up, lr);
+        for (int c = 0; c < N_CHUNK; c++) upscale_chunk_i8(d, keys, qi ? w->kc : NULL, hp, c, up, lr);
     } else {
         for (int c = 0; c < N_CHUNK; c++) upscale_chunk(d, keys, w->hblk, c, up, lr);
     }

@@ -74,6 +74,10 @@ static void sc_quant_row(const float *x, int n, float step, int zp, int lo, int 
     for (int i = 0; i < n; i++) q[i] = ts_quant_u8_range(x[i], step, zp, lo, hi);
 }
 
+static void sc_add_row(float *c, const float *y, int n) {
+    for (int i = 0; i < n; i++) c[i] += y[i];
+}
+
 const ts_i8_isa ts_i8_isa_scalar = {
     .name = "scalar",
     .mr = SC_MR,
@@ -86,6 +90,7 @@ const ts_i8_isa ts_i8_isa_scalar = {
     .kernel = sc_kernel,
     .epi_row = sc_epi_row,
     .quant_row = sc_quant_row,
+    .add_row = sc_add_row,
 };
 
 /* ---- selection: follows nn.h's ISA ------------------------------------------------------ */
@@ -131,6 +136,23 @@ static void pack_b(const ts_i8_isa *isa, const int8_t *Wq, int N, int K, int Kp,
     int8_t *d8 = out;
     int16_t *d16 = out;
     size_t o = 0;
+    if (isa->bsize == 1 && kg == 4) {
+        /* the common int8 layout: whole groups as 4-byte moves, padding zeroed apart
+         * (run-time packs of the decoder's dynamic operands go through here per call) */
+        const int kfull = K / 4;
+        for (int j = 0; j * nr < N; j++) {
+            const int nv = TS_MIN(nr, N - j * nr);
+            int8_t *sl = d8 + (size_t)j * nr * Kp;
+            if (nv < nr || kfull < ng) memset(sl, 0, (size_t)nr * Kp);
+            for (int c = 0; c < nv; c++) {
+                const int8_t *w = Wq + (size_t)(j * nr + c) * K;
+                int8_t *d = sl + (size_t)c * 4;
+                for (int g = 0; g < kfull; g++) memcpy(d + (size_t)g * nr * 4, w + 4 * g, 4);
+                if (kfull < ng) memcpy(d + (size_t)kfull * nr * 4, w + 4 * kfull, (size_t)(K - 4 * kfull));
+            }
+        }
+        return;
+    }
     for (int j = 0; j * nr < N; j++)
         for (int g = 0; g < ng; g++) {
             const int k0 = g * kg, kv = TS_MAX(0, TS_MIN(kg, K - k0));
@@ -310,7 +332,7 @@ static void i8_task(void *ctx, int t, int tid) {
                 isa->quant_row(y, ncols, o->out_step, o->out_zp, -o->out_zp, 255 - o->out_zp,
                                o->Cq + m * o->ldc + c0);
             else if (y != cr)
-                for (int i = 0; i < ncols; i++) cr[i] += y[i];
+                isa->add_row(cr, y, ncols);
         }
     }
 }
