@@ -571,8 +571,9 @@ static void img_codes_rows(const img_codes_job *j, int r0, int r1) {
         float *x = j->keys + (size_t)r * 256;
         size_t o = (size_t)r * 256, n8 = 8 * 256;
         if (j->ln_w) ts_layernorm_to_serial(x, x, 8, 256, j->ln_w, j->ln_b, 1e-5f);
-        if (j->kq) {
-            add_range(j->keys, j->pos, j->kpe, o, o + n8);
+        if (j->kq) { /* keys + PE as x * 1 + PE: the same sum, with the ISA's vector add */
+            memcpy(j->kpe + o, x, n8 * sizeof(float));
+            ts_scale_add(j->kpe + o, 1.0f, j->pos + o, (int)n8);
             ts_quantize_u8(j->kpe + o, 8, 256, 256, j->kq_step, j->kq_zp, j->kq + o, 256);
         }
         ts_quantize_u8(x, 8, 256, 256, j->kc_step, j->kc_zp, j->kc + o, 256);
@@ -760,11 +761,11 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     lin(&a->o8, a->o_p, a->o_b, w->ctx, nq, out);
 }
 
-/* i2t_folded with the int8 products; out += the attention (the residual). */
+/* i2t_folded with the int8 products; out = res + the attention (res NULL: out +=). */
 static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *kq, float kstep,
                           int kzp, const float *qp, const uint8_t *qq, float qstep,
-                          const float *k_in, const float *v_in, int nk, float *out,
-                          workspace *w) {
+                          const float *k_in, const float *v_in, int nk, const float *res,
+                          float *out, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nk;
     const float scale = sqrtf((float)dh);
     lin(&a->k8, a->k_p, a->k_b, k_in, nk, w->pa);
@@ -824,9 +825,10 @@ static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *
     transpose_small(w->f2, R, 256, w->f1);
     ts_i8pack *op = ts_i8pack_new_f32(w->f1, 256, R, R);
     if (op) {
-        ts_i8_out oo = {.bias = a->o_b, .accumulate = 1, .C = out, .ldc = 256};
+        ts_i8_out oo = {.bias = a->o_b, .accumulate = !res, .res = res, .C = out, .ldc = 256};
         ts_gemm_i8_f32(N_IMG, w->S, R, 1.0f / 255.0f, 0, op, &oo);
     } else {
+        if (res) copy(res, out, (size_t)N_IMG * 256);
         ts_gemm_ex(N_IMG, 256, R, w->S, R, w->f2, 256, 0, out, 256, 1.0f, a->o_b, TS_ACT_NONE);
     }
     ts_i8pack_free(fp);
@@ -1136,12 +1138,12 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         ts_layernorm(queries, nq, 256, l->n3_w, l->n3_b, 1e-5f);
         add(queries, w->T, qpe, tq); /* image -> token: the image tokens are the queries */
         if (fold) { /* keys += attention, accumulated by the output GEMM */
-            if (keys != w->keys) copy(keys, w->keys, ti);
-            if (qi)
+            if (keys != w->keys && !qi) copy(keys, w->keys, ti);
+            if (qi) /* the int8 output GEMM adds the residual from where the keys are */
                 i2t_folded_i8(&l->i2t, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L],
                               shared ? j->sh->q_i2t : NULL,
                               shared && j->sh->has_i8 ? j->sh->qq : NULL, j->sh->q_step, qpe,
-                              queries, nq, w->keys, w);
+                              queries, nq, keys != w->keys ? keys : NULL, w->keys, w);
             else
                 i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
                            1.0f, w);

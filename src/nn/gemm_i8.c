@@ -74,8 +74,8 @@ static void sc_quant_row(const float *x, int n, float step, int zp, int lo, int 
     for (int i = 0; i < n; i++) q[i] = ts_quant_u8_range(x[i], step, zp, lo, hi);
 }
 
-static void sc_add_row(float *c, const float *y, int n) {
-    for (int i = 0; i < n; i++) c[i] += y[i];
+static void sc_add_row(float *c, const float *a, const float *y, int n) {
+    for (int i = 0; i < n; i++) c[i] = a[i] + y[i];
 }
 
 const ts_i8_isa ts_i8_isa_scalar = {
@@ -325,14 +325,15 @@ static void i8_task(void *ctx, int t, int tid) {
             }
             const ts_i8_out *o = g->out;
             float *cr = o->C ? o->C + m * o->ldc + c0 : NULL;
-            float *y = cr && !o->accumulate ? cr : yrow;
+            const float *res = o->res ? o->res + m * o->ldc + c0 : o->accumulate ? cr : NULL;
+            float *y = cr && !res ? cr : yrow;
             isa->epi_row(ar, zc, comb, bias, ncols, y);
             if (o->act == TS_ACT_GELU) g->nisa->gelu(y, (size_t)ncols);
             if (!cr)
                 isa->quant_row(y, ncols, o->out_step, o->out_zp, -o->out_zp, 255 - o->out_zp,
                                o->Cq + m * o->ldc + c0);
             else if (y != cr)
-                isa->add_row(cr, y, ncols);
+                isa->add_row(cr, res, y, ncols);
         }
     }
 }

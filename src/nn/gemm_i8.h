@@ -61,6 +61,7 @@ typedef struct {
     int ldc;
     float out_step;
     int out_zp;
+    const float *res; /* float output: C = res + act(y), res laid out as C (ldc), or NULL */
 } ts_i8_out;
 
 /* C = epilogue(A_u8[M x K] (lda) * W), K and N those of the pack; see the top of the file. */

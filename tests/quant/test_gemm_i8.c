@@ -416,6 +416,64 @@ static void test_twin_gelu_gemm(void) {
     free(qn);
 }
 
+/* The residual output (C = res + y) and the accumulating one (C += y) against the exact
+ * accumulator and the documented formula, bit for bit, with tails (N not a multiple of 16). */
+static void test_residual_output(void) {
+    static const int shapes[][3] = {{13, 37, 7}, {40, 70, 64}, {300, 256, 56}, {5, 3, 130}};
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        for (int s = 0; s < 4; s++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], zp = s % 2 ? 128 : 3;
+            float *W = malloc(sizeof(float) * (size_t)N * K), *bias = malloc(sizeof(float) * N);
+            float *res = malloc(sizeof(float) * (size_t)M * N), *C1 = malloc(sizeof(float) * (size_t)M * N),
+                  *C2 = malloc(sizeof(float) * (size_t)M * N);
+            int32_t *C32 = malloc(sizeof(int32_t) * (size_t)M * N);
+            uint8_t *A = malloc((size_t)M * K);
+            for (size_t j = 0; j < (size_t)N * K; j++) W[j] = frand();
+            for (int n = 0; n < N; n++) bias[n] = frand();
+            for (size_t j = 0; j < (size_t)M * N; j++) res[j] = C2[j] = 4.0f * frand();
+            for (size_t j = 0; j < (size_t)M * K; j++) A[j] = (uint8_t)(rand() & 255);
+            ts_i8pack *P = ts_i8pack_new_f32(W, N, K, K);
+            REQUIRE(P, "pack");
+            int8_t *Wq = malloc((size_t)N * K);
+            float *sc = malloc(sizeof(float) * N);
+            ts_quant_weights(W, N, K, K, Wq, sc);
+            const float step = 0.013f;
+            ts_i8_out o1 = {.bias = bias, .res = res, .C = C1, .ldc = N};
+            ts_i8_out o2 = {.bias = bias, .accumulate = 1, .C = C2, .ldc = N};
+            ts_gemm_i8(M, A, K, step, zp, P, &o1);
+            ts_gemm_i8_serial(M, A, K, step, zp, P, &o2);
+            ts_gemm_i8_s32(M, A, K, zp, P, C32, N);
+            int bad = 0;
+            for (int m = 0; m < M && !bad; m++)
+                for (int n = 0; n < N && !bad; n++) {
+                    size_t o = (size_t)m * N + n;
+                    long long r = 0;
+                    for (int k = 0; k < K; k++)
+                        r += ((long long)A[(size_t)m * K + k] - zp) * Wq[(size_t)n * K + k];
+                    float want = res[o] + ((float)r * (step * sc[n]) + bias[n]);
+                    if (C32[o] != r || C1[o] != want || C2[o] != want) {
+                        t_fail(__FILE__, __LINE__, "%s %dx%dx%d [%d][%d]: %.9g / %.9g want %.9g",
+                               ts_gemm_i8_isa_name(), M, N, K, m, n, C1[o], C2[o], want);
+                        bad = 1;
+                    }
+                }
+            ts_i8pack_free(P);
+            free(Wq);
+            free(sc);
+            free(W);
+            free(bias);
+            free(res);
+            free(C1);
+            free(C2);
+            free(C32);
+            free(A);
+        }
+    }
+    ts_nn_set_isa(ISAS[0]);
+}
+
 /* End to end on float data: quantised linear vs the float one, and the asymmetric fold. */
 static void test_float_end_to_end(void) {
     const int M = 50, K = 96, N = 40;
@@ -461,6 +519,7 @@ int main(void) {
     RUN(test_quantize_u8);
     RUN(test_f32_input);
     RUN(test_twin_gelu_gemm);
+    RUN(test_residual_output);
     RUN(test_float_end_to_end);
     return test_summary();
 }

@@ -121,13 +121,13 @@ TGT static void vnni_quant_row(const float *x, int n, float step, int zp, int ql
     }
 }
 
-TGT static void vnni_add_row(float *c, const float *y, int n) {
+TGT static void vnni_add_row(float *c, const float *a, const float *y, int n) {
     int i = 0;
     for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(c + i, _mm512_add_ps(_mm512_loadu_ps(c + i), _mm512_loadu_ps(y + i)));
+        _mm512_storeu_ps(c + i, _mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(y + i)));
     if (i < n) {
         __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(c + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, c + i),
+        _mm512_mask_storeu_ps(c + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + i),
                                                       _mm512_maskz_loadu_ps(k, y + i)));
     }
 }
