@@ -407,6 +407,10 @@ typedef struct {
     uint8_t *kq;                  /* int8: the keys + PE, 4096 x 256 codes */
     uint8_t *kTq;                 /* int8: the keys transposed, 256 x 4096 codes */
     uint8_t *kc;                  /* int8: the keys, 4096 x 256 codes (the upscaling's input) */
+    /* int8: kpe not written by the codes pass (only its codes are used); kpe_now() makes it
+     * from kpe_keys + kpe_pos for the float fallbacks (out of memory for a run-time pack) */
+    int kpe_stale;
+    const float *kpe_keys, *kpe_pos;
     int8_t *pq;                   /* int8: t2i attention weights, 8*FOLD_MAX x 4096 codes */
     float hblk[128 * 16], h1[256], h2[256], hyper[4 * 32];
 } workspace;
@@ -559,7 +563,7 @@ static void transpose8_u8(const uint8_t *src, size_t lds, uint8_t *dst, size_t l
  * the keys and kTq = kc transposed (256 x 4096): one pass while a block of rows is in cache,
  * the same values as ts_layernorm, add, ts_quantize_u8 and a transpose one after another. */
 typedef struct {
-    float *keys, *kpe;
+    float *keys, *kpe; /* kpe NULL: only its codes */
     const float *pos, *ln_w, *ln_b;
     uint8_t *kq, *kc, *kTq; /* kq NULL: no kpe nor its codes */
     float kq_step, kc_step;
@@ -572,9 +576,11 @@ static void img_codes_rows(const img_codes_job *j, int r0, int r1) {
         size_t o = (size_t)r * 256, n8 = 8 * 256;
         if (j->ln_w) ts_layernorm_to_serial(x, x, 8, 256, j->ln_w, j->ln_b, 1e-5f);
         if (j->kq) { /* keys + PE as x * 1 + PE: the same sum, with the ISA's vector add */
-            memcpy(j->kpe + o, x, n8 * sizeof(float));
-            ts_scale_add(j->kpe + o, 1.0f, j->pos + o, (int)n8);
-            ts_quantize_u8(j->kpe + o, 8, 256, 256, j->kq_step, j->kq_zp, j->kq + o, 256);
+            _Alignas(64) float buf[8 * 256];
+            float *kp = j->kpe ? j->kpe + o : buf;
+            memcpy(kp, x, n8 * sizeof(float));
+            ts_scale_add(kp, 1.0f, j->pos + o, (int)n8);
+            ts_quantize_u8(kp, 8, 256, 256, j->kq_step, j->kq_zp, j->kq + o, 256);
         }
         ts_quantize_u8(x, 8, 256, 256, j->kc_step, j->kc_zp, j->kc + o, 256);
         for (int c = 0; c < 256; c += 8)
@@ -590,6 +596,12 @@ static void img_codes_task(void *ctx, int t, int tid) {
 
 static void img_codes(const img_codes_job *j) {
     ts_parallel_for(PAR_TASKS, img_codes_task, (void *)j);
+}
+
+/* w->kpe, made now if the codes pass left it out */
+static void kpe_now(workspace *w) {
+    if (w->kpe_stale) add(w->kpe_keys, w->kpe_pos, w->kpe, (size_t)N_IMG * 256);
+    w->kpe_stale = 0;
 }
 
 static void attention(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
@@ -722,6 +734,7 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     for (size_t i = 0; i < (size_t)R * 256; i++) w->f1[i] /= scale;
     ts_i8pack *fp = ts_i8pack_new_f32(w->f1, R, 256, 256);
     if (!fp) { /* out of memory: the float form */
+        kpe_now(w);
         t2i_folded(a, q_in, nq, k_in, v_in, out, w);
         return;
     }
@@ -741,6 +754,7 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     }
     ts_i8pack *pp = ts_i8pack_new(w->pq, R, N_IMG, N_IMG, rsc);
     if (!pp) {
+        kpe_now(w);
         t2i_folded(a, q_in, nq, k_in, v_in, out, w);
         return;
     }
@@ -816,6 +830,7 @@ static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *
             ts_i8_out os = {.bias = w->sb, .C = w->S, .ldc = R};
             ts_gemm_i8(N_IMG, kq, 256, kstep, kzp, fp, &os);
         } else {
+            kpe_now(w);
             ts_gemm_ex(N_IMG, R, 256, q_in, 256, w->f1, 256, 1, w->S, R, 0.0f, w->sb,
                        TS_ACT_NONE);
         }
@@ -1100,6 +1115,7 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
     float *queries = w->q, *qpe = w->t1, *tmp = w->t2;
     const ts_up_i8 *qi = fold ? d->up_i8 : NULL; /* int8 cross attentions */
     int codes_ready = 0; /* w->kq, kc, kTq hold the codes of this layer's kpe and keys */
+    w->kpe_stale = 0;
     for (int L = 0; L < 2; L++) {
         const ts_twoway_layer *l = &d->layer[L];
         int shared = L == 0 && proj0;
@@ -1152,12 +1168,17 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             add(keys, w->img, w->keys, ti);
         }
         if (qi && fold) { /* LayerNorm, + PE and the next layer's codes in one pass */
-            img_codes_job cj = {.keys = w->keys, .kpe = w->kpe, .pos = pos, .ln_w = l->n4_w,
+            /* kpe itself only for the calibration probe; else made if a fallback needs it */
+            img_codes_job cj = {.keys = w->keys, .kpe = ts_decoder_probe ? w->kpe : NULL,
+                                .pos = pos, .ln_w = l->n4_w,
                                 .ln_b = l->n4_b, .kq = w->kq, .kc = w->kc, .kTq = w->kTq,
                                 .kq_step = qi->kpe_step[L + 1], .kq_zp = qi->kpe_zp[L + 1],
                                 .kc_step = qi->keys_step[L + 1], .kc_zp = qi->keys_zp[L + 1]};
             img_codes(&cj);
             codes_ready = 1;
+            w->kpe_stale = !cj.kpe;
+            w->kpe_keys = w->keys;
+            w->kpe_pos = pos;
         } else {
             ts_layernorm(w->keys, N_IMG, 256, l->n4_w, l->n4_b, 1e-5f);
             add(w->keys, pos, w->kpe, ti);
