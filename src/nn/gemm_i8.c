@@ -301,6 +301,17 @@ static void i8_task(void *ctx, int t, int tid) {
                 a = Ar + p0;
                 rs = g->lda;
                 gs = 4;
+            } else if (isa->a_inplace && g->K % 4 == 0) {
+                /* a partial panel: its rows copied whole (a byte-wise pack was the cost of
+                 * the small-M products), the missing rows zero; read in place */
+                for (int r = 0; r < mr; r++) {
+                    uint8_t *qr = Qa + (size_t)r * KC_I8;
+                    if (r < mv) memcpy(qr, Ar + (size_t)r * g->lda + p0, (size_t)kc);
+                    else memset(qr, 0, (size_t)kc);
+                }
+                a = Qa;
+                rs = KC_I8;
+                gs = 4;
             } else {
                 if (Ar)
                     isa->pack_a(mv, kc, kcp, Ar + p0, g->lda, Ap);
