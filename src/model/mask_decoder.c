@@ -570,36 +570,55 @@ typedef struct {
     int kq_zp, kc_zp;
 } img_codes_job;
 
-/* d = a + b over 8 rows of 256 (restrict and a constant count: the compiler vectorises it) */
-static void add_block8(float *restrict d, const float *restrict a, const float *restrict b) {
-    for (int i = 0; i < 8 * 256; i++) d[i] = a[i] + b[i];
+/* d = a + b over one row of 256 (restrict and a constant count: the compiler vectorises it) */
+static void add_row256(float *restrict d, const float *restrict a, const float *restrict b) {
+    for (int i = 0; i < 256; i++) d[i] = a[i] + b[i];
 }
 
-static void img_codes_rows(const img_codes_job *j, int r0, int r1) {
+/* Rows [r, r + n), n <= 8: all but the transpose. */
+static void img_codes_block(const img_codes_job *j, int r, int n) {
+    float *x = j->keys + (size_t)r * 256;
+    size_t o = (size_t)r * 256;
+    if (j->ln_w) ts_layernorm_to_serial(x, x, n, 256, j->ln_w, j->ln_b, 1e-5f);
+    if (j->kq) {
+        _Alignas(64) float buf[8 * 256];
+        float *kp = j->kpe ? j->kpe + o : buf;
+        for (int i = 0; i < n; i++) add_row256(kp + i * 256, x + i * 256, j->pos + o + i * 256);
+        ts_quantize_u8(kp, n, 256, 256, j->kq_step, j->kq_zp, j->kq + o, 256);
+    }
+    ts_quantize_u8(x, n, 256, 256, j->kc_step, j->kc_zp, j->kc + o, 256);
+}
+
+/* The int8 GEMM's row callback: the image->token output GEMM hands each finished row of the
+ * keys (C = w->keys) while it is in cache. */
+static void img_codes_row_done(void *ctx, int m, float *row) {
+    (void)row;
+    img_codes_block(ctx, m, 1);
+}
+
+static void img_codes_rows(const img_codes_job *j, int r0, int r1, int rows_done) {
     for (int r = r0; r < r1; r += 8) {
-        float *x = j->keys + (size_t)r * 256;
-        size_t o = (size_t)r * 256;
-        if (j->ln_w) ts_layernorm_to_serial(x, x, 8, 256, j->ln_w, j->ln_b, 1e-5f);
-        if (j->kq) {
-            _Alignas(64) float buf[8 * 256];
-            add_block8(j->kpe ? j->kpe + o : buf, x, j->pos + o);
-            const float *kp = j->kpe ? j->kpe + o : buf;
-            ts_quantize_u8(kp, 8, 256, 256, j->kq_step, j->kq_zp, j->kq + o, 256);
-        }
-        ts_quantize_u8(x, 8, 256, 256, j->kc_step, j->kc_zp, j->kc + o, 256);
+        if (!rows_done) img_codes_block(j, r, 8);
         for (int c = 0; c < 256; c += 8)
-            transpose8_u8(j->kc + o + c, 256, j->kTq + (size_t)c * N_IMG + r, N_IMG);
+            transpose8_u8(j->kc + (size_t)r * 256 + c, 256, j->kTq + (size_t)c * N_IMG + r, N_IMG);
     }
 }
 
 static void img_codes_task(void *ctx, int t, int tid) {
     (void)tid;
     const int per = N_IMG / PAR_TASKS;
-    img_codes_rows(ctx, t * per, (t + 1) * per);
+    img_codes_rows(ctx, t * per, (t + 1) * per, 0);
 }
 
-static void img_codes(const img_codes_job *j) {
-    ts_parallel_for(PAR_TASKS, img_codes_task, (void *)j);
+static void img_codes_t_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const int per = N_IMG / PAR_TASKS;
+    img_codes_rows(ctx, t * per, (t + 1) * per, 1);
+}
+
+/* All of it; rows_done: the rows are made (img_codes_row_done), only the transpose is left. */
+static void img_codes(const img_codes_job *j, int rows_done) {
+    ts_parallel_for(PAR_TASKS, rows_done ? img_codes_t_task : img_codes_task, (void *)j);
 }
 
 /* w->kpe, made now if the codes pass left it out */
@@ -767,7 +786,7 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     if (!vt_ready) {
         img_codes_job cj = {.keys = (float *)v_in, .kc = w->kc, .kTq = w->kTq, .kc_step = vstep,
                             .kc_zp = vzp};
-        img_codes(&cj);
+        img_codes(&cj, 0);
     }
     ts_i8_out ov = {.C = w->img, .ldc = R};
     ts_gemm_i8(256, w->kTq, N_IMG, vstep, vzp, pp, &ov);
@@ -779,11 +798,13 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     lin(&a->o8, a->o_p, a->o_b, w->ctx, nq, out);
 }
 
-/* i2t_folded with the int8 products; out = res + the attention (res NULL: out +=). */
-static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *kq, float kstep,
-                          int kzp, const float *qp, const uint8_t *qq, float qstep,
-                          const float *k_in, const float *v_in, int nk, const float *res,
-                          float *out, workspace *w) {
+/* i2t_folded with the int8 products; out = res + the attention (res NULL: out +=). cj (or
+ * NULL): the next layer's codes pass, made row by row in the output GEMM's epilogue; returns
+ * whether it was (else the caller runs it). */
+static int i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *kq, float kstep,
+                         int kzp, const float *qp, const uint8_t *qq, float qstep,
+                         const float *k_in, const float *v_in, int nk, const float *res,
+                         float *out, img_codes_job *cj, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nk;
     const float scale = sqrtf((float)dh);
     lin(&a->k8, a->k_p, a->k_b, k_in, nk, w->pa);
@@ -844,7 +865,8 @@ static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *
     transpose_small(w->f2, R, 256, w->f1);
     ts_i8pack *op = ts_i8pack_new_f32(w->f1, 256, R, R);
     if (op) {
-        ts_i8_out oo = {.bias = a->o_b, .accumulate = !res, .res = res, .C = out, .ldc = 256};
+        ts_i8_out oo = {.bias = a->o_b, .accumulate = !res, .res = res, .C = out, .ldc = 256,
+                        .row_done = cj ? img_codes_row_done : NULL, .row_ctx = cj};
         ts_gemm_i8_f32(N_IMG, w->S, R, 1.0f / 255.0f, 0, op, &oo);
     } else {
         if (res) copy(res, out, (size_t)N_IMG * 256);
@@ -852,6 +874,7 @@ static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *
     }
     ts_i8pack_free(fp);
     ts_i8pack_free(op);
+    return op != NULL;
 }
 
 /* The 4 x 4 output block of every token of the chunk into lr: m is 4*UP_TOK rows of 16
@@ -1157,13 +1180,27 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         add(queries, tmp, queries, tq);
         ts_layernorm(queries, nq, 256, l->n3_w, l->n3_b, 1e-5f);
         add(queries, w->T, qpe, tq); /* image -> token: the image tokens are the queries */
+        /* int8: LayerNorm, + PE and the next layer's codes in one pass (kpe itself only for
+         * the calibration probe; else made if a fallback needs it) */
+        img_codes_job cj = {.keys = w->keys, .kpe = ts_decoder_probe ? w->kpe : NULL,
+                            .pos = pos, .ln_w = l->n4_w, .ln_b = l->n4_b, .kq = w->kq,
+                            .kc = w->kc, .kTq = w->kTq};
+        if (qi) {
+            cj.kq_step = qi->kpe_step[L + 1];
+            cj.kq_zp = qi->kpe_zp[L + 1];
+            cj.kc_step = qi->keys_step[L + 1];
+            cj.kc_zp = qi->keys_zp[L + 1];
+        }
+        int rows_done = 0;
         if (fold) { /* keys += attention, accumulated by the output GEMM */
             if (keys != w->keys && !qi) copy(keys, w->keys, ti);
-            if (qi) /* the int8 output GEMM adds the residual from where the keys are */
-                i2t_folded_i8(&l->i2t, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L],
-                              shared ? j->sh->q_i2t : NULL,
-                              shared && j->sh->has_i8 ? j->sh->qq : NULL, j->sh->q_step, qpe,
-                              queries, nq, keys != w->keys ? keys : NULL, w->keys, w);
+            if (qi) /* the int8 output GEMM adds the residual from where the keys are, and
+                     * makes the next layer's codes row by row (LayerNorm, + PE, codes) */
+                rows_done = i2t_folded_i8(&l->i2t, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L],
+                                          shared ? j->sh->q_i2t : NULL,
+                                          shared && j->sh->has_i8 ? j->sh->qq : NULL,
+                                          j->sh->q_step, qpe, queries, nq,
+                                          keys != w->keys ? keys : NULL, w->keys, &cj, w);
             else
                 i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
                            1.0f, w);
@@ -1171,14 +1208,8 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             attention(&l->i2t, kpe, N_IMG, qpe, queries, nq, NULL, NULL, w->img, w);
             add(keys, w->img, w->keys, ti);
         }
-        if (qi && fold) { /* LayerNorm, + PE and the next layer's codes in one pass */
-            /* kpe itself only for the calibration probe; else made if a fallback needs it */
-            img_codes_job cj = {.keys = w->keys, .kpe = ts_decoder_probe ? w->kpe : NULL,
-                                .pos = pos, .ln_w = l->n4_w,
-                                .ln_b = l->n4_b, .kq = w->kq, .kc = w->kc, .kTq = w->kTq,
-                                .kq_step = qi->kpe_step[L + 1], .kq_zp = qi->kpe_zp[L + 1],
-                                .kc_step = qi->keys_step[L + 1], .kc_zp = qi->keys_zp[L + 1]};
-            img_codes(&cj);
+        if (qi && fold) { /* the rest of the codes pass: the transposed keys codes */
+            img_codes(&cj, rows_done);
             codes_ready = 1;
             w->kpe_stale = !cj.kpe;
             w->kpe_keys = w->keys;

@@ -345,6 +345,7 @@ static void i8_task(void *ctx, int t, int tid) {
                                o->Cq + m * o->ldc + c0);
             else if (y != cr)
                 isa->add_row(cr, res, y, ncols);
+            if (cr && o->row_done) o->row_done(o->row_ctx, (int)m, cr);
         }
     }
 }
@@ -367,6 +368,7 @@ static void i8_run(int M, const uint8_t *A, int lda, const float *X, int ldx, fl
     }
     g.Bp = tmp ? tmp : W->data;
     const int mr = isa->mr, nr = isa->nr, N = W->N;
+    TS_ASSERT(!out || !out->row_done || N <= NT_MAX); /* one column task: whole rows */
     int nthreads = serial ? 1 : ts_num_threads();
     int par = nthreads > 1 && (double)M * N * W->K >= PAR_MIN_MAC;
     int n_ct = (N + NT_MAX - 1) / NT_MAX; /* column tasks, even widths */

@@ -62,6 +62,10 @@ typedef struct {
     float out_step;
     int out_zp;
     const float *res; /* float output: C = res + act(y), res laid out as C (ldc), or NULL */
+    /* float output, N <= 512: called with each finished row of C (all N columns), on the
+     * thread that made it, while the row is in cache (e.g. a LayerNorm of the result) */
+    void (*row_done)(void *ctx, int m, float *row);
+    void *row_ctx;
 } ts_i8_out;
 
 /* C = epilogue(A_u8[M x K] (lda) * W), K and N those of the pack; see the top of the file. */

@@ -416,6 +416,22 @@ static void test_twin_gelu_gemm(void) {
     free(qn);
 }
 
+/* row_done: each row handed once, finished (the callback scales it: C's final values). */
+typedef struct {
+    int *calls;
+    float *copy;
+    int N;
+} row_cb;
+
+static void row_cb_fn(void *ctx, int m, float *row) {
+    row_cb *c = ctx;
+    c->calls[m]++;
+    for (int n = 0; n < c->N; n++) {
+        c->copy[(size_t)m * c->N + n] = row[n];
+        row[n] *= 2.0f;
+    }
+}
+
 /* The residual output (C = res + y) and the accumulating one (C += y) against the exact
  * accumulator and the documented formula, bit for bit, with tails (N not a multiple of 16). */
 static void test_residual_output(void) {
@@ -445,6 +461,25 @@ static void test_residual_output(void) {
             ts_gemm_i8(M, A, K, step, zp, P, &o1);
             ts_gemm_i8_serial(M, A, K, step, zp, P, &o2);
             ts_gemm_i8_s32(M, A, K, zp, P, C32, N);
+            /* the same with row_done (threaded): rows handed once, as written */
+            float *C3 = malloc(sizeof(float) * (size_t)M * N), *cp = malloc(sizeof(float) * (size_t)M * N);
+            int *calls = calloc((size_t)M, sizeof(int));
+            row_cb cb = {calls, cp, N};
+            ts_i8_out o3 = {.bias = bias, .res = res, .C = C3, .ldc = N, .row_done = row_cb_fn,
+                            .row_ctx = &cb};
+            ts_gemm_i8(M, A, K, step, zp, P, &o3);
+            for (int m = 0; m < M; m++) {
+                CHECK(calls[m] == 1, "%s: row %d handed %d times", ts_gemm_i8_isa_name(), m, calls[m]);
+                for (int n = 0; n < N; n++)
+                    if (cp[(size_t)m * N + n] != C1[(size_t)m * N + n] ||
+                        C3[(size_t)m * N + n] != 2.0f * C1[(size_t)m * N + n]) {
+                        t_fail(__FILE__, __LINE__, "%s: row_done row %d differs", ts_gemm_i8_isa_name(), m);
+                        break;
+                    }
+            }
+            free(C3);
+            free(cp);
+            free(calls);
             int bad = 0;
             for (int m = 0; m < M && !bad; m++)
                 for (int n = 0; n < N && !bad; n++) {
