@@ -535,29 +535,6 @@ static void transpose(const float *src, int rows, int cols, float *dst) {
     else ts_parallel_for(PAR_TASKS, transpose_task, &j);
 }
 
-/* dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block of bytes: the three masked swaps of
- * a recursive transpose on the rows as little-endian 64-bit words (byte j of row i = (i, j)). */
-static void transpose8_u8(const uint8_t *src, size_t lds, uint8_t *dst, size_t ldd) {
-    uint64_t x[8], t;
-    for (int i = 0; i < 8; i++) memcpy(&x[i], src + i * lds, 8);
-    for (int i = 0; i < 8; i += 2) { /* 1-byte elements of 2 x 2 blocks */
-        t = ((x[i] >> 8) ^ x[i + 1]) & 0x00FF00FF00FF00FFull;
-        x[i + 1] ^= t;
-        x[i] ^= t << 8;
-    }
-    for (int i = 0; i < 8; i += (i & 1) ? 3 : 1) { /* 2-byte elements: rows (0,2) (1,3) (4,6) (5,7) */
-        t = ((x[i] >> 16) ^ x[i + 2]) & 0x0000FFFF0000FFFFull;
-        x[i + 2] ^= t;
-        x[i] ^= t << 16;
-    }
-    for (int i = 0; i < 4; i++) { /* 4-byte elements: rows (i, i + 4) */
-        t = ((x[i] >> 32) ^ x[i + 4]) & 0x00000000FFFFFFFFull;
-        x[i + 4] ^= t;
-        x[i] ^= t << 32;
-    }
-    for (int i = 0; i < 8; i++) memcpy(dst + i * ldd, &x[i], 8);
-}
-
 /* The image side of an int8 layer, rows [r0, r1) (multiples of 8) of the 4096 x 256 keys:
  * optionally LayerNorm in place (ln_w), then kpe = keys + PE, kq = codes of kpe, kc = codes of
  * the keys and kTq = kc transposed (256 x 4096): one pass while a block of rows is in cache,
@@ -597,11 +574,8 @@ static void img_codes_row_done(void *ctx, int m, float *row) {
 }
 
 static void img_codes_rows(const img_codes_job *j, int r0, int r1, int rows_done) {
-    for (int r = r0; r < r1; r += 8) {
-        if (!rows_done) img_codes_block(j, r, 8);
-        for (int c = 0; c < 256; c += 8)
-            transpose8_u8(j->kc + (size_t)r * 256 + c, 256, j->kTq + (size_t)c * N_IMG + r, N_IMG);
-    }
+    for (int r = r0; r < r1 && !rows_done; r += 8) img_codes_block(j, r, 8);
+    ts_transpose_u8(j->kc + (size_t)r0 * 256, 256, r1 - r0, 256, j->kTq + r0, N_IMG);
 }
 
 static void img_codes_task(void *ctx, int t, int tid) {

@@ -509,6 +509,36 @@ static void test_residual_output(void) {
     ts_nn_set_isa(ISAS[0]);
 }
 
+/* Byte transpose against the naive loop: whole blocks, edges, leading dimensions. */
+static void test_transpose_u8(void) {
+    static const int shapes[][2] = {{4096, 256}, {16, 16}, {8, 8}, {37, 21}, {5, 3}, {24, 40}, {1, 1}};
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        for (int s = 0; s < 7; s++) {
+            int R = shapes[s][0], C = shapes[s][1];
+            size_t lds = (size_t)C + 3, ldd = (size_t)R + 5;
+            uint8_t *src = malloc(lds * R), *dst = malloc(ldd * C);
+            for (size_t k = 0; k < lds * R; k++) src[k] = (uint8_t)(rand() & 255);
+            memset(dst, 0xa5, ldd * C);
+            ts_transpose_u8(src, lds, R, C, dst, ldd);
+            int bad = 0;
+            for (int c = 0; c < C && !bad; c++)
+                for (size_t r = 0; r < ldd && !bad; r++) {
+                    int want = r < (size_t)R ? src[r * lds + c] : 0xa5; /* padding untouched */
+                    if (dst[(size_t)c * ldd + r] != want) {
+                        t_fail(__FILE__, __LINE__, "%s %dx%d: [%d][%zu] = %d want %d",
+                               ts_gemm_i8_isa_name(), R, C, c, r, dst[(size_t)c * ldd + r], want);
+                        bad = 1;
+                    }
+                }
+            free(src);
+            free(dst);
+        }
+    }
+    ts_nn_set_isa(ISAS[0]);
+}
+
 /* End to end on float data: quantised linear vs the float one, and the asymmetric fold. */
 static void test_float_end_to_end(void) {
     const int M = 50, K = 96, N = 40;
@@ -555,6 +585,7 @@ int main(void) {
     RUN(test_f32_input);
     RUN(test_twin_gelu_gemm);
     RUN(test_residual_output);
+    RUN(test_transpose_u8);
     RUN(test_float_end_to_end);
     return test_summary();
 }
