@@ -208,7 +208,22 @@ ts_i8pack *ts_i8pack_new_f32(const float *W, int N, int K, int ldw) {
     float *s = ts_malloc(sizeof(float) * N);
     ts_i8pack *p = NULL;
     if (q && s) {
-        ts_quant_weights(W, N, K, ldw, q, s);
+        /* ts_quant_weights' codes with the ISA's quantiser (run-time packs of the decoder's
+         * dynamic operands come here per call): scale max|w| / 127, codes round(w / scale) in
+         * [-127, 127], as u8 with zero point 128 then shifted */
+        const ts_i8_isa *isa = i8_isa();
+        for (int n = 0; n < N; n++) {
+            const float *w = W + (size_t)n * ldw;
+            float mx = 0.0f;
+            for (int k = 0; k < K; k++) {
+                float a = fabsf(w[k]);
+                mx = a > mx ? a : mx; /* fmaxf's result, NaN skipped */
+            }
+            s[n] = mx > 0.0f && isfinite(mx) ? mx / (float)TS_QW_MAX : 1.0f;
+            uint8_t *u = (uint8_t *)q + (size_t)n * K;
+            isa->quant_row(w, K, s[n], 128, -TS_QW_MAX, TS_QW_MAX, u);
+            for (int k = 0; k < K; k++) q[(size_t)n * K + k] = (int8_t)((int)u[k] - 128);
+        }
         p = ts_i8pack_new(q, N, K, K, s);
     }
     free(q);

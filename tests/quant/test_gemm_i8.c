@@ -509,6 +509,47 @@ static void test_residual_output(void) {
     ts_nn_set_isa(ISAS[0]);
 }
 
+/* ts_i8pack_new_f32's codes and scales == ts_quant_weights' (the ISA's quantiser on every
+ * path): random rows, a zero row, NaN, infinities, ties at half a step. The codes are read
+ * back as the exact products with unit rows (A = identity, zero point 0). */
+static void test_pack_f32_codes(void) {
+    const int N = 7, K = 37;
+    float W[7 * 37];
+    for (int i = 0; i < N * K; i++) W[i] = 3.0f * frand();
+    for (int k = 0; k < K; k++) W[1 * K + k] = 0.0f;
+    W[2 * K + 5] = NAN;
+    W[3 * K + 1] = INFINITY;
+    W[3 * K + 2] = -INFINITY;
+    for (int k = 0; k < K; k++) W[4 * K + k] = ((float)k - 18.0f + 0.5f); /* max 18.5: ties */
+    W[5 * K + 0] = -127.0f;
+    uint8_t *A = calloc((size_t)K * K, 1);
+    for (int k = 0; k < K; k++) A[(size_t)k * K + k] = 1;
+    int8_t Wq[7 * 37];
+    float sc[7];
+    ts_quant_weights(W, N, K, K, Wq, sc);
+    int32_t C[37 * 7];
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        ts_i8pack *P = ts_i8pack_new_f32(W, N, K, K);
+        REQUIRE(P, "pack");
+        ts_gemm_i8_s32(K, A, K, 0, P, C, N);
+        for (int n = 0; n < N; n++) {
+            CHECK(ts_i8pack_scale(P)[n] == sc[n], "%s: scale %d %g want %g", ts_gemm_i8_isa_name(),
+                  n, ts_i8pack_scale(P)[n], sc[n]);
+            for (int k = 0; k < K; k++)
+                if (C[k * N + n] != Wq[n * K + k]) {
+                    t_fail(__FILE__, __LINE__, "%s: code [%d][%d] %d want %d",
+                           ts_gemm_i8_isa_name(), n, k, C[k * N + n], Wq[n * K + k]);
+                    break;
+                }
+        }
+        ts_i8pack_free(P);
+    }
+    ts_nn_set_isa(ISAS[0]);
+    free(A);
+}
+
 /* Byte transpose against the naive loop: whole blocks, edges, leading dimensions. */
 static void test_transpose_u8(void) {
     static const int shapes[][2] = {{4096, 256}, {16, 16}, {8, 8}, {37, 21}, {5, 3}, {24, 40}, {1, 1}};
@@ -586,6 +627,7 @@ int main(void) {
     RUN(test_twin_gelu_gemm);
     RUN(test_residual_output);
     RUN(test_transpose_u8);
+    RUN(test_pack_f32_codes);
     RUN(test_float_end_to_end);
     return test_summary();
 }
