@@ -1051,35 +1051,53 @@ static void shared_i8_make(shared_img *sh) {
     else sh->has_i8 = 1;
 }
 
+typedef struct {
+    const shared_img *sh;
+    workspace *w;
+    const uint8_t *aq;
+    float qs;
+    int nq;
+} t2i_heads_job;
+
+/* Head h of t2i_shared_i8, in its own rows of w->S and w->pq (heads run in parallel for a
+ * lone prompt; inside a batch's task the pool runs them in turn). */
+static void t2i_head_task(void *ctx, int h, int tid) {
+    (void)tid;
+    const t2i_heads_job *j = ctx;
+    workspace *w = j->w;
+    const int nq = j->nq;
+    float *S = w->S + (size_t)h * nq * N_IMG;
+    uint8_t *pq = (uint8_t *)w->pq + (size_t)h * nq * N_IMG;
+    const ts_i8pk_kernels kn = ts_i8pk_get();
+    ts_i8_out os = {.C = S, .ldc = N_IMG};
+    ts_gemm_i8_serial(nq, j->aq + h * 16, 128, j->qs, 128, j->sh->k8[h], &os);
+    /* / sqrt(16): the same values as a division by 4 */
+    for (size_t i = 0; i < (size_t)nq * N_IMG; i++) S[i] *= 0.25f;
+    ts_softmax_rows_serial(S, nq, N_IMG);
+    float rsc[FOLD_MAX];
+    for (int r = 0; r < nq; r++) {
+        int32_t cs = prob_codes(&kn, S + (size_t)r * N_IMG, N_IMG, 255, pq + (size_t)r * N_IMG);
+        rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
+    }
+    ts_i8_out ov = {.C = w->ctx + h * 16, .ldc = 128};
+    ts_gemm_i8_serial(nq, pq, N_IMG, 1.0f, 0, j->sh->v8[h], &ov);
+    for (int r = 0; r < nq; r++)
+        for (int c = 0; c < 16; c++) w->ctx[(size_t)r * 128 + h * 16 + c] *= rsc[r];
+}
+
 /* Token-to-image attention of layer 0 against the shared int8 projections: per head, scores
  * q_h K_h^T from the query rows quantised with one dynamic step, probabilities as codes of each
  * row's maximum (round(255 p / max p)), the product rescaled by 1 / sum(codes) per row. */
 static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const shared_img *sh,
                           float *out, workspace *w) {
-    const float scale = 4.0f; /* sqrt(16) */
     lin(&a->q8, a->q_p, a->q_b, q_in, nq, w->pa);
     float mx = 0.0f;
     for (int i = 0; i < nq * 128; i++) mx = fabsf(w->pa[i]) > mx ? fabsf(w->pa[i]) : mx;
     const float qs = mx > 0.0f ? mx / 127.0f : 1.0f;
-    uint8_t *aq = (uint8_t *)w->f1, *pq = (uint8_t *)w->pq;
-    const ts_i8pk_kernels kn = ts_i8pk_get();
+    uint8_t *aq = (uint8_t *)w->f1;
     ts_quantize_u8(w->pa, nq, 128, 128, qs, 128, aq, 128);
-    for (int h = 0; h < 8; h++) {
-        ts_i8_out os = {.C = w->S, .ldc = N_IMG};
-        ts_gemm_i8(nq, aq + h * 16, 128, qs, 128, sh->k8[h], &os);
-        for (size_t i = 0; i < (size_t)nq * N_IMG; i++) w->S[i] /= scale;
-        ts_softmax_rows(w->S, nq, N_IMG);
-        float rsc[8 * FOLD_MAX];
-        for (int r = 0; r < nq; r++) {
-            int32_t cs = prob_codes(&kn, w->S + (size_t)r * N_IMG, N_IMG, 255,
-                                    pq + (size_t)r * N_IMG);
-            rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
-        }
-        ts_i8_out ov = {.C = w->ctx + h * 16, .ldc = 128};
-        ts_gemm_i8(nq, pq, N_IMG, 1.0f, 0, sh->v8[h], &ov);
-        for (int r = 0; r < nq; r++)
-            for (int c = 0; c < 16; c++) w->ctx[(size_t)r * 128 + h * 16 + c] *= rsc[r];
-    }
+    t2i_heads_job hj = {sh, w, aq, qs, nq};
+    ts_parallel_for(8, t2i_head_task, &hj);
     lin(&a->o8, a->o_p, a->o_b, w->ctx, nq, out);
 }
 
