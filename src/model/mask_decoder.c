@@ -719,6 +719,26 @@ static int32_t prob_codes(const ts_i8pk_kernels *kn, const float *p, int n, int 
     return cs;
 }
 
+typedef struct {
+    const float *S;
+    uint8_t *pq;
+    float *rsc;
+    int R;
+} prob_rows_job;
+
+/* Rows [t R / 8, (t + 1) R / 8) of t2i's probabilities as codes of the row maximum (7 bits),
+ * the row's scale 1 / sum(codes). */
+static void prob_rows_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const prob_rows_job *j = ctx;
+    const ts_i8pk_kernels kn = ts_i8pk_get();
+    for (int r = j->R * t / 8; r < j->R * (t + 1) / 8; r++) {
+        int32_t cs = prob_codes(&kn, j->S + (size_t)r * N_IMG, N_IMG, 127,
+                                j->pq + (size_t)r * N_IMG);
+        j->rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
+    }
+}
+
 static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
                           const uint8_t *kq, float kstep, int kzp, const float *v_in,
                           float vstep, int vzp, int vt_ready, float *out, workspace *w) {
@@ -743,12 +763,8 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     /* weights as codes of each row's maximum, round(127 p / max p) (7 bits: p >= 0), the row's
      * scale 1 / sum(codes) so that the quantised weights sum to one */
     float rsc[8 * FOLD_MAX];
-    const ts_i8pk_kernels kn = ts_i8pk_get();
-    for (int r = 0; r < R; r++) {
-        int32_t cs = prob_codes(&kn, w->S + (size_t)r * N_IMG, N_IMG, 127,
-                                (uint8_t *)w->pq + (size_t)r * N_IMG);
-        rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
-    }
+    prob_rows_job pj = {w->S, (uint8_t *)w->pq, rsc, R};
+    ts_parallel_for(8, prob_rows_task, &pj); /* rows apart: a lone prompt uses the pool */
     ts_i8pack *pp = ts_i8pack_new(w->pq, R, N_IMG, N_IMG, rsc);
     if (!pp) {
         kpe_now(w);
