@@ -47,7 +47,7 @@ static float *site_weight(const ts_tensor_map *m, int s, int *N, int *K) {
     char P[128], n[160];
     int relu, in = 0, out = 0;
     if (s == TS_DEC_SITE_UP0 || s == TS_DEC_SITE_UP3) {
-        in = s == TS_DEC_SITE_UP0 ? 256 : 64, out = in / 4;
+        in = s == TS_DEC_SITE_UP0 ? 256 : 64, out = s == TS_DEC_SITE_UP0 ? 64 : 32;
         snprintf(P, sizeof P, "mask_decoder.output_upscaling.%d", s == TS_DEC_SITE_UP0 ? 0 : 3);
         *N = 4 * out, *K = in;
     } else if (s >= TS_DEC_SITE_TOK0) {
@@ -111,7 +111,12 @@ static void hess_task(void *ctx, int s, int tid) {
     int relu = 0, tN, tK;
     if (s >= TS_DEC_SITE_TOK0) ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, P, sizeof P, &tN, &tK, &relu);
     const int asym = s == TS_DEC_SITE_UP3 || relu; /* post-GELU / ReLU inputs, as the MSE steps */
-    int rc = ts_hessian_search_layer(X, n, K, W, N, j->h->dec_g2[s], asym, mn, mx, NULL,
+    /* no gradient at all (mask token 0's hypernetwork: its mask is not in the task loss):
+     * the plain output error */
+    const double *G = j->h->dec_g2[s];
+    double gs = 0;
+    for (int c = 0; c < N; c++) gs += G[c];
+    int rc = ts_hessian_search_layer(X, n, K, W, N, gs > 0 ? G : NULL, asym, mn, mx, NULL,
                                      &q->step[s], &q->zp[s], q->ws + off, NULL);
     if (rc) j->rc = rc;
     else q->ws_set[s] = 1;
@@ -240,10 +245,15 @@ int ts_calib_decoder_hessian(tinysam_model *model, const char *const *paths, int
         }
     }
     if (!rc && h) {
-        if (verbose) fprintf(stderr, "decoder: Hessian-guided search\n");
+        const double t0 = ts_now_ms();
         hess_job j = {model->map, h, c.buf, c.n, q, 0};
         ts_parallel_for(TS_DEC_N_SITES, hess_task, &j);
         rc = j.rc;
+        int nl = 0;
+        for (int s = 0; s < TS_DEC_N_SITES; s++) nl += q->ws_set[s];
+        if (verbose)
+            fprintf(stderr, "decoder: Hessian-guided search of %d layers, %.1f s\n", nl,
+                    (ts_now_ms() - t0) / 1000);
     }
     for (int s = 0; s < TS_DEC_N_SITES; s++) free(c.buf[s]);
     pthread_mutex_destroy(&c.lock);

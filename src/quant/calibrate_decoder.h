@@ -46,8 +46,10 @@ int ts_calib_decoder(tinysam_model *model, const char *const *paths, int n, ts_d
  * layers with a fixed weight and a hooked output gradient (both ConvTranspose2d, the int8
  * token-side Linears) take the Hessian-guided search of quant/hessian.h (input step and
  * per-row weight scales into q->ws, alternating, from the MSE step), on up to 128 of their
- * sampled rows. The mask product and the attention products (an operand that changes with the
- * prompt, quantised per call: no fixed weight to search against) keep their MSE steps. */
+ * sampled rows (a layer whose G is all zero, mask token 0's hypernetwork, whose mask is not in
+ * the task loss, takes the plain output error instead). The mask product and the attention
+ * products (an operand that changes with the prompt, quantised per call: no fixed weight to
+ * search against) keep their MSE steps. */
 int ts_calib_decoder_hessian(tinysam_model *model, const char *const *paths, int n,
                              const struct ts_hessian *h, ts_dec_quant *q, int verbose);
 

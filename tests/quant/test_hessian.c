@@ -19,7 +19,9 @@
 #include "core.h"
 #include "model/sam.h"
 #include "prompt_case.h"
+#include "io/tensor_map.h"
 #include "quant/calibrate.h"
+#include "quant/calibrate_decoder.h"
 #include "quant/hessian.h"
 #include "test.h"
 #include "train/decoder_grad.h"
@@ -305,6 +307,28 @@ static void test_decoder_hook_finite_differences(void) {
     free(p), free(wz), free(z), free(emb), free(pd), free(embd);
 }
 
+/* The decoder's weight-scale slots (calibrate_decoder.h ts_dec_ws_offset): one after the
+ * other, each the int8 layer's row count, TS_DEC_WS_TOTAL in all. */
+static void test_decoder_ws_layout(void) {
+    size_t next = 0;
+    int ok = 1;
+    for (int s = 0; s < TS_DEC_N_SITES; s++) {
+        int n = -1, N = 0, K, relu;
+        size_t off = ts_dec_ws_offset(s, &n);
+        if (s == TS_DEC_SITE_UP0) N = 256;
+        else if (s == TS_DEC_SITE_UP3) N = 128;
+        else if (s >= TS_DEC_SITE_TOK0) {
+            char P[128];
+            ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, P, sizeof P, &N, &K, &relu);
+        }
+        ok &= off == next && n == N;
+        next += (size_t)n;
+    }
+    CHECK(ok, "weight-scale slots not contiguous or of the wrong size");
+    CHECK(next == TS_DEC_WS_TOTAL, "%zu weight-scale rows, TS_DEC_WS_TOTAL %d", next,
+          TS_DEC_WS_TOTAL);
+}
+
 /* ---- the search on hand-built cases ------------------------------------------------------ */
 
 /* E[sum_c G[c] (Ô - O)^2] of a step and weight scales, directly (the test's own loops). */
@@ -515,6 +539,24 @@ static void test_fixture_accuracy(void) {
         }
     }
     CHECK(empty == 0, "%d quantised layers without a gradient", empty);
+    /* ... and every int8 layer of the decoder with a fixed weight, and the mask product, but
+     * mask token 0's hypernetwork (the loss takes the three multimask tokens) */
+    int dempty = 0, dlayers = 0;
+    for (int s = 0; s < TS_DEC_N_SITES; s++) {
+        if (!h.dec_n[s] || (s >= TS_DEC_SITE_TOK0 && ts_dec_tok_kept_float(s - TS_DEC_SITE_TOK0)))
+            continue;
+        if (strstr(h.dec_name[s], "output_hypernetworks_mlps.0.")) continue;
+        double sum = 0;
+        for (int c = 0; c < h.dec_n[s]; c++) sum += h.dec_g2[s][c];
+        dlayers++;
+        if (!(sum > 0) || !isfinite(sum)) {
+            dempty++;
+            printf("  %s: no gradient\n", h.dec_name[s]);
+        }
+    }
+    printf("  %d decoder layers with a gradient (of %d)\n", dlayers - dempty, dlayers);
+    CHECK(dlayers == 2 + 1 + 28 && dempty == 0, "%d of %d decoder layers without a gradient",
+          dempty, dlayers);
     CHECK(h.images == 2 && h.prompts >= 2 * 16, "%d images, %d prompts", h.images, h.prompts);
     t0 = ts_now_ms();
     ts_quant_opts o = {TS_CALIB_HESSIAN, TS_SCOPE_ALL, &h};
@@ -527,6 +569,36 @@ static void test_fixture_accuracy(void) {
     CHECK(qm->map->metadata_json && strstr(qm->map->metadata_json, "hessian"),
           "metadata does not name the method: %s",
           qm->map->metadata_json ? qm->map->metadata_json : "(none)");
+    /* the decoder's searched weight scales are those in the file (not the abs-max ones) */
+    static const char *const dl[3] = {"mask_decoder.output_upscaling.0",
+                                      "mask_decoder.output_upscaling.3",
+                                      "mask_decoder.transformer.layers.0.mlp.lin1"};
+    for (int i = 0; i < 3; i++) {
+        char n[160];
+        snprintf(n, sizeof n, "%s.weight", dl[i]);
+        const ts_tensor *wf = ts_map_get(fm->map, n);
+        snprintf(n, sizeof n, "%s.weight_scale", dl[i]);
+        const ts_tensor *sq = ts_map_get(qm->map, n);
+        if (!wf || !sq || sq->dtype != TS_DTYPE_F32) {
+            CHECK(0, "%s: missing tensors", dl[i]);
+            continue;
+        }
+        /* rows of the int8 layer: a ConvTranspose2d's (sub-pixel, channel), its weight
+         * [in][out][2][2] */
+        const int convt = i < 2, N = (int)sq->numel, K = (int)(wf->numel / N);
+        const int co = N / 4;
+        const float *w = wf->data, *sc = sq->data;
+        int differ = 0;
+        for (int r = 0; r < N; r++) {
+            float m = 0;
+            for (int k = 0; k < K; k++)
+                m = fmaxf(m, fabsf(convt ? w[((size_t)k * co + r % co) * 4 + r / co]
+                                         : w[(size_t)r * K + k]));
+            differ += fabsf(sc[r] - m / 127.0f) > 1e-6f * m;
+        }
+        printf("  %s: %d of %d weight scales searched away from abs-max\n", dl[i], differ, N);
+        CHECK(differ > 0, "%s: the abs-max weight scales were written", dl[i]);
+    }
     acc_t a = {0, 1, 1, 0};
     eval_image(fm, qm, "picture1", "picture1.jpg", &a);
     eval_image(fm, qm, "shapes", "shapes.png", &a);
@@ -546,6 +618,7 @@ out:
 int main(void) {
     RUN(test_hook_finite_differences);
     RUN(test_decoder_hook_finite_differences);
+    RUN(test_decoder_ws_layout);
     RUN(test_search_known_optimum);
     RUN(test_fixture_accuracy);
     return test_summary();
