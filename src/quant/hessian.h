@@ -7,8 +7,9 @@
  * mask logits (the three multimask tokens TinySAM returns) and its own binarised masks
  * (logit > 0), averaged over the image's prompts: a regular 4 x 4 grid of single points and the
  * box of each point's best mask (the prompts of calibrate_decoder.h). g comes from one backward
- * per image through the trainer's float decoder and encoder (train/decoder_grad.h,
- * train/encoder_grad.h ts_egf_set_grad_hook).
+ * per image through the trainer's float decoder and encoder (train/decoder_grad.h
+ * ts_dgf_set_grad_hook for the decoder's int8 layers, train/encoder_grad.h
+ * ts_egf_set_grad_hook for the encoder's).
  *
  * What is kept: per layer and OUTPUT CHANNEL c, G[c] = sum of g^2 over the calibration rows
  * (pixels / tokens) and images, i.e. the diagonal of the Fisher approximation reduced over the
