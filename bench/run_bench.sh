@@ -320,6 +320,14 @@ if [ -x "$B/bench/bench_boxes" ]; then
     echo
 fi
 
+# ---------------------------------------------------------------- mask downscaling (issue 17)
+# the prompt encoder's mask path: float against an int8 form of its 16->256 1x1 conv
+if [ -x "$B/bench/bench_mask_downscale" ]; then
+    echo "== mask downscaling (mask input only): float vs int8 1x1 conv (bench_mask_downscale)"
+    "$B/bench/bench_mask_downscale" --runs 15 || status=1
+    echo
+fi
+
 # ---------------------------------------------------------------- SAM ViT-B
 if [ -x "$B/bench/bench_sam_vit" ]; then
     echo "== SAM ViT-B encoder (random weights of the real shapes, generated here)"

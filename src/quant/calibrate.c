@@ -441,7 +441,6 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
         rc = ts_calib_solve_hessian(c, method, hg, step, zp, w_scale);
         if (!rc) rc = ts_calib_solve_attn(c, attn);
     }
-    ts_hessian_free(&h);
     const int nq = opts->scope == TS_SCOPE_GEMM ? TS_TINY_VIT_N_GEMM : TS_TINY_VIT_N_ENCODER;
     if (!rc) {
         char calib[320];
@@ -460,7 +459,9 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
         ts_int8_decoder_view *dv = NULL;
         const ts_tensor_map *src = model->map;
         if (opts->scope == TS_SCOPE_ALL &&
-            !(rc = ts_calib_decoder((tinysam_model *)model, paths, n_paths, &dq, verbose)) &&
+            !(rc = ts_calib_decoder_hessian((tinysam_model *)model, paths, n_paths,
+                                            method == TS_CALIB_HESSIAN ? hg : NULL, &dq,
+                                            verbose)) &&
             !(rc = ts_int8_decoder_view_new(model->map, &dq, &dv)))
             src = ts_int8_decoder_view_map(dv);
         if (!rc)
@@ -474,6 +475,7 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
         if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
     }
     for (int i = 0; i < NQ; i++) free(w_scale[i]);
+    ts_hessian_free(&h);
     ts_calib_free(c);
     return rc;
 }

@@ -5,10 +5,13 @@
 #include "io/tensor_map_internal.h"
 #include "model/sam_decoder_internal.h"
 #include "quant/calibrate.h"
+#include "quant/hessian.h"
 #include "quant/quant.h"
 #include "tinysam.h"
 
 #include <math.h>
+#include "threads.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +21,108 @@
 #define ROW_EVERY 64    /* one sampled row in this many (spread by a hash of the row) */
 #define N_GRID 100      /* candidates of the step searches */
 #define LO_RATIO 0.5f
+#define HESS_ROWS 128   /* rows of the Hessian-guided search (as the encoder's) */
+
+size_t ts_dec_ws_offset(int s, int *n) {
+    size_t off = 0;
+    for (int k = 0; k <= s && k < TS_DEC_N_SITES; k++) {
+        int N = 0, K, relu;
+        if (k == TS_DEC_SITE_UP0) N = 4 * 64;
+        else if (k == TS_DEC_SITE_UP3) N = 4 * 32;
+        else if (k >= TS_DEC_SITE_TOK0) ts_dec_tok_layer(k - TS_DEC_SITE_TOK0, (char[128]){0},
+                                                         128, &N, &K, &relu);
+        if (k == s) {
+            if (n) *n = N;
+            return off;
+        }
+        off += (size_t)N;
+    }
+    if (n) *n = 0;
+    return off;
+}
+
+/* The float weight of site s as the int8 layer's rows: W[N][K] (a ConvTranspose2d's rows
+ * (a*2+b)*out + o, as put_convt writes them); NULL when s has no fixed weight. */
+static float *site_weight(const ts_tensor_map *m, int s, int *N, int *K) {
+    char P[128], n[160];
+    int relu, in = 0, out = 0;
+    if (s == TS_DEC_SITE_UP0 || s == TS_DEC_SITE_UP3) {
+        in = s == TS_DEC_SITE_UP0 ? 256 : 64, out = s == TS_DEC_SITE_UP0 ? 64 : 32;
+        snprintf(P, sizeof P, "mask_decoder.output_upscaling.%d", s == TS_DEC_SITE_UP0 ? 0 : 3);
+        *N = 4 * out, *K = in;
+    } else if (s >= TS_DEC_SITE_TOK0) {
+        ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, P, sizeof P, N, K, &relu);
+    } else {
+        return NULL;
+    }
+    snprintf(n, sizeof n, "%s.weight", P);
+    const ts_tensor *w = ts_map_get(m, n);
+    if (!w || w->dtype != TS_DTYPE_F32 || w->numel != (int64_t)*N * *K) return NULL;
+    float *g = ts_malloc(sizeof(float) * (size_t)*N * *K);
+    if (!g) return NULL;
+    const float *wf = w->data;
+    if (in)
+        for (int c = 0; c < in; c++)
+            for (int o = 0; o < out; o++)
+                for (int ab = 0; ab < 4; ab++)
+                    g[(size_t)(ab * out + o) * in + c] = wf[((size_t)c * out + o) * 4 + ab];
+    else
+        memcpy(g, wf, sizeof(float) * (size_t)*N * *K);
+    return g;
+}
+
+typedef struct {
+    const ts_tensor_map *map;
+    const ts_hessian *h;
+    float *const *buf;
+    const size_t *n;
+    ts_dec_quant *q;
+    int rc;
+} hess_job;
+
+/* The Hessian-guided search of site s (from its MSE step), on HESS_ROWS of its sampled rows
+ * spread over the sample. */
+static void hess_task(void *ctx, int s, int tid) {
+    (void)tid;
+    hess_job *j = ctx;
+    ts_dec_quant *q = j->q;
+    int N = 0, K = 0, nw = 0;
+    const size_t off = ts_dec_ws_offset(s, &nw);
+    if (!nw || !j->h->dec_g2[s] || j->h->dec_n[s] != nw || !(q->step[s] > 0.0f)) return;
+    float *W = site_weight(j->map, s, &N, &K);
+    if (!W || N != nw) {
+        free(W);
+        return;
+    }
+    const size_t rows = j->n[s] / (size_t)K;
+    const int n = (int)TS_MIN((size_t)HESS_ROWS, rows);
+    float *X = n > 0 ? ts_malloc(sizeof(float) * (size_t)n * K) : NULL;
+    if (!X) {
+        free(W);
+        if (n > 0) j->rc = TINYSAM_E_NOMEM;
+        return;
+    }
+    const float *b = j->buf[s];
+    for (int r = 0; r < n; r++)
+        memcpy(X + (size_t)r * K, b + (size_t)r * (rows / (size_t)n) * K, sizeof(float) * K);
+    float mn = 0.0f, mx = 0.0f;
+    for (size_t i = 0; i < j->n[s]; i++) mn = fminf(mn, b[i]), mx = fmaxf(mx, b[i]);
+    char P[128];
+    int relu = 0, tN, tK;
+    if (s >= TS_DEC_SITE_TOK0) ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, P, sizeof P, &tN, &tK, &relu);
+    const int asym = s == TS_DEC_SITE_UP3 || relu; /* post-GELU / ReLU inputs, as the MSE steps */
+    /* no gradient at all (mask token 0's hypernetwork: its mask is not in the task loss):
+     * the plain output error */
+    const double *G = j->h->dec_g2[s];
+    double gs = 0;
+    for (int c = 0; c < N; c++) gs += G[c];
+    int rc = ts_hessian_search_layer(X, n, K, W, N, gs > 0 ? G : NULL, asym, mn, mx, NULL,
+                                     &q->step[s], &q->zp[s], q->ws + off, NULL);
+    if (rc) j->rc = rc;
+    else q->ws_set[s] = 1;
+    free(X);
+    free(W);
+}
 
 typedef struct {
     pthread_mutex_t lock;
@@ -77,8 +182,14 @@ static int run_prompt(tinysam_model *m, const tinysam_embedding *e, collector *c
 
 int ts_calib_decoder(tinysam_model *model, const char *const *paths, int n, ts_dec_quant *q,
                      int verbose) {
+    return ts_calib_decoder_hessian(model, paths, n, NULL, q, verbose);
+}
+
+int ts_calib_decoder_hessian(tinysam_model *model, const char *const *paths, int n,
+                             const ts_hessian *h, ts_dec_quant *q, int verbose) {
     if (!model || !paths || n < 1 || !q)
         return ts_error(TINYSAM_E_ARG, "ts_calib_decoder: bad argument");
+    memset(q->ws_set, 0, sizeof q->ws_set);
     if (ts_decoder_probe)
         return ts_error(TINYSAM_E_ARG, "ts_calib_decoder: a decoder calibration is running");
     if (model->mask_decoder->up_i8)
@@ -133,6 +244,17 @@ int ts_calib_decoder(tinysam_model *model, const char *const *paths, int n, ts_d
             }
         }
     }
+    if (!rc && h) {
+        const double t0 = ts_now_ms();
+        hess_job j = {model->map, h, c.buf, c.n, q, 0};
+        ts_parallel_for(TS_DEC_N_SITES, hess_task, &j);
+        rc = j.rc;
+        int nl = 0;
+        for (int s = 0; s < TS_DEC_N_SITES; s++) nl += q->ws_set[s];
+        if (verbose)
+            fprintf(stderr, "decoder: Hessian-guided search of %d layers, %.1f s\n", nl,
+                    (ts_now_ms() - t0) / 1000);
+    }
     for (int s = 0; s < TS_DEC_N_SITES; s++) free(c.buf[s]);
     pthread_mutex_destroy(&c.lock);
     return rc;
@@ -175,7 +297,7 @@ static ts_tensor *put(ts_tensor_map *m, const char *P, const char *suffix, ts_dt
 /* ConvT(in -> out, k2 s2) P as the W8A8 layer of int8_model.h: weight [4*out][in] (row
  * (a*2+b)*out + o = the output channel o of sub-pixel (a, b)), per-row scales, bias [4*out]. */
 static int put_convt(ts_int8_decoder_view *v, const ts_tensor_map *src, const char *P, int in,
-                     int out, float step, int zp, float *qv) {
+                     int out, float step, int zp, const float *ws, float *qv) {
     char n[256];
     snprintf(n, sizeof n, "%s.weight", P);
     const ts_tensor *w = ts_map_get(src, n);
@@ -199,7 +321,12 @@ static int put_convt(ts_int8_decoder_view *v, const ts_tensor_map *src, const ch
             for (int ab = 0; ab < 4; ab++)
                 g[(size_t)(ab * out + o) * in + c] = wf[((size_t)c * out + o) * 4 + ab];
     for (int ab = 0; ab < 4; ab++) memcpy(bias + ab * out, bf, sizeof(float) * out);
-    ts_quant_weights(g, N, in, in, codes, sc);
+    if (ws) { /* searched scales (the Hessian method) */
+        memcpy(sc, ws, sizeof(float) * N);
+        ts_quant_weights_scaled(g, N, in, in, sc, codes);
+    } else {
+        ts_quant_weights(g, N, in, in, codes, sc);
+    }
     free(g);
     qv[0] = step;
     qv[1] = (float)zp;
@@ -215,7 +342,7 @@ static int put_convt(ts_int8_decoder_view *v, const ts_tensor_map *src, const ch
 /* Token-side Linear i (ts_dec_tok_layer) as a W8A8 layer: the float weight [N][K] quantised
  * per output channel; its float bias stays as it is. */
 static int put_linear(ts_int8_decoder_view *v, const ts_tensor_map *src, int i, float step,
-                      int zp, float *qv) {
+                      int zp, const float *ws, float *qv) {
     char P[128], n[160];
     int N, K, relu;
     ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu);
@@ -229,7 +356,12 @@ static int put_linear(ts_int8_decoder_view *v, const ts_tensor_map *src, int i, 
     int8_t *codes = own(v, (size_t)N * K);
     float *sc = own(v, sizeof(float) * N);
     if (!codes || !sc) return TINYSAM_E_NOMEM;
-    ts_quant_weights(w->data, N, K, K, codes, sc);
+    if (ws) {
+        memcpy(sc, ws, sizeof(float) * N);
+        ts_quant_weights_scaled(w->data, N, K, K, sc, codes);
+    } else {
+        ts_quant_weights(w->data, N, K, K, codes, sc);
+    }
     qv[0] = step;
     qv[1] = (float)zp;
     if (!put(&v->m, P, "weight", TS_DTYPE_I8, codes, N, K) ||
@@ -238,6 +370,11 @@ static int put_linear(ts_int8_decoder_view *v, const ts_tensor_map *src, int i, 
         !put(&v->m, P, "input_zero_point", TS_DTYPE_F32, &qv[1], 1, 0))
         return TINYSAM_E_NOMEM;
     return 0;
+}
+
+/* Site s's searched weight scales, or NULL (abs-max). */
+static const float *site_ws(const ts_dec_quant *q, int s) {
+    return q->ws_set[s] ? q->ws + ts_dec_ws_offset(s, NULL) : NULL;
 }
 
 int ts_int8_decoder_view_new(const ts_tensor_map *src, const ts_dec_quant *q,
@@ -261,9 +398,11 @@ int ts_int8_decoder_view_new(const ts_tensor_map *src, const ts_dec_quant *q,
         c->name = name;
     }
     if ((rc = put_convt(v, src, "mask_decoder.output_upscaling.0", 256, 64,
-                        q->step[TS_DEC_SITE_UP0], q->zp[TS_DEC_SITE_UP0], &v->qv[0])) ||
+                        q->step[TS_DEC_SITE_UP0], q->zp[TS_DEC_SITE_UP0],
+                        site_ws(q, TS_DEC_SITE_UP0), &v->qv[0])) ||
         (rc = put_convt(v, src, "mask_decoder.output_upscaling.3", 64, 32,
-                        q->step[TS_DEC_SITE_UP3], q->zp[TS_DEC_SITE_UP3], &v->qv[2])))
+                        q->step[TS_DEC_SITE_UP3], q->zp[TS_DEC_SITE_UP3],
+                        site_ws(q, TS_DEC_SITE_UP3), &v->qv[2])))
         goto fail;
     rc = TINYSAM_E_NOMEM;
     v->qv[4] = q->step[TS_DEC_SITE_MASK];
@@ -296,7 +435,7 @@ int ts_int8_decoder_view_new(const ts_tensor_map *src, const ts_dec_quant *q,
     for (int i = 0; i < TS_DEC_N_TOK; i++) {
         int st = TS_DEC_SITE_TOK0 + i;
         if (q->step[st] > 0.0f &&
-            (rc = put_linear(v, src, i, q->step[st], q->zp[st], &v->qv[2 * st])))
+            (rc = put_linear(v, src, i, q->step[st], q->zp[st], site_ws(q, st), &v->qv[2 * st])))
             goto fail;
     }
     *out = v;

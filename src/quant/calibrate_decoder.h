@@ -19,14 +19,39 @@
  * asymmetric search (zero point 0 in practice), the others (LayerNorm outputs + PE, attention
  * contexts) the symmetric one, zero point 128. Their samples are every row of every calibration
  * prompt (a few hundred rows); a step of 0 in ts_int8_decoder_view_new leaves a layer float. */
+/* Rows of the weight scales of every site (ts_dec_ws_offset): the two ConvTranspose2d
+ * (4 * 64 + 4 * 32) and the token-side Linears' output channels. */
+#define TS_DEC_WS_TOTAL 11396
+
 typedef struct {
     float step[TS_DEC_N_SITES]; /* TS_DEC_SITE_* (model/sam_decoder_internal.h) */
     int zp[TS_DEC_N_SITES];
+    /* searched per-row weight scales (the Hessian method) of site s at ws + ts_dec_ws_offset(s)
+     * when ws_set[s]; else (zero-initialised) the abs-max scales of ts_quant_weights */
+    int ws_set[TS_DEC_N_SITES];
+    float ws[TS_DEC_WS_TOTAL];
 } ts_dec_quant;
 
-/* Calibrates the decoder of the float model on the images paths[0 .. n-1]. */
+/* Where site s's weight scales start in ts_dec_quant.ws, and their count in *n (0 for the
+ * activation-only sites). */
+size_t ts_dec_ws_offset(int s, int *n);
+
+struct ts_hessian; /* quant/hessian.h */
+
+/* Calibrates the decoder of the float model on the images paths[0 .. n-1] (MSE steps). */
 int ts_calib_decoder(tinysam_model *model, const char *const *paths, int n, ts_dec_quant *q,
                      int verbose);
+
+/* The same with h (task-loss gradients of the same images, ts_hessian_collect) not NULL: the
+ * layers with a fixed weight and a hooked output gradient (both ConvTranspose2d, the int8
+ * token-side Linears) take the Hessian-guided search of quant/hessian.h (input step and
+ * per-row weight scales into q->ws, alternating, from the MSE step), on up to 128 of their
+ * sampled rows (a layer whose G is all zero, mask token 0's hypernetwork, whose mask is not in
+ * the task loss, takes the plain output error instead). The mask product and the attention
+ * products (an operand that changes with the prompt, quantised per call: no fixed weight to
+ * search against) keep their MSE steps. */
+int ts_calib_decoder_hessian(tinysam_model *model, const char *const *paths, int n,
+                             const struct ts_hessian *h, ts_dec_quant *q, int verbose);
 
 /* A view of src in which the decoder's int8 layers replace their float tensors, for
  * ts_int8_model_save (which copies I8 tensors as they are): tensor data is src's or owned by

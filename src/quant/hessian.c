@@ -37,12 +37,31 @@ int ts_hessian_init(ts_hessian *h, const ts_tiny_vit *enc) {
             return TINYSAM_E_NOMEM;
         }
     }
+    /* the decoder's int8 layers with a hooked output (SAM's shapes: E 256) */
+    for (int s = 0; s < TS_DEC_N_SITES; s++) {
+        int N = 0, K, relu;
+        if (s == TS_DEC_SITE_UP0)
+            N = 4 * 64, snprintf(h->dec_name[s], 96, "mask_decoder.output_upscaling.0");
+        else if (s == TS_DEC_SITE_UP3)
+            N = 4 * 32, snprintf(h->dec_name[s], 96, "mask_decoder.output_upscaling.3");
+        else if (s == TS_DEC_SITE_MASK)
+            N = 4, snprintf(h->dec_name[s], 96, "mask_decoder.mask_product");
+        else if (s >= TS_DEC_SITE_TOK0)
+            ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, h->dec_name[s], 96, &N, &K, &relu);
+        if (!N) continue;
+        h->dec_n[s] = N;
+        if (!(h->dec_g2[s] = ts_calloc((size_t)N, sizeof(double)))) {
+            ts_hessian_free(h);
+            return TINYSAM_E_NOMEM;
+        }
+    }
     return 0;
 }
 
 void ts_hessian_free(ts_hessian *h) {
     if (!h) return;
     for (int i = 0; i < NQ; i++) free(h->g2[i]);
+    for (int s = 0; s < TS_DEC_N_SITES; s++) free(h->dec_g2[s]);
     memset(h, 0, sizeof *h);
 }
 
@@ -60,6 +79,23 @@ void ts_hessian_hook(void *ctx, const char *name, const float *dr, size_t rows, 
             if (scale) g = scale[c] != 0.0f ? g / scale[c] : 0.0;
             g2[c] += g * g;
         }
+}
+
+void ts_hessian_dec_hook(void *ctx, int set, const char *name, const float *dy, size_t rows,
+                         int cols) {
+    const ts_hessian_dec_ctx *x = ctx;
+    const ts_hessian *h = x->h;
+    if (set < 0 || set >= x->n_sets) return;
+    for (int s = 0; s < TS_DEC_N_SITES; s++) {
+        if (!h->dec_n[s] || h->dec_n[s] != cols || strcmp(h->dec_name[s], name)) continue;
+        double *g2 = x->acc[(size_t)set * TS_DEC_N_SITES + s];
+        for (size_t r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) {
+                double g = dy[r * (size_t)cols + c];
+                g2[c] += g * g;
+            }
+        return;
+    }
 }
 
 /* ------------------------------------------------------------------ gradient collection */
@@ -207,8 +243,31 @@ static int grad_image(gctx *g, tinysam_model *m, const tinysam_image *img, ts_he
             }
         }
     memset(g->demb, 0, sizeof(float) * 256 * 64 * 64);
-    if ((rc = ts_dgf_backward(g->dec, g->emb, ns, sets, g->dz, NULL, NULL, NULL, g->demb)))
-        return rc;
+    /* the decoder layers' g^2, one accumulator per set, summed in set order below */
+    size_t per_set = 0;
+    for (int s = 0; s < TS_DEC_N_SITES; s++) per_set += (size_t)h->dec_n[s];
+    double *blk = ts_calloc(per_set * (size_t)ns + 1, sizeof(double));
+    double **acc = ts_calloc((size_t)ns * TS_DEC_N_SITES, sizeof(double *));
+    if (!blk || !acc) {
+        free(blk);
+        free(acc);
+        return TINYSAM_E_NOMEM;
+    }
+    double *q = blk;
+    for (int k = 0; k < ns; k++)
+        for (int s = 0; s < TS_DEC_N_SITES; s++)
+            acc[(size_t)k * TS_DEC_N_SITES + s] = q, q += h->dec_n[s];
+    ts_hessian_dec_ctx hc = {h, acc, ns};
+    ts_dgf_set_grad_hook(g->dec, ts_hessian_dec_hook, &hc);
+    rc = ts_dgf_backward(g->dec, g->emb, ns, sets, g->dz, NULL, NULL, NULL, g->demb);
+    ts_dgf_set_grad_hook(g->dec, NULL, NULL);
+    for (int k = 0; k < ns && !rc; k++)
+        for (int s = 0; s < TS_DEC_N_SITES; s++)
+            for (int c = 0; c < h->dec_n[s]; c++)
+                h->dec_g2[s][c] += acc[(size_t)k * TS_DEC_N_SITES + s][c];
+    free(blk);
+    free(acc);
+    if (rc) return rc;
     tm[3] = ts_now_ms();
     ts_egf_set_grad_hook(g->enc, ts_hessian_hook, h);
     rc = ts_egf_backward(g->enc, g->demb, g->eg);

@@ -7,8 +7,9 @@
  * mask logits (the three multimask tokens TinySAM returns) and its own binarised masks
  * (logit > 0), averaged over the image's prompts: a regular 4 x 4 grid of single points and the
  * box of each point's best mask (the prompts of calibrate_decoder.h). g comes from one backward
- * per image through the trainer's float decoder and encoder (train/decoder_grad.h,
- * train/encoder_grad.h ts_egf_set_grad_hook).
+ * per image through the trainer's float decoder and encoder (train/decoder_grad.h
+ * ts_dgf_set_grad_hook for the decoder's int8 layers, train/encoder_grad.h
+ * ts_egf_set_grad_hook for the encoder's).
  *
  * What is kept: per layer and OUTPUT CHANNEL c, G[c] = sum of g^2 over the calibration rows
  * (pixels / tokens) and images, i.e. the diagonal of the Fisher approximation reduced over the
@@ -21,15 +22,23 @@
 #define TS_QUANT_HESSIAN_H
 
 #include "model/image_encoder.h"
+#include "model/sam_decoder_internal.h"
 #include "tinysam.h"
 
 #include <stddef.h>
 
-/* Per-channel squared output gradients of the encoder's quantised layers. */
+/* Per-channel squared output gradients of the encoder's quantised layers, and of the decoder's
+ * int8 layers by calibration site (model/sam_decoder_internal.h TS_DEC_SITE_*): the two
+ * ConvTranspose2d (UP0, UP3: N = 4 * out, the int8 layer's rows), the mask product (MASK: the
+ * four mask tokens) and the token-side Linears (TOK0 + i); the attention-product sites (KPE*,
+ * KEYS*) have none (dec_n 0, dec_g2 NULL). */
 typedef struct ts_hessian {
     double *g2[TS_TINY_VIT_N_QLAYERS]; /* [N of the layer], NULL when no gradient was seen */
     int n[TS_TINY_VIT_N_QLAYERS];
     char name[TS_TINY_VIT_N_QLAYERS][96];
+    double *dec_g2[TS_DEC_N_SITES]; /* [dec_n], from the decoder backward's hook */
+    int dec_n[TS_DEC_N_SITES];
+    char dec_name[TS_DEC_N_SITES][96];
     int images, prompts; /* what was accumulated */
 } ts_hessian;
 
@@ -42,8 +51,21 @@ void ts_hessian_free(ts_hessian *h);
 void ts_hessian_hook(void *ctx, const char *name, const float *dr, size_t rows, int cols,
                      const float *scale);
 
+/* The decoder's hook (train/decoder_grad.h ts_dgf_grad_hook) accumulating into acc
+ * (TS_DEC_N_SITES arrays as dec_g2, one per prompt set: acc[set * TS_DEC_N_SITES + site]);
+ * ctx is a ts_hessian_dec_ctx. Sets are summed in set order afterwards (ts_hessian_collect),
+ * so the result does not depend on the threads. */
+typedef struct {
+    const ts_hessian *h;
+    double **acc;
+    int n_sets;
+} ts_hessian_dec_ctx;
+void ts_hessian_dec_hook(void *ctx, int set, const char *name, const float *dy, size_t rows,
+                         int cols);
+
 /* Accumulates g^2 of the task loss over the calibration images paths[0 .. n-1] for the float
- * model (progress on stderr when verbose). Needs about 2 GB (the trainer's tapes). */
+ * model (progress on stderr when verbose), the encoder's and the decoder's layers. Needs
+ * about 2 GB (the trainer's tapes). */
 int ts_hessian_collect(const tinysam_model *model, const char *const *paths, int n,
                        ts_hessian *h, int verbose);
 

@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -707,6 +708,9 @@ struct ts_dgf {
     float *embt_buf; /* handle: [HW][E] */
     float *sacc;     /* handle: [HW][E] d src0 summed over the sets, in set order */
     double *mdacc;   /* handle: mask-path gradients summed in set order */
+    ts_dgf_grad_hook hook; /* output-gradient hook (copied into the workers), its context */
+    void *hook_ctx;
+    int set;               /* the set this worker back-propagates (the hook's argument) */
 };
 
 static float *FP(const ts_dgf *d, const double *p, float *base) {
@@ -990,6 +994,25 @@ static void lin_bwd_f(const float *x, int M, int K, const float *W, int N, const
     if (db) colsum_f(dy, M, N, db);
 }
 
+/* The output-gradient hook (ts_dgf_set_grad_hook) for the layer whose weight is W (a tensor
+ * of the parameters), or for `name` when W is NULL. */
+static void hook_out(const ts_dgf *d, const float *W, const char *name, const float *dy,
+                     size_t rows, int cols) {
+    if (!d->hook) return;
+    char pre[TS_DG_NAME];
+    if (W) {
+        const ptrdiff_t off = W - d->params_in;
+        const ts_dg_tensor *t = NULL;
+        for (int i = 0; i < d->L->n && !t; i++)
+            if ((ptrdiff_t)d->L->t[i].off == off) t = &d->L->t[i];
+        const size_t len = t ? strlen(t->name) : 0;
+        if (len < 8 || strcmp(t->name + len - 7, ".weight")) return;
+        snprintf(pre, sizeof pre, "%.*s", (int)(len - 7), t->name);
+        name = pre;
+    }
+    d->hook(d->hook_ctx, d->set, name, dy, rows, cols);
+}
+
 /* The AVX-512 element-wise kernels (decoder_grad_avx512.c) when nn runs AVX-512. */
 static int simd512(int C) { return C % 16 == 0 && !strcmp(ts_nn_isa_name(), "avx512"); }
 
@@ -1109,6 +1132,7 @@ static void attn_bwd_folded(ts_dgf *d, const fatt *a, const fatt *g, const atape
     float *dO = d->a_do, *dqp = d->a_dqp, *dPV = d->a_dkp, *dA = d->a_dvp;
     float *dP = d->a_dP, *dT = d->a_dT, *sm = d->tr;
     zf(dO, (size_t)Nq * I);
+    hook_out(d, a->ow, NULL, dy, (size_t)Nq, E);
     lin_bwd_f(t->o, Nq, I, a->ow, E, dy, dO, g ? g->ow : NULL, g ? g->ob : NULL, d->tr);
     for (int h = 0; h < nh; h++) { /* o_h = PV_h Wv_h^T + bv_h */
         ts_gemm(Nq, E, dh, dO + h * dh, I, a->vw + (size_t)h * dh * E, E, 0,
@@ -1146,6 +1170,7 @@ static void attn_bwd_folded(ts_dgf *d, const fatt *a, const fatt *g, const atape
             ts_gemm(dh, E, Nq, sm, Nq, dAh, E, 0, g->kw + (size_t)h * dh * E, E, 1.0f);
         }
     }
+    hook_out(d, a->qw, NULL, dqp, (size_t)Nq, I);
     lin_bwd_f(q, Nq, E, a->qw, I, dqp, dq, g ? g->qw : NULL, g ? g->qb : NULL, d->tr);
 }
 
@@ -1235,6 +1260,8 @@ static void attn_bwd_folded_i2t(ts_dgf *d, const fatt *a, const fatt *g, const a
             }
         }
     }
+    hook_out(d, a->kw, NULL, dkp, (size_t)Nk, I);
+    hook_out(d, a->vw, NULL, dvp, (size_t)Nk, I);
     lin_bwd_f(k, Nk, E, a->kw, I, dkp, dk, g ? g->kw : NULL, g ? g->kb : NULL, d->tr);
     lin_bwd_f(v, Nk, E, a->vw, I, dvp, dv, g ? g->vw : NULL, g ? g->vb : NULL, d->tr);
 }
@@ -1282,6 +1309,7 @@ static void attn_bwd_f(ts_dgf *d, const fatt *a, const fatt *g, const atape *t, 
     float *dO = d->a_do, *dqp = d->a_dqp, *dkp = d->a_dkp, *dvp = d->a_dvp;
     float *dP = d->a_dP, *dT = d->a_dT;
     zf(dO, (size_t)Nq * I);
+    hook_out(d, a->ow, NULL, dy, (size_t)Nq, a->E);
     lin_bwd_f(t->o, Nq, I, a->ow, a->E, dy, dO, g ? g->ow : NULL, g ? g->ob : NULL, d->tr);
     for (int h = 0; h < a->heads; h++) {
         const float *Ph = t->P + (size_t)h * Nq * Nk;
@@ -1299,6 +1327,9 @@ static void attn_bwd_f(ts_dgf *d, const fatt *a, const fatt *g, const atape *t, 
         ts_transpose_serial(dP, Nk, Nq, Nk, dT, Nq);
         ts_gemm(Nk, dh, Nq, dT, Nq, t->qp + h * dh, I, 0, dkp + h * dh, I, 0.0f);
     }
+    hook_out(d, a->qw, NULL, dqp, (size_t)Nq, I);
+    hook_out(d, a->kw, NULL, dkp, (size_t)Nk, I);
+    hook_out(d, a->vw, NULL, dvp, (size_t)Nk, I);
     lin_bwd_f(q, Nq, a->E, a->qw, I, dqp, dq, g ? g->qw : NULL, g ? g->qb : NULL, d->tr);
     lin_bwd_f(k, Nk, a->E, a->kw, I, dkp, dk, g ? g->kw : NULL, g ? g->kb : NULL, d->tr);
     lin_bwd_f(v, Nk, a->E, a->vw, I, dvp, dv, g ? g->vw : NULL, g ? g->vb : NULL, d->tr);
@@ -1356,9 +1387,11 @@ static void twoway_bwd_f(ts_dgf *d, const ftw *p, const ftw *g, const ltape *t, 
     ln_bwd_f(t->r3, Nq, E, p->n3w, LN_EPS, dq3, dr3, g ? g->n3w : NULL, g ? g->n3b : NULL);
     memcpy(dq2, dr3, sizeof(float) * QE);
     zf(d->g_hr, QM), zf(d->g_h, QM);
+    hook_out(d, p->l2w, NULL, dr3, (size_t)Nq, E);
     lin_bwd_f(t->hr, Nq, ML, p->l2w, E, dr3, d->g_hr, g ? g->l2w : NULL, g ? g->l2b : NULL,
               d->tr);
     for (size_t i = 0; i < QM; i++) d->g_h[i] = t->h[i] > 0 ? d->g_hr[i] : 0.0f;
+    hook_out(d, p->l1w, NULL, d->g_h, (size_t)Nq, ML);
     lin_bwd_f(t->q2, Nq, E, p->l1w, ML, d->g_h, dq2, g ? g->l1w : NULL, g ? g->l1b : NULL,
               d->tr);
     float *dr2 = d->gq[2], *dq1 = d->gq[3], *dqin2 = d->gq[5], *dkin2 = d->gk[3];
@@ -1399,10 +1432,13 @@ static void mlp3_bwd_f(ts_dgf *d, float *const *w, float *const *g, const float 
                        int i1, int i2, int o, float *const *hh, const float *dout, float *din) {
     float **s = d->g_v;
     zf(s[0], (size_t)i2), zf(s[2], (size_t)i1);
+    hook_out(d, w[4], NULL, dout, 1, o);
     lin_bwd_f(hh[3], 1, i2, w[4], o, dout, s[0], g ? g[4] : NULL, g ? g[5] : NULL, d->tr);
     for (int i = 0; i < i2; i++) s[1][i] = hh[2][i] > 0 ? s[0][i] : 0.0f;
+    hook_out(d, w[2], NULL, s[1], 1, i2);
     lin_bwd_f(hh[1], 1, i1, w[2], i2, s[1], s[2], g ? g[2] : NULL, g ? g[3] : NULL, d->tr);
     for (int i = 0; i < i1; i++) s[3][i] = hh[0][i] > 0 ? s[2][i] : 0.0f;
+    hook_out(d, w[0], NULL, s[3], 1, i1);
     lin_bwd_f(in, 1, i0, w[0], i1, s[3], din, g ? g[0] : NULL, g ? g[1] : NULL, d->tr);
 }
 
@@ -1560,6 +1596,7 @@ static int set_backward_f(ts_dgf *d, const float *dz, const float *du, const flo
         /* masks = hyper up^T (D8), hypernetworks (D7) */
         ts_gemm(4, d->E8, P, dz, P, d->up, d->E8, 0, d->g_hyp, d->E8, 0.0f);
         ts_transpose_serial(dz, P, 4, P, d->tr, 4);
+        hook_out(d, NULL, "mask_decoder.mask_product", d->tr, (size_t)P, 4);
         ts_gemm(P, d->E8, 4, d->tr, 4, d->hyp, d->E8, 0, d->g_up, d->E8, 0.0f);
         for (int t = 0; t < 4; t++)
             mlp3_bwd_f(d, p->hyp[t], g ? g->hyp[t] : NULL, d->hs + (size_t)(1 + t) * E, E, E, E,
@@ -1570,12 +1607,14 @@ static int set_backward_f(ts_dgf *d, const float *dz, const float *du, const flo
         zf(d->g_ub, U1);
         convt_bwd_f(d, d->u3, 2 * H, 2 * W, d->E4, d->wp3, d->E8, d->g_u4, d->g_t2, d->g_ub,
                     g ? g->up3w : NULL, g ? g->up3b : NULL, d->gwp);
+        hook_out(d, p->up3w, NULL, d->g_t2, (size_t)4 * HW, 4 * d->E8);
         gelu_bwd_f(d->u2, U1, d->g_ub, d->g_ua);
         zf(d->g_ub, U1);
         ln_bwd_f(d->u1, 4 * HW, d->E4, p->upnw, LN2D_EPS, d->g_ua, d->g_ub, g ? g->upnw : NULL,
                  g ? g->upnb : NULL);
         convt_bwd_f(d, d->k2o, H, W, E, d->wp0, d->E4, d->g_ub, d->g_t1, d->gk[0],
                     g ? g->up0w : NULL, g ? g->up0b : NULL, d->gwp);
+        hook_out(d, p->up0w, NULL, d->g_t1, (size_t)HW, 4 * d->E4);
     }
     if (du)
         mlp3_bwd_f(d, p->iouh, g ? g->iouh : NULL, d->hs, E, d->ih, d->ih, 4, d->hh[4], du,
@@ -1670,6 +1709,7 @@ static void bwd_task(void *ctx, int i, int tid) {
     const size_t P4 = 4 * (size_t)w->P, T5 = 5 * (size_t)w->E;
     for (int k = 0; k < 10; k++) memset(w->mdg[k], 0, sizeof(double) * w->mdn[k]);
     fnet g;
+    w->hook = j->d->hook, w->hook_ctx = j->d->hook_ctx, w->set = s;
     if (j->grads) {
         zf(w->gset, w->L->total);
         fnet_of(w, w->gset, &g);
@@ -1788,4 +1828,10 @@ int ts_dgf_backward(ts_dgf *d, const float *emb, int N, const ts_prompt_set *set
         for (size_t i = 0; i < IE; i++) demb[i] += t[i];
     }
     return 0;
+}
+
+void ts_dgf_set_grad_hook(ts_dgf *d, ts_dgf_grad_hook fn, void *ctx) {
+    if (!d) return;
+    d->hook = fn;
+    d->hook_ctx = fn ? ctx : NULL;
 }

@@ -103,4 +103,24 @@ int ts_dgf_backward(ts_dgf *d, const float *emb, int N, const ts_prompt_set *set
                     const float *dz, const float *du, const float *dtok, float *grads,
                     float *demb);
 
+/* Output-gradient hook of the float backward (quantisation: the Hessian-guided scale search
+ * of the int8 decoder, quant/hessian.h): during ts_dgf_backward, for every token-side Linear
+ * (the self-attention's q/k/v/out, token->image q/out, image->token k/v, the MLPs' lin1/lin2,
+ * the final attention's q/out, the hypernetwork and IoU-head MLPs: the layers the int8 decoder
+ * can run W8A8), both ConvTranspose2d of the output upscaling and the mask product,
+ * fn(ctx, set, name, dy, rows, cols) with dy the gradient of the loss with respect to the
+ * layer's output for prompt set `set`, rows x cols, channels last. name is the layer's
+ * PyTorch prefix ("mask_decoder.transformer.layers.0.mlp.lin1"); for a ConvTranspose2d
+ * (".output_upscaling.0" / ".3") the columns are (sub-pixel s = 2a + b) * out + o, the rows of
+ * the int8 layer (quant/int8_model.h), and the bias is left out (dy is the gradient of the
+ * per-sub-pixel GEMM output, rows = input pixels); for "mask_decoder.mask_product" dy is
+ * dL/dz transposed, rows = output pixels, cols = the four mask tokens. The image-side
+ * projections folded into the cross attentions (token->image k/v, image->token q/out) are not
+ * formed, so not hooked. Called from the pool's threads, several sets at once (distinct
+ * `set`s): the callee must not share unlocked state between sets; dy is only valid during the
+ * call. fn NULL removes the hook. */
+typedef void (*ts_dgf_grad_hook)(void *ctx, int set, const char *name, const float *dy,
+                                 size_t rows, int cols);
+void ts_dgf_set_grad_hook(ts_dgf *d, ts_dgf_grad_hook fn, void *ctx);
+
 #endif

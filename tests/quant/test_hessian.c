@@ -4,6 +4,11 @@
  *     against central finite differences of the loss on a tiny random encoder: for every hooked
  *     layer, the sum over rows of its output gradient in channel c equals dL/d(bias of channel
  *     c) (a linear's bias, or a conv's BatchNorm beta, which adds to the folded output);
+ *   - the decoder backward's hook (train/decoder_grad.h ts_dgf_set_grad_hook) the same way on
+ *     a tiny random decoder, several prompt sets on several threads: the token-side Linears'
+ *     and both ConvTranspose2d's output gradients against dL/d(bias) by central finite
+ *     differences (a ConvTranspose2d's bias adds to its four sub-pixel columns), the mask
+ *     product's against the dL/dz given; and the set index the hook is called with;
  *   - the search on hand-built cases whose optimum is known (the channel weights G pick which
  *     channel's exact step wins), and its input step against a brute-force scan of the
  *     candidates;
@@ -14,10 +19,15 @@
 #include "core.h"
 #include "model/sam.h"
 #include "prompt_case.h"
+#include "io/tensor_map.h"
 #include "quant/calibrate.h"
+#include "quant/calibrate_decoder.h"
 #include "quant/hessian.h"
 #include "test.h"
+#include "train/decoder_grad.h"
 #include "train/encoder_grad.h"
+
+#include <pthread.h>
 
 #include <dirent.h>
 #include <math.h>
@@ -154,6 +164,169 @@ static void test_hook_finite_differences(void) {
     free(img);
     free(w);
     free(emb);
+}
+
+/* ---- the decoder hook against finite differences ----------------------------------------- */
+
+#define DSETS 3
+typedef struct {
+    pthread_mutex_t lock;
+    hook_rec r;
+    int bad_set, calls;
+} dec_rec;
+
+static void dec_hook(void *ctx, int set, const char *name, const float *dy, size_t rows,
+                     int cols) {
+    dec_rec *d = ctx;
+    pthread_mutex_lock(&d->lock);
+    d->calls++;
+    if (set < 0 || set >= DSETS) d->bad_set++;
+    rec_hook(&d->r, name, dy, rows, cols, NULL);
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* L = sum wz z + sum wu u, by the double-precision decoder (so that a small step of the finite
+ * difference crosses no ReLU kink and is not lost in float rounding) */
+static double dec_loss(ts_dg *d, const double *emb, const ts_prompt_set *sets, const float *wz,
+                       const float *wu, double *z, double *u, size_t nz) {
+    if (ts_dg_forward(d, emb, DSETS, sets, z, u, NULL)) return NAN;
+    double s = 0;
+    for (size_t i = 0; i < nz; i++) s += (double)wz[i] * z[i];
+    for (int i = 0; i < 4 * DSETS; i++) s += (double)wu[i] * u[i];
+    return s;
+}
+
+static void test_decoder_hook_finite_differences(void) {
+    ts_dg_config c = {.E = 16, .H = 4, .W = 4, .mlp = 32, .heads = 2, .cross_down = 2,
+                      .iou_hidden = 16, .mask_chans = 16};
+    static ts_dg_layout L;
+    REQUIRE(ts_dg_layout_init(&L, &c) == 0, "layout");
+    const int E = c.E, HW = c.H * c.W, P = 16 * HW;
+    const size_t NZ = (size_t)DSETS * 4 * P, NM = (size_t)E * HW;
+    float *p = malloc(sizeof(float) * L.total), *wz = malloc(sizeof(float) * NZ);
+    float *emb = malloc(sizeof(float) * NM), gauss[16], wu[4 * DSETS];
+    double *pd = malloc(sizeof(double) * L.total), *z = malloc(sizeof(double) * NZ);
+    double *embd = malloc(sizeof(double) * NM), gd[16], u[4 * DSETS];
+    REQUIRE(p && wz && z && emb && pd && embd, "out of memory");
+    for (int i = 0; i < L.n; i++) {
+        const ts_dg_tensor *T = &L.t[i];
+        int is_norm = T->ndim == 1 && strstr(T->name, "weight");
+        double sc = T->ndim >= 2 ? 1.2 / sqrt((double)(T->numel / (size_t)T->shape[0])) : 0.3;
+        for (size_t k = 0; k < T->numel; k++)
+            p[T->off + k] = (float)(is_norm ? 1.0 + 0.2 * urand() : sc * urand());
+    }
+    for (int i = 0; i < 16; i++) gauss[i] = (float)urand(), gd[i] = gauss[i];
+    for (size_t i = 0; i < NM; i++) emb[i] = (float)urand(), embd[i] = emb[i];
+    for (size_t i = 0; i < L.total; i++) pd[i] = p[i];
+    for (size_t i = 0; i < NZ; i++) wz[i] = (float)urand();
+    for (int i = 0; i < 4 * DSETS; i++) wu[i] = (float)urand();
+    float ca[2] = {0.3f, 0.6f}, cc[4] = {0.5f, 0.5f, 0.1f, 0.9f};
+    int la[1] = {1}, lc[2] = {1, -1};
+    ts_prompt_set sets[DSETS] = {
+        {.n_points = 1, .coords = ca, .labels = la},
+        {.n_points = 2, .coords = cc, .labels = lc},
+        {.n_points = 0, .has_box = 1, .box = {0.3f, 0.1f, 0.6f, 0.9f}},
+    };
+    const int threads0 = tinysam_get_num_threads();
+    tinysam_set_num_threads(2); /* the sets on two workers: the hook from two threads */
+    ts_dgf *d = NULL;
+    ts_dg *dd = NULL;
+    REQUIRE(ts_dgf_create(&L, p, gauss, &d) == 0, "create: %s", tinysam_last_error());
+    REQUIRE(ts_dg_create(&L, pd, gd, &dd) == 0, "create: %s", tinysam_last_error());
+    static dec_rec h;
+    memset(&h, 0, sizeof h);
+    pthread_mutex_init(&h.lock, NULL);
+    ts_dgf_set_grad_hook(d, dec_hook, &h);
+    CHECK(ts_dgf_backward(d, emb, DSETS, sets, wz, wu, NULL, NULL, NULL) == 0, "backward: %s",
+          tinysam_last_error());
+    ts_dgf_set_grad_hook(d, NULL, NULL);
+    /* per two-way layer: self q/k/v/out, token->image q/out, image->token k/v, lin1/lin2;
+     * the final attention's q/out; 4 hypernetworks and the IoU head (3 each); 2 ConvT; the
+     * mask product */
+    const int want = 2 * 10 + 2 + 4 * 3 + 3 + 2 + 1;
+    printf("  %d decoder layers hooked (want %d), %d calls\n", h.r.n, want, h.calls);
+    CHECK(h.r.n == want, "%d layers hooked, want %d", h.r.n, want);
+    CHECK(h.bad_set == 0, "%d calls with a set index out of range", h.bad_set);
+    int checked = 0, bad = 0, mp = 0;
+    double worst = 0;
+    for (int l = 0; l < h.r.n; l++) {
+        const char *nm = h.r.name[l];
+        if (!strcmp(nm, "mask_decoder.mask_product")) { /* dz transposed: columns = tokens */
+            CHECK(h.r.cols[l] == 4, "mask product: %d columns", h.r.cols[l]);
+            for (int t = 0; t < 4 && h.r.cols[l] == 4; t++) {
+                double want_t = 0;
+                for (int s = 0; s < DSETS; s++)
+                    for (int i = 0; i < P; i++) want_t += wz[((size_t)s * 4 + t) * P + i];
+                CHECK(fabs(h.r.gsum[l][t] - want_t) <= 1e-3 * (1 + fabs(want_t)),
+                      "mask product token %d: %g, want %g", t, h.r.gsum[l][t], want_t);
+            }
+            mp = 1;
+            continue;
+        }
+        const int convt = strstr(nm, "output_upscaling") != NULL;
+        char bn[TS_DG_NAME + 8];
+        snprintf(bn, sizeof bn, "%s.bias", nm);
+        int ti = ts_dg_find(&L, bn);
+        CHECK(ti >= 0, "%s: no bias tensor", nm);
+        if (ti < 0) continue;
+        const ts_dg_tensor *t = &L.t[ti];
+        const int co = (int)t->numel;
+        CHECK(h.r.cols[l] == (convt ? 4 * co : co), "%s: %d columns, bias %d", nm, h.r.cols[l],
+              co);
+        for (int k = 0; k < 2; k++) { /* two channels per layer */
+            int ch = (int)((unsigned)(k * 7 + l * 5) % (unsigned)co);
+            double an = 0;
+            for (int sp = 0; sp < (convt ? 4 : 1); sp++) an += h.r.gsum[l][sp * co + ch];
+            double *b = pd + t->off + ch, b0 = *b;
+            const double eps = 1e-6; /* as test_decoder_grad.c: no ReLU kink crossed */
+            *b = b0 + eps;
+            double lp = dec_loss(dd, embd, sets, wz, wu, z, u, NZ);
+            *b = b0 - eps;
+            double lm = dec_loss(dd, embd, sets, wz, wu, z, u, NZ);
+            *b = b0;
+            double fd = (lp - lm) / (2.0 * eps);
+            double err = fabs(fd - an) / fmax(0.05, fabs(fd));
+            worst = fmax(worst, err);
+            if (err > 1e-3) { /* float backward against the double forward */
+                bad++;
+                printf("  %s channel %d: hook %.6g, finite difference %.6g\n", nm, ch, an, fd);
+            }
+            checked++;
+        }
+    }
+    printf("  %d channels of %d decoder layers: worst relative difference %.3g\n", checked,
+           h.r.n, worst);
+    CHECK(mp, "the mask product was not hooked");
+    CHECK(checked >= 2 * (want - 1), "only %d channels checked", checked);
+    CHECK(bad == 0, "%d output gradients differ from the finite differences", bad);
+    tinysam_set_num_threads(threads0);
+    for (int l = 0; l < h.r.n; l++) free(h.r.gsum[l]);
+    pthread_mutex_destroy(&h.lock);
+    ts_dgf_free(d);
+    ts_dg_free(dd);
+    free(p), free(wz), free(z), free(emb), free(pd), free(embd);
+}
+
+/* The decoder's weight-scale slots (calibrate_decoder.h ts_dec_ws_offset): one after the
+ * other, each the int8 layer's row count, TS_DEC_WS_TOTAL in all. */
+static void test_decoder_ws_layout(void) {
+    size_t next = 0;
+    int ok = 1;
+    for (int s = 0; s < TS_DEC_N_SITES; s++) {
+        int n = -1, N = 0, K, relu;
+        size_t off = ts_dec_ws_offset(s, &n);
+        if (s == TS_DEC_SITE_UP0) N = 256;
+        else if (s == TS_DEC_SITE_UP3) N = 128;
+        else if (s >= TS_DEC_SITE_TOK0) {
+            char P[128];
+            ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, P, sizeof P, &N, &K, &relu);
+        }
+        ok &= off == next && n == N;
+        next += (size_t)n;
+    }
+    CHECK(ok, "weight-scale slots not contiguous or of the wrong size");
+    CHECK(next == TS_DEC_WS_TOTAL, "%zu weight-scale rows, TS_DEC_WS_TOTAL %d", next,
+          TS_DEC_WS_TOTAL);
 }
 
 /* ---- the search on hand-built cases ------------------------------------------------------ */
@@ -366,6 +539,24 @@ static void test_fixture_accuracy(void) {
         }
     }
     CHECK(empty == 0, "%d quantised layers without a gradient", empty);
+    /* ... and every int8 layer of the decoder with a fixed weight, and the mask product, but
+     * mask token 0's hypernetwork (the loss takes the three multimask tokens) */
+    int dempty = 0, dlayers = 0;
+    for (int s = 0; s < TS_DEC_N_SITES; s++) {
+        if (!h.dec_n[s] || (s >= TS_DEC_SITE_TOK0 && ts_dec_tok_kept_float(s - TS_DEC_SITE_TOK0)))
+            continue;
+        if (strstr(h.dec_name[s], "output_hypernetworks_mlps.0.")) continue;
+        double sum = 0;
+        for (int c = 0; c < h.dec_n[s]; c++) sum += h.dec_g2[s][c];
+        dlayers++;
+        if (!(sum > 0) || !isfinite(sum)) {
+            dempty++;
+            printf("  %s: no gradient\n", h.dec_name[s]);
+        }
+    }
+    printf("  %d decoder layers with a gradient (of %d)\n", dlayers - dempty, dlayers);
+    CHECK(dlayers == 2 + 1 + 28 && dempty == 0, "%d of %d decoder layers without a gradient",
+          dempty, dlayers);
     CHECK(h.images == 2 && h.prompts >= 2 * 16, "%d images, %d prompts", h.images, h.prompts);
     t0 = ts_now_ms();
     ts_quant_opts o = {TS_CALIB_HESSIAN, TS_SCOPE_ALL, &h};
@@ -378,6 +569,36 @@ static void test_fixture_accuracy(void) {
     CHECK(qm->map->metadata_json && strstr(qm->map->metadata_json, "hessian"),
           "metadata does not name the method: %s",
           qm->map->metadata_json ? qm->map->metadata_json : "(none)");
+    /* the decoder's searched weight scales are those in the file (not the abs-max ones) */
+    static const char *const dl[3] = {"mask_decoder.output_upscaling.0",
+                                      "mask_decoder.output_upscaling.3",
+                                      "mask_decoder.transformer.layers.0.mlp.lin1"};
+    for (int i = 0; i < 3; i++) {
+        char n[160];
+        snprintf(n, sizeof n, "%s.weight", dl[i]);
+        const ts_tensor *wf = ts_map_get(fm->map, n);
+        snprintf(n, sizeof n, "%s.weight_scale", dl[i]);
+        const ts_tensor *sq = ts_map_get(qm->map, n);
+        if (!wf || !sq || sq->dtype != TS_DTYPE_F32) {
+            CHECK(0, "%s: missing tensors", dl[i]);
+            continue;
+        }
+        /* rows of the int8 layer: a ConvTranspose2d's (sub-pixel, channel), its weight
+         * [in][out][2][2] */
+        const int convt = i < 2, N = (int)sq->numel, K = (int)(wf->numel / N);
+        const int co = N / 4;
+        const float *w = wf->data, *sc = sq->data;
+        int differ = 0;
+        for (int r = 0; r < N; r++) {
+            float m = 0;
+            for (int k = 0; k < K; k++)
+                m = fmaxf(m, fabsf(convt ? w[((size_t)k * co + r % co) * 4 + r / co]
+                                         : w[(size_t)r * K + k]));
+            differ += fabsf(sc[r] - m / 127.0f) > 1e-6f * m;
+        }
+        printf("  %s: %d of %d weight scales searched away from abs-max\n", dl[i], differ, N);
+        CHECK(differ > 0, "%s: the abs-max weight scales were written", dl[i]);
+    }
     acc_t a = {0, 1, 1, 0};
     eval_image(fm, qm, "picture1", "picture1.jpg", &a);
     eval_image(fm, qm, "shapes", "shapes.png", &a);
@@ -396,6 +617,8 @@ out:
 
 int main(void) {
     RUN(test_hook_finite_differences);
+    RUN(test_decoder_hook_finite_differences);
+    RUN(test_decoder_ws_layout);
     RUN(test_search_known_optimum);
     RUN(test_fixture_accuracy);
     return test_summary();
