@@ -21,7 +21,7 @@
 /* The model of mp with the int8 decoder layers: written to a temporary file, loaded back. */
 static tinysam_model *int8_decoder_model(const tinysam_model *m) {
     ts_dec_quant q = {{0.03f, 0.012f, 0.01f, 0.03f, 0.03f, 0.03f, 0.03f, 0.03f},
-                      {128, 14, 14, 128, 128, 128, 128, 128}};
+                      {128, 14, 14, 128, 128, 128, 128, 128}, {0}, {0}};
     for (int i = 0; i < TS_DEC_N_TOK; i++) { /* the token-side Linears quantize makes int8 */
         char P[128];
         int N, K, relu;

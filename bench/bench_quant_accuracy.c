@@ -13,95 +13,14 @@
 #include "model/sam.h"
 #include "quant/calibrate.h"
 #include "quant/hessian.h"
-#include "prompt_case.h"
 #include "tinysam.h"
 
-#include <dirent.h>
-#include <math.h>
+#include "accuracy.h"
+#include "test.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static char g_root[512];
-
-static const char *fx(const char *rel) {
-    static char buf[4][1024];
-    static int k;
-    k = (k + 1) & 3;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_root, rel);
-    return buf[k];
-}
-
-static double cosine(const float *a, const float *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return ab / sqrt(aa * bb + 1e-30);
-}
-
-typedef struct {
-    double iou_sum, iou_min, cos_min;
-    int n;
-} acc_t;
-
-/* Every prompt case of one image: float vs quantised model. */
-static int eval_image(tinysam_model *fm, tinysam_model *qm, const char *image, const char *file,
-                      acc_t *a) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "images/%s", file);
-    tinysam_image img;
-    if (tinysam_image_load(fx(rel), 0, &img)) return -1;
-    tinysam_embedding *ef = NULL, *eq = NULL;
-    int rc = -1;
-    if (tinysam_encode(fm, &img, &ef) || tinysam_encode(qm, &img, &eq)) goto out;
-    double cs = cosine(tinysam_embedding_data(ef), tinysam_embedding_data(eq), 256 * 64 * 64);
-    if (cs < a->cos_min) a->cos_min = cs;
-    snprintf(rel, sizeof rel, "reference/%s/prompts", image);
-    DIR *dir = opendir(fx(rel));
-    if (!dir) goto out;
-    struct dirent *de;
-    while ((de = readdir(dir))) {
-        if (de->d_name[0] == '.') continue;
-        char base[512];
-        snprintf(base, sizeof base, "reference/%s/prompts/%s", image, de->d_name);
-        static test_prompt_case pc;
-        if (test_prompt_case_load(base, 1, &pc)) {
-            test_prompt_case_free(&pc);
-            closedir(dir);
-            goto out;
-        }
-        tinysam_prediction pf, pq;
-        if (tinysam_predict(fm, ef, &pc.prompt, TINYSAM_PREDICT_MASKS, &pf) == 0) {
-            if (tinysam_predict(qm, eq, &pc.prompt, TINYSAM_PREDICT_MASKS, &pq) == 0) {
-                size_t plane = (size_t)pf.width * pf.height, in = 0, un = 0;
-                const uint8_t *x = pf.masks + (size_t)pf.best * plane;
-                const uint8_t *y = pq.masks + (size_t)pq.best * plane;
-                for (size_t i = 0; i < plane; i++) {
-                    in += x[i] && y[i];
-                    un += x[i] || y[i];
-                }
-                double iou = un ? (double)in / (double)un : 1.0;
-                a->iou_sum += iou;
-                a->iou_min = iou < a->iou_min ? iou : a->iou_min;
-                a->n++;
-                tinysam_prediction_free(&pq);
-            }
-            tinysam_prediction_free(&pf);
-        }
-        test_prompt_case_free(&pc);
-    }
-    closedir(dir);
-    rc = 0;
-out:
-    tinysam_embedding_free(ef);
-    tinysam_embedding_free(eq);
-    tinysam_image_free(&img);
-    return rc;
-}
 
 /* --gelu: the post-GELU quantisers compared on the calibration samples (one asymmetric step,
  * one GEMM, against the twin-uniform pair, two GEMMs). */
@@ -151,16 +70,14 @@ int main(int argc, char **argv) {
                                                           : TS_SCOPE_ALL;
         }
     }
-    const char *r = getenv("TINYSAM_FIXTURES");
-    snprintf(g_root, sizeof g_root, "%s", r ? r : "../shared/fixtures");
     tinysam_model *fm;
-    if (tinysam_model_load(fx("models/tinysam_vit_t_random.pth"), &fm)) {
+    if (tinysam_model_load(fixture("models/tinysam_vit_t_random.pth"), &fm)) {
         fprintf(stderr, "bench_quant_accuracy: %s\n", tinysam_last_error());
         return 1;
     }
     char c0[1024], c1[1024], out[64];
-    snprintf(c0, sizeof c0, "%s", fx("images/picture3.jpg"));
-    snprintf(c1, sizeof c1, "%s", fx("images/shapes_grey.png"));
+    snprintf(c0, sizeof c0, "%s", fixture("images/picture3.jpg"));
+    snprintf(c1, sizeof c1, "%s", fixture("images/shapes_grey.png"));
     const char *paths[2] = {c0, c1};
     snprintf(out, sizeof out, "/tmp/bench_quant_accuracy_%d.safetensors", (int)getpid());
     for (int i = 1; i < argc; i++)
@@ -192,11 +109,11 @@ int main(int argc, char **argv) {
             }
             if (o.method == TS_CALIB_HESSIAN) o.grads = &grads;
             tinysam_model *qm = NULL;
-            acc_t a = {0, 1, 1, 0};
+            test_acc a = {0, 1, 1, 0};
             if (ts_quantize_model_opts(fm, paths, 2, &o, out, 0) ||
                 tinysam_model_load(out, &qm) ||
-                eval_image(fm, qm, "picture1", "picture1.jpg", &a) ||
-                eval_image(fm, qm, "shapes", "shapes.png", &a)) {
+                test_acc_image(fm, qm, "picture1", "picture1.jpg", 0, &a) ||
+                test_acc_image(fm, qm, "shapes", "shapes.png", 0, &a)) {
                 fprintf(stderr, "bench_quant_accuracy: %s\n", tinysam_last_error());
                 status = 1;
             } else {

@@ -1,11 +1,11 @@
 /* bench_sam_vit_i8.c - the W8A8 SAM ViT encoder (quant/int8_vit.h) against the float one at
  * the real ViT-B shapes (768 wide, 12 blocks, 12 heads, global attention at 2,5,8,11), random
- * weights generated here in memory (no checkpoint): the int8 file is written with steps from
- * one tapped float pass over the random input (absmax of each layer's input: this measures
- * speed, not calibration quality), loaded back as every command loads it, and both encoders
- * run alternately; median wall time at 1 and 2 threads, the int8 / float speed ratio, the
- * embedding cosine, the process CPU time of each pass (the fairer figure on a loaded machine),
- * and the file sizes (int8 file vs the float32 safetensors of the same map).
+ * weights generated in memory (bench_vit_weights.h, no checkpoint): the int8 file is written
+ * with steps from one tapped float pass over the random input (absmax of each layer's input:
+ * this measures speed, not calibration quality), loaded back as every command loads it, and
+ * both encoders run alternately; median wall time at 1 and 2 threads, the int8 / float speed
+ * ratio, the embedding cosine, the process CPU time of each pass (the fairer figure on a loaded
+ * machine), and the file sizes (int8 file vs the float32 safetensors of the same map).
  *   build/bench/bench_sam_vit_i8 [runs] [B|L|H]   (TINYSAM_ISA=avx512|avx2|scalar to force a path)
  * Writes two temporary files under $TMPDIR (/tmp): ~360 MB and ~95 MB for ViT-B. */
 #include "io/tensor_map.h"
@@ -17,12 +17,13 @@
 #include "tinysam.h"
 
 #include "bench_util.h"
+#include "compare.h"
+#include "bench_vit_weights.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,89 +33,6 @@ static double cpu_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-static float urand(void) { /* xorshift64*, uniform in [-1, 1) */
-    g_rng ^= g_rng >> 12;
-    g_rng ^= g_rng << 25;
-    g_rng ^= g_rng >> 27;
-    return (float)((g_rng * 2685821657736338717ull) >> 40) / 8388608.0f - 1.0f;
-}
-
-typedef struct {
-    ts_tensor_map m;
-    int cap;
-} bench_map;
-
-/* Adds a tensor filled with center + scale * U(-1, 1). */
-static int add(bench_map *b, const char *name, float center, float scale, int ndim, int d0, int d1,
-               int d2, int d3) {
-    if (b->m.n == b->cap) return -1;
-    ts_tensor *t = &b->m.t[b->m.n];
-    memset(t, 0, sizeof(*t));
-    int d[4] = {d0, d1, d2, d3};
-    t->ndim = ndim;
-    t->numel = 1;
-    for (int i = 0; i < ndim; i++)
-        t->numel *= (t->shape[i] = d[i]);
-    t->dtype = t->file_dtype = TS_DTYPE_F32;
-    t->name = strdup(name);
-    float *p = malloc(sizeof(float) * (size_t)t->numel);
-    if (!t->name || !p) return -1;
-    for (int64_t i = 0; i < t->numel; i++)
-        p[i] = center + scale * urand();
-    t->data = p;
-    b->m.n++;
-    return 0;
-}
-
-static int build(bench_map *b, int C, int depth, const int *glob, int hd) {
-    b->cap = 8 + depth * 16;
-    b->m.t = calloc((size_t)b->cap, sizeof(ts_tensor));
-    if (!b->m.t) return -1;
-    const int H = 4 * C;
-    const float sc = 1.0f / sqrtf((float)C), sh = 1.0f / sqrtf((float)H);
-    char n[128];
-    int rc = 0;
-    rc |= add(b, "image_encoder.patch_embed.proj.weight", 0, 1.0f / sqrtf(768.0f), 4, C, 3, 16, 16);
-    rc |= add(b, "image_encoder.patch_embed.proj.bias", 0, 0.02f, 1, C, 0, 0, 0);
-    rc |= add(b, "image_encoder.pos_embed", 0, 0.02f, 4, 1, 64, 64, C);
-    for (int k = 0; k < depth && !rc; k++) {
-        int g = k == glob[0] || k == glob[1] || k == glob[2] || k == glob[3];
-        int len = g ? 127 : 27;
-#define P(s) (snprintf(n, sizeof n, "image_encoder.blocks.%d.%s", k, s), n)
-        rc |= add(b, P("norm1.weight"), 1, 0.1f, 1, C, 0, 0, 0);
-        rc |= add(b, P("norm1.bias"), 0, 0.1f, 1, C, 0, 0, 0);
-        rc |= add(b, P("attn.rel_pos_h"), 0, 0.1f, 2, len, hd, 0, 0);
-        rc |= add(b, P("attn.rel_pos_w"), 0, 0.1f, 2, len, hd, 0, 0);
-        rc |= add(b, P("attn.qkv.weight"), 0, sc, 2, 3 * C, C, 0, 0);
-        rc |= add(b, P("attn.qkv.bias"), 0, 0.02f, 1, 3 * C, 0, 0, 0);
-        rc |= add(b, P("attn.proj.weight"), 0, sc, 2, C, C, 0, 0);
-        rc |= add(b, P("attn.proj.bias"), 0, 0.02f, 1, C, 0, 0, 0);
-        rc |= add(b, P("norm2.weight"), 1, 0.1f, 1, C, 0, 0, 0);
-        rc |= add(b, P("norm2.bias"), 0, 0.1f, 1, C, 0, 0, 0);
-        rc |= add(b, P("mlp.lin1.weight"), 0, sc, 2, H, C, 0, 0);
-        rc |= add(b, P("mlp.lin1.bias"), 0, 0.02f, 1, H, 0, 0, 0);
-        rc |= add(b, P("mlp.lin2.weight"), 0, sh, 2, C, H, 0, 0);
-        rc |= add(b, P("mlp.lin2.bias"), 0, 0.02f, 1, C, 0, 0, 0);
-#undef P
-    }
-    rc |= add(b, "image_encoder.neck.0.weight", 0, sc, 4, 256, C, 1, 1);
-    rc |= add(b, "image_encoder.neck.1.weight", 1, 0.1f, 1, 256, 0, 0, 0);
-    rc |= add(b, "image_encoder.neck.1.bias", 0, 0.1f, 1, 256, 0, 0, 0);
-    rc |= add(b, "image_encoder.neck.2.weight", 0, 1.0f / 48.0f, 4, 256, 256, 3, 3);
-    rc |= add(b, "image_encoder.neck.3.weight", 1, 0.1f, 1, 256, 0, 0, 0);
-    rc |= add(b, "image_encoder.neck.3.bias", 0, 0.1f, 1, 256, 0, 0, 0);
-    return rc;
-}
-
-static void free_map(bench_map *b) {
-    for (int i = 0; i < b->m.n; i++) {
-        free(b->m.t[i].name);
-        free(b->m.t[i].data);
-    }
-    free(b->m.t);
 }
 
 /* Range of every linear layer's input over one float pass. */
@@ -132,11 +50,6 @@ static void tap(void *user, int layer, long long row0, const float *x, int rows,
         r->mn[layer] = fminf(r->mn[layer], x[i]);
         r->mx[layer] = fmaxf(r->mx[layer], x[i]);
     }
-}
-
-static long long file_size(const char *p) {
-    struct stat st;
-    return stat(p, &st) ? -1 : (long long)st.st_size;
 }
 
 static void cpu_name(char *buf, size_t cap) {
@@ -161,19 +74,11 @@ static void cpu_name(char *buf, size_t cap) {
 }
 
 int main(int argc, char **argv) {
-    int runs = argc > 1 ? atoi(argv[1]) : 3;
-    if (runs < 1) runs = 1;
-    const char *which = argc > 2 ? argv[2] : "B";
-    static const int gb[] = {2, 5, 8, 11}, gl[] = {5, 11, 17, 23}, gh[] = {7, 15, 23, 31};
-    int C = 768, depth = 12, heads = 12;
-    const int *glob = gb;
-    if (!strcmp(which, "L")) C = 1024, depth = 24, heads = 16, glob = gl;
-    if (!strcmp(which, "H")) C = 1280, depth = 32, heads = 16, glob = gh;
-    bench_map b = {0};
-    if (build(&b, C, depth, glob, C / heads)) {
-        fprintf(stderr, "bench_sam_vit_i8: out of memory building the weights\n");
-        return 1;
-    }
+    int runs;
+    const char *which;
+    bench_vit_map b = {0};
+    if (bench_vit_setup(argc, argv, "bench_sam_vit_i8", &runs, &which, &b)) return 1;
+    const int C = b.embed_dim, depth = b.depth;
     ts_sam_vit *fe, *qe;
     if (ts_sam_vit_load(&b.m, &fe)) {
         fprintf(stderr, "bench_sam_vit_i8: %s\n", tinysam_last_error());
@@ -189,7 +94,7 @@ int main(int argc, char **argv) {
     double *tf = malloc(sizeof(double) * runs), *tq = malloc(sizeof(double) * runs);
     double *cf = malloc(sizeof(double) * runs), *cq = malloc(sizeof(double) * runs);
     if (!in || !of || !oq || !mn || !mx || !step || !zp || !tf || !tq || !cf || !cq) return 1;
-    for (size_t i = 0; i < n_in; i++) in[i] = 2.0f * urand();
+    for (size_t i = 0; i < n_in; i++) in[i] = 2.0f * bench_urand();
     for (int i = 0; i < nl; i++) mn[i] = INFINITY, mx[i] = -INFINITY;
     range_tap rt = {mn, mx, nl};
     tinysam_set_num_threads(2);
@@ -219,7 +124,7 @@ int main(int argc, char **argv) {
         remove(fp);
         return 1;
     }
-    const long long qs = file_size(qp), fs = file_size(fp);
+    const long long qs = test_file_size(qp), fs = test_file_size(fp);
     remove(qp);
     remove(fp);
     char cpu[256];
@@ -250,16 +155,10 @@ int main(int argc, char **argv) {
         }
         double mf = bench_median(tf, runs), mq = bench_median(tq, runs);
         double mcf = bench_median(cf, runs), mcq = bench_median(cq, runs);
-        double ab = 0, aa = 0, bb = 0;
-        for (size_t i = 0; i < n_out; i++) {
-            ab += (double)of[i] * oq[i];
-            aa += (double)of[i] * of[i];
-            bb += (double)oq[i] * oq[i];
-        }
         printf("  threads %d: float median %.0f ms, int8 median %.0f ms: int8 %.2fx the float "
                "speed (embedding cosine %.5f)\n"
                "             CPU time: float %.0f ms, int8 %.0f ms: %.2fx\n",
-               nt, mf * 1e3, mq * 1e3, mf / mq, ab / sqrt(aa * bb + 1e-30), mcf * 1e3, mcq * 1e3,
+               nt, mf * 1e3, mq * 1e3, mf / mq, test_cosine(of, oq, n_out), mcf * 1e3, mcq * 1e3,
                mcf / mcq);
     }
     printf("  peak RSS %.0f MB\n", bench_peak_rss_mb());
@@ -277,6 +176,6 @@ int main(int argc, char **argv) {
     ts_sam_vit_free(qe);
     ts_sam_vit_free(fe);
     ts_map_free(qm);
-    free_map(&b);
+    bench_vit_free(&b);
     return 0;
 }

@@ -243,22 +243,27 @@ float ts_calib_search_asym(const float *x, size_t n, int n_grid, float lo_ratio,
     return best_step;
 }
 
+/* n rows of K for a search, spread evenly over the n_values / K rows sampled. */
+static void pick_rows(const float *buf, size_t n_values, int K, int n, float *X) {
+    size_t every = n_values / (size_t)K / (size_t)n;
+    for (int r = 0; r < n; r++)
+        memcpy(X + (size_t)r * K, buf + (size_t)r * every * K, sizeof(float) * K);
+}
+
 /* Layer-output-error search of a symmetric input step (quant.h), on LAYER_ROWS of the
  * sampled rows, over candidates around the MSE step. */
-static float search_layer(const col_t *l, float mse_step) {
-    const int K = l->q.K, N = l->q.N;
-    int n = (int)TS_MIN((size_t)LAYER_ROWS, l->n / (size_t)K);
+static float search_layer(const float *buf, size_t n_values, const float *w, int K, int N,
+                          float mse_step) {
+    int n = (int)TS_MIN((size_t)LAYER_ROWS, n_values / (size_t)K);
     if (n < 1) return mse_step;
     float *X = ts_malloc(sizeof(float) * (size_t)n * K);
     float *Wt = ts_malloc(sizeof(float) * (size_t)K * N);
     float cand[LAYER_CANDS];
     float step = mse_step;
     if (X && Wt) {
-        size_t every = l->n / (size_t)K / (size_t)n; /* rows spread over the sample */
-        for (int r = 0; r < n; r++)
-            memcpy(X + (size_t)r * K, l->buf + (size_t)r * every * K, sizeof(float) * K);
+        pick_rows(buf, n_values, K, n, X);
         for (int o = 0; o < N; o++)
-            for (int k = 0; k < K; k++) Wt[(size_t)k * N + o] = l->q.w[(size_t)o * K + k];
+            for (int k = 0; k < K; k++) Wt[(size_t)k * N + o] = w[(size_t)o * K + k];
         for (int i = 0; i < LAYER_CANDS; i++) /* 0.5x .. 1.5x of the MSE step */
             cand[i] = mse_step * (0.5f + (float)i / (float)(LAYER_CANDS - 1));
         int best = ts_quant_search_step_layer(X, n, K, Wt, N, NULL, cand, LAYER_CANDS, -128, 127,
@@ -268,6 +273,14 @@ static float search_layer(const col_t *l, float mse_step) {
     free(X);
     free(Wt);
     return step;
+}
+
+float ts_calib_input_step(const float *buf, size_t n, int post_gelu, const float *w, int K, int N,
+                          int *zp) {
+    if (post_gelu) return ts_calib_search_asym(buf, n, N_GRID, LO_RATIO, zp, NULL);
+    *zp = 128;
+    float step = ts_quant_search_step_mse(buf, n, -128, 127, N_GRID, LO_RATIO, NULL);
+    return w ? search_layer(buf, n, w, K, N, step) : step;
 }
 
 typedef struct {
@@ -288,9 +301,7 @@ static int search_hessian(const col_t *l, const double *G, float *step, int *zp,
     if (n < 1) return 0;
     float *X = ts_malloc(sizeof(float) * (size_t)n * K);
     if (!X) return TINYSAM_E_NOMEM;
-    size_t every = l->n / (size_t)K / (size_t)n; /* rows spread over the sample */
-    for (int r = 0; r < n; r++)
-        memcpy(X + (size_t)r * K, l->buf + (size_t)r * every * K, sizeof(float) * K);
+    pick_rows(l->buf, l->n, K, n, X);
     int rc = ts_hessian_search_layer(X, n, K, l->q.w, l->q.N, G, l->q.post_gelu, l->mn, l->mx,
                                      NULL, step, zp, ws, NULL);
     free(X);
@@ -301,14 +312,9 @@ static void solve_task(void *ctx, int i, int tid) {
     (void)tid;
     solve_job *j = ctx;
     const col_t *l = &j->c->L[i];
-    if (l->q.post_gelu) {
-        j->step[i] = ts_calib_search_asym(l->buf, l->n, N_GRID, LO_RATIO, &j->zp[i], NULL);
-    } else {
-        j->zp[i] = 128;
-        j->step[i] = ts_quant_search_step_mse(l->buf, l->n, -128, 127, N_GRID, LO_RATIO, NULL);
-        if (j->method == TS_CALIB_LAYER && l->q.taps == 1)
-            j->step[i] = search_layer(l, j->step[i]);
-    }
+    const int layer = j->method == TS_CALIB_LAYER && l->q.taps == 1;
+    j->step[i] = ts_calib_input_step(l->buf, l->n, l->q.post_gelu, layer ? l->q.w : NULL, l->q.K,
+                                     l->q.N, &j->zp[i]);
     /* Hessian: GEMM layers (a 3x3 convolution's samples are pixels, not its patches: it keeps
      * the MSE step and abs-max weight scales) */
     if (j->method == TS_CALIB_HESSIAN && l->q.taps == 1 && j->w_scale[i]) {
@@ -398,6 +404,37 @@ const char *ts_quant_method_name(int method) {
     return method == TS_CALIB_LAYER ? "layer" : method == TS_CALIB_HESSIAN ? "hessian" : "mse";
 }
 
+int ts_calib_out_begin(ts_calib_out *o, const tinysam_model *model, const char *const *paths,
+                       int n_paths, int method, int scope, int n_int8, const ts_hessian *grads,
+                       int verbose) {
+    snprintf(o->calib, sizeof o->calib,
+             "{\"images\":%d,\"method\":\"%s\",\"scope\":\"%s\",\"int8_layers\":%d,"
+             "\"weights\":\"per-channel symmetric int8\","
+             "\"activations\":\"u8 static per layer\"}",
+             n_paths, ts_quant_method_name(method), ts_quant_scope_name(scope), n_int8);
+    static const char *keys[TS_CALIB_META_N] = {"format", "tinysam.family", "tinysam.version",
+                                                "tinysam.config", "tinysam.calibration"};
+    const char *values[TS_CALIB_META_N] = {"pt", model->info.family, TINYSAM_VERSION,
+                                           model->info.config, o->calib};
+    memcpy(o->keys, keys, sizeof keys);
+    memcpy(o->values, values, sizeof values);
+    /* scope all: the decoder's int8 layers (calibrate_decoder.h) replace their float tensors
+     * in a view of the map; the encoder scopes keep the decoder weight-only */
+    o->dv = NULL;
+    o->src = model->map;
+    if (scope != TS_SCOPE_ALL) return 0;
+    ts_dec_quant dq;
+    int rc = ts_calib_decoder_hessian((tinysam_model *)model, paths, n_paths, grads, &dq, verbose);
+    if (!rc) rc = ts_int8_decoder_view_new(model->map, &dq, &o->dv);
+    if (!rc) o->src = ts_int8_decoder_view_map(o->dv);
+    return rc;
+}
+
+void ts_calib_out_end(ts_calib_out *o, int rc, const char *out_path, int verbose) {
+    ts_int8_decoder_view_free(o->dv);
+    if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
+}
+
 int ts_quantize_model(const tinysam_model *model, const char *const *paths, int n_paths,
                       int method, const char *out_path, int verbose) {
     ts_quant_opts o = {method, TS_SCOPE_ALL, NULL};
@@ -442,37 +479,16 @@ int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths,
         if (!rc) rc = ts_calib_solve_attn(c, attn);
     }
     const int nq = opts->scope == TS_SCOPE_GEMM ? TS_TINY_VIT_N_GEMM : TS_TINY_VIT_N_ENCODER;
-    if (!rc) {
-        char calib[320];
-        snprintf(calib, sizeof calib,
-                 "{\"images\":%d,\"method\":\"%s\",\"scope\":\"%s\",\"int8_layers\":%d,"
-                 "\"weights\":\"per-channel symmetric int8\","
-                 "\"activations\":\"u8 static per layer\"}",
-                 n_paths, ts_quant_method_name(method), ts_quant_scope_name(opts->scope), nq);
-        static const char *keys[] = {"format", "tinysam.family", "tinysam.version",
-                                     "tinysam.config", "tinysam.calibration"};
-        const char *values[] = {"pt", model->info.family, TINYSAM_VERSION, model->info.config,
-                                calib};
-        /* scope all: the decoder's int8 layers (calibrate_decoder.h) replace their float
-         * tensors in a view of the map; the encoder scopes keep the decoder weight-only */
-        ts_dec_quant dq;
-        ts_int8_decoder_view *dv = NULL;
-        const ts_tensor_map *src = model->map;
-        if (opts->scope == TS_SCOPE_ALL &&
-            !(rc = ts_calib_decoder_hessian((tinysam_model *)model, paths, n_paths,
-                                            method == TS_CALIB_HESSIAN ? hg : NULL, &dq,
-                                            verbose)) &&
-            !(rc = ts_int8_decoder_view_new(model->map, &dq, &dv)))
-            src = ts_int8_decoder_view_map(dv);
-        if (!rc)
-            rc = ts_int8_model_save_layers_ws(out_path, src, model->encoder, step, zp,
-                                              method == TS_CALIB_HESSIAN
-                                                  ? (const float *const *)w_scale
-                                                  : NULL,
-                                              nq, opts->scope == TS_SCOPE_GEMM ? NULL : attn, 5,
-                                              keys, values);
-        ts_int8_decoder_view_free(dv);
-        if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
+    ts_calib_out o;
+    if (!rc && !(rc = ts_calib_out_begin(&o, model, paths, n_paths, method, opts->scope, nq,
+                                         method == TS_CALIB_HESSIAN ? hg : NULL, verbose))) {
+        rc = ts_int8_model_save_layers_ws(out_path, o.src, model->encoder, step, zp,
+                                          method == TS_CALIB_HESSIAN
+                                              ? (const float *const *)w_scale
+                                              : NULL,
+                                          nq, opts->scope == TS_SCOPE_GEMM ? NULL : attn,
+                                          TS_CALIB_META_N, o.keys, o.values);
+        ts_calib_out_end(&o, rc, out_path, verbose);
     }
     for (int i = 0; i < NQ; i++) free(w_scale[i]);
     ts_hessian_free(&h);

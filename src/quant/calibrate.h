@@ -64,6 +64,14 @@ int ts_calib_gelu_compare(ts_calib *c, int layer, double *mse_asym, double *mse_
 float ts_calib_search_asym(const float *x, size_t n, int n_grid, float lo_ratio, int *zp,
                            double *mse);
 
+/* The input quantiser of one layer from its sampled inputs buf (n values, whole rows of K):
+ * after a GELU (post_gelu) the asymmetric search above; otherwise zero point 128 and the
+ * symmetric MSE step over codes [-128, 127], refined when w is not NULL (the float weight
+ * [N][K], method layer) by the layer-output-error search (ts_quant_search_step_layer) around
+ * it on a subsample of rows. Returns the step, the zero point in *zp. */
+float ts_calib_input_step(const float *buf, size_t n, int post_gelu, const float *w, int K, int N,
+                          int *zp);
+
 /* The whole `tinysam quantize`: calibrates model (a float vit_t model) on the images at
  * paths[0 .. n_paths-1] (progress lines on stderr when verbose) and writes the int8 model to
  * out_path. */
@@ -87,6 +95,25 @@ typedef struct {
 int ts_quantize_model_opts(const tinysam_model *model, const char *const *paths, int n_paths,
                            const ts_quant_opts *opts, const char *out_path, int verbose);
 const char *ts_quant_scope_name(int scope);
+/* What every calibrated file is written with (the encoder's own saver does the writing):
+ * metadata keys / values (tinysam.calibration: the images, method, scope and n_int8 encoder
+ * layers) and src, the model's map or, for scope all, a view of it in which the decoder's int8
+ * layers (calibrate_decoder.h, calibrated here) replace their float tensors. */
+#define TS_CALIB_META_N 5
+struct ts_int8_decoder_view;
+typedef struct {
+    const char *keys[TS_CALIB_META_N], *values[TS_CALIB_META_N];
+    const ts_tensor_map *src;
+    char calib[320]; /* the tinysam.calibration value */
+    struct ts_int8_decoder_view *dv;
+} ts_calib_out;
+/* Fills o (which must not move until ts_calib_out_end); on failure there is nothing to end. */
+int ts_calib_out_begin(ts_calib_out *o, const tinysam_model *model, const char *const *paths,
+                       int n_paths, int method, int scope, int n_int8,
+                       const struct ts_hessian *grads, int verbose);
+/* Frees o after the save that returned rc; "wrote out_path" on stderr when verbose and rc is 0. */
+void ts_calib_out_end(ts_calib_out *o, int rc, const char *out_path, int verbose);
+
 const char *ts_quant_method_name(int method);
 
 #endif

@@ -2,9 +2,7 @@
 #include "quant/calibrate_vit.h"
 #include "core.h"
 #include "model/image_encoder_vit.h"
-#include "quant/calibrate_decoder.h"
 #include "quant/int8_vit.h"
-#include "quant/quant.h"
 #include "threads.h"
 
 #include <math.h>
@@ -13,10 +11,6 @@
 #include <string.h>
 
 #define NTOK        4096
-#define N_GRID      64    /* clip ratios searched per layer (as calibrate.c) */
-#define LO_RATIO    0.25f /* smallest clip, a fraction of the observed range */
-#define LAYER_ROWS  128   /* rows of the layer-output-error search */
-#define LAYER_CANDS 24
 
 typedef struct {
     ts_vit_layer_desc d;
@@ -54,32 +48,6 @@ static void tap(void *user, int layer, long long row0, const float *x, int rows,
     }
 }
 
-/* Layer-output-error search of a symmetric input step around the MSE step (calibrate.c). */
-static float search_layer(const col_t *l, float mse_step) {
-    const int K = l->d.K, N = l->d.N;
-    int n = (int)TS_MIN((size_t)LAYER_ROWS, l->n / (size_t)K);
-    if (n < 1) return mse_step;
-    float *X = ts_malloc(sizeof(float) * (size_t)n * K);
-    float *Wt = ts_malloc(sizeof(float) * (size_t)K * N);
-    float cand[LAYER_CANDS];
-    float step = mse_step;
-    if (X && Wt) {
-        size_t every = l->n / (size_t)K / (size_t)n;
-        for (int r = 0; r < n; r++)
-            memcpy(X + (size_t)r * K, l->buf + (size_t)r * every * K, sizeof(float) * K);
-        for (int o = 0; o < N; o++)
-            for (int k = 0; k < K; k++) Wt[(size_t)k * N + o] = l->w[(size_t)o * K + k];
-        for (int i = 0; i < LAYER_CANDS; i++) /* 0.5x .. 1.5x of the MSE step */
-            cand[i] = mse_step * (0.5f + (float)i / (float)(LAYER_CANDS - 1));
-        int best = ts_quant_search_step_layer(X, n, K, Wt, N, NULL, cand, LAYER_CANDS, -128, 127,
-                                              NULL);
-        if (best >= 0) step = cand[best];
-    }
-    free(X);
-    free(Wt);
-    return step;
-}
-
 typedef struct {
     vit_calib *c;
     int method;
@@ -91,13 +59,9 @@ static void solve_task(void *ctx, int i, int tid) {
     (void)tid;
     const solve_job *j = ctx;
     const col_t *l = &j->c->L[i];
-    if (l->d.post_gelu) {
-        j->step[i] = ts_calib_search_asym(l->buf, l->n, N_GRID, LO_RATIO, &j->zp[i], NULL);
-    } else {
-        j->zp[i] = 128;
-        j->step[i] = ts_quant_search_step_mse(l->buf, l->n, -128, 127, N_GRID, LO_RATIO, NULL);
-        if (j->method == TS_CALIB_LAYER) j->step[i] = search_layer(l, j->step[i]);
-    }
+    j->step[i] = ts_calib_input_step(l->buf, l->n, l->d.post_gelu,
+                                     j->method == TS_CALIB_LAYER ? l->w : NULL, l->d.K, l->d.N,
+                                     &j->zp[i]);
 }
 
 int ts_calib_vit(const tinysam_model *model, const char *const *paths, int n_paths, int method,
@@ -183,29 +147,12 @@ int ts_quantize_vit_model(const tinysam_model *model, const char *const *paths, 
         return TINYSAM_E_NOMEM;
     }
     int rc = ts_calib_vit(model, paths, n_paths, opts->method, step, zp, verbose);
-    if (!rc) {
-        char calib[320];
-        snprintf(calib, sizeof calib,
-                 "{\"images\":%d,\"method\":\"%s\",\"scope\":\"%s\",\"int8_layers\":%d,"
-                 "\"weights\":\"per-channel symmetric int8\","
-                 "\"activations\":\"u8 static per layer\"}",
-                 n_paths, ts_quant_method_name(opts->method), ts_quant_scope_name(opts->scope), n);
-        static const char *keys[] = {"format", "tinysam.family", "tinysam.version",
-                                     "tinysam.config", "tinysam.calibration"};
-        const char *values[] = {"pt", model->info.family, TINYSAM_VERSION, model->info.config,
-                                calib};
-        ts_dec_quant dq;
-        ts_int8_decoder_view *dv = NULL;
-        const ts_tensor_map *src = model->map;
-        if (opts->scope == TS_SCOPE_ALL &&
-            !(rc = ts_calib_decoder((tinysam_model *)model, paths, n_paths, &dq, verbose)) &&
-            !(rc = ts_int8_decoder_view_new(model->map, &dq, &dv)))
-            src = ts_int8_decoder_view_map(dv);
-        if (!rc)
-            rc = ts_vit_i8_save(out_path, src, cf->depth, cf->embed_dim, step, zp, 5, keys,
-                                values);
-        ts_int8_decoder_view_free(dv);
-        if (!rc && verbose) fprintf(stderr, "wrote %s\n", out_path);
+    ts_calib_out o;
+    if (!rc && !(rc = ts_calib_out_begin(&o, model, paths, n_paths, opts->method, opts->scope, n,
+                                         NULL, verbose))) {
+        rc = ts_vit_i8_save(out_path, o.src, cf->depth, cf->embed_dim, step, zp, TS_CALIB_META_N,
+                            o.keys, o.values);
+        ts_calib_out_end(&o, rc, out_path, verbose);
     }
     free(step);
     free(zp);

@@ -81,6 +81,15 @@ int ts_jbuf_send(ts_http_reply *c, unsigned code, ts_jbuf *j) {
     return send_buf(c, code, "application/json", j->buf, j->len, 1);
 }
 
+int ts_jbuf_send_error(ts_http_reply *c, unsigned code, const char *msg) {
+    ts_jbuf j;
+    if (ts_jbuf_open(&j)) return -1;
+    fputs("{\"error\": ", j.f);
+    ts_json_write_string(j.f, msg);
+    fputs("}\n", j.f);
+    return ts_jbuf_send(c, code, &j);
+}
+
 static void jb_discard(ts_jbuf *j) {
     fclose(j->f);
     free(j->buf);
@@ -94,12 +103,7 @@ static int send_error(ts_http_reply *c, unsigned code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    ts_jbuf j;
-    if (ts_jbuf_open(&j)) return -1;
-    fputs("{\"error\": ", j.f);
-    ts_json_write_string(j.f, msg);
-    fputs("}\n", j.f);
-    return ts_jbuf_send(c, code, &j);
+    return ts_jbuf_send_error(c, code, msg);
 }
 
 /* HTTP status of a library failure. */

@@ -91,6 +91,8 @@ typedef struct {
 } ts_jbuf;
 int ts_jbuf_open(ts_jbuf *j);
 int ts_jbuf_send(ts_http_reply *c, unsigned code, ts_jbuf *j);
+/* Sends {"error": msg} with status code (every JSON error answer of the server). */
+int ts_jbuf_send_error(ts_http_reply *c, unsigned code, const char *msg);
 
 /* Sets the generator option NAME (SAM's name, len bytes; not "mode") of o to v after the
  * server's range check: 0 done; 1 NAME is not an option; TINYSAM_E_ARG (message prefixed by

@@ -79,12 +79,7 @@ static int reply_text(ts_http_reply *c, unsigned code, const char *json) {
 
 /* Label Studio shows the message of a failed /predict to the annotator. */
 static int reply_error(ts_http_reply *c, unsigned code, const char *msg) {
-    ts_jbuf j;
-    if (ts_jbuf_open(&j)) return -1;
-    fputs("{\"error\": ", j.f);
-    ts_json_write_string(j.f, msg);
-    fputs("}\n", j.f);
-    return ts_jbuf_send(c, code, &j);
+    return ts_jbuf_send_error(c, code, msg);
 }
 
 static unsigned status_of(int rc) {

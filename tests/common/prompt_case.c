@@ -40,3 +40,21 @@ void test_prompt_case_free(test_prompt_case *c) {
     ts_npy_free(&c->mask);
     c->json = NULL;
 }
+
+int test_case_outputs_load(const char *dir, test_case_outputs *o) {
+    memset(o, 0, sizeof *o);
+    static const char *file[3] = {"low_res.npy", "iou.npy", "masks.npy"};
+    ts_npy *dst[3] = {&o->low_res, &o->iou, &o->masks};
+    for (int i = 0; i < 3; i++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/%s", dir, file[i]);
+        if (ts_npy_load(fixture(path), dst[i])) return -1;
+    }
+    return 0;
+}
+
+void test_case_outputs_free(test_case_outputs *o) {
+    ts_npy_free(&o->low_res);
+    ts_npy_free(&o->iou);
+    ts_npy_free(&o->masks);
+}

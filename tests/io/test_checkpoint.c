@@ -2,6 +2,7 @@
  * loaders: identical tensors across containers, round trips, and hostile files rejected. */
 #include "core.h"
 #include "io/tensor_map.h"
+#include "pickle_writer.h"
 #include "test.h"
 
 #include <stdlib.h>
@@ -249,45 +250,10 @@ static void test_hostile_safetensors(void) {
  * strides, shared and zero-stride storages, float16 special values, a wrapped state_dict,
  * and both containers (legacy stream, ZIP with and without ZIP64). */
 
-typedef struct {
-    uint8_t *b;
-    size_t n, cap;
-} buf_t;
-
-static void put(buf_t *o, const void *p, size_t n) {
-    if (o->n + n > o->cap) {
-        o->cap = (o->n + n) * 2 + 256;
-        o->b = realloc(o->b, o->cap);
-    }
-    memcpy(o->b + o->n, p, n);
-    o->n += n;
-}
-static void op(buf_t *o, uint8_t c) {
-    put(o, &c, 1);
-}
-static void le(buf_t *o, uint64_t v, int n) {
-    for (int i = 0; i < n; i++) op(o, (uint8_t)(v >> (8 * i)));
-}
-static void pstr(buf_t *o, const char *s) { /* BINUNICODE */
-    op(o, 'X');
-    le(o, strlen(s), 4);
-    put(o, s, strlen(s));
-}
-static void pint(buf_t *o, int v) { /* BININT */
-    op(o, 'J');
-    le(o, (uint32_t)v, 4);
-}
-static void pglobal(buf_t *o, const char *mod, const char *name) {
-    op(o, 'c');
-    put(o, mod, strlen(mod));
-    op(o, '\n');
-    put(o, name, strlen(name));
-    op(o, '\n');
-}
-static void pints(buf_t *o, const int *v, int n) { /* a tuple of ints */
-    op(o, '(');
-    for (int i = 0; i < n; i++) pint(o, v[i]);
-    op(o, 't');
+static void pints(pk_buf *o, const int *v, int n) { /* a tuple of ints */
+    pk_op(o, '(');
+    for (int i = 0; i < n; i++) pk_int(o, v[i]);
+    pk_op(o, 't');
 }
 
 typedef struct {
@@ -296,28 +262,28 @@ typedef struct {
 } hand_tensor;
 
 /* Appends `name: _rebuild_tensor_v2(persid(...), offset, shape, stride, False, OrderedDict())`. */
-static void ptensor(buf_t *o, const hand_tensor *t, int legacy) {
-    pstr(o, t->name);
-    pglobal(o, "torch._utils", "_rebuild_tensor_v2");
-    op(o, '(');
-    op(o, '(');
-    pstr(o, "storage");
-    pglobal(o, "torch", t->cls);
-    pstr(o, t->key);
-    pstr(o, "cpu");
-    pint(o, t->numel);
-    if (legacy) op(o, 'N'); /* view descriptor */
-    op(o, 't');
-    op(o, 'Q');
-    pint(o, t->offset);
+static void ptensor(pk_buf *o, const hand_tensor *t, int legacy) {
+    pk_str(o, t->name);
+    pk_global(o, "torch._utils", "_rebuild_tensor_v2");
+    pk_op(o, '(');
+    pk_op(o, '(');
+    pk_str(o, "storage");
+    pk_global(o, "torch", t->cls);
+    pk_str(o, t->key);
+    pk_str(o, "cpu");
+    pk_int(o, t->numel);
+    if (legacy) pk_op(o, 'N'); /* view descriptor */
+    pk_op(o, 't');
+    pk_op(o, 'Q');
+    pk_int(o, t->offset);
     pints(o, t->shape, t->ndim);
     pints(o, t->stride, t->ndim);
-    op(o, 0x89);
-    pglobal(o, "collections", "OrderedDict");
-    op(o, ')');
-    op(o, 'R');
-    op(o, 't');
-    op(o, 'R');
+    pk_op(o, 0x89);
+    pk_global(o, "collections", "OrderedDict");
+    pk_op(o, ')');
+    pk_op(o, 'R');
+    pk_op(o, 't');
+    pk_op(o, 'R');
 }
 
 /* Storages: s0 float32 0..11, s1 float16 special values, s2 bfloat16, s3 float64, s4 int64. */
@@ -338,68 +304,63 @@ static const hand_tensor HAND[] = {
 };
 #define N_HAND ((int)(sizeof HAND / sizeof HAND[0]))
 
-static void storage_bytes(int k, buf_t *o) {
+static void storage_bytes(int k, pk_buf *o) {
     if (k == 0)
         for (int i = 0; i < 12; i++) {
             float f = (float)i;
-            put(o, &f, 4);
+            pk_put(o, &f, 4);
         }
     if (k == 1)
-        for (int i = 0; i < 8; i++) le(o, HALF_BITS[i], 2);
+        for (int i = 0; i < 8; i++) pk_le(o, HALF_BITS[i], 2);
     if (k == 2) {
-        le(o, 0x3f80, 2); /* 1.0 */
-        le(o, 0xc0a0, 2); /* -5.0 */
+        pk_le(o, 0x3f80, 2); /* 1.0 */
+        pk_le(o, 0xc0a0, 2); /* -5.0 */
     }
     if (k == 3) {
         double d[2] = {0.1, -2.5};
-        put(o, d, 16);
+        pk_put(o, d, 16);
     }
-    if (k == 4) le(o, (uint64_t)-7, 8);
+    if (k == 4) pk_le(o, (uint64_t)-7, 8);
 }
 static const int STORAGE_NUMEL[5] = {12, 8, 2, 2, 1};
 
 /* The data pickle: {"model": OrderedDict(tensors), "epoch": 3} (wrapped) or the bare dict. */
-static void data_pickle(buf_t *o, int legacy, int wrapped, const hand_tensor *ts, int nt) {
-    op(o, 0x80);
-    op(o, 2);
+static void data_pickle(pk_buf *o, int legacy, int wrapped, const hand_tensor *ts, int nt) {
+    pk_op(o, 0x80);
+    pk_op(o, 2);
     if (wrapped) {
-        op(o, '}');
-        op(o, '(');
-        pstr(o, "model");
+        pk_op(o, '}');
+        pk_op(o, '(');
+        pk_str(o, "model");
     }
-    pglobal(o, "collections", "OrderedDict");
-    op(o, ')');
-    op(o, 'R');
-    op(o, '(');
+    pk_global(o, "collections", "OrderedDict");
+    pk_op(o, ')');
+    pk_op(o, 'R');
+    pk_op(o, '(');
     for (int i = 0; i < nt; i++) ptensor(o, &ts[i], legacy);
-    op(o, 'u');
+    pk_op(o, 'u');
     if (wrapped) {
-        pstr(o, "epoch");
-        pint(o, 3);
-        op(o, 'u');
+        pk_str(o, "epoch");
+        pk_int(o, 3);
+        pk_op(o, 'u');
     }
-    op(o, '.');
+    pk_op(o, '.');
 }
 
-static buf_t build_legacy(int wrapped) {
-    buf_t o = {0};
-    /* 0x1950a86a20f9469cfc6c as LONG1, little-endian */
-    const uint8_t magic[] = {0x80, 2,    0x8a, 10,   0x6c, 0xfc, 0x9c, 0x46,
-                             0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, '.'};
-    put(&o, magic, sizeof magic);
-    const uint8_t proto[] = {0x80, 2, 'M', 0xe9, 0x03, '.'};
-    put(&o, proto, sizeof proto);
-    op(&o, 0x80), op(&o, 2), op(&o, '}'), op(&o, '(');
-    pstr(&o, "little_endian");
-    op(&o, 0x88);
-    op(&o, 'u'), op(&o, '.');
+static pk_buf build_legacy(int wrapped) {
+    pk_buf o = {0};
+    pk_legacy_magic(&o);
+    pk_op(&o, 0x80), pk_op(&o, 2), pk_op(&o, '}'), pk_op(&o, '(');
+    pk_str(&o, "little_endian");
+    pk_op(&o, 0x88);
+    pk_op(&o, 'u'), pk_op(&o, '.');
     data_pickle(&o, 1, wrapped, HAND, N_HAND);
-    op(&o, 0x80), op(&o, 2), op(&o, ']'), op(&o, '(');
+    pk_op(&o, 0x80), pk_op(&o, 2), pk_op(&o, ']'), pk_op(&o, '(');
     char key[16];
-    for (int k = 0; k < 5; k++) snprintf(key, sizeof key, "s%d", k), pstr(&o, key);
-    op(&o, 'e'), op(&o, '.');
+    for (int k = 0; k < 5; k++) snprintf(key, sizeof key, "s%d", k), pk_str(&o, key);
+    pk_op(&o, 'e'), pk_op(&o, '.');
     for (int k = 0; k < 5; k++) {
-        le(&o, (uint64_t)STORAGE_NUMEL[k], 8);
+        pk_le(&o, (uint64_t)STORAGE_NUMEL[k], 8);
         storage_bytes(k, &o);
     }
     return o;
@@ -407,52 +368,61 @@ static buf_t build_legacy(int wrapped) {
 
 typedef struct {
     char name[64];
-    buf_t data;
+    pk_buf data;
 } zentry;
 
 /* A stored ZIP as torch writes it (data 64-byte aligned through the local extra field). The
  * local headers carry zero CRC and sizes (bit 3) and a data descriptor follows each record's
  * data (signature, CRC-32, sizes; 8-byte sizes in ZIP64). zip64: sizes and offsets only in
  * ZIP64 extra fields and records. */
-static buf_t build_zip(zentry *e, int n, int zip64) {
-    buf_t o = {0}, cd = {0};
+static pk_buf build_zip(zentry *e, int n, int zip64) {
+    pk_buf o = {0}, cd = {0};
     for (int i = 0; i < n; i++) {
         size_t loff = o.n, nl = strlen(e[i].name);
         size_t pad = (64 - (loff + 30 + nl + 4) % 64) % 64;
-        le(&o, 0x04034b50, 4), le(&o, 45, 2), le(&o, 8, 2), le(&o, 0, 2), le(&o, 0, 4);
-        le(&o, 0, 4), le(&o, 0, 4), le(&o, 0, 4), le(&o, nl, 2), le(&o, pad + 4, 2);
-        put(&o, e[i].name, nl);
-        le(&o, 0xcafe, 2), le(&o, pad, 2);
-        for (size_t k = 0; k < pad; k++) op(&o, 'Z');
-        put(&o, e[i].data.b, e[i].data.n);
+        pk_le(&o, 0x04034b50, 4), pk_le(&o, 45, 2), pk_le(&o, 8, 2), pk_le(&o, 0, 2);
+        pk_le(&o, 0, 4);
+        pk_le(&o, 0, 4), pk_le(&o, 0, 4), pk_le(&o, 0, 4), pk_le(&o, nl, 2), pk_le(&o, pad + 4, 2);
+        pk_put(&o, e[i].name, nl);
+        pk_le(&o, 0xcafe, 2), pk_le(&o, pad, 2);
+        for (size_t k = 0; k < pad; k++) pk_op(&o, 'Z');
+        pk_put(&o, e[i].data.b, e[i].data.n);
         uint64_t sz = e[i].data.n;
         uint32_t crc = (uint32_t)crc32(0, e[i].data.b, (uInt)sz);
-        le(&o, 0x08074b50, 4), le(&o, crc, 4), le(&o, sz, zip64 ? 8 : 4), le(&o, sz, zip64 ? 8 : 4);
-        le(&cd, 0x02014b50, 4), le(&cd, 45, 2), le(&cd, 45, 2), le(&cd, 8, 2), le(&cd, 0, 2);
-        le(&cd, 0, 4), le(&cd, crc, 4);
-        le(&cd, zip64 ? 0xffffffffu : sz, 4), le(&cd, zip64 ? 0xffffffffu : sz, 4);
-        le(&cd, nl, 2), le(&cd, zip64 ? 28 : 0, 2), le(&cd, 0, 2), le(&cd, 0, 2), le(&cd, 0, 2);
-        le(&cd, 0, 4), le(&cd, zip64 ? 0xffffffffu : loff, 4);
-        put(&cd, e[i].name, nl);
-        if (zip64) le(&cd, 1, 2), le(&cd, 24, 2), le(&cd, sz, 8), le(&cd, sz, 8), le(&cd, loff, 8);
+        pk_le(&o, 0x08074b50, 4), pk_le(&o, crc, 4), pk_le(&o, sz, zip64 ? 8 : 4);
+        pk_le(&o, sz, zip64 ? 8 : 4);
+        pk_le(&cd, 0x02014b50, 4), pk_le(&cd, 45, 2), pk_le(&cd, 45, 2), pk_le(&cd, 8, 2);
+        pk_le(&cd, 0, 2);
+        pk_le(&cd, 0, 4), pk_le(&cd, crc, 4);
+        pk_le(&cd, zip64 ? 0xffffffffu : sz, 4), pk_le(&cd, zip64 ? 0xffffffffu : sz, 4);
+        pk_le(&cd, nl, 2), pk_le(&cd, zip64 ? 28 : 0, 2), pk_le(&cd, 0, 2), pk_le(&cd, 0, 2);
+        pk_le(&cd, 0, 2);
+        pk_le(&cd, 0, 4), pk_le(&cd, zip64 ? 0xffffffffu : loff, 4);
+        pk_put(&cd, e[i].name, nl);
+        if (zip64) {
+            pk_le(&cd, 1, 2), pk_le(&cd, 24, 2), pk_le(&cd, sz, 8), pk_le(&cd, sz, 8);
+            pk_le(&cd, loff, 8);
+        }
     }
     size_t cd_off = o.n;
-    put(&o, cd.b, cd.n);
+    pk_put(&o, cd.b, cd.n);
     if (zip64) {
         size_t z64 = o.n;
-        le(&o, 0x06064b50, 4), le(&o, 44, 8), le(&o, 45, 2), le(&o, 45, 2), le(&o, 0, 4);
-        le(&o, 0, 4), le(&o, (uint64_t)n, 8), le(&o, (uint64_t)n, 8);
-        le(&o, cd.n, 8), le(&o, cd_off, 8);
-        le(&o, 0x07064b50, 4), le(&o, 0, 4), le(&o, z64, 8), le(&o, 1, 4);
+        pk_le(&o, 0x06064b50, 4), pk_le(&o, 44, 8), pk_le(&o, 45, 2), pk_le(&o, 45, 2);
+        pk_le(&o, 0, 4);
+        pk_le(&o, 0, 4), pk_le(&o, (uint64_t)n, 8), pk_le(&o, (uint64_t)n, 8);
+        pk_le(&o, cd.n, 8), pk_le(&o, cd_off, 8);
+        pk_le(&o, 0x07064b50, 4), pk_le(&o, 0, 4), pk_le(&o, z64, 8), pk_le(&o, 1, 4);
     }
-    le(&o, 0x06054b50, 4), le(&o, 0, 2), le(&o, 0, 2);
-    le(&o, zip64 ? 0xffff : (uint64_t)n, 2), le(&o, zip64 ? 0xffff : (uint64_t)n, 2);
-    le(&o, zip64 ? 0xffffffffu : cd.n, 4), le(&o, zip64 ? 0xffffffffu : cd_off, 4), le(&o, 0, 2);
+    pk_le(&o, 0x06054b50, 4), pk_le(&o, 0, 2), pk_le(&o, 0, 2);
+    pk_le(&o, zip64 ? 0xffff : (uint64_t)n, 2), pk_le(&o, zip64 ? 0xffff : (uint64_t)n, 2);
+    pk_le(&o, zip64 ? 0xffffffffu : cd.n, 4), pk_le(&o, zip64 ? 0xffffffffu : cd_off, 4);
+    pk_le(&o, 0, 2);
     free(cd.b);
     return o;
 }
 
-static buf_t build_torch_zip(int wrapped, int zip64, const char *byteorder) {
+static pk_buf build_torch_zip(int wrapped, int zip64, const char *byteorder) {
     zentry e[8];
     int n = 0;
     memset(e, 0, sizeof e);
@@ -460,15 +430,15 @@ static buf_t build_torch_zip(int wrapped, int zip64, const char *byteorder) {
     data_pickle(&e[n++].data, 0, wrapped, HAND, N_HAND);
     if (byteorder) {
         snprintf(e[n].name, sizeof e[n].name, "hand/byteorder");
-        put(&e[n++].data, byteorder, strlen(byteorder));
+        pk_put(&e[n++].data, byteorder, strlen(byteorder));
     }
     for (int k = 0; k < 5; k++) {
         snprintf(e[n].name, sizeof e[n].name, "hand/data/s%d", k);
         storage_bytes(k, &e[n++].data);
     }
     snprintf(e[n].name, sizeof e[n].name, "hand/version");
-    put(&e[n++].data, "3\n", 2);
-    buf_t z = build_zip(e, n, zip64);
+    pk_put(&e[n++].data, "3\n", 2);
+    pk_buf z = build_zip(e, n, zip64);
     for (int i = 0; i < n; i++) free(e[i].data.b);
     return z;
 }
@@ -521,7 +491,7 @@ static void check_hand(const ts_tensor_map *m, const char *label, int from_pth) 
           "%s: int64 scalar", label);
 }
 
-static int load_buf(const buf_t *b, ts_tensor_map **m) {
+static int load_buf(const pk_buf *b, ts_tensor_map **m) {
     const char *p = tmp_path("hand.pth");
     write_file(p, b->b, b->n);
     int rc = ts_map_load(p, m);
@@ -533,7 +503,7 @@ static void test_hand_built(void) {
     for (int variant = 0; variant < 6; variant++) {
         static const char *names[] = {"legacy bare",  "legacy wrapped", "zip bare",
                                       "zip wrapped",  "zip64",          "zip byteorder little"};
-        buf_t b = variant < 2 ? build_legacy(variant)
+        pk_buf b = variant < 2 ? build_legacy(variant)
                               : build_torch_zip(variant == 3, variant == 4,
                                                 variant == 5 ? "little" : NULL);
         ts_tensor_map *m = NULL;
@@ -556,7 +526,7 @@ static void test_hand_built(void) {
 
 static void test_zip_zero_copy(void) {
     /* float32 storages of a ZIP file are used in place (torch aligns them to 64 bytes) */
-    buf_t b = build_torch_zip(0, 0, NULL);
+    pk_buf b = build_torch_zip(0, 0, NULL);
     ts_tensor_map *m = NULL;
     REQUIRE(load_buf(&b, &m) == 0, "%s", tinysam_last_error());
     const uint8_t *lo = m->map_base, *hi = lo + m->map_size;
@@ -579,7 +549,7 @@ static void test_zip_zero_copy(void) {
     ts_map_free(m);
 }
 
-static void expect_reject_mem(const char *label, const buf_t *b, const char *needle) {
+static void expect_reject_mem(const char *label, const pk_buf *b, const char *needle) {
     ts_tensor_map *m = NULL;
     int rc = ts_pth_load_memory(b->b, b->n, &m);
     CHECK(rc == TINYSAM_E_FORMAT && m == NULL, "%s: rc %d", label, rc);
@@ -589,7 +559,7 @@ static void expect_reject_mem(const char *label, const buf_t *b, const char *nee
 }
 
 static void test_hand_built_rejects(void) {
-    buf_t b = build_torch_zip(0, 0, "big");
+    pk_buf b = build_torch_zip(0, 0, "big");
     expect_reject_mem("byteorder big", &b, "big-endian");
     free(b.b);
     b = build_legacy(0);
@@ -615,7 +585,7 @@ static void test_hand_built_rejects(void) {
     hand_tensor past = HAND[0];
     past.offset = 1;
     free(e[0].data.b);
-    e[0].data = (buf_t){0};
+    e[0].data = (pk_buf){0};
     data_pickle(&e[0].data, 0, 0, &past, 1);
     b = build_zip(e, 2, 0);
     expect_reject_mem("view past storage", &b, "past the end");
@@ -624,7 +594,7 @@ static void test_hand_built_rejects(void) {
     /* a tiny file asking for 64 MiB through a zero-stride view */
     hand_tensor bomb = {"big", "s0", "FloatStorage", 12, 0, 1, {1 << 24}, {0}};
     free(e[0].data.b);
-    e[0].data = (buf_t){0};
+    e[0].data = (pk_buf){0};
     data_pickle(&e[0].data, 0, 0, &bomb, 1);
     b = build_zip(e, 2, 0);
     expect_reject_mem("zero-stride bomb", &b, "times the file");
@@ -632,11 +602,11 @@ static void test_hand_built_rejects(void) {
 
     /* forbidden global inside a well-formed ZIP checkpoint */
     free(e[0].data.b);
-    e[0].data = (buf_t){0};
-    op(&e[0].data, 0x80), op(&e[0].data, 2);
-    pglobal(&e[0].data, "builtins", "eval");
-    pstr(&e[0].data, "1+1");
-    op(&e[0].data, 0x85), op(&e[0].data, 'R'), op(&e[0].data, '.');
+    e[0].data = (pk_buf){0};
+    pk_op(&e[0].data, 0x80), pk_op(&e[0].data, 2);
+    pk_global(&e[0].data, "builtins", "eval");
+    pk_str(&e[0].data, "1+1");
+    pk_op(&e[0].data, 0x85), pk_op(&e[0].data, 'R'), pk_op(&e[0].data, '.');
     b = build_zip(e, 2, 0);
     expect_reject_mem("builtins.eval", &b, "builtins.eval");
     free(b.b);
@@ -645,7 +615,7 @@ static void test_hand_built_rejects(void) {
     hand_tensor other = HAND[0];
     other.key = "s9";
     free(e[0].data.b);
-    e[0].data = (buf_t){0};
+    e[0].data = (pk_buf){0};
     data_pickle(&e[0].data, 0, 0, &other, 1);
     b = build_zip(e, 2, 0);
     expect_reject_mem("missing storage", &b, "s9");
@@ -653,7 +623,7 @@ static void test_hand_built_rejects(void) {
 
     /* the local header names another entry than the central directory */
     free(e[0].data.b);
-    e[0].data = (buf_t){0};
+    e[0].data = (pk_buf){0};
     data_pickle(&e[0].data, 0, 0, HAND, 1);
     b = build_zip(e, 2, 0);
     REQUIRE(!memcmp(b.b + 30, "x/data.pkl", 10), "layout");
@@ -663,10 +633,10 @@ static void test_hand_built_rejects(void) {
     for (int i = 0; i < 2; i++) free(e[i].data.b);
 
     /* more values than any state_dict needs: [] then (None, APPEND) * 2.2M */
-    b = (buf_t){0};
-    op(&b, 0x80), op(&b, 2), op(&b, ']');
-    for (int i = 0; i < 2200000; i++) op(&b, 'N'), op(&b, 'a');
-    op(&b, '.');
+    b = (pk_buf){0};
+    pk_op(&b, 0x80), pk_op(&b, 2), pk_op(&b, ']');
+    for (int i = 0; i < 2200000; i++) pk_op(&b, 'N'), pk_op(&b, 'a');
+    pk_op(&b, '.');
     expect_reject_mem("value flood", &b, "values");
     free(b.b);
 }
@@ -676,7 +646,7 @@ static int ignore_n(const char *name) {
 }
 
 static void test_take_and_check_all_used(void) {
-    buf_t b = build_legacy(0);
+    pk_buf b = build_legacy(0);
     ts_tensor_map *m = NULL;
     REQUIRE(ts_pth_load_memory(b.b, b.n, &m) == 0, "%s", tinysam_last_error());
     free(b.b);
@@ -707,7 +677,7 @@ static void test_take_and_check_all_used(void) {
 static void test_safetensors_hand(void) {
     /* every dtype conversion and the int64 scalar survive a safetensors round trip; the
      * header follows the format: names sorted, padded to 8 bytes with spaces */
-    buf_t b = build_legacy(1);
+    pk_buf b = build_legacy(1);
     ts_tensor_map *a = NULL, *c = NULL;
     REQUIRE(ts_pth_load_memory(b.b, b.n, &a) == 0, "%s", tinysam_last_error());
     free(b.b);

@@ -9,6 +9,7 @@
 #include "io/npy.h"
 #include "io/tensor_map.h"
 #include "model/sam.h"
+#include "pickle_writer.h"
 #include "prompt_case.h"
 #include "test.h"
 #include "tinysam.h"
@@ -93,139 +94,100 @@ static void test_whole_float_same_outputs(void) {
 
 /* ------------------------------------------------------------------ a tiny pickle writer */
 
-typedef struct {
-    uint8_t *b;
-    size_t n, cap;
-} buf_t;
-
-static void put(buf_t *o, const void *p, size_t n) {
-    if (o->n + n > o->cap) {
-        o->cap = (o->n + n) * 2 + 256;
-        o->b = realloc(o->b, o->cap);
-    }
-    memcpy(o->b + o->n, p, n);
-    o->n += n;
+static void od_begin(pk_buf *o) { /* OrderedDict() then MARK for its items */
+    pk_global(o, "collections", "OrderedDict");
+    pk_op(o, ')');
+    pk_op(o, 'R');
+    pk_op(o, '(');
 }
-static void op(buf_t *o, uint8_t c) {
-    put(o, &c, 1);
+static void od_end(pk_buf *o) {
+    pk_op(o, 'u');
 }
-static void le(buf_t *o, uint64_t v, int n) {
-    for (int i = 0; i < n; i++) op(o, (uint8_t)(v >> (8 * i)));
-}
-static void pstr(buf_t *o, const char *s) {
-    op(o, 'X');
-    le(o, strlen(s), 4);
-    put(o, s, strlen(s));
-}
-static void pint(buf_t *o, int v) {
-    op(o, 'J');
-    le(o, (uint32_t)v, 4);
-}
-static void pglobal(buf_t *o, const char *mod, const char *name) {
-    op(o, 'c');
-    put(o, mod, strlen(mod));
-    op(o, '\n');
-    put(o, name, strlen(name));
-    op(o, '\n');
-}
-static void od_begin(buf_t *o) { /* OrderedDict() then MARK for its items */
-    pglobal(o, "collections", "OrderedDict");
-    op(o, ')');
-    op(o, 'R');
-    op(o, '(');
-}
-static void od_end(buf_t *o) {
-    op(o, 'u');
-}
-static void od_empty(buf_t *o) {
-    pglobal(o, "collections", "OrderedDict");
-    op(o, ')');
-    op(o, 'R');
+static void od_empty(pk_buf *o) {
+    pk_global(o, "collections", "OrderedDict");
+    pk_op(o, ')');
+    pk_op(o, 'R');
 }
 
 /* Storages of the hand-built files: "f" float32 0.5 * i (64 values), "l" int64 (4 values
  * 0, 1, 1, 0: a 2x2 distance table), "z" float32 zeros (8). */
-static void ptensor_dims(buf_t *o, const char *key, int off, int nd, const int *shape) {
-    pglobal(o, "torch._utils", "_rebuild_tensor_v2");
-    op(o, '(');
-    op(o, '(');
-    pstr(o, "storage");
-    pglobal(o, "torch", key[0] == 'l' ? "LongStorage" : "FloatStorage");
-    pstr(o, key);
-    pstr(o, "cpu");
-    pint(o, key[0] == 'f' ? 64 : key[0] == 'l' ? 4 : 8);
-    op(o, 'N');
-    op(o, 't');
-    op(o, 'Q');
-    pint(o, off);
-    op(o, '(');
-    for (int i = 0; i < nd; i++) pint(o, shape[i]);
-    op(o, 't');
-    op(o, '(');
+static void ptensor_dims(pk_buf *o, const char *key, int off, int nd, const int *shape) {
+    pk_global(o, "torch._utils", "_rebuild_tensor_v2");
+    pk_op(o, '(');
+    pk_op(o, '(');
+    pk_str(o, "storage");
+    pk_global(o, "torch", key[0] == 'l' ? "LongStorage" : "FloatStorage");
+    pk_str(o, key);
+    pk_str(o, "cpu");
+    pk_int(o, key[0] == 'f' ? 64 : key[0] == 'l' ? 4 : 8);
+    pk_op(o, 'N');
+    pk_op(o, 't');
+    pk_op(o, 'Q');
+    pk_int(o, off);
+    pk_op(o, '(');
+    for (int i = 0; i < nd; i++) pk_int(o, shape[i]);
+    pk_op(o, 't');
+    pk_op(o, '(');
     for (int i = 0; i < nd; i++) {
         int st = 1;
         for (int j = i + 1; j < nd; j++) st *= shape[j];
-        pint(o, st);
+        pk_int(o, st);
     }
-    op(o, 't');
-    op(o, 0x89);
+    pk_op(o, 't');
+    pk_op(o, 0x89);
     od_empty(o);
-    op(o, 't');
-    op(o, 'R');
+    pk_op(o, 't');
+    pk_op(o, 'R');
 }
-static void ptensor(buf_t *o, int off, int rows, int cols) {
+static void ptensor(pk_buf *o, int off, int rows, int cols) {
     int s[2] = {rows, cols};
     ptensor_dims(o, "f", off, 2, s);
 }
 
 /* Starts a module: cls() by NEWOBJ, then its state dict opened with a MARK. */
-static void mod_begin(buf_t *o, const char *mod, const char *cls) {
-    pglobal(o, mod, cls);
-    op(o, ')');
-    op(o, 0x81);
-    op(o, '}');
-    op(o, '(');
-    pstr(o, "training");
-    op(o, 0x89);
+static void mod_begin(pk_buf *o, const char *mod, const char *cls) {
+    pk_global(o, mod, cls);
+    pk_op(o, ')');
+    pk_op(o, 0x81);
+    pk_op(o, '}');
+    pk_op(o, '(');
+    pk_str(o, "training");
+    pk_op(o, 0x89);
 }
-static void mod_end(buf_t *o) {
-    op(o, 'u');
-    op(o, 'b');
+static void mod_end(pk_buf *o) {
+    pk_op(o, 'u');
+    pk_op(o, 'b');
 }
 /* A torch Linear with weight rows x cols from storage offset off and bias None. */
-static void linear(buf_t *o, int off, int rows, int cols) {
+static void linear(pk_buf *o, int off, int rows, int cols) {
     mod_begin(o, "torch.nn.modules.linear", "Linear");
-    pstr(o, "_parameters");
+    pk_str(o, "_parameters");
     od_begin(o);
-    pstr(o, "weight");
-    pglobal(o, "torch._utils", "_rebuild_parameter");
+    pk_str(o, "weight");
+    pk_global(o, "torch._utils", "_rebuild_parameter");
     ptensor(o, off, rows, cols);
-    op(o, 0x88);
+    pk_op(o, 0x88);
     od_empty(o);
-    op(o, 0x87);
-    op(o, 'R');
-    pstr(o, "bias");
-    op(o, 'N');
+    pk_op(o, 0x87);
+    pk_op(o, 'R');
+    pk_str(o, "bias");
+    pk_op(o, 'N');
     od_end(o);
-    pstr(o, "_buffers");
+    pk_str(o, "_buffers");
     od_empty(o);
-    pstr(o, "_modules");
+    pk_str(o, "_modules");
     od_empty(o);
-    pstr(o, "in_features");
-    pint(o, cols);
+    pk_str(o, "in_features");
+    pk_int(o, cols);
     mod_end(o);
 }
 
 /* The legacy container around a data pickle (already ending in STOP). */
-static buf_t legacy_file(const buf_t *data) {
-    buf_t o = {0};
-    const uint8_t magic[] = {0x80, 2,    0x8a, 10,   0x6c, 0xfc, 0x9c, 0x46,
-                             0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, '.'};
-    put(&o, magic, sizeof magic);
-    const uint8_t proto[] = {0x80, 2, 'M', 0xe9, 0x03, '.'};
-    put(&o, proto, sizeof proto);
-    op(&o, 0x80), op(&o, 2), op(&o, '}'), op(&o, '.');
-    put(&o, data->b, data->n);
+static pk_buf legacy_file(const pk_buf *data) {
+    pk_buf o = {0};
+    pk_legacy_magic(&o);
+    pk_op(&o, 0x80), pk_op(&o, 2), pk_op(&o, '}'), pk_op(&o, '.');
+    pk_put(&o, data->b, data->n);
     /* the key list names the storages the data pickle uses (a listed one must be used) */
     int used[3] = {0};
     const char keys[3] = {'f', 'l', 'z'};
@@ -233,90 +195,90 @@ static buf_t legacy_file(const buf_t *data) {
         for (int k = 0; k < 3; k++)
             if (!memcmp(data->b + i, "X\x01\x00\x00\x00", 5) && data->b[i + 5] == (uint8_t)keys[k])
                 used[k] = 1;
-    op(&o, 0x80), op(&o, 2), op(&o, ']'), op(&o, '(');
+    pk_op(&o, 0x80), pk_op(&o, 2), pk_op(&o, ']'), pk_op(&o, '(');
     for (int k = 0; k < 3; k++)
         if (used[k]) {
             char key[2] = {keys[k], 0};
-            pstr(&o, key);
+            pk_str(&o, key);
         }
-    op(&o, 'e'), op(&o, '.');
+    pk_op(&o, 'e'), pk_op(&o, '.');
     if (used[0]) {
-        le(&o, 64, 8);
+        pk_le(&o, 64, 8);
         for (int i = 0; i < 64; i++) {
             float f = 0.5f * (float)i;
-            put(&o, &f, 4);
+            pk_put(&o, &f, 4);
         }
     }
     if (used[1]) {
-        le(&o, 4, 8);
+        pk_le(&o, 4, 8);
         const int64_t idx[4] = {0, 1, 1, 0};
-        put(&o, idx, sizeof idx);
+        pk_put(&o, idx, sizeof idx);
     }
     if (used[2]) {
-        le(&o, 8, 8);
-        for (int i = 0; i < 8; i++) le(&o, 0, 4);
+        pk_le(&o, 8, 8);
+        for (int i = 0; i < 8; i++) pk_le(&o, 0, 4);
     }
     return o;
 }
 
-static ts_tensor_map *load(const buf_t *data, int *rc) {
-    buf_t f = legacy_file(data);
+static ts_tensor_map *load(const pk_buf *data, int *rc) {
+    pk_buf f = legacy_file(data);
     ts_tensor_map *m = NULL;
     *rc = ts_pth_load_memory(f.b, f.n, &m);
     free(f.b);
     return m;
 }
 
-static void start(buf_t *o) {
+static void start(pk_buf *o) {
     o->n = 0;
-    op(o, 0x80);
-    op(o, 2);
+    pk_op(o, 0x80);
+    pk_op(o, 2);
 }
 
 /* Root Sam-like module with the given children emitted by fn between its _modules MARK and
  * SETITEMS. */
-static void root_begin(buf_t *o, const char *mod, const char *cls) {
+static void root_begin(pk_buf *o, const char *mod, const char *cls) {
     mod_begin(o, mod, cls);
-    pstr(o, "_parameters");
+    pk_str(o, "_parameters");
     od_empty(o);
-    pstr(o, "_buffers");
+    pk_str(o, "_buffers");
     od_begin(o);
-    pstr(o, "pixel_mean");
+    pk_str(o, "pixel_mean");
     ptensor(o, 0, 1, 3);
     od_end(o);
-    pstr(o, "_non_persistent_buffers_set");
-    pglobal(o, "builtins", "set");
-    op(o, ']');
-    op(o, '(');
-    pstr(o, "pixel_mean");
-    op(o, 'e');
-    op(o, 0x85);
-    op(o, 'R');
-    pstr(o, "_modules");
+    pk_str(o, "_non_persistent_buffers_set");
+    pk_global(o, "builtins", "set");
+    pk_op(o, ']');
+    pk_op(o, '(');
+    pk_str(o, "pixel_mean");
+    pk_op(o, 'e');
+    pk_op(o, 0x85);
+    pk_op(o, 'R');
+    pk_str(o, "_modules");
     od_begin(o);
 }
-static void root_end(buf_t *o) {
+static void root_end(pk_buf *o) {
     od_end(o);
     mod_end(o);
-    op(o, '.');
+    pk_op(o, '.');
 }
 
 static void test_hand_tree(void) {
-    buf_t o = {0};
+    pk_buf o = {0};
     start(&o);
     root_begin(&o, "somewhere.modeling.sam", "Sam");
-    pstr(&o, "lin");
+    pk_str(&o, "lin");
     linear(&o, 4, 2, 3);
-    pstr(&o, "wrap"); /* an unknown class holding nothing itself: a pure container */
+    pk_str(&o, "wrap"); /* an unknown class holding nothing itself: a pure container */
     mod_begin(&o, "my.project", "Wrapper");
-    pstr(&o, "_parameters");
+    pk_str(&o, "_parameters");
     od_empty(&o);
-    pstr(&o, "_modules");
+    pk_str(&o, "_modules");
     od_begin(&o);
-    pstr(&o, "inner");
+    pk_str(&o, "inner");
     linear(&o, 10, 1, 2);
-    pstr(&o, "gone");
-    op(&o, 'N');
+    pk_str(&o, "gone");
+    pk_op(&o, 'N');
     od_end(&o);
     mod_end(&o);
     root_end(&o);
@@ -339,41 +301,41 @@ static void test_hand_tree(void) {
 
 /* TinyViT attention whose cached ab differs from its parameter (the official eval forward
  * uses ab): the biases become ab's values, ab and the index table are dropped. */
-static void attention(buf_t *o, int ab_key_off, const char *ab_key) {
+static void attention(pk_buf *o, int ab_key_off, const char *ab_key) {
     mod_begin(o, "tinysam.modeling.tiny_vit_sam", "Attention");
-    pstr(o, "_parameters");
+    pk_str(o, "_parameters");
     od_begin(o);
-    pstr(o, "attention_biases");
+    pk_str(o, "attention_biases");
     ptensor(o, 2, 1, 2); /* [1, 2] = 1.0, 1.5 */
     od_end(o);
-    pstr(o, "_buffers");
+    pk_str(o, "_buffers");
     od_begin(o);
-    pstr(o, "attention_bias_idxs");
+    pk_str(o, "attention_bias_idxs");
     int s2[2] = {2, 2}, s3[3] = {1, 2, 2};
     ptensor_dims(o, "l", 0, 2, s2);
-    pstr(o, "ab");
+    pk_str(o, "ab");
     ptensor_dims(o, ab_key, ab_key_off, 3, s3);
     od_end(o);
-    pstr(o, "_non_persistent_buffers_set");
-    pglobal(o, "__builtin__", "set");
-    op(o, ']');
-    op(o, '(');
-    pstr(o, "ab");
-    pstr(o, "attention_bias_idxs");
-    op(o, 'e');
-    op(o, 0x85);
-    op(o, 'R');
-    pstr(o, "_modules");
+    pk_str(o, "_non_persistent_buffers_set");
+    pk_global(o, "__builtin__", "set");
+    pk_op(o, ']');
+    pk_op(o, '(');
+    pk_str(o, "ab");
+    pk_str(o, "attention_bias_idxs");
+    pk_op(o, 'e');
+    pk_op(o, 0x85);
+    pk_op(o, 'R');
+    pk_str(o, "_modules");
     od_empty(o);
     mod_end(o);
 }
 
 static void test_hand_ab(void) {
-    buf_t o = {0};
+    pk_buf o = {0};
     /* ab = zeros (a model saved before .eval() refreshed it) */
     start(&o);
     root_begin(&o, "m", "TinyViT");
-    pstr(&o, "attn");
+    pk_str(&o, "attn");
     attention(&o, 0, "z");
     root_end(&o);
     int rc;
@@ -386,7 +348,7 @@ static void test_hand_ab(void) {
     /* ab = f[0..3] = 0, 0.5, 0.5, 1.5 with idx 0 1 1 0: index 0 would be 0 and 1.5 */
     start(&o);
     root_begin(&o, "m", "TinyViT");
-    pstr(&o, "attn");
+    pk_str(&o, "attn");
     attention(&o, 0, "f");
     root_end(&o);
     m = load(&o, &rc);
@@ -396,7 +358,7 @@ static void test_hand_ab(void) {
     free(o.b);
 }
 
-static void expect_refused(const char *label, const buf_t *data, int want_rc, const char *needle) {
+static void expect_refused(const char *label, const pk_buf *data, int want_rc, const char *needle) {
     int rc;
     ts_tensor_map *m = load(data, &rc);
     CHECK(rc == want_rc && !m, "%s: rc %d (want %d): %s", label, rc, want_rc, tinysam_last_error());
@@ -406,170 +368,171 @@ static void expect_refused(const char *label, const buf_t *data, int want_rc, co
 }
 
 static void test_refused(void) {
-    buf_t o = {0};
+    pk_buf o = {0};
     /* a class GLOBAL reduced with arguments */
     start(&o);
-    pglobal(&o, "tinysam.modeling.sam", "Sam");
-    pstr(&o, "x");
-    op(&o, 0x85);
-    op(&o, 'R');
-    op(&o, '.');
+    pk_global(&o, "tinysam.modeling.sam", "Sam");
+    pk_str(&o, "x");
+    pk_op(&o, 0x85);
+    pk_op(&o, 'R');
+    pk_op(&o, '.');
     expect_refused("class REDUCE with arguments", &o, TINYSAM_E_FORMAT, "with arguments");
     /* __reduce__-style payloads: posix.system("..."), builtins.eval, subprocess via getattr */
     const char *const evil[][2] = {{"posix", "system"}, {"builtins", "eval"},
                                    {"subprocess", "check_output"}, {"builtins", "getattr"}};
     for (int i = 0; i < 4; i++) {
         start(&o);
-        pglobal(&o, evil[i][0], evil[i][1]);
-        pstr(&o, "touch /tmp/tinysam_pwned");
-        op(&o, 0x85);
-        op(&o, 'R');
-        op(&o, '.');
+        pk_global(&o, evil[i][0], evil[i][1]);
+        pk_str(&o, "touch /tmp/tinysam_pwned");
+        pk_op(&o, 0x85);
+        pk_op(&o, 'R');
+        pk_op(&o, '.');
         expect_refused(evil[i][1], &o, TINYSAM_E_FORMAT, evil[i][1]);
     }
     /* NEWOBJ with arguments, NEWOBJ of a storage class, NEWOBJ_EX with kwargs */
     start(&o);
-    pglobal(&o, "torch.nn.modules.linear", "Linear");
-    pint(&o, 3);
-    op(&o, 0x85);
-    op(&o, 0x81);
-    op(&o, '.');
+    pk_global(&o, "torch.nn.modules.linear", "Linear");
+    pk_int(&o, 3);
+    pk_op(&o, 0x85);
+    pk_op(&o, 0x81);
+    pk_op(&o, '.');
     expect_refused("NEWOBJ with arguments", &o, TINYSAM_E_FORMAT, "with arguments");
     start(&o);
-    pglobal(&o, "torch", "FloatStorage");
-    op(&o, ')');
-    op(&o, 0x81);
-    op(&o, '.');
+    pk_global(&o, "torch", "FloatStorage");
+    pk_op(&o, ')');
+    pk_op(&o, 0x81);
+    pk_op(&o, '.');
     expect_refused("NEWOBJ of a storage", &o, TINYSAM_E_FORMAT, "NEWOBJ");
     start(&o);
-    pglobal(&o, "m", "Sam");
-    op(&o, ')');
-    op(&o, '}');
-    pstr(&o, "k");
-    pint(&o, 1);
-    op(&o, 's');
-    op(&o, 0x92);
-    op(&o, '.');
+    pk_global(&o, "m", "Sam");
+    pk_op(&o, ')');
+    pk_op(&o, '}');
+    pk_str(&o, "k");
+    pk_int(&o, 1);
+    pk_op(&o, 's');
+    pk_op(&o, 0x92);
+    pk_op(&o, '.');
     expect_refused("NEWOBJ_EX with kwargs", &o, TINYSAM_E_FORMAT, "keyword");
     /* BUILD on a non-object (an int, a tensor, a list), a second BUILD, a non-dict state */
     start(&o);
-    pint(&o, 5);
-    op(&o, '}');
-    op(&o, 'b');
-    op(&o, '.');
+    pk_int(&o, 5);
+    pk_op(&o, '}');
+    pk_op(&o, 'b');
+    pk_op(&o, '.');
     expect_refused("BUILD on an int", &o, TINYSAM_E_FORMAT, "BUILD");
     start(&o);
     ptensor(&o, 0, 1, 1);
-    op(&o, '}');
-    op(&o, 'b');
-    op(&o, '.');
+    pk_op(&o, '}');
+    pk_op(&o, 'b');
+    pk_op(&o, '.');
     expect_refused("BUILD on a tensor", &o, TINYSAM_E_FORMAT, "BUILD");
     start(&o);
-    pglobal(&o, "m", "Sam");
-    op(&o, ')');
-    op(&o, 0x81);
-    op(&o, '}');
-    op(&o, 'b');
-    op(&o, '}');
-    op(&o, 'b');
-    op(&o, '.');
+    pk_global(&o, "m", "Sam");
+    pk_op(&o, ')');
+    pk_op(&o, 0x81);
+    pk_op(&o, '}');
+    pk_op(&o, 'b');
+    pk_op(&o, '}');
+    pk_op(&o, 'b');
+    pk_op(&o, '.');
     expect_refused("BUILD twice", &o, TINYSAM_E_FORMAT, "second state");
     start(&o);
-    pglobal(&o, "m", "Sam");
-    op(&o, ')');
-    op(&o, 0x81);
-    pint(&o, 1);
-    op(&o, 'b');
-    op(&o, '.');
+    pk_global(&o, "m", "Sam");
+    pk_op(&o, ')');
+    pk_op(&o, 0x81);
+    pk_int(&o, 1);
+    pk_op(&o, 'b');
+    pk_op(&o, '.');
     expect_refused("BUILD with an int state", &o, TINYSAM_E_FORMAT, "not a dict");
     /* an object never built (no state) */
     start(&o);
-    pglobal(&o, "m", "Sam");
-    op(&o, ')');
-    op(&o, 0x81);
-    op(&o, '.');
+    pk_global(&o, "m", "Sam");
+    pk_op(&o, ')');
+    pk_op(&o, 0x81);
+    pk_op(&o, '.');
     expect_refused("no state", &o, TINYSAM_E_FORMAT, "no state");
     /* deep nesting: 100 containers */
     start(&o);
     for (int d = 0; d < 100; d++) {
         mod_begin(&o, "torch.nn.modules.container", "Sequential");
-        pstr(&o, "_modules");
+        pk_str(&o, "_modules");
         od_begin(&o);
-        pstr(&o, "0");
+        pk_str(&o, "0");
     }
-    op(&o, 'N');
+    pk_op(&o, 'N');
     for (int d = 0; d < 100; d++) {
         od_end(&o);
         mod_end(&o);
     }
-    op(&o, '.');
+    pk_op(&o, '.');
     expect_refused("deep nesting", &o, TINYSAM_E_FORMAT, "nested more than");
     /* a cycle: root._modules["again"] = root (memo), built after its state refers to it */
     start(&o);
-    pglobal(&o, "m", "Sam");
-    op(&o, ')');
-    op(&o, 0x81);
-    op(&o, 'q'), op(&o, 1); /* BINPUT 1: the object */
-    op(&o, '}');
-    op(&o, '(');
-    pstr(&o, "_modules");
+    pk_global(&o, "m", "Sam");
+    pk_op(&o, ')');
+    pk_op(&o, 0x81);
+    pk_op(&o, 'q'), pk_op(&o, 1); /* BINPUT 1: the object */
+    pk_op(&o, '}');
+    pk_op(&o, '(');
+    pk_str(&o, "_modules");
     od_begin(&o);
-    pstr(&o, "again");
-    op(&o, 'h'), op(&o, 1); /* BINGET 1 */
+    pk_str(&o, "again");
+    pk_op(&o, 'h'), pk_op(&o, 1); /* BINGET 1 */
     od_end(&o);
-    op(&o, 'u');
-    op(&o, 'b');
-    op(&o, '.');
+    pk_op(&o, 'u');
+    pk_op(&o, 'b');
+    pk_op(&o, '.');
     expect_refused("cycle in _modules", &o, TINYSAM_E_FORMAT, "cycle");
     /* an unknown class with its own weight (a LoRA-style wrapper) */
     start(&o);
     root_begin(&o, "m", "Sam");
-    pstr(&o, "lora");
+    pk_str(&o, "lora");
     mod_begin(&o, "peft.tuners.lora", "LoraLinear");
-    pstr(&o, "_parameters");
+    pk_str(&o, "_parameters");
     od_begin(&o);
-    pstr(&o, "lora_A");
+    pk_str(&o, "lora_A");
     ptensor(&o, 0, 2, 2);
     od_end(&o);
-    pstr(&o, "_modules");
+    pk_str(&o, "_modules");
     od_empty(&o);
     mod_end(&o);
     root_end(&o);
-    expect_refused("LoRA wrapper", &o, TINYSAM_E_UNSUPPORTED, "'lora' is of class 'peft.tuners.lora.LoraLinear'");
+    expect_refused("LoRA wrapper", &o, TINYSAM_E_UNSUPPORTED,
+                   "'lora' is of class 'peft.tuners.lora.LoraLinear'");
     /* a submodule that is not a module object */
     start(&o);
     root_begin(&o, "m", "Sam");
-    pstr(&o, "bad");
-    pint(&o, 7);
+    pk_str(&o, "bad");
+    pk_int(&o, 7);
     root_end(&o);
     expect_refused("submodule not an object", &o, TINYSAM_E_FORMAT, "not a module object");
     /* set() with something else than a list */
     start(&o);
-    pglobal(&o, "builtins", "set");
-    pint(&o, 1);
-    op(&o, 0x85);
-    op(&o, 'R');
-    op(&o, '.');
+    pk_global(&o, "builtins", "set");
+    pk_int(&o, 1);
+    pk_op(&o, 0x85);
+    pk_op(&o, 'R');
+    pk_op(&o, '.');
     expect_refused("set(int)", &o, TINYSAM_E_FORMAT, "set()");
     free(o.b);
 }
 
 /* A quantisation layer with a mode other than raw / quant_forward, or not 8-bit. */
 static void test_quant_attrs_refused(void) {
-    buf_t o = {0};
+    pk_buf o = {0};
     for (int k = 0; k < 2; k++) {
         start(&o);
         root_begin(&o, "m", "Sam");
-        pstr(&o, "q");
+        pk_str(&o, "q");
         mod_begin(&o, "quantization_layer.layers", "InferQuantLinear");
-        pstr(&o, "_parameters");
+        pk_str(&o, "_parameters");
         od_empty(&o);
-        pstr(&o, "_modules");
+        pk_str(&o, "_modules");
         od_empty(&o);
-        pstr(&o, "mode");
-        pstr(&o, k ? "quant_forward" : "calibration_step2");
-        pstr(&o, "w_bit");
-        pint(&o, k ? 4 : 8);
+        pk_str(&o, "mode");
+        pk_str(&o, k ? "quant_forward" : "calibration_step2");
+        pk_str(&o, "w_bit");
+        pk_int(&o, k ? 4 : 8);
         mod_end(&o);
         root_end(&o);
         expect_refused(k ? "4-bit" : "mode", &o, k ? TINYSAM_E_UNSUPPORTED : TINYSAM_E_FORMAT,

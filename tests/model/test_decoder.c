@@ -11,6 +11,7 @@
 #include "model/sam_decoder_internal.h"
 #include "model/transforms.h"
 #include "test.h"
+#include "compare.h"
 #include "prompt_case.h"
 
 #include <dirent.h>
@@ -19,15 +20,6 @@
 #include <string.h>
 
 #define MODEL "models/tinysam_vit_t_random.pth"
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates */
-    }
-    return m;
-}
 
 /* The model frame of a predictor coordinate (spec 3.5): apply_coords in double, float32,
  * then the prompt encoder's +0.5 and /1024 in float32. */
@@ -77,7 +69,7 @@ static void run_image(const char *image, int W, int H) {
         ts_prompt_sparse(m->prompt_encoder, &set, mine, &k);
         CHECK(k == sp.shape[1], "%s: %d sparse tokens, reference %lld", de->d_name, k,
               (long long)sp.shape[1]);
-        double ds = max_abs_diff(mine, sp.data, (size_t)k * 256);
+        double ds = test_max_abs_diff(mine, sp.data, (size_t)k * 256);
         CHECK(ds <= 1e-4, "%s: sparse max abs error %g", de->d_name, ds);
         if (ds > worst_sparse) worst_sparse = ds;
         free(mine);
@@ -88,7 +80,7 @@ static void run_image(const char *image, int W, int H) {
             REQUIRE(ts_npy_load(fixture(path), &dn) == 0, "dense");
             float *dm = malloc(sizeof(float) * 256 * 4096);
             REQUIRE(ts_prompt_dense(m->prompt_encoder, pr.mask_input, dm) == 0, "dense");
-            double dd = max_abs_diff(dm, dn.data, 256 * 4096);
+            double dd = test_max_abs_diff(dm, dn.data, 256 * 4096);
             CHECK(dd <= 1e-4, "%s: dense max abs error %g", de->d_name, dd);
             if (dd > worst_dense) worst_dense = dd;
             free(dm);
@@ -98,20 +90,13 @@ static void run_image(const char *image, int W, int H) {
         tinysam_prediction p;
         REQUIRE(tinysam_predict(m, &e, &pr, TINYSAM_PREDICT_MASKS, &p) == 0, "%s: %s", de->d_name,
                 tinysam_last_error());
-        ts_npy lr, io, mk;
-        snprintf(path, sizeof path, "%s/low_res.npy", base);
-        REQUIRE(ts_npy_load(fixture(path), &lr) == 0, "low_res");
-        snprintf(path, sizeof path, "%s/iou.npy", base);
-        REQUIRE(ts_npy_load(fixture(path), &io) == 0, "iou");
-        snprintf(path, sizeof path, "%s/masks.npy", base);
-        REQUIRE(ts_npy_load(fixture(path), &mk) == 0, "masks");
-        double dl = max_abs_diff(p.low_res, lr.data, 3 * 65536);
-        double di = max_abs_diff(p.iou, io.data, 3);
+        test_case_outputs want;
+        REQUIRE(test_case_outputs_load(base, &want) == 0, "%s", tinysam_last_error());
+        double dl = test_max_abs_diff(p.low_res, want.low_res.data, 3 * 65536);
+        double di = test_max_abs_diff(p.iou, want.iou.data, 3);
         CHECK(dl <= 5e-3, "%s: low-res max abs error %g", de->d_name, dl);
         CHECK(di <= 1e-3, "%s: IoU max abs error %g", de->d_name, di);
-        size_t plane = (size_t)W * H, same = 0;
-        for (size_t i = 0; i < 3 * plane; i++) same += p.masks[i] == ((uint8_t *)mk.data)[i];
-        double frac = (double)same / (3.0 * plane);
+        double frac = test_mask_agreement(p.masks, want.masks.data, 3 * (size_t)W * H);
         CHECK(frac >= 0.999, "%s: masks agree on %.5f", de->d_name, frac);
         printf("  %s/%s: sparse %.2e  low-res %.2e  iou %.2e  masks %.5f%%\n", image, de->d_name,
                ds, dl, di, 100 * frac);
@@ -120,9 +105,7 @@ static void run_image(const char *image, int W, int H) {
         if (frac < worst_mask) worst_mask = frac;
         n_cases++;
         tinysam_prediction_free(&p);
-        ts_npy_free(&lr);
-        ts_npy_free(&io);
-        ts_npy_free(&mk);
+        test_case_outputs_free(&want);
         test_prompt_case_free(&pc);
     }
     closedir(dir);
@@ -161,7 +144,7 @@ static void test_batch_equals_single(void) {
     REQUIRE(ts_sam_decode(pe, md, emb.data, 3, sets, lr, iou) == 0, "batch");
     for (int i = 0; i < 3; i++) {
         REQUIRE(ts_sam_decode(pe, md, emb.data, 1, &sets[i], one, iou1) == 0, "one");
-        double d = max_abs_diff(one, lr + (size_t)i * 4 * 65536, 4 * 65536);
+        double d = test_max_abs_diff(one, lr + (size_t)i * 4 * 65536, 4 * 65536);
         CHECK(d <= 1e-4, "set %d: batch vs single %g", i, d);
         CHECK(fabs(iou1[0] - iou[4 * i]) <= 1e-5, "set %d iou", i);
     }
@@ -248,8 +231,9 @@ static void test_batch_fixtures(void) {
     double worst_lr = 0, worst_iou = 0;
     for (int s = 0; s < n; s++) {
         /* TinySAM's outputs are mask tokens 1..3 */
-        double dl = max_abs_diff(lr + ((size_t)s * 4 + 1) * 65536, cs[s].low_res.data, 3 * 65536);
-        double di = max_abs_diff(iou + 4 * s + 1, cs[s].iou.data, 3);
+        double dl =
+            test_max_abs_diff(lr + ((size_t)s * 4 + 1) * 65536, cs[s].low_res.data, 3 * 65536);
+        double di = test_max_abs_diff(iou + 4 * s + 1, cs[s].iou.data, 3);
         CHECK(dl <= 5e-3, "%s: low-res max abs error %g", cs[s].name, dl);
         CHECK(di <= 1e-3, "%s: IoU max abs error %g", cs[s].name, di);
         if (dl > worst_lr) worst_lr = dl;
@@ -337,8 +321,8 @@ static void test_refresh_after_weights_change(void) {
                 ts_sam_decode(pe, d2, emb.data, 1, &set, z2, u2) == 0,
             "decode");
     CHECK(!memcmp(z1, z2, sizeof(float) * Z) && !memcmp(u1, u2, sizeof u1),
-          "refreshed decoder differs from a fresh one: %g", max_abs_diff(z1, z2, Z));
-    CHECK(max_abs_diff(z0, z1, Z) > 1e-3, "the weights' change did not reach the output");
+          "refreshed decoder differs from a fresh one: %g", test_max_abs_diff(z1, z2, Z));
+    CHECK(test_max_abs_diff(z0, z1, Z) > 1e-3, "the weights' change did not reach the output");
     free(z0), free(z1), free(z2);
     ts_mask_decoder_free(d1), ts_mask_decoder_free(d2);
     ts_prompt_encoder_free(pe);

@@ -1,6 +1,7 @@
 /* test_image_encoder.c - the TinyViT encoder (src/model/tiny_vit_sam.c) against the official
  * code's outputs: sampled intermediate stages (reference/picture1/stages, tolerance 1e-4 x the
  * stage's max_abs_sample) and whole embeddings (max abs error <= 1e-3). */
+#include "compare.h"
 #include "core.h"
 #include "io/json.h"
 #include "io/npy.h"
@@ -160,15 +161,6 @@ static float *load_embedding(const char *img) {
     return e;
 }
 
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d;
-    }
-    return m;
-}
-
 static void test_stages_picture1(void) {
     if (!fixture_exists("reference/picture1/stages/stages.json")) SKIP("no stage fixtures");
     REQUIRE(setup(), "load: %s", tinysam_last_error());
@@ -205,7 +197,7 @@ static void test_stages_picture1(void) {
     }
     float *ref = load_embedding("picture1");
     REQUIRE(ref, "embedding.npy");
-    double err = max_abs_diff(out, ref, (size_t)256 * 64 * 64);
+    double err = test_max_abs_diff(out, ref, (size_t)256 * 64 * 64);
     printf("  embedding (hooked run) max abs err %.3g\n", err);
     CHECK(err <= 1e-3, "picture1 embedding err %g", err);
     free(ref);
@@ -224,7 +216,7 @@ static void embedding_case(const char *img, const char *isa) {
     for (size_t i = 0; i < (size_t)256 * 64 * 64; i++) out[i] = NAN;
     REQUIRE(ts_tiny_vit_forward(g_enc, in, out, NULL, NULL) == 0, "forward: %s",
             tinysam_last_error());
-    double err = max_abs_diff(out, ref, (size_t)256 * 64 * 64);
+    double err = test_max_abs_diff(out, ref, (size_t)256 * 64 * 64);
     printf("  %s [%s] embedding max abs err %.3g\n", img, isa, err);
     CHECK(err <= 1e-3, "%s [%s] embedding err %g", img, isa, err);
     free(in);

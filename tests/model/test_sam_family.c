@@ -2,6 +2,7 @@
  * loaded from the float16 ZIP container, embedding and every prompt case (with SAM's
  * multimask_output switch) against segment-anything's own SamPredictor outputs
  * (fixtures reference/sam_vit_tiny). */
+#include "compare.h"
 #include "core.h"
 #include "io/json.h"
 #include "io/npy.h"
@@ -16,15 +17,6 @@
 #include <string.h>
 
 #define SAM "models/sam_vit_tiny_random_fp16.pth"
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d;
-    }
-    return m;
-}
 
 static void test_detect_and_info(void) {
     if (!fixture_exists(SAM)) SKIP("fixtures missing");
@@ -90,7 +82,7 @@ static void test_sam_vit_tiny_prompts(void) {
     REQUIRE(tinysam_encode(m, &img, &e) == 0, "%s", tinysam_last_error());
     ts_npy ref;
     REQUIRE(ts_npy_load(fixture("reference/sam_vit_tiny/picture1/embedding.npy"), &ref) == 0, "emb");
-    double de = max_abs_diff(tinysam_embedding_data(e), ref.data, 256 * 4096);
+    double de = test_max_abs_diff(tinysam_embedding_data(e), ref.data, 256 * 4096);
     printf("  embedding (full pipeline from the JPEG) max abs err %.2e\n", de);
     CHECK(de <= 1e-3, "embedding max abs error %g", de);
     ts_npy_free(&ref);
@@ -100,7 +92,7 @@ static void test_sam_vit_tiny_prompts(void) {
     int n_cases = 0;
     while ((d = readdir(dir))) {
         if (d->d_name[0] == '.') continue;
-        char base[512], path[600];
+        char base[512];
         snprintf(base, sizeof base, "reference/sam_vit_tiny/picture1/prompts/%s", d->d_name);
         static test_prompt_case pc;
         REQUIRE(test_prompt_case_load(base, 0, &pc) == 0, "prompt: %s", tinysam_last_error());
@@ -110,20 +102,14 @@ static void test_sam_vit_tiny_prompts(void) {
         tinysam_prediction p;
         REQUIRE(tinysam_predict(m, e, &pr, TINYSAM_PREDICT_MASKS | (single ? TINYSAM_PREDICT_SINGLE : 0),
                                 &p) == 0, "%s", tinysam_last_error());
-        ts_npy lr, io, mk;
-        snprintf(path, sizeof path, "%s/low_res.npy", base);
-        REQUIRE(ts_npy_load(fixture(path), &lr) == 0, "low_res");
-        snprintf(path, sizeof path, "%s/iou.npy", base);
-        REQUIRE(ts_npy_load(fixture(path), &io) == 0, "iou");
-        snprintf(path, sizeof path, "%s/masks.npy", base);
-        REQUIRE(ts_npy_load(fixture(path), &mk) == 0, "masks");
-        int K = (int)lr.shape[0];
+        test_case_outputs want;
+        REQUIRE(test_case_outputs_load(base, &want) == 0, "%s", tinysam_last_error());
+        int K = (int)want.low_res.shape[0];
         CHECK(p.n_masks == K, "%s: %d masks, reference %d", d->d_name, p.n_masks, K);
-        double dl = max_abs_diff(p.low_res, lr.data, (size_t)K * 65536);
-        double di = max_abs_diff(p.iou, io.data, (size_t)K);
-        size_t plane = (size_t)img.width * img.height, same = 0;
-        for (size_t i = 0; i < (size_t)K * plane; i++) same += p.masks[i] == ((uint8_t *)mk.data)[i];
-        double frac = (double)same / ((double)K * plane);
+        double dl = test_max_abs_diff(p.low_res, want.low_res.data, (size_t)K * 65536);
+        double di = test_max_abs_diff(p.iou, want.iou.data, (size_t)K);
+        double frac = test_mask_agreement(p.masks, want.masks.data,
+                                          (size_t)K * img.width * img.height);
         printf("  %s (%d mask%s): low-res %.2e  iou %.2e  masks %.5f%%\n", d->d_name, K,
                K > 1 ? "s" : "", dl, di, 100 * frac);
         CHECK(dl <= 5e-3, "%s: low-res max abs error %g", d->d_name, dl);
@@ -131,9 +117,7 @@ static void test_sam_vit_tiny_prompts(void) {
         CHECK(frac >= 0.999, "%s: masks agree on %.5f", d->d_name, frac);
         n_cases++;
         tinysam_prediction_free(&p);
-        ts_npy_free(&lr);
-        ts_npy_free(&io);
-        ts_npy_free(&mk);
+        test_case_outputs_free(&want);
         test_prompt_case_free(&pc);
     }
     closedir(dir);

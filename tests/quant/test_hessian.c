@@ -16,7 +16,9 @@
  *     picture3.jpg and shapes_grey.png) against the float model on every prompt case of
  *     picture1 and shapes: best-mask IoU mean >= 0.95, none below 0.85, embedding cosine >=
  *     0.99 (random weights: not the figures of the released model). */
+#include "accuracy.h"
 #include "core.h"
+#include "eg_tiny.h"
 #include "model/sam.h"
 #include "prompt_case.h"
 #include "io/tensor_map.h"
@@ -29,7 +31,6 @@
 
 #include <pthread.h>
 
-#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,9 +79,7 @@ static double loss(ts_egf *e, const float *img, const float *w, float *emb, int 
 
 static void test_hook_finite_differences(void) {
     /* the tiny encoder of test_encoder_grad.c: every module kind, windows with padding */
-    ts_eg_config c = {.img = 48, .dims = {8, 16, 24, 32}, .depths = {1, 1, 2, 1},
-                      .heads = {1, 2, 3, 4}, .windows = {1, 4, 2, 3}, .merge_stride = {2, 2, 1},
-                      .mb_ratio = 4, .mlp_ratio = 4, .neck = 16};
+    ts_eg_config c = test_eg_tiny_config();
     static ts_eg_layout L;
     REQUIRE(ts_eg_layout_init(&L, &c) == 0, "layout: %s", tinysam_last_error());
     const int S = c.img, NO = c.neck * L.out_side * L.out_side;
@@ -88,23 +87,7 @@ static void test_hook_finite_differences(void) {
     float *img = malloc(sizeof(float) * 3 * S * S), *w = malloc(sizeof(float) * NO);
     float *emb = malloc(sizeof(float) * NO);
     REQUIRE(p && g && img && w && emb, "out of memory");
-    for (int i = 0; i < L.n; i++) {
-        const ts_eg_tensor *t = &L.t[i];
-        const char *nm = t->name;
-        int is_w1 = t->ndim == 1 && (strstr(nm, "norm.weight") || strstr(nm, "bn.weight") ||
-                                     strstr(nm, "neck.1.weight") || strstr(nm, "neck.3.weight"));
-        double fan = t->ndim >= 2 ? (double)(t->numel / (size_t)t->shape[0]) : 1;
-        for (size_t k = 0; k < t->numel; k++) {
-            double v;
-            if (strstr(nm, "running_var")) v = 1.0 + 0.5 * urand();
-            else if (strstr(nm, "running_mean")) v = 0.1 * urand();
-            else if (is_w1) v = 1.0 + 0.4 * urand(); /* BN scales far from 1 */
-            else if (strstr(nm, "attention_biases")) v = 0.5 * urand();
-            else if (t->ndim >= 2) v = 1.5 / sqrt(fan) * urand();
-            else v = 0.1 * urand();
-            p[t->off + k] = (float)v;
-        }
-    }
+    test_eg_random_params(&L, 0.4, urand, p); /* BN scales far from 1 */
     for (int i = 0; i < 3 * S * S; i++) img[i] = (float)urand();
     for (int i = 0; i < NO; i++) w[i] = (float)urand();
     ts_egf *e = NULL;
@@ -433,76 +416,6 @@ static void test_search_known_optimum(void) {
 
 #define MODEL "models/tinysam_vit_t_random.pth"
 
-static double cosine(const float *a, const float *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return ab / sqrt(aa * bb + 1e-30);
-}
-
-typedef struct {
-    double sum, min, cos_min;
-    int n;
-} acc_t;
-
-static void eval_image(tinysam_model *fm, tinysam_model *qm, const char *image, const char *file,
-                       acc_t *a) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "images/%s", file);
-    tinysam_image img;
-    REQUIRE(tinysam_image_load(fixture(rel), 0, &img) == 0, "%s", tinysam_last_error());
-    tinysam_embedding *ef = NULL, *eq = NULL;
-    if (tinysam_encode(fm, &img, &ef) || tinysam_encode(qm, &img, &eq)) {
-        CHECK(0, "encode: %s", tinysam_last_error());
-        goto out;
-    }
-    double cs = cosine(tinysam_embedding_data(ef), tinysam_embedding_data(eq), 256 * 64 * 64);
-    printf("  %s: embedding cosine %.5f\n", image, cs);
-    a->cos_min = fmin(a->cos_min, cs);
-    snprintf(rel, sizeof rel, "reference/%s/prompts", image);
-    DIR *dir = opendir(fixture(rel));
-    if (!dir) {
-        CHECK(0, "%s: no prompt cases", image);
-        goto out;
-    }
-    struct dirent *de;
-    while ((de = readdir(dir))) {
-        if (de->d_name[0] == '.') continue;
-        char base[512];
-        snprintf(base, sizeof base, "reference/%s/prompts/%s", image, de->d_name);
-        static test_prompt_case pc;
-        if (test_prompt_case_load(base, 1, &pc)) {
-            test_prompt_case_free(&pc);
-            continue;
-        }
-        tinysam_prediction pf, pq;
-        if (tinysam_predict(fm, ef, &pc.prompt, TINYSAM_PREDICT_MASKS, &pf) == 0) {
-            if (tinysam_predict(qm, eq, &pc.prompt, TINYSAM_PREDICT_MASKS, &pq) == 0) {
-                size_t plane = (size_t)pf.width * pf.height, in = 0, un = 0;
-                const uint8_t *x = pf.masks + (size_t)pf.best * plane;
-                const uint8_t *y = pq.masks + (size_t)pq.best * plane;
-                for (size_t i = 0; i < plane; i++) in += x[i] && y[i], un += x[i] || y[i];
-                double iou = un ? (double)in / (double)un : 1.0;
-                printf("  %s/%s: best-mask IoU %.4f\n", image, de->d_name, iou);
-                a->sum += iou;
-                a->min = a->n ? fmin(a->min, iou) : iou;
-                a->n++;
-                tinysam_prediction_free(&pq);
-            }
-            tinysam_prediction_free(&pf);
-        }
-        test_prompt_case_free(&pc);
-    }
-    closedir(dir);
-out:
-    tinysam_embedding_free(ef);
-    tinysam_embedding_free(eq);
-    tinysam_image_free(&img);
-}
-
 static void test_fixture_accuracy(void) {
     if (!fixture_exists(MODEL) || !fixture_exists("images/picture3.jpg") ||
         !fixture_exists("images/shapes_grey.png"))
@@ -599,14 +512,16 @@ static void test_fixture_accuracy(void) {
         printf("  %s: %d of %d weight scales searched away from abs-max\n", dl[i], differ, N);
         CHECK(differ > 0, "%s: the abs-max weight scales were written", dl[i]);
     }
-    acc_t a = {0, 1, 1, 0};
-    eval_image(fm, qm, "picture1", "picture1.jpg", &a);
-    eval_image(fm, qm, "shapes", "shapes.png", &a);
-    double mean = a.n ? a.sum / a.n : 0;
+    test_acc a = {0, 1, 1, 0};
+    CHECK(test_acc_image(fm, qm, "picture1", "picture1.jpg", 1, &a) == 0, "picture1: %s",
+          tinysam_last_error());
+    CHECK(test_acc_image(fm, qm, "shapes", "shapes.png", 1, &a) == 0, "shapes: %s",
+          tinysam_last_error());
+    double mean = a.n ? a.iou_sum / a.n : 0;
     printf("  hessian: mean best-mask IoU over %d cases %.4f, worst %.4f, min cosine %.5f\n", a.n,
-           mean, a.min, a.cos_min);
+           mean, a.iou_min, a.cos_min);
     CHECK(a.n > 0 && mean >= 0.95, "mean IoU %.4f", mean);
-    CHECK(a.n > 0 && a.min >= 0.85, "worst IoU %.4f", a.min);
+    CHECK(a.n > 0 && a.iou_min >= 0.85, "worst IoU %.4f", a.iou_min);
     CHECK(a.cos_min >= 0.99, "cosine %.5f", a.cos_min);
 out:
     ts_hessian_free(&h);

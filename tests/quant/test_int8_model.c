@@ -18,6 +18,8 @@
 #include "quant/calibrate_decoder.h"
 #include "quant/int8_model.h"
 #include "quant/quant.h"
+#include "accuracy.h"
+#include "compare.h"
 #include "prompt_case.h"
 #include "test.h"
 
@@ -25,7 +27,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define MODEL "models/tinysam_vit_t_random.pth"
 
@@ -36,41 +37,23 @@ static int setup_done, setup_ok;
 static int setup(void) {
     if (setup_done) return setup_ok;
     setup_done = 1;
-    if (!fixture_exists(MODEL) || !fixture_exists("images/picture3.jpg") ||
-        !fixture_exists("images/shapes_grey.png"))
-        return 0;
-    if (tinysam_model_load(fixture(MODEL), &fm)) {
-        printf("  float model: %s\n", tinysam_last_error());
-        return 0;
-    }
+    char p0[512], p1[512]; /* calibration images other than the evaluated ones */
+    if (!test_quant_fixtures(MODEL, &fm, p0, p1)) return 0;
     snprintf(qpath, sizeof qpath, "%s", tmp_path("tinysam_int8.safetensors"));
     snprintf(fpath, sizeof fpath, "%s", tmp_path("tinysam_float.safetensors"));
-    /* calibration images other than the evaluated ones */
-    char p0[512], p1[512];
-    snprintf(p0, sizeof p0, "%s", fixture("images/picture3.jpg"));
-    snprintf(p1, sizeof p1, "%s", fixture("images/shapes_grey.png"));
     const char *paths[2] = {p0, p1};
     if (ts_quantize_model(fm, paths, 2, TS_CALIB_MSE, qpath, 1)) {
         printf("  quantize: %s\n", tinysam_last_error());
         return 0;
     }
-    if (tinysam_model_load(qpath, &qm)) {
-        printf("  int8 model: %s\n", tinysam_last_error());
-        return 0;
-    }
-    if (tinysam_model_save_safetensors(fm, fpath)) return 0;
+    if (!test_quant_reload(fm, qpath, &qm, fpath)) return 0;
     setup_ok = 1;
     return 1;
 }
 
-static long long file_size(const char *p) {
-    struct stat st;
-    return stat(p, &st) ? -1 : (long long)st.st_size;
-}
-
 static void test_file(void) {
     if (!setup()) SKIP("fixtures missing or setup failed");
-    long long fs = file_size(fpath), qs = file_size(qpath);
+    long long fs = test_file_size(fpath), qs = test_file_size(qpath);
     double r = (double)qs / (double)fs;
     printf("  float safetensors %lld bytes, int8 %lld bytes: %.3f x\n", fs, qs, r);
     CHECK(fs > 0 && qs > 0 && r <= 0.27, "int8 file is %.3f x the float one", r);
@@ -181,25 +164,6 @@ static void test_round_trip(void) {
     CHECK(bad_q == 0, "%d bias / quantiser mismatches", bad_q);
 }
 
-static double cosine(const float *a, const float *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return ab / sqrt(aa * bb + 1e-30);
-}
-
-static double mask_iou(const uint8_t *a, const uint8_t *b, size_t n) {
-    size_t in = 0, un = 0;
-    for (size_t i = 0; i < n; i++) {
-        in += a[i] && b[i];
-        un += a[i] || b[i];
-    }
-    return un ? (double)in / (double)un : 1.0;
-}
-
 static double iou_sum, iou_min;
 static int n_iou;
 
@@ -211,7 +175,7 @@ static void run_image(const char *image, const char *file) {
     tinysam_embedding *ef, *eq;
     REQUIRE(tinysam_encode(fm, &img, &ef) == 0, "%s", tinysam_last_error());
     REQUIRE(tinysam_encode(qm, &img, &eq) == 0, "%s", tinysam_last_error());
-    double cs = cosine(tinysam_embedding_data(ef), tinysam_embedding_data(eq), 256 * 64 * 64);
+    double cs = test_cosine(tinysam_embedding_data(ef), tinysam_embedding_data(eq), 256 * 64 * 64);
     printf("  %s: embedding cosine %.5f\n", image, cs);
     CHECK(cs >= 0.99, "%s: embedding cosine %.5f", image, cs);
     snprintf(rel, sizeof rel, "reference/%s/prompts", image);
@@ -232,8 +196,8 @@ static void run_image(const char *image, const char *file) {
         REQUIRE(tinysam_predict(qm, eq, &pr, TINYSAM_PREDICT_MASKS, &pq) == 0, "%s",
                 tinysam_last_error());
         size_t plane = (size_t)pf.width * pf.height;
-        double iou = mask_iou(pf.masks + (size_t)pf.best * plane,
-                              pq.masks + (size_t)pq.best * plane, plane);
+        double iou = test_mask_iou(pf.masks + (size_t)pf.best * plane,
+                                   pq.masks + (size_t)pq.best * plane, plane);
         printf("  %s/%s: best %d / %d, best-mask IoU %.4f\n", image, de->d_name, pf.best,
                pq.best, iou);
         CHECK(iou >= 0.85, "%s/%s: best-mask IoU %.4f < 0.85", image, de->d_name, iou);
@@ -399,7 +363,8 @@ static void test_weight_only_decoder_file(void) {
     REQUIRE(tinysam_predict(fm, e, &p, TINYSAM_PREDICT_MASKS, &a) == 0, "%s", tinysam_last_error());
     REQUIRE(tinysam_predict(om, e, &p, TINYSAM_PREDICT_MASKS, &b) == 0, "%s", tinysam_last_error());
     size_t plane = (size_t)a.width * a.height;
-    double iou = mask_iou(a.masks + (size_t)a.best * plane, b.masks + (size_t)b.best * plane, plane);
+    double iou =
+        test_mask_iou(a.masks + (size_t)a.best * plane, b.masks + (size_t)b.best * plane, plane);
     printf("  weight-only decoder file: best-mask IoU %.4f vs float\n", iou);
     CHECK(iou >= 0.95, "weight-only decoder: IoU %.4f", iou);
     tinysam_prediction_free(&a);
@@ -460,7 +425,8 @@ static void test_float_token_linears_file(void) {
     REQUIRE(tinysam_predict(fm, e, &p, TINYSAM_PREDICT_MASKS, &a) == 0, "%s", tinysam_last_error());
     REQUIRE(tinysam_predict(om, e, &p, TINYSAM_PREDICT_MASKS, &b) == 0, "%s", tinysam_last_error());
     size_t plane = (size_t)a.width * a.height;
-    double iou = mask_iou(a.masks + (size_t)a.best * plane, b.masks + (size_t)b.best * plane, plane);
+    double iou =
+        test_mask_iou(a.masks + (size_t)a.best * plane, b.masks + (size_t)b.best * plane, plane);
     printf("  float token-side Linears file: best-mask IoU %.4f vs float\n", iou);
     CHECK(iou >= 0.95, "float token-side Linears file: IoU %.4f", iou);
     tinysam_prediction_free(&a);

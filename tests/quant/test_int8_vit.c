@@ -19,6 +19,8 @@
 #include "quant/int8_model.h"
 #include "quant/int8_vit.h"
 #include "quant/quant.h"
+#include "accuracy.h"
+#include "compare.h"
 #include "prompt_case.h"
 #include "test.h"
 
@@ -26,7 +28,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define SAM "models/sam_vit_tiny_random_fp16.pth"
 #define REF "reference/sam_vit_tiny/picture1"
@@ -43,17 +44,9 @@ static int setup_done, setup_ok;
 static int setup(void) {
     if (setup_done) return setup_ok;
     setup_done = 1;
-    if (!fixture_exists(SAM) || !fixture_exists("images/picture3.jpg") ||
-        !fixture_exists("images/shapes_grey.png"))
-        return 0;
-    if (tinysam_model_load(fixture(SAM), &fm)) {
-        printf("  float model: %s\n", tinysam_last_error());
-        return 0;
-    }
+    if (!test_quant_fixtures(SAM, &fm, p0, p1)) return 0;
     snprintf(qpath, sizeof qpath, "%s", tmp_path("sam_vit_int8.safetensors"));
     snprintf(fpath, sizeof fpath, "%s", tmp_path("sam_vit_float.safetensors"));
-    snprintf(p0, sizeof p0, "%s", fixture("images/picture3.jpg"));
-    snprintf(p1, sizeof p1, "%s", fixture("images/shapes_grey.png"));
     const char *paths[2] = {p0, p1};
     double t0 = ts_now_ms();
     if (ts_calib_vit(fm, paths, 2, TS_CALIB_MSE, g_step, g_zp, 0)) {
@@ -67,18 +60,9 @@ static int setup(void) {
         return 0;
     }
     printf("  calibrated and written in %.0f ms\n", ts_now_ms() - t0);
-    if (tinysam_model_load(qpath, &qm)) {
-        printf("  int8 model: %s\n", tinysam_last_error());
-        return 0;
-    }
-    if (tinysam_model_save_safetensors(fm, fpath)) return 0;
+    if (!test_quant_reload(fm, qpath, &qm, fpath)) return 0;
     setup_ok = 1;
     return 1;
-}
-
-static long long file_size(const char *p) {
-    struct stat st;
-    return stat(p, &st) ? -1 : (long long)st.st_size;
 }
 
 /* The file: every linear layer int8 with the codes and scales of the float weight, steps as
@@ -135,7 +119,7 @@ static void test_file(void) {
               strstr(txt, "\"image_encoder.neck.0\""),
           "info: %.300s", txt);
     free(txt);
-    long long fs = file_size(fpath), qs = file_size(qpath);
+    long long fs = test_file_size(fpath), qs = test_file_size(qpath);
     printf("  file: int8 %lld bytes, float32 safetensors %lld (ratio %.3f; the reduced model's "
            "pos_embed and decoder weigh more than in ViT-B)\n",
            qs, fs, (double)qs / (double)fs);
@@ -232,16 +216,6 @@ static void test_mlp_fused(void) {
     ts_vit_i8_free(q);
 }
 
-static double cosine(const float *a, const float *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += (double)a[i] * b[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)b[i] * b[i];
-    }
-    return ab / sqrt(aa * bb + 1e-30);
-}
-
 static int argmax(const float *v, int n) {
     int b = 0;
     for (int i = 1; i < n; i++)
@@ -259,7 +233,7 @@ static void test_accuracy(void) {
     REQUIRE(tinysam_encode(qm, &img, &e) == 0, "%s", tinysam_last_error());
     ts_npy ref;
     REQUIRE(ts_npy_load(fixture(REF "/embedding.npy"), &ref) == 0, "embedding");
-    double cs = cosine(tinysam_embedding_data(e), ref.data, 256 * 4096);
+    double cs = test_cosine(tinysam_embedding_data(e), ref.data, 256 * 4096);
     printf("  embedding cosine vs float reference %.5f\n", cs);
     CHECK(cs >= 0.99, "embedding cosine %.5f", cs);
     ts_npy_free(&ref);
@@ -291,12 +265,7 @@ static void test_accuracy(void) {
         const size_t plane = (size_t)img.width * img.height;
         const uint8_t *a = (const uint8_t *)mk.data + (size_t)bf * plane;
         const uint8_t *b = p.masks + (size_t)bq * plane;
-        size_t in = 0, un = 0;
-        for (size_t i = 0; i < plane; i++) {
-            in += a[i] && b[i];
-            un += a[i] || b[i];
-        }
-        double iou = un ? (double)in / (double)un : 1.0;
+        double iou = test_mask_iou(a, b, plane);
         printf("  %s: best %d / %d, best-mask IoU %.4f\n", de->d_name, bf, bq, iou);
         sum += iou;
         worst = fmin(worst, iou);

@@ -115,20 +115,16 @@ static void run(int float_only, int n_cases) {
     CHECK(mae <= 0.04, "embedding mean abs error %.4f > 0.04", mae);
     ts_npy_free(&ref);
     for (int c = 0; c < n_cases; c++) {
-        char dir[256], path[300];
+        char dir[256];
         snprintf(dir, sizeof dir, REF "/prompts/%s", cases[c]);
         test_prompt_case pc;
         REQUIRE(test_prompt_case_load(dir, 1, &pc) == 0, "%s: %s", cases[c], tinysam_last_error());
         tinysam_prediction p;
         rc = tinysam_predict(m, e, &pc.prompt, TINYSAM_PREDICT_MASKS, &p);
         REQUIRE(rc == 0, "%s: %s", cases[c], tinysam_last_error());
-        ts_npy mk, iou, lr;
-        snprintf(path, sizeof path, "%s/masks.npy", dir);
-        REQUIRE(ts_npy_load(fixture(path), &mk) == 0, "masks.npy");
-        snprintf(path, sizeof path, "%s/iou.npy", dir);
-        REQUIRE(ts_npy_load(fixture(path), &iou) == 0, "iou.npy");
-        snprintf(path, sizeof path, "%s/low_res.npy", dir);
-        REQUIRE(ts_npy_load(fixture(path), &lr) == 0, "low_res.npy");
+        test_case_outputs want;
+        REQUIRE(test_case_outputs_load(dir, &want) == 0, "%s", tinysam_last_error());
+        const ts_npy mk = want.masks, iou = want.iou, lr = want.low_res;
         REQUIRE(mk.numel == (int64_t)3 * p.width * p.height && lr.numel == 3 * 65536, "shapes");
         double worst_eq = 1, di = 0, lmae = 0;
         size_t plane = (size_t)p.width * p.height, all_eq = 0;
@@ -149,7 +145,7 @@ static void run(int float_only, int n_cases) {
         CHECK(case_eq >= 0.985, "%s: masks %.4f equal", cases[c], case_eq);
         CHECK(di <= 3e-2, "%s: IoU error %.4f", cases[c], di);
         CHECK(lmae <= 0.2, "%s: low-res mean abs error %.4f", cases[c], lmae);
-        ts_npy_free(&mk), ts_npy_free(&iou), ts_npy_free(&lr);
+        test_case_outputs_free(&want);
         tinysam_prediction_free(&p);
         test_prompt_case_free(&pc);
     }

@@ -1,6 +1,7 @@
-/* serve_util.h - what the hardening and soak tests of `tinysam serve` share: start and stop
- * the real binary (options, environment, stderr to a file), raw HTTP/1.1 requests from a
- * chosen loopback source address (127.0.0.0/8 is all this machine's), the server's RSS.
+/* serve_util.h - what the tests of `tinysam serve` share (test_server, the hardening and soak
+ * tests): start and stop the real binary (options, environment, stderr to a file), raw HTTP/1.1
+ * requests from a chosen loopback source address (127.0.0.0/8 is all this machine's), the
+ * server's RSS.
  * Header-only (static inline) so that each test stays one file. */
 #ifndef TS_SERVE_UTIL_H
 #define TS_SERVE_UTIL_H

@@ -8,6 +8,7 @@
 #include "common/test.h"
 #include "io/json.h"
 #include "io/npy.h"
+#include "serve_util.h"
 #include "tinysam.h"
 
 #include <arpa/inet.h>
@@ -44,58 +45,18 @@ typedef struct {
 
 static server main_srv;
 static int srv_state; /* 0 not tried, 1 up, -1 failed, -2 binary without serve */
-static char srv_why[256];
-
-static const char *binary(void) {
-    static char path[512];
-    const char *b = getenv("TINYSAM_BIN");
-    if (b) return b;
-    const char *build = getenv("BUILD");
-    snprintf(path, sizeof path, "%s/tinysam", build ? build : "build");
-    return path;
-}
+static char srv_why[640];
 
 /* Starts `tinysam serve --port 0 EXTRA...`; 0, or -1 (why in srv_why), -2 no serve command. */
 static int server_start(server *s, const char *const *extra) {
-    int fd[2];
-    if (pipe(fd)) return -1;
-    const char *argv[32] = {binary(), "serve", "--model",
-                            fixture("models/tinysam_vit_t_random.pth"), "--port", "0"};
-    int n = 6;
-    while (extra && *extra && n < 30) argv[n++] = *extra++;
-    argv[n] = NULL;
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        dup2(fd[1], 1);
-        close(fd[0]);
-        close(fd[1]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
+    srv up; /* the environment's TINYSAM_TOKEN, if any, stays as it is */
+    int rc = su_start(&up, extra, getenv("TINYSAM_TOKEN"), NULL);
+    if (rc) {
+        snprintf(srv_why, sizeof srv_why, "%s serve did not start (exit %d)", su_binary(), rc);
+        return rc == 2 ? -2 : -1;
     }
-    close(fd[1]);
-    char line[512];
-    size_t len = 0;
-    struct pollfd p = {fd[0], POLLIN, 0};
-    while (len < sizeof line - 1 && !memchr(line, '\n', len)) {
-        if (poll(&p, 1, 60000) <= 0) break;
-        ssize_t r = read(fd[0], line + len, sizeof line - 1 - len);
-        if (r <= 0) break;
-        len += (size_t)r;
-    }
-    close(fd[0]);
-    line[len] = 0;
-    const char *k = strstr(line, "\"port\": ");
-    if (!k) {
-        int st = 0;
-        kill(pid, SIGKILL);
-        waitpid(pid, &st, 0);
-        snprintf(srv_why, sizeof srv_why, "%s serve did not start (exit %d)", argv[0],
-                 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-        return WIFEXITED(st) && WEXITSTATUS(st) == 2 ? -2 : -1;
-    }
-    s->pid = pid;
-    s->port = atoi(k + 8);
+    s->pid = up.pid;
+    s->port = up.port;
     return 0;
 }
 
@@ -144,30 +105,13 @@ static void response_free(response *r) {
     r->body = NULL;
 }
 
-static int send_all(int fd, const void *p, size_t n) {
-    const char *c = p;
-    while (n) {
-        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-        if (w <= 0) return -1;
-        c += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* One request; head_extra replaces the Content-Length header when given (raw headers,
  * each ending in \r\n). The body is sent even if the server answers early. */
 static int http_raw(int port, const char *method, const char *path, const char *head_extra,
                     const void *body, size_t len, response *r) {
     memset(r, 0, sizeof *r);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = su_connect(port, NULL);
     if (fd < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
-    }
     char head[1024];
     int hn;
     /* the body's type as the server requires it (the gate answers 415 otherwise) */
@@ -180,32 +124,17 @@ static int http_raw(int port, const char *method, const char *path, const char *
     else
         hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                       "%sContent-Length: %zu\r\n\r\n", method, path, type, len);
-    send_all(fd, head, (size_t)hn);
-    if (len) send_all(fd, body, len); /* may fail after an early answer: read it anyway */
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    for (;;) {
-        if (n == cap) buf = realloc(buf, (cap *= 2) + 1);
-        ssize_t got = recv(fd, buf + n, cap - n, 0);
-        if (got <= 0) break;
-        n += (size_t)got;
-    }
+    su_send_all(fd, head, (size_t)hn);
+    if (len) su_send_all(fd, body, len); /* may fail after an early answer: read it anyway */
+    su_resp a;
+    int rc = su_read(fd, &a, 60000 * su_slow());
     close(fd);
-    buf[n] = 0;
-    char *end = strstr(buf, "\r\n\r\n");
-    if (strncmp(buf, "HTTP/1.", 7) || !end) {
-        free(buf);
-        return -1;
-    }
-    r->status = atoi(buf + 9);
-    for (char *h = strstr(buf, "\r\n"); h && h < end; h = strstr(h + 2, "\r\n"))
-        if (!strncasecmp(h + 2, "Content-Type: ", 14))
-            snprintf(r->ctype, sizeof r->ctype, "%.*s", (int)strcspn(h + 16, "\r"), h + 16);
-    r->len = n - (size_t)(end + 4 - buf);
-    r->body = malloc(r->len + 1);
-    memcpy(r->body, end + 4, r->len);
-    r->body[r->len] = 0;
-    free(buf);
+    if (rc) return -1;
+    r->status = a.status;
+    su_header(&a, "Content-Type", r->ctype, sizeof r->ctype);
+    r->body = a.body;
+    r->len = a.len;
+    free(a.head);
     return 0;
 }
 
@@ -236,21 +165,9 @@ static void expect_error(const char *what, int rc, response *r, int status) {
     response_free(r);
 }
 
-static unsigned char *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    rewind(f);
-    unsigned char *b = malloc((size_t)sz + 1);
-    *n = fread(b, 1, (size_t)sz, f);
-    fclose(f);
-    return b;
-}
-
 static int upload(const char *fixture_rel, response *r) {
     size_t n;
-    unsigned char *data = read_all(fixture(fixture_rel), &n);
+    unsigned char *data = su_read_file(fixture(fixture_rel), &n);
     if (!data) return -1;
     int rc = http("POST", "/api/images", data, n, r);
     free(data);
@@ -339,7 +256,7 @@ static void test_upload(void) {
     expect_error("not an image", http("POST", "/api/images", "hello, world", 12, &r), &r, 400);
     /* a truncated PNG */
     size_t n;
-    unsigned char *png = read_all(fixture("images/shapes.png"), &n);
+    unsigned char *png = su_read_file(fixture("images/shapes.png"), &n);
     REQUIRE(png, "shapes.png");
     expect_error("truncated PNG", http("POST", "/api/images", png, n / 2, &r), &r, 400);
     free(png);
@@ -624,9 +541,9 @@ static void test_cache_lru(void) {
     server s;
     const char *extra[] = {"--cache-mb", "6", NULL};
     REQUIRE(server_start(&s, extra) == 0, "%s", srv_why);
-    size_t n1, n2;
-    unsigned char *a = read_all(fixture("images/shapes.png"), &n1);
-    unsigned char *b = read_all(fixture("images/picture1.jpg"), &n2);
+    size_t n1 = 0, n2 = 0;
+    unsigned char *a = su_read_file(fixture("images/shapes.png"), &n1);
+    unsigned char *b = su_read_file(fixture("images/picture1.jpg"), &n2);
     response r;
     CHECK(http_raw(s.port, "POST", "/api/images", NULL, a, n1, &r) == 0 && r.status == 201,
           "upload 1: %d", r.status);

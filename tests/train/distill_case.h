@@ -256,4 +256,45 @@ static inline int dc_grad_criteria(dc_crit *cr, const char *name, const double *
     return ok;
 }
 
+/* 6.2 on the loss step r of case A's N sets (ex: the expected sets): each IoU count may differ
+ * from the reference's only by cells whose logit is within 1e-4 of 0 (zt, zs: the teacher's
+ * and the student's logits, 4 masks of C cells per set), and the selections must be the
+ * reference's. When counts differ (test_distill_parity shows the differing cells are near-zero
+ * logits), in takes the reference's H and selections (H, ss, st: N each, the caller's) for
+ * the gradients. */
+static inline void dc_check_counts(const ts_json *ex, const ts_loss_result *r, int N,
+                                   const float *zt, const float *zs, size_t C, float *H, int *ss,
+                                   int *st, ts_loss_inputs *in) {
+    const ts_json *esets = ts_json_get(ex, "sets");
+    int differ = 0;
+    for (int i = 0; i < N; i++) {
+        const ts_json *e = ts_json_at(esets, i), *ic = ts_json_get(e, "iou_counts");
+        H[i] = (float)ts_json_num(e, "H", NAN);
+        ss[i] = (int)ts_json_num(e, "selected_student", -1);
+        st[i] = (int)ts_json_num(e, "selected_teacher", -1);
+        long long got[4] = {r->t_inter[i], r->t_union[i], r->s_inter[i], r->s_union[i]};
+        const char *nm[4] = {"teacher_inter", "teacher_union", "student_inter", "student_union"};
+        for (int k = 0; k < 4; k++) {
+            const long long ref = (long long)ts_json_num(ic, nm[k], -1);
+            if (got[k] == ref) continue;
+            /* 6.2: the difference must lie in cells whose logit is within 1e-4 of 0 */
+            const float *zm = k < 2 ? zt + ((size_t)i * 4 + r->sel_t[i]) * C
+                                    : zs + ((size_t)i * 4 + r->sel_s[i]) * C;
+            long long nz = 0;
+            for (size_t q = 0; q < C; q++) nz += fabsf(zm[q]) < 1e-4f;
+            printf("  set %d: %s %lld vs reference %lld (%lld cells with |logit| < 1e-4)\n", i,
+                   nm[k], got[k], ref, nz);
+            CHECK(llabs(got[k] - ref) <= nz, "set %d: %s differs beyond the near-zero cells", i,
+                  nm[k]);
+            differ = 1;
+        }
+        CHECK(ss[i] == r->sel_s[i] && st[i] == r->sel_t[i], "set %d: selections %d/%d vs %d/%d", i,
+              r->sel_s[i], r->sel_t[i], ss[i], st[i]);
+    }
+    if (differ) {
+        in->given_H = H, in->given_sel_s = ss, in->given_sel_t = st;
+        printf("  IoU counts differ in near-zero cells: using the reference's H and selections\n");
+    }
+}
+
 #endif

@@ -327,37 +327,9 @@ static void case_a_grads(int use_float) {
     ts_loss_config_default(&lc);
     ts_loss_result r;
     REQUIRE(ts_loss_step(&lc, &in, &r, NULL) == 0, "loss step");
-    const ts_json *esets = ts_json_get(ex, "sets");
     float H[DC_NSET];
-    int ss[DC_NSET], st[DC_NSET], differ = 0;
-    for (int i = 0; i < N; i++) {
-        const ts_json *e = ts_json_at(esets, i), *ic = ts_json_get(e, "iou_counts");
-        H[i] = (float)ts_json_num(e, "H", NAN);
-        ss[i] = (int)ts_json_num(e, "selected_student", -1);
-        st[i] = (int)ts_json_num(e, "selected_teacher", -1);
-        long long got[4] = {r.t_inter[i], r.t_union[i], r.s_inter[i], r.s_union[i]};
-        const char *nm[4] = {"teacher_inter", "teacher_union", "student_inter", "student_union"};
-        for (int k = 0; k < 4; k++)
-            if (got[k] != (long long)ts_json_num(ic, nm[k], -1)) {
-                /* 6.2: the difference must lie in cells whose logit is within 1e-4 of 0 */
-                const float *zm = k < 2 ? zt + ((size_t)i * 4 + r.sel_t[i]) * C
-                                        : zf + ((size_t)i * 4 + r.sel_s[i]) * C;
-                long long nz = 0, dd = llabs(got[k] - (long long)ts_json_num(ic, nm[k], -1));
-                for (size_t q = 0; q < C; q++) nz += fabsf(zm[q]) < 1e-4f;
-                printf("  set %d: %s %lld vs reference %lld (%lld cells with |logit| < 1e-4)\n",
-                       i, nm[k], got[k], (long long)ts_json_num(ic, nm[k], -1), nz);
-                CHECK(dd <= nz, "set %d: %s differs beyond the near-zero cells", i, nm[k]);
-                differ = 1;
-            }
-        CHECK(ss[i] == r.sel_s[i] && st[i] == r.sel_t[i], "set %d: selections %d/%d vs %d/%d", i,
-              r.sel_s[i], r.sel_t[i], ss[i], st[i]);
-    }
-    if (differ) {
-        /* 6.2: test_distill_parity shows the differing cells are near-zero logits; use the
-         * reference's H and selections for the gradients */
-        in.given_H = H, in.given_sel_s = ss, in.given_sel_t = st;
-        printf("  IoU counts differ: using the reference's H and selections\n");
-    }
+    int ss[DC_NSET], st[DC_NSET];
+    dc_check_counts(ex, &r, N, zt, zf, C, H, ss, st, &in);
     ts_loss_grads lg = {.emb = fdemb, .tok = fdt, .z = fdz, .u = fdu};
     REQUIRE(ts_loss_step(&lc, &in, &r, &lg) == 0, "loss step");
     printf("  L_total %.7f (reference %.7f)\n", r.L_total, ts_json_num(ex, "L_total", NAN));

@@ -8,6 +8,7 @@
  *      backward driven by the total dL/dE_S (the float decoder backward of decoder_grad.c plus
  *      the L_emb term), against distill/case_a/grads.json and grad_idx/grad_val.npy. */
 #include "distill_case.h"
+#include "eg_tiny.h"
 
 #include "io/tensor_map.h"
 #include "train/decoder_grad.h"
@@ -316,9 +317,7 @@ static const char *group_of(const char *name) {
 static void test_float_vs_double_tiny(void) {
     /* 48 -> 12 (stage 0, 1 MBConv) -> merge s2 -> 6 (ws 4: padded to 8, 4 windows) -> merge s2
      * -> 3 (ws 2: padded to 4, 2 blocks) -> merge s1 -> 3 (ws 3: one window, no padding) */
-    ts_eg_config c = {.img = 48, .dims = {8, 16, 24, 32}, .depths = {1, 1, 2, 1},
-                      .heads = {1, 2, 3, 4}, .windows = {1, 4, 2, 3}, .merge_stride = {2, 2, 1},
-                      .mb_ratio = 4, .mlp_ratio = 4, .neck = 16};
+    ts_eg_config c = test_eg_tiny_config();
     static ts_eg_layout L;
     REQUIRE(ts_eg_layout_init(&L, &c) == 0, "layout: %s", tinysam_last_error());
     const int S = c.img, so = L.out_side, NO = c.neck * so * so;
@@ -328,24 +327,8 @@ static void test_float_vs_double_tiny(void) {
     float *fimg = malloc(sizeof(float) * 3 * S * S), fout[16 * 9], fdo[16 * 9];
     double *dimg = malloc(sizeof(double) * 3 * S * S), dout[16 * 9], ddo[16 * 9];
     REQUIRE(fp && fg && dp && dg && fimg && dimg, "out of memory");
-    for (int i = 0; i < L.n; i++) {
-        const ts_eg_tensor *t = &L.t[i];
-        const char *nm = t->name;
-        int is_w1 = t->ndim == 1 && (strstr(nm, "norm.weight") || strstr(nm, "bn.weight") ||
-                                     strstr(nm, "neck.1.weight") || strstr(nm, "neck.3.weight"));
-        double fan = t->ndim >= 2 ? (double)(t->numel / (size_t)t->shape[0]) : 1;
-        for (size_t k = 0; k < t->numel; k++) {
-            double v;
-            if (strstr(nm, "running_var")) v = 1.0 + 0.5 * urand();
-            else if (strstr(nm, "running_mean")) v = 0.1 * urand();
-            else if (is_w1) v = 1.0 + 0.2 * urand();
-            else if (strstr(nm, "attention_biases")) v = 0.5 * urand();
-            else if (t->ndim >= 2) v = 1.5 / sqrt(fan) * urand();
-            else v = 0.1 * urand();
-            fp[t->off + k] = (float)v;
-            dp[t->off + k] = fp[t->off + k];
-        }
-    }
+    test_eg_random_params(&L, 0.2, urand, fp);
+    for (size_t i = 0; i < L.total; i++) dp[i] = fp[i];
     for (int i = 0; i < 3 * S * S; i++) fimg[i] = (float)urand(), dimg[i] = fimg[i];
     for (int i = 0; i < NO; i++) fdo[i] = (float)urand(), ddo[i] = fdo[i];
     ts_egf *e = NULL;
@@ -484,36 +467,9 @@ static void test_case_a_encoder(void) {
     ts_loss_result r;
     REQUIRE(ts_loss_step(&lc, &in, &r, NULL) == 0, "loss step");
     /* 6.2: counts that differ only in near-zero cells -> the reference's H and selections */
-    const ts_json *esets = ts_json_get(ex, "sets");
     float H[DC_NSET];
-    int ss[DC_NSET], st[DC_NSET], differ = 0;
-    for (int i = 0; i < N; i++) {
-        const ts_json *e = ts_json_at(esets, i), *ic = ts_json_get(e, "iou_counts");
-        H[i] = (float)ts_json_num(e, "H", NAN);
-        ss[i] = (int)ts_json_num(e, "selected_student", -1);
-        st[i] = (int)ts_json_num(e, "selected_teacher", -1);
-        long long got[4] = {r.t_inter[i], r.t_union[i], r.s_inter[i], r.s_union[i]};
-        const char *nm[4] = {"teacher_inter", "teacher_union", "student_inter", "student_union"};
-        for (int k = 0; k < 4; k++) {
-            const long long ref = (long long)ts_json_num(ic, nm[k], -1);
-            if (got[k] == ref) continue;
-            /* 6.2: the difference must lie in cells whose logit is within 1e-4 of 0 */
-            const float *zm = k < 2 ? zt + ((size_t)i * 4 + r.sel_t[i]) * C
-                                    : zs + ((size_t)i * 4 + r.sel_s[i]) * C;
-            long long nz = 0;
-            for (size_t q = 0; q < C; q++) nz += fabsf(zm[q]) < 1e-4f;
-            printf("  set %d: %s %lld vs reference %lld (%lld cells with |logit| < 1e-4)\n", i,
-                   nm[k], got[k], ref, nz);
-            CHECK(llabs(got[k] - ref) <= nz, "set %d: %s differs beyond the near-zero cells", i,
-                  nm[k]);
-            differ = 1;
-        }
-        CHECK(ss[i] == r.sel_s[i] && st[i] == r.sel_t[i], "set %d: selections differ", i);
-    }
-    if (differ) {
-        in.given_H = H, in.given_sel_s = ss, in.given_sel_t = st;
-        printf("  IoU counts differ in near-zero cells: using the reference's H and selections\n");
-    }
+    int ss[DC_NSET], st[DC_NSET];
+    dc_check_counts(ex, &r, N, zt, zs, C, H, ss, st, &in);
     ts_loss_grads lg = {.emb = fdemb, .tok = fdt, .z = fdz, .u = fdu};
     REQUIRE(ts_loss_step(&lc, &in, &r, &lg) == 0, "loss step");
     printf("  L_total %.7f (reference %.7f)\n", r.L_total, ts_json_num(ex, "L_total", NAN));
