@@ -127,7 +127,17 @@ int ts_file_map(const char *path, uint8_t **base, size_t *size) {
 
 void ts_map_release_pages(ts_tensor_map *m) {
     /* read-only private mapping, never written: nothing is lost */
-    if (m && m->map_base && !m->borrowed) (void)madvise(m->map_base, m->map_size, MADV_DONTNEED);
+    if (!m || !m->map_base || m->borrowed) return;
+    if (!m->cache_ok || m->cache_end <= m->cache_begin) {
+        (void)madvise(m->map_base, m->map_size, MADV_DONTNEED);
+        return;
+    }
+    /* the load cache stays: the networks read it in place (whole pages around it) */
+    uintptr_t pg = 4096, base = (uintptr_t)m->map_base;
+    uintptr_t a = (base + m->cache_begin) / pg * pg;
+    uintptr_t b = (base + m->cache_end + pg - 1) / pg * pg;
+    if (a > base) (void)madvise(m->map_base, a - base, MADV_DONTNEED);
+    if (b < base + m->map_size) (void)madvise((void *)b, base + m->map_size - b, MADV_DONTNEED);
 }
 
 void ts_file_unmap(uint8_t *base, size_t size) {
@@ -176,8 +186,20 @@ void ts_map_free(ts_tensor_map *m) {
     }
     free(m->t);
     free(m->metadata_json);
+    for (int i = 0; i < m->n_cache; i++) {
+        const uint8_t *d = m->cache[i].data;
+        if (!(lo && d >= lo && d < hi)) free(m->cache[i].data);
+        free(m->cache[i].name);
+    }
+    free(m->cache);
     if (m->map_base && !m->borrowed) munmap(m->map_base, m->map_size);
     free(m);
+}
+
+const ts_tensor *ts_map_cache_get(const ts_tensor_map *m, const char *name) {
+    for (int i = 0; m && m->cache_ok && i < m->n_cache; i++)
+        if (!strcmp(m->cache[i].name, name)) return &m->cache[i];
+    return NULL;
 }
 
 const ts_tensor *ts_map_get(const ts_tensor_map *m, const char *name) {

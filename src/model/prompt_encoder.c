@@ -72,7 +72,17 @@ int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
             free(pe);
             return TINYSAM_E_FORMAT;
         }
-    /* get_dense_pe, once */
+    /* get_dense_pe, once: from the file's load cache (the same values, written by this code:
+     * io/tensor_map.h) when it has it, else computed */
+    const ts_tensor *c = ts_map_cache_get(m, TS_CACHE_DENSE_PE);
+    if (c && c->dtype == TS_DTYPE_F32 && c->ndim == 3 && c->shape[0] == 2 &&
+        c->shape[1] == 4096 && c->shape[2] == 256 && ((uintptr_t)c->data & 63) == 0) {
+        pe->dense_pe_tok = c->data;
+        pe->dense_pe_chw = pe->dense_pe_tok + 4096 * 256;
+        pe->dense_pe_cached = 1;
+        *out = pe;
+        return 0;
+    }
     pe->dense_pe_tok = ts_malloc_aligned(sizeof(float) * 4096 * 256);
     pe->dense_pe_chw = ts_malloc_aligned(sizeof(float) * 4096 * 256);
     if (!pe->dense_pe_tok || !pe->dense_pe_chw) {
@@ -86,8 +96,10 @@ int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
 
 void ts_prompt_encoder_free(ts_prompt_encoder *pe) {
     if (!pe) return;
-    ts_free_aligned(pe->dense_pe_tok);
-    ts_free_aligned(pe->dense_pe_chw);
+    if (!pe->dense_pe_cached) {
+        ts_free_aligned(pe->dense_pe_tok);
+        ts_free_aligned(pe->dense_pe_chw);
+    }
     free(pe);
 }
 
