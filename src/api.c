@@ -6,6 +6,7 @@
 #include "model/sam.h"
 #include "model/sam_decoder_internal.h" /* the dense PE tables, for the load cache */
 #include "model/transforms.h"
+#include "nn/gemm_i8.h"
 #include "nn/nn.h"
 #include "quant/int8_model.h"
 #include "quant/sim_model.h"
@@ -149,6 +150,7 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     if ((rc = detect_family(model->map, model->info.family, sizeof model->info.family))) goto fail;
     /* every GEMM weight of the three networks packed at the end, together, in parallel */
     batch = ts_wpack_batch_begin();
+    ts_i8pack_batch_begin(); /* int8 encoder / decoder layers, likewise */
     /* our safetensors' load cache: read in place when made for this ISA and layout */
     ts_wpack_image image;
     if (use_load_cache(model->map, &image)) ts_wpack_batch_use_image(batch, &image);
@@ -161,6 +163,7 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     PROF("prompt");
     if ((rc = ts_mask_decoder_load(model->map, &model->mask_decoder))) goto fail;
     PROF("decoder");
+    ts_i8pack_batch_end(1);
     rc = ts_wpack_batch_end(batch, 1);
     batch = NULL;
     PROF("pack");
@@ -172,6 +175,7 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     *out = model;
     return TINYSAM_OK;
 fail:
+    ts_i8pack_batch_end(0); /* (none open: nothing) */
     if (batch) ts_wpack_batch_end(batch, 0);
     ts_error_prefix(rc, "%s", path);
     tinysam_model_free(model);
@@ -207,18 +211,17 @@ static int add_load_cache(const char *path, int n, const char **keys, const char
     size_t bytes = ts_wpack_image_bytes(m->packs, m->n_packs);
     int32_t *dir = malloc(sizeof(int32_t) * 5 * (size_t)(m->n_packs + 1));
     float *data = ts_malloc_aligned(bytes + 64);
-    float *pe = ts_malloc_aligned(sizeof(float) * 2 * 4096 * 256);
+    float *pe = ts_malloc_aligned(sizeof(float) * 4096 * 256);
     if (!dir || !data || !pe) {
         rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
     } else if (m->n_packs && !ts_wpack_image_write(m->packs, m->n_packs, dir, data)) {
         memcpy(pe, m->prompt_encoder->dense_pe_tok, sizeof(float) * 4096 * 256);
-        memcpy(pe + 4096 * 256, m->prompt_encoder->dense_pe_chw, sizeof(float) * 4096 * 256);
         /* the packs first: the first tensor is 64-byte aligned, and each is a multiple of 64 */
         ts_tensor t[3] = {
             {.name = TS_CACHE_WPACK_DATA, .dtype = TS_DTYPE_U8, .ndim = 1,
              .shape = {(int64_t)bytes}, .numel = (int64_t)bytes, .data = data},
-            {.name = TS_CACHE_DENSE_PE, .dtype = TS_DTYPE_F32, .ndim = 3,
-             .shape = {2, 4096, 256}, .numel = 2 * 4096 * 256, .data = pe},
+            {.name = TS_CACHE_DENSE_PE, .dtype = TS_DTYPE_F32, .ndim = 2,
+             .shape = {4096, 256}, .numel = 4096 * 256, .data = pe},
             {.name = TS_CACHE_WPACK_DIR, .dtype = TS_DTYPE_I32, .ndim = 2,
              .shape = {m->n_packs, 5}, .numel = 5 * (int64_t)m->n_packs, .data = dir},
         };

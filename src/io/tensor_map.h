@@ -61,7 +61,7 @@ typedef struct ts_tensor_map {
  * same code, so that a load taking it builds the same model bit for bit: the GEMM weights
  * packed for the writer's ISA (TS_CACHE_WPACK_DATA, U8, and TS_CACHE_WPACK_DIR, I32 [n][5]:
  * nn.h, ts_wpack_image) and the prompt encoder's dense positional encoding
- * (TS_CACHE_DENSE_PE, F32 [2][4096][256]: token then channel-major layout). Its tensors are
+ * (TS_CACHE_DENSE_PE, F32 [4096][256], token layout). Its tensors are
  * named TS_CACHE_PREFIX..., lie after the others (the first 64-byte aligned in the file), and
  * the metadata key TS_CACHE_TAG_KEY holds the tag (ts_wpack_layout_tag: layout version,
  * ISA). At load they leave the tensor list (nothing checks, converts or re-saves them: no

@@ -24,18 +24,13 @@ static void pe_encode(const float *G, float x, float y, float *out) {
 }
 
 /* get_dense_pe's row i (of 64): cell (i, j) at ((j + 0.5) / 64, (i + 0.5) / 64), in token
- * layout, then the row's 64 x 256 block transposed into the channel-major copy while it is
- * in cache. Rows are independent: the load spreads them over the pool. */
+ * layout. Rows are independent: the load spreads them over the pool. */
 static void dense_pe_row(void *ctx, int i, int tid) {
     (void)tid;
     ts_prompt_encoder *pe = ctx;
     float *row = pe->dense_pe_tok + (size_t)i * 64 * 256;
     for (int j = 0; j < 64; j++)
         pe_encode(pe->gauss, (j + 0.5f) / 64.0f, (i + 0.5f) / 64.0f, row + (size_t)j * 256);
-    for (int c = 0; c < 256; c++) {
-        float *d = pe->dense_pe_chw + (size_t)c * 4096 + i * 64;
-        for (int j = 0; j < 64; j++) d[j] = row[(size_t)j * 256 + c];
-    }
 }
 
 int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
@@ -75,17 +70,15 @@ int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
     /* get_dense_pe, once: from the file's load cache (the same values, written by this code:
      * io/tensor_map.h) when it has it, else computed */
     const ts_tensor *c = ts_map_cache_get(m, TS_CACHE_DENSE_PE);
-    if (c && c->dtype == TS_DTYPE_F32 && c->ndim == 3 && c->shape[0] == 2 &&
-        c->shape[1] == 4096 && c->shape[2] == 256 && ((uintptr_t)c->data & 63) == 0) {
+    if (c && c->dtype == TS_DTYPE_F32 && c->ndim == 2 && c->shape[0] == 4096 &&
+        c->shape[1] == 256 && ((uintptr_t)c->data & 63) == 0) {
         pe->dense_pe_tok = c->data;
-        pe->dense_pe_chw = pe->dense_pe_tok + 4096 * 256;
         pe->dense_pe_cached = 1;
         *out = pe;
         return 0;
     }
     pe->dense_pe_tok = ts_malloc_aligned(sizeof(float) * 4096 * 256);
-    pe->dense_pe_chw = ts_malloc_aligned(sizeof(float) * 4096 * 256);
-    if (!pe->dense_pe_tok || !pe->dense_pe_chw) {
+    if (!pe->dense_pe_tok) {
         ts_prompt_encoder_free(pe);
         return TINYSAM_E_NOMEM;
     }
@@ -96,15 +89,12 @@ int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
 
 void ts_prompt_encoder_free(ts_prompt_encoder *pe) {
     if (!pe) return;
-    if (!pe->dense_pe_cached) {
-        ts_free_aligned(pe->dense_pe_tok);
-        ts_free_aligned(pe->dense_pe_chw);
-    }
+    if (!pe->dense_pe_cached) ts_free_aligned(pe->dense_pe_tok);
     free(pe);
 }
 
 const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe) {
-    return pe->dense_pe_chw;
+    return pe->dense_pe_tok;
 }
 
 void ts_prompt_sparse(const ts_prompt_encoder *pe, const ts_prompt_set *s, float *out, int *k) {

@@ -39,7 +39,7 @@ int ts_prompt_dense(const ts_prompt_encoder *pe, const float *mask_input, float 
 #define TS_PROMPT_DENSE_SCRATCH (128 * 128 * 4 + 64 * 64 * 16)
 void ts_prompt_dense_ws(const ts_prompt_encoder *pe, const float *mask_input, float *out,
                         float *scratch);
-/* Dense positional encoding 256 x 64 x 64. */
+/* Dense positional encoding in token layout, 4096 x 256 (64 x 64 cells, row-major). */
 const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe);
 
 /* Runs prompt encoder + mask decoder for n sets against one image embedding

@@ -223,7 +223,9 @@ static int lin_int8(ts_tiny_vit *e, ts_tensor_map *m, lin_op *op) {
                     perm[((size_t)o * 9 + k) * ci + i] = codes[((size_t)o * ci + i) * 9 + k];
         codes = perm;
     }
-    op->q8 = ts_i8pack_new(codes, N, K, K, sc);
+    /* the file's codes are used in place (they live as long as the map); a permuted copy
+     * is copied by the pack */
+    op->q8 = perm ? ts_i8pack_new(codes, N, K, K, sc) : ts_i8pack_new_borrowed(codes, N, K, sc);
     free(perm);
     if (!op->q8) return ts_error_prefix(TINYSAM_E_NOMEM, "%s", P);
     op->q.b = b;

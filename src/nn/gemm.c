@@ -600,6 +600,7 @@ void ts_wpack_refresh(ts_wpack *p) {
 }
 
 int ts_wpack_n(const ts_wpack *p) { return p->N; }
+int ts_wpack_borrowed(const ts_wpack *p) { return p->borrowed; }
 int ts_wpack_k(const ts_wpack *p) { return p->K; }
 
 void ts_wpack_free(ts_wpack *p) {

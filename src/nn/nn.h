@@ -73,6 +73,7 @@ int ts_wpack_image_write(ts_wpack *const *packs, int n, int32_t *dir, float *dat
 /* Packs again from the weights W it was made from, after they changed in place (training). */
 void ts_wpack_refresh(ts_wpack *p);
 int ts_wpack_n(const ts_wpack *p); /* N (output columns) */
+int ts_wpack_borrowed(const ts_wpack *p); /* 1 while its data is read from an image */
 int ts_wpack_k(const ts_wpack *p); /* K (reduction length) */
 /* C[M x N] (ldc) = act(beta*C + A[M x K] (lda) * W^T + bias[n]), N, K those of the pack. */
 void ts_gemm_w(int M, const float *A, int lda, const ts_wpack *W, float *C, int ldc, float beta,
