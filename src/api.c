@@ -155,17 +155,20 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     ts_wpack_image image;
     if (use_load_cache(model->map, &image)) ts_wpack_batch_use_image(batch, &image);
     ts_wpack_batch_keep_list(batch, &model->packs, &model->n_packs);
+    /* the prompt encoder first: its dense PE table is computed on a thread of its own while
+     * the other networks load (it has no packs: the batch's order is unchanged) */
+    if ((rc = ts_prompt_encoder_load_async(model->map, &model->prompt_encoder))) goto fail;
+    PROF("prompt");
     if (!strcmp(model->info.family, "vit_t")) rc = ts_tiny_vit_load(model->map, &model->encoder);
     else rc = ts_sam_vit_load(model->map, &model->vit);
     PROF("encoder");
     if (rc) goto fail;
-    if ((rc = ts_prompt_encoder_load(model->map, &model->prompt_encoder))) goto fail;
-    PROF("prompt");
     if ((rc = ts_mask_decoder_load(model->map, &model->mask_decoder))) goto fail;
     PROF("decoder");
     ts_i8pack_batch_end(1);
     rc = ts_wpack_batch_end(batch, 1);
     batch = NULL;
+    ts_prompt_encoder_ready(model->prompt_encoder);
     PROF("pack");
     if (rc) goto fail;
     ts_map_release_pages(model->map);

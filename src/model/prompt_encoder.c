@@ -33,7 +33,12 @@ static void dense_pe_row(void *ctx, int i, int tid) {
         pe_encode(pe->gauss, (j + 0.5f) / 64.0f, (i + 0.5f) / 64.0f, row + (size_t)j * 256);
 }
 
-int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
+static void *dense_pe_thread(void *ctx) {
+    for (int i = 0; i < 64; i++) dense_pe_row(ctx, i, 0);
+    return NULL;
+}
+
+static int prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out, int async) {
     *out = NULL;
     ts_prompt_encoder *pe = ts_calloc(1, sizeof *pe);
     if (!pe) return TINYSAM_E_NOMEM;
@@ -82,13 +87,33 @@ int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
         ts_prompt_encoder_free(pe);
         return TINYSAM_E_NOMEM;
     }
-    ts_parallel_for(64, dense_pe_row, pe);
+    /* the same rows, the same code: on a thread of its own, or over the pool */
+    if (async && pthread_create(&pe->pe_thread, NULL, dense_pe_thread, pe) == 0)
+        pe->dense_pe_pending = 1;
+    else
+        ts_parallel_for(64, dense_pe_row, pe);
     *out = pe;
     return 0;
 }
 
+int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
+    return prompt_encoder_load(m, out, 0);
+}
+
+int ts_prompt_encoder_load_async(ts_tensor_map *m, ts_prompt_encoder **out) {
+    return prompt_encoder_load(m, out, 1);
+}
+
+void ts_prompt_encoder_ready(ts_prompt_encoder *pe) {
+    if (pe && pe->dense_pe_pending) {
+        pthread_join(pe->pe_thread, NULL);
+        pe->dense_pe_pending = 0;
+    }
+}
+
 void ts_prompt_encoder_free(ts_prompt_encoder *pe) {
     if (!pe) return;
+    ts_prompt_encoder_ready(pe);
     if (!pe->dense_pe_cached) ts_free_aligned(pe->dense_pe_tok);
     free(pe);
 }

@@ -21,6 +21,11 @@ typedef struct {
 } ts_prompt_set;
 
 int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out);
+/* The same, its dense PE table (when not in the file's load cache) computed on a thread of
+ * its own meanwhile (the model load goes on with the other networks): call
+ * ts_prompt_encoder_ready before any use. */
+int ts_prompt_encoder_load_async(ts_tensor_map *m, ts_prompt_encoder **out);
+void ts_prompt_encoder_ready(ts_prompt_encoder *pe);
 void ts_prompt_encoder_free(ts_prompt_encoder *pe);
 int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out);
 void ts_mask_decoder_free(ts_mask_decoder *d);
