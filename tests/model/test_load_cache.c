@@ -139,10 +139,12 @@ static void test_cache_written_and_read_in_place(void) {
     REQUIRE(tinysam_model_load(g_cached, &a) == 0, "%s", tinysam_last_error());
     REQUIRE(tinysam_model_load(g_plain, &b) == 0, "%s", tinysam_last_error());
     CHECK(a->map->cache_ok && a->prompt_encoder->dense_pe_cached, "cache not used");
-    CHECK(n_borrowed(a) == a->n_packs && a->n_packs > 100 && n_borrowed(b) == 0,
+    CHECK(n_borrowed(a) == a->n_packs && a->n_packs > 50 && n_borrowed(b) == 0,
           "%d of %d packs read in place", n_borrowed(a), a->n_packs);
     same_model(a, b, "cached");
-    /* outputs: one encode and one decode each, bit for bit */
+    /* outputs: one encode and one decode each, bit for bit (not under ASan: the same packs
+     * and tables, checked above, run the same code) */
+    if (test_sanitized()) goto refresh;
     tinysam_image img;
     REQUIRE(tinysam_image_load(fixture(IMAGE), 0, &img) == 0, "%s", tinysam_last_error());
     tinysam_embedding *ea = NULL, *eb = NULL;
@@ -159,15 +161,16 @@ static void test_cache_written_and_read_in_place(void) {
     CHECK(!memcmp(pa.low_res, pb.low_res, (size_t)3 * 256 * 256 * sizeof(float)) &&
               !memcmp(pa.iou, pb.iou, sizeof pa.iou),
           "decodes differ");
-    /* the trainer's refresh of a pack read from the file: a private copy, same bytes */
-    ts_mask_decoder_refresh(a->mask_decoder);
-    CHECK(n_borrowed(a) < a->n_packs, "refresh left the decoder's packs in the file");
-    same_model(a, b, "refreshed");
     tinysam_prediction_free(&pa);
     tinysam_prediction_free(&pb);
     tinysam_embedding_free(ea);
     tinysam_embedding_free(eb);
     tinysam_image_free(&img);
+refresh:
+    /* the trainer's refresh of a pack read from the file: a private copy, same bytes */
+    ts_mask_decoder_refresh(a->mask_decoder);
+    CHECK(n_borrowed(a) < a->n_packs, "refresh left the decoder's packs in the file");
+    same_model(a, b, "refreshed");
     tinysam_model_free(a);
     tinysam_model_free(b);
 }
