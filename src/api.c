@@ -137,7 +137,9 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     if (!model) return TINYSAM_E_NOMEM;
     PROF0;
     ts_wpack_batch *batch = NULL;
-    int rc = ts_map_load(path, &model->map);
+    /* our safetensors' data digest is checked on a thread of its own meanwhile (waited for
+     * below, before anything is returned) */
+    int rc = ts_map_load_async(path, &model->map);
     PROF("map_load");
     if (rc) goto fail;
     ts_map_strip_wrapper_prefix(model->map); /* DistributedDataParallel, torch.compile */
@@ -171,6 +173,8 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     ts_prompt_encoder_ready(model->prompt_encoder);
     PROF("pack");
     if (rc) goto fail;
+    if ((rc = ts_map_wait_checks(model->map))) goto fail;
+    PROF("digest");
     ts_map_release_pages(model->map);
     ts_mask_decoder_prepare(model->mask_decoder); /* its first call's scratch, now */
     if ((rc = ts_map_check_all_used(model->map, ignored_tensor))) goto fail;
@@ -180,6 +184,11 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
 fail:
     ts_i8pack_batch_end(0); /* (none open: nothing) */
     if (batch) ts_wpack_batch_end(batch, 0);
+    /* a corrupted file is reported as such, whatever else its data made fail */
+    if (model->map && model->map->digest_job) {
+        int rd = ts_map_wait_checks(model->map);
+        if (rd) rc = rd;
+    }
     ts_error_prefix(rc, "%s", path);
     tinysam_model_free(model);
     return rc;

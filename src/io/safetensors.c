@@ -8,6 +8,7 @@
 
 #include <xxhash.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,7 +104,54 @@ static int take_cache(ts_tensor_map *map, int digest_checked) {
     return 0;
 }
 
-static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what) {
+/* A data digest checked on a thread of its own (ts_safetensors_load_async). */
+struct ts_digest_job {
+    pthread_t th;
+    char want[32], got[32], what[512];
+    const uint8_t *data;
+    uint64_t n;
+};
+
+static void *digest_thread(void *ctx) {
+    struct ts_digest_job *j = ctx;
+    digest_string(j->data, (size_t)j->n, j->got);
+    return NULL;
+}
+
+int ts_map_wait_checks(ts_tensor_map *m) {
+    struct ts_digest_job *j = m ? m->digest_job : NULL;
+    if (!j) return 0;
+    pthread_join(j->th, NULL);
+    m->digest_job = NULL;
+    int bad = strcmp(j->got, j->want) != 0;
+    if (!bad) snprintf(m->integrity, sizeof m->integrity, "xxh3-64");
+    int rc = bad ? ts_error(TINYSAM_E_FORMAT,
+                            "%s: the data fails its XXH3 digest check (file corrupted?)", j->what)
+                 : 0;
+    free(j);
+    return rc;
+}
+
+/* Starts the check of data against want (a well-formed "xxh3-64:" digest); 0 when it could
+ * not start (the caller then checks at once). */
+static int start_digest(ts_tensor_map *map, const char *want, const uint8_t *data, uint64_t n,
+                        const char *what) {
+    struct ts_digest_job *j = calloc(1, sizeof *j);
+    if (!j) return 0;
+    snprintf(j->want, sizeof j->want, "%s", want);
+    snprintf(j->what, sizeof j->what, "%s", what);
+    j->data = data;
+    j->n = n;
+    if (pthread_create(&j->th, NULL, digest_thread, j)) {
+        free(j);
+        return 0;
+    }
+    map->digest_job = j;
+    return 1;
+}
+
+static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what,
+                 int async) {
     if (size < 8) return ts_error(TINYSAM_E_FORMAT, "%s: too short for safetensors", what);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
@@ -258,8 +306,11 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
     free(order);
     if (rc) goto done;
     if (map->n == 0) rc = ts_error(TINYSAM_E_FORMAT, "%s: the file holds no tensors", what);
-    if (!rc && digest) rc = check_digest(digest, data, dsize, what);
-    if (!rc && digest) snprintf(map->integrity, sizeof map->integrity, "xxh3-64");
+    if (!rc && digest && async && !strncmp(digest, "xxh3-64:", 8) && strlen(digest) == 24 &&
+        start_digest(map, digest, data, dsize, what))
+        ; /* checked meanwhile: ts_map_wait_checks */
+    else if (!rc && digest && !(rc = check_digest(digest, data, dsize, what)))
+        snprintf(map->integrity, sizeof map->integrity, "xxh3-64");
     if (!rc) rc = take_cache(map, digest != NULL);
 done:
     free(spans);
@@ -275,7 +326,7 @@ int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map *
     map->map_base = (void *)data;
     map->map_size = size;
     map->borrowed = 1;
-    int rc = parse(data, size, map, "safetensors");
+    int rc = parse(data, size, map, "safetensors", 0);
     if (rc) {
         ts_map_free(map);
         return rc;
@@ -284,7 +335,7 @@ int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map *
     return 0;
 }
 
-int ts_safetensors_load(const char *path, ts_tensor_map **out) {
+static int safetensors_load(const char *path, ts_tensor_map **out, int async) {
     *out = NULL;
     uint8_t *base;
     size_t size;
@@ -302,13 +353,21 @@ int ts_safetensors_load(const char *path, ts_tensor_map **out) {
     snprintf(map->format, sizeof map->format, "safetensors");
     map->map_base = base;
     map->map_size = size;
-    rc = parse(base, size, map, path);
+    rc = parse(base, size, map, path, async);
     if (rc) {
         ts_map_free(map);
         return rc;
     }
     *out = map;
     return 0;
+}
+
+int ts_safetensors_load(const char *path, ts_tensor_map **out) {
+    return safetensors_load(path, out, 0);
+}
+
+int ts_safetensors_load_async(const char *path, ts_tensor_map **out) {
+    return safetensors_load(path, out, 1);
 }
 
 static const char *st_name(ts_dtype t) {

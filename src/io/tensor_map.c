@@ -160,7 +160,7 @@ ts_tensor *ts_map_add(ts_tensor_map *m, const char *name) {
     return t;
 }
 
-int ts_map_load(const char *path, ts_tensor_map **out) {
+static int map_load(const char *path, ts_tensor_map **out, int async) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return ts_error(TINYSAM_E_IO, "%s: cannot open: %m", path);
@@ -170,14 +170,19 @@ int ts_map_load(const char *path, ts_tensor_map **out) {
     if (n >= 4 && !memcmp(head, "PK\x03\x04", 4)) return ts_pth_load(path, out);
     /* safetensors: a u64 header length, then the JSON header's '{'. Checked before the raw
      * pickle's 0x80: a header length whose low byte is 0x80 starts with that byte too. */
-    if (n == 9 && head[8] == '{') return ts_safetensors_load(path, out);
+    if (n == 9 && head[8] == '{')
+        return async ? ts_safetensors_load_async(path, out) : ts_safetensors_load(path, out);
     if (n >= 2 && head[0] == 0x80) return ts_pth_load(path, out);
-    if (n >= 8) return ts_safetensors_load(path, out);
+    if (n >= 8) return async ? ts_safetensors_load_async(path, out) : ts_safetensors_load(path, out);
     return ts_error(TINYSAM_E_FORMAT, "%s: too short to be a checkpoint (%zu bytes)", path, n);
 }
 
+int ts_map_load(const char *path, ts_tensor_map **out) { return map_load(path, out, 0); }
+int ts_map_load_async(const char *path, ts_tensor_map **out) { return map_load(path, out, 1); }
+
 void ts_map_free(ts_tensor_map *m) {
     if (!m) return;
+    (void)ts_map_wait_checks(m); /* (its thread reads the mapping) */
     const uint8_t *lo = m->map_base, *hi = lo ? lo + m->map_size : NULL;
     for (int i = 0; i < m->n; i++) {
         const uint8_t *d = m->t[i].data;

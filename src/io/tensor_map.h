@@ -54,6 +54,7 @@ typedef struct ts_tensor_map {
     int n_cache, cache_ok;
     char cache_tag[64];
     size_t cache_begin, cache_end; /* its bytes in the mapping (kept by ts_map_release_pages) */
+    struct ts_digest_job *digest_job; /* the data digest being checked (ts_map_load_async) */
 } ts_tensor_map;
 
 /* The load cache `convert` writes into a float safetensors file, beside (never in place of)
@@ -92,10 +93,17 @@ int ts_map_strip_wrapper_prefix(ts_tensor_map *m);
 /* Loads a file, detecting the format from its first bytes (ZIP "PK\3\4" -> pth-zip,
  * pickle PROTO 0x80 -> pth-legacy, otherwise safetensors). */
 int ts_map_load(const char *path, ts_tensor_map **out);
+/* The same, except that a safetensors file's data digest is checked on a thread of its own
+ * while the caller goes on (the model load builds the networks meanwhile):
+ * ts_map_wait_checks then returns its result (0, or the error ts_map_load would have
+ * returned); nothing read from the map may be trusted before. ts_map_free waits too. */
+int ts_map_load_async(const char *path, ts_tensor_map **out);
+int ts_map_wait_checks(ts_tensor_map *m);
 int ts_pth_load(const char *path, ts_tensor_map **out);
 /* Copies every tensor: data may be freed once this returns. */
 int ts_pth_load_memory(const uint8_t *data, size_t size, ts_tensor_map **out);
 int ts_safetensors_load(const char *path, ts_tensor_map **out);
+int ts_safetensors_load_async(const char *path, ts_tensor_map **out); /* see ts_map_load_async */
 int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map **out);
 /* Writes tensors (as F32 or their integer dtype) plus a __metadata__ string map
  * (n_meta key/value pairs; may be 0). */
