@@ -80,7 +80,7 @@ BASHCOMPDIR ?= $(DATAROOTDIR)/bash-completion/completions
 PKGCONFIGDIR?= $(LIBDIR)/pkgconfig
 INSTALL     ?= install
 
-.PHONY: all test bench clean format tests converge soak install uninstall test-install test-deb
+.PHONY: all test bench clean format tests converge soak screenshots install uninstall test-install test-deb
 all: $(BUILD)/libtinysam.a $(BUILD)/libtinysam.so $(BUILD)/tinysam $(BUILD)/tinysam.1 \
      $(BUILD)/tinysam.bash $(BUILD)/tinysam.pc $(BUILD)/examples/segment_point
 
@@ -207,6 +207,15 @@ test: tests
 # issue 21: `tinysam serve` under mixed traffic for 10 minutes (make test runs 60 s of it)
 soak: $(BUILD)/tests/server/test_serve_soak $(BUILD)/tinysam
 	@BUILD=$(BUILD) TINYSAM_SOAK_S=$${TINYSAM_SOAK_S:-600} $(BUILD)/tests/server/test_serve_soak
+
+# issue 22: README screenshots of the Label Studio answers, drawn by Label Studio's own front end
+# (npm, served on loopback) in Debian's chromium, and /v1/predict's polygons drawn by a page of
+# ours; writes docs/label_studio_*.png, docs/xanylabeling_polygons.png. Not in test/CI.
+screenshots: $(BUILD)/tinysam
+	@cd tools/labelling_screenshots && \
+	    if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/@heartexlabs/label-studio ]; then \
+	        npm ci --ignore-scripts --no-audit --no-fund >/dev/null; fi && \
+	    TINYSAM_BIN=$(abspath $(BUILD))/tinysam node labelling_screenshots.mjs --out-dir $(CURDIR)/docs
 
 bench: $(BENCH_BIN) $(BUILD)/tinysam
 	@if [ ! -d bench/onnx/node_modules/onnxruntime-node ] && command -v npm >/dev/null; then \

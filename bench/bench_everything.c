@@ -1,7 +1,8 @@
 /* bench_everything.c - everything mode, hierarchical vs grid, in one run: with the network on
  * a photo (picture1) and on a 12-megapixel image, and with the scene oracle; points evaluated,
  * times, their ratios and peak RSS; grid mode on the photo again with the int8 model (encoder
- * GEMMs and decoder int8, quantised here on picture3). Usage: bench_everything [--json] [--quick] */
+ * GEMMs and decoder int8, quantised here on picture3).
+ * Usage: bench_everything [--json] [--quick] [--threads T] */
 #include "core.h"
 #include "everything/mask_post.h"
 #include "quant/calibrate.h"
@@ -43,6 +44,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json = 1;
         if (!strcmp(argv[i], "--quick")) quick = 1;
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) tinysam_set_num_threads(atoi(argv[++i]));
     }
     const char *root = getenv("TINYSAM_FIXTURES");
     if (!root) root = "../shared/fixtures";

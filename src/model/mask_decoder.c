@@ -406,8 +406,12 @@ typedef struct {
     float *mask_chw, *mask_scratch; /* for a mask input */
     uint8_t *kq;                  /* int8: the keys + PE, 4096 x 256 codes */
     uint8_t *kTq;                 /* int8: the keys transposed, 256 x 4096 codes */
+    uint8_t *kc;                  /* int8: the keys, 4096 x 256 codes (the upscaling's input) */
+    /* int8: kpe not written by the codes pass (only its codes are used); kpe_now() makes it
+     * from kpe_keys + kpe_pos for the float fallbacks (out of memory for a run-time pack) */
+    int kpe_stale;
+    const float *kpe_keys, *kpe_pos;
     int8_t *pq;                   /* int8: t2i attention weights, 8*FOLD_MAX x 4096 codes */
-    float *kT;                    /* int8: the keys transposed, 256 x 4096 */
     float hblk[128 * 16], h1[256], h2[256], hyper[4 * 32];
 } workspace;
 
@@ -417,8 +421,8 @@ static void ws_free(workspace *w) {
                     w->mask_chw, w->mask_scratch};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) ts_free_aligned(all[i]);
     ts_free_aligned(w->kq);
-    ts_free_aligned(w->kT);
     ts_free_aligned(w->kTq);
+    ts_free_aligned(w->kc);
     ts_free_aligned(w->pq);
 }
 
@@ -433,10 +437,11 @@ static int ws_alloc(workspace *w, int max_tokens, int direct) {
     A(T, t * 256) A(q, t * 256) A(t1, t * 256) A(t2, t * 256) A(mlp, t * 2048)
     A(keys, img) A(kpe, img) A(img, img) A(S, s) A(f1, f * 256) A(f2, f * 256) A(sb, f)
     A(pa, proj) A(pb, proj) A(pc, proj) A(ctx, proj)
-    A(mask_chw, img) A(mask_scratch, TS_PROMPT_DENSE_SCRATCH) A(kT, img)
+    A(mask_chw, img) A(mask_scratch, TS_PROMPT_DENSE_SCRATCH)
 #undef A
     ok &= (w->kq = ts_malloc_aligned(img)) != NULL;
     ok &= (w->kTq = ts_malloc_aligned(img)) != NULL;
+    ok &= (w->kc = ts_malloc_aligned(img)) != NULL;
     ok &= (w->pq = ts_malloc_aligned((size_t)8 * FOLD_MAX * N_IMG)) != NULL;
     if (!ok) {
         ws_free(w);
@@ -528,6 +533,72 @@ static void transpose(const float *src, int rows, int cols, float *dst) {
     transpose_job j = {src, dst, rows, cols};
     if ((size_t)rows * cols < PAR_MIN) transpose_rows(&j, 0, rows);
     else ts_parallel_for(PAR_TASKS, transpose_task, &j);
+}
+
+/* The image side of an int8 layer, rows [r0, r1) (multiples of 8) of the 4096 x 256 keys:
+ * optionally LayerNorm in place (ln_w), then kpe = keys + PE, kq = codes of kpe, kc = codes of
+ * the keys and kTq = kc transposed (256 x 4096): one pass while a block of rows is in cache,
+ * the same values as ts_layernorm, add, ts_quantize_u8 and a transpose one after another. */
+typedef struct {
+    float *keys, *kpe; /* kpe NULL: only its codes */
+    const float *pos, *ln_w, *ln_b;
+    uint8_t *kq, *kc, *kTq; /* kq NULL: no kpe nor its codes */
+    float kq_step, kc_step;
+    int kq_zp, kc_zp;
+} img_codes_job;
+
+/* d = a + b over one row of 256 (restrict and a constant count: the compiler vectorises it) */
+static void add_row256(float *restrict d, const float *restrict a, const float *restrict b) {
+    for (int i = 0; i < 256; i++) d[i] = a[i] + b[i];
+}
+
+/* Rows [r, r + n), n <= 8: all but the transpose. */
+static void img_codes_block(const img_codes_job *j, int r, int n) {
+    float *x = j->keys + (size_t)r * 256;
+    size_t o = (size_t)r * 256;
+    if (j->ln_w) ts_layernorm_to_serial(x, x, n, 256, j->ln_w, j->ln_b, 1e-5f);
+    if (j->kq) {
+        _Alignas(64) float buf[8 * 256];
+        float *kp = j->kpe ? j->kpe + o : buf;
+        for (int i = 0; i < n; i++) add_row256(kp + i * 256, x + i * 256, j->pos + o + i * 256);
+        ts_quantize_u8(kp, n, 256, 256, j->kq_step, j->kq_zp, j->kq + o, 256);
+    }
+    ts_quantize_u8(x, n, 256, 256, j->kc_step, j->kc_zp, j->kc + o, 256);
+}
+
+/* The int8 GEMM's row callback: the image->token output GEMM hands each finished row of the
+ * keys (C = w->keys) while it is in cache. */
+static void img_codes_row_done(void *ctx, int m, float *row) {
+    (void)row;
+    img_codes_block(ctx, m, 1);
+}
+
+static void img_codes_rows(const img_codes_job *j, int r0, int r1, int rows_done) {
+    for (int r = r0; r < r1 && !rows_done; r += 8) img_codes_block(j, r, 8);
+    ts_transpose_u8(j->kc + (size_t)r0 * 256, 256, r1 - r0, 256, j->kTq + r0, N_IMG);
+}
+
+static void img_codes_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const int per = N_IMG / PAR_TASKS;
+    img_codes_rows(ctx, t * per, (t + 1) * per, 0);
+}
+
+static void img_codes_t_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const int per = N_IMG / PAR_TASKS;
+    img_codes_rows(ctx, t * per, (t + 1) * per, 1);
+}
+
+/* All of it; rows_done: the rows are made (img_codes_row_done), only the transpose is left. */
+static void img_codes(const img_codes_job *j, int rows_done) {
+    ts_parallel_for(PAR_TASKS, rows_done ? img_codes_t_task : img_codes_task, (void *)j);
+}
+
+/* w->kpe, made now if the codes pass left it out */
+static void kpe_now(workspace *w) {
+    if (w->kpe_stale) add(w->kpe_keys, w->kpe_pos, w->kpe, (size_t)N_IMG * 256);
+    w->kpe_stale = 0;
 }
 
 static void attention(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
@@ -648,9 +719,29 @@ static int32_t prob_codes(const ts_i8pk_kernels *kn, const float *p, int n, int 
     return cs;
 }
 
+typedef struct {
+    const float *S;
+    uint8_t *pq;
+    float *rsc;
+    int R;
+} prob_rows_job;
+
+/* Rows [t R / 8, (t + 1) R / 8) of t2i's probabilities as codes of the row maximum (7 bits),
+ * the row's scale 1 / sum(codes). */
+static void prob_rows_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const prob_rows_job *j = ctx;
+    const ts_i8pk_kernels kn = ts_i8pk_get();
+    for (int r = j->R * t / 8; r < j->R * (t + 1) / 8; r++) {
+        int32_t cs = prob_codes(&kn, j->S + (size_t)r * N_IMG, N_IMG, 127,
+                                j->pq + (size_t)r * N_IMG);
+        j->rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
+    }
+}
+
 static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
                           const uint8_t *kq, float kstep, int kzp, const float *v_in,
-                          float vstep, int vzp, float *out, workspace *w) {
+                          float vstep, int vzp, int vt_ready, float *out, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nq;
     const float scale = sqrtf((float)dh);
     lin(&a->q8, a->q_p, a->q_b, q_in, nq, w->pa);
@@ -660,6 +751,7 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     for (size_t i = 0; i < (size_t)R * 256; i++) w->f1[i] /= scale;
     ts_i8pack *fp = ts_i8pack_new_f32(w->f1, R, 256, 256);
     if (!fp) { /* out of memory: the float form */
+        kpe_now(w);
         t2i_folded(a, q_in, nq, k_in, v_in, out, w);
         return;
     }
@@ -671,20 +763,21 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     /* weights as codes of each row's maximum, round(127 p / max p) (7 bits: p >= 0), the row's
      * scale 1 / sum(codes) so that the quantised weights sum to one */
     float rsc[8 * FOLD_MAX];
-    const ts_i8pk_kernels kn = ts_i8pk_get();
-    for (int r = 0; r < R; r++) {
-        int32_t cs = prob_codes(&kn, w->S + (size_t)r * N_IMG, N_IMG, 127,
-                                (uint8_t *)w->pq + (size_t)r * N_IMG);
-        rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
-    }
+    prob_rows_job pj = {w->S, (uint8_t *)w->pq, rsc, R};
+    ts_parallel_for(8, prob_rows_task, &pj); /* rows apart: a lone prompt uses the pool */
     ts_i8pack *pp = ts_i8pack_new(w->pq, R, N_IMG, N_IMG, rsc);
     if (!pp) {
+        kpe_now(w);
         t2i_folded(a, q_in, nq, k_in, v_in, out, w);
         return;
     }
-    /* f2^T (256 x R) = keys^T P^T: the keys transposed as static uint8 codes */
-    transpose(v_in, N_IMG, 256, w->kT);
-    ts_quantize_u8(w->kT, 256, N_IMG, N_IMG, vstep, vzp, w->kTq, N_IMG);
+    /* f2^T (256 x R) = keys^T P^T: the keys transposed as static uint8 codes (w->kTq, made
+     * with the keys' LayerNorm unless vt_ready is 0) */
+    if (!vt_ready) {
+        img_codes_job cj = {.keys = (float *)v_in, .kc = w->kc, .kTq = w->kTq, .kc_step = vstep,
+                            .kc_zp = vzp};
+        img_codes(&cj, 0);
+    }
     ts_i8_out ov = {.C = w->img, .ldc = R};
     ts_gemm_i8(256, w->kTq, N_IMG, vstep, vzp, pp, &ov);
     ts_i8pack_free(pp);
@@ -695,11 +788,13 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     lin(&a->o8, a->o_p, a->o_b, w->ctx, nq, out);
 }
 
-/* i2t_folded with the int8 products; out += the attention (the residual). */
-static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *kq, float kstep,
-                          int kzp, const float *qp, const uint8_t *qq, float qstep,
-                          const float *k_in, const float *v_in, int nk, float *out,
-                          workspace *w) {
+/* i2t_folded with the int8 products; out = res + the attention (res NULL: out +=). cj (or
+ * NULL): the next layer's codes pass, made row by row in the output GEMM's epilogue; returns
+ * whether it was (else the caller runs it). */
+static int i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *kq, float kstep,
+                         int kzp, const float *qp, const uint8_t *qq, float qstep,
+                         const float *k_in, const float *v_in, int nk, const float *res,
+                         float *out, img_codes_job *cj, workspace *w) {
     int D = a->dim, dh = D / 8, R = 8 * nk;
     const float scale = sqrtf((float)dh);
     lin(&a->k8, a->k_p, a->k_b, k_in, nk, w->pa);
@@ -750,6 +845,7 @@ static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *
             ts_i8_out os = {.bias = w->sb, .C = w->S, .ldc = R};
             ts_gemm_i8(N_IMG, kq, 256, kstep, kzp, fp, &os);
         } else {
+            kpe_now(w);
             ts_gemm_ex(N_IMG, R, 256, q_in, 256, w->f1, 256, 1, w->S, R, 0.0f, w->sb,
                        TS_ACT_NONE);
         }
@@ -759,13 +855,16 @@ static void i2t_folded_i8(const ts_attn_w *a, const float *q_in, const uint8_t *
     transpose_small(w->f2, R, 256, w->f1);
     ts_i8pack *op = ts_i8pack_new_f32(w->f1, 256, R, R);
     if (op) {
-        ts_i8_out oo = {.bias = a->o_b, .accumulate = 1, .C = out, .ldc = 256};
+        ts_i8_out oo = {.bias = a->o_b, .accumulate = !res, .res = res, .C = out, .ldc = 256,
+                        .row_done = cj ? img_codes_row_done : NULL, .row_ctx = cj};
         ts_gemm_i8_f32(N_IMG, w->S, R, 1.0f / 255.0f, 0, op, &oo);
     } else {
+        if (res) copy(res, out, (size_t)N_IMG * 256);
         ts_gemm_ex(N_IMG, 256, R, w->S, R, w->f2, 256, 0, out, 256, 1.0f, a->o_b, TS_ACT_NONE);
     }
     ts_i8pack_free(fp);
     ts_i8pack_free(op);
+    return op != NULL;
 }
 
 /* The 4 x 4 output block of every token of the chunk into lr: m is 4*UP_TOK rows of 16
@@ -786,13 +885,17 @@ static void scatter_masks(int n0, const float *mrow, float *lr) {
  * and GELU in float, ConvT(64->32) + GELU requantised straight to uint8 codes (u->q) for the
  * mask product against hp, the hypernetwork vectors quantised per prompt. Runs on the calling
  * thread (inside a pool task). */
-static void upscale_chunk_i8(const ts_mask_decoder *d, const float *keys, const ts_i8pack *hp,
-                             int c, const up_scratch *u, float *lr) {
+static void upscale_chunk_i8(const ts_mask_decoder *d, const float *keys, const uint8_t *kc,
+                             const ts_i8pack *hp, int c, const up_scratch *u, float *lr) {
     const ts_up_i8 *q = d->up_i8;
     int n0 = c * UP_TOK;
     ts_i8_out o0 = {.bias = d->up0_bias, .C = u->g1, .ldc = 256};
-    ts_gemm_i8_f32_serial(UP_TOK, keys + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp, q->up0,
+    if (kc) /* the keys' codes with up0's step, made for the final attention */
+        ts_gemm_i8_serial(UP_TOK, kc + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp, q->up0,
                           &o0);
+    else
+        ts_gemm_i8_f32_serial(UP_TOK, keys + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp,
+                              q->up0, &o0);
     ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
     ts_gelu(u->g1, (size_t)UP_TOK * 256);
     ts_i8_out o3 = {.bias = d->up3_bias, .act = TS_ACT_GELU, .Cq = u->q, .ldc = 128,
@@ -866,6 +969,7 @@ typedef struct {
     /* per upscaling run */
     const float *keys, *hblk;
     const ts_i8pack *hp; /* int8 upscaling: hblk quantised */
+    const uint8_t *kc;   /* the keys' codes with up0's step, or NULL */
     float *lr;
 } decode_job;
 
@@ -963,41 +1067,59 @@ static void shared_i8_make(shared_img *sh) {
     else sh->has_i8 = 1;
 }
 
+typedef struct {
+    const shared_img *sh;
+    workspace *w;
+    const uint8_t *aq;
+    float qs;
+    int nq;
+} t2i_heads_job;
+
+/* Head h of t2i_shared_i8, in its own rows of w->S and w->pq (heads run in parallel for a
+ * lone prompt; inside a batch's task the pool runs them in turn). */
+static void t2i_head_task(void *ctx, int h, int tid) {
+    (void)tid;
+    const t2i_heads_job *j = ctx;
+    workspace *w = j->w;
+    const int nq = j->nq;
+    float *S = w->S + (size_t)h * nq * N_IMG;
+    uint8_t *pq = (uint8_t *)w->pq + (size_t)h * nq * N_IMG;
+    const ts_i8pk_kernels kn = ts_i8pk_get();
+    ts_i8_out os = {.C = S, .ldc = N_IMG};
+    ts_gemm_i8_serial(nq, j->aq + h * 16, 128, j->qs, 128, j->sh->k8[h], &os);
+    /* / sqrt(16): the same values as a division by 4 */
+    for (size_t i = 0; i < (size_t)nq * N_IMG; i++) S[i] *= 0.25f;
+    ts_softmax_rows_serial(S, nq, N_IMG);
+    float rsc[FOLD_MAX];
+    for (int r = 0; r < nq; r++) {
+        int32_t cs = prob_codes(&kn, S + (size_t)r * N_IMG, N_IMG, 255, pq + (size_t)r * N_IMG);
+        rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
+    }
+    ts_i8_out ov = {.C = w->ctx + h * 16, .ldc = 128};
+    ts_gemm_i8_serial(nq, pq, N_IMG, 1.0f, 0, j->sh->v8[h], &ov);
+    for (int r = 0; r < nq; r++)
+        for (int c = 0; c < 16; c++) w->ctx[(size_t)r * 128 + h * 16 + c] *= rsc[r];
+}
+
 /* Token-to-image attention of layer 0 against the shared int8 projections: per head, scores
  * q_h K_h^T from the query rows quantised with one dynamic step, probabilities as codes of each
  * row's maximum (round(255 p / max p)), the product rescaled by 1 / sum(codes) per row. */
 static void t2i_shared_i8(const ts_attn_w *a, const float *q_in, int nq, const shared_img *sh,
                           float *out, workspace *w) {
-    const float scale = 4.0f; /* sqrt(16) */
     lin(&a->q8, a->q_p, a->q_b, q_in, nq, w->pa);
     float mx = 0.0f;
     for (int i = 0; i < nq * 128; i++) mx = fabsf(w->pa[i]) > mx ? fabsf(w->pa[i]) : mx;
     const float qs = mx > 0.0f ? mx / 127.0f : 1.0f;
-    uint8_t *aq = (uint8_t *)w->f1, *pq = (uint8_t *)w->pq;
-    const ts_i8pk_kernels kn = ts_i8pk_get();
+    uint8_t *aq = (uint8_t *)w->f1;
     ts_quantize_u8(w->pa, nq, 128, 128, qs, 128, aq, 128);
-    for (int h = 0; h < 8; h++) {
-        ts_i8_out os = {.C = w->S, .ldc = N_IMG};
-        ts_gemm_i8(nq, aq + h * 16, 128, qs, 128, sh->k8[h], &os);
-        for (size_t i = 0; i < (size_t)nq * N_IMG; i++) w->S[i] /= scale;
-        ts_softmax_rows(w->S, nq, N_IMG);
-        float rsc[8 * FOLD_MAX];
-        for (int r = 0; r < nq; r++) {
-            int32_t cs = prob_codes(&kn, w->S + (size_t)r * N_IMG, N_IMG, 255,
-                                    pq + (size_t)r * N_IMG);
-            rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
-        }
-        ts_i8_out ov = {.C = w->ctx + h * 16, .ldc = 128};
-        ts_gemm_i8(nq, pq, N_IMG, 1.0f, 0, sh->v8[h], &ov);
-        for (int r = 0; r < nq; r++)
-            for (int c = 0; c < 16; c++) w->ctx[(size_t)r * 128 + h * 16 + c] *= rsc[r];
-    }
+    t2i_heads_job hj = {sh, w, aq, qs, nq};
+    ts_parallel_for(8, t2i_head_task, &hj);
     lin(&a->o8, a->o_p, a->o_b, w->ctx, nq, out);
 }
 
 static void up_task(void *ctx, int c, int tid) {
     const decode_job *j = ctx;
-    if (j->hp) upscale_chunk_i8(j->d, j->keys, j->hp, c, &j->up[tid], j->lr);
+    if (j->hp) upscale_chunk_i8(j->d, j->keys, j->kc, j->hp, c, &j->up[tid], j->lr);
     else upscale_chunk(j->d, j->keys, j->hblk, c, &j->up[tid], j->lr);
 }
 
@@ -1027,6 +1149,8 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
     }
     float *queries = w->q, *qpe = w->t1, *tmp = w->t2;
     const ts_up_i8 *qi = fold ? d->up_i8 : NULL; /* int8 cross attentions */
+    int codes_ready = 0; /* w->kq, kc, kTq hold the codes of this layer's kpe and keys */
+    w->kpe_stale = 0;
     for (int L = 0; L < 2; L++) {
         const ts_twoway_layer *l = &d->layer[L];
         int shared = L == 0 && proj0;
@@ -1034,7 +1158,7 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KPE0 + L, kpe, N_IMG, 256, 0);
             ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KEYS0 + L, keys, N_IMG, 256, 0);
         }
-        if (qi && !shared)
+        if (qi && !shared && !codes_ready)
             ts_quantize_u8(kpe, N_IMG, 256, 256, qi->kpe_step[L], qi->kpe_zp[L], w->kq, 256);
         if (L == 0) { /* the first self-attention replaces the queries: no residual, no PE */
             attention(&l->self_attn, w->T, nq, w->T, w->T, nq, NULL, NULL, queries, w);
@@ -1051,7 +1175,7 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             attention(&l->t2i, qpe, nq, NULL, NULL, N_IMG, j->sh->k_t2i, j->sh->v_t2i, tmp, w);
         else if (qi)
             t2i_folded_i8(&l->t2i, qpe, nq, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L], keys,
-                          qi->keys_step[L], qi->keys_zp[L], tmp, w);
+                          qi->keys_step[L], qi->keys_zp[L], codes_ready, tmp, w);
         else if (fold)
             t2i_folded(&l->t2i, qpe, nq, kpe, keys, tmp, w);
         else
@@ -1064,13 +1188,27 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         add(queries, tmp, queries, tq);
         ts_layernorm(queries, nq, 256, l->n3_w, l->n3_b, 1e-5f);
         add(queries, w->T, qpe, tq); /* image -> token: the image tokens are the queries */
+        /* int8: LayerNorm, + PE and the next layer's codes in one pass (kpe itself only for
+         * the calibration probe; else made if a fallback needs it) */
+        img_codes_job cj = {.keys = w->keys, .kpe = ts_decoder_probe ? w->kpe : NULL,
+                            .pos = pos, .ln_w = l->n4_w, .ln_b = l->n4_b, .kq = w->kq,
+                            .kc = w->kc, .kTq = w->kTq};
+        if (qi) {
+            cj.kq_step = qi->kpe_step[L + 1];
+            cj.kq_zp = qi->kpe_zp[L + 1];
+            cj.kc_step = qi->keys_step[L + 1];
+            cj.kc_zp = qi->keys_zp[L + 1];
+        }
+        int rows_done = 0;
         if (fold) { /* keys += attention, accumulated by the output GEMM */
-            if (keys != w->keys) copy(keys, w->keys, ti);
-            if (qi)
-                i2t_folded_i8(&l->i2t, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L],
-                              shared ? j->sh->q_i2t : NULL,
-                              shared && j->sh->has_i8 ? j->sh->qq : NULL, j->sh->q_step, qpe,
-                              queries, nq, w->keys, w);
+            if (keys != w->keys && !qi) copy(keys, w->keys, ti);
+            if (qi) /* the int8 output GEMM adds the residual from where the keys are, and
+                     * makes the next layer's codes row by row (LayerNorm, + PE, codes) */
+                rows_done = i2t_folded_i8(&l->i2t, kpe, w->kq, qi->kpe_step[L], qi->kpe_zp[L],
+                                          shared ? j->sh->q_i2t : NULL,
+                                          shared && j->sh->has_i8 ? j->sh->qq : NULL,
+                                          j->sh->q_step, qpe, queries, nq,
+                                          keys != w->keys ? keys : NULL, w->keys, &cj, w);
             else
                 i2t_folded(&l->i2t, kpe, shared ? j->sh->q_i2t : NULL, qpe, queries, nq, w->keys,
                            1.0f, w);
@@ -1078,18 +1216,25 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             attention(&l->i2t, kpe, N_IMG, qpe, queries, nq, NULL, NULL, w->img, w);
             add(keys, w->img, w->keys, ti);
         }
-        ts_layernorm(w->keys, N_IMG, 256, l->n4_w, l->n4_b, 1e-5f);
-        add(w->keys, pos, w->kpe, ti);
+        if (qi && fold) { /* the rest of the codes pass: the transposed keys codes */
+            img_codes(&cj, rows_done);
+            codes_ready = 1;
+            w->kpe_stale = !cj.kpe;
+            w->kpe_keys = w->keys;
+            w->kpe_pos = pos;
+        } else {
+            ts_layernorm(w->keys, N_IMG, 256, l->n4_w, l->n4_b, 1e-5f);
+            add(w->keys, pos, w->kpe, ti);
+        }
         keys = w->keys;
         kpe = w->kpe;
     }
     add(queries, w->T, qpe, tq);
     if (fold && ts_decoder_probe)
         ts_decoder_probe(ts_decoder_probe_ctx, TS_DEC_SITE_KPE0 + 2, kpe, N_IMG, 256, 0);
-    if (qi) {
-        ts_quantize_u8(kpe, N_IMG, 256, 256, qi->kpe_step[2], qi->kpe_zp[2], w->kq, 256);
+    if (qi) { /* kq, kc, kTq: made with the last LayerNorm */
         t2i_folded_i8(&d->final_attn, qpe, nq, kpe, w->kq, qi->kpe_step[2], qi->kpe_zp[2], keys,
-                      qi->keys_step[2], qi->keys_zp[2], tmp, w);
+                      qi->keys_step[2], qi->keys_zp[2], 1, tmp, w);
     } else if (fold) t2i_folded(&d->final_attn, qpe, nq, kpe, keys, tmp, w);
     else attention(&d->final_attn, qpe, nq, kpe, keys, N_IMG, NULL, NULL, tmp, w);
     add(queries, tmp, queries, tq);
@@ -1135,10 +1280,11 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
         uj.keys = keys;
         uj.hblk = w->hblk;
         uj.hp = hp;
+        uj.kc = qi ? w->kc : NULL;
         uj.lr = lr;
         ts_parallel_for(N_CHUNK, up_task, &uj);
     } else if (hp) {
-        for (int c = 0; c < N_CHUNK; c++) upscale_chunk_i8(d, keys, hp, c, up, lr);
+        for (int c = 0; c < N_CHUNK; c++) upscale_chunk_i8(d, keys, qi ? w->kc : NULL, hp, c, up, lr);
     } else {
         for (int c = 0; c < N_CHUNK; c++) upscale_chunk(d, keys, w->hblk, c, up, lr);
     }

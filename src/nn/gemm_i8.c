@@ -74,6 +74,10 @@ static void sc_quant_row(const float *x, int n, float step, int zp, int lo, int 
     for (int i = 0; i < n; i++) q[i] = ts_quant_u8_range(x[i], step, zp, lo, hi);
 }
 
+static void sc_add_row(float *c, const float *a, const float *y, int n) {
+    for (int i = 0; i < n; i++) c[i] = a[i] + y[i];
+}
+
 const ts_i8_isa ts_i8_isa_scalar = {
     .name = "scalar",
     .mr = SC_MR,
@@ -86,6 +90,7 @@ const ts_i8_isa ts_i8_isa_scalar = {
     .kernel = sc_kernel,
     .epi_row = sc_epi_row,
     .quant_row = sc_quant_row,
+    .add_row = sc_add_row,
 };
 
 /* ---- selection: follows nn.h's ISA ------------------------------------------------------ */
@@ -133,18 +138,21 @@ static void pack_b(const ts_i8_isa *isa, const int8_t *Wq, int N, int K, int Kp,
     int8_t *d8 = out;
     int16_t *d16 = out;
     size_t o = 0;
-    if (isa->bsize == 1 && kg == 4) { /* the same bytes, a 4-byte word per column and group */
-        for (int j = 0; j * nr < N; j++)
-            for (int g = 0; g < ng; g++) {
-                const int k0 = g * kg, kv = TS_MAX(0, TS_MIN(kg, K - k0));
-                for (int c = 0; c < nr; c++, o += 4) {
-                    const int n = j * nr + c;
-                    uint32_t w = 0;
-                    if (n < N && kv == 4) memcpy(&w, Wq + (size_t)n * K + k0, 4);
-                    else if (n < N) memcpy(&w, Wq + (size_t)n * K + k0, (size_t)kv);
-                    memcpy(d8 + o, &w, 4);
-                }
+    if (isa->bsize == 1 && kg == 4) {
+        /* the common int8 layout: whole groups as 4-byte moves, padding zeroed apart
+         * (run-time packs of the decoder's dynamic operands go through here per call) */
+        const int kfull = K / 4;
+        for (int j = 0; j * nr < N; j++) {
+            const int nv = TS_MIN(nr, N - j * nr);
+            int8_t *sl = d8 + (size_t)j * nr * Kp;
+            if (nv < nr || kfull < ng) memset(sl, 0, (size_t)nr * Kp);
+            for (int c = 0; c < nv; c++) {
+                const int8_t *w = Wq + (size_t)(j * nr + c) * K;
+                int8_t *d = sl + (size_t)c * 4;
+                for (int g = 0; g < kfull; g++) memcpy(d + (size_t)g * nr * 4, w + 4 * g, 4);
+                if (kfull < ng) memcpy(d + (size_t)kfull * nr * 4, w + 4 * kfull, (size_t)(K - 4 * kfull));
             }
+        }
         return;
     }
     for (int j = 0; j * nr < N; j++)
@@ -266,7 +274,22 @@ ts_i8pack *ts_i8pack_new_f32(const float *W, int N, int K, int ldw) {
     float *s = ts_malloc(sizeof(float) * N);
     ts_i8pack *p = NULL;
     if (q && s) {
-        ts_quant_weights(W, N, K, ldw, q, s);
+        /* ts_quant_weights' codes with the ISA's quantiser (run-time packs of the decoder's
+         * dynamic operands come here per call): scale max|w| / 127, codes round(w / scale) in
+         * [-127, 127], as u8 with zero point 128 then shifted */
+        const ts_i8_isa *isa = i8_isa();
+        for (int n = 0; n < N; n++) {
+            const float *w = W + (size_t)n * ldw;
+            float mx = 0.0f;
+            for (int k = 0; k < K; k++) {
+                float a = fabsf(w[k]);
+                mx = a > mx ? a : mx; /* fmaxf's result, NaN skipped */
+            }
+            s[n] = mx > 0.0f && isfinite(mx) ? mx / (float)TS_QW_MAX : 1.0f;
+            uint8_t *u = (uint8_t *)q + (size_t)n * K;
+            isa->quant_row(w, K, s[n], 128, -TS_QW_MAX, TS_QW_MAX, u);
+            for (int k = 0; k < K; k++) q[(size_t)n * K + k] = (int8_t)((int)u[k] - 128);
+        }
         p = ts_i8pack_new(q, N, K, K, s);
     }
     free(q);
@@ -360,6 +383,17 @@ static void i8_task(void *ctx, int t, int tid) {
                 a = Ar + p0;
                 rs = g->lda;
                 gs = 4;
+            } else if (isa->a_inplace && g->K % 4 == 0) {
+                /* a partial panel: its rows copied whole (a byte-wise pack was the cost of
+                 * the small-M products), the missing rows zero; read in place */
+                for (int r = 0; r < mr; r++) {
+                    uint8_t *qr = Qa + (size_t)r * KC_I8;
+                    if (r < mv) memcpy(qr, Ar + (size_t)r * g->lda + p0, (size_t)kc);
+                    else memset(qr, 0, (size_t)kc);
+                }
+                a = Qa;
+                rs = KC_I8;
+                gs = 4;
             } else {
                 if (Ar)
                     isa->pack_a(mv, kc, kcp, Ar + p0, g->lda, Ap);
@@ -384,14 +418,16 @@ static void i8_task(void *ctx, int t, int tid) {
             }
             const ts_i8_out *o = g->out;
             float *cr = o->C ? o->C + m * o->ldc + c0 : NULL;
-            float *y = cr && !o->accumulate ? cr : yrow;
+            const float *res = o->res ? o->res + m * o->ldc + c0 : o->accumulate ? cr : NULL;
+            float *y = cr && !res ? cr : yrow;
             isa->epi_row(ar, zc, comb, bias, ncols, y);
             if (o->act == TS_ACT_GELU) g->nisa->gelu(y, (size_t)ncols);
             if (!cr)
                 isa->quant_row(y, ncols, o->out_step, o->out_zp, -o->out_zp, 255 - o->out_zp,
                                o->Cq + m * o->ldc + c0);
             else if (y != cr)
-                for (int i = 0; i < ncols; i++) cr[i] += y[i];
+                isa->add_row(cr, res, y, ncols);
+            if (cr && o->row_done) o->row_done(o->row_ctx, (int)m, cr);
         }
     }
 }
@@ -400,6 +436,7 @@ static void i8_run(int M, const uint8_t *A, int lda, const float *X, int ldx, fl
                    int a_zp, const ts_i8pack *W, const ts_i8_out *out, int32_t *C32, int ldc32,
                    int serial) {
     if (M <= 0) return;
+    ready(W); /* a pack of a load's open batch used before its end: packed now */
     const ts_i8_isa *isa = i8_isa();
     i8_job g = {.isa = isa, .nisa = ts_nn_isa_get(), .A = A, .lda = lda, .X = X, .ldx = ldx,
                 .M = M, .N = W->N, .K = W->K, .Kp = W->Kp, .a_zp = a_zp, .a_step = a_step,
@@ -414,6 +451,7 @@ static void i8_run(int M, const uint8_t *A, int lda, const float *X, int ldx, fl
     }
     g.Bp = tmp ? tmp : W->data;
     const int mr = isa->mr, nr = isa->nr, N = W->N;
+    TS_ASSERT(!out || !out->row_done || N <= NT_MAX); /* one column task: whole rows */
     int nthreads = serial ? 1 : ts_num_threads();
     int par = nthreads > 1 && (double)M * N * W->K >= PAR_MIN_MAC;
     int n_ct = (N + NT_MAX - 1) / NT_MAX; /* column tasks, even widths */
@@ -497,6 +535,85 @@ void ts_quantize_u8_range(const float *x, int M, int K, int ldx, float step, int
 void ts_quantize_u8(const float *x, int M, int K, int ldx, float step, int zp, uint8_t *q,
                     int ldq) {
     ts_quantize_u8_range(x, M, K, ldx, step, zp, -zp, 255 - zp, q, ldq);
+}
+
+/* ---- byte transpose ---------------------------------------------------------------------- */
+
+/* 8 x 8 bytes: the three masked swaps of a recursive transpose on the rows as little-endian
+ * 64-bit words (byte j of row i = element (i, j)). */
+static void tr8_u8(const uint8_t *src, size_t lds, uint8_t *dst, size_t ldd) {
+    uint64_t x[8], t;
+    for (int i = 0; i < 8; i++) memcpy(&x[i], src + i * lds, 8);
+    for (int i = 0; i < 8; i += 2) { /* 1-byte elements of 2 x 2 blocks */
+        t = ((x[i] >> 8) ^ x[i + 1]) & 0x00FF00FF00FF00FFull;
+        x[i + 1] ^= t;
+        x[i] ^= t << 8;
+    }
+    for (int i = 0; i < 8; i += (i & 1) ? 3 : 1) { /* 2-byte: rows (0,2) (1,3) (4,6) (5,7) */
+        t = ((x[i] >> 16) ^ x[i + 2]) & 0x0000FFFF0000FFFFull;
+        x[i + 2] ^= t;
+        x[i] ^= t << 16;
+    }
+    for (int i = 0; i < 4; i++) { /* 4-byte: rows (i, i + 4) */
+        t = ((x[i] >> 32) ^ x[i + 4]) & 0x00000000FFFFFFFFull;
+        x[i + 4] ^= t;
+        x[i] ^= t << 32;
+    }
+    for (int i = 0; i < 8; i++) memcpy(dst + i * ldd, &x[i], 8);
+}
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+/* 16 x 16 bytes: interleaves of rows, pairs, quads and octets (64 unpacks). After stage s,
+ * a register holds 2^s rows for a run of columns. */
+static void tr16_u8_sse2(const uint8_t *src, size_t lds, uint8_t *dst, size_t ldd) {
+    __m128i r[16], a[16], b[16], c[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm_loadu_si128((const __m128i *)(src + i * lds));
+    for (int p = 0; p < 8; p++) { /* a[2p + h]: rows 2p, 2p+1, columns 8h .. 8h+7 */
+        a[2 * p] = _mm_unpacklo_epi8(r[2 * p], r[2 * p + 1]);
+        a[2 * p + 1] = _mm_unpackhi_epi8(r[2 * p], r[2 * p + 1]);
+    }
+    for (int q = 0; q < 4; q++) /* b[4q + 2h + g]: rows 4q .. 4q+3, columns 8h + 4g .. +3 */
+        for (int h = 0; h < 2; h++) {
+            b[4 * q + 2 * h] = _mm_unpacklo_epi16(a[4 * q + h], a[4 * q + 2 + h]);
+            b[4 * q + 2 * h + 1] = _mm_unpackhi_epi16(a[4 * q + h], a[4 * q + 2 + h]);
+        }
+    for (int o = 0; o < 2; o++) /* c[8o + 2hg + e]: rows 8o .. 8o+7, columns 8h + 4g + 2e, +1 */
+        for (int hg = 0; hg < 4; hg++) {
+            c[8 * o + 2 * hg] = _mm_unpacklo_epi32(b[8 * o + hg], b[8 * o + 4 + hg]);
+            c[8 * o + 2 * hg + 1] = _mm_unpackhi_epi32(b[8 * o + hg], b[8 * o + 4 + hg]);
+        }
+    for (int k = 0; k < 8; k++) { /* columns 2k, 2k+1: all 16 rows */
+        _mm_storeu_si128((__m128i *)(dst + (size_t)(2 * k) * ldd), _mm_unpacklo_epi64(c[k], c[8 + k]));
+        _mm_storeu_si128((__m128i *)(dst + (size_t)(2 * k + 1) * ldd),
+                         _mm_unpackhi_epi64(c[k], c[8 + k]));
+    }
+}
+#endif
+
+void ts_transpose_u8(const uint8_t *src, size_t lds, int rows, int cols, uint8_t *dst,
+                     size_t ldd) {
+    int r = 0, c, bs = 8;
+#ifdef __SSE2__
+    if (i8_isa() != &ts_i8_isa_scalar) bs = 16;
+#endif
+    for (; r + bs <= rows; r += bs) {
+        for (c = 0; c + bs <= cols; c += bs) {
+            const uint8_t *s = src + (size_t)r * lds + c;
+            uint8_t *d = dst + (size_t)c * ldd + r;
+#ifdef __SSE2__
+            if (bs == 16) {
+                tr16_u8_sse2(s, lds, d, ldd);
+                continue;
+            }
+#endif
+            tr8_u8(s, lds, d, ldd);
+        }
+        for (; c < cols; c++)
+            for (int i = r; i < r + bs; i++) dst[(size_t)c * ldd + i] = src[(size_t)i * lds + c];
+    }
+    for (; r < rows; r++)
+        for (c = 0; c < cols; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
 }
 
 int ts_i8_check_layer_steps(const char *P, float step, float zero_point, const float *scale,

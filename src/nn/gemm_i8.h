@@ -71,6 +71,11 @@ typedef struct {
     int ldc;
     float out_step;
     int out_zp;
+    const float *res; /* float output: C = res + act(y), res laid out as C (ldc), or NULL */
+    /* float output, N <= 512: called with each finished row of C (all N columns), on the
+     * thread that made it, while the row is in cache (e.g. a LayerNorm of the result) */
+    void (*row_done)(void *ctx, int m, float *row);
+    void *row_ctx;
 } ts_i8_out;
 
 /* C = epilogue(A_u8[M x K] (lda) * W), K and N those of the pack; see the top of the file. */
@@ -96,6 +101,12 @@ void ts_gemm_i8_s32(int M, const uint8_t *A, int lda, int a_zp, const ts_i8pack 
  * TINYSAM_E_FORMAT naming layer P, or 0. */
 int ts_i8_check_layer_steps(const char *P, float step, float zero_point, const float *scale,
                             const float *bias, int N);
+
+/* dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols: uint8 codes (e.g. a layer's
+ * input codes as the A operand of the transposed product), on the calling thread. SSE2 16 x 16
+ * blocks unless the int8 path is "scalar" (portable 8 x 8 blocks in 64-bit words). */
+void ts_transpose_u8(const uint8_t *src, size_t lds, int rows, int cols, uint8_t *dst,
+                     size_t ldd);
 
 /* Name of the int8 kernel path that runs now: "avx512vnni", "avx2" or "scalar". */
 const char *ts_gemm_i8_isa_name(void);

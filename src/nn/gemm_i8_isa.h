@@ -35,6 +35,8 @@ typedef struct {
                     int n, float *y);
     /* q[i] = clamp(round(x[i] / step), lo, hi) + zp (quant.h ts_quant_u8_range), NaN -> zp */
     void (*quant_row)(const float *x, int n, float step, int zp, int lo, int hi, uint8_t *q);
+    /* c[i] = a[i] + y[i], i < n (the accumulating epilogue: a = c, or a residual) */
+    void (*add_row)(float *c, const float *a, const float *y, int n);
 } ts_i8_isa;
 
 extern const ts_i8_isa ts_i8_isa_scalar;

@@ -416,6 +416,170 @@ static void test_twin_gelu_gemm(void) {
     free(qn);
 }
 
+/* row_done: each row handed once, finished (the callback scales it: C's final values). */
+typedef struct {
+    int *calls;
+    float *copy;
+    int N;
+} row_cb;
+
+static void row_cb_fn(void *ctx, int m, float *row) {
+    row_cb *c = ctx;
+    c->calls[m]++;
+    for (int n = 0; n < c->N; n++) {
+        c->copy[(size_t)m * c->N + n] = row[n];
+        row[n] *= 2.0f;
+    }
+}
+
+/* The residual output (C = res + y) and the accumulating one (C += y) against the exact
+ * accumulator and the documented formula, bit for bit, with tails (N not a multiple of 16). */
+static void test_residual_output(void) {
+    static const int shapes[][3] = {{13, 37, 7}, {40, 70, 64}, {300, 256, 56}, {5, 3, 130}};
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        for (int s = 0; s < 4; s++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], zp = s % 2 ? 128 : 3;
+            float *W = malloc(sizeof(float) * (size_t)N * K), *bias = malloc(sizeof(float) * N);
+            float *res = malloc(sizeof(float) * (size_t)M * N), *C1 = malloc(sizeof(float) * (size_t)M * N),
+                  *C2 = malloc(sizeof(float) * (size_t)M * N);
+            int32_t *C32 = malloc(sizeof(int32_t) * (size_t)M * N);
+            uint8_t *A = malloc((size_t)M * K);
+            for (size_t j = 0; j < (size_t)N * K; j++) W[j] = frand();
+            for (int n = 0; n < N; n++) bias[n] = frand();
+            for (size_t j = 0; j < (size_t)M * N; j++) res[j] = C2[j] = 4.0f * frand();
+            for (size_t j = 0; j < (size_t)M * K; j++) A[j] = (uint8_t)(rand() & 255);
+            ts_i8pack *P = ts_i8pack_new_f32(W, N, K, K);
+            REQUIRE(P, "pack");
+            int8_t *Wq = malloc((size_t)N * K);
+            float *sc = malloc(sizeof(float) * N);
+            ts_quant_weights(W, N, K, K, Wq, sc);
+            const float step = 0.013f;
+            ts_i8_out o1 = {.bias = bias, .res = res, .C = C1, .ldc = N};
+            ts_i8_out o2 = {.bias = bias, .accumulate = 1, .C = C2, .ldc = N};
+            ts_gemm_i8(M, A, K, step, zp, P, &o1);
+            ts_gemm_i8_serial(M, A, K, step, zp, P, &o2);
+            ts_gemm_i8_s32(M, A, K, zp, P, C32, N);
+            /* the same with row_done (threaded): rows handed once, as written */
+            float *C3 = malloc(sizeof(float) * (size_t)M * N), *cp = malloc(sizeof(float) * (size_t)M * N);
+            int *calls = calloc((size_t)M, sizeof(int));
+            row_cb cb = {calls, cp, N};
+            ts_i8_out o3 = {.bias = bias, .res = res, .C = C3, .ldc = N, .row_done = row_cb_fn,
+                            .row_ctx = &cb};
+            ts_gemm_i8(M, A, K, step, zp, P, &o3);
+            for (int m = 0; m < M; m++) {
+                CHECK(calls[m] == 1, "%s: row %d handed %d times", ts_gemm_i8_isa_name(), m, calls[m]);
+                for (int n = 0; n < N; n++)
+                    if (cp[(size_t)m * N + n] != C1[(size_t)m * N + n] ||
+                        C3[(size_t)m * N + n] != 2.0f * C1[(size_t)m * N + n]) {
+                        t_fail(__FILE__, __LINE__, "%s: row_done row %d differs", ts_gemm_i8_isa_name(), m);
+                        break;
+                    }
+            }
+            free(C3);
+            free(cp);
+            free(calls);
+            int bad = 0;
+            for (int m = 0; m < M && !bad; m++)
+                for (int n = 0; n < N && !bad; n++) {
+                    size_t o = (size_t)m * N + n;
+                    long long r = 0;
+                    for (int k = 0; k < K; k++)
+                        r += ((long long)A[(size_t)m * K + k] - zp) * Wq[(size_t)n * K + k];
+                    float want = res[o] + ((float)r * (step * sc[n]) + bias[n]);
+                    if (C32[o] != r || C1[o] != want || C2[o] != want) {
+                        t_fail(__FILE__, __LINE__, "%s %dx%dx%d [%d][%d]: %.9g / %.9g want %.9g",
+                               ts_gemm_i8_isa_name(), M, N, K, m, n, C1[o], C2[o], want);
+                        bad = 1;
+                    }
+                }
+            ts_i8pack_free(P);
+            free(Wq);
+            free(sc);
+            free(W);
+            free(bias);
+            free(res);
+            free(C1);
+            free(C2);
+            free(C32);
+            free(A);
+        }
+    }
+    ts_nn_set_isa(ISAS[0]);
+}
+
+/* ts_i8pack_new_f32's codes and scales == ts_quant_weights' (the ISA's quantiser on every
+ * path): random rows, a zero row, NaN, infinities, ties at half a step. The codes are read
+ * back as the exact products with unit rows (A = identity, zero point 0). */
+static void test_pack_f32_codes(void) {
+    const int N = 7, K = 37;
+    float W[7 * 37];
+    for (int i = 0; i < N * K; i++) W[i] = 3.0f * frand();
+    for (int k = 0; k < K; k++) W[1 * K + k] = 0.0f;
+    W[2 * K + 5] = NAN;
+    W[3 * K + 1] = INFINITY;
+    W[3 * K + 2] = -INFINITY;
+    for (int k = 0; k < K; k++) W[4 * K + k] = ((float)k - 18.0f + 0.5f); /* max 18.5: ties */
+    W[5 * K + 0] = -127.0f;
+    uint8_t *A = calloc((size_t)K * K, 1);
+    for (int k = 0; k < K; k++) A[(size_t)k * K + k] = 1;
+    int8_t Wq[7 * 37];
+    float sc[7];
+    ts_quant_weights(W, N, K, K, Wq, sc);
+    int32_t C[37 * 7];
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        ts_i8pack *P = ts_i8pack_new_f32(W, N, K, K);
+        REQUIRE(P, "pack");
+        ts_gemm_i8_s32(K, A, K, 0, P, C, N);
+        for (int n = 0; n < N; n++) {
+            CHECK(ts_i8pack_scale(P)[n] == sc[n], "%s: scale %d %g want %g", ts_gemm_i8_isa_name(),
+                  n, ts_i8pack_scale(P)[n], sc[n]);
+            for (int k = 0; k < K; k++)
+                if (C[k * N + n] != Wq[n * K + k]) {
+                    t_fail(__FILE__, __LINE__, "%s: code [%d][%d] %d want %d",
+                           ts_gemm_i8_isa_name(), n, k, C[k * N + n], Wq[n * K + k]);
+                    break;
+                }
+        }
+        ts_i8pack_free(P);
+    }
+    ts_nn_set_isa(ISAS[0]);
+    free(A);
+}
+
+/* Byte transpose against the naive loop: whole blocks, edges, leading dimensions. */
+static void test_transpose_u8(void) {
+    static const int shapes[][2] = {{4096, 256}, {16, 16}, {8, 8}, {37, 21}, {5, 3}, {24, 40}, {1, 1}};
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ts_nn_isa_available(ISAS[i])) continue;
+        ts_nn_set_isa(ISAS[i]);
+        for (int s = 0; s < 7; s++) {
+            int R = shapes[s][0], C = shapes[s][1];
+            size_t lds = (size_t)C + 3, ldd = (size_t)R + 5;
+            uint8_t *src = malloc(lds * R), *dst = malloc(ldd * C);
+            for (size_t k = 0; k < lds * R; k++) src[k] = (uint8_t)(rand() & 255);
+            memset(dst, 0xa5, ldd * C);
+            ts_transpose_u8(src, lds, R, C, dst, ldd);
+            int bad = 0;
+            for (int c = 0; c < C && !bad; c++)
+                for (size_t r = 0; r < ldd && !bad; r++) {
+                    int want = r < (size_t)R ? src[r * lds + c] : 0xa5; /* padding untouched */
+                    if (dst[(size_t)c * ldd + r] != want) {
+                        t_fail(__FILE__, __LINE__, "%s %dx%d: [%d][%zu] = %d want %d",
+                               ts_gemm_i8_isa_name(), R, C, c, r, dst[(size_t)c * ldd + r], want);
+                        bad = 1;
+                    }
+                }
+            free(src);
+            free(dst);
+        }
+    }
+    ts_nn_set_isa(ISAS[0]);
+}
+
 /* End to end on float data: quantised linear vs the float one, and the asymmetric fold. */
 static void test_float_end_to_end(void) {
     const int M = 50, K = 96, N = 40;
@@ -461,6 +625,9 @@ int main(void) {
     RUN(test_quantize_u8);
     RUN(test_f32_input);
     RUN(test_twin_gelu_gemm);
+    RUN(test_residual_output);
+    RUN(test_transpose_u8);
+    RUN(test_pack_f32_codes);
     RUN(test_float_end_to_end);
     return test_summary();
 }

@@ -112,6 +112,13 @@ static void avx2_quant_row(const float *x, int n, float step, int zp, int qlo, i
     }
 }
 
+static void avx2_add_row(float *c, const float *a, const float *y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(c + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) c[i] = a[i] + y[i];
+}
+
 const ts_i8_isa ts_i8_isa_avx2 = {
     .name = "avx2",
     .mr = MR,
@@ -124,4 +131,5 @@ const ts_i8_isa ts_i8_isa_avx2 = {
     .kernel = avx2_kernel,
     .epi_row = avx2_epi_row,
     .quant_row = avx2_quant_row,
+    .add_row = avx2_add_row,
 };

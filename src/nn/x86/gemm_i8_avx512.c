@@ -121,6 +121,17 @@ TGT static void vnni_quant_row(const float *x, int n, float step, int zp, int ql
     }
 }
 
+TGT static void vnni_add_row(float *c, const float *a, const float *y, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(c + i, _mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(c + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + i),
+                                                      _mm512_maskz_loadu_ps(k, y + i)));
+    }
+}
+
 const ts_i8_isa ts_i8_isa_avx512vnni = {
     .name = "avx512vnni",
     .mr = MR,
@@ -133,4 +144,5 @@ const ts_i8_isa ts_i8_isa_avx512vnni = {
     .kernel = vnni_kernel,
     .epi_row = vnni_epi_row,
     .quant_row = vnni_quant_row,
+    .add_row = vnni_add_row,
 };
