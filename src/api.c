@@ -4,7 +4,9 @@
 #include "io/json.h"
 #include "io/tensor_map.h"
 #include "model/sam.h"
+#include "model/sam_decoder_internal.h" /* the dense PE tables, for the load cache */
 #include "model/transforms.h"
+#include "nn/gemm_i8.h"
 #include "nn/nn.h"
 #include "quant/int8_model.h"
 #include "quant/sim_model.h"
@@ -88,6 +90,24 @@ static void fill_info(tinysam_model *model) {
     }
 }
 
+/* Marks the map's load cache (io/tensor_map.h) usable when its tag is the running ISA's and
+ * layout's; returns 1 with image set when it holds the packed GEMM weights. */
+static int use_load_cache(ts_tensor_map *m, ts_wpack_image *image) {
+    memset(image, 0, sizeof *image);
+    if (!m->n_cache) return 0;
+    char tag[sizeof m->cache_tag];
+    ts_wpack_layout_tag(NULL, tag, sizeof tag);
+    m->cache_ok = !strcmp(m->cache_tag, tag);
+    const ts_tensor *dir = ts_map_cache_get(m, TS_CACHE_WPACK_DIR),
+                    *data = ts_map_cache_get(m, TS_CACHE_WPACK_DATA);
+    if (!dir || !data || dir->dtype != TS_DTYPE_I32 || dir->ndim != 2 || dir->shape[1] != 5 ||
+        dir->shape[0] > (1 << 20) || data->dtype != TS_DTYPE_U8 || data->ndim != 1)
+        return 0;
+    *image = (ts_wpack_image){.tag = m->cache_tag, .dir = dir->data, .n = (int)dir->shape[0],
+                              .data = data->data, .bytes = (size_t)data->numel};
+    return 1;
+}
+
 /* Build with -DTS_LOAD_PROFILE for the load's parts on stderr: wall / process CPU ms. */
 #ifdef TS_LOAD_PROFILE
 #include <time.h>
@@ -117,7 +137,9 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     if (!model) return TINYSAM_E_NOMEM;
     PROF0;
     ts_wpack_batch *batch = NULL;
-    int rc = ts_map_load(path, &model->map);
+    /* our safetensors' data digest is checked on a thread of its own meanwhile (waited for
+     * below, before anything is returned) */
+    int rc = ts_map_load_async(path, &model->map);
     PROF("map_load");
     if (rc) goto fail;
     ts_map_strip_wrapper_prefix(model->map); /* DistributedDataParallel, torch.compile */
@@ -130,18 +152,29 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     if ((rc = detect_family(model->map, model->info.family, sizeof model->info.family))) goto fail;
     /* every GEMM weight of the three networks packed at the end, together, in parallel */
     batch = ts_wpack_batch_begin();
+    ts_i8pack_batch_begin(); /* int8 encoder / decoder layers, likewise */
+    /* our safetensors' load cache: read in place when made for this ISA and layout */
+    ts_wpack_image image;
+    if (use_load_cache(model->map, &image)) ts_wpack_batch_use_image(batch, &image);
+    ts_wpack_batch_keep_list(batch, &model->packs, &model->n_packs);
+    /* the prompt encoder first: its dense PE table is computed on a thread of its own while
+     * the other networks load (it has no packs: the batch's order is unchanged) */
+    if ((rc = ts_prompt_encoder_load_async(model->map, &model->prompt_encoder))) goto fail;
+    PROF("prompt");
     if (!strcmp(model->info.family, "vit_t")) rc = ts_tiny_vit_load(model->map, &model->encoder);
     else rc = ts_sam_vit_load(model->map, &model->vit);
     PROF("encoder");
     if (rc) goto fail;
-    if ((rc = ts_prompt_encoder_load(model->map, &model->prompt_encoder))) goto fail;
-    PROF("prompt");
     if ((rc = ts_mask_decoder_load(model->map, &model->mask_decoder))) goto fail;
     PROF("decoder");
+    ts_i8pack_batch_end(1);
     rc = ts_wpack_batch_end(batch, 1);
     batch = NULL;
+    ts_prompt_encoder_ready(model->prompt_encoder);
     PROF("pack");
     if (rc) goto fail;
+    if ((rc = ts_map_wait_checks(model->map))) goto fail;
+    PROF("digest");
     ts_map_release_pages(model->map);
     ts_mask_decoder_prepare(model->mask_decoder); /* its first call's scratch, now */
     if ((rc = ts_map_check_all_used(model->map, ignored_tensor))) goto fail;
@@ -149,7 +182,13 @@ tinysam_status tinysam_model_load(const char *path, tinysam_model **out) {
     *out = model;
     return TINYSAM_OK;
 fail:
+    ts_i8pack_batch_end(0); /* (none open: nothing) */
     if (batch) ts_wpack_batch_end(batch, 0);
+    /* a corrupted file is reported as such, whatever else its data made fail */
+    if (model->map && model->map->digest_job) {
+        int rd = ts_map_wait_checks(model->map);
+        if (rd) rc = rd;
+    }
     ts_error_prefix(rc, "%s", path);
     tinysam_model_free(model);
     return rc;
@@ -162,6 +201,7 @@ void tinysam_model_free(tinysam_model *m) {
     if (m->prompt_encoder) ts_prompt_encoder_free(m->prompt_encoder);
     if (m->mask_decoder) ts_mask_decoder_free(m->mask_decoder);
     ts_simq_model_free(m->sim);
+    free(m->packs);
     if (m->map) ts_map_free(m->map);
     free(m);
 }
@@ -170,6 +210,41 @@ tinysam_status tinysam_model_get_info(const tinysam_model *m, tinysam_model_info
     if (!m || !out) return ts_error(TINYSAM_E_ARG, "tinysam_model_get_info: NULL argument");
     *out = m->info;
     return TINYSAM_OK;
+}
+
+/* Rewrites the safetensors file at path (just written from a float model) with a load
+ * cache (io/tensor_map.h) of the file loaded back: exactly what a load of it computes. */
+static int add_load_cache(const char *path, int n, const char **keys, const char **values) {
+    tinysam_model *m = NULL;
+    int rc = tinysam_model_load(path, &m);
+    if (rc) return rc;
+    char tag[64];
+    ts_wpack_layout_tag(NULL, tag, sizeof tag);
+    size_t bytes = ts_wpack_image_bytes(m->packs, m->n_packs);
+    int32_t *dir = malloc(sizeof(int32_t) * 5 * (size_t)(m->n_packs + 1));
+    float *data = ts_malloc_aligned(bytes + 64);
+    float *pe = ts_malloc_aligned(sizeof(float) * 4096 * 256);
+    if (!dir || !data || !pe) {
+        rc = ts_error(TINYSAM_E_NOMEM, "out of memory");
+    } else if (m->n_packs && !ts_wpack_image_write(m->packs, m->n_packs, dir, data)) {
+        memcpy(pe, m->prompt_encoder->dense_pe_tok, sizeof(float) * 4096 * 256);
+        /* the packs first: the first tensor is 64-byte aligned, and each is a multiple of 64 */
+        ts_tensor t[3] = {
+            {.name = TS_CACHE_WPACK_DATA, .dtype = TS_DTYPE_U8, .ndim = 1,
+             .shape = {(int64_t)bytes}, .numel = (int64_t)bytes, .data = data},
+            {.name = TS_CACHE_DENSE_PE, .dtype = TS_DTYPE_F32, .ndim = 2,
+             .shape = {4096, 256}, .numel = 4096 * 256, .data = pe},
+            {.name = TS_CACHE_WPACK_DIR, .dtype = TS_DTYPE_I32, .ndim = 2,
+             .shape = {m->n_packs, 5}, .numel = 5 * (int64_t)m->n_packs, .data = dir},
+        };
+        ts_tensor_map cache = {.n = 3, .cap = 3, .t = t};
+        rc = ts_safetensors_save_cached(path, m->map, n, keys, values, &cache, tag);
+    }
+    free(dir);
+    ts_free_aligned(data);
+    ts_free_aligned(pe);
+    tinysam_model_free(m);
+    return rc;
 }
 
 tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char *path) {
@@ -194,6 +269,10 @@ tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char
         }
     }
     int rc = ts_safetensors_save(path, m->map, n, keys, values);
+    /* float models get a load cache (io/tensor_map.h), made from the file just written */
+    int quantised = (m->encoder && ts_tiny_vit_n_int8(m->encoder)) ||
+                    (m->vit && ts_sam_vit_n_int8(m->vit)) || m->sim;
+    if (!rc && !quantised) rc = add_load_cache(path, n, keys, values);
     ts_json_free(meta);
     return rc;
 }

@@ -8,6 +8,7 @@
 
 #include <xxhash.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +58,100 @@ static int check_digest(const char *want, const uint8_t *data, uint64_t n, const
     return 0;
 }
 
-static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what) {
+/* The load cache (tensor_map.h): its tensors leave t[] for map->cache, kept only when the
+ * data digest was checked and the metadata holds a tag; else dropped. */
+static int take_cache(ts_tensor_map *map, int digest_checked) {
+    size_t pl = strlen(TS_CACHE_PREFIX);
+    int n = 0;
+    for (int i = 0; i < map->n; i++) n += !strncmp(map->t[i].name, TS_CACHE_PREFIX, pl);
+    if (!n) return 0;
+    const char *tag = NULL;
+    ts_json *meta = NULL;
+    if (map->metadata_json &&
+        !ts_json_parse(map->metadata_json, strlen(map->metadata_json), &meta)) {
+        const ts_json *v = ts_json_get(meta, TS_CACHE_TAG_KEY);
+        if (v && v->type == TS_JSON_STRING) tag = v->string;
+    }
+    int keep = digest_checked && tag && strlen(tag) < sizeof map->cache_tag && map->map_base;
+    if (keep) snprintf(map->cache_tag, sizeof map->cache_tag, "%s", tag);
+    ts_json_free(meta);
+    if (keep && !(map->cache = ts_calloc((size_t)n, sizeof *map->cache))) return TINYSAM_E_NOMEM;
+    const uint8_t *lo = map->map_base, *hi = lo ? lo + map->map_size : NULL;
+    size_t begin = map->map_size, end = 0;
+    int j = 0;
+    for (int i = 0; i < map->n; i++) {
+        ts_tensor *t = &map->t[i];
+        if (strncmp(t->name, TS_CACHE_PREFIX, pl)) {
+            map->t[j++] = *t;
+            continue;
+        }
+        const uint8_t *d = t->data;
+        if (keep) {
+            if (d >= lo && d < hi) {
+                size_t o = (size_t)(d - lo), e = o + (size_t)t->numel * ts_dtype_size(t->dtype);
+                begin = o < begin ? o : begin;
+                end = e > end ? e : end;
+            }
+            map->cache[map->n_cache++] = *t;
+        } else {
+            if (!(lo && d >= lo && d < hi)) free(t->data);
+            free(t->name);
+        }
+    }
+    map->n = j;
+    map->cache_begin = begin < end ? begin : 0;
+    map->cache_end = begin < end ? end : 0;
+    return 0;
+}
+
+/* A data digest checked on a thread of its own (ts_safetensors_load_async). */
+struct ts_digest_job {
+    pthread_t th;
+    char want[32], got[32], what[512];
+    const uint8_t *data;
+    uint64_t n;
+};
+
+static void *digest_thread(void *ctx) {
+    struct ts_digest_job *j = ctx;
+    digest_string(j->data, (size_t)j->n, j->got);
+    return NULL;
+}
+
+int ts_map_wait_checks(ts_tensor_map *m) {
+    struct ts_digest_job *j = m ? m->digest_job : NULL;
+    if (!j) return 0;
+    pthread_join(j->th, NULL);
+    m->digest_job = NULL;
+    int bad = strcmp(j->got, j->want) != 0;
+    if (!bad) snprintf(m->integrity, sizeof m->integrity, "xxh3-64");
+    int rc = bad ? ts_error(TINYSAM_E_FORMAT,
+                            "%s: the data fails its XXH3 digest check (file corrupted?)", j->what)
+                 : 0;
+    free(j);
+    return rc;
+}
+
+/* Starts the check of data against want (a well-formed "xxh3-64:" digest); 0 when it could
+ * not start (the caller then checks at once). */
+static int start_digest(ts_tensor_map *map, const char *want, const uint8_t *data, uint64_t n,
+                        const char *what) {
+    struct ts_digest_job *j = calloc(1, sizeof *j);
+    if (!j) return 0;
+    snprintf(j->want, sizeof j->want, "%s", want);
+    snprintf(j->what, sizeof j->what, "%s", what);
+    j->data = data;
+    j->n = n;
+    if (pthread_create(&j->th, NULL, digest_thread, j)) {
+        free(j);
+        return 0;
+    }
+    map->digest_job = j;
+    return 1;
+}
+
+static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char *what,
+                 int async) {
     if (size < 8) return ts_error(TINYSAM_E_FORMAT, "%s: too short for safetensors", what);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
@@ -179,7 +273,7 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
         const uint8_t *src = data + (uint64_t)b;
         /* zero-copy: points into the mapping; an empty tensor may sit at the very end, where a
          * pointer would lie outside the mapping (ts_map_free would take it for a copy) */
-        if (ft == TS_DTYPE_F32 && numel > 0 && ((uintptr_t)src & 3) == 0) {
+        if (t->dtype == ft && numel > 0 && ((uintptr_t)src % (unsigned)ts_dtype_size(ft)) == 0) {
             t->data = (void *)src;
         } else {
             size_t bytes = (size_t)numel * (size_t)ts_dtype_size(t->dtype);
@@ -212,8 +306,12 @@ static int parse(const uint8_t *buf, size_t size, ts_tensor_map *map, const char
     free(order);
     if (rc) goto done;
     if (map->n == 0) rc = ts_error(TINYSAM_E_FORMAT, "%s: the file holds no tensors", what);
-    if (!rc && digest) rc = check_digest(digest, data, dsize, what);
-    if (!rc && digest) snprintf(map->integrity, sizeof map->integrity, "xxh3-64");
+    if (!rc && digest && async && !strncmp(digest, "xxh3-64:", 8) && strlen(digest) == 24 &&
+        start_digest(map, digest, data, dsize, what))
+        ; /* checked meanwhile: ts_map_wait_checks */
+    else if (!rc && digest && !(rc = check_digest(digest, data, dsize, what)))
+        snprintf(map->integrity, sizeof map->integrity, "xxh3-64");
+    if (!rc) rc = take_cache(map, digest != NULL);
 done:
     free(spans);
     ts_json_free(h);
@@ -228,7 +326,7 @@ int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map *
     map->map_base = (void *)data;
     map->map_size = size;
     map->borrowed = 1;
-    int rc = parse(data, size, map, "safetensors");
+    int rc = parse(data, size, map, "safetensors", 0);
     if (rc) {
         ts_map_free(map);
         return rc;
@@ -237,7 +335,7 @@ int ts_safetensors_load_memory(const uint8_t *data, size_t size, ts_tensor_map *
     return 0;
 }
 
-int ts_safetensors_load(const char *path, ts_tensor_map **out) {
+static int safetensors_load(const char *path, ts_tensor_map **out, int async) {
     *out = NULL;
     uint8_t *base;
     size_t size;
@@ -255,13 +353,21 @@ int ts_safetensors_load(const char *path, ts_tensor_map **out) {
     snprintf(map->format, sizeof map->format, "safetensors");
     map->map_base = base;
     map->map_size = size;
-    rc = parse(base, size, map, path);
+    rc = parse(base, size, map, path, async);
     if (rc) {
         ts_map_free(map);
         return rc;
     }
     *out = map;
     return 0;
+}
+
+int ts_safetensors_load(const char *path, ts_tensor_map **out) {
+    return safetensors_load(path, out, 0);
+}
+
+int ts_safetensors_load_async(const char *path, ts_tensor_map **out) {
+    return safetensors_load(path, out, 1);
 }
 
 static const char *st_name(ts_dtype t) {
@@ -277,6 +383,21 @@ static const char *st_name(ts_dtype t) {
 
 int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
                         const char *const *meta_keys, const char *const *meta_values) {
+    return ts_safetensors_save_cached(path, m, n_meta, meta_keys, meta_values, NULL, NULL);
+}
+
+static size_t tensor_bytes(const ts_tensor *t) {
+    return (size_t)t->numel * (size_t)ts_dtype_size(t->dtype);
+}
+
+int ts_safetensors_save_cached(const char *path, const ts_tensor_map *m, int n_meta,
+                               const char *const *meta_keys, const char *const *meta_values,
+                               const ts_tensor_map *cache, const char *tag) {
+    if (cache && (!cache->n || !tag)) cache = NULL;
+    for (int i = 0; cache && i < cache->n; i++)
+        if (strncmp(cache->t[i].name, TS_CACHE_PREFIX, strlen(TS_CACHE_PREFIX)) ||
+            !st_name(cache->t[i].dtype))
+            return ts_error(TINYSAM_E_ARG, "bad load cache tensor '%s'", cache->t[i].name);
     const ts_tensor **order = ts_calloc((size_t)m->n + 1, sizeof *order);
     if (!order) return TINYSAM_E_NOMEM;
     for (int i = 0; i < m->n; i++) order[i] = &m->t[i];
@@ -299,6 +420,8 @@ int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
         if (st_name(order[i]->dtype))
             XXH3_64bits_update(xs, order[i]->data,
                                (size_t)order[i]->numel * (size_t)ts_dtype_size(order[i]->dtype));
+    for (int i = 0; cache && i < cache->n; i++) /* the load cache after the tensors */
+        XXH3_64bits_update(xs, cache->t[i].data, tensor_bytes(&cache->t[i]));
     char digest[32];
     snprintf(digest, sizeof digest, "xxh3-64:%016llx", (unsigned long long)XXH3_64bits_digest(xs));
     XXH3_freeState(xs);
@@ -308,6 +431,12 @@ int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
         ts_json_write_string(hf, meta_keys[i]);
         fputc(':', hf);
         ts_json_write_string(hf, meta_values[i]);
+        fputc(',', hf);
+    }
+    if (cache) {
+        ts_json_write_string(hf, TS_CACHE_TAG_KEY);
+        fputc(':', hf);
+        ts_json_write_string(hf, tag);
         fputc(',', hf);
     }
     ts_json_write_string(hf, TS_ST_DIGEST_KEY);
@@ -333,6 +462,19 @@ int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
                 (unsigned long long)(offset + bytes));
         offset += bytes;
     }
+    uint64_t cache_at = offset;
+    for (int i = 0; cache && i < cache->n; i++) {
+        const ts_tensor *t = &cache->t[i];
+        uint64_t bytes = tensor_bytes(t);
+        fputc(',', hf);
+        ts_json_write_string(hf, t->name);
+        fprintf(hf, ":{\"dtype\":\"%s\",\"shape\":[", st_name(t->dtype));
+        for (int d = 0; d < t->ndim; d++)
+            fprintf(hf, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        fprintf(hf, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
+                (unsigned long long)(offset + bytes));
+        offset += bytes;
+    }
     fputc('}', hf);
     fclose(hf);
     if (rc) {
@@ -340,8 +482,11 @@ int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
         free(order);
         return rc;
     }
-    /* pad with spaces so that the data starts 8-byte aligned */
+    /* pad with spaces so that the data starts 8-byte aligned (with a load cache: 4-byte, the
+     * cache 64-byte aligned in the file, as the mapping then is) */
     size_t padded = (hl + 7) & ~(size_t)7;
+    if (cache)
+        while ((8 + padded + cache_at) % 64 != 0 && padded < hl + 64) padded += 4;
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
@@ -357,6 +502,10 @@ int ts_safetensors_save(const char *path, const ts_tensor_map *m, int n_meta,
     for (int i = 0; ok && i < m->n; i++) {
         size_t bytes = (size_t)order[i]->numel * (size_t)ts_dtype_size(order[i]->dtype);
         ok = bytes == 0 || fwrite(order[i]->data, 1, bytes, f) == bytes;
+    }
+    for (int i = 0; ok && cache && i < cache->n; i++) {
+        size_t bytes = tensor_bytes(&cache->t[i]);
+        ok = bytes == 0 || fwrite(cache->t[i].data, 1, bytes, f) == bytes;
     }
     if (fclose(f) != 0) ok = 0;
     free(hdr);

@@ -127,7 +127,17 @@ int ts_file_map(const char *path, uint8_t **base, size_t *size) {
 
 void ts_map_release_pages(ts_tensor_map *m) {
     /* read-only private mapping, never written: nothing is lost */
-    if (m && m->map_base && !m->borrowed) (void)madvise(m->map_base, m->map_size, MADV_DONTNEED);
+    if (!m || !m->map_base || m->borrowed) return;
+    if (!m->cache_ok || m->cache_end <= m->cache_begin) {
+        (void)madvise(m->map_base, m->map_size, MADV_DONTNEED);
+        return;
+    }
+    /* the load cache stays: the networks read it in place (whole pages around it) */
+    uintptr_t pg = 4096, base = (uintptr_t)m->map_base;
+    uintptr_t a = (base + m->cache_begin) / pg * pg;
+    uintptr_t b = (base + m->cache_end + pg - 1) / pg * pg;
+    if (a > base) (void)madvise(m->map_base, a - base, MADV_DONTNEED);
+    if (b < base + m->map_size) (void)madvise((void *)b, base + m->map_size - b, MADV_DONTNEED);
 }
 
 void ts_file_unmap(uint8_t *base, size_t size) {
@@ -150,7 +160,7 @@ ts_tensor *ts_map_add(ts_tensor_map *m, const char *name) {
     return t;
 }
 
-int ts_map_load(const char *path, ts_tensor_map **out) {
+static int map_load(const char *path, ts_tensor_map **out, int async) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return ts_error(TINYSAM_E_IO, "%s: cannot open: %m", path);
@@ -160,14 +170,19 @@ int ts_map_load(const char *path, ts_tensor_map **out) {
     if (n >= 4 && !memcmp(head, "PK\x03\x04", 4)) return ts_pth_load(path, out);
     /* safetensors: a u64 header length, then the JSON header's '{'. Checked before the raw
      * pickle's 0x80: a header length whose low byte is 0x80 starts with that byte too. */
-    if (n == 9 && head[8] == '{') return ts_safetensors_load(path, out);
+    if (n == 9 && head[8] == '{')
+        return async ? ts_safetensors_load_async(path, out) : ts_safetensors_load(path, out);
     if (n >= 2 && head[0] == 0x80) return ts_pth_load(path, out);
-    if (n >= 8) return ts_safetensors_load(path, out);
+    if (n >= 8) return async ? ts_safetensors_load_async(path, out) : ts_safetensors_load(path, out);
     return ts_error(TINYSAM_E_FORMAT, "%s: too short to be a checkpoint (%zu bytes)", path, n);
 }
 
+int ts_map_load(const char *path, ts_tensor_map **out) { return map_load(path, out, 0); }
+int ts_map_load_async(const char *path, ts_tensor_map **out) { return map_load(path, out, 1); }
+
 void ts_map_free(ts_tensor_map *m) {
     if (!m) return;
+    (void)ts_map_wait_checks(m); /* (its thread reads the mapping) */
     const uint8_t *lo = m->map_base, *hi = lo ? lo + m->map_size : NULL;
     for (int i = 0; i < m->n; i++) {
         const uint8_t *d = m->t[i].data;
@@ -176,8 +191,20 @@ void ts_map_free(ts_tensor_map *m) {
     }
     free(m->t);
     free(m->metadata_json);
+    for (int i = 0; i < m->n_cache; i++) {
+        const uint8_t *d = m->cache[i].data;
+        if (!(lo && d >= lo && d < hi)) free(m->cache[i].data);
+        free(m->cache[i].name);
+    }
+    free(m->cache);
     if (m->map_base && !m->borrowed) munmap(m->map_base, m->map_size);
     free(m);
+}
+
+const ts_tensor *ts_map_cache_get(const ts_tensor_map *m, const char *name) {
+    for (int i = 0; m && m->cache_ok && i < m->n_cache; i++)
+        if (!strcmp(m->cache[i].name, name)) return &m->cache[i];
+    return NULL;
 }
 
 const ts_tensor *ts_map_get(const ts_tensor_map *m, const char *name) {

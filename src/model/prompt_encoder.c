@@ -24,21 +24,21 @@ static void pe_encode(const float *G, float x, float y, float *out) {
 }
 
 /* get_dense_pe's row i (of 64): cell (i, j) at ((j + 0.5) / 64, (i + 0.5) / 64), in token
- * layout, then the row's 64 x 256 block transposed into the channel-major copy while it is
- * in cache. Rows are independent: the load spreads them over the pool. */
+ * layout. Rows are independent: the load spreads them over the pool. */
 static void dense_pe_row(void *ctx, int i, int tid) {
     (void)tid;
     ts_prompt_encoder *pe = ctx;
     float *row = pe->dense_pe_tok + (size_t)i * 64 * 256;
     for (int j = 0; j < 64; j++)
         pe_encode(pe->gauss, (j + 0.5f) / 64.0f, (i + 0.5f) / 64.0f, row + (size_t)j * 256);
-    for (int c = 0; c < 256; c++) {
-        float *d = pe->dense_pe_chw + (size_t)c * 4096 + i * 64;
-        for (int j = 0; j < 64; j++) d[j] = row[(size_t)j * 256 + c];
-    }
 }
 
-int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
+static void *dense_pe_thread(void *ctx) {
+    for (int i = 0; i < 64; i++) dense_pe_row(ctx, i, 0);
+    return NULL;
+}
+
+static int prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out, int async) {
     *out = NULL;
     ts_prompt_encoder *pe = ts_calloc(1, sizeof *pe);
     if (!pe) return TINYSAM_E_NOMEM;
@@ -72,27 +72,54 @@ int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
             free(pe);
             return TINYSAM_E_FORMAT;
         }
-    /* get_dense_pe, once */
+    /* get_dense_pe, once: from the file's load cache (the same values, written by this code:
+     * io/tensor_map.h) when it has it, else computed */
+    const ts_tensor *c = ts_map_cache_get(m, TS_CACHE_DENSE_PE);
+    if (c && c->dtype == TS_DTYPE_F32 && c->ndim == 2 && c->shape[0] == 4096 &&
+        c->shape[1] == 256 && ((uintptr_t)c->data & 63) == 0) {
+        pe->dense_pe_tok = c->data;
+        pe->dense_pe_cached = 1;
+        *out = pe;
+        return 0;
+    }
     pe->dense_pe_tok = ts_malloc_aligned(sizeof(float) * 4096 * 256);
-    pe->dense_pe_chw = ts_malloc_aligned(sizeof(float) * 4096 * 256);
-    if (!pe->dense_pe_tok || !pe->dense_pe_chw) {
+    if (!pe->dense_pe_tok) {
         ts_prompt_encoder_free(pe);
         return TINYSAM_E_NOMEM;
     }
-    ts_parallel_for(64, dense_pe_row, pe);
+    /* the same rows, the same code: on a thread of its own, or over the pool */
+    if (async && pthread_create(&pe->pe_thread, NULL, dense_pe_thread, pe) == 0)
+        pe->dense_pe_pending = 1;
+    else
+        ts_parallel_for(64, dense_pe_row, pe);
     *out = pe;
     return 0;
 }
 
+int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out) {
+    return prompt_encoder_load(m, out, 0);
+}
+
+int ts_prompt_encoder_load_async(ts_tensor_map *m, ts_prompt_encoder **out) {
+    return prompt_encoder_load(m, out, 1);
+}
+
+void ts_prompt_encoder_ready(ts_prompt_encoder *pe) {
+    if (pe && pe->dense_pe_pending) {
+        pthread_join(pe->pe_thread, NULL);
+        pe->dense_pe_pending = 0;
+    }
+}
+
 void ts_prompt_encoder_free(ts_prompt_encoder *pe) {
     if (!pe) return;
-    ts_free_aligned(pe->dense_pe_tok);
-    ts_free_aligned(pe->dense_pe_chw);
+    ts_prompt_encoder_ready(pe);
+    if (!pe->dense_pe_cached) ts_free_aligned(pe->dense_pe_tok);
     free(pe);
 }
 
 const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe) {
-    return pe->dense_pe_chw;
+    return pe->dense_pe_tok;
 }
 
 void ts_prompt_sparse(const ts_prompt_encoder *pe, const ts_prompt_set *s, float *out, int *k) {

@@ -18,6 +18,10 @@ struct tinysam_model {
     /* a module tree with Q-TinySAM's quantisation layers (quant/sim_model.h): encode and
      * predict run it instead of encoder / mask_decoder; NULL otherwise */
     struct ts_simq_model *sim;
+    /* the GEMM weight packs of the load's batch, in order (for the pre-packed section that
+     * tinysam_model_save_safetensors writes); owned by the networks, the list is ours */
+    struct ts_wpack **packs;
+    int n_packs;
 };
 
 struct tinysam_embedding {

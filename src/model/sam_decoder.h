@@ -21,6 +21,11 @@ typedef struct {
 } ts_prompt_set;
 
 int ts_prompt_encoder_load(ts_tensor_map *m, ts_prompt_encoder **out);
+/* The same, its dense PE table (when not in the file's load cache) computed on a thread of
+ * its own meanwhile (the model load goes on with the other networks): call
+ * ts_prompt_encoder_ready before any use. */
+int ts_prompt_encoder_load_async(ts_tensor_map *m, ts_prompt_encoder **out);
+void ts_prompt_encoder_ready(ts_prompt_encoder *pe);
 void ts_prompt_encoder_free(ts_prompt_encoder *pe);
 int ts_mask_decoder_load(ts_tensor_map *m, ts_mask_decoder **out);
 void ts_mask_decoder_free(ts_mask_decoder *d);
@@ -39,7 +44,7 @@ int ts_prompt_dense(const ts_prompt_encoder *pe, const float *mask_input, float 
 #define TS_PROMPT_DENSE_SCRATCH (128 * 128 * 4 + 64 * 64 * 16)
 void ts_prompt_dense_ws(const ts_prompt_encoder *pe, const float *mask_input, float *out,
                         float *scratch);
-/* Dense positional encoding 256 x 64 x 64. */
+/* Dense positional encoding in token layout, 4096 x 256 (64 x 64 cells, row-major). */
 const float *ts_prompt_dense_pe(const ts_prompt_encoder *pe);
 
 /* Runs prompt encoder + mask decoder for n sets against one image embedding

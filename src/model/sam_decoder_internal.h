@@ -80,7 +80,9 @@ struct ts_prompt_encoder {
     const float *not_a_point, *no_mask;
     const float *c0_w, *c0_b, *n1_w, *n1_b, *c3_w, *c3_b, *n4_w, *n4_b, *c6_w, *c6_b;
     float *dense_pe_tok;       /* 4096 x 256 (token layout) */
-    float *dense_pe_chw;       /* 256 x 64 x 64 */
+    int dense_pe_cached;       /* read in place from the file's load cache: not ours */
+    int dense_pe_pending;      /* being computed by pe_thread (ts_prompt_encoder_load_async) */
+    pthread_t pe_thread;
 };
 
 typedef struct {

@@ -223,7 +223,9 @@ static int lin_int8(ts_tiny_vit *e, ts_tensor_map *m, lin_op *op) {
                     perm[((size_t)o * 9 + k) * ci + i] = codes[((size_t)o * ci + i) * 9 + k];
         codes = perm;
     }
-    op->q8 = ts_i8pack_new(codes, N, K, K, sc);
+    /* the file's codes are used in place (they live as long as the map); a permuted copy
+     * is copied by the pack */
+    op->q8 = perm ? ts_i8pack_new(codes, N, K, K, sc) : ts_i8pack_new_borrowed(codes, N, K, sc);
     free(perm);
     if (!op->q8) return ts_error_prefix(TINYSAM_E_NOMEM, "%s", P);
     op->q.b = b;
@@ -349,12 +351,16 @@ static int load_vit_block(ts_tiny_vit *e, ts_tensor_map *m, int s, int b, vit_bl
     /* §4.6/§4.9: the loaded biases, expanded: tab[j][p1][p2] = ab[j][|dy|*ws + |dx|] */
     v->bias_tab = own(e, (size_t)h * N * N);
     if (!v->bias_tab) return TINYSAM_E_NOMEM;
-    for (int j = 0; j < h; j++)
-        for (int p1 = 0; p1 < N; p1++)
-            for (int p2 = 0; p2 < N; p2++) {
-                int dy = abs(p1 / ws - p2 / ws), dx = abs(p1 % ws - p2 % ws);
-                v->bias_tab[((size_t)j * N + p1) * N + p2] = ab[(size_t)j * N + dy * ws + dx];
-            }
+    int idx[14 * 14]; /* one row p1's offsets |dy|*ws + |dx|, the same for every head */
+    for (int p1 = 0; p1 < N; p1++) {
+        for (int p2 = 0; p2 < N; p2++)
+            idx[p2] = abs(p1 / ws - p2 / ws) * ws + abs(p1 % ws - p2 % ws);
+        for (int j = 0; j < h; j++) {
+            float *d = v->bias_tab + ((size_t)j * N + p1) * N;
+            const float *a = ab + (size_t)j * N;
+            for (int p2 = 0; p2 < N; p2++) d[p2] = a[idx[p2]];
+        }
+    }
     char an[128];
     snprintf(an, sizeof an, "image_encoder.layers.%d.blocks.%d.attn.product_steps", s, b);
     if (find_tensor(m, an)) { /* W8A8 attention products (quant/int8_model.h) */

@@ -14,6 +14,7 @@
 #include "core.h"
 #include "threads.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -58,7 +59,12 @@ struct ts_wpack {
     int ldw, N, K, kcb, nkb, ncp;
     float *data; /* per K block p0: slivers j at data + p0*ncp + j*nr*kc */
     struct wpack_store *store; /* data lies in a batch's shared block (else owned) */
+    int borrowed;              /* data lies in a pre-packed image (read-only): not ours */
 };
+
+/* The pack layout's version: bump it whenever pack_b_blocks, k_blocks or the slicing of a
+ * batch's block changes, so that images written before are packed again at load. */
+#define WPACK_LAYOUT 1
 
 /* A model load's packs in one block (ts_wpack_batch_begin/end): one allocation instead of
  * hundreds, filled in parallel; freed with its last pack. */
@@ -71,6 +77,9 @@ struct ts_wpack_batch {
     ts_wpack **p;
     int n, cap, failed;
     struct ts_wpack_batch *outer;
+    ts_wpack_image *image;       /* packs to take in place of packing, if they match */
+    ts_wpack ***keep;            /* where ts_wpack_batch_end hands over the list, or NULL */
+    int *keep_n;
 };
 
 static _Thread_local ts_wpack_batch *g_batch; /* the open batch of this thread, if any */
@@ -464,14 +473,62 @@ static void batch_pack_task(void *ctx, int i, int tid) {
     ts_wpack_refresh(((ts_wpack_batch *)ctx)->p[i]);
 }
 
+/* A pack's floats in a batch's block: its K x ncp, rounded up to 64 bytes. */
+static size_t slice_floats(const ts_wpack *p) { return ((size_t)p->K * p->ncp + 15) / 16 * 16; }
+
+void ts_wpack_layout_tag(const ts_wpack *p, char *out, size_t cap) {
+    const ts_nn_isa *isa = p ? p->isa : ts_nn_isa_get();
+    snprintf(out, cap, "wpack-v%d;isa=%s;nr=%d;kc=%d", WPACK_LAYOUT, isa->name, isa->nr, KC_MAX);
+}
+
+/* Points every pack of b into the image when it was made for this ISA and layout and lists
+ * the very same packs (shapes, in order, sizes); returns 0 when it does not match. */
+static int take_image(ts_wpack_batch *b, ts_wpack_image *im) {
+    char tag[64];
+    ts_wpack_layout_tag(b->n ? b->p[0] : NULL, tag, sizeof tag);
+    if (!im->tag || strcmp(im->tag, tag) || im->n != b->n || !im->data ||
+        ((uintptr_t)im->data & 63))
+        return 0;
+    size_t total = 0;
+    for (int i = 0; i < b->n; i++) {
+        const ts_wpack *p = b->p[i];
+        int32_t d[5];
+        memcpy(d, im->dir + 5 * (size_t)i, sizeof d); /* the file's bytes: maybe unaligned */
+        if (d[0] != p->N || d[1] != p->K || d[2] != p->kcb || d[3] != p->nkb || d[4] != p->ncp)
+            return 0;
+        total += slice_floats(p);
+    }
+    if (total * sizeof(float) != im->bytes) return 0;
+    const float *mem = im->data;
+    for (int i = 0; i < b->n; i++) {
+        b->p[i]->data = (float *)mem; /* read-only: ts_wpack_refresh copies first */
+        b->p[i]->borrowed = 1;
+        mem += slice_floats(b->p[i]);
+    }
+    im->used = 1;
+    return 1;
+}
+
+void ts_wpack_batch_use_image(ts_wpack_batch *b, ts_wpack_image *image) {
+    if (b) b->image = image;
+}
+
+void ts_wpack_batch_keep_list(ts_wpack_batch *b, ts_wpack ***packs, int *n) {
+    *packs = NULL;
+    *n = 0;
+    if (!b) return;
+    b->keep = packs;
+    b->keep_n = n;
+}
+
 int ts_wpack_batch_end(ts_wpack_batch *b, int pack) {
     if (!b) return 0; /* ts_wpack_batch_begin failed: the packs were made one by one */
     g_batch = b->outer;
     int rc = 0;
-    if (pack && b->n) { /* (a failed load may have freed its packs already) */
+    if (pack && b->n && !(b->image && take_image(b, b->image))) {
+        /* (a failed load may have freed its packs already) */
         size_t total = 0;
-        for (int i = 0; i < b->n; i++)
-            total += ((size_t)b->p[i]->K * b->p[i]->ncp + 15) / 16 * 16;
+        for (int i = 0; i < b->n; i++) total += slice_floats(b->p[i]);
         wpack_store *st = ts_calloc(1, sizeof(*st));
         float *mem = st ? ts_malloc_aligned(sizeof(float) * total) : NULL;
         if (!mem) {
@@ -483,14 +540,40 @@ int ts_wpack_batch_end(ts_wpack_batch *b, int pack) {
             for (int i = 0; i < b->n; i++) { /* 64-byte aligned slices (ncp is a multiple of nr) */
                 b->p[i]->data = mem;
                 b->p[i]->store = st;
-                mem += ((size_t)b->p[i]->K * b->p[i]->ncp + 15) / 16 * 16;
+                mem += slice_floats(b->p[i]);
             }
             ts_parallel_for(b->n, batch_pack_task, b);
         }
     }
-    free(b->p);
+    if (pack && !rc && b->keep) {
+        *b->keep = b->p;
+        *b->keep_n = b->n;
+    } else {
+        free(b->p);
+    }
     free(b);
     return rc;
+}
+
+size_t ts_wpack_image_bytes(ts_wpack *const *packs, int n) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += slice_floats(packs[i]);
+    return total * sizeof(float);
+}
+
+int ts_wpack_image_write(ts_wpack *const *packs, int n, int32_t *dir, float *data) {
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        const ts_wpack *p = packs[i];
+        if (!p->data || p->isa != packs[0]->isa) return -1;
+        int32_t d[5] = {p->N, p->K, p->kcb, p->nkb, p->ncp};
+        memcpy(dir + 5 * (size_t)i, d, sizeof d);
+        size_t nf = (size_t)p->K * p->ncp, sf = slice_floats(p);
+        memcpy(data + at, p->data, sizeof(float) * nf);
+        memset(data + at + nf, 0, sizeof(float) * (sf - nf)); /* the padding, not garbage */
+        at += sf;
+    }
+    return 0;
 }
 
 ts_wpack *ts_wpack_new(const float *W, int N, int K, int ldw) {
@@ -502,17 +585,28 @@ ts_wpack *ts_wpack_new_conv3x3(const float *w, int Co, int Ci) {
 }
 
 void ts_wpack_refresh(ts_wpack *p) {
+    if (p->borrowed) { /* the image is read-only: from now on a private copy */
+        float *mine = ts_malloc_aligned(sizeof(float) * (size_t)p->K * p->ncp);
+        p->data = mine;
+        p->borrowed = 0;
+        if (!mine) { /* out of memory: GEMMs then pack from W per call (see gemm_run) */
+            p->isa = NULL;
+            return;
+        }
+    }
     gemm_job g = {.isa = p->isa, .N = p->N, .K = p->K, .kcb = p->kcb, .nkb = p->nkb, .jc = 0,
                   .nc = p->N, .ncp = p->ncp};
     pack_b(&g, p->W, p->ldw, 1, p->data);
 }
 
 int ts_wpack_n(const ts_wpack *p) { return p->N; }
+int ts_wpack_borrowed(const ts_wpack *p) { return p->borrowed; }
 int ts_wpack_k(const ts_wpack *p) { return p->K; }
 
 void ts_wpack_free(ts_wpack *p) {
     if (!p) return;
-    if (!p->store) ts_free_aligned(p->data);
+    if (p->borrowed) ; /* the image's: nothing to free */
+    else if (!p->store) ts_free_aligned(p->data);
     else if (atomic_fetch_sub(&p->store->refs, 1) == 1) {
         ts_free_aligned(p->store->mem);
         free(p->store);

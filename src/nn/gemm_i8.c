@@ -117,7 +117,9 @@ const char *ts_gemm_i8_isa_name(void) {
 struct ts_i8pack {
     const ts_i8_isa *isa; /* the layout of data */
     int N, K, Kp;
-    int8_t *Wq;      /* N x K copy (for a run under another ISA) */
+    const int8_t *Wq; /* N x K (for a run under another ISA): a copy, or the caller's */
+    int8_t *Wq_own;   /* the copy, or NULL (ts_i8pack_new_borrowed) */
+    int pending;      /* column sums and packing left to ts_i8pack_batch_end */
     float *scale;    /* [N] */
     int32_t *colsum; /* [N] */
     void *data;
@@ -168,8 +170,56 @@ static void pack_b(const ts_i8_isa *isa, const int8_t *Wq, int N, int K, int Kp,
         }
 }
 
-ts_i8pack *ts_i8pack_new(const int8_t *Wq, int N, int K, int ldw, const float *w_scale) {
-    if (!Wq || !w_scale || N <= 0 || K <= 0 || K > K_MAX_I8 || ldw < K) {
+/* The open load batch of this thread (ts_i8pack_batch_begin): packs still to pack. */
+typedef struct {
+    ts_i8pack **p;
+    int n, cap;
+} i8_batch;
+static _Thread_local i8_batch *g_i8_batch;
+
+/* The column sums and the packed layout of p's codes. */
+static void sum_and_pack(ts_i8pack *p) {
+    p->pending = 0;
+    for (int n = 0; n < p->N; n++) {
+        const int8_t *w = p->Wq + (size_t)n * p->K;
+        int32_t s[8] = {0}; /* eight lanes: the compiler vectorises it (integer: any order) */
+        int k = 0;
+        for (; k + 8 <= p->K; k += 8)
+            for (int l = 0; l < 8; l++) s[l] += w[k + l];
+        for (; k < p->K; k++) s[0] += w[k];
+        p->colsum[n] = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+    }
+    pack_b(p->isa, p->Wq, p->N, p->K, p->Kp, p->data);
+}
+
+static void batch_pack_task(void *ctx, int i, int tid) {
+    (void)tid;
+    ts_i8pack *p = ((i8_batch *)ctx)->p[i];
+    if (p->pending) sum_and_pack(p);
+}
+
+/* A pack of an open batch read before the batch's end (its sums): made now. */
+static const ts_i8pack *ready(const ts_i8pack *p) {
+    if (p->pending) sum_and_pack((ts_i8pack *)p);
+    return p;
+}
+
+void ts_i8pack_batch_begin(void) {
+    if (!g_i8_batch) g_i8_batch = ts_calloc(1, sizeof *g_i8_batch); /* NULL: pack one by one */
+}
+
+void ts_i8pack_batch_end(int pack) {
+    i8_batch *b = g_i8_batch;
+    if (!b) return;
+    g_i8_batch = NULL;
+    if (pack) ts_parallel_for(b->n, batch_pack_task, b);
+    free(b->p);
+    free(b);
+}
+
+static ts_i8pack *i8pack_new(const int8_t *Wq, int N, int K, int ldw, const float *w_scale,
+                             int borrow) {
+    if (!Wq || !w_scale || N <= 0 || K <= 0 || K > K_MAX_I8 || ldw < K || (borrow && ldw != K)) {
         ts_error(TINYSAM_E_ARG, "ts_i8pack_new: bad shape %d x %d (ld %d)", N, K, ldw);
         return NULL;
     }
@@ -179,7 +229,8 @@ ts_i8pack *ts_i8pack_new(const int8_t *Wq, int N, int K, int ldw, const float *w
     p->N = N;
     p->K = K;
     p->Kp = (K + 3) / 4 * 4;
-    p->Wq = ts_malloc((size_t)N * K);
+    if (!borrow) p->Wq = p->Wq_own = ts_malloc((size_t)N * K);
+    else p->Wq = Wq;
     p->scale = ts_malloc(sizeof(float) * N);
     p->colsum = ts_malloc(sizeof(int32_t) * N);
     p->data = ts_malloc_aligned(packed_bytes(p->isa, N, p->Kp));
@@ -188,15 +239,30 @@ ts_i8pack *ts_i8pack_new(const int8_t *Wq, int N, int K, int ldw, const float *w
         return NULL;
     }
     for (int n = 0; n < N; n++) {
-        const int8_t *w = Wq + (size_t)n * ldw;
-        memcpy(p->Wq + (size_t)n * K, w, (size_t)K);
-        int32_t s = 0;
-        for (int k = 0; k < K; k++) s += w[k];
-        p->colsum[n] = s;
+        if (!borrow) memcpy(p->Wq_own + (size_t)n * K, Wq + (size_t)n * ldw, (size_t)K);
         p->scale[n] = w_scale[n];
     }
-    pack_b(p->isa, p->Wq, N, K, p->Kp, p->data);
+    i8_batch *b = g_i8_batch;
+    if (b && b->n == b->cap) {
+        int cap = b->cap ? 2 * b->cap : 128;
+        ts_i8pack **q = realloc(b->p, sizeof(*q) * (size_t)cap);
+        if (q) {
+            b->p = q;
+            b->cap = cap;
+        }
+    }
+    p->pending = 1;
+    if (b && b->n < b->cap) b->p[b->n++] = p; /* summed and packed by ts_i8pack_batch_end */
+    else sum_and_pack(p);
     return p;
+}
+
+ts_i8pack *ts_i8pack_new(const int8_t *Wq, int N, int K, int ldw, const float *w_scale) {
+    return i8pack_new(Wq, N, K, ldw, w_scale, 0);
+}
+
+ts_i8pack *ts_i8pack_new_borrowed(const int8_t *Wq, int N, int K, const float *w_scale) {
+    return i8pack_new(Wq, N, K, K, w_scale, 1);
 }
 
 ts_i8pack *ts_i8pack_new_f32(const float *W, int N, int K, int ldw) {
@@ -233,7 +299,7 @@ ts_i8pack *ts_i8pack_new_f32(const float *W, int N, int K, int ldw) {
 
 void ts_i8pack_free(ts_i8pack *p) {
     if (!p) return;
-    free(p->Wq);
+    free(p->Wq_own);
     free(p->scale);
     free(p->colsum);
     ts_free_aligned(p->data);
@@ -243,9 +309,10 @@ void ts_i8pack_free(ts_i8pack *p) {
 int ts_i8pack_n(const ts_i8pack *p) { return p->N; }
 int ts_i8pack_k(const ts_i8pack *p) { return p->K; }
 const float *ts_i8pack_scale(const ts_i8pack *p) { return p->scale; }
-const int32_t *ts_i8pack_colsum(const ts_i8pack *p) { return p->colsum; }
+const int32_t *ts_i8pack_colsum(const ts_i8pack *p) { return ready(p)->colsum; }
 
 void ts_i8pack_fold_abias(const ts_i8pack *p, float a_bias, const float *bias, float *out) {
+    ready(p);
     for (int n = 0; n < p->N; n++)
         out[n] = (bias ? bias[n] : 0.0f) + a_bias * p->scale[n] * (float)p->colsum[n];
 }
@@ -369,6 +436,7 @@ static void i8_run(int M, const uint8_t *A, int lda, const float *X, int ldx, fl
                    int a_zp, const ts_i8pack *W, const ts_i8_out *out, int32_t *C32, int ldc32,
                    int serial) {
     if (M <= 0) return;
+    ready(W); /* a pack of a load's open batch used before its end: packed now */
     const ts_i8_isa *isa = i8_isa();
     i8_job g = {.isa = isa, .nisa = ts_nn_isa_get(), .A = A, .lda = lda, .X = X, .ldx = ldx,
                 .M = M, .N = W->N, .K = W->K, .Kp = W->Kp, .a_zp = a_zp, .a_step = a_step,

@@ -27,10 +27,20 @@ typedef struct ts_i8pack ts_i8pack;
 /* Packs Wq[N][K] (ldw) with w_scale[N]. Returns NULL (ts_error set) on a bad shape or when
  * out of memory. */
 ts_i8pack *ts_i8pack_new(const int8_t *Wq, int N, int K, int ldw, const float *w_scale);
+/* The same without the copy of Wq[N][K] (dense): it must stay valid and unchanged while the
+ * pack lives (a model file's tensor in its mapping). */
+ts_i8pack *ts_i8pack_new_borrowed(const int8_t *Wq, int N, int K, const float *w_scale);
 /* Quantises a float weight W[N][K] (ldw) per output channel (quant.h ts_quant_weights:
  * max|w|/127, codes in [-127, 127]) and packs it. */
 ts_i8pack *ts_i8pack_new_f32(const float *W, int N, int K, int ldw);
 void ts_i8pack_free(ts_i8pack *p);
+/* A model load's int8 packs, packed together: between ts_i8pack_batch_begin and
+ * ts_i8pack_batch_end (same thread), ts_i8pack_new copies the codes, sums and scales at once
+ * but leaves the packing to ts_i8pack_batch_end(1), which packs them all in parallel (the
+ * packs must not be used before); ts_i8pack_batch_end(0) closes a failed load's batch (its
+ * packs may have been freed). Not nested. */
+void ts_i8pack_batch_begin(void);
+void ts_i8pack_batch_end(int pack);
 int ts_i8pack_n(const ts_i8pack *p);
 int ts_i8pack_k(const ts_i8pack *p);
 const float *ts_i8pack_scale(const ts_i8pack *p);   /* w_scale[N] */

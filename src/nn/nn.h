@@ -7,6 +7,7 @@
 #define TS_NN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Activation fused into a kernel's epilogue. */
 enum { TS_ACT_NONE = 0, TS_ACT_GELU = 1 };
@@ -44,9 +45,35 @@ void ts_wpack_free(ts_wpack *p);
 typedef struct ts_wpack_batch ts_wpack_batch;
 ts_wpack_batch *ts_wpack_batch_begin(void);
 int ts_wpack_batch_end(ts_wpack_batch *b, int pack);
+/* Pre-packed weights (a model file's packed section, io/tensor_map.h): the packs of a batch in
+ * order, each a slice of K x ncp floats rounded up to 16 floats, dir holding N K kcb nkb ncp
+ * per pack (int32, possibly unaligned), tag the layout it was written for. */
+typedef struct {
+    const char *tag;
+    const int32_t *dir;
+    int n;
+    const float *data; /* 64-byte aligned, or the image is not used */
+    size_t bytes;
+    int used;          /* set by ts_wpack_batch_end when the packs were taken from it */
+} ts_wpack_image;
+/* ts_wpack_batch_end then points the packs into image (zero-copy, read-only) when its tag,
+ * count and every pack's shape match this batch, else packs as usual. image must outlive the
+ * packs. */
+void ts_wpack_batch_use_image(ts_wpack_batch *b, ts_wpack_image *image);
+/* ts_wpack_batch_end(b, 1) then hands the list of the batch's packs (malloc'd, in order) to
+ * *packs / *n instead of freeing it: for ts_wpack_image_write. */
+void ts_wpack_batch_keep_list(ts_wpack_batch *b, ts_wpack ***packs, int *n);
+/* The layout tag of p's ISA (of the current ISA when p is NULL): layout version, ISA, nr, kc. */
+void ts_wpack_layout_tag(const ts_wpack *p, char *out, size_t cap);
+/* The image of packs (all made under one ISA): dir 5*n int32, data ts_wpack_image_bytes
+ * bytes (64-byte aligned slices, zero padded). Returns -1 when a pack is empty or the ISAs
+ * differ. */
+size_t ts_wpack_image_bytes(ts_wpack *const *packs, int n);
+int ts_wpack_image_write(ts_wpack *const *packs, int n, int32_t *dir, float *data);
 /* Packs again from the weights W it was made from, after they changed in place (training). */
 void ts_wpack_refresh(ts_wpack *p);
 int ts_wpack_n(const ts_wpack *p); /* N (output columns) */
+int ts_wpack_borrowed(const ts_wpack *p); /* 1 while its data is read from an image */
 int ts_wpack_k(const ts_wpack *p); /* K (reduction length) */
 /* C[M x N] (ldc) = act(beta*C + A[M x K] (lda) * W^T + bias[n]), N, K those of the pack. */
 void ts_gemm_w(int M, const float *A, int lda, const ts_wpack *W, float *C, int ldc, float beta,

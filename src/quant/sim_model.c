@@ -577,7 +577,7 @@ int ts_simq_decode(const ts_simq_model *s, const ts_prompt_encoder *pe, const fl
     /* keys = (embedding + dense) as tokens, key_pe = dense PE as tokens */
     for (size_t i = 0; i < (size_t)D * NI; i++) ao[i] = embedding[i] + dense[i];
     transpose(ao, D, NI, keys);
-    transpose(ts_prompt_dense_pe(pe), D, NI, kpe);
+    memcpy(kpe, ts_prompt_dense_pe(pe), sizeof(float) * (size_t)NI * D);
     float *q = tok;
     for (int L = 0; L < 2; L++) {
         char pre[128], p[192];
