@@ -9,6 +9,7 @@
 #include "io/image.h"
 #include "io/json.h"
 #include "io/npy.h"
+#include "model/sam.h"
 #include "tinysam.h"
 
 #include <math.h>
@@ -253,7 +254,8 @@ static int load_mask_input(const char *path, int index, float *out) {
     return 0;
 }
 
-static int write_outputs(const options *o, const tinysam_image *img, const tinysam_prediction *p,
+/* The overlay is drawn over img itself (its last use): no copy of the photo to fault in. */
+static int write_outputs(const options *o, tinysam_image *img, const tinysam_prediction *p,
                          char paths[4][4096]) {
     int rc = ts_mkdirs(o->out_dir);
     if (rc) return rc;
@@ -263,9 +265,7 @@ static int write_outputs(const options *o, const tinysam_image *img, const tinys
         rc = ts_png_write_mask(paths[k], p->masks + k * plane, p->width, p->height);
     }
     if (rc) return rc;
-    uint8_t *ov = ts_malloc(plane * 3);
-    if (!ov) return TINYSAM_E_NOMEM;
-    memcpy(ov, img->rgb, plane * 3);
+    uint8_t *ov = img->rgb;
     static const uint8_t blue[3] = {30, 144, 255}, green[3] = {40, 220, 60}, red[3] = {235, 40, 40};
     ts_draw_mask(ov, p->width, p->height, p->masks + (size_t)p->best * plane, blue, 0.5f);
     float r = (float)TS_MAX(p->width, p->height) / 120.0f;
@@ -277,9 +277,7 @@ static int write_outputs(const options *o, const tinysam_image *img, const tinys
         ts_draw_point(ov, p->width, p->height, o->points[2 * i], o->points[2 * i + 1], r,
                       o->labels[i] ? green : red);
     snprintf(paths[3], 4096, "%s/overlay.png", o->out_dir);
-    rc = ts_png_write(paths[3], ov, p->width, p->height, 3);
-    free(ov);
-    return rc;
+    return ts_png_write(paths[3], ov, p->width, p->height, 3);
 }
 
 /* COCO polygons or YOLO lines of one 0/1 mask on stdout. */
@@ -394,8 +392,11 @@ int ts_cli_segment(int argc, char **argv) {
         rc = mask_in ? load_mask_input(o.mask_input, o.mask_index, mask_in) : TINYSAM_E_NOMEM;
     }
     t_img = ts_now_ms();
-    if (!rc && o.embedding) rc = ts_embedding_load_checked(o.embedding, m, &e);
-    else if (!rc) rc = tinysam_encode(m, &img, &e);
+    if (!rc && o.embedding) {
+        rc = ts_embedding_load_checked(o.embedding, m, &e);
+        if (!rc) rc = ts_embedding_prepare(m, e); /* as tinysam_encode does */
+    } else if (!rc)
+        rc = tinysam_encode(m, &img, &e);
     if (!rc && !img.rgb) { /* --embedding: the overlay goes over a grey canvas */
         int W, H;
         tinysam_embedding_size(e, &W, &H, NULL, NULL);
