@@ -942,16 +942,13 @@ static void shared_i8_free(shared_img *sh) {
 /* The shared layer-0 projections as int8 operands (dynamic, per call: they depend on the
  * image): K_h and V_h^T packed per head with per-row scales, q_i2t as uint8 codes of one
  * step. On failure (memory) has_i8 stays 0 and layer 0 runs in float. */
-static void shared_i8_make(shared_img *sh) {
-    float *vt = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
-    if (!vt) return;
+static void shared_i8_make(shared_img *sh, float *vt /* scratch, N_IMG x 128 */) {
     transpose(sh->v_t2i, N_IMG, 128, vt);
     int ok = 1;
     for (int h = 0; h < 8; h++) {
         ok &= (sh->k8[h] = ts_i8pack_new_f32(sh->k_t2i + h * 16, N_IMG, 16, 128)) != NULL;
         ok &= (sh->v8[h] = ts_i8pack_new_f32(vt + (size_t)h * 16 * N_IMG, 16, N_IMG, N_IMG)) != NULL;
     }
-    ts_free_aligned(vt);
     float mx = 0.0f;
     for (size_t i = 0; i < (size_t)N_IMG * 128; i++) {
         float a = fabsf(sh->q_i2t[i]);
@@ -1276,7 +1273,7 @@ static void ctx_put(ts_mask_decoder *d, ts_decode_ctx *c) {
  * batch equals separate calls bit for bit), and a cached embedding prompted again, or one
  * prepared by ts_sam_decode_prepare, reuses them. */
 static void shared_update(shared_img *sh, const ts_prompt_encoder *pe, const ts_mask_decoder *d,
-                          const float *embedding, int proj) {
+                          const float *embedding, int proj, workspace *scratch) {
     if (!shared_is_current(sh, pe, d, embedding)) {
         sh->img_valid = sh->proj_valid = 0;
         shared_i8_free(sh);
@@ -1295,7 +1292,7 @@ static void shared_update(shared_img *sh, const ts_prompt_encoder *pe, const ts_
         linear(sh->kpe0, N_IMG, l0->t2i.k_p, l0->t2i.k_b, sh->k_t2i);
         linear(sh->src0, N_IMG, l0->t2i.v_p, l0->t2i.v_b, sh->v_t2i);
         linear(sh->kpe0, N_IMG, l0->i2t.q_p, l0->i2t.q_b, sh->q_i2t);
-        if (d->up_i8) shared_i8_make(sh);
+        if (d->up_i8) shared_i8_make(sh, scratch->img); /* the workspace is free here */
         sh->proj_valid = 1;
         atomic_fetch_add(&((ts_mask_decoder *)d)->image_sides, 1);
     }
@@ -1353,7 +1350,7 @@ int ts_sam_decode_prepare(const ts_prompt_encoder *pe, const ts_mask_decoder *dc
     if (!c->touched) ctx_touch(c, d);
     c->touched = 1;
     /* the projections serve point and box prompts: 7 tokens and more */
-    shared_update(&c->sh, pe, d, embedding, ts_mask_decoder_fold_max >= 7);
+    shared_update(&c->sh, pe, d, embedding, ts_mask_decoder_fold_max >= 7, &c->ws[0]);
     ctx_put(d, c);
     return 0;
 }
@@ -1387,7 +1384,7 @@ int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
     if (!c) return ts_error(TINYSAM_E_NOMEM, "out of memory in the mask decoder");
     int use_proj = n_plain >= 1;
     shared_img *sh = &c->sh;
-    shared_update(sh, pe, d, embedding, use_proj);
+    shared_update(sh, pe, d, embedding, use_proj, &c->ws[0]);
     atomic_int next_slot = 0;
     decode_job j = {.pe = pe, .d = d, .sets = sets, .sh = sh, .use_proj = use_proj,
                     .fold_max = fold_max, .ws = c->ws, .up = c->up, .slot_of_tid = c->slot_of_tid,
