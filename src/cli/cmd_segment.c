@@ -254,17 +254,13 @@ static int load_mask_input(const char *path, int index, float *out) {
     return 0;
 }
 
-/* The overlay is drawn over img itself (its last use): no copy of the photo to fault in. */
+/* The overlay is drawn over img itself (its last use): no copy of the photo to fault in. The
+ * masks (1-bit PNGs, straight from the 0/1 masks) and the overlay are deflated together. */
 static int write_outputs(const options *o, tinysam_image *img, const tinysam_prediction *p,
                          char paths[4][4096]) {
     int rc = ts_mkdirs(o->out_dir);
     if (rc) return rc;
     size_t plane = (size_t)p->width * p->height;
-    for (int k = 0; k < p->n_masks && !rc; k++) { /* 1-bit PNGs, straight from the 0/1 masks */
-        snprintf(paths[k], 4096, "%s/mask_%d.png", o->out_dir, k);
-        rc = ts_png_write_mask(paths[k], p->masks + k * plane, p->width, p->height);
-    }
-    if (rc) return rc;
     uint8_t *ov = img->rgb;
     static const uint8_t blue[3] = {30, 144, 255}, green[3] = {40, 220, 60}, red[3] = {235, 40, 40};
     ts_draw_mask(ov, p->width, p->height, p->masks + (size_t)p->best * plane, blue, 0.5f);
@@ -276,8 +272,14 @@ static int write_outputs(const options *o, tinysam_image *img, const tinysam_pre
     for (int i = 0; i < o->n_points; i++)
         ts_draw_point(ov, p->width, p->height, o->points[2 * i], o->points[2 * i + 1], r,
                       o->labels[i] ? green : red);
+    ts_png_item items[4];
+    for (int k = 0; k < p->n_masks; k++) {
+        snprintf(paths[k], 4096, "%s/mask_%d.png", o->out_dir, k);
+        items[k] = (ts_png_item){paths[k], p->masks + k * plane, p->width, p->height, 0};
+    }
     snprintf(paths[3], 4096, "%s/overlay.png", o->out_dir);
-    return ts_png_write(paths[3], ov, p->width, p->height, 3);
+    items[p->n_masks] = (ts_png_item){paths[3], ov, p->width, p->height, 3};
+    return ts_png_write_many(p->n_masks + 1, items);
 }
 
 /* COCO polygons or YOLO lines of one 0/1 mask on stdout. */

@@ -140,7 +140,8 @@ static uint8_t *finish_chunk(uint8_t *p, const char *type, size_t len) {
 }
 
 /* Deflates the image in slices (j->s): 0, or an error with its message. */
-static int deflate_slices(png_job *j) {
+/* Checks the image and cuts it into slices (j->s): 0, or an error with its message. */
+static int plan_slices(png_job *j) {
     if (!j->pix || j->w <= 0 || j->h <= 0)
         return ts_error(TINYSAM_E_ARG, "PNG encoding: bad arguments (%dx%d, %d channels)", j->w,
                         j->h, j->channels);
@@ -161,15 +162,27 @@ static int deflate_slices(png_job *j) {
         j->s[i].y0 = (int)((long long)j->h * i / ns);
         j->s[i].y1 = (int)((long long)j->h * (i + 1) / ns);
     }
-    if (ns > 1) ts_parallel_for(ns, slice_task, j);
-    else slice_task(j, 0, 0);
+    return 0;
+}
+
+/* After the slices ran: their status. */
+static int slices_done(const png_job *j) {
     size_t zlen = 2 + 4; /* zlib header and Adler-32 */
-    for (int i = 0; i < ns; i++) {
+    for (int i = 0; i < j->nslices; i++) {
         if (j->s[i].rc) return ts_error(j->s[i].rc, "PNG encoding: out of memory");
         zlen += j->s[i].len;
     }
     if (zlen > 0x7fffffffu) return ts_error(TINYSAM_E_LIMIT, "PNG encoding: image too large");
     return 0;
+}
+
+/* Deflates the image in slices (j->s): 0, or an error with its message. */
+static int deflate_slices(png_job *j) {
+    int rc = plan_slices(j);
+    if (rc) return rc;
+    if (j->nslices > 1) ts_parallel_for(j->nslices, slice_task, j);
+    else slice_task(j, 0, 0);
+    return slices_done(j);
 }
 
 static void free_slices(png_job *j) {
@@ -241,26 +254,23 @@ static int encode(png_job *j, uint8_t **out, size_t *out_size) {
     return rc;
 }
 
-/* The same into a file, the slices written where they lie (no copy of the whole file). */
+/* The deflated slices into a file, written where they lie (no copy of the whole file). */
+static int write_slices(const png_job *j, const char *path) {
+    uint8_t head[HEAD_BYTES], tail[TAIL_BYTES];
+    head_tail(j, head, tail);
+    FILE *f = fopen(path, "wb");
+    if (!f) return ts_error(TINYSAM_E_IO, "%s: cannot open for writing", path);
+    int ok = fwrite(head, 1, HEAD_BYTES, f) == HEAD_BYTES;
+    for (int i = 0; i < j->nslices; i++)
+        ok &= fwrite(j->s[i].out, 1, j->s[i].len, f) == j->s[i].len;
+    ok &= fwrite(tail, 1, TAIL_BYTES, f) == TAIL_BYTES;
+    ok &= fclose(f) == 0;
+    return ok ? 0 : ts_error(TINYSAM_E_IO, "%s: write failed", path);
+}
+
 static int encode_to_file(png_job *j, const char *path) {
     int rc = deflate_slices(j);
-    if (!rc) {
-        uint8_t head[HEAD_BYTES], tail[TAIL_BYTES];
-        head_tail(j, head, tail);
-        FILE *f = fopen(path, "wb");
-        if (!f) {
-            rc = ts_error(TINYSAM_E_IO, "%s: cannot open for writing", path);
-        } else {
-            int ok = fwrite(head, 1, HEAD_BYTES, f) == HEAD_BYTES;
-            for (int i = 0; i < j->nslices; i++)
-                ok &= fwrite(j->s[i].out, 1, j->s[i].len, f) == j->s[i].len;
-            ok &= fwrite(tail, 1, TAIL_BYTES, f) == TAIL_BYTES;
-            ok &= fclose(f) == 0;
-            if (!ok) rc = ts_error(TINYSAM_E_IO, "%s: write failed", path);
-        }
-    } else {
-        rc = ts_error_prefix(rc, "%s", path);
-    }
+    rc = rc ? ts_error_prefix(rc, "%s", path) : write_slices(j, path);
     free_slices(j);
     return rc;
 }
@@ -309,4 +319,47 @@ int ts_png_write_mask(const char *path, const uint8_t *mask, int width, int heig
     if (!path) return ts_error(TINYSAM_E_ARG, "PNG write: no path");
     png_job j = mask_job(mask, width, height);
     return encode_to_file(&j, path);
+}
+
+/* Every slice of every image, one pool task each. */
+typedef struct {
+    png_job *jobs;
+    int first[TS_PNG_MANY_MAX + 1]; /* task index of each image's first slice */
+    int n;
+} many_job;
+
+static void many_task(void *ctx, int t, int tid) {
+    many_job *m = ctx;
+    int k = 0;
+    while (t >= m->first[k + 1]) k++;
+    slice_task(&m->jobs[k], t - m->first[k], tid);
+}
+
+int ts_png_write_many(int n, const ts_png_item *items) {
+    if (n < 0 || n > TS_PNG_MANY_MAX || (n && !items))
+        return ts_error(TINYSAM_E_ARG, "PNG write: %d images (at most %d)", n, TS_PNG_MANY_MAX);
+    png_job jobs[TS_PNG_MANY_MAX];
+    many_job m = {.jobs = jobs, .n = n};
+    int rc = 0;
+    for (int k = 0; k < n && !rc; k++) {
+        const ts_png_item *it = &items[k];
+        if (!it->path) rc = ts_error(TINYSAM_E_ARG, "PNG write: no path");
+        else if (it->channels == 0) jobs[k] = mask_job(it->pix, it->width, it->height);
+        else if (it->channels == 1 || it->channels == 3)
+            jobs[k] = image_job(it->pix, it->width, it->height, it->channels);
+        else
+            rc = ts_error(TINYSAM_E_ARG, "%s: PNG encoding: bad arguments (%dx%d, %d channels)",
+                          it->path, it->width, it->height, it->channels);
+        if (!rc && (rc = plan_slices(&jobs[k]))) rc = ts_error_prefix(rc, "%s", it->path);
+        m.first[k + 1] = m.first[k] + (rc ? 0 : jobs[k].nslices);
+        if (rc) jobs[k].nslices = 0;
+    }
+    if (!rc) ts_parallel_for(m.first[n], many_task, &m);
+    for (int k = 0; k < n && !rc; k++) {
+        if ((rc = slices_done(&jobs[k]))) rc = ts_error_prefix(rc, "%s", items[k].path);
+        else rc = write_slices(&jobs[k], items[k].path);
+    }
+    for (int k = 0; k < n; k++)
+        if (m.first[k + 1] > m.first[k]) free_slices(&jobs[k]);
+    return rc;
 }
