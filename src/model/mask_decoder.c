@@ -831,7 +831,8 @@ static void upscale_chunk(const ts_mask_decoder *d, const float *keys, const flo
 typedef struct {
     float *emb_tok;       /* 4096 x 256: the embedding, token-major */
     float *src0, *kpe0;   /* + no_mask_embed, and + dense PE: layer 0 of sets without a mask */
-    float *k_t2i, *v_t2i, *q_i2t; /* their layer-0 projections, when several sets share them */
+    float *k_t2i, *v_t2i, *q_i2t; /* their layer-0 projections (an int8 model: q only, K and V
+                                     as the packs below, unless those could not be made) */
     /* int8 model: the projections as int8 operands, made once per call (shared_i8_make) */
     ts_i8pack *k8[8], *v8[8]; /* per head: K_h (4096 x 16), V_h^T (16 x 4096), per-row scales */
     uint8_t *qq;              /* q_i2t codes, 4096 x 128 */
@@ -942,11 +943,12 @@ static void shared_i8_free(shared_img *sh) {
 /* The shared layer-0 projections as int8 operands (dynamic, per call: they depend on the
  * image): K_h and V_h^T packed per head with per-row scales, q_i2t as uint8 codes of one
  * step. On failure (memory) has_i8 stays 0 and layer 0 runs in float. */
-static void shared_i8_make(shared_img *sh, float *vt /* scratch, N_IMG x 128 */) {
-    transpose(sh->v_t2i, N_IMG, 128, vt);
+static void shared_i8_make(shared_img *sh, const float *k_t2i, const float *v_t2i,
+                           float *vt /* scratch, N_IMG x 128 */) {
+    transpose(v_t2i, N_IMG, 128, vt);
     int ok = 1;
     for (int h = 0; h < 8; h++) {
-        ok &= (sh->k8[h] = ts_i8pack_new_f32(sh->k_t2i + h * 16, N_IMG, 16, 128)) != NULL;
+        ok &= (sh->k8[h] = ts_i8pack_new_f32(k_t2i + h * 16, N_IMG, 16, 128)) != NULL;
         ok &= (sh->v8[h] = ts_i8pack_new_f32(vt + (size_t)h * 16 * N_IMG, 16, N_IMG, N_IMG)) != NULL;
     }
     float mx = 0.0f;
@@ -1289,10 +1291,21 @@ static void shared_update(shared_img *sh, const ts_prompt_encoder *pe, const ts_
     }
     if (proj && !sh->proj_valid) {
         const ts_twoway_layer *l0 = &d->layer[0];
-        linear(sh->kpe0, N_IMG, l0->t2i.k_p, l0->t2i.k_b, sh->k_t2i);
-        linear(sh->src0, N_IMG, l0->t2i.v_p, l0->t2i.v_b, sh->v_t2i);
+        /* an int8 model keeps K and V as int8 packs only: the float ones go to the workspace
+         * (free here), and to sh only when the packs cannot be made (then layer 0 runs in
+         * float): fewer fresh pages for the first decode's preparation */
+        size_t half = (size_t)N_IMG * 128;
+        float *k = d->up_i8 ? scratch->keys : sh->k_t2i, *v = d->up_i8 ? scratch->kpe : sh->v_t2i;
+        linear(sh->kpe0, N_IMG, l0->t2i.k_p, l0->t2i.k_b, k);
+        linear(sh->src0, N_IMG, l0->t2i.v_p, l0->t2i.v_b, v);
         linear(sh->kpe0, N_IMG, l0->i2t.q_p, l0->i2t.q_b, sh->q_i2t);
-        if (d->up_i8) shared_i8_make(sh, scratch->img); /* the workspace is free here */
+        if (d->up_i8) {
+            shared_i8_make(sh, k, v, scratch->img);
+            if (!sh->has_i8) {
+                memcpy(sh->k_t2i, k, sizeof(float) * half);
+                memcpy(sh->v_t2i, v, sizeof(float) * half);
+            }
+        }
         sh->proj_valid = 1;
         atomic_fetch_add(&((ts_mask_decoder *)d)->image_sides, 1);
     }
@@ -1335,8 +1348,8 @@ static void ctx_touch(ts_decode_ctx *c, const ts_mask_decoder *d) {
     }
     for (int k = 0; k < c->n_up && j.count + 3 <= 32; k++) {
         T(c->up[k].g1, 4 * UP_TOK * 256);
-        T(c->up[k].g2, 4 * UP_TOK * 4 * 128);
-        if (d->up_i8) T(c->up[k].q, UP_TOK * 4 * 128);
+        if (d->up_i8) T(c->up[k].q, UP_TOK * 4 * 128); /* its codes instead of g2 */
+        else T(c->up[k].g2, 4 * UP_TOK * 4 * 128);
     }
 #undef T
     ts_parallel_for(j.count, touch_task, &j);
