@@ -7,8 +7,11 @@
  * the int8 safetensors `tinysam quantize` makes (calibrated on picture1), both written to a
  * temporary folder first. Per model, N child processes of this program (--child MODEL)
  * each time, through the library: the model load, the first encode and a warm one (the
- * second call), the first decode (one point, masks at 769x770) and a warm one; then N
- * one-shot `tinysam embed` and `tinysam segment` runs of picture1, wall time from fork to
+ * second call; tinysam_encode includes the decoder's per-image work, SamPredictor.set_image's
+ * share: the embedding's layer-0 projections, made there so that the first decode need not),
+ * the first decode (one point, masks at 769x770) and a warm one; then N
+ * one-shot `tinysam embed` (the encoder alone: no decoder work) and `tinysam segment` runs of
+ * picture1, wall time from fork to
  * exit, and segment's own "write" time (its four PNGs). Each figure is printed beside the
  * issue's goal as a ratio. Then, in this process, the outputs alone: segment's four PNGs
  * (three 1-bit masks and the overlay, written to files) against the same four written the

@@ -110,7 +110,11 @@ tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char
 
 typedef struct tinysam_embedding tinysam_embedding;
 
-/* Resizes (PIL bilinear, long side 1024), normalises, pads and runs the image encoder. */
+/* Resizes (PIL bilinear, long side 1024), normalises, pads and runs the image encoder; then,
+ * as SamPredictor.set_image does, the mask decoder's per-image work for this model (the
+ * embedding's layer-0 projections, a few ms), so that the first tinysam_predict on it runs as
+ * fast as the next ones. The model keeps that for its last embedding; predictions are the
+ * same with or without it. */
 tinysam_status tinysam_encode(tinysam_model *m, const tinysam_image *img,
                               tinysam_embedding **out);
 void tinysam_embedding_free(tinysam_embedding *e);

@@ -345,6 +345,11 @@ tinysam_status tinysam_encode(tinysam_model *m, const tinysam_image *img,
     int rc = ts_encoder_input_make(img, &in);
     if (!rc) rc = ts_encode_input(m, &in, out);
     ts_encoder_input_free(&in);
+    /* set_image's per-image decoder work, now rather than in the first predict */
+    if (!rc && (rc = ts_embedding_prepare(m, *out))) {
+        tinysam_embedding_free(*out);
+        *out = NULL;
+    }
     return rc;
 }
 

@@ -311,7 +311,11 @@ int ts_cli_embed(int argc, char **argv) {
     int rc = tinysam_model_load(model, &m);
     if (!rc) rc = tinysam_image_load(image, max_pixels, &img);
     t1 = ts_now_ms();
-    if (!rc) rc = tinysam_encode(m, &img, &e);
+    ts_encoder_input in = {0};
+    /* the encoder alone: no decoder work for an embedding that is only written */
+    if (!rc) rc = ts_encoder_input_make(&img, &in);
+    if (!rc) rc = ts_encode_input(m, &in, &e);
+    ts_encoder_input_free(&in);
     t2 = ts_now_ms();
     if (!rc) rc = embed_write(out, e, fp16);
     if (!rc) rc = ts_embedding_sidecar_write(out, e, m); /* for segment --embedding */

@@ -9,6 +9,7 @@
 #include "io/image.h"
 #include "io/json.h"
 #include "io/npy.h"
+#include "model/sam.h"
 #include "tinysam.h"
 
 #include <math.h>
@@ -253,19 +254,14 @@ static int load_mask_input(const char *path, int index, float *out) {
     return 0;
 }
 
-static int write_outputs(const options *o, const tinysam_image *img, const tinysam_prediction *p,
+/* The overlay is drawn over img itself (its last use): no copy of the photo to fault in. The
+ * masks (1-bit PNGs, straight from the 0/1 masks) and the overlay are deflated together. */
+static int write_outputs(const options *o, tinysam_image *img, const tinysam_prediction *p,
                          char paths[4][4096]) {
     int rc = ts_mkdirs(o->out_dir);
     if (rc) return rc;
     size_t plane = (size_t)p->width * p->height;
-    for (int k = 0; k < p->n_masks && !rc; k++) { /* 1-bit PNGs, straight from the 0/1 masks */
-        snprintf(paths[k], 4096, "%s/mask_%d.png", o->out_dir, k);
-        rc = ts_png_write_mask(paths[k], p->masks + k * plane, p->width, p->height);
-    }
-    if (rc) return rc;
-    uint8_t *ov = ts_malloc(plane * 3);
-    if (!ov) return TINYSAM_E_NOMEM;
-    memcpy(ov, img->rgb, plane * 3);
+    uint8_t *ov = img->rgb;
     static const uint8_t blue[3] = {30, 144, 255}, green[3] = {40, 220, 60}, red[3] = {235, 40, 40};
     ts_draw_mask(ov, p->width, p->height, p->masks + (size_t)p->best * plane, blue, 0.5f);
     float r = (float)TS_MAX(p->width, p->height) / 120.0f;
@@ -276,10 +272,14 @@ static int write_outputs(const options *o, const tinysam_image *img, const tinys
     for (int i = 0; i < o->n_points; i++)
         ts_draw_point(ov, p->width, p->height, o->points[2 * i], o->points[2 * i + 1], r,
                       o->labels[i] ? green : red);
+    ts_png_item items[4];
+    for (int k = 0; k < p->n_masks; k++) {
+        snprintf(paths[k], 4096, "%s/mask_%d.png", o->out_dir, k);
+        items[k] = (ts_png_item){paths[k], p->masks + k * plane, p->width, p->height, 0};
+    }
     snprintf(paths[3], 4096, "%s/overlay.png", o->out_dir);
-    rc = ts_png_write(paths[3], ov, p->width, p->height, 3);
-    free(ov);
-    return rc;
+    items[p->n_masks] = (ts_png_item){paths[3], ov, p->width, p->height, 3};
+    return ts_png_write_many(p->n_masks + 1, items);
 }
 
 /* COCO polygons or YOLO lines of one 0/1 mask on stdout. */
@@ -394,8 +394,11 @@ int ts_cli_segment(int argc, char **argv) {
         rc = mask_in ? load_mask_input(o.mask_input, o.mask_index, mask_in) : TINYSAM_E_NOMEM;
     }
     t_img = ts_now_ms();
-    if (!rc && o.embedding) rc = ts_embedding_load_checked(o.embedding, m, &e);
-    else if (!rc) rc = tinysam_encode(m, &img, &e);
+    if (!rc && o.embedding) {
+        rc = ts_embedding_load_checked(o.embedding, m, &e);
+        if (!rc) rc = ts_embedding_prepare(m, e); /* as tinysam_encode does */
+    } else if (!rc)
+        rc = tinysam_encode(m, &img, &e);
     if (!rc && !img.rgb) { /* --embedding: the overlay goes over a grey canvas */
         int W, H;
         tinysam_embedding_size(e, &W, &H, NULL, NULL);

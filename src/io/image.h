@@ -39,5 +39,16 @@ int ts_png_encode(const uint8_t *pix, int width, int height, int channels, uint8
 int ts_png_write_mask(const char *path, const uint8_t *mask, int width, int height);
 int ts_png_encode_mask(const uint8_t *mask, int width, int height, uint8_t **out,
                        size_t *out_size);
+/* Several PNGs at once (segment's masks and overlay): every image's row slices deflated in one
+ * round on the pool (a 1-bit mask is one slice: written one after another they left a core
+ * idle), then the files written in order. channels 0: a mask as ts_png_write_mask writes it;
+ * 1 or 3: as ts_png_write. Same bytes as those functions. */
+#define TS_PNG_MANY_MAX 8
+typedef struct {
+    const char *path;
+    const uint8_t *pix;
+    int width, height, channels;
+} ts_png_item;
+int ts_png_write_many(int n, const ts_png_item *items);
 
 #endif

@@ -934,7 +934,8 @@ static void upscale_chunk(const ts_mask_decoder *d, const float *keys, const flo
 typedef struct {
     float *emb_tok;       /* 4096 x 256: the embedding, token-major */
     float *src0, *kpe0;   /* + no_mask_embed, and + dense PE: layer 0 of sets without a mask */
-    float *k_t2i, *v_t2i, *q_i2t; /* their layer-0 projections, when several sets share them */
+    float *k_t2i, *v_t2i, *q_i2t; /* their layer-0 projections (an int8 model: q only, K and V
+                                     as the packs below, unless those could not be made) */
     /* int8 model: the projections as int8 operands, made once per call (shared_i8_make) */
     ts_i8pack *k8[8], *v8[8]; /* per head: K_h (4096 x 16), V_h^T (16 x 4096), per-row scales */
     uint8_t *qq;              /* q_i2t codes, 4096 x 128 */
@@ -1046,16 +1047,14 @@ static void shared_i8_free(shared_img *sh) {
 /* The shared layer-0 projections as int8 operands (dynamic, per call: they depend on the
  * image): K_h and V_h^T packed per head with per-row scales, q_i2t as uint8 codes of one
  * step. On failure (memory) has_i8 stays 0 and layer 0 runs in float. */
-static void shared_i8_make(shared_img *sh) {
-    float *vt = ts_malloc_aligned(sizeof(float) * N_IMG * 128);
-    if (!vt) return;
-    transpose(sh->v_t2i, N_IMG, 128, vt);
+static void shared_i8_make(shared_img *sh, const float *k_t2i, const float *v_t2i,
+                           float *vt /* scratch, N_IMG x 128 */) {
+    transpose(v_t2i, N_IMG, 128, vt);
     int ok = 1;
     for (int h = 0; h < 8; h++) {
-        ok &= (sh->k8[h] = ts_i8pack_new_f32(sh->k_t2i + h * 16, N_IMG, 16, 128)) != NULL;
+        ok &= (sh->k8[h] = ts_i8pack_new_f32(k_t2i + h * 16, N_IMG, 16, 128)) != NULL;
         ok &= (sh->v8[h] = ts_i8pack_new_f32(vt + (size_t)h * 16 * N_IMG, 16, N_IMG, N_IMG)) != NULL;
     }
-    ts_free_aligned(vt);
     float mx = 0.0f;
     for (size_t i = 0; i < (size_t)N_IMG * 128; i++) {
         float a = fabsf(sh->q_i2t[i]);
@@ -1304,6 +1303,7 @@ static void decode_task(void *ctx, int s, int tid) {
  * pages. */
 struct ts_decode_ctx {
     int nt, n_up, max_tokens, direct;
+    int touched; /* its scratch faulted in (ts_sam_decode_prepare) */
     workspace *ws;
     up_scratch *up;
     int *slot_of_tid; /* n_up (pool size) entries */
@@ -1389,8 +1389,16 @@ static ts_decode_ctx *ctx_get(ts_mask_decoder *d, int nt, int n_up, int max_toke
     d->ctx_cache = NULL;
     pthread_mutex_unlock(&d->ctx_lock);
     if (c && ctx_smaller(c, nt, n_up, max_tokens, direct)) {
+        /* a bigger one, keeping the image side (a prepared embedding) */
+        ts_decode_ctx *b = ctx_new(TS_MAX(nt, c->nt), TS_MAX(n_up, c->n_up),
+                                   TS_MAX(max_tokens, c->max_tokens), TS_MAX(direct, c->direct));
+        if (b) {
+            shared_img t = b->sh;
+            b->sh = c->sh;
+            c->sh = t;
+        }
         ctx_free(c);
-        c = NULL;
+        return b;
     }
     return c ? c : ctx_new(nt, n_up, max_tokens, direct);
 }
@@ -1404,6 +1412,106 @@ static void ctx_put(ts_mask_decoder *d, ts_decode_ctx *c) {
     }
     pthread_mutex_unlock(&d->ctx_lock);
     ctx_free(c);
+}
+
+/* Brings c's image side up to this embedding: the token-major copy, layer 0's keys and keys +
+ * PE (sets without a mask input), and with proj their layer-0 projections (and their int8
+ * operands). Every set that can (no mask input, folded) takes layer 0 from the shared
+ * projections, a lone set too: a set's values then do not depend on the sets beside it (a
+ * batch equals separate calls bit for bit), and a cached embedding prompted again, or one
+ * prepared by ts_sam_decode_prepare, reuses them. */
+static void shared_update(shared_img *sh, const ts_prompt_encoder *pe, const ts_mask_decoder *d,
+                          const float *embedding, int proj, workspace *scratch) {
+    if (!shared_is_current(sh, pe, d, embedding)) {
+        sh->img_valid = sh->proj_valid = 0;
+        shared_i8_free(sh);
+        transpose(embedding, 256, N_IMG, sh->emb_tok);
+        shared_job sj = {pe, sh};
+        ts_parallel_for(PAR_TASKS, shared_task, &sj);
+        sh->pe = pe;
+        sh->gen = d->gen;
+        sh->isa = ts_nn_isa_name();
+        sh->isa_i8 = ts_gemm_i8_isa_name();
+        memcpy(sh->no_mask, pe->no_mask, sizeof sh->no_mask);
+        sh->img_valid = 1;
+    }
+    if (proj && !sh->proj_valid) {
+        const ts_twoway_layer *l0 = &d->layer[0];
+        /* an int8 model keeps K and V as int8 packs only: the float ones go to the workspace
+         * (free here), and to sh only when the packs cannot be made (then layer 0 runs in
+         * float): fewer fresh pages for the first decode's preparation */
+        size_t half = (size_t)N_IMG * 128;
+        float *k = d->up_i8 ? scratch->keys : sh->k_t2i, *v = d->up_i8 ? scratch->kpe : sh->v_t2i;
+        linear(sh->kpe0, N_IMG, l0->t2i.k_p, l0->t2i.k_b, k);
+        linear(sh->src0, N_IMG, l0->t2i.v_p, l0->t2i.v_b, v);
+        linear(sh->kpe0, N_IMG, l0->i2t.q_p, l0->i2t.q_b, sh->q_i2t);
+        if (d->up_i8) {
+            shared_i8_make(sh, k, v, scratch->img);
+            if (!sh->has_i8) {
+                memcpy(sh->k_t2i, k, sizeof(float) * half);
+                memcpy(sh->v_t2i, v, sizeof(float) * half);
+            }
+        }
+        sh->proj_valid = 1;
+        atomic_fetch_add(&((ts_mask_decoder *)d)->image_sides, 1);
+    }
+}
+
+typedef struct {
+    void *p[32];
+    size_t n[32];
+    int count;
+} touch_job;
+
+static void touch_task(void *ctx, int t, int tid) {
+    (void)tid;
+    const touch_job *j = ctx;
+    volatile char *p = j->p[t];
+    for (size_t i = 0; i < j->n[t]; i += 4096) p[i] = 0;
+}
+
+/* Faults in the scratch a point or box prompt uses (not a mask input's, nor the unfolded
+ * attentions' beyond what the folded path writes): scratch, so its contents do not matter. */
+static void ctx_touch(ts_decode_ctx *c, const ts_mask_decoder *d) {
+    touch_job j = {.count = 0};
+#define T(ptr, bytes) (j.p[j.count] = (ptr), j.n[j.count++] = (bytes))
+    size_t img = (size_t)N_IMG * 256, t = (size_t)c->max_tokens;
+    for (int k = 0; k < c->nt && j.count + 11 <= 32; k++) {
+        workspace *w = &c->ws[k];
+        T(w->keys, 4 * img);
+        T(w->kpe, 4 * img);
+        T(w->img, 4 * (size_t)N_IMG * 8 * FOLD_MAX);
+        T(w->S, 4 * 8 * t * N_IMG);
+        T(w->mlp, 4 * t * 2048);
+        T(w->f1, 4 * 8 * FOLD_MAX * 256);
+        T(w->f2, 4 * 8 * FOLD_MAX * 256);
+        if (d->up_i8) {
+            T(w->kq, img);
+            T(w->kTq, img);
+            T(w->kT, 4 * img);
+            T(w->pq, (size_t)8 * FOLD_MAX * N_IMG);
+        }
+    }
+    for (int k = 0; k < c->n_up && j.count + 3 <= 32; k++) {
+        T(c->up[k].g1, 4 * UP_TOK * 256);
+        if (d->up_i8) T(c->up[k].q, UP_TOK * 4 * 128); /* its codes instead of g2 */
+        else T(c->up[k].g2, 4 * UP_TOK * 4 * 128);
+    }
+#undef T
+    ts_parallel_for(j.count, touch_task, &j);
+}
+
+int ts_sam_decode_prepare(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
+                          const float *embedding) {
+    ts_mask_decoder *d = (ts_mask_decoder *)dc; /* only the context cache is written */
+    ts_decode_ctx *c = ctx_get(d, 1, ts_num_threads(), 8, 8 > ts_mask_decoder_fold_max);
+    if (!c) return ts_error(TINYSAM_E_NOMEM, "out of memory in the mask decoder");
+    if (!c->touched) ctx_touch(c, d);
+    c->touched = 1;
+    /* the projections serve point and box prompts: 7 tokens and more */
+    shared_update(&c->sh, pe, d, embedding, ts_mask_decoder_fold_max >= 7, &c->ws[0]);
+    ctx_put(d, c);
+    return 0;
 }
 
 int ts_sam_decode(const ts_prompt_encoder *pe, const ts_mask_decoder *dc, const float *embedding,
@@ -1433,32 +1541,9 @@ int ts_sam_decode_tokens(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,
     int nt = n > 1 ? TS_MIN(threads, n) : 1, n_up = threads;
     ts_decode_ctx *c = ctx_get(d, nt, n_up, max_tokens, max_tokens > fold_max);
     if (!c) return ts_error(TINYSAM_E_NOMEM, "out of memory in the mask decoder");
-    shared_img *sh = &c->sh;
-    if (!shared_is_current(sh, pe, d, embedding)) {
-        sh->img_valid = sh->proj_valid = 0;
-        shared_i8_free(sh);
-        transpose(embedding, 256, N_IMG, sh->emb_tok);
-        shared_job sj = {pe, sh};
-        ts_parallel_for(PAR_TASKS, shared_task, &sj);
-        sh->pe = pe;
-        sh->gen = d->gen;
-        sh->isa = ts_nn_isa_name();
-        sh->isa_i8 = ts_gemm_i8_isa_name();
-        memcpy(sh->no_mask, pe->no_mask, sizeof sh->no_mask);
-        sh->img_valid = 1;
-    }
-    /* Every set that can (no mask input, folded) takes layer 0 from the shared projections,
-     * a lone set too: a set's values then do not depend on the sets beside it (a batch
-     * equals separate calls bit for bit), and a cached embedding prompted again reuses them. */
     int use_proj = n_plain >= 1;
-    if (use_proj && !sh->proj_valid) {
-        const ts_twoway_layer *l0 = &d->layer[0];
-        linear(sh->kpe0, N_IMG, l0->t2i.k_p, l0->t2i.k_b, sh->k_t2i);
-        linear(sh->src0, N_IMG, l0->t2i.v_p, l0->t2i.v_b, sh->v_t2i);
-        linear(sh->kpe0, N_IMG, l0->i2t.q_p, l0->i2t.q_b, sh->q_i2t);
-        if (d->up_i8) shared_i8_make(sh);
-        sh->proj_valid = 1;
-    }
+    shared_img *sh = &c->sh;
+    shared_update(sh, pe, d, embedding, use_proj, &c->ws[0]);
     atomic_int next_slot = 0;
     decode_job j = {.pe = pe, .d = d, .sets = sets, .sh = sh, .use_proj = use_proj,
                     .fold_max = fold_max, .ws = c->ws, .up = c->up, .slot_of_tid = c->slot_of_tid,

@@ -93,6 +93,11 @@ int ts_check_prompt(const tinysam_embedding *e, const tinysam_prompt *p) {
     return 0;
 }
 
+int ts_embedding_prepare(tinysam_model *m, const tinysam_embedding *e) {
+    if (!m || !e || !e->data || m->sim || !m->prompt_encoder || !m->mask_decoder) return 0;
+    return ts_sam_decode_prepare(m->prompt_encoder, m->mask_decoder, e->data);
+}
+
 tinysam_status tinysam_predict(tinysam_model *m, const tinysam_embedding *e,
                                const tinysam_prompt *p, int flags, tinysam_prediction *out) {
     if (!out) return ts_error(TINYSAM_E_ARG, "tinysam_predict: NULL output");

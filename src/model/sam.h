@@ -46,7 +46,13 @@ void ts_encoder_input_delete(void *in);
 /* tinysam_predict's checks of one prompt set against the embedding's image (clear message). */
 int ts_check_prompt(const tinysam_embedding *e, const tinysam_prompt *p);
 
-/* tinysam_encode from a prepared input (bit-identical). */
+/* tinysam_encode from a prepared input (bit-identical), without ts_embedding_prepare: for
+ * callers that only write the embedding (tinysam embed). */
 int ts_encode_input(tinysam_model *m, const ts_encoder_input *in, tinysam_embedding **out);
+/* The decoder's per-image work for e, done now (SamPredictor.set_image's share): the first
+ * tinysam_predict on e then runs at warm speed, with the same results. tinysam_encode calls
+ * it; so does whatever installs an embedding made elsewhere (segment --embedding). A model
+ * without a decoder (or a simulated one) has nothing to prepare. */
+int ts_embedding_prepare(tinysam_model *m, const tinysam_embedding *e);
 
 #endif

@@ -32,6 +32,12 @@ void ts_mask_decoder_free(ts_mask_decoder *d);
 /* Makes a one-prompt call's scratch now (the model load calls it last), so that the first
  * call does not allocate it (its pages are still faulted in by first use). */
 void ts_mask_decoder_prepare(ts_mask_decoder *d);
+/* The per-image share of a decode, done ahead (SamPredictor.set_image's work): the image side
+ * of this embedding and its layer-0 projections (int8 operands too), kept as a call on the
+ * same embedding would keep them, and the one-prompt scratch faulted in, so that the first
+ * ts_sam_decode on it runs as a warm one. Results are unchanged, bit for bit. */
+int ts_sam_decode_prepare(const ts_prompt_encoder *pe, const ts_mask_decoder *d,
+                          const float *embedding);
 /* After the weights the decoder was loaded from changed in place (a training step): packs its
  * copies again. Not concurrently with a decode. */
 void ts_mask_decoder_refresh(ts_mask_decoder *d);

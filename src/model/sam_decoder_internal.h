@@ -6,6 +6,7 @@
 #include "nn/nn.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 typedef struct ts_decode_ctx ts_decode_ctx; /* per-call scratch (mask_decoder.c) */
 typedef struct ts_i8pack ts_i8pack;         /* nn/gemm_i8.h */
@@ -120,6 +121,8 @@ struct ts_mask_decoder {
     pthread_mutex_t ctx_lock;
     ts_decode_ctx *ctx_cache; /* scratch of the last call, reused by the next */
     unsigned gen;             /* bumped by ts_mask_decoder_refresh (weights changed) */
+    atomic_uint image_sides;  /* image sides made (an embedding's layer-0 projections): tests
+                                 check that a prepared embedding's first decode makes none */
 };
 
 /* Prompt sets of up to this many tokens (5 + sparse) take the folded cross attentions;

@@ -741,6 +741,80 @@ static void test_png_fast_writer(void) {
     CHECK(ts_png_write_mask("/nonexistent/dir/x.png", m, 3, 2) == TINYSAM_E_IO, "bad path");
 }
 
+/* The file at path holds exactly len bytes equal to want. */
+static int file_equals(const char *path, const uint8_t *want, size_t len) {
+    uint8_t *d = NULL;
+    size_t n = 0;
+    if (ts_read_file(path, 1 << 26, &d, &n)) return 0;
+    int ok = n == len && !memcmp(d, want, len);
+    free(d);
+    return ok;
+}
+
+/* ts_png_write_many (segment's four PNGs in one round on the pool): every file holds the bytes
+ * the one-image encoders give (themselves read back exactly by libpng above), on 1 and 2
+ * threads; bad items refused with the file named. */
+static void test_png_write_many(void) {
+    static const int sizes[][2] = {{37, 23}, {769, 770}, {1201, 901}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        int W = sizes[s][0], H = sizes[s][1];
+        size_t n = (size_t)W * H;
+        uint8_t *mask = malloc(3 * n), *rgb = malloc(3 * n), *grey = malloc(n);
+        REQUIRE(mask && rgb && grey, "oom");
+        for (size_t i = 0; i < 3 * n; i++) {
+            size_t p = i % n;
+            int x = (int)(p % (size_t)W), y = (int)(p / (size_t)W), k = (int)(i / n);
+            mask[i] = (uint8_t)((x - W / 2) * (x - W / 2) + (y - H / 2) * (y - H / 2) <
+                                W * H / (4 + 2 * k));
+            rgb[i] = (uint8_t)(x * 3 + y * (int)(i % 3 + 1));
+        }
+        for (size_t i = 0; i < n; i++) grey[i] = (uint8_t)(i * 7 % 251);
+        char paths[5][256];
+        for (int k = 0; k < 5; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "test_many_%d.png", k);
+            snprintf(paths[k], sizeof paths[k], "%s", tmp_path(name));
+        }
+        ts_png_item items[5] = {{paths[0], mask, W, H, 0},
+                                {paths[1], mask + n, W, H, 0},
+                                {paths[2], mask + 2 * n, W, H, 0},
+                                {paths[3], rgb, W, H, 3},
+                                {paths[4], grey, W, H, 1}};
+        for (int t = 1; t <= 2; t++) {
+            tinysam_set_num_threads(t);
+            REQUIRE(ts_png_write_many(5, items) == 0, "%s", tinysam_last_error());
+            for (int k = 0; k < 5; k++) {
+                uint8_t *buf = NULL;
+                size_t len = 0;
+                int rc = k < 3 ? ts_png_encode_mask(mask + (size_t)k * n, W, H, &buf, &len)
+                               : ts_png_encode(items[k].pix, W, H, items[k].channels, &buf, &len);
+                REQUIRE(rc == 0, "%s", tinysam_last_error());
+                CHECK(file_equals(paths[k], buf, len), "%dx%d, %d threads: file %d differs", W,
+                      H, t, k);
+                free(buf);
+            }
+        }
+        for (int k = 0; k < 5; k++) remove(paths[k]);
+        free(mask);
+        free(rgb);
+        free(grey);
+    }
+    tinysam_set_num_threads(0);
+    uint8_t px[6] = {0};
+    ts_png_item bad[2] = {{tmp_path("test_many_ok.png"), px, 2, 1, 3}, {"x.png", px, 2, 1, 2}};
+    CHECK(ts_png_write_many(2, bad) == TINYSAM_E_ARG && strstr(tinysam_last_error(), "x.png"),
+          "2 channels accepted (%s)", tinysam_last_error());
+    bad[1] = (ts_png_item){"/nonexistent/dir/y.png", px, 2, 1, 0};
+    CHECK(ts_png_write_many(2, bad) == TINYSAM_E_IO && strstr(tinysam_last_error(), "y.png"),
+          "bad path accepted (%s)", tinysam_last_error());
+    bad[1] = (ts_png_item){"z.png", px, 0, 1, 0};
+    CHECK(ts_png_write_many(2, bad) == TINYSAM_E_ARG, "width 0 accepted");
+    ts_png_item many[TS_PNG_MANY_MAX + 1];
+    CHECK(ts_png_write_many(TS_PNG_MANY_MAX + 1, many) == TINYSAM_E_ARG, "too many accepted");
+    CHECK(ts_png_write_many(0, NULL) == 0, "no images refused");
+    remove(tmp_path("test_many_ok.png"));
+}
+
 int main(void) {
     RUN(test_sha256_known);
     RUN(test_decode_sha256);
@@ -755,5 +829,6 @@ int main(void) {
     RUN(test_png_variants);
     RUN(test_png_roundtrip);
     RUN(test_png_fast_writer);
+    RUN(test_png_write_many);
     return test_summary();
 }

@@ -3,6 +3,7 @@
  * what the next calls give; the first embedding also matches the official one (max abs error
  * <= 1e-3, as test_image_encoder). Both load paths: the .pth and a safetensors copy. */
 #include "io/npy.h"
+#include "prepared_check.h"
 #include "test.h"
 #include "tinysam.h"
 
@@ -66,7 +67,15 @@ static void test_first_call_warm(void) {
     ts_npy_free(&ref);
 }
 
+/* tinysam_encode did the decoder's per-image work: the first decode makes none and equals a
+ * decode that makes it (issue 20) */
+static void test_prepared_embedding(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    check_prepared_decode(fixture(MODEL), "float");
+}
+
 int main(void) {
     RUN(test_first_call_warm);
+    RUN(test_prepared_embedding);
     return test_summary();
 }

@@ -21,6 +21,7 @@
 #include "accuracy.h"
 #include "compare.h"
 #include "prompt_case.h"
+#include "prepared_check.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -544,6 +545,13 @@ static void test_batch_equals_single_i8(void) {
     tinysam_image_free(&img);
 }
 
+/* An int8 embedding prepared by tinysam_encode (its int8 image-side operands made there): the
+ * first decode makes none and equals a fresh model's decode (issue 20). */
+static void test_prepared_embedding_i8(void) {
+    if (!setup()) SKIP("fixtures missing or setup failed");
+    check_prepared_decode(qpath, "int8");
+}
+
 /* The asymmetric post-GELU search: the minimum maps near code 0, and on a skewed GELU-like
  * sample its error is below that of the symmetric search (half the codes unused there). */
 static void test_search_asym(void) {
@@ -660,6 +668,7 @@ int main(void) {
     RUN(test_accuracy);
     RUN(test_batched_decode);
     RUN(test_batch_equals_single_i8);
+    RUN(test_prepared_embedding_i8);
     tinysam_model_free(fm);
     tinysam_model_free(qm);
     if (qpath[0]) remove(qpath);
