@@ -1488,7 +1488,7 @@ static void ctx_touch(ts_decode_ctx *c, const ts_mask_decoder *d) {
         if (d->up_i8) {
             T(w->kq, img);
             T(w->kTq, img);
-            T(w->kT, 4 * img);
+            T(w->kc, img);
             T(w->pq, (size_t)8 * FOLD_MAX * N_IMG);
         }
     }
