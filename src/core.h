@@ -20,6 +20,9 @@ void *ts_calloc(size_t n, size_t size);
 /* 64-byte aligned, free with ts_free_aligned. */
 void *ts_malloc_aligned(size_t n);
 void ts_free_aligned(void *p);
+/* Makes the pages of [p, p + n) present (written in place: contents kept) at the cost of one
+ * system call where the kernel allows it, instead of a page fault per page. */
+void ts_mem_populate(void *p, size_t n);
 
 /* Overflow-checked a*b (and a*b+c); return 0 on overflow. */
 int ts_mul_size(size_t a, size_t b, size_t *out);

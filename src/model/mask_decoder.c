@@ -1466,8 +1466,7 @@ typedef struct {
 static void touch_task(void *ctx, int t, int tid) {
     (void)tid;
     const touch_job *j = ctx;
-    volatile char *p = j->p[t];
-    for (size_t i = 0; i < j->n[t]; i += 4096) p[i] = 0;
+    ts_mem_populate(j->p[t], j->n[t]);
 }
 
 /* Faults in the scratch a point or box prompt uses (not a mask input's, nor the unfolded
