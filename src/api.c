@@ -248,6 +248,10 @@ static int add_load_cache(const char *path, int n, const char **keys, const char
 }
 
 tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char *path) {
+    return ts_model_save_safetensors_opts(m, path, 1);
+}
+
+int ts_model_save_safetensors_opts(const tinysam_model *m, const char *path, int load_cache) {
     if (!m || !path) return ts_error(TINYSAM_E_ARG, "tinysam_model_save_safetensors: NULL argument");
     /* The config travels in the metadata so that a reader needs no file-name convention. */
     const char *keys[7] = {"format", "tinysam.family", "tinysam.version", "tinysam.config"};
@@ -272,7 +276,7 @@ tinysam_status tinysam_model_save_safetensors(const tinysam_model *m, const char
     /* float models get a load cache (io/tensor_map.h), made from the file just written */
     int quantised = (m->encoder && ts_tiny_vit_n_int8(m->encoder)) ||
                     (m->vit && ts_sam_vit_n_int8(m->vit)) || m->sim;
-    if (!rc && !quantised) rc = add_load_cache(path, n, keys, values);
+    if (!rc && !quantised && load_cache) rc = add_load_cache(path, n, keys, values);
     ts_json_free(meta);
     return rc;
 }

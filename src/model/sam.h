@@ -49,6 +49,10 @@ int ts_check_prompt(const tinysam_embedding *e, const tinysam_prompt *p);
 /* tinysam_encode from a prepared input (bit-identical), without ts_embedding_prepare: for
  * callers that only write the embedding (tinysam embed). */
 int ts_encode_input(tinysam_model *m, const ts_encoder_input *in, tinysam_embedding **out);
+/* tinysam_model_save_safetensors with or without the load cache of a float model (packed
+ * weights and the dense PE table after the tensors: about twice the file, loaded in place;
+ * `convert --no-load-cache` for a file of the plain tensors only, e.g. SAM ViT-H). */
+int ts_model_save_safetensors_opts(const tinysam_model *m, const char *path, int load_cache);
 /* The decoder's per-image work for e, done now (SamPredictor.set_image's share): the first
  * tinysam_predict on e then runs at warm speed, with the same results. tinysam_encode calls
  * it; so does whatever installs an embedding made elsewhere (segment --embedding). A model

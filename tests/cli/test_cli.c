@@ -56,6 +56,32 @@ static void test_bad_arguments(void) {
     }
 }
 
+/* convert writes the load cache unless told not to: --no-load-cache gives the plain tensors
+ * (no cache tensors or tag, the digest still there; test_load_cache compares the loads). */
+static void test_convert_no_cache(void) {
+    if (!fixture_exists(MODEL)) SKIP("fixtures missing");
+    char a[4096], plain[2048];
+    snprintf(plain, sizeof plain, "%s", tmp_path("convert_plain.safetensors"));
+    snprintf(a, sizeof a, "convert --no-load-cache %s %s", fixture(MODEL), plain);
+    CHECK(cli_run(a) == 0, "convert --no-load-cache: %s", cli_err);
+    uint8_t *d = NULL;
+    size_t n = 0;
+    if (ts_read_file(plain, (size_t)1 << 28, &d, &n)) {
+        CHECK(0, "%s", tinysam_last_error());
+        return;
+    }
+    size_t hl = n >= 8 ? (size_t)d[0] | (size_t)d[1] << 8 | (size_t)d[2] << 16 : 0;
+    char *hdr = hl && hl + 8 <= n ? strndup((const char *)d + 8, hl) : NULL;
+    CHECK(hdr && !strstr(hdr, "tinysam.cache") && strstr(hdr, "tinysam.digest"),
+          "the header of a --no-load-cache file: cache tensors or no digest");
+    free(hdr);
+    free(d);
+    snprintf(a, sizeof a, "info --verify %s", plain);
+    CHECK(cli_run(a) == 0 && strstr(cli_out, "\"ok\": true"), "info --verify: %s", cli_err);
+    snprintf(a, sizeof a, "convert --no-cache %s %s", fixture(MODEL), plain);
+    cli_expect_error(a, "unknown option", 1);
+}
+
 /* quantize's --scope and --method values are checked before anything is loaded. */
 static void test_quantize_options(void) {
     cli_expect_error("quantize --model m.pth --calib a.jpg --scope everything --out q.safetensors",
@@ -208,6 +234,7 @@ int main(void) {
     RUN(test_help);
     RUN(test_bad_arguments);
     RUN(test_quantize_options);
+    RUN(test_convert_no_cache);
     RUN(test_bad_files);
     RUN(test_wrong_model);
     RUN(test_mask_input_shape);
