@@ -398,10 +398,13 @@ int ts_safetensors_save_cached(const char *path, const ts_tensor_map *m, int n_m
         if (strncmp(cache->t[i].name, TS_CACHE_PREFIX, strlen(TS_CACHE_PREFIX)) ||
             !st_name(cache->t[i].dtype))
             return ts_error(TINYSAM_E_ARG, "bad load cache tensor '%s'", cache->t[i].name);
-    const ts_tensor **order = ts_calloc((size_t)m->n + 1, sizeof *order);
+    /* file order: the tensors by name, then the load cache */
+    const int nc = cache ? cache->n : 0, nt = m->n + nc;
+    const ts_tensor **order = ts_calloc((size_t)nt + 1, sizeof *order);
     if (!order) return TINYSAM_E_NOMEM;
     for (int i = 0; i < m->n; i++) order[i] = &m->t[i];
     qsort(order, (size_t)m->n, sizeof *order, cmp_name);
+    for (int i = 0; i < nc; i++) order[m->n + i] = &cache->t[i];
     char *hdr = NULL;
     size_t hl = 0;
     FILE *hf = open_memstream(&hdr, &hl);
@@ -416,12 +419,8 @@ int ts_safetensors_save_cached(const char *path, const ts_tensor_map *m, int n_m
         return ts_error(TINYSAM_E_NOMEM, "out of memory");
     }
     XXH3_64bits_reset(xs);
-    for (int i = 0; i < m->n; i++)
-        if (st_name(order[i]->dtype))
-            XXH3_64bits_update(xs, order[i]->data,
-                               (size_t)order[i]->numel * (size_t)ts_dtype_size(order[i]->dtype));
-    for (int i = 0; cache && i < cache->n; i++) /* the load cache after the tensors */
-        XXH3_64bits_update(xs, cache->t[i].data, tensor_bytes(&cache->t[i]));
+    for (int i = 0; i < nt; i++)
+        if (st_name(order[i]->dtype)) XXH3_64bits_update(xs, order[i]->data, tensor_bytes(order[i]));
     char digest[32];
     snprintf(digest, sizeof digest, "xxh3-64:%016llx", (unsigned long long)XXH3_64bits_digest(xs));
     XXH3_freeState(xs);
@@ -443,32 +442,20 @@ int ts_safetensors_save_cached(const char *path, const ts_tensor_map *m, int n_m
     fputc(':', hf);
     ts_json_write_string(hf, digest);
     fputc('}', hf);
-    uint64_t offset = 0;
+    uint64_t offset = 0, cache_at = 0;
     int rc = 0;
-    for (int i = 0; i < m->n; i++) {
+    for (int i = 0; i < nt; i++) {
         const ts_tensor *t = order[i];
         const char *dn = st_name(t->dtype);
         if (!dn) {
             rc = ts_error(TINYSAM_E_ARG, "cannot write tensor '%s' of this dtype", t->name);
             break;
         }
-        uint64_t bytes = (uint64_t)t->numel * (uint64_t)ts_dtype_size(t->dtype);
-        fputc(',', hf);
-        ts_json_write_string(hf, t->name);
-        fprintf(hf, ":{\"dtype\":\"%s\",\"shape\":[", dn);
-        for (int d = 0; d < t->ndim; d++)
-            fprintf(hf, "%s%lld", d ? "," : "", (long long)t->shape[d]);
-        fprintf(hf, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
-                (unsigned long long)(offset + bytes));
-        offset += bytes;
-    }
-    uint64_t cache_at = offset;
-    for (int i = 0; cache && i < cache->n; i++) {
-        const ts_tensor *t = &cache->t[i];
+        if (i == m->n) cache_at = offset;
         uint64_t bytes = tensor_bytes(t);
         fputc(',', hf);
         ts_json_write_string(hf, t->name);
-        fprintf(hf, ":{\"dtype\":\"%s\",\"shape\":[", st_name(t->dtype));
+        fprintf(hf, ":{\"dtype\":\"%s\",\"shape\":[", dn);
         for (int d = 0; d < t->ndim; d++)
             fprintf(hf, "%s%lld", d ? "," : "", (long long)t->shape[d]);
         fprintf(hf, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
@@ -499,13 +486,9 @@ int ts_safetensors_save_cached(const char *path, const ts_tensor_map *m, int n_m
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
     int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(hdr, 1, hl, f) == hl;
     for (size_t i = hl; ok && i < padded; i++) ok = fputc(' ', f) != EOF;
-    for (int i = 0; ok && i < m->n; i++) {
-        size_t bytes = (size_t)order[i]->numel * (size_t)ts_dtype_size(order[i]->dtype);
+    for (int i = 0; ok && i < nt; i++) {
+        size_t bytes = tensor_bytes(order[i]);
         ok = bytes == 0 || fwrite(order[i]->data, 1, bytes, f) == bytes;
-    }
-    for (int i = 0; ok && cache && i < cache->n; i++) {
-        size_t bytes = tensor_bytes(&cache->t[i]);
-        ok = bytes == 0 || fwrite(cache->t[i].data, 1, bytes, f) == bytes;
     }
     if (fclose(f) != 0) ok = 0;
     free(hdr);
