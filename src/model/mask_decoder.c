@@ -719,6 +719,16 @@ static int32_t prob_codes(const ts_i8pk_kernels *kn, const float *p, int n, int 
     return cs;
 }
 
+/* Probability rows [r0, r1) of S (N_IMG wide) as codes of each row's maximum (qmax) into pq,
+ * and each row's scale 1 / sum(codes) into rsc, so that the quantised weights sum to one. */
+static void prob_code_rows(const float *S, int r0, int r1, int qmax, uint8_t *pq, float *rsc) {
+    const ts_i8pk_kernels kn = ts_i8pk_get();
+    for (int r = r0; r < r1; r++) {
+        int32_t cs = prob_codes(&kn, S + (size_t)r * N_IMG, N_IMG, qmax, pq + (size_t)r * N_IMG);
+        rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
+    }
+}
+
 typedef struct {
     const float *S;
     uint8_t *pq;
@@ -726,17 +736,11 @@ typedef struct {
     int R;
 } prob_rows_job;
 
-/* Rows [t R / 8, (t + 1) R / 8) of t2i's probabilities as codes of the row maximum (7 bits),
- * the row's scale 1 / sum(codes). */
+/* Rows [t R / 8, (t + 1) R / 8) of t2i's probabilities, in codes of 7 bits (p >= 0). */
 static void prob_rows_task(void *ctx, int t, int tid) {
     (void)tid;
     const prob_rows_job *j = ctx;
-    const ts_i8pk_kernels kn = ts_i8pk_get();
-    for (int r = j->R * t / 8; r < j->R * (t + 1) / 8; r++) {
-        int32_t cs = prob_codes(&kn, j->S + (size_t)r * N_IMG, N_IMG, 127,
-                                j->pq + (size_t)r * N_IMG);
-        j->rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
-    }
+    prob_code_rows(j->S, j->R * t / 8, j->R * (t + 1) / 8, 127, j->pq, j->rsc);
 }
 
 static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const float *k_in,
@@ -1083,17 +1087,13 @@ static void t2i_head_task(void *ctx, int h, int tid) {
     const int nq = j->nq;
     float *S = w->S + (size_t)h * nq * N_IMG;
     uint8_t *pq = (uint8_t *)w->pq + (size_t)h * nq * N_IMG;
-    const ts_i8pk_kernels kn = ts_i8pk_get();
     ts_i8_out os = {.C = S, .ldc = N_IMG};
     ts_gemm_i8_serial(nq, j->aq + h * 16, 128, j->qs, 128, j->sh->k8[h], &os);
     /* / sqrt(16): the same values as a division by 4 */
     for (size_t i = 0; i < (size_t)nq * N_IMG; i++) S[i] *= 0.25f;
     ts_softmax_rows_serial(S, nq, N_IMG);
     float rsc[FOLD_MAX];
-    for (int r = 0; r < nq; r++) {
-        int32_t cs = prob_codes(&kn, S + (size_t)r * N_IMG, N_IMG, 255, pq + (size_t)r * N_IMG);
-        rsc[r] = cs > 0 ? 1.0f / (float)cs : 0.0f;
-    }
+    prob_code_rows(S, 0, nq, 255, pq, rsc);
     ts_i8_out ov = {.C = w->ctx + h * 16, .ldc = 128};
     ts_gemm_i8_serial(nq, pq, N_IMG, 1.0f, 0, j->sh->v8[h], &ov);
     for (int r = 0; r < nq; r++)
