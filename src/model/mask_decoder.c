@@ -226,6 +226,22 @@ int ts_dec_tok_layer(int i, char *P, size_t n, int *N, int *K, int *relu_in) {
     return 0;
 }
 
+int ts_dec_site_layer(int s, char *P, size_t n, int *N, int *K, int *relu_in) {
+    *relu_in = 0;
+    if (s == TS_DEC_SITE_UP0 || s == TS_DEC_SITE_UP3) { /* rows (sub-pixel, channel) */
+        snprintf(P, n, "mask_decoder.output_upscaling.%d", s == TS_DEC_SITE_UP0 ? 0 : 3);
+        *N = s == TS_DEC_SITE_UP0 ? 4 * 64 : 4 * 32, *K = s == TS_DEC_SITE_UP0 ? 256 : 64;
+        return 0;
+    }
+    if (s == TS_DEC_SITE_MASK) { /* the 4 hypernetwork vectors of 32 */
+        snprintf(P, n, "mask_decoder.mask_product");
+        *N = 4, *K = 32;
+        return 0;
+    }
+    return s >= TS_DEC_SITE_TOK0 ? ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, P, n, N, K, relu_in)
+                                 : -1;
+}
+
 static ts_lin_i8 *tok_slot(ts_mask_decoder *d, int i) {
     if (i >= 22) return i < 34 ? &d->hyper_8[(i - 22) / 3][(i - 22) % 3] : &d->iou_8[i - 34];
     if (i >= 20) return i == 20 ? &d->final_attn.q8 : &d->final_attn.o8;

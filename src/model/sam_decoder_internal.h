@@ -53,6 +53,11 @@ enum {
  * shape N x K; *relu_in when its input follows a ReLU (asymmetric quantiser, zero point 0).
  * Returns -1 when i is out of range. */
 int ts_dec_tok_layer(int i, char *P, size_t n, int *N, int *K, int *relu_in);
+/* The int8 layer that site s feeds, named as above: the two ConvTranspose2d (UP0, UP3: N the
+ * int8 layer's rows, 4 sub-pixels x out channels, K the input channels), the mask product
+ * (MASK: N 4, K 32; its weight is per prompt) and the token-side Linears (TOK0 + i). Returns
+ * -1 for the other sites (activation-only quantisers). */
+int ts_dec_site_layer(int s, char *P, size_t n, int *N, int *K, int *relu_in);
 
 /* Token-side Linears that ts_calib_decoder leaves float (weight-only in the file): layer 0's
  * self-attention q/k/v, whose input is the raw prompt tokens (label embeddings + PE: a

@@ -26,11 +26,9 @@
 size_t ts_dec_ws_offset(int s, int *n) {
     size_t off = 0;
     for (int k = 0; k <= s && k < TS_DEC_N_SITES; k++) {
-        int N = 0, K, relu;
-        if (k == TS_DEC_SITE_UP0) N = 4 * 64;
-        else if (k == TS_DEC_SITE_UP3) N = 4 * 32;
-        else if (k >= TS_DEC_SITE_TOK0) ts_dec_tok_layer(k - TS_DEC_SITE_TOK0, (char[128]){0},
-                                                         128, &N, &K, &relu);
+        int N = 0, K, relu; /* rows with a fixed weight: not the mask product's */
+        char P[128];
+        if (k == TS_DEC_SITE_MASK || ts_dec_site_layer(k, P, sizeof P, &N, &K, &relu)) N = 0;
         if (k == s) {
             if (n) *n = N;
             return off;
@@ -45,16 +43,10 @@ size_t ts_dec_ws_offset(int s, int *n) {
  * (a*2+b)*out + o, as put_convt writes them); NULL when s has no fixed weight. */
 static float *site_weight(const ts_tensor_map *m, int s, int *N, int *K) {
     char P[128], n[160];
-    int relu, in = 0, out = 0;
-    if (s == TS_DEC_SITE_UP0 || s == TS_DEC_SITE_UP3) {
-        in = s == TS_DEC_SITE_UP0 ? 256 : 64, out = s == TS_DEC_SITE_UP0 ? 64 : 32;
-        snprintf(P, sizeof P, "mask_decoder.output_upscaling.%d", s == TS_DEC_SITE_UP0 ? 0 : 3);
-        *N = 4 * out, *K = in;
-    } else if (s >= TS_DEC_SITE_TOK0) {
-        ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, P, sizeof P, N, K, &relu);
-    } else {
-        return NULL;
-    }
+    int relu;
+    if (s == TS_DEC_SITE_MASK || ts_dec_site_layer(s, P, sizeof P, N, K, &relu)) return NULL;
+    const int convt = s == TS_DEC_SITE_UP0 || s == TS_DEC_SITE_UP3;
+    const int in = convt ? *K : 0, out = convt ? *N / 4 : 0;
     snprintf(n, sizeof n, "%s.weight", P);
     const ts_tensor *w = ts_map_get(m, n);
     if (!w || w->dtype != TS_DTYPE_F32 || w->numel != (int64_t)*N * *K) return NULL;

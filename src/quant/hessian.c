@@ -40,15 +40,7 @@ int ts_hessian_init(ts_hessian *h, const ts_tiny_vit *enc) {
     /* the decoder's int8 layers with a hooked output (SAM's shapes: E 256) */
     for (int s = 0; s < TS_DEC_N_SITES; s++) {
         int N = 0, K, relu;
-        if (s == TS_DEC_SITE_UP0)
-            N = 4 * 64, snprintf(h->dec_name[s], 96, "mask_decoder.output_upscaling.0");
-        else if (s == TS_DEC_SITE_UP3)
-            N = 4 * 32, snprintf(h->dec_name[s], 96, "mask_decoder.output_upscaling.3");
-        else if (s == TS_DEC_SITE_MASK)
-            N = 4, snprintf(h->dec_name[s], 96, "mask_decoder.mask_product");
-        else if (s >= TS_DEC_SITE_TOK0)
-            ts_dec_tok_layer(s - TS_DEC_SITE_TOK0, h->dec_name[s], 96, &N, &K, &relu);
-        if (!N) continue;
+        if (ts_dec_site_layer(s, h->dec_name[s], 96, &N, &K, &relu) || !N) continue;
         h->dec_n[s] = N;
         if (!(h->dec_g2[s] = ts_calloc((size_t)N, sizeof(double)))) {
             ts_hessian_free(h);
