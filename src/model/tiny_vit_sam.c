@@ -587,7 +587,8 @@ static void lin_gemm(const lin_op *op, int M, const float *X, int ldx, float *C,
         return;
     }
     const int post = acc && act != TS_ACT_NONE;
-    ts_i8_out o = {op->q.b, post ? TS_ACT_NONE : act, acc, C, NULL, ldc, 0.0f, 0, NULL, NULL, NULL};
+    ts_i8_out o = {.bias = op->q.b, .act = post ? TS_ACT_NONE : act, .accumulate = acc, .C = C,
+                   .ldc = ldc};
     (serial ? ts_gemm_i8_f32_serial : ts_gemm_i8_f32)(M, X, ldx, op->q.in_step, op->q.in_zp,
                                                       op->q8, &o);
     if (post)

@@ -53,7 +53,7 @@ static void conv_band(void *ctx, int task, int tid) {
         return;
     }
     ts_im2col3x3_u8(j->xq, j->H, j->W, j->Ci, j->stride, oy0, oy1, (uint8_t)j->a_zp, cols);
-    ts_i8_out o = {j->bias, j->act, 0, j->y + (size_t)oy0 * j->Wo * N, NULL, N, 0.0f, 0, NULL, NULL, NULL};
+    ts_i8_out o = {.bias = j->bias, .act = j->act, .C = j->y + (size_t)oy0 * j->Wo * N, .ldc = N};
     ts_gemm_i8_serial(M, cols, K, j->a_step, j->a_zp, j->w, &o);
     free(cols);
 }
