@@ -7,13 +7,14 @@
 //
 // Environment: TINYSAM_BIN (default $BUILD/tinysam, BUILD=build), TINYSAM_FIXTURES (default
 // ../shared/fixtures from the repository root), CHROMIUM (default /usr/bin/chromium).
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { startServe } from './serve_process.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = path.resolve(root, process.env.TINYSAM_BIN || `${process.env.BUILD || 'build'}/tinysam`);
@@ -106,23 +107,11 @@ function agreement(a, b) {
 
 // ---------------------------------------------------------------- the server
 
-function startServer() {
-  return new Promise((resolve, reject) => {
-    // with a token, as on a shared machine: the page is opened by the printed URL (its
-    // ?token= sets the cookie that the page's own requests then carry)
-    const proc = spawn(bin, ['serve', '--model', model, '--port', '0', '--token', 'auto'],
-      { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    proc.on('error', reject);
-    proc.on('exit', (code) => reject(new Error(`tinysam serve exited early (${code})`)));
-    proc.stdout.on('data', (d) => {
-      out += d;
-      const nl = out.indexOf('\n');
-      if (nl < 0) return;
-      const info = JSON.parse(out.slice(0, nl));
-      resolve({ proc, url: info.url, base: `http://127.0.0.1:${info.port}/` });
-    });
-  });
+async function startServer() {
+  // with a token, as on a shared machine: the page is opened by the printed URL (its
+  // ?token= sets the cookie that the page's own requests then carry)
+  const { proc, info, base } = await startServe(bin, ['--model', model, '--token', 'auto']);
+  return { proc, url: info.url, base: `${base}/` };
 }
 
 function cli(args) {

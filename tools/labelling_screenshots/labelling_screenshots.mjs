@@ -18,7 +18,7 @@
 // ../shared/fixtures from the repository root), CHROMIUM (default /usr/bin/chromium).
 // The model is the random-weight fixture: the masks show the protocol, not segmentation
 // quality.
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -26,6 +26,7 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { startServe } from '../../tests/server/serve_process.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -102,26 +103,15 @@ await new Promise((r) => lsServer.listen(0, '127.0.0.1', r));
 const lsUrl = `http://127.0.0.1:${lsServer.address().port}`;
 
 // ------------------------------------------------ tinysam serve, as Label Studio's ML backend
-function startTinysam() {
-  return new Promise((resolve, reject) => {
-    // relaxed generator options, so that the random-weight model yields masks (as in
-    // tests/server/test_labelling.c); a token, as on a shared machine
-    const proc = spawn(bin, ['serve', '--model', model, '--port', '0', '--token', 'auto',
-      '--label-studio-url', lsUrl, '--label-studio-api-key', KEY,
-      '--everything-option', 'mode=grid', '--everything-option', 'points_per_side=4',
-      '--everything-option', 'pred_iou_thresh=0', '--everything-option', 'stability_score_thresh=0.5',
-      '--everything-option', 'box_nms_thresh=0.7'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    proc.on('error', reject);
-    proc.on('exit', (code) => reject(new Error(`tinysam serve exited early (${code})`)));
-    proc.stdout.on('data', (d) => {
-      out += d;
-      const nl = out.indexOf('\n');
-      if (nl < 0) return;
-      const info = JSON.parse(out.slice(0, nl));
-      resolve({ proc, base: `http://127.0.0.1:${info.port}`, token: new URL(info.url).searchParams.get('token') });
-    });
-  });
+async function startTinysam() {
+  // relaxed generator options, so that the random-weight model yields masks (as in
+  // tests/server/test_labelling.c); a token, as on a shared machine
+  const { proc, info, base } = await startServe(bin, ['--model', model, '--token', 'auto',
+    '--label-studio-url', lsUrl, '--label-studio-api-key', KEY,
+    '--everything-option', 'mode=grid', '--everything-option', 'points_per_side=4',
+    '--everything-option', 'pred_iou_thresh=0', '--everything-option', 'stability_score_thresh=0.5',
+    '--everything-option', 'box_nms_thresh=0.7']);
+  return { proc, base, token: new URL(info.url).searchParams.get('token') };
 }
 
 // POST /predict as Label Studio sends it (Basic auth: any user, the serve token as password)
