@@ -12,6 +12,7 @@
  * of every layer is a function of its sample. */
 #include "core.h"
 #include "model/sam.h"
+#include "quant/calibrate.h"
 #include "quant/calibrate_decoder.h"
 #include "quant/hessian.h"
 #include "test.h"
@@ -93,7 +94,71 @@ static void test_decoder_calibration_reproducible(void) {
     tinysam_model_free(fm);
 }
 
+/* The encoder's calibration (quant/calibrate.h) of one image at nt threads: every layer's
+ * MSE step, and the Hessian-guided search (G given) of the first 1x1 convolution of each
+ * MBConv / PatchMerging (ws[i] not NULL), whose inputs the pipeline's bands recompute and tap
+ * again above each band (the band count follows the thread count). */
+static int enc_calib(tinysam_model *fm, const tinysam_image *img, const ts_hessian *h, int nt,
+                     float *step, int *zp, float **ws) {
+    const int t0 = tinysam_get_num_threads();
+    tinysam_set_num_threads(nt);
+    ts_calib *c = NULL;
+    double ms = ts_now_ms();
+    int rc = ts_calib_new(fm->encoder, 1, &c);
+    if (!rc) rc = ts_calib_add_image(c, img);
+    if (!rc) rc = ts_calib_solve_hessian(c, TS_CALIB_HESSIAN, h, step, zp, ws);
+    ts_calib_free(c);
+    printf("  %d thread%s: %.1f s\n", nt, nt > 1 ? "s" : "", (ts_now_ms() - ms) / 1000);
+    tinysam_set_num_threads(t0);
+    return rc;
+}
+
+static void test_encoder_calibration_reproducible(void) {
+    if (!fixture_exists(MODEL) || !fixture_exists("images/picture3.jpg"))
+        SKIP("fixtures missing");
+    enum { NQ = TS_TINY_VIT_N_QLAYERS };
+    tinysam_model *fm = NULL;
+    REQUIRE(tinysam_model_load(fixture(MODEL), &fm) == 0, "%s", tinysam_last_error());
+    tinysam_image img = {0};
+    static ts_hessian h;
+    static float step[2][NQ];
+    static int zp[2][NQ];
+    float *ws[2][NQ] = {{0}};
+    int rc = tinysam_image_load(fixture("images/picture3.jpg"), 0, &img);
+    if (!rc) rc = ts_hessian_init(&h, fm->encoder);
+    int searched = 0;
+    for (int i = 0; i < NQ && !rc; i++) {
+        for (int k = 0; k < h.n[i]; k++) h.g2[i][k] = 1.0 + (double)((k * 37) % 11);
+        if (!strstr(h.name[i], ".conv1.")) continue;
+        searched++;
+        for (int t = 0; t < 2 && !rc; t++)
+            if (!(ws[t][i] = calloc((size_t)h.n[i], sizeof(float)))) rc = TINYSAM_E_NOMEM;
+    }
+    if (!rc) rc = enc_calib(fm, &img, &h, 2, step[0], zp[0], ws[0]);
+    if (!rc) rc = enc_calib(fm, &img, &h, 1, step[1], zp[1], ws[1]);
+    CHECK(rc == 0, "calibration: %s", tinysam_last_error());
+    if (!rc) {
+        printf("  %d layers, %d of them searched\n", NQ, searched);
+        CHECK(searched >= 4, "%d first 1x1 convolutions found", searched);
+        int bad = 0;
+        for (int i = 0; i < NQ; i++) {
+            int d = memcmp(&step[0][i], &step[1][i], sizeof(float)) || zp[0][i] != zp[1][i] ||
+                    (ws[0][i] && memcmp(ws[0][i], ws[1][i], sizeof(float) * (size_t)h.n[i]));
+            if (d && bad++ < 4)
+                printf("  %s: step %.9g / %.9g, zero point %d / %d\n", h.name[i], step[0][i],
+                       step[1][i], zp[0][i], zp[1][i]);
+        }
+        CHECK(bad == 0, "%d layers differ between 2 threads and 1", bad);
+    }
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < NQ; i++) free(ws[t][i]);
+    ts_hessian_free(&h);
+    tinysam_image_free(&img);
+    tinysam_model_free(fm);
+}
+
 int main(void) {
+    RUN(test_encoder_calibration_reproducible);
     RUN(test_decoder_calibration_reproducible);
     return test_summary();
 }
