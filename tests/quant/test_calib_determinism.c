@@ -2,14 +2,19 @@
  * and calibration images, bit for bit, run after run and at 1 or 2 threads (issue 17: three
  * hessian runs gave three different files).
  *
- * The decoder's calibration (quant/calibrate_decoder.h) on the fixture checkpoint and one
- * image, with the Hessian-guided search on (channel weights G given: the search itself is
- * tested by test_hessian.c; computing the task-loss gradients here would take a minute): its
- * searched layers take rows at fixed positions of the sample, so the sample's order matters,
- * and the upscaling's chunks of one prompt run on every pool thread. Three runs, two threads
- * twice and one thread, must give identical steps, zero points and weight scales. The
- * encoder's sample is put in row order as it is collected (calibrate.c sort_rows); the search
- * of every layer is a function of its sample. */
+ * Both calibrations on the fixture checkpoint and one image, at 2 threads and at 1: every
+ * step, zero point and searched weight scale must be identical (on main each case fails):
+ *   - the encoder's (quant/calibrate.h), MSE steps plus the Hessian-guided search (channel
+ *     weights G given: the search itself is tested by test_hessian.c; computing the task-loss
+ *     gradients here would take a minute) of the first 1x1 convolution of each MBConv /
+ *     PatchMerging, whose input rows the pipeline's bands (as many as a multiple of the
+ *     thread count) recompute and tap twice;
+ *   - the decoder's (quant/calibrate_decoder.h), with the search of the two transposed
+ *     convolutions, whose rows come from the upscaling's chunks of one prompt on every pool
+ *     thread in the order they finish; a search takes rows at fixed positions of its sample,
+ *     so the sample's order matters.
+ * Equal at 1 and 2 threads implies equal run to run (the order of a 1-thread run is fixed).
+ * Default build only (about 17 s on 2 cores, quiet). */
 #include "core.h"
 #include "model/sam.h"
 #include "quant/calibrate.h"
@@ -30,7 +35,7 @@ static int calib(tinysam_model *fm, const char *const *paths, int n, const ts_he
     tinysam_set_num_threads(nt);
     memset(q, 0, sizeof *q);
     double ms = ts_now_ms();
-    int rc = ts_calib_decoder_hessian(fm, paths, n, h, q, 1);
+    int rc = ts_calib_decoder_hessian(fm, paths, n, h, q, 0);
     printf("  %d thread%s: %.1f s\n", nt, nt > 1 ? "s" : "", (ts_now_ms() - ms) / 1000);
     tinysam_set_num_threads(t0);
     return rc;
@@ -58,6 +63,10 @@ static int differ(const ts_dec_quant *a, const ts_dec_quant *b, const char *what
 static void test_decoder_calibration_reproducible(void) {
     if (!fixture_exists(MODEL) || !fixture_exists("images/picture3.jpg"))
         SKIP("fixtures missing");
+    /* whole-model passes at 1024: minutes under the sanitizers or on the portable kernels
+     * (the thread timing they test does not depend on the kernels) */
+    if (test_sanitized() || test_portable_kernels())
+        SKIP("the whole-model calibrations run in the default build");
     tinysam_model *fm = NULL;
     REQUIRE(tinysam_model_load(fixture(MODEL), &fm) == 0, "%s", tinysam_last_error());
     const char *paths[1] = {fixture("images/picture3.jpg")};
@@ -116,6 +125,10 @@ static int enc_calib(tinysam_model *fm, const tinysam_image *img, const ts_hessi
 static void test_encoder_calibration_reproducible(void) {
     if (!fixture_exists(MODEL) || !fixture_exists("images/picture3.jpg"))
         SKIP("fixtures missing");
+    /* whole-model passes at 1024: minutes under the sanitizers or on the portable kernels
+     * (the thread timing they test does not depend on the kernels) */
+    if (test_sanitized() || test_portable_kernels())
+        SKIP("the whole-model calibrations run in the default build");
     enum { NQ = TS_TINY_VIT_N_QLAYERS };
     tinysam_model *fm = NULL;
     REQUIRE(tinysam_model_load(fixture(MODEL), &fm) == 0, "%s", tinysam_last_error());
