@@ -148,8 +148,10 @@ static int cmp_row(const void *a, const void *b) {
     return (x->id > y->id) - (x->id < y->id);
 }
 
-/* Puts the rows the threads appended for this image in row order: the samples, hence the
- * searched steps, do not depend on thread timing (equal ids hold equal rows). */
+/* Puts the rows the threads appended for this image in row order, each once: the samples,
+ * hence the searched steps, depend neither on thread timing nor on the thread count (equal
+ * ids hold equal rows; the MBConv / PatchMerging pipeline's bands, whose count follows the
+ * thread count, recompute the first 1x1's rows above them and tap them again). */
 static int sort_rows(col_t *l) {
     const size_t K = (size_t)l->K, r0 = l->img_row0, nr = l->n / K - r0;
     if (nr < 2) return 0;
@@ -162,11 +164,15 @@ static int sort_rows(col_t *l) {
     }
     for (size_t i = 0; i < nr; i++) ref[i] = (row_ref){l->ids[r0 + i], r0 + i};
     qsort(ref, nr, sizeof *ref, cmp_row);
+    size_t u = 0; /* unique rows */
     for (size_t i = 0; i < nr; i++) {
-        memcpy(tmp + i * K, l->buf + ref[i].at * K, sizeof(float) * K);
-        l->ids[r0 + i] = ref[i].id;
+        if (u && ref[i].id == l->ids[r0 + u - 1]) continue;
+        memcpy(tmp + u * K, l->buf + ref[i].at * K, sizeof(float) * K);
+        l->ids[r0 + u++] = ref[i].id;
     }
-    memcpy(l->buf + r0 * K, tmp, sizeof(float) * nr * K);
+    memcpy(l->buf + r0 * K, tmp, sizeof(float) * u * K);
+    l->n -= (nr - u) * K;
+    l->img_n -= (nr - u) * K;
     free(ref);
     free(tmp);
     return 0;

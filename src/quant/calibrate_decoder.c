@@ -116,11 +116,18 @@ static void hess_task(void *ctx, int s, int tid) {
     free(W);
 }
 
+/* The samples of every site. The upscaling's chunks of one prompt append from every pool
+ * thread, in the order they finish: each row is kept with its row number and the rows of a
+ * prompt are put in row order once it returns (sort_call), so the sample, hence every step
+ * searched on it, does not depend on thread timing or count. */
 typedef struct {
     pthread_mutex_t lock;
     unsigned call; /* prompt counter: which residue of the row hash is kept */
     float *buf[TS_DEC_N_SITES];
+    long long *id[TS_DEC_N_SITES]; /* per kept row: its row number in the call */
     size_t n[TS_DEC_N_SITES], cap[TS_DEC_N_SITES];
+    size_t call0[TS_DEC_N_SITES]; /* values kept before the current prompt */
+    int cols[TS_DEC_N_SITES];
     int failed;
 } collector;
 
@@ -130,20 +137,63 @@ static void probe(void *ctx, int site, const float *x, int rows, int cols, int r
     for (int r = 0; r < rows && !c->failed; r++) {
         unsigned h = ((unsigned)(row0 + r) * 2654435761u) >> 16;
         if (site < TS_DEC_SITE_TOK0 && h % ROW_EVERY != c->call % ROW_EVERY) continue;
+        if (c->cols[site] != cols && c->n[site]) { /* one row width per site */
+            c->failed = 1;
+            break;
+        }
+        c->cols[site] = cols;
         if (c->n[site] + (size_t)cols > c->cap[site]) {
             size_t nc = c->cap[site] ? 2 * c->cap[site] : (size_t)1 << 20;
             float *b = realloc(c->buf[site], sizeof(float) * nc);
-            if (!b) {
+            if (b) c->buf[site] = b;
+            long long *id = b ? realloc(c->id[site], sizeof(long long) * (nc / cols + 1)) : NULL;
+            if (!id) {
                 c->failed = 1;
                 break;
             }
-            c->buf[site] = b;
+            c->id[site] = id;
             c->cap[site] = nc;
         }
+        c->id[site][c->n[site] / (size_t)cols] = (long long)row0 + r;
         memcpy(c->buf[site] + c->n[site], x + (size_t)r * cols, sizeof(float) * (size_t)cols);
         c->n[site] += (size_t)cols;
     }
     pthread_mutex_unlock(&c->lock);
+}
+
+typedef struct {
+    long long id;
+    size_t at;
+} row_ref;
+
+static int cmp_row(const void *a, const void *b) {
+    const row_ref *x = a, *y = b;
+    if (x->id != y->id) return (x->id > y->id) - (x->id < y->id);
+    return (x->at > y->at) - (x->at < y->at); /* one thread's repeats: as appended */
+}
+
+/* Puts the rows site s kept during the current prompt in row order. */
+static int sort_call(collector *c, int s) {
+    const size_t K = (size_t)c->cols[s], r0 = K ? c->call0[s] / K : 0;
+    const size_t nr = K ? c->n[s] / K - r0 : 0;
+    if (nr < 2) return 0;
+    row_ref *ref = ts_malloc(sizeof(row_ref) * nr);
+    float *tmp = ts_malloc(sizeof(float) * nr * K);
+    if (!ref || !tmp) {
+        free(ref);
+        free(tmp);
+        return TINYSAM_E_NOMEM;
+    }
+    for (size_t i = 0; i < nr; i++) ref[i] = (row_ref){c->id[s][r0 + i], r0 + i};
+    qsort(ref, nr, sizeof *ref, cmp_row);
+    for (size_t i = 0; i < nr; i++) {
+        memcpy(tmp + i * K, c->buf[s] + ref[i].at * K, sizeof(float) * K);
+        c->id[s][r0 + i] = ref[i].id;
+    }
+    memcpy(c->buf[s] + r0 * K, tmp, sizeof(float) * nr * K);
+    free(ref);
+    free(tmp);
+    return 0;
 }
 
 /* One prompt through the float model (probe on), its best mask's box in *box (0 if empty). */
@@ -151,8 +201,14 @@ static int run_prompt(tinysam_model *m, const tinysam_embedding *e, collector *c
                       const tinysam_prompt *p, float box[4], int *has_box) {
     tinysam_prediction pr;
     c->call++;
+    for (int s = 0; s < TS_DEC_N_SITES; s++) c->call0[s] = c->n[s];
     int rc = tinysam_predict(m, e, p, TINYSAM_PREDICT_MASKS, &pr);
     if (rc) return rc;
+    for (int s = 0; s < TS_DEC_N_SITES && !rc && !c->failed; s++) rc = sort_call(c, s);
+    if (rc) {
+        tinysam_prediction_free(&pr);
+        return rc;
+    }
     *has_box = 0;
     if (box) {
         const uint8_t *mk = pr.masks + (size_t)pr.best * pr.width * pr.height;
@@ -247,7 +303,7 @@ int ts_calib_decoder_hessian(tinysam_model *model, const char *const *paths, int
             fprintf(stderr, "decoder: Hessian-guided search of %d layers, %.1f s\n", nl,
                     (ts_now_ms() - t0) / 1000);
     }
-    for (int s = 0; s < TS_DEC_N_SITES; s++) free(c.buf[s]);
+    for (int s = 0; s < TS_DEC_N_SITES; s++) free(c.buf[s]), free(c.id[s]);
     pthread_mutex_destroy(&c.lock);
     return rc;
 }
