@@ -561,7 +561,14 @@ typedef struct {
     uint8_t *kq, *kc, *kTq; /* kq NULL: no kpe nor its codes */
     float kq_step, kc_step;
     int kq_zp, kc_zp;
+    /* rows made so far of each band of 64 (img_codes_row_done): the band's transpose is made
+     * by the thread that finishes it, while its codes are in cache (img_codes_bands_reset) */
+    atomic_int band_rows[N_IMG / 64];
 } img_codes_job;
+
+static void img_codes_bands_reset(img_codes_job *j) {
+    for (int b = 0; b < N_IMG / 64; b++) atomic_init(&j->band_rows[b], 0);
+}
 
 /* d = a + b over one row of 256 (restrict and a constant count: the compiler vectorises it) */
 static void add_row256(float *restrict d, const float *restrict a, const float *restrict b) {
@@ -583,32 +590,31 @@ static void img_codes_block(const img_codes_job *j, int r, int n) {
 }
 
 /* The int8 GEMM's row callback: the image->token output GEMM hands each finished row of the
- * keys (C = w->keys) while it is in cache. */
+ * keys (C = w->keys) while it is in cache; the last row of a band of 64 also transposes the
+ * band's codes into kTq (the rows of a band come from one or more threads, in any order). */
 static void img_codes_row_done(void *ctx, int m, float *row) {
     (void)row;
-    img_codes_block(ctx, m, 1);
+    img_codes_job *j = ctx;
+    img_codes_block(j, m, 1);
+    const int b = m / 64;
+    if (atomic_fetch_add(&j->band_rows[b], 1) == 63)
+        ts_transpose_u8(j->kc + (size_t)b * 64 * 256, 256, 64, 256, j->kTq + b * 64, N_IMG);
 }
 
-static void img_codes_rows(const img_codes_job *j, int r0, int r1, int rows_done) {
-    for (int r = r0; r < r1 && !rows_done; r += 8) img_codes_block(j, r, 8);
+static void img_codes_rows(const img_codes_job *j, int r0, int r1) {
+    for (int r = r0; r < r1; r += 8) img_codes_block(j, r, 8);
     ts_transpose_u8(j->kc + (size_t)r0 * 256, 256, r1 - r0, 256, j->kTq + r0, N_IMG);
 }
 
 static void img_codes_task(void *ctx, int t, int tid) {
     (void)tid;
     const int per = N_IMG / PAR_TASKS;
-    img_codes_rows(ctx, t * per, (t + 1) * per, 0);
+    img_codes_rows(ctx, t * per, (t + 1) * per);
 }
 
-static void img_codes_t_task(void *ctx, int t, int tid) {
-    (void)tid;
-    const int per = N_IMG / PAR_TASKS;
-    img_codes_rows(ctx, t * per, (t + 1) * per, 1);
-}
-
-/* All of it; rows_done: the rows are made (img_codes_row_done), only the transpose is left. */
-static void img_codes(const img_codes_job *j, int rows_done) {
-    ts_parallel_for(PAR_TASKS, rows_done ? img_codes_t_task : img_codes_task, (void *)j);
+/* All of it (unless img_codes_row_done made it). */
+static void img_codes(const img_codes_job *j) {
+    ts_parallel_for(PAR_TASKS, img_codes_task, (void *)j);
 }
 
 /* w->kpe, made now if the codes pass left it out */
@@ -796,7 +802,7 @@ static void t2i_folded_i8(const ts_attn_w *a, const float *q_in, int nq, const f
     if (!vt_ready) {
         img_codes_job cj = {.keys = (float *)v_in, .kc = w->kc, .kTq = w->kTq, .kc_step = vstep,
                             .kc_zp = vzp};
-        img_codes(&cj, 0);
+        img_codes(&cj);
     }
     ts_i8_out ov = {.C = w->img, .ldc = R};
     ts_gemm_i8(256, w->kTq, N_IMG, vstep, vzp, pp, &ov);
@@ -901,23 +907,32 @@ static void scatter_masks(int n0, const float *mrow, float *lr) {
     }
 }
 
+/* up0's row callback: a token's 4 sub-pixels of 64 channels through LayerNorm2d and GELU
+ * while the row is in cache (the same values as ts_layernorm then ts_gelu on the chunk: the
+ * rows are independent and 256 is a whole number of vectors on every path). */
+static void up0_row_done(void *ctx, int m, float *row) {
+    (void)m;
+    const ts_mask_decoder *d = ctx;
+    ts_layernorm_to_serial(row, row, 4, 64, d->upn_w, d->upn_b, 1e-6f);
+    ts_gelu_serial(row, 256);
+}
+
 /* The int8 form of upscale_chunk: ConvT(256->64) from the keys quantised on the fly, LayerNorm2d
- * and GELU in float, ConvT(64->32) + GELU requantised straight to uint8 codes (u->q) for the
- * mask product against hp, the hypernetwork vectors quantised per prompt. Runs on the calling
- * thread (inside a pool task). */
+ * and GELU in float (in up0's epilogue, row by row), ConvT(64->32) + GELU requantised straight
+ * to uint8 codes (u->q) for the mask product against hp, the hypernetwork vectors quantised per
+ * prompt. Runs on the calling thread (inside a pool task). */
 static void upscale_chunk_i8(const ts_mask_decoder *d, const float *keys, const uint8_t *kc,
                              const ts_i8pack *hp, int c, const up_scratch *u, float *lr) {
     const ts_up_i8 *q = d->up_i8;
     int n0 = c * UP_TOK;
-    ts_i8_out o0 = {.bias = d->up0_bias, .C = u->g1, .ldc = 256};
+    ts_i8_out o0 = {.bias = d->up0_bias, .C = u->g1, .ldc = 256, .row_done = up0_row_done,
+                    .row_ctx = (void *)d};
     if (kc) /* the keys' codes with up0's step, made for the final attention */
         ts_gemm_i8_serial(UP_TOK, kc + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp, q->up0,
                           &o0);
     else
         ts_gemm_i8_f32_serial(UP_TOK, keys + (size_t)n0 * 256, 256, q->up0_step, q->up0_zp,
                               q->up0, &o0);
-    ts_layernorm(u->g1, UP_TOK * 4, 64, d->upn_w, d->upn_b, 1e-6f);
-    ts_gelu(u->g1, (size_t)UP_TOK * 256);
     ts_i8_out o3 = {.bias = d->up3_bias, .act = TS_ACT_GELU, .Cq = u->q, .ldc = 128,
                     .out_step = q->mp_step, .out_zp = q->mp_zp};
     ts_gemm_i8_f32_serial(UP_TOK * 4, u->g1, 64, q->up3_step, q->up3_zp, q->up3, &o3);
@@ -1214,6 +1229,7 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             cj.kc_step = qi->keys_step[L + 1];
             cj.kc_zp = qi->keys_zp[L + 1];
         }
+        img_codes_bands_reset(&cj);
         int rows_done = 0;
         if (fold) { /* keys += attention, accumulated by the output GEMM */
             if (keys != w->keys && !qi) copy(keys, w->keys, ti);
@@ -1231,8 +1247,8 @@ static void decode_one(const decode_job *j, int s, workspace *w, const up_scratc
             attention(&l->i2t, kpe, N_IMG, qpe, queries, nq, NULL, NULL, w->img, w);
             add(keys, w->img, w->keys, ti);
         }
-        if (qi && fold) { /* the rest of the codes pass: the transposed keys codes */
-            img_codes(&cj, rows_done);
+        if (qi && fold) { /* the codes pass, unless the output GEMM's rows made it */
+            if (!rows_done) img_codes(&cj);
             codes_ready = 1;
             w->kpe_stale = !cj.kpe;
             w->kpe_keys = w->keys;

@@ -270,6 +270,10 @@ void ts_softmax_rows_serial(float *x, int M, int N) {
     ts_nn_isa_get()->softmax(x, M, N);
 }
 
+void ts_gelu_serial(float *x, size_t n) {
+    ts_nn_isa_get()->gelu(x, n);
+}
+
 void ts_transpose_serial(const float *src, int lds, int rows, int cols, float *dst, int ldd) {
     ts_nn_isa_get()->transpose(src, lds, rows, cols, dst, ldd);
 }

@@ -565,24 +565,30 @@ static void tr8_u8(const uint8_t *src, size_t lds, uint8_t *dst, size_t ldd) {
 #ifdef __SSE2__
 #include <emmintrin.h>
 /* 16 x 16 bytes: interleaves of rows, pairs, quads and octets (64 unpacks). After stage s,
- * a register holds 2^s rows for a run of columns. */
+ * a register holds 2^s rows for a run of columns. The loops unrolled: the arrays then live
+ * in registers (rolled, -O2 kept them on the stack). */
 static void tr16_u8_sse2(const uint8_t *src, size_t lds, uint8_t *dst, size_t ldd) {
     __m128i r[16], a[16], b[16], c[16];
+#pragma GCC unroll 16
     for (int i = 0; i < 16; i++) r[i] = _mm_loadu_si128((const __m128i *)(src + i * lds));
+#pragma GCC unroll 16
     for (int p = 0; p < 8; p++) { /* a[2p + h]: rows 2p, 2p+1, columns 8h .. 8h+7 */
         a[2 * p] = _mm_unpacklo_epi8(r[2 * p], r[2 * p + 1]);
         a[2 * p + 1] = _mm_unpackhi_epi8(r[2 * p], r[2 * p + 1]);
     }
+#pragma GCC unroll 16
     for (int q = 0; q < 4; q++) /* b[4q + 2h + g]: rows 4q .. 4q+3, columns 8h + 4g .. +3 */
         for (int h = 0; h < 2; h++) {
             b[4 * q + 2 * h] = _mm_unpacklo_epi16(a[4 * q + h], a[4 * q + 2 + h]);
             b[4 * q + 2 * h + 1] = _mm_unpackhi_epi16(a[4 * q + h], a[4 * q + 2 + h]);
         }
+#pragma GCC unroll 16
     for (int o = 0; o < 2; o++) /* c[8o + 2hg + e]: rows 8o .. 8o+7, columns 8h + 4g + 2e, +1 */
         for (int hg = 0; hg < 4; hg++) {
             c[8 * o + 2 * hg] = _mm_unpacklo_epi32(b[8 * o + hg], b[8 * o + 4 + hg]);
             c[8 * o + 2 * hg + 1] = _mm_unpackhi_epi32(b[8 * o + hg], b[8 * o + 4 + hg]);
         }
+#pragma GCC unroll 16
     for (int k = 0; k < 8; k++) { /* columns 2k, 2k+1: all 16 rows */
         _mm_storeu_si128((__m128i *)(dst + (size_t)(2 * k) * ldd), _mm_unpacklo_epi64(c[k], c[8 + k]));
         _mm_storeu_si128((__m128i *)(dst + (size_t)(2 * k + 1) * ldd),
@@ -593,27 +599,33 @@ static void tr16_u8_sse2(const uint8_t *src, size_t lds, uint8_t *dst, size_t ld
 
 void ts_transpose_u8(const uint8_t *src, size_t lds, int rows, int cols, uint8_t *dst,
                      size_t ldd) {
-    int r = 0, c, bs = 8;
+    int bs = 8;
 #ifdef __SSE2__
     if (i8_isa() != &ts_i8_isa_scalar) bs = 16;
 #endif
-    for (; r + bs <= rows; r += bs) {
-        for (c = 0; c + bs <= cols; c += bs) {
-            const uint8_t *s = src + (size_t)r * lds + c;
-            uint8_t *d = dst + (size_t)c * ldd + r;
+    const int rows_full = rows - rows % bs, cols_full = cols - cols % bs;
+    /* bands of 64 source rows, the column blocks inside: each 64-byte run of a destination row
+     * is written whole while its line is in cache (the decoder's destination rows are 4 KiB
+     * apart, all in one L1 set: a band of bs rows per pass thrashed it) */
+    for (int r0 = 0; r0 < rows_full; r0 += 64) {
+        const int r1 = TS_MIN(rows_full, r0 + 64);
+        for (int c = 0; c < cols_full; c += bs)
+            for (int r = r0; r < r1; r += bs) {
+                const uint8_t *s = src + (size_t)r * lds + c;
+                uint8_t *d = dst + (size_t)c * ldd + r;
 #ifdef __SSE2__
-            if (bs == 16) {
-                tr16_u8_sse2(s, lds, d, ldd);
-                continue;
-            }
+                if (bs == 16) {
+                    tr16_u8_sse2(s, lds, d, ldd);
+                    continue;
+                }
 #endif
-            tr8_u8(s, lds, d, ldd);
-        }
-        for (; c < cols; c++)
-            for (int i = r; i < r + bs; i++) dst[(size_t)c * ldd + i] = src[(size_t)i * lds + c];
+                tr8_u8(s, lds, d, ldd);
+            }
+        for (int c = cols_full; c < cols; c++)
+            for (int i = r0; i < r1; i++) dst[(size_t)c * ldd + i] = src[(size_t)i * lds + c];
     }
-    for (; r < rows; r++)
-        for (c = 0; c < cols; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+    for (int r = rows_full; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
 }
 
 int ts_i8_check_layer_steps(const char *P, float step, float zero_point, const float *scale,

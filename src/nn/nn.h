@@ -129,6 +129,7 @@ void ts_softmax_rows_ref(float *x, int M, int N);
 void ts_layernorm_to_serial(const float *x, float *y, int M, int C, const float *w,
                             const float *b, float eps);
 void ts_softmax_rows_serial(float *x, int M, int N);
+void ts_gelu_serial(float *x, size_t n);
 /* x[i] = x[i] * s + b[i] (multiply, then add: two roundings, as PyTorch's two ops). */
 void ts_scale_add(float *x, float s, const float *b, int n);
 /* dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols (8 x 8 register blocks). */

@@ -552,11 +552,12 @@ static void test_pack_f32_codes(void) {
 
 /* Byte transpose against the naive loop: whole blocks, edges, leading dimensions. */
 static void test_transpose_u8(void) {
-    static const int shapes[][2] = {{4096, 256}, {16, 16}, {8, 8}, {37, 21}, {5, 3}, {24, 40}, {1, 1}};
+    static const int shapes[][2] = {{4096, 256}, {16, 16}, {8, 8}, {37, 21}, {5, 3}, {24, 40}, {1, 1},
+                                     {150, 101}};  /* last: bands of 64 rows, tails */
     for (int i = 0; i < N_ISAS; i++) {
         if (!ts_nn_isa_available(ISAS[i])) continue;
         ts_nn_set_isa(ISAS[i]);
-        for (int s = 0; s < 7; s++) {
+        for (int s = 0; s < 8; s++) {
             int R = shapes[s][0], C = shapes[s][1];
             size_t lds = (size_t)C + 3, ldd = (size_t)R + 5;
             uint8_t *src = malloc(lds * R), *dst = malloc(ldd * C);
