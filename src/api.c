@@ -10,6 +10,7 @@
 #include "nn/nn.h"
 #include "quant/int8_model.h"
 #include "quant/sim_model.h"
+#include "threads.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -341,12 +342,48 @@ int ts_encode_input(tinysam_model *m, const ts_encoder_input *in, tinysam_embedd
     return TINYSAM_OK;
 }
 
+/* The first encode's input is made on one thread while the pool's other thread faults in
+ * the pages that encode will write: the decoder's one-prompt scratch (faulted in by the
+ * per-image preparation below), then the encoder's activation arena, until the input is
+ * ready. Fresh pages are what made a first encode slower than a warm one (issue 20). */
+typedef struct {
+    tinysam_model *m;
+    const tinysam_image *img;
+    ts_encoder_input *in;
+    int rc;
+    char err[1024]; /* its message: errors are per thread, and either thread may make it */
+    atomic_int input_ready;
+} first_input_job;
+
+static void first_input_task(void *ctx, int i, int tid) {
+    (void)tid;
+    first_input_job *j = ctx;
+    if (i == 0) {
+        j->rc = ts_encoder_input_make(j->img, j->in);
+        if (j->rc) snprintf(j->err, sizeof j->err, "%s", tinysam_last_error());
+        atomic_store(&j->input_ready, 1);
+    } else if (ts_sam_decode_warm(j->m->mask_decoder, &j->input_ready)) {
+        ts_tiny_vit_warm(j->m->encoder, &j->input_ready);
+    }
+}
+
+static int input_make_warming(tinysam_model *m, const tinysam_image *img,
+                              ts_encoder_input *in) {
+    if (m->sim || !m->encoder || !m->mask_decoder || ts_num_threads() < 2 ||
+        atomic_exchange(&m->warmed, 1)) /* once: what it leaves is faulted in by use */
+        return ts_encoder_input_make(img, in);
+    first_input_job j = {.m = m, .img = img, .in = in};
+    atomic_init(&j.input_ready, 0);
+    ts_parallel_for(2, first_input_task, &j);
+    return j.rc ? ts_error(j.rc, "%s", j.err) : 0;
+}
+
 tinysam_status tinysam_encode(tinysam_model *m, const tinysam_image *img,
                               tinysam_embedding **out) {
     if (!m || !img || !out) return ts_error(TINYSAM_E_ARG, "tinysam_encode: NULL argument");
     *out = NULL;
     ts_encoder_input in;
-    int rc = ts_encoder_input_make(img, &in);
+    int rc = input_make_warming(m, img, &in);
     if (!rc) rc = ts_encode_input(m, &in, out);
     ts_encoder_input_free(&in);
     /* set_image's per-image decoder work, now rather than in the first predict */

@@ -5,6 +5,8 @@
 
 #include "io/tensor_map.h"
 
+#include <stdatomic.h>
+
 typedef struct ts_tiny_vit ts_tiny_vit; /* defined in image_encoder.c / tiny_vit_sam.c */
 
 /* Called with each named intermediate output (names and layouts as in the fixtures'
@@ -19,6 +21,10 @@ typedef void (*ts_stage_hook)(void *user, const char *name, const float *data, l
 int ts_tiny_vit_load(ts_tensor_map *m, ts_tiny_vit **out);
 void ts_tiny_vit_free(ts_tiny_vit *enc);
 /* input: 3 x 1024 x 1024 normalised, padded; out: 256 x 64 x 64. hook may be NULL. */
+/* Faults in the activation arena the load made, in the order a first pass writes it, 1 MB at
+ * a time until *stop is set (a helper task beside single-threaded work: the first pass then
+ * meets fewer fresh pages). Returns 1 when all of it is in. */
+int ts_tiny_vit_warm(const ts_tiny_vit *enc, const atomic_int *stop);
 int ts_tiny_vit_forward(const ts_tiny_vit *enc, const float *input, float *out,
                         ts_stage_hook hook, void *user);
 

@@ -1501,9 +1501,9 @@ static void touch_task(void *ctx, int t, int tid) {
     ts_mem_populate(j->p[t], j->n[t]);
 }
 
-/* Faults in the scratch a point or box prompt uses (not a mask input's, nor the unfolded
- * attentions' beyond what the folded path writes): scratch, so its contents do not matter. */
-static void ctx_touch(ts_decode_ctx *c, const ts_mask_decoder *d) {
+/* The scratch a point or box prompt uses (not a mask input's, nor the unfolded attentions'
+ * beyond what the folded path writes): scratch, so its contents do not matter. */
+static void touch_list(touch_job *jp, ts_decode_ctx *c, const ts_mask_decoder *d) {
     touch_job j = {.count = 0};
 #define T(ptr, bytes) (j.p[j.count] = (ptr), j.n[j.count++] = (bytes))
     size_t img = (size_t)N_IMG * 256, t = (size_t)c->max_tokens;
@@ -1529,7 +1529,42 @@ static void ctx_touch(ts_decode_ctx *c, const ts_mask_decoder *d) {
         else T(c->up[k].g2, 4 * UP_TOK * 4 * 128);
     }
 #undef T
+    *jp = j;
+}
+
+/* Faults that scratch in, spread over the pool. */
+static void ctx_touch(ts_decode_ctx *c, const ts_mask_decoder *d) {
+    touch_job j;
+    touch_list(&j, c, d);
     ts_parallel_for(j.count, touch_task, &j);
+}
+
+#define WARM_CHUNK ((size_t)1 << 20) /* bytes populated between looks at *stop */
+
+int ts_sam_decode_warm(const ts_mask_decoder *dc, const atomic_int *stop) {
+    ts_mask_decoder *d = (ts_mask_decoder *)dc; /* only the context cache is written */
+    pthread_mutex_lock(&d->ctx_lock);
+    ts_decode_ctx *c = d->ctx_cache; /* the load's context, or none: nothing to warm */
+    d->ctx_cache = NULL;
+    pthread_mutex_unlock(&d->ctx_lock);
+    if (!c) return 0;
+    int done = c->touched;
+    if (!done) {
+        touch_job j;
+        touch_list(&j, c, d);
+        done = 1;
+        for (int t = 0; t < j.count && done; t++)
+            for (size_t o = 0; o < j.n[t]; o += WARM_CHUNK) {
+                if (atomic_load(stop)) {
+                    done = 0; /* the rest at the first prepare, as without warming */
+                    break;
+                }
+                ts_mem_populate((char *)j.p[t] + o, TS_MIN(WARM_CHUNK, j.n[t] - o));
+            }
+        c->touched = done;
+    }
+    ctx_put(d, c);
+    return done;
 }
 
 int ts_sam_decode_prepare(const ts_prompt_encoder *pe, const ts_mask_decoder *dc,

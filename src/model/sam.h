@@ -22,6 +22,7 @@ struct tinysam_model {
      * tinysam_model_save_safetensors writes); owned by the networks, the list is ours */
     struct ts_wpack **packs;
     int n_packs;
+    atomic_int warmed; /* the first encode's page warming has been done (api.c) */
 };
 
 struct tinysam_embedding {

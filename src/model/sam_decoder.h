@@ -5,6 +5,8 @@
 
 #include "io/tensor_map.h"
 
+#include <stdatomic.h>
+
 typedef struct ts_prompt_encoder ts_prompt_encoder; /* defined in prompt_encoder.c */
 typedef struct ts_mask_decoder ts_mask_decoder;     /* defined in mask_decoder.c */
 
@@ -38,6 +40,9 @@ void ts_mask_decoder_prepare(ts_mask_decoder *d);
  * ts_sam_decode on it runs as a warm one. Results are unchanged, bit for bit. */
 int ts_sam_decode_prepare(const ts_prompt_encoder *pe, const ts_mask_decoder *d,
                           const float *embedding);
+/* Faults in the scratch ts_sam_decode_prepare would fault in, 1 MB at a time until *stop is
+ * set (a helper task beside single-threaded work). Returns 1 when all of it is in. */
+int ts_sam_decode_warm(const ts_mask_decoder *d, const atomic_int *stop);
 /* After the weights the decoder was loaded from changed in place (a training step): packs its
  * copies again. Not concurrently with a decode. */
 void ts_mask_decoder_refresh(ts_mask_decoder *d);

@@ -32,6 +32,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +102,7 @@ struct ts_tiny_vit {
     pthread_mutex_t arena_mu;
     float *arena;
     size_t arena_n;
+    size_t arena_warm; /* bytes of it known faulted in, in the order of first use */
 };
 
 /* ---- loading ------------------------------------------------------------------------------ */
@@ -1155,6 +1157,7 @@ int ts_tiny_vit_forward_tap(const ts_tiny_vit *enc, const float *input, float *o
 out:
     ts_free_aligned(hk.tmp);
     ts_free_aligned(dump);
+    float *used = arena;
     pthread_mutex_lock(&mut->arena_mu);
     if (!mut->arena || mut->arena_n < arena_n) { /* keep the larger one */
         float *old = mut->arena;
@@ -1162,7 +1165,37 @@ out:
         mut->arena_n = arena_n;
         arena = old;
     }
+    if (mut->arena == used) mut->arena_warm = SIZE_MAX; /* a whole pass wrote it */
     pthread_mutex_unlock(&mut->arena_mu);
     ts_free_aligned(arena);
     return rc;
+}
+
+#define WARM_CHUNK ((size_t)1 << 20) /* bytes populated between looks at *stop */
+
+int ts_tiny_vit_warm(const ts_tiny_vit *enc, const atomic_int *stop) {
+    ts_tiny_vit *mut = (ts_tiny_vit *)enc; /* only the arena cache changes */
+    pthread_mutex_lock(&mut->arena_mu);
+    float *arena = mut->arena; /* taken, as a pass takes it: a concurrent pass makes its own */
+    mut->arena = NULL;
+    size_t n = mut->arena_n * sizeof(float), at = TS_MIN(mut->arena_warm, n);
+    pthread_mutex_unlock(&mut->arena_mu);
+    if (!arena) return 0;
+    /* in the order the first pass writes it: B (the HWC input), C (patch embedding), A */
+    const size_t a = SZ_A * sizeof(float), b = SZ_B * sizeof(float), c = SZ_C * sizeof(float);
+    while (at < n && !atomic_load(stop)) {
+        size_t len = TS_MIN(WARM_CHUNK, n - at); /* a, b, c: whole chunks */
+        size_t off = at < b + c ? a + at : at < a + b + c ? at - b - c : at;
+        ts_mem_populate((char *)arena + off, len);
+        at += len;
+    }
+    pthread_mutex_lock(&mut->arena_mu);
+    if (!mut->arena) {
+        mut->arena = arena;
+        mut->arena_warm = at;
+        arena = NULL;
+    }
+    pthread_mutex_unlock(&mut->arena_mu);
+    ts_free_aligned(arena); /* a pass meanwhile kept its own */
+    return at >= n;
 }
