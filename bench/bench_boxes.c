@@ -3,39 +3,206 @@
  * the embedding computed once (decoder side only, full-resolution masks included). The batch
  * returns each box's best mask (what a record holds), the one-box call its three (as tinysam
  * segment --box does); the batch with all three masks is shown too.
- *   bench_boxes [--runs N] [--threads T] [--json]
+ * Two accountings of the decoder's per-image preparation (ts_embedding_prepare: layer 0's
+ * image-side projections and their int8 packs, which tinysam_encode now does):
+ *   (a) prepare excluded: the embedding was encoded in this process, so tinysam_encode already
+ *       prepared it (what a library user sees);
+ *   (b) decoder side counted fully: the one-box call = preparation + decode (tinysam segment
+ *       --embedding emb.npy --box in one process, SamPredictor.predict from a cached
+ *       embedding), the 100-box call = one preparation + the batch, divided by 100.
+ * (b) forces a fresh preparation: the prepared state is kept by content (shared_is_current in
+ * model/mask_decoder.c compares the embedding itself), so before each timed call an untimed
+ * preparation of a copy with one value changed evicts it. The goal (per box <= 0.6x the
+ * one-box call) is read against (b). Float and int8-decoder models.
+ *   bench_boxes [--runs N] [--threads T] [--json] [--no-int8]
  * (picture1, 769x770, the random-weight vit_t fixture; T = 1 gives the work ratio, the least
  * disturbed by a busy machine) */
 #include "bench_util.h"
+#include "core.h"
+#include "io/tensor_map.h"
+#include "model/sam.h"
+#include "quant/calibrate_decoder.h"
 #include "test.h"
 #include "tinysam.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define NBOX 100
+#define NONE 10 /* one-box calls per run */
+
+/* The model of m with the int8 decoder layers (as bench_decoder makes it): written to a
+ * temporary file, loaded back. */
+static tinysam_model *int8_decoder_model(const tinysam_model *m) {
+    ts_dec_quant q = {{0.03f, 0.012f, 0.01f, 0.03f, 0.03f, 0.03f, 0.03f, 0.03f},
+                      {128, 14, 14, 128, 128, 128, 128, 128}, {0}, {0}};
+    for (int i = 0; i < TS_DEC_N_TOK; i++) {
+        char P[128];
+        int N, K, relu;
+        ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu);
+        if (ts_dec_tok_kept_float(i)) continue;
+        q.step[TS_DEC_SITE_TOK0 + i] = relu ? 0.02f : 0.03f;
+        q.zp[TS_DEC_SITE_TOK0 + i] = relu ? 0 : 128;
+    }
+    ts_int8_decoder_view *v;
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/bench_boxes_int8_%d.safetensors", (int)getpid());
+    tinysam_model *r = NULL;
+    if (ts_int8_decoder_view_new(m->map, &q, &v)) return NULL;
+    static const char *keys[] = {"format", "tinysam.bench"};
+    static const char *vals[] = {"pt", "int8 decoder"};
+    if (!ts_safetensors_save(path, ts_int8_decoder_view_map(v), 2, keys, vals))
+        tinysam_model_load(path, &r);
+    ts_int8_decoder_view_free(v);
+    remove(path);
+    return r;
+}
+
+typedef struct {
+    double one_a, one_b, prep, b1_a, b1_b, b3_a; /* ms, per box for the batches */
+    int same_best, same_all;
+    long long px;
+} figures;
+
+/* Evicts the prepared state (untimed): the decoder keeps one image side, matched by content. */
+static void evict(tinysam_model *m, const tinysam_embedding *alt) { ts_embedding_prepare(m, alt); }
+
+static int measure(tinysam_model *m, const tinysam_embedding *e, const tinysam_embedding *alt,
+                   const tinysam_prompt *pr, int runs, int with3, figures *f) {
+    static tinysam_prediction out[NBOX];
+    int nr = runs * NONE;
+    double *one_a = malloc(sizeof(double) * nr), *one_b = malloc(sizeof(double) * nr),
+           *prep = malloc(sizeof(double) * nr), *b1a = malloc(sizeof(double) * runs),
+           *b1b = malloc(sizeof(double) * runs), *b3a = malloc(sizeof(double) * runs);
+    int n = 0, rc = 0;
+    for (int k = 0; k < runs && !rc; k++) {
+        for (int j = 0; j < NONE; j++, n++) {
+            const tinysam_prompt *p1 = &pr[j * 7];
+            tinysam_prediction p = {0};
+            evict(m, alt); /* (b): a fresh preparation, then the decode */
+            double t0 = bench_now_s();
+            rc |= ts_embedding_prepare(m, e);
+            double t1 = bench_now_s();
+            rc |= tinysam_predict(m, e, p1, TINYSAM_PREDICT_MASKS, &p);
+            one_b[n] = bench_now_s() - t0;
+            prep[n] = t1 - t0;
+            tinysam_prediction_free(&p);
+            t0 = bench_now_s(); /* (a): prepared already */
+            rc |= tinysam_predict(m, e, p1, TINYSAM_PREDICT_MASKS, &p);
+            one_a[n] = bench_now_s() - t0;
+            tinysam_prediction_free(&p);
+        }
+        double t0 = bench_now_s();
+        rc |= tinysam_predict_batch(m, e, NBOX, pr, TINYSAM_PREDICT_MASKS | TINYSAM_PREDICT_BEST,
+                                    out);
+        b1a[k] = (bench_now_s() - t0) / NBOX;
+        for (int i = 0; i < NBOX; i++)
+            tinysam_prediction_free(&out[i]);
+        evict(m, alt);
+        t0 = bench_now_s();
+        rc |= ts_embedding_prepare(m, e);
+        rc |= tinysam_predict_batch(m, e, NBOX, pr, TINYSAM_PREDICT_MASKS | TINYSAM_PREDICT_BEST,
+                                    out);
+        b1b[k] = (bench_now_s() - t0) / NBOX;
+        if (with3) {
+            for (int i = 0; i < NBOX; i++)
+                tinysam_prediction_free(&out[i]);
+            t0 = bench_now_s();
+            rc |= tinysam_predict_batch(m, e, NBOX, pr, TINYSAM_PREDICT_MASKS, out);
+            b3a[k] = (bench_now_s() - t0) / NBOX;
+        } else
+            b3a[k] = 0;
+        if (k + 1 < runs)
+            for (int i = 0; i < NBOX; i++)
+                tinysam_prediction_free(&out[i]);
+    }
+    /* the last batch's records (3 masks with with3, else best only) against 100 separate calls: best index and best mask */
+    size_t plane = (size_t)e->orig_w * e->orig_h;
+    f->same_best = f->same_all = 0;
+    f->px = 0;
+    for (int i = 0; i < NBOX; i++) {
+        tinysam_prediction p = {0};
+        if (!rc) {
+            rc |= tinysam_predict(m, e, &pr[i], TINYSAM_PREDICT_MASKS, &p);
+            int ob = out[i].best;
+            f->same_best += p.best == out[i].best;
+            f->same_all += p.best == ob && !memcmp(p.iou, out[i].iou, sizeof p.iou) &&
+                           !memcmp(p.low_res, out[i].low_res, sizeof(float) * 3 * 65536);
+            size_t plane_o = with3 ? (size_t)ob * plane : 0; /* BEST: one plane */
+            for (size_t q = 0; q < plane && !rc; q++)
+                f->px += p.masks[(size_t)p.best * plane + q] != out[i].masks[plane_o + q];
+        }
+        tinysam_prediction_free(&p);
+        tinysam_prediction_free(&out[i]);
+    }
+    f->one_a = bench_median(one_a, nr) * 1e3;
+    f->one_b = bench_median(one_b, nr) * 1e3;
+    f->prep = bench_median(prep, nr) * 1e3;
+    f->b1_a = bench_median(b1a, runs) * 1e3;
+    f->b1_b = bench_median(b1b, runs) * 1e3;
+    f->b3_a = bench_median(b3a, runs) * 1e3;
+    free(one_a);
+    free(one_b);
+    free(prep);
+    free(b1a);
+    free(b1b);
+    free(b3a);
+    return rc;
+}
+
+static void report(const char *name, const figures *f, int w, int h) {
+    printf("[%s model]\n", name);
+    printf("  decoder preparation (ts_embedding_prepare, fresh)      %8.2f ms\n", f->prep);
+    printf("  (a) prepare excluded (encoded in this process):\n");
+    printf("      one-box call (3 masks at %dx%d)                 %8.2f ms\n", w, h, f->one_a);
+    printf("      100 boxes in one call, best mask, per box          %8.2f ms  (%.2fx the one-box "
+           "call)\n",
+           f->b1_a, f->b1_a / f->one_a);
+    if (f->b3_a > 0)
+        printf("      100 boxes in one call, 3 masks, per box            %8.2f ms  (%.2fx)\n",
+               f->b3_a, f->b3_a / f->one_a);
+    printf("  (b) decoder side counted fully (preparation + decode, as segment --embedding):\n");
+    printf("      one-box call = preparation + decode                %8.2f ms\n", f->one_b);
+    printf("      100 boxes = one preparation + batch, per box       %8.2f ms  (%.2fx the one-box "
+           "call; goal <= 0.6x)\n",
+           f->b1_b, f->b1_b / f->one_b);
+    printf("  records vs 100 separate calls: best index equal %d/100, best-mask pixels differing "
+           "%lld of %lld, IoUs and low-res logits bit-equal %d/100\n",
+           f->same_best, f->px, (long long)w * h * NBOX, f->same_all);
+}
 
 int main(int argc, char **argv) {
-    int runs = 5, json = 0;
+    int runs = 5, json = 0, do_int8 = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--runs") && i + 1 < argc)
             runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json"))
             json = 1;
+        else if (!strcmp(argv[i], "--no-int8"))
+            do_int8 = 0;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             tinysam_set_num_threads(atoi(argv[++i]));
     }
     if (runs < 1) runs = 1;
-    tinysam_model *m = NULL;
+    tinysam_model *m = NULL, *mq = NULL;
     tinysam_image img = {0};
     tinysam_embedding *e = NULL;
     if (tinysam_model_load(fixture("models/tinysam_vit_t_random.pth"), &m) ||
         tinysam_image_load(fixture("images/picture1.jpg"), 0, &img) ||
-        tinysam_encode(m, &img, &e)) {
+        tinysam_encode(m, &img, &e) || (do_int8 && !(mq = int8_decoder_model(m)))) {
         fprintf(stderr, "bench_boxes: %s\n", tinysam_last_error());
         return 1;
     }
+    /* the eviction copy: the same embedding with its last value one ulp up */
+    size_t nemb = (size_t)TINYSAM_EMBED_DIM * TINYSAM_EMBED_SIDE * TINYSAM_EMBED_SIDE;
+    tinysam_embedding alt = *e;
+    alt.data = ts_malloc_aligned(nemb * sizeof(float));
+    if (!alt.data) return 1;
+    memcpy(alt.data, e->data, nemb * sizeof(float));
+    alt.data[nemb - 1] = nextafterf(alt.data[nemb - 1], INFINITY);
     tinysam_prompt pr[NBOX];
     uint32_t r = 1;
     for (int i = 0; i < NBOX; i++) {
@@ -44,71 +211,32 @@ int main(int argc, char **argv) {
         pr[i] =
             (tinysam_prompt){.has_box = 1, .box = {x0, y0, x0 + 40 + i % 120, y0 + 30 + i % 150}};
     }
-    static tinysam_prediction out[NBOX];
-    double *one = malloc(sizeof(double) * (size_t)runs * 10), *b1 = malloc(sizeof(double) * runs),
-           *b3 = malloc(sizeof(double) * runs);
-    int n_one = 0;
-    for (int k = 0; k < runs; k++) {
-        for (int j = 0; j < 10; j++) { /* one-box calls: 10 of the boxes, each timed */
-            tinysam_prediction p = {0};
-            double t0 = bench_now_s();
-            tinysam_predict(m, e, &pr[j * 7], TINYSAM_PREDICT_MASKS, &p);
-            one[n_one++] = bench_now_s() - t0;
-            tinysam_prediction_free(&p);
-        }
-        double t0 = bench_now_s();
-        if (tinysam_predict_batch(m, e, NBOX, pr, TINYSAM_PREDICT_MASKS | TINYSAM_PREDICT_BEST,
-                                  out))
-            return 1;
-        b1[k] = (bench_now_s() - t0) / NBOX;
-        for (int i = 0; i < NBOX; i++)
-            tinysam_prediction_free(&out[i]);
-        t0 = bench_now_s();
-        if (tinysam_predict_batch(m, e, NBOX, pr, TINYSAM_PREDICT_MASKS, out)) return 1;
-        b3[k] = (bench_now_s() - t0) / NBOX;
-        if (k + 1 < runs)
-            for (int i = 0; i < NBOX; i++)
-                tinysam_prediction_free(&out[i]);
+    figures ff = {0}, fq = {0};
+    if (measure(m, e, &alt, pr, runs, 1, &ff) ||
+        (mq && (ts_embedding_prepare(mq, e) || measure(mq, e, &alt, pr, runs, 0, &fq)))) {
+        fprintf(stderr, "bench_boxes: %s\n", tinysam_last_error());
+        return 1;
     }
-    /* the records against 100 separate calls: best index and best mask */
-    size_t plane = (size_t)img.width * img.height;
-    int same_best = 0, same_all = 0;
-    long long px = 0;
-    for (int i = 0; i < NBOX; i++) {
-        tinysam_prediction p = {0};
-        tinysam_predict(m, e, &pr[i], TINYSAM_PREDICT_MASKS, &p);
-        same_best += p.best == out[i].best;
-        same_all += p.best == out[i].best && !memcmp(p.iou, out[i].iou, sizeof p.iou) &&
-                    !memcmp(p.low_res, out[i].low_res, sizeof(float) * 3 * 65536);
-        for (size_t q = 0; q < plane; q++)
-            px += p.masks[(size_t)p.best * plane + q] !=
-                  out[i].masks[(size_t)out[i].best * plane + q];
-        tinysam_prediction_free(&p);
-        tinysam_prediction_free(&out[i]);
-    }
-    double t_one = bench_median(one, n_one) * 1e3, t_b1 = bench_median(b1, runs) * 1e3,
-           t_b3 = bench_median(b3, runs) * 1e3;
-    printf("one-box call (3 masks at %dx%d)         %8.2f ms\n", img.width, img.height, t_one);
-    printf("100 boxes in one call, best mask, per box %8.2f ms  (%.2fx the "
-           "one-box call)\n",
-           t_b1, t_b1 / t_one);
-    printf("100 boxes in one call, 3 masks, per box   %8.2f ms  (%.2fx)\n", t_b3, t_b3 / t_one);
-    printf("records vs 100 separate calls: best index equal %d/100, best-mask "
-           "pixels differing %lld of %lld, IoUs and low-res logits bit-equal %d/100\n",
-           same_best, px, (long long)plane * NBOX, same_all);
+    printf("threads %d; goal: 100-box per-box time <= 0.6x the one-box call, accounting (b)\n",
+           tinysam_get_num_threads());
+    report("float", &ff, img.width, img.height);
+    if (mq) report("int8 decoder", &fq, img.width, img.height);
     if (json)
         printf("{\"one_box_ms\": %.3f, \"batch100_best_ms_per_box\": %.3f, "
                "\"batch100_3masks_ms_per_box\": %.3f, \"ratio_best\": %.3f, "
-               "\"ratio_3masks\": %.3f, "
+               "\"ratio_3masks\": %.3f, \"prepare_ms\": %.3f, \"one_box_full_ms\": %.3f, "
+               "\"batch100_full_ms_per_box\": %.3f, \"ratio_full\": %.3f, "
+               "\"int8_prepare_ms\": %.3f, \"int8_ratio_best\": %.3f, \"int8_ratio_full\": %.3f, "
                "\"same_best\": %d, \"pixels_differing\": %lld, \"bit_equal\": %d, "
                "\"threads\": %d}\n",
-               t_one, t_b1, t_b3, t_b1 / t_one, t_b3 / t_one, same_best, px, same_all,
-               tinysam_get_num_threads());
-    free(one);
-    free(b1);
-    free(b3);
+               ff.one_a, ff.b1_a, ff.b3_a, ff.b1_a / ff.one_a, ff.b3_a / ff.one_a, ff.prep,
+               ff.one_b, ff.b1_b, ff.b1_b / ff.one_b, fq.prep,
+               mq ? fq.b1_a / fq.one_a : 0, mq ? fq.b1_b / fq.one_b : 0, ff.same_best, ff.px,
+               ff.same_all, tinysam_get_num_threads());
+    ts_free_aligned(alt.data);
     tinysam_embedding_free(e);
     tinysam_image_free(&img);
+    tinysam_model_free(mq);
     tinysam_model_free(m);
     return 0;
 }

@@ -26,8 +26,10 @@
 #   bench_dataset --json [--quick]     separate_s folder_s folder_speedup separate_images_per_s
 #                                      folder_images_per_s peak_rss_1mp_mb folder_12mp_s
 #                                      peak_rss_12mp_mb
-#   bench_boxes [--runs N] [--threads T] [--json]  one_box_ms batch100_best_ms_per_box ratio_best (shown
-#                                      as its own table)
+#   bench_boxes [--runs N] [--threads T] [--json] [--no-int8]  one_box_ms batch100_best_ms_per_box
+#                                      ratio_best (prepare excluded), prepare_ms one_box_full_ms
+#                                      batch100_full_ms_per_box ratio_full (decoder side counted
+#                                      fully: the goal's), int8_*; shown as its own table
 #   bench_coldstart [--runs N] [--threads T] [--json]   cold start (issue 20), its own table
 #   bench_peak --json                  peak_gflops_1t peak_gflops_2t clock_ghz flop_per_cycle
 #   bench/onnx/bench_onnx.js --json --threads T --runs N --image-size 769x770
@@ -312,7 +314,7 @@ fi
 # ---------------------------------------------------------------- many boxes per call
 # tinysam segment --boxes / predict_torch: 100 boxes decoded together against one-box calls
 if [ -x "$B/bench/bench_boxes" ]; then
-    echo "== many boxes per call (100 boxes on picture1, embedding cached, masks at 769x770)"
+    echo "== many boxes per call (100 boxes on picture1, embedding cached, masks at 769x770; (a) decoder preparation excluded, (b) counted fully: the goal, <= 0.6x)"
     for t in 1 2; do
         echo "-- $t thread(s)"
         "$B/bench/bench_boxes" --runs 3 --threads "$t" || status=1
