@@ -18,10 +18,8 @@
  * (picture1, 769x770, the random-weight vit_t fixture; T = 1 gives the work ratio, the least
  * disturbed by a busy machine) */
 #include "bench_util.h"
-#include "core.h"
-#include "io/tensor_map.h"
+#include "int8_decoder_model.h"
 #include "model/sam.h"
-#include "quant/calibrate_decoder.h"
 #include "test.h"
 #include "tinysam.h"
 
@@ -29,37 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define NBOX 100
 #define NONE 10 /* one-box calls per run */
-
-/* The model of m with the int8 decoder layers (as bench_decoder makes it): written to a
- * temporary file, loaded back. */
-static tinysam_model *int8_decoder_model(const tinysam_model *m) {
-    ts_dec_quant q = {{0.03f, 0.012f, 0.01f, 0.03f, 0.03f, 0.03f, 0.03f, 0.03f},
-                      {128, 14, 14, 128, 128, 128, 128, 128}, {0}, {0}};
-    for (int i = 0; i < TS_DEC_N_TOK; i++) {
-        char P[128];
-        int N, K, relu;
-        ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu);
-        if (ts_dec_tok_kept_float(i)) continue;
-        q.step[TS_DEC_SITE_TOK0 + i] = relu ? 0.02f : 0.03f;
-        q.zp[TS_DEC_SITE_TOK0 + i] = relu ? 0 : 128;
-    }
-    ts_int8_decoder_view *v;
-    char path[128];
-    snprintf(path, sizeof path, "/tmp/bench_boxes_int8_%d.safetensors", (int)getpid());
-    tinysam_model *r = NULL;
-    if (ts_int8_decoder_view_new(m->map, &q, &v)) return NULL;
-    static const char *keys[] = {"format", "tinysam.bench"};
-    static const char *vals[] = {"pt", "int8 decoder"};
-    if (!ts_safetensors_save(path, ts_int8_decoder_view_map(v), 2, keys, vals))
-        tinysam_model_load(path, &r);
-    ts_int8_decoder_view_free(v);
-    remove(path);
-    return r;
-}
 
 typedef struct {
     double one_a, one_b, prep, b1_a, b1_b, b3_a; /* ms, per box for the batches */
@@ -192,7 +162,7 @@ int main(int argc, char **argv) {
     tinysam_embedding *e = NULL;
     if (tinysam_model_load(fixture("models/tinysam_vit_t_random.pth"), &m) ||
         tinysam_image_load(fixture("images/picture1.jpg"), 0, &img) ||
-        tinysam_encode(m, &img, &e) || (do_int8 && !(mq = int8_decoder_model(m)))) {
+        tinysam_encode(m, &img, &e) || (do_int8 && !(mq = int8_decoder_model(m, "bench_boxes")))) {
         fprintf(stderr, "bench_boxes: %s\n", tinysam_last_error());
         return 1;
     }

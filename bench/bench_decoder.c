@@ -10,39 +10,12 @@
 #include "model/sam.h"
 #include "model/sam_decoder.h"
 #include "model/transforms.h"
-#include "quant/calibrate_decoder.h"
 
 #include "bench_util.h"
+#include "int8_decoder_model.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-/* The model of mp with the int8 decoder layers: written to a temporary file, loaded back. */
-static tinysam_model *int8_decoder_model(const tinysam_model *m) {
-    ts_dec_quant q = {{0.03f, 0.012f, 0.01f, 0.03f, 0.03f, 0.03f, 0.03f, 0.03f},
-                      {128, 14, 14, 128, 128, 128, 128, 128}, {0}, {0}};
-    for (int i = 0; i < TS_DEC_N_TOK; i++) { /* the token-side Linears quantize makes int8 */
-        char P[128];
-        int N, K, relu;
-        ts_dec_tok_layer(i, P, sizeof P, &N, &K, &relu);
-        if (ts_dec_tok_kept_float(i)) continue;
-        q.step[TS_DEC_SITE_TOK0 + i] = relu ? 0.02f : 0.03f;
-        q.zp[TS_DEC_SITE_TOK0 + i] = relu ? 0 : 128;
-    }
-    ts_int8_decoder_view *v;
-    char path[128];
-    snprintf(path, sizeof path, "/tmp/bench_decoder_int8_%d.safetensors", (int)getpid());
-    tinysam_model *r = NULL;
-    if (ts_int8_decoder_view_new(m->map, &q, &v)) return NULL;
-    static const char *keys[] = {"format", "tinysam.bench"};
-    static const char *vals[] = {"pt", "int8 decoder"};
-    if (!ts_safetensors_save(path, ts_int8_decoder_view_map(v), 2, keys, vals))
-        tinysam_model_load(path, &r);
-    ts_int8_decoder_view_free(v);
-    remove(path);
-    return r;
-}
 
 int main(int argc, char **argv) {
     int json = 0, runs = 7;
@@ -74,7 +47,7 @@ int main(int argc, char **argv) {
         coords[2 * i + 1] = (float)((i / 8) * 128 + 64) / 1024.0f;
         sets[i] = (ts_prompt_set){.n_points = 1, .coords = coords + 2 * i, .labels = &lab};
     }
-    tinysam_model *mq = int8_decoder_model(m);
+    tinysam_model *mq = int8_decoder_model(m, "bench_decoder");
     if (!mq) {
         fprintf(stderr, "bench_decoder: int8 decoder: %s\n", tinysam_last_error());
         return 1;
