@@ -145,36 +145,43 @@ typedef struct {
 
 static int cmp_row(const void *a, const void *b) {
     const row_ref *x = a, *y = b;
-    return (x->id > y->id) - (x->id < y->id);
+    if (x->id != y->id) return (x->id > y->id) - (x->id < y->id);
+    return (x->at > y->at) - (x->at < y->at); /* one thread's repeats: as appended */
 }
 
-/* Puts the rows the threads appended for this image in row order, each once: the samples,
- * hence the searched steps, depend neither on thread timing nor on the thread count (equal
- * ids hold equal rows; the MBConv / PatchMerging pipeline's bands, whose count follows the
- * thread count, recompute the first 1x1's rows above them and tap them again). */
-static int sort_rows(col_t *l) {
-    const size_t K = (size_t)l->K, r0 = l->img_row0, nr = l->n / K - r0;
-    if (nr < 2) return 0;
+long ts_calib_sort_rows(float *buf, long long *ids, size_t r0, size_t nr, size_t K, int unique) {
+    if (nr < 2) return (long)nr;
     row_ref *ref = ts_malloc(sizeof(row_ref) * nr);
     float *tmp = ts_malloc(sizeof(float) * nr * K);
     if (!ref || !tmp) {
         free(ref);
         free(tmp);
-        return TINYSAM_E_NOMEM;
+        return -1;
     }
-    for (size_t i = 0; i < nr; i++) ref[i] = (row_ref){l->ids[r0 + i], r0 + i};
+    for (size_t i = 0; i < nr; i++) ref[i] = (row_ref){ids[r0 + i], r0 + i};
     qsort(ref, nr, sizeof *ref, cmp_row);
-    size_t u = 0; /* unique rows */
+    size_t u = 0; /* rows kept */
     for (size_t i = 0; i < nr; i++) {
-        if (u && ref[i].id == l->ids[r0 + u - 1]) continue;
-        memcpy(tmp + u * K, l->buf + ref[i].at * K, sizeof(float) * K);
-        l->ids[r0 + u++] = ref[i].id;
+        if (unique && u && ref[i].id == ids[r0 + u - 1]) continue;
+        memcpy(tmp + u * K, buf + ref[i].at * K, sizeof(float) * K);
+        ids[r0 + u++] = ref[i].id;
     }
-    memcpy(l->buf + r0 * K, tmp, sizeof(float) * u * K);
-    l->n -= (nr - u) * K;
-    l->img_n -= (nr - u) * K;
+    memcpy(buf + r0 * K, tmp, sizeof(float) * u * K);
     free(ref);
     free(tmp);
+    return (long)u;
+}
+
+/* This image's rows in row order, each once: the samples, hence the searched steps, depend
+ * neither on thread timing nor on the thread count (the MBConv / PatchMerging pipeline's
+ * bands, whose count follows the thread count, recompute the first 1x1's rows above them and
+ * tap them again). */
+static int sort_rows(col_t *l) {
+    const size_t K = (size_t)l->K, r0 = l->img_row0, nr = l->n / K - r0;
+    long kept = ts_calib_sort_rows(l->buf, l->ids, r0, nr, K, 1);
+    if (kept < 0) return TINYSAM_E_NOMEM;
+    l->n -= (nr - (size_t)kept) * K;
+    l->img_n -= (nr - (size_t)kept) * K;
     return 0;
 }
 

@@ -30,6 +30,13 @@ struct ts_hessian; /* quant/hessian.h */
 /* A collector for the float encoder enc (which must outlive it), for n_images images. */
 int ts_calib_new(const ts_tiny_vit *enc, int n_images, ts_calib **out);
 void ts_calib_free(ts_calib *c);
+/* Puts the nr sampled rows buf[r0..r0+nr) (K floats each, row numbers ids[r0..]) that worker
+ * threads appended in completion order back in row order, ties as appended, so that a sample
+ * does not depend on thread timing; unique: one row per row number (equal numbers hold equal
+ * rows: a pipeline that recomputes rows taps them again). Returns the rows kept (nr unless
+ * unique), or -1 out of memory (error set). Shared by the encoder's and the decoder's
+ * calibration. */
+long ts_calib_sort_rows(float *buf, long long *ids, size_t r0, size_t nr, size_t K, int unique);
 /* Runs the float encoder on one preprocessed input (3 x 1024 x 1024, as ts_normalize_pad
  * makes it) and collects the samples. */
 int ts_calib_add_input(ts_calib *c, const float *input);

@@ -161,39 +161,11 @@ static void probe(void *ctx, int site, const float *x, int rows, int cols, int r
     pthread_mutex_unlock(&c->lock);
 }
 
-typedef struct {
-    long long id;
-    size_t at;
-} row_ref;
-
-static int cmp_row(const void *a, const void *b) {
-    const row_ref *x = a, *y = b;
-    if (x->id != y->id) return (x->id > y->id) - (x->id < y->id);
-    return (x->at > y->at) - (x->at < y->at); /* one thread's repeats: as appended */
-}
-
 /* Puts the rows site s kept during the current prompt in row order. */
 static int sort_call(collector *c, int s) {
     const size_t K = (size_t)c->cols[s], r0 = K ? c->call0[s] / K : 0;
     const size_t nr = K ? c->n[s] / K - r0 : 0;
-    if (nr < 2) return 0;
-    row_ref *ref = ts_malloc(sizeof(row_ref) * nr);
-    float *tmp = ts_malloc(sizeof(float) * nr * K);
-    if (!ref || !tmp) {
-        free(ref);
-        free(tmp);
-        return TINYSAM_E_NOMEM;
-    }
-    for (size_t i = 0; i < nr; i++) ref[i] = (row_ref){c->id[s][r0 + i], r0 + i};
-    qsort(ref, nr, sizeof *ref, cmp_row);
-    for (size_t i = 0; i < nr; i++) {
-        memcpy(tmp + i * K, c->buf[s] + ref[i].at * K, sizeof(float) * K);
-        c->id[s][r0 + i] = ref[i].id;
-    }
-    memcpy(c->buf[s] + r0 * K, tmp, sizeof(float) * nr * K);
-    free(ref);
-    free(tmp);
-    return 0;
+    return ts_calib_sort_rows(c->buf[s], c->id[s], r0, nr, K, 0) < 0 ? TINYSAM_E_NOMEM : 0;
 }
 
 /* One prompt through the float model (probe on), its best mask's box in *box (0 if empty). */
